@@ -1,0 +1,97 @@
+"""The contract every model fulfils.
+
+A model is an ``nn.Module`` with three duties (see docs/architecture.md):
+
+* ``loss(batch)`` -> ``(total, parts)``: the training loss on one batch, with its named parts so that every
+  part is logged. ``batch`` is a dict of tensors made by a sampler (for BPR: ``users``, ``pos``, ``neg``,
+  each ``LongTensor[B]``).
+* ``query_embeddings(users)`` -> ``Tensor[B, d]`` and ``item_embeddings()`` -> ``Tensor[I, d]``: the score
+  of a (user, item) pair is their inner product.  Evaluation and serving only use these two (through
+  ``scorer()``), so every model is evaluated and served by the same code.
+
+Models whose parameters are not learned by gradient descent (most-popular, RP3beta) set
+``trainable = False`` and compute everything in ``prepare``.  Models whose scores are not a dense inner
+product (RP3beta: a sparse user row times a sparse item-item matrix) override ``scorer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+# A score function maps a block of dense user indices LongTensor[B] to scores Tensor[B, I] (higher = better).
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's typed config. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class Recommender(nn.Module):
+    """Base class of all models.
+
+    Args:
+        n_users: number of users (dense indices ``0..n_users-1``).
+        n_items: number of items (dense indices ``0..n_items-1``).
+        config: the model's typed config.
+    """
+
+    config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    #: False for models fitted in closed form in ``prepare`` (no optimiser, no training loop).
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, n_users: int, n_items: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+        self.config = config
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def prepare(self, train: sp.csr_matrix) -> None:
+        """Receive the training interactions (``n_users x n_items`` CSR, ones) once, before training,
+        evaluation or export: graph models build their normalised adjacency here, closed-form models fit.
+        Must be deterministic, since it is called again after a checkpoint is loaded."""
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return ``(total, parts)`` where ``parts`` maps names to scalar tensors that sum to ``total``."""
+        raise TypeError(f"{type(self).__name__} is not trained by gradient descent")
+
+    # ---- inference ----------------------------------------------------------------------------------------
+    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B]`` of user indices -> ``Tensor[B, d]``."""
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``Tensor[I, d]`` for all items, in dense index order."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def scorer(self) -> ScoreFn:
+        """A function from a block of users to their scores over all items, ``Tensor[B, I]``.
+
+        The default computes the item embeddings once and takes inner products; models with expensive
+        query towers (graph propagation) override ``query_embeddings`` to reuse a cached propagation."""
+        items = self.item_embeddings()
+
+        def score(users: torch.Tensor) -> torch.Tensor:
+            return self.query_embeddings(users) @ items.T
+
+        return score
+
+    def extra_repr(self) -> str:
+        return f"n_users={self.n_users}, n_items={self.n_items}"
+
+    @classmethod
+    def from_config(cls, n_users: int, n_items: int, config: dict[str, Any] | ModelConfig) -> Recommender:
+        if not isinstance(config, ModelConfig):
+            config = cls.config_cls.model_validate(config)
+        return cls(n_users, n_items, config)
