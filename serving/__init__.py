@@ -1,0 +1,54 @@
+"""Serving: a FAISS index folder over item embeddings and an embedded :class:`Retriever`.
+
+``build_index`` writes a self-verifying folder (``manifest.json`` with checksums, ``items.faiss``, the item id
+map, optional user embeddings and seen items); ``load_index`` / ``ItemIndex.load`` refuse a corrupted or
+mismatched folder with :class:`IndexIntegrityError`; ``Retriever`` answers top-k queries.
+
+Importing this package is cheap: the names below are resolved on first use, and FAISS, pyarrow and scipy are
+imported only inside the functions that need them, so ``recsys --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "IndexIntegrityError",
+    "ItemIndex",
+    "Recommendation",
+    "Retriever",
+    "UnknownItemError",
+    "UnknownUserError",
+    "build_index",
+    "load_index",
+]
+
+_WHERE = {
+    "IndexIntegrityError": "serving.errors",
+    "UnknownItemError": "serving.errors",
+    "UnknownUserError": "serving.errors",
+    "ItemIndex": "serving.index",
+    "build_index": "serving.index",
+    "load_index": "serving.index",
+    "Recommendation": "serving.retriever",
+    "Retriever": "serving.retriever",
+}
+
+if TYPE_CHECKING:
+    from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
+    from serving.index import ItemIndex, build_index, load_index
+    from serving.retriever import Recommendation, Retriever
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

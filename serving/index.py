@@ -1,0 +1,733 @@
+"""The serving artifact: an exact FAISS inner-product index over item embeddings, in a self-verifying folder.
+
+Folder layout (``schema_version`` 1)::
+
+    <out_dir>/
+      manifest.json      format, schema_version, dim, counts, metric "inner_product", index_type "IndexFlatIP",
+                         normalized, run_id, created_at, faiss_version, metadata, and for every other file
+                         {"sha256": hex, "bytes": size}; written last
+      items.faiss        faiss.write_index of an IndexFlatIP holding item_emb; FAISS id i = row i = position i
+      item_ids.parquet   position: int64 (0..I-1), item_id: string, title: string (nullable)
+      users.parquet      position: int64 (0..U-1), user_id: string                [only with user embeddings]
+      user_emb.npy       float32 [U, d] precomputed query embeddings, row = users.parquet position   [idem]
+      seen.npz           scipy.sparse.save_npz of a U x I CSR; a stored entry (u, i) means user position u has
+                         seen item position i and is never recommended it            [only when seen given]
+
+Scores are plain inner products of the model's query and item embeddings (the models' own score), unless the
+index was built with ``normalize=True`` (cosine similarity; queries given later are normalised too).
+
+The folder is built under a hidden temporary name next to ``out_dir`` and moved into place only when complete
+(see :func:`serving._files.publish_folder`); loading re-reads every file once, checks its size and SHA256
+against the manifest and parses the verified bytes, so what was checked is exactly what is served.
+
+FAISS, pyarrow and scipy are imported inside the functions that use them, so importing :mod:`serving` is cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serving._files import FolderSnapshot, fsync_path, new_sibling, publish_folder, sha256_bytes, sha256_file
+from serving._topk import as_exclusion, check_k, select_topk
+from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+FORMAT = "recsys.serving.index"
+SCHEMA_VERSION = 1
+METRIC = "inner_product"
+INDEX_TYPE = "IndexFlatIP"
+
+MANIFEST = "manifest.json"
+ITEMS_INDEX = "items.faiss"
+ITEM_IDS = "item_ids.parquet"
+USERS = "users.parquet"
+USER_EMB = "user_emb.npy"
+SEEN = "seen.npz"
+
+# Upper bound on B x (candidates per row) held at once by ItemIndex.search; larger batches are cut into
+# row blocks (about 200 MB of scores, positions and keys at this size).
+_MAX_CANDIDATES = 1 << 24
+
+
+# ---- build -------------------------------------------------------------------------------------------------
+def build_index(
+    item_emb: np.ndarray,
+    item_ids: Sequence[str],
+    out_dir: str | Path,
+    *,
+    user_emb: np.ndarray | None = None,
+    user_ids: Sequence[str] | None = None,
+    seen: sp.spmatrix | sp.sparray | None = None,
+    item_titles: Sequence[str | None] | None = None,
+    run_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    normalize: bool = False,
+) -> Path:
+    """Write a serving index folder for a trained model and return its path (``out_dir``).
+
+    Args:
+        item_emb: float [I, d] item embeddings (cast to float32); row i belongs to ``item_ids[i]``.
+        item_ids: I distinct original item ids (str).
+        out_dir: the folder to create. An existing index folder there is replaced, but only after the new
+            one is completely written; a failure leaves the previous folder untouched and no temporary folder
+            behind. A non-empty folder that is not a serving index is never replaced.
+        user_emb: optional float [U, d] precomputed query embeddings; row u belongs to ``user_ids[u]``.
+        user_ids: U distinct original user ids; required with ``user_emb`` and only with it.
+        seen: optional sparse [U, I] matrix, rows aligned with ``user_ids`` and columns with ``item_ids``;
+            every stored entry (even an explicit zero) marks an item the user has seen and must not be
+            recommended. Requires ``user_emb``/``user_ids``.
+        item_titles: optional I titles (str or None) returned with recommendations.
+        run_id: the MLflow run that produced the embeddings, recorded in the manifest.
+        metadata: extra JSON-serialisable facts for the manifest (model name, dataset hash, ...).
+        normalize: L2-normalise item and user embeddings so that scores are cosine similarities. Off by
+            default: the models score by plain inner product and serving must rank as they do.
+
+    Raises:
+        ValueError / TypeError: inputs with mismatched shapes, duplicate or non-str ids, NaN/inf values,
+            zero vectors with ``normalize=True``, or metadata that is not JSON-serialisable.
+        FileExistsError: ``out_dir`` is a file, a symlink, or a non-empty folder without ``manifest.json``.
+    """
+    out_dir = Path(out_dir)
+    items = _as_embeddings(item_emb, "item_emb")
+    n_items, dim = items.shape
+    ids = _as_ids(item_ids, n_items, "item_ids", "item_emb")
+    titles = _as_titles(item_titles, n_items)
+
+    users: np.ndarray | None = None
+    uids: list[str] | None = None
+    if (user_emb is None) != (user_ids is None):
+        raise ValueError(
+            "user_emb and user_ids go together: pass both (row u of user_emb is user_ids[u]) or neither"
+        )
+    if user_emb is not None:
+        users = _as_embeddings(user_emb, "user_emb", dim=dim)
+        uids = _as_ids(user_ids, users.shape[0], "user_ids", "user_emb")
+    seen_csr = None
+    if seen is not None:
+        if uids is None:
+            raise ValueError("seen needs user_emb and user_ids: its rows are aligned with user_ids")
+        seen_csr = _as_seen(seen, len(uids), n_items)
+    if run_id is not None and not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
+    meta = _as_metadata(metadata)
+    if normalize:
+        items = l2_normalize(items, "item_emb")
+        if users is not None:
+            users = l2_normalize(users, "user_emb")
+    _check_replaceable(out_dir)
+
+    import faiss
+    import pyarrow as pa
+
+    final = out_dir.absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_sibling(final, "building")
+    tmp.mkdir()
+    try:
+        index = faiss.IndexFlatIP(dim)
+        index.add(items)
+        faiss.write_index(index, str(tmp / ITEMS_INDEX))
+        written = [ITEMS_INDEX]
+        _write_parquet(
+            tmp / ITEM_IDS,
+            pa.table(
+                {
+                    "position": pa.array(np.arange(n_items, dtype=np.int64)),
+                    "item_id": pa.array(ids, type=pa.string()),
+                    "title": pa.array(titles, type=pa.string()),
+                }
+            ),
+        )
+        written.append(ITEM_IDS)
+        if users is not None:
+            _write_parquet(
+                tmp / USERS,
+                pa.table(
+                    {
+                        "position": pa.array(np.arange(len(uids), dtype=np.int64)),
+                        "user_id": pa.array(uids, type=pa.string()),
+                    }
+                ),
+            )
+            with open(tmp / USER_EMB, "wb") as f:
+                np.save(f, users, allow_pickle=False)
+            written += [USERS, USER_EMB]
+        if seen_csr is not None:
+            import scipy.sparse as sp
+
+            with open(tmp / SEEN, "wb") as f:
+                sp.save_npz(f, seen_csr, compressed=True)
+            written.append(SEEN)
+
+        files = {}
+        for name in written:
+            fsync_path(tmp / name)
+            digest, size = sha256_file(tmp / name)
+            files[name] = {"sha256": digest, "bytes": size}
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run_id": run_id,
+            "metric": METRIC,
+            "index_type": INDEX_TYPE,
+            "normalized": bool(normalize),
+            "dim": int(dim),
+            "n_items": int(n_items),
+            "n_users": len(uids) if uids is not None else 0,
+            "has_user_embeddings": users is not None,
+            "has_seen": seen_csr is not None,
+            "n_seen": int(seen_csr.nnz) if seen_csr is not None else 0,
+            "faiss_version": getattr(faiss, "__version__", "unknown"),
+            "files": files,
+            "metadata": meta,
+        }
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_path(tmp)
+        publish_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_parquet(path: Path, table) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+
+
+def _as_embeddings(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, d], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point values, got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"{name} has dimension {arr.shape[1]} but item_emb has dimension {dim}; query and item "
+            "embeddings must share d"
+        )
+    cast = arr.dtype != np.float32
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"{name} has NaN or inf values in {rows.size} row(s), e.g. rows {rows[:5].tolist()}"
+            + (" (after casting to float32)" if cast else "")
+        )
+    return arr
+
+
+def _as_ids(ids: Any, n: int, name: str, emb_name: str) -> list[str]:
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of str ids, not a single {type(ids).__name__}")
+    ids = list(ids)
+    if len(ids) != n:
+        raise ValueError(
+            f"{name} has {len(ids)} entries but {emb_name} has {n} rows; they must be aligned "
+            f"(row i of {emb_name} belongs to {name}[i])"
+        )
+    for i, x in enumerate(ids):
+        if not isinstance(x, str):
+            raise TypeError(
+                f"{name} must be str; entry {i} is {x!r} ({type(x).__name__}); convert ids with str()"
+            )
+    ids = [str(x) for x in ids]  # numpy.str_ -> str
+    if len(set(ids)) != n:
+        dups = [x for x, c in Counter(ids).items() if c > 1]
+        raise ValueError(f"{name} has {len(dups)} duplicated id(s), e.g. {dups[:5]}")
+    return ids
+
+
+def _as_titles(titles: Any, n: int) -> list[str | None]:
+    if titles is None:
+        return [None] * n
+    if isinstance(titles, (str, bytes)):
+        raise TypeError("item_titles must be a sequence of titles, not a single string")
+    titles = list(titles)
+    if len(titles) != n:
+        raise ValueError(
+            f"item_titles has {len(titles)} entries but item_emb has {n} rows; they must be aligned"
+        )
+    for i, t in enumerate(titles):
+        if t is not None and not isinstance(t, str):
+            raise TypeError(f"item_titles must be str or None; entry {i} is {t!r} ({type(t).__name__})")
+    return [None if t is None else str(t) for t in titles]
+
+
+def _as_seen(seen: Any, n_users: int, n_items: int):
+    import scipy.sparse as sp
+
+    if not sp.issparse(seen):
+        raise TypeError(f"seen must be a scipy.sparse matrix [U, I], got {type(seen).__name__}")
+    if seen.shape != (n_users, n_items):
+        raise ValueError(
+            f"seen has shape {seen.shape} but must be (len(user_ids), len(item_ids)) = ({n_users}, {n_items})"
+        )
+    csr = sp.csr_matrix(seen, copy=True)
+    csr.sum_duplicates()  # also sorts column indices within each row
+    # Structure only: every stored entry counts as seen (excluding too much is safe, too little is not).
+    return sp.csr_matrix(
+        (np.ones(csr.nnz, dtype=np.uint8), csr.indices.astype(np.int32), csr.indptr.astype(np.int64)),
+        shape=csr.shape,
+    )
+
+
+def _as_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(dict(metadata), allow_nan=False, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serialisable (str keys, no NaN): {exc}") from None
+
+
+def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
+    """Rows of float32 ``x`` [n, d] scaled to unit L2 norm; a zero row is an error (it has no direction)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if zero.size:
+        raise ValueError(
+            f"{name} has {zero.size} all-zero row(s) (e.g. rows {zero[:5].tolist()}); cannot normalise"
+        )
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.is_symlink():
+        raise FileExistsError(f"{out_dir} is a symlink; pass the folder it points to, or remove the link")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; refusing to replace it with an index")
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise FileExistsError(
+            f"{out_dir} is a non-empty folder without {MANIFEST}, so it is not a serving index; refusing to "
+            "replace it (choose another out_dir or empty it)"
+        )
+
+
+# ---- load --------------------------------------------------------------------------------------------------
+def load_index(path: str | Path, *, verify: bool = True) -> ItemIndex:
+    """Load and check a folder written by :func:`build_index`. Same as :meth:`ItemIndex.load`."""
+    return ItemIndex.load(path, verify=verify)
+
+
+class ItemIndex:
+    """A loaded, verified serving index: the FAISS item index plus id maps, user embeddings and seen items.
+
+    Everything is held in memory (nothing is memory-mapped), so the folder may be replaced or deleted while
+    the index is in use. Instances are immutable after loading and safe to share between threads.
+
+    Attributes (read-only): ``path``, ``manifest``, ``dim`` (d), ``n_items`` (I), ``n_users`` (U),
+    ``normalized``, ``run_id``, ``item_ids`` (tuple of I str), ``item_titles`` (tuple of I str | None),
+    ``user_ids`` (tuple of U str), ``user_emb`` (float32 [U, d] or None), ``seen`` (CSR [U, I] or None),
+    ``faiss_index``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        faiss_index: Any,
+        item_ids: Sequence[str],
+        item_titles: Sequence[str | None],
+        user_ids: Sequence[str] | None,
+        user_emb: np.ndarray | None,
+        seen: Any,
+    ) -> None:
+        self._path = path
+        self._manifest = manifest
+        self._faiss = faiss_index
+        self._item_ids = tuple(item_ids)
+        self._item_titles = tuple(item_titles)
+        self._item_pos = {x: i for i, x in enumerate(self._item_ids)}
+        self._user_ids = tuple(user_ids) if user_ids is not None else ()
+        self._user_pos = {x: i for i, x in enumerate(self._user_ids)}
+        if user_emb is not None:
+            user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
+            user_emb.flags.writeable = False
+        self._user_emb = user_emb
+        if seen is not None:
+            for arr in (seen.data, seen.indices, seen.indptr):
+                arr.flags.writeable = False
+        self._seen = seen
+
+    # -- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> ItemIndex:
+        """Read ``path``, check it and return the index.
+
+        Every file listed in the manifest is read once; its size is always checked and, with ``verify=True``
+        (the default), its SHA256 too; then the verified bytes are parsed and cross-checked against the
+        manifest (FAISS ntotal and dimension, row counts, matrix shapes).
+
+        Raises:
+            FileNotFoundError: ``path`` is not an existing folder.
+            IndexIntegrityError: a missing, truncated, corrupted or inconsistent file, or an unknown
+                schema version; the message names the folder, the file, and what was expected vs found.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"serving index folder {str(folder)!r} does not exist or is not a folder")
+        with FolderSnapshot(folder) as snap:
+            raw = snap.read(MANIFEST)
+            if raw is None:
+                raise IndexIntegrityError(
+                    folder, MANIFEST, "a manifest written by build_index", "no such file",
+                    "the folder is incomplete or is not a serving index; rebuild it",
+                )  # fmt: skip
+            manifest = _parse_manifest(folder, raw)
+            blobs: dict[str, bytes] = {}
+            for name, record in manifest["files"].items():
+                data = snap.read(name)
+                if data is None:
+                    raise IndexIntegrityError(folder, name, "a file listed in manifest.json", "no such file")
+                if len(data) != record["bytes"]:
+                    raise IndexIntegrityError(
+                        folder, name, f"{record['bytes']} bytes", f"{len(data)} bytes",
+                        "the file was truncated or overwritten after the index was built",
+                    )  # fmt: skip
+                if verify:
+                    digest = sha256_bytes(data)
+                    if digest != record["sha256"]:
+                        raise IndexIntegrityError(
+                            folder, name, f"sha256 {record['sha256']}", f"sha256 {digest}",
+                            "the file was modified or corrupted after the index was built",
+                        )  # fmt: skip
+                blobs[name] = data
+        return cls._from_blobs(folder, manifest, blobs)
+
+    @classmethod
+    def _from_blobs(cls, folder: Path, m: dict[str, Any], blobs: dict[str, bytes]) -> ItemIndex:
+        import faiss
+
+        dim, n_items, n_users = m["dim"], m["n_items"], m["n_users"]
+        try:
+            index = faiss.deserialize_index(np.frombuffer(blobs[ITEMS_INDEX], dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexIntegrityError(
+                folder, ITEMS_INDEX, "a FAISS index", f"an unreadable file ({exc})"
+            ) from None
+        if type(index).__name__ != INDEX_TYPE or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexIntegrityError(
+                folder, ITEMS_INDEX, f"an {INDEX_TYPE} (exact inner product)",
+                f"{type(index).__name__} with metric type {index.metric_type}",
+            )  # fmt: skip
+        if index.d != dim:
+            raise IndexIntegrityError(
+                folder, ITEMS_INDEX, f"dimension {dim} (manifest.json 'dim')", f"dimension {index.d}",
+                "manifest.json and items.faiss disagree",
+            )  # fmt: skip
+        if index.ntotal != n_items:
+            raise IndexIntegrityError(
+                folder, ITEMS_INDEX, f"{n_items} vectors (manifest.json 'n_items')", f"{index.ntotal}",
+                "manifest.json and items.faiss disagree",
+            )  # fmt: skip
+
+        items = _read_id_table(folder, ITEM_IDS, blobs[ITEM_IDS], "item_id", n_items, "n_items")
+        item_ids = items.column("item_id").to_pylist()
+        item_titles = items.column("title").to_pylist() if "title" in items.column_names else [None] * n_items
+
+        user_ids = user_emb = seen = None
+        if m["has_user_embeddings"]:
+            users = _read_id_table(folder, USERS, blobs[USERS], "user_id", n_users, "n_users")
+            user_ids = users.column("user_id").to_pylist()
+            try:
+                user_emb = np.load(io.BytesIO(blobs[USER_EMB]), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise IndexIntegrityError(
+                    folder, USER_EMB, "a .npy array", f"an unreadable file ({exc})"
+                ) from None
+            if user_emb.dtype != np.float32 or user_emb.shape != (n_users, dim):
+                raise IndexIntegrityError(
+                    folder, USER_EMB, f"float32 array of shape ({n_users}, {dim}) (manifest.json)",
+                    f"{user_emb.dtype} array of shape {user_emb.shape}",
+                )  # fmt: skip
+        if m["has_seen"]:
+            import scipy.sparse as sp
+
+            try:
+                seen = sp.load_npz(io.BytesIO(blobs[SEEN]))
+            except (ValueError, OSError, EOFError, KeyError) as exc:
+                raise IndexIntegrityError(
+                    folder, SEEN, "a scipy sparse .npz", f"an unreadable file ({exc})"
+                ) from None
+            seen = sp.csr_matrix(seen)
+            if seen.shape != (n_users, n_items) or seen.nnz != m["n_seen"]:
+                raise IndexIntegrityError(
+                    folder, SEEN, f"a ({n_users}, {n_items}) matrix with {m['n_seen']} entries (manifest.json)",
+                    f"shape {seen.shape} with {seen.nnz} entries",
+                )  # fmt: skip
+            seen.sum_duplicates()
+        return cls(folder, m, index, item_ids, item_titles, user_ids, user_emb, seen)
+
+    # -- read-only views -----------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._manifest))  # a copy: callers cannot alter the loaded index
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def n_items(self) -> int:
+        return len(self._item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self._user_ids)
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self._manifest["normalized"])
+
+    @property
+    def run_id(self) -> str | None:
+        return self._manifest.get("run_id")
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return self._item_ids
+
+    @property
+    def item_titles(self) -> tuple[str | None, ...]:
+        return self._item_titles
+
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        return self._user_ids
+
+    @property
+    def user_emb(self) -> np.ndarray | None:
+        return self._user_emb
+
+    @property
+    def seen(self):
+        return self._seen
+
+    @property
+    def has_users(self) -> bool:
+        return self._user_emb is not None
+
+    @property
+    def has_seen(self) -> bool:
+        return self._seen is not None
+
+    @property
+    def faiss_index(self):
+        return self._faiss
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemIndex(path={str(self._path)!r}, n_items={self.n_items}, dim={self.dim}, "
+            f"n_users={self.n_users}, seen={self.has_seen}, normalized={self.normalized}, run_id={self.run_id!r})"
+        )
+
+    # -- id maps -------------------------------------------------------------------------------------------
+    def item_positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64 [n] positions of ``item_ids``; raises :class:`UnknownItemError` naming every unknown id."""
+        return _positions(self._item_pos, item_ids, lambda missing: UnknownItemError(missing, self.n_items))
+
+    def user_positions(self, user_ids: Sequence[str]) -> np.ndarray:
+        """int64 [n] positions of ``user_ids``; raises :class:`UnknownUserError` naming every unknown id."""
+        return _positions(
+            self._user_pos,
+            user_ids,
+            lambda missing: UnknownUserError(
+                missing, self.n_users, "for a new or anonymous user, embed them and use recommend_for_vector"
+            ),
+        )
+
+    def item_vectors(self, positions: np.ndarray) -> np.ndarray:
+        """float32 [n, d] stored item vectors at int positions [n] (normalised if the index is)."""
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._faiss.reconstruct_batch(positions)
+
+    # -- search --------------------------------------------------------------------------------------------
+    def as_queries(self, queries: Any) -> np.ndarray:
+        """Check and convert query embeddings to C-contiguous float32 [B, d] (normalised if the index is)."""
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape [B, {self.dim}] (d of this index), got {q.shape}")
+        if not np.issubdtype(q.dtype, np.floating):
+            raise TypeError(f"queries must hold floating-point values, got dtype {q.dtype}")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        bad = ~np.isfinite(q).all(axis=1)
+        if bad.any():
+            raise ValueError(f"queries contain NaN or inf in rows {np.flatnonzero(bad)[:5].tolist()}")
+        return l2_normalize(q, "queries") if self.normalized else q
+
+    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` items by inner product for each query row, skipping excluded items.
+
+        Args:
+            queries: float32 [B, d], already in the index's space (see :meth:`as_queries`).
+            k: results per row, >= 1.
+            exclude: optional sparse [B, I]; every stored entry (b, j) removes item position j from row b.
+
+        Returns:
+            ``(scores, positions)``: float32 [B, k] and int64 [B, k], best first, equal scores by lower
+            position. A row with fewer than k items left after exclusion holds all of them, then is padded
+            with ``(-inf, -1)``; otherwise it holds exactly k items.
+
+        One FAISS search serves the whole batch (row blocks only beyond ~16M candidates): it asks for
+        ``k + max_b |exclude_b| + 1`` candidates, so after exclusion at least k remain per row. A row is
+        searched again with more candidates only when the candidate list may have cut through a group of
+        equal scores at the k-th place (so that ties are broken by position exactly, not by FAISS's order).
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape [B, {self.dim}], got {q.shape}")
+        k = check_k(k)
+        n_rows, n_items = q.shape[0], self.n_items
+        out_scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+        out_pos = np.full((n_rows, k), -1, dtype=np.int64)
+        if n_rows == 0:
+            return out_scores, out_pos
+        if exclude is not None:
+            exclude = as_exclusion(exclude, n_rows, n_items)
+            counts = np.diff(exclude.indptr).astype(np.int64)
+        else:
+            counts = np.zeros(n_rows, dtype=np.int64)
+        need = np.minimum(k, n_items - counts)
+
+        block = max(1, _MAX_CANDIDATES // min(k + int(counts.max()) + 1, n_items))
+        for start in range(0, n_rows, block):
+            pending = np.arange(start, min(start + block, n_rows))
+            fetch = min(k + int(counts[pending].max()) + 1, n_items)
+            while pending.size:
+                dist, pos = self._faiss.search(q[pending], fetch)
+                sub = exclude[pending] if exclude is not None else None
+                done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=fetch >= n_items)
+                out_scores[pending[done]] = s[done]
+                out_pos[pending[done]] = p[done]
+                pending = pending[~done]
+                fetch = min(2 * fetch, n_items)
+        return out_scores, out_pos
+
+
+def _positions(table: dict[str, int], ids: Sequence[str], error) -> np.ndarray:
+    get = table.get
+    pos = np.fromiter((get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
+    missing = np.flatnonzero(pos < 0)
+    if missing.size:
+        raise error([ids[j] for j in missing.tolist()])
+    return pos
+
+
+def _read_id_table(folder: Path, name: str, data: bytes, id_col: str, n: int, count_key: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise IndexIntegrityError(folder, name, "a Parquet file", f"an unreadable file ({exc})") from None
+    for col in ("position", id_col):
+        if col not in table.column_names:
+            raise IndexIntegrityError(folder, name, f"a column {col!r}", f"columns {table.column_names}")
+    if table.num_rows != n:
+        raise IndexIntegrityError(
+            folder, name, f"{n} rows (manifest.json {count_key!r})", f"{table.num_rows} rows",
+            "manifest.json and the id table disagree",
+        )  # fmt: skip
+    position = table.column("position").to_numpy()
+    if not np.array_equal(position, np.arange(n)):
+        raise IndexIntegrityError(folder, name, "positions 0..n-1 in order", "another order")
+    ids = table.column(id_col)
+    if ids.null_count or not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise IndexIntegrityError(
+            folder, name, f"non-null string {id_col!r}", f"type {ids.type}, {ids.null_count} nulls"
+        )
+    if len(set(ids.to_pylist())) != n:
+        raise IndexIntegrityError(folder, name, f"{n} distinct {id_col}s", "duplicates")
+    return table
+
+
+def _parse_manifest(folder: Path, raw: bytes) -> dict[str, Any]:
+    def bad(expected: str, found: object, hint: str | None = None) -> IndexIntegrityError:
+        return IndexIntegrityError(folder, MANIFEST, expected, found, hint)
+
+    try:
+        m = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad("valid JSON", f"unparsable text ({exc})") from None
+    if not isinstance(m, dict):
+        raise bad("a JSON object", type(m).__name__)
+    if m.get("format") != FORMAT:
+        raise bad(f"format {FORMAT!r}", repr(m.get("format")), "not a recsys serving index")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise bad(
+            f"schema_version {SCHEMA_VERSION} (the only version this recsys reads)",
+            f"schema_version {m.get('schema_version')!r}",
+            "the index was written by another recsys version; rebuild it or upgrade recsys",
+        )
+
+    def field(key: str, kind: type, check=lambda v: True, what: str = "") -> Any:
+        v = m.get(key)
+        if type(v) is not kind or not check(v):  # `type is`, not isinstance: True is not a count
+            raise bad(f"{key!r}: {what or kind.__name__}", repr(v))
+        return v
+
+    field("dim", int, lambda v: v > 0, "a positive int")
+    field("n_items", int, lambda v: v > 0, "a positive int")
+    field("n_users", int, lambda v: v >= 0, "a non-negative int")
+    field("n_seen", int, lambda v: v >= 0, "a non-negative int")
+    field("has_user_embeddings", bool)
+    field("has_seen", bool)
+    field("normalized", bool)
+    field("metric", str, lambda v: v == METRIC, repr(METRIC))
+    field("index_type", str, lambda v: v == INDEX_TYPE, repr(INDEX_TYPE))
+    if m["has_seen"] and not m["has_user_embeddings"]:
+        raise bad("'has_seen' only with 'has_user_embeddings'", "seen items without users")
+    files = field("files", dict, what="an object of file records")
+    expected = {ITEMS_INDEX, ITEM_IDS}
+    if m["has_user_embeddings"]:
+        expected |= {USERS, USER_EMB}
+    if m["has_seen"]:
+        expected.add(SEEN)
+    if set(files) != expected:
+        missing, extra = sorted(expected - set(files)), sorted(set(files) - expected)
+        raise bad(f"file records for {sorted(expected)}", f"missing {missing}, unexpected {extra}")
+    for name, rec in files.items():
+        ok = (
+            isinstance(rec, dict)
+            and type(rec.get("bytes")) is int
+            and isinstance(rec.get("sha256"), str)
+            and len(rec["sha256"]) == 64
+        )
+        if not ok:
+            raise bad(f"files[{name!r}] = {{'sha256': 64 hex chars, 'bytes': int}}", repr(rec))
+    return m

@@ -1,0 +1,197 @@
+"""Embedded retrieval over a serving index: top-k items for known users, for query vectors, and for items.
+
+Typical use::
+
+    retriever = Retriever.load(index_dir)
+    recs = retriever.recommend(["u1", "u2"], k=10)      # list (per user) of list of Recommendation
+    recs[0][0].item_id, recs[0][0].score, recs[0][0].title
+
+Ranking: score (inner product, as the model scores) descending; equal scores by item position ascending, so
+results are deterministic. Exclusion is exact: an excluded item is never returned, and a user still gets
+exactly ``k`` items whenever at least ``k`` unexcluded items exist (otherwise all of them).
+
+Thread safety: a :class:`Retriever` is immutable after loading and may be shared by any number of threads.
+Each call only reads the index (FAISS search on a flat index is a const operation that releases the GIL),
+the id maps and the user/seen arrays (marked read-only); all per-call state is local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from serving._topk import check_k
+from serving.index import ItemIndex
+
+
+class Recommendation(NamedTuple):
+    """One recommended item. ``score`` is the float32 inner product (cosine if the index is normalised)."""
+
+    item_id: str
+    score: float
+    title: str | None = None
+
+
+class Retriever:
+    """Top-k retrieval over an :class:`ItemIndex` (exact inner-product search with FAISS).
+
+    Args:
+        index: a loaded index (see :meth:`load` to read one from a folder).
+    """
+
+    def __init__(self, index: ItemIndex) -> None:
+        self._index = index
+
+    @classmethod
+    def load(cls, path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Retriever:
+        """Load and verify an index folder (see :meth:`ItemIndex.load`).
+
+        Args:
+            path: a folder written by :func:`serving.build_index`.
+            num_threads: OpenMP threads FAISS uses per search. This is a process-wide FAISS setting (it
+                affects every index in the process); None leaves it unchanged.
+            verify: check every file's SHA256 against the manifest (sizes are always checked).
+        """
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            import faiss
+
+            faiss.omp_set_num_threads(num_threads)
+        return cls(ItemIndex.load(path, verify=verify))
+
+    @property
+    def index(self) -> ItemIndex:
+        return self._index
+
+    def __repr__(self) -> str:
+        return f"Retriever({self._index!r})"
+
+    def recommend(
+        self, user_ids: Sequence[str] | str, k: int = 10, exclude_seen: bool = True
+    ) -> list[list[Recommendation]]:
+        """Top-``k`` items for users known to the index (precomputed query embeddings).
+
+        Args:
+            user_ids: B user ids, or one id (the result is then still a list holding one list).
+            k: items per user.
+            exclude_seen: never return an item the user has seen (the index's ``seen`` matrix). When the
+                index was built without seen items this is an error rather than a silent no-op; pass
+                ``exclude_seen=False`` to rank over all items deliberately.
+
+        Returns:
+            B lists (in the order of ``user_ids``) of up to k :class:`Recommendation`, best first.
+
+        Raises:
+            UnknownUserError (a KeyError): ids that are not in the index, all named.
+        """
+        ids = _as_id_list(user_ids, "user_ids")
+        k = check_k(k)
+        index = self._index
+        if not index.has_users:
+            raise ValueError(
+                f"index {str(index.path)!r} was built without user embeddings; use recommend_for_vector"
+            )
+        if exclude_seen and not index.has_seen:
+            raise ValueError(
+                f"index {str(index.path)!r} was built without seen items, so they cannot be excluded; "
+                "rebuild it with seen=... or call recommend(..., exclude_seen=False)"
+            )
+        if not ids:
+            return []
+        positions = index.user_positions(ids)
+        queries = index.user_emb[positions]
+        exclude = index.seen[positions] if exclude_seen else None
+        return self._to_recommendations(*index.search(queries, k, exclude=exclude))
+
+    def recommend_for_vector(
+        self, query: np.ndarray, k: int = 10, exclude_items: Sequence[Sequence[str]] | None = None
+    ) -> list[list[Recommendation]]:
+        """Top-``k`` items for query embeddings computed outside the index (new or anonymous users).
+
+        Args:
+            query: float [B, d] query embeddings from the model's query side, or one vector [d].
+                Normalised here when the index was built with ``normalize=True``.
+            k: items per query.
+            exclude_items: optional B lists of item ids never to return for the matching query (e.g. the
+                session's items). Unknown ids are an error (a silent mismatch would exclude nothing).
+
+        Returns:
+            B lists of up to k :class:`Recommendation`, best first.
+        """
+        q = np.asarray(query)
+        if q.ndim == 1:
+            q = q[None, :]
+        q = self._index.as_queries(q)
+        k = check_k(k)
+        exclude = None
+        if exclude_items is not None:
+            exclude = self._exclusion_matrix(exclude_items, q.shape[0])
+        return self._to_recommendations(*self._index.search(q, k, exclude=exclude))
+
+    def similar_items(self, item_ids: Sequence[str] | str, k: int = 10) -> list[list[Recommendation]]:
+        """The ``k`` items with the largest inner product with each given item, the item itself excluded.
+
+        Args:
+            item_ids: B item ids, or one id (the result is then a list holding one list).
+            k: neighbours per item.
+
+        Returns:
+            B lists of up to k :class:`Recommendation`, best first.
+
+        Raises:
+            UnknownItemError (a KeyError): ids that are not in the index, all named.
+        """
+        import scipy.sparse as sp
+
+        ids = _as_id_list(item_ids, "item_ids")
+        k = check_k(k)
+        if not ids:
+            return []
+        index = self._index
+        positions = index.item_positions(ids)
+        n = len(ids)
+        itself = sp.csr_matrix(
+            (np.ones(n, dtype=np.uint8), positions, np.arange(n + 1, dtype=np.int64)),
+            shape=(n, index.n_items),
+        )
+        return self._to_recommendations(*index.search(index.item_vectors(positions), k, exclude=itself))
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str]], n_rows: int):
+        import scipy.sparse as sp
+
+        if isinstance(exclude_items, str) or len(exclude_items) != n_rows:
+            raise ValueError(f"exclude_items must hold one list of item ids per query row ({n_rows} rows)")
+        lists = []
+        for row in exclude_items:
+            if isinstance(row, str):
+                raise TypeError(
+                    f"each exclude_items entry must be a list of item ids, not the string {row!r}"
+                )
+            lists.append(list(row))
+        flat = [x for row in lists for x in row]
+        cols = self._index.item_positions(flat)
+        rows = np.repeat(np.arange(n_rows, dtype=np.int64), [len(row) for row in lists])
+        # COO -> CSR sums duplicates, so an id listed twice is one exclusion
+        return sp.csr_matrix(
+            (np.ones(len(flat), dtype=bool), (rows, cols)), shape=(n_rows, self._index.n_items)
+        )
+
+    def _to_recommendations(self, scores: np.ndarray, positions: np.ndarray) -> list[list[Recommendation]]:
+        ids, titles = self._index.item_ids, self._index.item_titles
+        return [
+            [Recommendation(ids[p], s, titles[p]) for s, p in zip(srow, prow, strict=True) if p >= 0]
+            for srow, prow in zip(scores.tolist(), positions.tolist(), strict=True)
+        ]
+
+
+def _as_id_list(ids: Any, name: str) -> list[str]:
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, bytes):
+        raise TypeError(f"{name} must be a str or a sequence of str, not bytes")
+    return list(ids)

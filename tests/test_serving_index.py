@@ -1,0 +1,357 @@
+"""serving.build_index / load_index: folder layout, input validation, integrity checks, atomic replacement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from serving import IndexIntegrityError, ItemIndex, Retriever, build_index, load_index
+
+N_ITEMS, N_USERS, DIM = 40, 12, 6
+
+
+def make_data(seed: int = 0, n_items: int = N_ITEMS, n_users: int = N_USERS, dim: int = DIM) -> dict:
+    rng = np.random.default_rng(seed)
+    seen = sp.random(n_users, n_items, density=0.2, random_state=seed, format="csr", dtype=np.float32)
+    return {
+        "item_emb": rng.integers(-3, 4, size=(n_items, dim)).astype(np.float32),
+        "item_ids": [f"item-{i}" for i in range(n_items)],
+        "user_emb": rng.integers(-3, 4, size=(n_users, dim)).astype(np.float32),
+        "user_ids": [f"user-{u}" for u in range(n_users)],
+        "seen": seen,
+        "item_titles": [None if i % 3 == 0 else f"Title {i}" for i in range(n_items)],
+    }
+
+
+@pytest.fixture()
+def data() -> dict:
+    return make_data()
+
+
+@pytest.fixture()
+def built(tmp_path, data) -> Path:
+    return build_index(
+        data["item_emb"],
+        data["item_ids"],
+        tmp_path / "idx",
+        user_emb=data["user_emb"],
+        user_ids=data["user_ids"],
+        seen=data["seen"],
+        item_titles=data["item_titles"],
+        run_id="run-123",
+        metadata={"model": "mf", "dataset_manifest_hash": "abc"},
+    )
+
+
+# ---- layout and round trip ---------------------------------------------------------------------------------
+def test_folder_layout_and_manifest(built, data):
+    names = sorted(p.name for p in built.iterdir())
+    assert names == sorted(
+        ["manifest.json", "items.faiss", "item_ids.parquet", "users.parquet", "user_emb.npy", "seen.npz"]
+    )
+    m = json.loads((built / "manifest.json").read_text())
+    assert m["schema_version"] == 1
+    assert m["metric"] == "inner_product" and m["index_type"] == "IndexFlatIP" and m["normalized"] is False
+    assert (m["dim"], m["n_items"], m["n_users"], m["n_seen"]) == (DIM, N_ITEMS, N_USERS, data["seen"].nnz)
+    assert m["run_id"] == "run-123" and m["metadata"] == {"model": "mf", "dataset_manifest_hash": "abc"}
+    assert m["created_at"]
+    for name, rec in m["files"].items():
+        blob = (built / name).read_bytes()
+        assert rec == {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    assert set(m["files"]) == set(names) - {"manifest.json"}
+    # nothing but the index folder next to it: the temporary build folder is gone
+    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+
+
+def test_load_round_trip(built, data):
+    idx = load_index(built)
+    assert isinstance(idx, ItemIndex)
+    assert (idx.dim, idx.n_items, idx.n_users, idx.run_id) == (DIM, N_ITEMS, N_USERS, "run-123")
+    assert idx.item_ids == tuple(data["item_ids"]) and idx.user_ids == tuple(data["user_ids"])
+    assert idx.item_titles == tuple(data["item_titles"])
+    np.testing.assert_array_equal(idx.user_emb, data["user_emb"])
+    np.testing.assert_array_equal(idx.item_vectors(np.arange(N_ITEMS)), data["item_emb"])
+    assert (idx.seen != (data["seen"] != 0)).nnz == 0
+    assert idx.faiss_index.ntotal == N_ITEMS
+    with pytest.raises(ValueError):  # the loaded arrays are read-only: the index is immutable
+        idx.user_emb[0, 0] = 1.0
+
+
+def test_items_only_index(tmp_path, data):
+    out = build_index(data["item_emb"], data["item_ids"], tmp_path / "items_only")
+    assert sorted(p.name for p in out.iterdir()) == ["item_ids.parquet", "items.faiss", "manifest.json"]
+    idx = load_index(out)
+    assert idx.n_users == 0 and not idx.has_users and not idx.has_seen
+    assert idx.item_titles == (None,) * N_ITEMS
+
+
+def test_float64_and_noncontiguous_inputs_are_accepted(tmp_path, data):
+    emb = np.asfortranarray(data["item_emb"].astype(np.float64))
+    idx = load_index(build_index(emb, data["item_ids"], tmp_path / "f64"))
+    np.testing.assert_array_equal(idx.item_vectors(np.arange(N_ITEMS)), data["item_emb"])
+
+
+def test_normalize_gives_cosine(tmp_path, data):
+    emb = data["item_emb"].copy()
+    emb[np.linalg.norm(emb, axis=1) == 0] = 1.0
+    out = build_index(emb, data["item_ids"], tmp_path / "cos", normalize=True)
+    idx = load_index(out)
+    assert idx.normalized
+    np.testing.assert_allclose(np.linalg.norm(idx.item_vectors(np.arange(N_ITEMS)), axis=1), 1.0, rtol=1e-6)
+    rec = Retriever(idx).recommend_for_vector(np.full(DIM, 5.0, dtype=np.float32), k=1)[0][0]
+    assert rec.score <= 1.0 + 1e-6
+    zero = emb.copy()
+    zero[3] = 0.0
+    with pytest.raises(ValueError, match="all-zero"):
+        build_index(zero, data["item_ids"], tmp_path / "cos0", normalize=True)
+
+
+# ---- input validation ----------------------------------------------------------------------------------------
+def _bad_inputs(data):
+    nan_items = data["item_emb"].copy()
+    nan_items[5, 2] = np.nan
+    inf_users = data["user_emb"].copy()
+    inf_users[1, 0] = np.inf
+    dup = list(data["item_ids"])
+    dup[7] = dup[3]
+    return {
+        "item rows vs ids": ({"item_ids": data["item_ids"][:-1]}, ValueError, "item_ids has 39 entries"),
+        "duplicate item ids": ({"item_ids": dup}, ValueError, "duplicated"),
+        "duplicate user ids": ({"user_ids": ["u"] * N_USERS}, ValueError, "duplicated"),
+        "nan in items": ({"item_emb": nan_items}, ValueError, "NaN or inf"),
+        "inf in users": ({"user_emb": inf_users}, ValueError, "NaN or inf"),
+        "1-d items": ({"item_emb": data["item_emb"][0]}, ValueError, "2-D"),
+        "int items": ({"item_emb": data["item_emb"].astype(np.int64)}, TypeError, "floating"),
+        "user dim": ({"user_emb": data["user_emb"][:, :3]}, ValueError, "dimension 3"),
+        "user rows vs ids": ({"user_ids": data["user_ids"][:5]}, ValueError, "user_ids has 5 entries"),
+        "seen shape": ({"seen": data["seen"][:, :-1]}, ValueError, r"seen has shape \(12, 39\)"),
+        "seen dense": ({"seen": data["seen"].toarray()}, TypeError, "scipy.sparse"),
+        "non-str id": ({"item_ids": list(range(N_ITEMS))}, TypeError, "entry 0 is 0"),
+        "single str ids": ({"item_ids": "abc"}, TypeError, "single str"),
+        "titles length": ({"item_titles": ["t"]}, ValueError, "item_titles has 1 entries"),
+        "metadata": ({"metadata": {"x": object()}}, TypeError, "JSON"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs(make_data()).keys()))
+def test_invalid_inputs_are_rejected_clearly(tmp_path, data, case):
+    override, exc, pattern = _bad_inputs(data)[case]
+    kwargs = {k: data[k] for k in ("user_emb", "user_ids", "seen", "item_titles")} | override
+    item_emb = kwargs.pop("item_emb", data["item_emb"])
+    item_ids = kwargs.pop("item_ids", data["item_ids"])
+    with pytest.raises(exc, match=pattern):
+        build_index(item_emb, item_ids, tmp_path / "idx", **kwargs)
+    assert list(tmp_path.iterdir()) == []  # validation happens before anything is written
+
+
+def test_users_and_seen_need_each_other(tmp_path, data):
+    with pytest.raises(ValueError, match="go together"):
+        build_index(data["item_emb"], data["item_ids"], tmp_path / "a", user_emb=data["user_emb"])
+    with pytest.raises(ValueError, match="seen needs user_emb"):
+        build_index(data["item_emb"], data["item_ids"], tmp_path / "b", seen=data["seen"])
+
+
+# ---- integrity checks on load --------------------------------------------------------------------------------
+def _expect_integrity_error(folder: Path, file: str, *, verify: bool = True) -> IndexIntegrityError:
+    with pytest.raises(IndexIntegrityError) as info:
+        load_index(folder, verify=verify)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.file == file and err.folder == folder
+    assert str(folder) in str(err) and file in str(err) and "expected" in str(err) and "found" in str(err)
+    return err
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    m.update(changes)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def test_flipped_byte_in_faiss_file(built):
+    path = built / "items.faiss"
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    err = _expect_integrity_error(built, "items.faiss")
+    assert "sha256" in str(err) and "modified or corrupted" in str(err)
+
+
+def test_truncated_user_embeddings(built):
+    path = built / "user_emb.npy"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 8)
+    err = _expect_integrity_error(built, "user_emb.npy")
+    assert f"{size} bytes" in str(err) and f"{size - 8} bytes" in str(err)
+    _expect_integrity_error(built, "user_emb.npy", verify=False)  # sizes are checked even without checksums
+
+
+def test_missing_item_id_file(built):
+    (built / "item_ids.parquet").unlink()
+    err = _expect_integrity_error(built, "item_ids.parquet")
+    assert "no such file" in str(err)
+
+
+def test_missing_manifest(built):
+    (built / "manifest.json").unlink()
+    _expect_integrity_error(built, "manifest.json")
+
+
+def test_manifest_dim_edited(built):
+    _edit_manifest(built, dim=DIM + 1)
+    err = _expect_integrity_error(built, "items.faiss")
+    assert (
+        f"dimension {DIM + 1}" in str(err) and f"dimension {DIM}" in str(err) and "manifest.json" in str(err)
+    )
+
+
+def test_manifest_item_count_edited(built):
+    _edit_manifest(built, n_items=N_ITEMS - 1)
+    err = _expect_integrity_error(built, "items.faiss")
+    assert f"{N_ITEMS - 1} vectors" in str(err)
+
+
+def test_unknown_schema_version(built):
+    _edit_manifest(built, schema_version=99)
+    err = _expect_integrity_error(built, "manifest.json")
+    assert "schema_version 1" in str(err) and "schema_version 99" in str(err)
+
+
+def test_manifest_not_json(built):
+    (built / "manifest.json").write_text("{ not json")
+    _expect_integrity_error(built, "manifest.json")
+
+
+def test_manifest_missing_file_record(built):
+    m = json.loads((built / "manifest.json").read_text())
+    del m["files"]["seen.npz"]
+    (built / "manifest.json").write_text(json.dumps(m))
+    err = _expect_integrity_error(built, "manifest.json")
+    assert "seen.npz" in str(err)
+
+
+def test_file_from_another_index_with_matching_checksum(tmp_path, built):
+    """A consistent-looking folder assembled from two builds: checksums pass, the cross-checks do not."""
+    other = make_data(seed=1, n_items=N_ITEMS + 5)
+    other_dir = build_index(other["item_emb"], other["item_ids"], tmp_path / "other")
+    (built / "items.faiss").write_bytes((other_dir / "items.faiss").read_bytes())
+    m = json.loads((built / "manifest.json").read_text())
+    blob = (built / "items.faiss").read_bytes()
+    m["files"]["items.faiss"] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (built / "manifest.json").write_text(json.dumps(m))
+    err = _expect_integrity_error(built, "items.faiss")
+    assert f"{N_ITEMS} vectors" in str(err) and f"{N_ITEMS + 5}" in str(err)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_index(tmp_path / "nowhere")
+
+
+def test_integrity_error_is_picklable(built):
+    import pickle
+
+    err = IndexIntegrityError(built, "items.faiss", "x", "y", "z")
+    copy = pickle.loads(pickle.dumps(err))
+    assert str(copy) == str(err) and copy.file == "items.faiss"
+
+
+# ---- atomic build ----------------------------------------------------------------------------------------------
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failed_rebuild_leaves_previous_folder_intact(built, data, monkeypatch):
+    import faiss
+
+    before = _snapshot(built)
+
+    def broken_write_index(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(faiss, "write_index", broken_write_index)
+    with pytest.raises(OSError, match="simulated"):
+        build_index(data["item_emb"][:10], data["item_ids"][:10], built)
+    assert _snapshot(built) == before
+    assert [p.name for p in built.parent.iterdir()] == ["idx"]  # no temporary folder left behind
+    assert load_index(built).n_items == N_ITEMS
+
+
+def test_failed_first_build_leaves_nothing(tmp_path, data, monkeypatch):
+    import faiss
+
+    monkeypatch.setattr(faiss, "write_index", lambda *a, **k: (_ for _ in ()).throw(OSError("simulated")))
+    with pytest.raises(OSError):
+        build_index(data["item_emb"], data["item_ids"], tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_rebuild_replaces_folder_completely(built, data, monkeypatch, exchange):
+    if not exchange:
+        import serving._files
+
+        monkeypatch.setattr(serving._files, "_exchange", lambda a, b: False)
+    (built / "stale-note.txt").write_text("from the old folder")
+    build_index(data["item_emb"][:10], data["item_ids"][:10], built, run_id="new")
+    idx = load_index(built)
+    assert idx.n_items == 10 and idx.run_id == "new" and not idx.has_users
+    assert not (built / "stale-note.txt").exists()
+    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+
+
+def test_failed_swap_restores_previous_folder(built, data, monkeypatch):
+    import serving._files
+
+    before = _snapshot(built)
+    monkeypatch.setattr(serving._files, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # moving the new folder into place fails after the old one was moved aside
+            raise OSError("simulated rename failure")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="simulated"):
+        build_index(data["item_emb"][:10], data["item_ids"][:10], built)
+    monkeypatch.undo()
+    assert _snapshot(built) == before
+    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path, data):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(FileExistsError, match="not a serving index"):
+        build_index(data["item_emb"], data["item_ids"], precious)
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        build_index(data["item_emb"], data["item_ids"], a_file)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_index(build_index(data["item_emb"], data["item_ids"], empty)).n_items == N_ITEMS
+
+
+def test_importing_serving_does_not_import_faiss():
+    code = (
+        "import sys, serving\n"
+        "from serving import build_index, load_index, ItemIndex, Retriever, Recommendation, IndexIntegrityError\n"
+        "heavy = [m for m in ('faiss', 'pyarrow', 'scipy', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,0 +1,293 @@
+"""serving.Retriever: exact top-k against a brute-force reference, seen-item exclusion, exact-k, ties,
+vector queries, similar items, errors, and concurrent readers.
+
+Most tests use small integer-valued embeddings: every inner product is then exact in float32 (FAISS, BLAS and
+numpy agree to the bit) and many scores tie, which exercises the "equal scores by lower position" rule."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import serving.index
+from serving import Recommendation, Retriever, build_index
+from serving.errors import UnknownItemError, UnknownUserError
+
+N_ITEMS, N_USERS, DIM = 120, 40, 8
+HEAVY, ALL_SEEN, NO_SEEN = 0, 1, 2  # user rows with special histories
+
+
+def make_world(seed: int = 0, integer: bool = True):
+    rng = np.random.default_rng(seed)
+    if integer:
+        items = rng.integers(-2, 3, size=(N_ITEMS, DIM)).astype(np.float32)
+        users = rng.integers(-2, 3, size=(N_USERS, DIM)).astype(np.float32)
+    else:
+        items = rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)
+        users = rng.standard_normal((N_USERS, DIM)).astype(np.float32)
+    seen = (rng.random((N_USERS, N_ITEMS)) < 0.15).astype(np.float32)
+    seen[HEAVY] = 1.0
+    seen[HEAVY, [5, 60, 119]] = 0.0  # has seen all but three items
+    seen[ALL_SEEN] = 1.0
+    seen[NO_SEEN] = 0.0
+    return items, users, sp.csr_matrix(seen)
+
+
+ITEM_IDS = [f"i{j}" for j in range(N_ITEMS)]
+USER_IDS = [f"u{u}" for u in range(N_USERS)]
+TITLES = [f"Movie {j}" if j % 2 else None for j in range(N_ITEMS)]
+
+
+def brute_force(queries: np.ndarray, items: np.ndarray, k: int, excluded: list[set[int]]) -> list[list]:
+    """Independent reference: score every item in float64, drop excluded ones, sort by (-score, position)."""
+    scores = queries.astype(np.float64) @ items.astype(np.float64).T
+    out = []
+    for b in range(len(queries)):
+        cand = sorted(
+            (j for j in range(len(items)) if j not in excluded[b]), key=lambda j: (-scores[b, j], j)
+        )
+        out.append([(ITEM_IDS[j], scores[b, j]) for j in cand[:k]])
+    return out
+
+
+def as_pairs(recs: list[list[Recommendation]]) -> list[list]:
+    return [[(r.item_id, r.score) for r in row] for row in recs]
+
+
+def seen_sets(seen) -> list[set[int]]:
+    return [set(seen[u].indices.tolist()) for u in range(seen.shape[0])]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def retriever(world, tmp_path_factory) -> Retriever:
+    items, users, seen = world
+    out = tmp_path_factory.mktemp("serving") / "idx"
+    build_index(items, ITEM_IDS, out, user_emb=users, user_ids=USER_IDS, seen=seen, item_titles=TITLES)
+    return Retriever.load(out)
+
+
+# ---- exactness ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3, 10, 50, N_ITEMS, N_ITEMS + 7])
+def test_recommend_equals_brute_force_excluding_seen(retriever, world, k):
+    items, users, seen = world
+    got = retriever.recommend(USER_IDS, k=k)
+    assert as_pairs(got) == brute_force(users, items, k, seen_sets(seen))
+
+
+@pytest.mark.parametrize("k", [1, 4, 10, 33])
+def test_partial_candidate_lists_break_ties_at_the_cut_exactly(retriever, world, k):
+    """Without the heavy users in the batch FAISS is asked for fewer candidates than items, so the k-th place
+    often falls inside a group of equal scores; the result must still be the reference's."""
+    items, users, seen = world
+    ordinary = slice(NO_SEEN + 1, None)
+    got = retriever.recommend(USER_IDS[ordinary], k=k)
+    assert as_pairs(got) == brute_force(users[ordinary], items, k, seen_sets(seen)[ordinary])
+
+
+@pytest.mark.parametrize("k", [1, 10, N_ITEMS])
+def test_recommend_without_exclusion_equals_brute_force(retriever, world, k):
+    items, users, _ = world
+    got = retriever.recommend(USER_IDS, k=k, exclude_seen=False)
+    assert as_pairs(got) == brute_force(users, items, k, [set()] * N_USERS)
+
+
+def test_float_embeddings_match_brute_force_up_to_rounding(tmp_path):
+    items, users, seen = make_world(seed=3, integer=False)
+    out = build_index(items, ITEM_IDS, tmp_path / "idx", user_emb=users, user_ids=USER_IDS, seen=seen)
+    got = Retriever.load(out).recommend(USER_IDS, k=10)
+    ref = brute_force(users, items, 10, seen_sets(seen))
+    exact = users.astype(np.float64) @ items.astype(np.float64).T
+    pos = {x: j for j, x in enumerate(ITEM_IDS)}
+    for u, (row, ref_row) in enumerate(zip(got, ref, strict=True)):
+        assert len(row) == len(ref_row)
+        if not row:  # the user who has seen everything
+            continue
+        true = np.array([exact[u, pos[r.item_id]] for r in row])
+        np.testing.assert_allclose([r.score for r in row], true, rtol=1e-5, atol=1e-5)
+        assert np.all(np.diff(true) <= 1e-5)  # best first
+        # the same items as the reference, except possibly where two scores are within rounding of each other
+        assert true.min() >= ref_row[-1][1] - 1e-5
+        assert not {r.item_id for r in row} & {ITEM_IDS[j] for j in seen[u].indices}
+
+
+def test_titles_and_types(retriever):
+    row = retriever.recommend("u5", k=20)[0]
+    assert all(isinstance(r, Recommendation) and isinstance(r.score, float) for r in row)
+    for r in row:
+        j = int(r.item_id[1:])
+        assert r.title == TITLES[j]
+    item_id, score, title = row[0]  # a NamedTuple unpacks
+    assert (item_id, score, title) == (row[0].item_id, row[0].score, row[0].title)
+
+
+def test_single_user_id_returns_one_list(retriever):
+    one = retriever.recommend("u7", k=5)
+    assert len(one) == 1 and one == retriever.recommend(["u7"], k=5)
+    assert retriever.recommend([], k=5) == []
+
+
+def test_batch_results_do_not_depend_on_batch_composition(retriever):
+    """Batches of >= 20 take FAISS's BLAS path, single queries another; results must agree."""
+    batch = retriever.recommend(USER_IDS, k=12)
+    singles = [retriever.recommend(u, k=12)[0] for u in USER_IDS]
+    assert batch == singles
+    reordered = retriever.recommend(USER_IDS[::-1] + USER_IDS[:3], k=12)
+    assert reordered == batch[::-1] + batch[:3]
+
+
+# ---- exclusion and exact k -------------------------------------------------------------------------------------
+def test_seen_items_are_never_returned(retriever, world):
+    _, _, seen = world
+    for u, row in enumerate(retriever.recommend(USER_IDS, k=N_ITEMS)):
+        returned = {int(r.item_id[1:]) for r in row}
+        assert not returned & set(seen[u].indices.tolist())
+        assert len(row) == len(returned) == N_ITEMS - seen[u].nnz  # every unseen item, each once
+
+
+def test_exactly_k_whenever_the_catalogue_allows(retriever, world):
+    _, _, seen = world
+    for k in (1, 5, 17, 64):
+        for u, row in enumerate(retriever.recommend(USER_IDS, k=k)):
+            assert len(row) == min(k, N_ITEMS - seen[u].nnz)
+
+
+def test_user_who_has_seen_almost_everything(retriever):
+    heavy, everything, nothing = retriever.recommend([f"u{HEAVY}", f"u{ALL_SEEN}", f"u{NO_SEEN}"], k=10)
+    assert sorted(r.item_id for r in heavy) == ["i119", "i5", "i60"]
+    assert everything == []
+    assert len(nothing) == 10
+
+
+def test_all_scores_tied_breaks_by_position(tmp_path):
+    items = np.ones((30, 4), dtype=np.float32)
+    seen = sp.csr_matrix(([1, 1, 1], ([0, 0, 1], [0, 2, 29])), shape=(2, 30))
+    ids = [f"i{j}" for j in range(30)]
+    out = build_index(
+        items, ids, tmp_path / "tied", user_emb=np.ones((2, 4), np.float32), user_ids=["a", "b"], seen=seen
+    )
+    a, b = Retriever.load(out).recommend(["a", "b"], k=5)
+    assert [r.item_id for r in a] == ["i1", "i3", "i4", "i5", "i6"]
+    assert [r.item_id for r in b] == ["i0", "i1", "i2", "i3", "i4"]
+
+
+def test_search_in_row_blocks_gives_the_same_results(retriever, monkeypatch):
+    expected = retriever.recommend(USER_IDS, k=9)
+    monkeypatch.setattr(serving.index, "_MAX_CANDIDATES", 25)  # forces blocks of one or two rows
+    assert retriever.recommend(USER_IDS, k=9) == expected
+
+
+def test_exclude_seen_without_seen_items_is_an_error(tmp_path, world):
+    items, users, _ = world
+    out = build_index(items, ITEM_IDS, tmp_path / "noseen", user_emb=users, user_ids=USER_IDS)
+    r = Retriever.load(out)
+    with pytest.raises(ValueError, match="without seen items"):
+        r.recommend(["u1"])
+    assert len(r.recommend(["u1"], k=4, exclude_seen=False)[0]) == 4
+
+
+# ---- errors ------------------------------------------------------------------------------------------------------
+def test_unknown_user_names_the_ids(retriever):
+    with pytest.raises(UnknownUserError) as info:
+        retriever.recommend(["u1", "ghost", "u2", "nobody"])
+    err = info.value
+    assert isinstance(err, KeyError)
+    assert "'ghost'" in str(err) and "'nobody'" in str(err) and "recommend_for_vector" in str(err)
+    assert err.ids == ("ghost", "nobody")
+    assert err.args[0] == str(err)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True, None])
+def test_bad_k(retriever, k):
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        retriever.recommend(["u1"], k=k)
+
+
+def test_items_only_index_cannot_recommend_for_users(tmp_path, world):
+    out = build_index(world[0], ITEM_IDS, tmp_path / "items")
+    with pytest.raises(ValueError, match="without user embeddings"):
+        Retriever.load(out).recommend(["u1"])
+
+
+# ---- vector queries and similar items ----------------------------------------------------------------------------
+def test_recommend_for_vector_matches_recommend(retriever, world):
+    items, users, seen = world
+    excl = [[ITEM_IDS[j] for j in seen[u].indices] for u in range(N_USERS)]
+    by_vector = retriever.recommend_for_vector(users, k=10, exclude_items=excl)
+    assert by_vector == retriever.recommend(USER_IDS, k=10)
+    one = retriever.recommend_for_vector(users[3].astype(np.float64), k=4)  # one vector [d], any float dtype
+    assert as_pairs(one) == brute_force(users[3:4], items, 4, [set()])
+
+
+def test_recommend_for_vector_exclusions_and_errors(retriever, world):
+    items, users, _ = world
+    q = users[:2]
+    got = retriever.recommend_for_vector(q, k=6, exclude_items=[["i3", "i3", "i7"], []])
+    assert as_pairs(got) == brute_force(q, items, 6, [{3, 7}, set()])
+    with pytest.raises(UnknownItemError, match="'i999'"):
+        retriever.recommend_for_vector(q, k=3, exclude_items=[["i999"], []])
+    with pytest.raises(ValueError, match="one list of item ids per query row"):
+        retriever.recommend_for_vector(q, k=3, exclude_items=[["i1"]])
+    with pytest.raises(TypeError, match="not the string"):
+        retriever.recommend_for_vector(q, k=3, exclude_items=["i1", "i2"])
+    with pytest.raises(ValueError, match=r"shape \[B, 8\]"):
+        retriever.recommend_for_vector(np.zeros((2, DIM + 1), np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retriever.recommend_for_vector(np.full((1, DIM), np.nan, np.float32))
+
+
+def test_similar_items_equals_brute_force_without_the_item_itself(retriever, world):
+    items, _, _ = world
+    query = ["i0", "i17", "i119", "i17"]
+    pos = [int(x[1:]) for x in query]
+    got = retriever.similar_items(query, k=8)
+    assert as_pairs(got) == brute_force(items[pos], items, 8, [{p} for p in pos])
+    assert retriever.similar_items("i4", k=N_ITEMS)[0][-1].item_id != "i4"
+    assert len(retriever.similar_items("i4", k=N_ITEMS)[0]) == N_ITEMS - 1
+    with pytest.raises(UnknownItemError, match="'nope'"):
+        retriever.similar_items(["i1", "nope"])
+
+
+# ---- concurrency -------------------------------------------------------------------------------------------------
+def test_concurrent_readers_get_single_threaded_results(retriever):
+    rnd = random.Random(0)
+    requests = [
+        (tuple(rnd.sample(USER_IDS, rnd.randint(1, 30))), rnd.choice([1, 5, 10, 40]), rnd.random() < 0.8)
+        for _ in range(160)
+    ]
+
+    def answer(req):
+        users, k, exclude = req
+        return retriever.recommend(list(users), k=k, exclude_seen=exclude)
+
+    expected = [answer(req) for req in requests]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(answer, requests))
+    assert got == expected
+
+
+def test_load_with_num_threads(retriever):
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    try:
+        r = Retriever.load(retriever.index.path, num_threads=1)
+        assert faiss.omp_get_max_threads() == 1
+        assert r.recommend(USER_IDS, k=5) == retriever.recommend(USER_IDS, k=5)
+    finally:
+        faiss.omp_set_num_threads(before)
+    with pytest.raises(ValueError, match="num_threads"):
+        Retriever.load(retriever.index.path, num_threads=0)
+
+
+def test_index_path_is_kept(retriever):
+    assert isinstance(retriever.index.path, Path) and retriever.index.n_items == N_ITEMS
