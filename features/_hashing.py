@@ -1,0 +1,32 @@
+"""SHA256 of files, memoised per process.
+
+Files are keyed by (path, size, mtime, inode), so a file that is replaced or rewritten is hashed again while
+repeated ``prepare()`` calls in one process (a test session, a sweep) hash each source file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_MEMO: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA256 of a file's bytes."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    _MEMO[key] = digest
+    return digest
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

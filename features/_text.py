@@ -1,0 +1,235 @@
+"""Low-level helpers shared by the readers: file checks, line reading, typed parsing with line numbers.
+
+The readers parse whole columns at once with Polars expressions; only when a check fails do these helpers
+look up *where* (the first offending row), so the happy path stays vectorised and the error path precise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from features.errors import DataValidationError
+
+LINE = "_line"  # 1-based line number in the source file, carried until the data is validated
+
+
+def require_file(path: Path, what: str = "file") -> Path:
+    """Check that ``path`` is an existing, non-empty regular file."""
+    if not path.exists():
+        parent = path.parent
+        listing = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+        hint = f"{parent} holds: {', '.join(listing)}" if listing else None
+        raise DataValidationError(path, f"an existing {what}", got="<missing file>", hint=hint)
+    if not path.is_file():
+        raise DataValidationError(path, f"a {what} (a regular file)", got="<a folder>")
+    if path.stat().st_size == 0:
+        raise DataValidationError(path, f"a non-empty {what}", got="<empty file>")
+    return path
+
+
+def locate_decode_error(path: Path, encoding: str = "utf-8") -> DataValidationError | None:
+    """Find the first undecodable byte of ``path``: an error naming its line and column, or None."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return DataValidationError(
+            path,
+            f"{encoding.upper()} text",
+            line=line,
+            column=f"byte {col}",
+            got=f"<undecodable byte 0x{data[exc.start]:02x}>",
+        )
+    return None
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
+    """All lines of a text file as ``[_line: Int64 (1-based), line: Utf8]`` (``\\r\\n`` endings stripped).
+
+    UTF-8 files go through Polars' own line scanner; other encodings (MovieLens' Latin-1 ``u.item``) are
+    decoded in Python first, since Polars only reads UTF-8.  Undecodable bytes raise a
+    :class:`DataValidationError` naming the line.
+    """
+    require_file(path)
+    if encoding.lower().replace("-", "") == "utf8" and hasattr(pl, "scan_lines"):
+        try:
+            df = pl.scan_lines(path, name="line").collect()
+        except pl.exceptions.ComputeError:
+            err = locate_decode_error(path, "utf-8")
+            if err is not None:
+                raise err from None
+            raise
+    else:
+        data = path.read_bytes()
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            err = locate_decode_error(path, encoding)
+            assert err is not None
+            raise err from None
+        df = pl.DataFrame({"line": [text]}).select(pl.col("line").str.split("\n")).explode("line")
+        if text.endswith("\n"):
+            df = df.head(df.height - 1)
+    return df.select(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(LINE),
+        pl.col("line").str.strip_suffix("\r"),
+    )
+
+
+def split_fields(
+    lines: pl.DataFrame, path: Path, sep: str, names: list[str], layout: str, min_fields: int | None = None
+) -> pl.DataFrame:
+    """Split each non-blank line on ``sep`` into the columns ``names`` (all Utf8), checking the field count.
+
+    Args:
+        lines: ``[_line, line]`` from :func:`read_lines`.
+        names: column names of the fields; a line must have exactly ``len(names)`` fields (or at least
+            ``min_fields`` when given, the rest being null).
+        layout: a human description of the expected line, used in the error message.
+    Returns:
+        ``[_line, *names]``, blank lines dropped.
+    """
+    n = len(names)
+    lines = lines.filter(pl.col("line").str.strip_chars().str.len_chars() > 0)
+    parts = lines.with_columns(pl.col("line").str.split(sep).alias("_f"))
+    count = pl.col("_f").list.len()
+    bad_count = (count < (min_fields or n)) | (count > n)
+    bad = parts.filter(bad_count).head(1)
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DataValidationError(
+            path,
+            f"{n} {_sep_name(sep)}-separated fields ({layout})",
+            line=row[LINE],
+            got=f"<{len(row['_f'])} fields: {row['line'][:60]!r}>",
+        )
+    return parts.select(
+        LINE, *[pl.col("_f").list.get(i, null_on_oob=True).alias(c) for i, c in enumerate(names)]
+    )
+
+
+def parse_int(
+    df: pl.DataFrame,
+    col: str,
+    path: Path,
+    what: str,
+    *,
+    nonneg: bool = True,
+    where: str = LINE,
+    column_label: str | pl.Expr | None = None,
+) -> pl.Expr:
+    """Validate that Utf8 column ``col`` holds integers (``>= 0`` when ``nonneg``); return the cast expr.
+
+    Raises a :class:`DataValidationError` naming the first bad line (``where`` is the column with 1-based
+    line numbers, or ``_row`` for row numbers) and the column (``column_label``: a fixed name, or an
+    expression giving it per row, e.g. the token position).
+    """
+    raw = pl.col(col)
+    cast = raw.str.strip_chars().cast(pl.Int64, strict=False)
+    label = pl.lit(column_label or col) if not isinstance(column_label, pl.Expr) else column_label
+    checked = df.select(where, raw.alias("_raw"), cast.alias("_val"), label.cast(pl.String).alias("_label"))
+    problems = [
+        (pl.col("_raw").is_null() | (pl.col("_raw").str.strip_chars() == ""), f"{what} (an integer)"),
+        (pl.col("_val").is_null(), f"{what} (an integer)"),
+    ]
+    if nonneg:
+        problems.append((pl.col("_val") < 0, f"{what} (a non-negative integer)"))
+    for mask, expected in problems:
+        bad = checked.filter(mask).head(1)
+        if bad.height:
+            r = bad.row(0, named=True)
+            got = "<empty>" if r["_raw"] is None or not r["_raw"].strip() else r["_raw"]
+            raise DataValidationError(path, expected, column=r["_label"], got=got, **_loc(where, r))
+    return cast
+
+
+def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Expr:
+    """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return the Float64 expr."""
+    dtype = df.schema[col]
+    raw = pl.col(col)
+    cast = (raw.str.strip_chars() if dtype == pl.String else raw).cast(pl.Float64, strict=False)
+    checked = df.select(where, raw.cast(pl.String).alias("_raw"), cast.alias("_val"))
+    bad = checked.filter(pl.col("_raw").is_null() | (pl.col("_raw").str.strip_chars() == "")).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(path, f"{what} (a number)", column=col, got="<empty>", **_loc(where, r))
+    bad = checked.filter(pl.col("_val").is_null()).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(path, f"{what} (a number)", column=col, got=r["_raw"], **_loc(where, r))
+    bad = checked.filter(~pl.col("_val").is_finite()).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(
+            path, f"{what} (a finite number)", column=col, got=r["_raw"], **_loc(where, r)
+        )
+    return cast
+
+
+def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE) -> pl.Expr:
+    """Validate a timestamp column and return an Int64 expression.
+
+    Accepted: integers (any unit; unix seconds in the benchmark files), integral floats (RecBole writes
+    ``timestamp:float``), Polars Datetime/Date columns (-> unix seconds), and, when *no* value of a text
+    column is numeric, ISO-8601 date-times (-> unix seconds).
+    """
+    dtype = df.schema[col]
+    raw = pl.col(col)
+    if dtype.is_temporal():
+        bad = df.filter(raw.is_null()).head(1)
+        if bad.height:
+            raise DataValidationError(
+                path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
+            )
+        return raw.dt.epoch("s").cast(pl.Int64)
+    if dtype.is_integer():
+        bad = df.filter(raw.is_null()).head(1)
+        if bad.height:
+            raise DataValidationError(
+                path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
+            )
+        return raw.cast(pl.Int64)
+    text = raw.cast(pl.String).str.strip_chars()
+    as_float = text.cast(pl.Float64, strict=False)
+    checked = df.select(where, text.alias("_raw"), as_float.alias("_f"))
+    bad = checked.filter(pl.col("_raw").is_null() | (pl.col("_raw") == "")).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(path, "a timestamp", column=col, got="<empty>", **_loc(where, r))
+    if dtype == pl.String and checked["_f"].null_count() == checked.height:
+        as_dt = text.str.to_datetime(strict=False, time_unit="us")
+        checked = df.select(where, text.alias("_raw"), as_dt.alias("_dt"))
+        bad = checked.filter(pl.col("_dt").is_null()).head(1)
+        if bad.height:
+            r = bad.row(0, named=True)
+            raise DataValidationError(
+                path,
+                "a timestamp (an integer or an ISO-8601 date-time)",
+                column=col,
+                got=r["_raw"],
+                **_loc(where, r),
+            )
+        return as_dt.dt.epoch("s").cast(pl.Int64)
+    bad = checked.filter(
+        pl.col("_f").is_null() | ~pl.col("_f").is_finite() | (pl.col("_f") != pl.col("_f").floor())
+    )
+    bad = bad.head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(
+            path, "a timestamp (an integer)", column=col, got=r["_raw"], **_loc(where, r)
+        )
+    # Integers beyond 2**53 would lose precision through Float64, so cast integers directly when possible.
+    return pl.coalesce(text.cast(pl.Int64, strict=False), as_float.cast(pl.Int64))
+
+
+def _loc(where: str, row: dict) -> dict:
+    return {"row": row[where]} if where == "_row" else {"line": row[where]}
+
+
+def _sep_name(sep: str) -> str:
+    return {"\t": "tab", "|": "'|'", ",": "comma", " ": "space"}.get(sep, repr(sep))

@@ -1,0 +1,216 @@
+"""Typed data configuration (the ``data:`` section of an experiment YAML).
+
+Every model has ``extra="forbid"``, so a misspelt key is an error that names it.  Cross-field rules (a
+temporal split needs timestamps, a rating threshold needs ratings, ...) are checked here, before any file is
+read, so that a bad config fails in milliseconds rather than after parsing a large file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Source = Literal["interactions", "movielens_100k", "user_lines", "amazon_seq"]
+Protocol = Literal["random_ratio", "leave_one_out", "temporal", "presplit"]
+
+# The protocol used when the config does not name one: the one the benchmark papers use for that format.
+_DEFAULT_PROTOCOL: dict[str, Protocol] = {
+    "interactions": "random_ratio",
+    "movielens_100k": "random_ratio",
+    "user_lines": "presplit",
+    "amazon_seq": "leave_one_out",
+}
+
+
+class _Strict(BaseModel):
+    # Attribute docstrings become field descriptions (shown in JSON schema and `recsys` help).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ColumnsConfig(_Strict):
+    """Column names of a generic interactions file (CSV/TSV/Parquet)."""
+
+    user: str = "user_id"
+    """Column holding the user id (any string or integer)."""
+    item: str = "item_id"
+    """Column holding the item id (any string or integer)."""
+    rating: str | None = None
+    """Column holding an explicit rating (a number); ``None``: the file has no ratings."""
+    timestamp: str | None = None
+    """Column holding the interaction time (integer, e.g. unix seconds, or an ISO-8601 date-time)."""
+
+
+class SplitConfig(_Strict):
+    """How interactions are divided into train / valid / test.
+
+    * ``random_ratio``: per user, a seeded random ``test_ratio`` (and ``valid_ratio``) of the user's
+      interactions; a user with >= 2 interactions always keeps >= 1 in train.
+    * ``leave_one_out``: per user, the last interaction (by timestamp, then file order) is test, the second
+      last is valid; users with fewer than 3 interactions stay entirely in train.
+    * ``temporal``: one global cut: train < cut <= test (optionally a valid window before the cut); users and
+      items of valid/test that never occur in train are dropped and counted in the manifest.
+    * ``presplit``: the benchmark's own train/test files as they are, optionally carving a per-user random
+      validation set out of train (``valid_from_train_ratio``).
+    """
+
+    protocol: Protocol = "random_ratio"
+    seed: int = 0
+    """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
+    test_ratio: float = Field(0.2, ge=0.0, lt=1.0)
+    """random_ratio: share of each user's interactions in test."""
+    valid_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """random_ratio: share of each user's interactions in valid (0 = no validation split)."""
+    temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
+    """temporal: the cut as a quantile of all timestamps (0.8 = the last 20% of time-ordered events are test)."""
+    cut_timestamp: int | None = None
+    """temporal: the cut as an absolute timestamp (same unit as the data); alternative to ``temporal_cut``."""
+    valid_temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
+    """temporal: optional start of the validation window as a quantile (must be before the test cut)."""
+    valid_cut_timestamp: int | None = None
+    """temporal: optional start of the validation window as an absolute timestamp."""
+    valid_from_train_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """presplit: share of each user's train interactions moved to valid (0 = no validation split)."""
+    presplit_unseen: Literal["error", "drop"] = "error"
+    """presplit: what to do with test items that never occur in train: an error naming the line, or drop."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.protocol == "random_ratio" and self.test_ratio + self.valid_ratio >= 1.0:
+            raise ValueError(
+                f"split.test_ratio + split.valid_ratio must be < 1, got {self.test_ratio} + {self.valid_ratio}"
+            )
+        if self.protocol == "temporal":
+            if (self.temporal_cut is None) == (self.cut_timestamp is None):
+                raise ValueError(
+                    "split.protocol 'temporal' needs exactly one of split.temporal_cut (a quantile in (0, 1)) "
+                    "or split.cut_timestamp (an absolute timestamp)"
+                )
+            if self.valid_temporal_cut is not None and self.valid_cut_timestamp is not None:
+                raise ValueError("give at most one of split.valid_temporal_cut and split.valid_cut_timestamp")
+            if (
+                self.valid_temporal_cut is not None
+                and self.temporal_cut is not None
+                and self.valid_temporal_cut >= self.temporal_cut
+            ):
+                raise ValueError(
+                    f"split.valid_temporal_cut ({self.valid_temporal_cut}) must be before split.temporal_cut "
+                    f"({self.temporal_cut})"
+                )
+            if (
+                self.valid_cut_timestamp is not None
+                and self.cut_timestamp is not None
+                and self.valid_cut_timestamp >= self.cut_timestamp
+            ):
+                raise ValueError(
+                    f"split.valid_cut_timestamp ({self.valid_cut_timestamp}) must be before split.cut_timestamp "
+                    f"({self.cut_timestamp})"
+                )
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the raw data is, how to read it, how to filter it and how to split it.
+
+    ``source`` picks the reader:
+
+    * ``interactions``: one CSV/TSV/Parquet file; ``columns`` names its columns.
+    * ``movielens_100k``: the MovieLens-100K folder (``u.data``, ``u.user``, ``u.item``, ``u.genre``) or
+      RecBole's atomic files (``ml-100k.inter``/``.user``/``.item``); ``path: auto`` obtains it (the local
+      benchmark copy, else the ``recbole==1.2.1`` wheel from PyPI, checksum-verified).
+    * ``user_lines``: ``uid iid iid ...`` per line (LightGCN's Gowalla); ``path`` is the folder holding
+      ``train_file`` and (for ``presplit``) ``test_file``, or one file.
+    * ``amazon_seq``: ``uid i1 i2 ...`` in time order per line (S3-Rec / ICSRec Amazon files); ``path`` is
+      the folder and ``name`` the dataset (``Beauty`` -> ``Beauty.txt``, ``Beauty_item2attributes.json``).
+    """
+
+    source: Source
+    path: str
+    name: str | None = None
+    """amazon_seq: dataset name (file stem); elsewhere only used to name the prepared folder."""
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    separator: str | None = None
+    """interactions: field separator; inferred from the suffix (.csv -> ',', .tsv -> tab) when omitted."""
+    has_header: bool = True
+    """interactions (CSV/TSV): whether the first line holds column names (else name columns 'column_1', ...)."""
+    train_file: str = "train.txt"
+    """user_lines: the train file inside ``path``."""
+    test_file: str | None = "test.txt"
+    """user_lines: the test file inside ``path`` (used when it exists; required for ``presplit``)."""
+    rating_threshold: float | None = None
+    """Keep interactions with rating >= threshold and treat them as implicit positives."""
+    dedup: bool = True
+    """Keep only the earliest interaction of each (user, item) pair."""
+    min_user_interactions: int = Field(0, ge=0)
+    """k-core: drop users with fewer interactions, iterated with the item rule until stable (0 = off)."""
+    min_item_interactions: int = Field(0, ge=0)
+    """k-core: drop items with fewer interactions (0 = off)."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    """The split protocol; when omitted: presplit for user_lines, leave-one-out for amazon_seq, else
+    random_ratio."""
+    side_features: bool = True
+    """Write users.parquet / items.parquet with encoded side features when the source has them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_split(cls, data: Any) -> Any:
+        # The right default protocol depends on the source, so it is filled in before field validation
+        # (and then stored in the manifest and hashed like an explicit one).
+        if isinstance(data, dict) and data.get("source") in _DEFAULT_PROTOCOL:
+            default = _DEFAULT_PROTOCOL[data["source"]]
+            split = data.get("split")
+            if split is None:
+                data = {**data, "split": {"protocol": default}}
+            elif isinstance(split, dict) and "protocol" not in split:
+                data = {**data, "split": {**split, "protocol": default}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        src, proto = self.source, self.split.protocol
+        if self.path == "auto" and src != "movielens_100k":
+            raise ValueError(f"data.path 'auto' is only supported for source 'movielens_100k', not {src!r}")
+        if src == "amazon_seq" and not self.name and not self.path.endswith(".txt"):
+            raise ValueError(
+                "source 'amazon_seq' needs data.name (e.g. 'Beauty') or a data.path to a .txt file"
+            )
+        if self.separator is not None and len(self.separator) != 1:
+            raise ValueError(f"data.separator must be a single character, got {self.separator!r}")
+        has_rating = src == "movielens_100k" or (src == "interactions" and self.columns.rating is not None)
+        if self.rating_threshold is not None and not has_rating:
+            raise ValueError(
+                f"data.rating_threshold needs ratings, but source {src!r} has none"
+                + (" (set data.columns.rating)" if src == "interactions" else "")
+            )
+        has_time = src in ("movielens_100k", "amazon_seq") or (
+            src == "interactions" and self.columns.timestamp is not None
+        )
+        if proto == "temporal" and not has_time:
+            raise ValueError(
+                f"split.protocol 'temporal' needs timestamps, but source {src!r} has none"
+                + (" (set data.columns.timestamp)" if src == "interactions" else "")
+            )
+        if proto == "presplit":
+            if src != "user_lines":
+                raise ValueError(
+                    f"split.protocol 'presplit' needs a source with its own train/test files ('user_lines'), "
+                    f"not {src!r}"
+                )
+            if not self.test_file:
+                raise ValueError("split.protocol 'presplit' needs data.test_file")
+            if self.min_user_interactions or self.min_item_interactions:
+                # Filtering a published split would silently change the benchmark it reproduces.
+                raise ValueError(
+                    "k-core filtering (data.min_user_interactions / data.min_item_interactions) is not "
+                    "applied to a presplit benchmark; set them to 0 or use another split.protocol"
+                )
+        return self
+
+    def display_name(self) -> str:
+        """A short readable name for folder names and logs (``Beauty``, ``ml-100k``, ``train``)."""
+        if self.name:
+            return self.name
+        if self.source == "movielens_100k":
+            return "ml-100k"
+        stem = self.path.rstrip("/").rsplit("/", 1)[-1]
+        return stem.rsplit(".", 1)[0] or self.source

@@ -1,0 +1,328 @@
+"""``prepare(cfg)``: raw files -> validated, filtered, split, id-mapped, feature-encoded folder, cached.
+
+The cache key is the SHA256 of (config without ``path``, the SHA256 of every source file read, schema
+version): the same data at another path reuses the folder, and an edited file or config builds a new one.
+The folder is written under a temporary name and moved into place with one ``os.replace``, with
+``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete.
+
+Pipeline (each step a function of :mod:`features.transforms` / :mod:`features.splits`)::
+
+    read + validate -> [rating >= threshold] -> [dedup] -> [k-core] -> split -> map ids (vocab = all
+    splits) -> side features -> write
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features._hashing import sha256_bytes, sha256_file
+from features._text import LINE
+from features.config import DataConfig
+from features.dataset import MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset
+from features.errors import DataValidationError
+from features.movielens import ML100K_GENRES
+from features.readers import read_source, source_files
+from features.side_features import attribute_item_features, movielens_item_features, movielens_user_features
+from features.sources import default_download_dir, obtain_movielens_100k
+from features.splits import (
+    Split,
+    leave_one_out_split,
+    presplit,
+    random_ratio_split,
+    temporal_cut_value,
+    temporal_split,
+)
+from features.transforms import binarize, deduplicate, id_vocab, k_core
+
+__all__ = ["prepare", "default_cache_dir", "content_hash"]
+
+U, IT = "user_idx", "item_idx"  # dedup, k-core and splits run on the provisional dense indices
+
+
+def default_cache_dir() -> Path:
+    """``$RECSYS_HOME/prepared``; ``RECSYS_HOME`` defaults to ``~/.cache/recsys``."""
+    home = Path(os.environ.get("RECSYS_HOME", Path.home() / ".cache" / "recsys")).expanduser()
+    return home / "prepared"
+
+
+def content_hash(cfg: DataConfig, file_hashes: dict[str, str]) -> str:
+    """The cache key: sha256 of the config (minus ``path``), the source files' sha256s and the schema."""
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg.model_dump(mode="json", exclude={"path"}),
+        "sources": file_hashes,
+    }
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
+
+
+def prepare(
+    cfg: DataConfig | dict, cache_dir: Path | str | None = None, force: bool = False
+) -> PreparedDataset:
+    """Read, validate, transform and split the data of ``cfg``; write (or reuse) the prepared folder.
+
+    Args:
+        cfg: a :class:`DataConfig` (or a dict validated into one).
+        cache_dir: parent folder of prepared datasets (default :func:`default_cache_dir`).
+        force: rebuild even when a complete folder for the same inputs exists.
+    Returns:
+        The loaded :class:`PreparedDataset`; ``cache_hit`` tells whether the folder was reused.
+    """
+    if not isinstance(cfg, DataConfig):
+        cfg = DataConfig.model_validate(cfg)
+    if cfg.source == "movielens_100k" and cfg.path == "auto":
+        root = obtain_movielens_100k(default_download_dir())
+    else:
+        root = Path(cfg.path).expanduser()
+    files = source_files(cfg, root)
+    hashes = {role: sha256_file(path) for role, path in files.items()}
+    key = content_hash(cfg, hashes)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache / f"{_slug(cfg.display_name())}-{key[:16]}"
+    if not force and (folder / MANIFEST).exists():
+        try:
+            ds = PreparedDataset.load(folder)
+        except DataValidationError:
+            ds = None  # damaged: rebuild below
+        if ds is not None and ds.manifest.get("content_hash") == key:
+            ds.cache_hit = True
+            return ds
+
+    t0 = time.perf_counter()
+    tables, manifest = build_tables(cfg, files)
+    manifest["content_hash"] = key
+    manifest["source_files"] = {role: {"name": files[role].name, "sha256": hashes[role]} for role in files}
+    # Where and when it was built: kept out of `manifest_hash`, so that rebuilding the same inputs (or
+    # building them from another folder) identifies the same dataset.
+    manifest["provenance"] = {
+        "data_path": cfg.path,
+        "files": {role: str(path.resolve()) for role, path in files.items()},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "polars_version": pl.__version__,
+    }
+    _write_atomically(folder, tables, manifest)
+    return PreparedDataset.load(folder)
+
+
+def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+    """The whole pipeline in memory: -> (``{file stem: frame}``, manifest without the hashes)."""
+    raw = read_source(cfg, files)
+    inter = raw.interactions
+    n_read = inter.height
+    dropped: dict[str, int] = {}
+
+    def step(name: str, df: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+        dropped[name] = df.height - new.height
+        return new
+
+    test = raw.test
+    if cfg.rating_threshold is not None:
+        inter = step("below_rating_threshold", inter, binarize(inter, cfg.rating_threshold))
+
+    # Provisional dense ids over everything read, so that deduplication, k-core and the split (window
+    # functions, anti-joins) run on Int64 keys instead of strings; ids that lose all their rows on the way
+    # are compacted away afterwards (keeping the numeric order, so LightGCN's ids stay idx == id).
+    users = [inter["user_id"], *([test["user_id"]] if test is not None else [])]
+    if raw.user_ids is not None:
+        users.append(raw.user_ids)  # users listed without items
+    items = [inter["item_id"], *([test["item_id"]] if test is not None else [])]
+    user_vocab = id_vocab(pl.concat(users), "user")
+    item_vocab = id_vocab(pl.concat(items), "item")
+    # The text ids are no longer needed (vocabularies map back), except in the presplit test file, where an
+    # unseen item is reported by its original id.
+    inter = _map(inter, user_vocab, item_vocab).drop("user_id", "item_id")
+    test = _map(test, user_vocab, item_vocab) if test is not None else None
+
+    if cfg.dedup:
+        inter = step("duplicates", inter, deduplicate(inter, U, IT))
+        if test is not None:
+            test = step("test_duplicates", test, deduplicate(test, U, IT))
+    if cfg.min_user_interactions or cfg.min_item_interactions:
+        inter = step(
+            "k_core", inter, k_core(inter, cfg.min_user_interactions, cfg.min_item_interactions, U, IT)
+        )
+    if inter.height == 0:
+        raise DataValidationError(
+            files["interactions"],
+            "interactions left after filtering",
+            got="<none>",
+            hint="check data.rating_threshold and the k-core settings",
+        )
+
+    split, split_info = _split(cfg, inter, test, files)
+    dropped.update(split.dropped)
+    parts = {"train": split.train, "valid": split.valid, "test": split.test}
+    user_vocab, item_vocab, parts = _compact(
+        user_vocab,
+        item_vocab,
+        parts,
+        keep_all_users=raw.user_ids is not None and not cfg.min_user_interactions,
+    )
+
+    keep = [c for c in ("timestamp", "rating") if c in inter.columns]
+    sort_keys = ["user_idx", *(["timestamp"] if "timestamp" in keep else [])]
+    tables: dict[str, pl.DataFrame] = {
+        name: df.select("user_idx", "item_idx", *keep).sort(sort_keys, maintain_order=True)
+        for name, df in parts.items()
+    }
+
+    side: dict[str, Any] = {}
+    if raw.items is not None and "title" in raw.items.columns:
+        item_vocab = item_vocab.join(
+            raw.items.select("item_id", "title"), on="item_id", how="left", maintain_order="left"
+        )
+    if cfg.side_features:
+        if raw.users is not None:
+            tables["users"], side["users"] = movielens_user_features(raw.users, user_vocab)
+        if raw.items is not None and "genres" in raw.items.columns:
+            tables["items"], side["items"] = movielens_item_features(raw.items, item_vocab, ML100K_GENRES)
+        elif raw.items is not None and "attributes" in raw.items.columns:
+            tables["items"], side["items"] = attribute_item_features(raw.items, item_vocab)
+    tables["user_vocab"] = user_vocab
+    tables["item_vocab"] = item_vocab
+
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.display_name(),
+        "source": cfg.source,
+        "config": cfg.model_dump(mode="json", exclude={"path"}),  # the path is provenance
+        "n_users": user_vocab.height,
+        "n_items": item_vocab.height,
+        "counts": {name: tables[name].height for name in SPLITS},
+        "interactions_read": n_read + (raw.test.height if raw.test is not None else 0),
+        "split_protocol": cfg.split.protocol,
+        "split": split_info,
+        "dropped": dropped,
+        "columns": {name: tables[name].columns for name in tables},
+        "files": sorted(tables),
+        "side_features": side,
+    }
+    return tables, manifest
+
+
+def _map(df: pl.DataFrame, user_vocab: pl.DataFrame, item_vocab: pl.DataFrame) -> pl.DataFrame:
+    return df.join(user_vocab, on="user_id", how="left", maintain_order="left").join(
+        item_vocab, on="item_id", how="left", maintain_order="left"
+    )
+
+
+def _compact(
+    user_vocab: pl.DataFrame, item_vocab: pl.DataFrame, parts: dict[str, pl.DataFrame], keep_all_users: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, pl.DataFrame]]:
+    """Drop vocabulary entries that no split uses any more and renumber densely (order kept)."""
+    for side, vocab in (("user", user_vocab), ("item", item_vocab)):
+        col = f"{side}_idx"
+        if side == "user" and keep_all_users:
+            continue
+        used = pl.concat([p[col] for p in parts.values()]).unique()
+        if used.len() == vocab.height:
+            continue
+        remap = (
+            vocab.filter(pl.col(col).is_in(used.implode()))
+            .sort(col)
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__new"))
+        )
+        lookup = remap.select(col, "__new")
+        parts = {
+            name: p.join(lookup, on=col, how="left", maintain_order="left").drop(col).rename({"__new": col})
+            for name, p in parts.items()
+        }
+        vocab = remap.drop(col).rename({"__new": col}).select(col, f"{side}_id")
+        if side == "user":
+            user_vocab = vocab
+        else:
+            item_vocab = vocab
+    return user_vocab, item_vocab, parts
+
+
+def _split(
+    cfg: DataConfig, inter: pl.DataFrame, test: pl.DataFrame | None, files: dict[str, Path]
+) -> tuple[Split, dict[str, Any]]:
+    s = cfg.split
+    info: dict[str, Any] = {"protocol": s.protocol}
+    if s.protocol == "random_ratio":
+        info.update(test_ratio=s.test_ratio, valid_ratio=s.valid_ratio, seed=s.seed)
+        out = random_ratio_split(inter, s.test_ratio, s.valid_ratio, s.seed, user=U, item=IT)
+    elif s.protocol == "leave_one_out":
+        info["order"] = "timestamp, then file order" if "timestamp" in inter.columns else "file order"
+        out = leave_one_out_split(inter, user=U, item=IT)
+    elif s.protocol == "temporal":
+        cut = (
+            s.cut_timestamp
+            if s.cut_timestamp is not None
+            else temporal_cut_value(inter, s.temporal_cut or 0.0)
+        )
+        valid_cut = s.valid_cut_timestamp
+        if s.valid_temporal_cut is not None:
+            valid_cut = temporal_cut_value(inter, s.valid_temporal_cut)
+        if valid_cut is not None and valid_cut >= cut:
+            raise DataValidationError(
+                files["interactions"],
+                f"a validation cut before the test cut {cut}",
+                column="timestamp",
+                got=valid_cut,
+                hint="too many equal timestamps for distinct quantile cuts",
+            )
+        info.update(
+            cut_timestamp=cut,
+            valid_cut_timestamp=valid_cut,
+            temporal_cut=s.temporal_cut,
+            valid_temporal_cut=s.valid_temporal_cut,
+        )
+        out = temporal_split(inter, cut, valid_cut, user=U, item=IT)
+    else:
+        assert test is not None
+        info.update(valid_from_train_ratio=s.valid_from_train_ratio, seed=s.seed, unseen=s.presplit_unseen)
+        out = presplit(
+            inter,
+            test,
+            valid_from_train_ratio=s.valid_from_train_ratio,
+            seed=s.seed,
+            unseen=s.presplit_unseen,
+            test_file=files["test"],
+            user=U,
+            item=IT,
+        )
+    out.train, out.valid, out.test = (df.drop(LINE, strict=False) for df in (out.train, out.valid, out.test))
+    return out, info
+
+
+def _write_atomically(folder: Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any]) -> None:
+    """Write into ``.tmp-<name>-<random>`` beside ``folder``, manifest last, then rename into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, df in tables.items():
+            df.write_parquet(tmp / f"{name}.parquet")
+        mtmp = tmp / (MANIFEST + ".part")
+        mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
+        os.replace(mtmp, tmp / MANIFEST)
+        if folder.exists():
+            # An incomplete/damaged folder or force=True: move it aside first (a rename cannot replace a
+            # non-empty folder), then delete it.
+            trash = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # Another process finished the same dataset first: keep theirs when complete.
+            if not (folder / MANIFEST).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40] or "data"

@@ -1,0 +1,437 @@
+"""Readers: raw files -> validated Polars frames with canonical columns.
+
+Every reader returns interactions as ``[user_id: Utf8, item_id: Utf8, rating: Float64 (optional),
+timestamp: Int64 (optional), _line: Int64]`` where ``_line`` is the 1-based line of the row in its file
+(kept so that later checks, such as unseen test items, can still name the line; dropped before writing).
+Ids are kept as text, so string ids (``"A1B2"``) and numeric ids share one code path; numeric formats write
+the canonical decimal form (``"007"`` -> ``"7"``).
+
+Validation is done per column with Polars expressions; on failure the first offending row is reported
+through :class:`features.errors.DataValidationError` with its file, line (or row) and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from features._text import (
+    LINE,
+    locate_decode_error,
+    parse_float,
+    parse_int,
+    parse_timestamp,
+    read_lines,
+    require_file,
+)
+from features.config import DataConfig
+from features.errors import DataValidationError
+from features.movielens import movielens_files, read_movielens
+
+__all__ = [
+    "RawData",
+    "read_interactions",
+    "read_user_lines",
+    "read_amazon_seq",
+    "read_item_attributes",
+    "source_files",
+    "read_source",
+]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+
+
+@dataclass
+class RawData:
+    """Everything a source yields before filtering and splitting.
+
+    Attributes:
+        interactions: canonical interaction frame (for ``presplit``: the train file).
+        test: the benchmark's own test interactions (``presplit`` only).
+        user_ids: every user id the files mention, including users listed without any item (``Utf8``).
+        users: raw user side features keyed by ``user_id``, or None.
+        items: raw item side features keyed by ``item_id`` (may hold ``title``), or None.
+    """
+
+    interactions: pl.DataFrame
+    files: dict[str, Path]
+    test: pl.DataFrame | None = None
+    user_ids: pl.Series | None = None
+    users: pl.DataFrame | None = None
+    items: pl.DataFrame | None = None
+
+
+# ---- generic CSV / TSV / Parquet --------------------------------------------------------------------------
+def read_interactions(
+    path: Path,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+    rating: str | None = None,
+    timestamp: str | None = None,
+    separator: str | None = None,
+    has_header: bool = True,
+) -> pl.DataFrame:
+    """Read a generic interactions file (CSV, TSV or Parquet) with configurable column names.
+
+    Only the named columns are read (the scan is lazy, so other columns are never parsed).  Blank lines are
+    skipped.  User and item ids may be any non-empty text or integers.
+
+    Returns:
+        ``[user_id: Utf8, item_id: Utf8, rating: Float64?, timestamp: Int64?, _line: Int64]``; for Parquet
+        ``_line`` is the 1-based row number.
+    """
+    require_file(path, "interactions file")
+    wanted = {"user_id": user, "item_id": item}
+    if rating is not None:
+        wanted["rating"] = rating
+    if timestamp is not None:
+        wanted["timestamp"] = timestamp
+    is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
+    if is_parquet:
+        _check_parquet_magic(path)
+        lf = pl.scan_parquet(path).with_row_index(LINE, offset=1)
+        where = "_row"
+    else:
+        sep = separator or _SEPARATORS.get(path.suffix.lower())
+        if sep is None:
+            raise DataValidationError(
+                path,
+                "a .csv, .tsv or .parquet suffix, or data.separator set",
+                got=path.suffix or "<no suffix>",
+            )
+        # All columns as text: types are checked below, column by column, so that an error can name the line.
+        # The row index is offset so that it equals the file's line number (one record per line assumed).
+        # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
+        rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
+        lf = pl.scan_csv(
+            path,
+            separator=sep,
+            has_header=has_header,
+            infer_schema=False,
+            row_index_name=LINE,
+            row_index_offset=1 + int(has_header),
+            encoding="utf8",
+            with_column_names=rename,
+        )
+        where = LINE
+    try:
+        names = [n for n in lf.collect_schema().names() if n != LINE]
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise _explain_scan_error(path, exc, is_parquet, separator) from None
+    missing = [c for c in wanted.values() if c not in names]
+    if missing:
+        raise DataValidationError(
+            path,
+            f"column(s) {', '.join(repr(m) for m in missing)}",
+            column=missing[0],
+            got=f"<columns {names}>",
+            hint="set data.columns.user/item/rating/timestamp to the file's names"
+            + (
+                ""
+                if has_header or is_parquet
+                else "; without a header the columns are column_1, column_2, ..."
+            ),
+        )
+    try:
+        df = lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()]).collect()
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as exc:
+        raise _explain_scan_error(path, exc, is_parquet, separator) from None
+    if where == "_row":
+        df = df.rename({LINE: "_row"})
+    value_cols = list(wanted)
+    # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
+    if not is_parquet:
+        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in value_cols]))
+    if df.height == 0:
+        raise DataValidationError(path, "at least one interaction", got="<no data rows>")
+    out = [
+        _id_column(df, "user_id", user, path, where),
+        _id_column(df, "item_id", item, path, where),
+    ]
+    if rating is not None:
+        out.append(
+            parse_float(df.rename({"rating": rating}), rating, path, "a rating", where=where).alias("rating")
+        )
+    if timestamp is not None:
+        out.append(
+            parse_timestamp(df.rename({"timestamp": timestamp}), timestamp, path, where=where).alias(
+                "timestamp"
+            )
+        )
+    renamed = df.rename({k: v for k, v in wanted.items() if k in ("rating", "timestamp")})
+    return renamed.select(*out, pl.col(where).cast(pl.Int64).alias(LINE))
+
+
+def _id_column(df: pl.DataFrame, col: str, label: str, path: Path, where: str) -> pl.Expr:
+    """Ids may be text or integers; they must not be empty. Returns a Utf8 expression."""
+    dtype = df.schema[col]
+    if not (dtype == pl.String or dtype.is_integer()):
+        raise DataValidationError(path, "ids as text or integers", column=label, got=f"<dtype {dtype}>")
+    text = pl.col(col).cast(pl.String).str.strip_chars()
+    bad = df.select(where, text.alias("_v")).filter(pl.col("_v").is_null() | (pl.col("_v") == "")).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        loc = {"row": r[where]} if where == "_row" else {"line": r[where]}
+        raise DataValidationError(
+            path, "a user id" if col == "user_id" else "an item id", column=label, got="<empty>", **loc
+        )
+    return text.alias(col)
+
+
+def _check_parquet_magic(path: Path) -> None:
+    # A Parquet file starts and ends with b"PAR1"; checking costs 8 bytes of I/O and turns an opaque
+    # decoder error ("out of spec") into a clear one.
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        size = path.stat().st_size
+        fh.seek(max(0, size - 4))
+        tail = fh.read(4)
+    if size < 12 or head != b"PAR1" or tail != b"PAR1":
+        raise DataValidationError(
+            path, "a Parquet file (starting and ending with the bytes 'PAR1')", column="byte 1", got=head
+        )
+
+
+def _explain_scan_error(path: Path, exc: Exception, is_parquet: bool, separator: str | None) -> Exception:
+    """Turn a Polars scan error into a DataValidationError naming the line, by re-reading the file."""
+    if is_parquet:
+        return DataValidationError(path, "a readable Parquet file", got=f"<{type(exc).__name__}: {exc}>")
+    err = locate_decode_error(path, "utf-8")
+    if err is not None:
+        return err
+    sep = separator or _SEPARATORS.get(path.suffix.lower(), ",")
+    # Polars reports ragged rows without a line number: find the first one with the csv module (error path).
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        width = None
+        for record in reader:
+            if not record:
+                continue
+            if width is None:
+                width = len(record)
+            elif len(record) > width:
+                return DataValidationError(
+                    path,
+                    f"at most {width} fields per line, like the first line",
+                    line=reader.line_num,
+                    got=f"<{len(record)} fields>",
+                )
+    return DataValidationError(path, "a well-formed delimited text file", got=f"<{str(exc).splitlines()[0]}>")
+
+
+# ---- "one line per user" (LightGCN) and Amazon sequences --------------------------------------------------
+def _read_id_lines(path: Path, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse ``uid iid iid ...`` lines (whitespace-separated non-negative integers).
+
+    Returns:
+        interactions ``[user_id, item_id, _line, _pos]`` (``_pos``: 0-based position of the item in its
+        line) and users ``[user_id, _line]`` with one row per non-blank line, items or not.
+    """
+    lines = read_lines(path)
+    tok = lines.select(LINE, pl.col("line").str.extract_all(r"\S+").alias("_t")).filter(
+        pl.col("_t").list.len() > 0
+    )
+    if tok.height == 0:
+        raise DataValidationError(path, f"at least one '{what}' line", got="<only blank lines>")
+    tok = tok.with_columns(pl.col("_t").list.first().alias("_u"))
+    uid = parse_int(tok, "_u", path, "the user id as the first token", column_label="token 1")
+    tok = tok.with_columns(uid.alias("_uid"))
+    dup = tok.filter(pl.col(LINE) != pl.col(LINE).min().over("_uid")).head(1)
+    if dup.height:
+        r = dup.row(0, named=True)
+        first = tok.filter(pl.col("_uid") == r["_uid"])[LINE].min()
+        raise DataValidationError(
+            path,
+            "each user on one line only",
+            line=r[LINE],
+            column="token 1",
+            got=f"<user {r['_uid']} again (first on line {first})>",
+        )
+    users = tok.select(pl.col("_uid").cast(pl.String).alias("user_id"), LINE)
+    long = (
+        tok.select(
+            LINE,
+            "_uid",
+            pl.col("_t").list.slice(1).alias("_i"),
+            pl.int_ranges(0, pl.col("_t").list.len() - 1, dtype=pl.Int64).alias("_pos"),
+        )
+        .explode(["_i", "_pos"])
+        .filter(pl.col("_i").is_not_null())
+    )
+    items = parse_int(long, "_i", path, "an item id", column_label=pl.format("token {}", pl.col("_pos") + 2))
+    inter = long.select(
+        pl.col("_uid").cast(pl.String).alias("user_id"),
+        items.cast(pl.String).alias("item_id"),
+        LINE,
+        "_pos",
+    )
+    return inter, users
+
+
+def read_user_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """LightGCN's ``uid iid iid ...`` format (one line per user, no timestamps, order not meaningful).
+
+    Returns:
+        (interactions ``[user_id, item_id, _line]``, users ``[user_id, _line]``); a line with a user id and no
+        items yields the user without interactions.
+    """
+    inter, users = _read_id_lines(path, "uid iid iid ...")
+    return inter.drop("_pos"), users
+
+
+def read_amazon_seq(path: Path) -> pl.DataFrame:
+    """S3-Rec's Amazon ``uid i1 i2 ... in`` sequences (time order, no timestamps).
+
+    The position of an item in its line becomes its ``timestamp`` (0, 1, 2, ...), so that time-ordered
+    protocols (leave-one-out) see the sequence order.
+
+    Returns:
+        ``[user_id, item_id, timestamp: Int64, _line]``.
+    """
+    inter, _ = _read_id_lines(path, "uid i1 i2 ...")
+    return inter.select("user_id", "item_id", pl.col("_pos").alias("timestamp"), LINE)
+
+
+def read_item_attributes(path: Path) -> pl.DataFrame:
+    """``<name>_item2attributes.json``: ``{"item id": [attribute id, ...], ...}``.
+
+    Attribute ids must be positive integers (0 is reserved for "unknown / padding").
+
+    Returns:
+        ``[item_id: Utf8, attributes: List[Int64]]``.
+    """
+    require_file(path, "item attributes file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        err = locate_decode_error(path)
+        assert err is not None
+        raise err from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataValidationError(
+            path, "valid JSON", line=exc.lineno, column=f"char {exc.colno}", got=exc.msg
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataValidationError(
+            path,
+            "a JSON object mapping item id -> list of attribute ids",
+            line=1,
+            got=f"<JSON {type(obj).__name__}>",
+        )
+    keys = list(obj)
+    values = list(obj.values())
+    # One pass over items (not interactions) in Python: JSON values arrive as Python objects anyway.
+    for key, value in zip(keys, values, strict=True):
+        if not key.strip().isdigit():
+            raise DataValidationError(
+                path,
+                "item ids (object keys) that are non-negative integers",
+                column=f"key {key!r}",
+                got=key,
+                **_json_pos(text, key),
+            )
+        if not isinstance(value, list) or not all(type(a) is int and a > 0 for a in value):
+            raise DataValidationError(
+                path,
+                "a list of positive integer attribute ids",
+                column=f"item {key!r}",
+                got=value,
+                **_json_pos(text, key),
+            )
+    df = pl.DataFrame(
+        {"item_id": keys, "attributes": values},
+        schema={"item_id": pl.String, "attributes": pl.List(pl.Int64)},
+    )
+    return df.with_columns(pl.col("item_id").str.strip_chars().cast(pl.Int64).cast(pl.String))
+
+
+def _json_pos(text: str, key: str) -> dict:
+    """Line of ``"key":`` in a JSON text (first occurrence), for error messages."""
+    pos = text.find(json.dumps(key))
+    return {"line": text.count("\n", 0, pos) + 1} if pos >= 0 else {}
+
+
+# ---- by config --------------------------------------------------------------------------------------------
+def source_files(cfg: DataConfig, root: Path) -> dict[str, Path]:
+    """The files a config will read, by role (``interactions``, ``test``, ``users``, ``items``, ...).
+
+    Listed before anything is parsed so that their content hashes can key the prepared-dataset cache.
+    ``root`` is ``cfg.path`` resolved (for ``movielens_100k`` with ``path: auto``, the obtained folder).
+    Missing required files raise :class:`DataValidationError`.
+    """
+    src = cfg.source
+    if src == "interactions":
+        return {"interactions": require_file(root, "interactions file")}
+    if src == "movielens_100k":
+        return movielens_files(root, cfg.side_features)
+    if src == "user_lines":
+        if root.is_file():
+            if cfg.split.protocol == "presplit":
+                raise DataValidationError(
+                    root,
+                    "a folder holding data.train_file and data.test_file for split.protocol 'presplit'",
+                    got="<a single file>",
+                )
+            return {"interactions": require_file(root, "user lines file")}
+        files = {"interactions": require_file(root / cfg.train_file, "train file")}
+        test = root / cfg.test_file if cfg.test_file else None
+        if cfg.split.protocol == "presplit":
+            assert test is not None
+            files["test"] = require_file(test, "test file")
+        elif test is not None and test.exists():
+            files["test"] = require_file(test, "test file")
+        return files
+    if src == "amazon_seq":
+        if root.is_file() or root.suffix == ".txt":
+            seq, stem = root, root.stem
+        else:
+            stem = cfg.name or ""
+            seq = root / f"{stem}.txt"
+        files = {"interactions": require_file(seq, "sequence file")}
+        attrs = seq.with_name(f"{stem}_item2attributes.json")
+        if cfg.side_features and attrs.exists():
+            files["attributes"] = attrs
+        return files
+    raise AssertionError(src)  # pragma: no cover - Literal-checked by pydantic
+
+
+def read_source(cfg: DataConfig, files: dict[str, Path]) -> RawData:
+    """Read and validate the files of :func:`source_files` into a :class:`RawData`."""
+    src = cfg.source
+    if src == "interactions":
+        c = cfg.columns
+        df = read_interactions(
+            files["interactions"],
+            user=c.user,
+            item=c.item,
+            rating=c.rating,
+            timestamp=c.timestamp,
+            separator=cfg.separator,
+            has_header=cfg.has_header,
+        )
+        return RawData(df, files)
+    if src == "movielens_100k":
+        inter, users, items = read_movielens(files)
+        return RawData(inter, files, users=users, items=items)
+    if src == "user_lines":
+        train, train_users = read_user_lines(files["interactions"])
+        test, test_users = read_user_lines(files["test"]) if "test" in files else (None, None)
+        user_ids = pl.concat([train_users, test_users]) if test_users is not None else train_users
+        if cfg.split.protocol != "presplit" and test is not None:
+            # Re-splitting a benchmark: its train and test files together are the interaction log.
+            train, test = pl.concat([train, test]), None
+        return RawData(train, files, test=test, user_ids=user_ids["user_id"].unique(maintain_order=True))
+    if src == "amazon_seq":
+        inter = read_amazon_seq(files["interactions"])
+        items = read_item_attributes(files["attributes"]) if "attributes" in files else None
+        return RawData(inter, files, items=items)
+    raise AssertionError(src)  # pragma: no cover

@@ -1,0 +1,214 @@
+"""Split protocols: random ratio per user, leave-one-out, global temporal cut, and pre-split benchmarks.
+
+Every function takes interaction frames (``user_id``, ``item_id``, optional ``timestamp``; the column names
+are parameters, so mapped ``user_idx``/``item_idx`` frames work too) and returns a :class:`Split` with the
+three parts in input row order and the counts of rows it dropped.
+
+Guarantees shared by all protocols (the leakage tests check them):
+
+* no (user, item) pair is in both train and test (or train and valid, or valid and test): a repeated pair
+  that would straddle the boundary is removed from the later split and counted (``*_seen_in_train``);
+  with ``dedup: true`` (the default) this never happens;
+* the random protocols are seeded and reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from features._text import LINE
+from features.errors import DataValidationError
+
+__all__ = [
+    "Split",
+    "random_ratio_split",
+    "leave_one_out_split",
+    "temporal_split",
+    "temporal_cut_value",
+    "presplit",
+]
+
+
+@dataclass
+class Split:
+    """Three interaction frames and what the split dropped (``{reason: number of rows}``)."""
+
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def random_ratio_split(
+    df: pl.DataFrame,
+    test_ratio: float,
+    valid_ratio: float = 0.0,
+    seed: int = 0,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+) -> Split:
+    """Per user, a seeded random ``test_ratio`` of the interactions to test and ``valid_ratio`` to valid.
+
+    A user with ``n`` interactions gets ``round(n * test_ratio)`` test and ``round(n * valid_ratio)`` valid
+    interactions (half rounds up), capped so that a user with ``n >= 2`` keeps at least one in train; a user
+    with a single interaction stays in train.  The permutation comes from ``numpy.random.default_rng(seed)``
+    over the rows, so the split depends only on the seed and the input rows (and their order).
+    """
+    tmp = df.with_columns(pl.Series("__key", np.random.default_rng(seed).random(df.height)))
+    n = pl.len().over(user)
+    n_test = pl.min_horizontal((n * test_ratio + 0.5).floor().cast(pl.Int64), n - 1)
+    n_valid = pl.min_horizontal((n * valid_ratio + 0.5).floor().cast(pl.Int64), n - 1 - n_test)
+    pos = (pl.col("__key").rank("ordinal").over(user) - 1).cast(pl.Int64)
+    tmp = tmp.with_columns(
+        pl.when(pos < n_test)
+        .then(pl.lit(2))
+        .when(pos < n_test + n_valid)
+        .then(pl.lit(1))
+        .otherwise(pl.lit(0))
+        .alias("__part")
+    ).drop("__key")
+    return _finish(tmp, user, item)
+
+
+def leave_one_out_split(df: pl.DataFrame, *, user: str = "user_id", item: str = "item_id") -> Split:
+    """Per user, the last interaction to test and the second last to valid; the rest to train.
+
+    "Last" is by ``timestamp`` (when present) and then by input row order, so sequences without timestamps
+    (Amazon files, where the position is the time) keep their order.  Users with fewer than 3 interactions
+    stay entirely in train (one left for training, one to validate and one to test is the minimum).
+    """
+    keys = (["timestamp"] if "timestamp" in df.columns else []) + ["__row"]
+    tmp = df.with_row_index("__row").sort(keys)
+    n = pl.len().over(user)
+    from_end = n - 1 - pl.int_range(pl.len(), dtype=pl.Int64).over(user)  # 0 = the user's last interaction
+    tmp = (
+        tmp.with_columns(
+            pl.when(n < 3)
+            .then(pl.lit(0))
+            .when(from_end == 0)
+            .then(pl.lit(2))
+            .when(from_end == 1)
+            .then(pl.lit(1))
+            .otherwise(pl.lit(0))
+            .alias("__part")
+        )
+        .sort("__row")
+        .drop("__row")
+    )
+    return _finish(tmp, user, item)
+
+
+def temporal_cut_value(df: pl.DataFrame, quantile: float) -> int:
+    """The timestamp at the given quantile of all interactions (an actual timestamp, the lower neighbour)."""
+    if df.height == 0:
+        raise ValueError("cannot compute a temporal cut of an empty frame")
+    value = df["timestamp"].quantile(quantile, interpolation="lower")
+    assert value is not None
+    return int(value)
+
+
+def temporal_split(
+    df: pl.DataFrame, cut: int, valid_cut: int | None = None, *, user: str = "user_id", item: str = "item_id"
+) -> Split:
+    """One global time cut: train ``< cut <=`` test; with ``valid_cut``: train ``< valid_cut <=`` valid ``< cut``.
+
+    Valid and test interactions whose user or item never occurs in train are dropped (a model cannot score
+    them) and counted as ``valid_unseen`` / ``test_unseen``.
+    """
+    if valid_cut is not None and valid_cut >= cut:
+        raise ValueError(f"valid_cut ({valid_cut}) must be before cut ({cut})")
+    start = cut if valid_cut is None else valid_cut
+    ts = pl.col("timestamp")
+    tmp = df.with_columns(
+        pl.when(ts >= cut)
+        .then(pl.lit(2))
+        .when(ts >= start)
+        .then(pl.lit(1))
+        .otherwise(pl.lit(0))
+        .alias("__part")
+    )
+    train = tmp.filter(pl.col("__part") == 0)
+    seen = pl.col(user).is_in(train[user].unique().implode()) & pl.col(item).is_in(
+        train[item].unique().implode()
+    )
+    dropped = {
+        "valid_unseen": tmp.filter((pl.col("__part") == 1) & ~seen).height,
+        "test_unseen": tmp.filter((pl.col("__part") == 2) & ~seen).height,
+    }
+    tmp = tmp.filter((pl.col("__part") == 0) | seen)
+    out = _finish(tmp, user, item)
+    out.dropped = {**dropped, **out.dropped}
+    return out
+
+
+def presplit(
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    *,
+    valid_from_train_ratio: float = 0.0,
+    seed: int = 0,
+    unseen: str = "error",
+    test_file: Path | str = "test file",
+    user: str = "user_id",
+    item: str = "item_id",
+) -> Split:
+    """A benchmark's own train/test files, used as they are.
+
+    Args:
+        valid_from_train_ratio: share of each user's train interactions moved to valid (seeded, per user,
+            as :func:`random_ratio_split`; 0 = no validation).
+        unseen: test items absent from train: ``"error"`` raises a :class:`DataValidationError` naming the
+            line of ``test_file`` (``test`` must carry ``_line``), ``"drop"`` drops and counts them.
+    """
+    seen = pl.col(item).is_in(train[item].unique().implode())
+    bad = test.filter(~seen)
+    dropped: dict[str, int] = {}
+    if bad.height:
+        if unseen == "error":
+            r = bad.row(0, named=True)
+            raise DataValidationError(
+                test_file,
+                "test items that also occur in the train file",
+                line=r.get(LINE),
+                column="item",
+                got=f"<item {r.get('item_id', r[item])} (user {r.get('user_id', r[user])}), unseen "
+                f"in train; {bad.height} such rows>",
+                hint="set split.presplit_unseen: drop to drop them",
+            )
+        test = test.filter(seen)
+    dropped["test_unseen"] = bad.height
+    if valid_from_train_ratio > 0:
+        carved = random_ratio_split(train, valid_from_train_ratio, 0.0, seed, user=user, item=item)
+        train, valid = carved.train, carved.test
+    else:
+        valid = train.clear()
+    parts = [
+        train.with_columns(pl.lit(0).alias("__part")),
+        valid.with_columns(pl.lit(1).alias("__part")),
+        test.with_columns(pl.lit(2).alias("__part")),
+    ]
+    out = _finish(pl.concat(parts, how="diagonal_relaxed"), user, item)
+    out.dropped = {**dropped, **out.dropped}
+    return out
+
+
+def _finish(tmp: pl.DataFrame, user: str, item: str) -> Split:
+    """``__part`` (0 train, 1 valid, 2 test) -> Split, removing pairs already in an earlier part."""
+    train = tmp.filter(pl.col("__part") == 0).drop("__part")
+    valid = tmp.filter(pl.col("__part") == 1).drop("__part")
+    test = tmp.filter(pl.col("__part") == 2).drop("__part")
+    dropped: dict[str, int] = {}
+    keys = [user, item]
+    before = valid.height
+    valid = valid.join(train.select(keys), on=keys, how="anti", maintain_order="left")
+    dropped["valid_seen_in_train"] = before - valid.height
+    before = test.height
+    earlier = pl.concat([train.select(keys), valid.select(keys)])
+    test = test.join(earlier, on=keys, how="anti", maintain_order="left")
+    dropped["test_seen_in_train"] = before - test.height
+    return Split(train, valid, test, dropped)

@@ -1,0 +1,395 @@
+"""A corpus of malformed inputs: each must fail with a DataValidationError naming the file, the line (or row
+/ column) and what was expected.  Files are written into tmp_path by the tests themselves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from features import DataConfig, DataValidationError, PreparedDataset, prepare
+from features.readers import read_amazon_seq, read_interactions, read_item_attributes, read_user_lines
+
+DATA = Path(__file__).parent / "data"
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def ml_folder(tmp_path: Path, **replace: str | bytes) -> Path:
+    """A copy of the synthetic MovieLens fixture with some files replaced (or deleted with None)."""
+    folder = tmp_path / "ml"
+    shutil.copytree(DATA / "ml100k_mini", folder)
+    for name, content in replace.items():
+        name = name.replace("_", ".")
+        if content is None:
+            (folder / name).unlink()
+        else:
+            write(folder / name, content)
+    return folder
+
+
+def prep_ml(folder: Path, tmp_path: Path, **kw):
+    return prepare(DataConfig(source="movielens_100k", path=str(folder), **kw), cache_dir=tmp_path / "cache")
+
+
+def prep_lines(folder: Path, tmp_path: Path, **kw):
+    return prepare(DataConfig(source="user_lines", path=str(folder), **kw), cache_dir=tmp_path / "cache")
+
+
+# ---- missing / empty files --------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    folder = ml_folder(tmp_path, u_data=None)
+    with pytest.raises(
+        DataValidationError,
+        match=r"ml/u\.data: expected an existing MovieLens ratings file, "
+        r"got <missing file>",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_missing_test_file_for_presplit(tmp_path):
+    write(tmp_path / "g" / "train.txt", "0 1 2\n")
+    with pytest.raises(
+        DataValidationError, match=r"g/test\.txt: expected an existing test file.*holds: train\.txt"
+    ):
+        prep_lines(tmp_path / "g", tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = write(tmp_path / "inter.csv", "")
+    with pytest.raises(
+        DataValidationError,
+        match=r"inter\.csv: expected a non-empty interactions file, "
+        r"got <empty file>",
+    ):
+        read_interactions(path)
+
+
+def test_header_only_csv(tmp_path):
+    path = write(tmp_path / "inter.csv", "user_id,item_id\n")
+    with pytest.raises(DataValidationError, match=r"inter\.csv: expected at least one interaction"):
+        read_interactions(path)
+
+
+def test_only_blank_lines(tmp_path):
+    path = write(tmp_path / "train.txt", "\n  \n\n")
+    with pytest.raises(
+        DataValidationError, match=r"train\.txt: expected at least one 'uid iid iid \.\.\.' line"
+    ):
+        read_user_lines(path)
+
+
+# ---- columns ----------------------------------------------------------------------------------------------
+def test_missing_columns_lists_existing(tmp_path):
+    path = write(tmp_path / "ratings.csv", "user,item,stars\n1,2,5\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"ratings\.csv, column 'rating': expected column\(s\) "
+        r"'rating', got <columns \['user', 'item', 'stars'\]>",
+    ):
+        read_interactions(path, user="user", item="item", rating="rating")
+
+
+def test_parquet_null_user_id_names_the_row(tmp_path):
+    path = tmp_path / "inter.parquet"
+    pl.DataFrame({"user_id": [1, None, 3], "item_id": ["a", "b", "c"]}).write_parquet(path)
+    with pytest.raises(
+        DataValidationError,
+        match=r"inter\.parquet, row 2, column 'user_id': expected a user id, "
+        r"got <empty>",
+    ):
+        read_interactions(path)
+
+
+# ---- ids --------------------------------------------------------------------------------------------------
+def test_non_numeric_user_id_in_u_data(tmp_path):
+    folder = ml_folder(tmp_path, u_data="1\t2\t3\t880000000\nabc\t2\t3\t880000001\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.data, line 2, column 'user': expected a user id "
+        r"\(an integer\), got 'abc'",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_negative_item_id_in_user_lines(tmp_path):
+    path = write(tmp_path / "train.txt", "0 1 2\n1 3\n2 4 -5 6\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 3, column 'token 3': expected an item id "
+        r"\(a non-negative integer\), got '-5'",
+    ):
+        read_user_lines(path)
+
+
+def test_user_lines_first_token_not_an_integer(tmp_path):
+    path = write(tmp_path / "train.txt", "0 1 2\nuser7 3 4\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 2, column 'token 1': expected the user id "
+        r"as the first token \(an integer\), got 'user7'",
+    ):
+        read_user_lines(path)
+
+
+def test_user_lines_duplicate_user_line(tmp_path):
+    path = write(tmp_path / "train.txt", "0 1 2\n1 3\n0 4 5\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 3, column 'token 1': expected each user on "
+        r"one line only, got <user 0 again \(first on line 1\)>",
+    ):
+        read_user_lines(path)
+
+
+def test_amazon_non_integer_item_token(tmp_path):
+    path = write(tmp_path / "Beauty.txt", "1 1 2 3\n2 4 5x 6\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"Beauty\.txt, line 2, column 'token 3': expected an item id "
+        r"\(an integer\), got '5x'",
+    ):
+        read_amazon_seq(path)
+
+
+# ---- ratings and timestamps -------------------------------------------------------------------------------
+def test_nan_rating(tmp_path):
+    path = write(tmp_path / "r.csv", "u,i,r\na,x,4\nb,y,NaN\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.csv, line 3, column 'r': expected a rating \(a finite "
+        r"number\), got 'NaN'",
+    ):
+        read_interactions(path, user="u", item="i", rating="r")
+
+
+def test_empty_rating(tmp_path):
+    path = write(tmp_path / "r.csv", "u,i,r\na,x,4\nb,y,5\nc,z,\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.csv, line 4, column 'r': expected a rating \(a number\), "
+        r"got <empty>",
+    ):
+        read_interactions(path, user="u", item="i", rating="r")
+
+
+def test_non_numeric_rating_in_u_data(tmp_path):
+    folder = ml_folder(tmp_path, u_data="1\t2\tfive\t880000000\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.data, line 1, column 'rating': expected a rating "
+        r"\(a number\), got 'five'",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_non_numeric_timestamp(tmp_path):
+    path = write(tmp_path / "r.tsv", "u\ti\tts\na\tx\t100\nb\ty\tyesterday\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.tsv, line 3, column 'ts': expected a timestamp "
+        r"\(an integer\), got 'yesterday'",
+    ):
+        read_interactions(path, user="u", item="i", timestamp="ts")
+
+
+def test_unparseable_datetime_timestamp(tmp_path):
+    path = write(tmp_path / "r.csv", "u,i,ts\na,x,2020-01-01T10:00:00\nb,y,tomorrow\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.csv, line 3, column 'ts': expected a timestamp "
+        r"\(an integer or an ISO-8601 date-time\), got 'tomorrow'",
+    ):
+        read_interactions(path, user="u", item="i", timestamp="ts")
+
+
+# ---- truncated / ragged lines -----------------------------------------------------------------------------
+def test_truncated_u_data_line(tmp_path):
+    folder = ml_folder(tmp_path, u_data="1\t2\t3\t880000000\n1\t3\t4\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.data, line 2: expected 4 tab-separated fields "
+        r"\(user id, item id, rating, unix time\), got <3 fields",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_truncated_u_item_line(tmp_path):
+    good = (DATA / "ml100k_mini" / "u.item").read_bytes().split(b"\n")
+    bad = b"\n".join([good[0], b"2|Night Train (1994)|01-Jan-1994||http://x|0|1", *good[2:]])
+    folder = ml_folder(tmp_path, u_item=bad)
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.item, line 2: expected 24 '\|'-separated fields "
+        r"\(id\|title.*got <7 fields",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_u_item_genre_flag_not_binary(tmp_path):
+    good = (DATA / "ml100k_mini" / "u.item").read_bytes().split(b"\n")
+    bad = b"\n".join([good[0], good[1].replace(b"|0|1|", b"|0|2|", 1), *good[2:]])
+    folder = ml_folder(tmp_path, u_item=bad)
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.item, line 2, column \"genre 'Action'\": expected a genre "
+        r"flag 0 or 1, got '2'",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_u_user_age_not_integer(tmp_path):
+    folder = ml_folder(tmp_path, u_user="1|24|M|technician|85711\n2|fifty|F|other|94043\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.user, line 2, column 'age': expected an age "
+        r"\(an integer\), got 'fifty'",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+def test_ragged_csv_line_with_extra_fields(tmp_path):
+    path = write(tmp_path / "r.csv", "u,i\na,x\nb,y,extra\nc,z\n")
+    with pytest.raises(DataValidationError, match=r"r\.csv, line 3: expected at most 2 fields per line"):
+        read_interactions(path, user="u", item="i")
+
+
+def test_recbole_atomic_bad_header(tmp_path):
+    folder = tmp_path / "atomic"
+    shutil.copytree(DATA / "ml100k_mini_atomic", folder)
+    write(folder / "ml-100k.inter", "user_id:token\titem_id\trating:float\ttimestamp:float\n1\t2\t3\t4\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"ml-100k\.inter, line 1, column 'field 2': expected a RecBole "
+        r"header of 'name:type' fields",
+    ):
+        prep_ml(folder, tmp_path)
+
+
+# ---- encodings --------------------------------------------------------------------------------------------
+def test_bad_utf8_in_user_lines(tmp_path):
+    path = write(tmp_path / "train.txt", b"0 1 2\n1 \xff3 4\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 2, column 'byte 3': expected UTF-8 text, "
+        r"got <undecodable byte 0xff>",
+    ):
+        read_user_lines(path)
+
+
+def test_bad_utf8_in_csv(tmp_path):
+    path = write(tmp_path / "r.csv", b"user_id,item_id\nalice,x\nb\xe9b,y\n")
+    with pytest.raises(DataValidationError, match=r"r\.csv, line 3, column 'byte 2': expected UTF-8 text"):
+        read_interactions(path)
+
+
+# ---- JSON attributes --------------------------------------------------------------------------------------
+def test_malformed_json(tmp_path):
+    path = write(tmp_path / "Beauty_item2attributes.json", '{"1": [1, 2],\n "2": [3,, 4]}')
+    with pytest.raises(
+        DataValidationError,
+        match=r"Beauty_item2attributes\.json, line 2, column 'char 10': "
+        r"expected valid JSON, got 'Expecting value'",
+    ):
+        read_item_attributes(path)
+
+
+def test_attribute_ids_not_integers(tmp_path):
+    path = write(
+        tmp_path / "Beauty_item2attributes.json", json.dumps({"1": [1, 2], "2": [3, "brand"]}, indent=1)
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"Beauty_item2attributes\.json, line 6, column \"item '2'\": "
+        r"expected a list of positive integer attribute ids",
+    ):
+        read_item_attributes(path)
+
+
+def test_attribute_item_key_not_integer(tmp_path):
+    path = write(tmp_path / "Beauty_item2attributes.json", '{"1": [1], "B00X": [2]}')
+    with pytest.raises(
+        DataValidationError,
+        match=r"Beauty_item2attributes\.json, line 1, column \"key 'B00X'\": "
+        r"expected item ids \(object keys\) that are non-negative integers",
+    ):
+        read_item_attributes(path)
+
+
+# ---- presplit and Parquet ---------------------------------------------------------------------------------
+def test_presplit_test_item_unseen_in_train(tmp_path):
+    write(tmp_path / "g" / "train.txt", "0 0 1 2\n1 1 2\n")
+    write(tmp_path / "g" / "test.txt", "0 3\n1 0 7\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"g/test\.txt, line 1, column 'item': expected test items that "
+        r"also occur in the train file, got <item 3 \(user 0\).*2 such rows>",
+    ):
+        prep_lines(tmp_path / "g", tmp_path)
+    # ... and the option to drop them instead
+    ds = prep_lines(tmp_path / "g", tmp_path, split={"protocol": "presplit", "presplit_unseen": "drop"})
+    assert ds.manifest["dropped"]["test_unseen"] == 2
+    assert ds.manifest["counts"]["test"] == 1
+
+
+def test_parquet_file_that_is_not_parquet(tmp_path):
+    path = write(tmp_path / "inter.parquet", "user_id,item_id\n1,2\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"inter\.parquet, column 'byte 1': expected a Parquet file "
+        r"\(starting and ending with the bytes 'PAR1'\)",
+    ):
+        read_interactions(path)
+
+
+# ---- prepared folders -------------------------------------------------------------------------------------
+def test_load_reports_missing_manifest_key(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["n_items"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataValidationError, match=r"broken/manifest\.json, column 'n_items': expected keys"):
+        PreparedDataset.load(broken)
+
+
+def test_load_reports_row_count_mismatch(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    pl.read_parquet(broken / "test.parquet").head(1).write_parquet(broken / "test.parquet")
+    with pytest.raises(
+        DataValidationError,
+        match=r"broken/test\.parquet, column 'rows': expected \d+ rows "
+        r"\(as manifest\.json says\), got 1",
+    ):
+        PreparedDataset.load(broken)
+
+
+def test_load_reports_missing_file(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    (broken / "item_vocab.parquet").unlink()
+    with pytest.raises(
+        DataValidationError,
+        match=r"broken/item_vocab\.parquet: expected the file listed in "
+        r"manifest\.json",
+    ):
+        PreparedDataset.load(broken)
+
+
+def test_corpus_is_large_enough():
+    cases = [name for name in globals() if name.startswith("test_") and name != "test_corpus_is_large_enough"]
+    assert len(cases) >= 18

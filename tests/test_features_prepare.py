@@ -1,0 +1,326 @@
+"""prepare() end to end: the prepared folder contract, caching, atomicity, side features, and real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features import DataConfig, PreparedDataset, prepare
+from features.dataset import SPLITS
+
+DATA = Path(__file__).parent / "data"
+
+
+def ml_mini(**kw) -> DataConfig:
+    base = {
+        "source": "movielens_100k",
+        "path": str(DATA / "ml100k_mini"),
+        "split": {"protocol": "random_ratio", "test_ratio": 0.2, "valid_ratio": 0.1, "seed": 1},
+    }
+    return DataConfig(**{**base, **kw})
+
+
+def test_prepared_folder_contract(tmp_path):
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    names = sorted(p.name for p in ds.root.iterdir())
+    assert names == sorted(
+        [
+            "manifest.json",
+            "train.parquet",
+            "valid.parquet",
+            "test.parquet",
+            "user_vocab.parquet",
+            "item_vocab.parquet",
+            "users.parquet",
+            "items.parquet",
+        ]
+    )
+    for split in SPLITS:
+        df = ds.split(split)
+        assert df.schema == {
+            "user_idx": pl.Int64,
+            "item_idx": pl.Int64,
+            "timestamp": pl.Int64,
+            "rating": pl.Float64,
+        }
+    assert ds.user_vocab.schema == {"user_idx": pl.Int64, "user_id": pl.String}
+    assert ds.item_vocab.schema == {"item_idx": pl.Int64, "item_id": pl.String, "title": pl.String}
+    assert ds.user_vocab["user_idx"].to_list() == list(range(ds.n_users))
+    m = ds.manifest
+    for key in (
+        "schema_version",
+        "n_users",
+        "n_items",
+        "counts",
+        "split",
+        "config",
+        "source_files",
+        "content_hash",
+        "dropped",
+        "provenance",
+        "split_protocol",
+    ):
+        assert key in m
+    assert m["counts"] == {s: ds.split(s).height for s in SPLITS}
+    assert set(m["source_files"]) == {"interactions", "users", "items", "genres"}
+    assert sum(m["counts"].values()) == 40
+    assert "created" in m["provenance"] and "path" not in m["config"]
+
+
+def test_matrix_is_binary_csr_and_cached(tmp_path):
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    m = ds.matrix("train")
+    assert m.format == "csr" and m.dtype == np.float32 and m.shape == (ds.n_users, ds.n_items)
+    assert m.nnz == ds.train.height and set(np.unique(m.data)) == {1.0}
+    assert ds.matrix("train") is m
+    with pytest.raises(KeyError):
+        ds.matrix("training")
+
+
+def test_side_features_encoded(tmp_path):
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    users, items = ds.users, ds.items
+    assert users is not None and items is not None
+    assert users.columns == ["user_idx", "age", "age_bucket", "gender", "occupation", "zip1", "zip3"]
+    assert items.columns == ["item_idx", "genres", "release_year", "year_bucket"]
+    assert users.height == ds.n_users and items.height == ds.n_items
+    spec = ds.manifest["side_features"]
+    assert spec["users"]["age_bucket"]["labels"][0] == "<18"
+    # user "3" is 17 and has a Canadian zip "T8H1N"
+    row = users.join(ds.user_vocab, on="user_idx").filter(pl.col("user_id") == "3").row(0, named=True)
+    assert spec["users"]["age_bucket"]["labels"][row["age_bucket"] - 1] == "<18"
+    assert spec["users"]["zip1"]["labels"][row["zip1"] - 1] == "T"
+    for col in ("age_bucket", "gender", "occupation", "zip1", "zip3"):
+        assert users[col].min() >= 1 and users[col].max() < spec["users"][col]["cardinality"]
+    genre_labels = spec["items"]["genres"]["labels"]
+    paper = items.join(ds.item_vocab, on="item_idx").filter(pl.col("item_id") == "1").row(0, named=True)
+    assert [genre_labels[c - 1] for c in paper["genres"]] == ["Animation", "Children's", "Comedy"]
+    assert paper["title"] == "Paper Boats" and paper["release_year"] == 1995
+    assert spec["items"]["year_bucket"]["labels"][paper["year_bucket"] - 1] == "1990s"
+
+
+def test_no_side_features(tmp_path):
+    ds = prepare(ml_mini(side_features=False), cache_dir=tmp_path)
+    assert ds.users is None and ds.items is None
+    assert "title" in ds.item_vocab.columns
+
+
+def test_second_call_is_a_cache_hit_without_rewriting(tmp_path):
+    first = prepare(ml_mini(), cache_dir=tmp_path)
+    assert not first.cache_hit
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.root.iterdir()}
+    time.sleep(0.01)
+    second = prepare(ml_mini(), cache_dir=tmp_path)
+    assert second.cache_hit and second.root == first.root
+    assert {p.name: p.stat().st_mtime_ns for p in second.root.iterdir()} == stamps
+    assert second.manifest_hash == first.manifest_hash
+    # another seed is another dataset
+    other = prepare(ml_mini(split={"protocol": "random_ratio", "seed": 2}), cache_dir=tmp_path)
+    assert other.root != first.root and not other.cache_hit
+    # force rebuilds in place
+    forced = prepare(ml_mini(), cache_dir=tmp_path, force=True)
+    assert not forced.cache_hit and forced.root == first.root
+    assert forced.train.equals(first.train)
+    # a rebuild of the same inputs is the same dataset, even though it was built at another time
+    assert forced.manifest_hash == first.manifest_hash
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_cache_key_follows_content_not_path(tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in (DATA / "ml100k_mini").iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    a = prepare(ml_mini(), cache_dir=tmp_path / "c")
+    b = prepare(ml_mini(path=str(copy)), cache_dir=tmp_path / "c")
+    assert b.cache_hit and b.root == a.root
+    moved = prepare(ml_mini(path=str(copy)), cache_dir=tmp_path / "elsewhere")
+    assert not moved.cache_hit and moved.manifest_hash == a.manifest_hash
+    with (copy / "u.data").open("a") as fh:
+        fh.write("6\t8\t5\t889999999\n")
+    c = prepare(ml_mini(path=str(copy)), cache_dir=tmp_path / "c")
+    assert not c.cache_hit and c.root != a.root
+
+
+def test_incomplete_folder_is_rebuilt(tmp_path):
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    (ds.root / "manifest.json").unlink()  # as if the process died before the manifest was written
+    again = prepare(ml_mini(), cache_dir=tmp_path)
+    assert not again.cache_hit and (again.root / "manifest.json").exists()
+    # a truncated split file is detected through the manifest's row counts and rebuilt too
+    again.train.head(3).write_parquet(again.root / "train.parquet")
+    third = prepare(ml_mini(), cache_dir=tmp_path)
+    assert not third.cache_hit and third.train.height == again.train.height
+
+
+def test_crash_while_writing_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    real = pl.DataFrame.write_parquet
+
+    def failing(self, file, *args, **kwargs):
+        if str(file).endswith("test.parquet"):
+            raise OSError("disk full (simulated)")
+        return real(self, file, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", failing)
+    with pytest.raises(OSError, match="simulated"):
+        prepare(ml_mini(), cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a half folder nor a temp folder is left
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
+    assert not prepare(ml_mini(), cache_dir=tmp_path).cache_hit
+
+
+def test_default_cache_dir_is_under_recsys_home(_isolated_home):
+    ds = prepare(ml_mini())
+    assert ds.root.parent == _isolated_home / "prepared"
+
+
+def test_generic_csv_with_kcore_and_threshold(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    df = pl.DataFrame(
+        {
+            "uid": [f"user{u}" for u in rng.integers(0, 30, n)],
+            "iid": [f"sku-{i}" for i in rng.integers(0, 50, n)],
+            "stars": rng.integers(1, 6, n).astype(float),
+            "ts": rng.integers(0, 10**6, n),
+        }
+    )
+    path = tmp_path / "log.csv"
+    df.write_csv(path)
+    cfg = DataConfig(
+        source="interactions",
+        path=str(path),
+        columns={"user": "uid", "item": "iid", "rating": "stars", "timestamp": "ts"},
+        rating_threshold=3,
+        min_user_interactions=3,
+        min_item_interactions=3,
+        split={"protocol": "temporal", "temporal_cut": 0.8, "valid_temporal_cut": 0.7},
+    )
+    ds = prepare(cfg, cache_dir=tmp_path / "c")
+    d = ds.manifest["dropped"]
+    assert d["below_rating_threshold"] == df.filter(pl.col("stars") < 3).height
+    assert d["k_core"] > 0 and "test_unseen" in d
+    assert ds.train["timestamp"].max() < ds.valid["timestamp"].min()
+    assert ds.valid["timestamp"].max() < ds.test["timestamp"].min()
+    assert ds.manifest["split"]["cut_timestamp"] == ds.test["timestamp"].min() or d["test_unseen"] > 0
+    assert ds.users is None and ds.items is None
+    # every user and item in the vocabularies occurs in some split (dropped ones were compacted away)
+    used_items = pl.concat([ds.split(s)["item_idx"] for s in SPLITS]).unique()
+    assert used_items.len() == ds.n_items
+    assert ds.item_vocab["item_id"].str.starts_with("sku-").all()
+
+
+def test_user_lines_resplit_keeps_users_without_items(tmp_path):
+    folder = tmp_path / "g"
+    folder.mkdir()
+    (folder / "train.txt").write_text("0 0 1 2\n1\n2 1 2 3\n")
+    (folder / "test.txt").write_text("0 3\n2 0\n")
+    ds = prepare(DataConfig(source="user_lines", path=str(folder)), cache_dir=tmp_path / "c")
+    assert ds.manifest["split_protocol"] == "presplit"
+    assert ds.n_users == 3 and ds.user_vocab["user_id"].to_list() == ["0", "1", "2"]
+    assert ds.manifest["counts"] == {"train": 6, "valid": 0, "test": 2}
+    re = prepare(
+        DataConfig(source="user_lines", path=str(folder), split={"protocol": "random_ratio"}),
+        cache_dir=tmp_path / "c",
+    )
+    assert sum(re.manifest["counts"].values()) == 8
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="rating_threshold needs ratings"):
+        DataConfig(source="user_lines", path="x", rating_threshold=1)
+    with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
+        DataConfig(source="user_lines", path="x", splitt={})
+    with pytest.raises(ValueError, match="temporal' needs timestamps"):
+        DataConfig(source="interactions", path="x.csv", split={"protocol": "temporal", "temporal_cut": 0.5})
+    with pytest.raises(ValueError, match="exactly one of split.temporal_cut"):
+        DataConfig(source="movielens_100k", path="x", split={"protocol": "temporal"})
+    with pytest.raises(ValueError, match="presplit"):
+        DataConfig(source="amazon_seq", path="x", name="B", split={"protocol": "presplit"})
+    assert DataConfig(source="amazon_seq", path="x", name="B").split.protocol == "leave_one_out"
+    assert DataConfig(source="user_lines", path="x").split.protocol == "presplit"
+    assert DataConfig(source="user_lines", path="x", split={"seed": 3}).split.protocol == "presplit"
+    assert DataConfig(source="interactions", path="x.csv").split.protocol == "random_ratio"
+    with pytest.raises(ValueError, match="Input should be 'interactions', 'movielens_100k'"):
+        DataConfig(source="csv", path="x.csv")
+
+
+# ---- real data --------------------------------------------------------------------------------------------
+def test_movielens_100k_real(shared_data, tmp_path):
+    ds = prepare(
+        DataConfig(
+            source="movielens_100k",
+            path=str(shared_data / "ml-100k"),
+            split={"protocol": "random_ratio", "test_ratio": 0.1, "valid_ratio": 0.1, "seed": 42},
+        ),
+        cache_dir=tmp_path,
+    )
+    assert sum(ds.manifest["counts"].values()) == 100_000
+    assert (ds.n_users, ds.n_items) == (943, 1_682)
+    assert ds.users is not None and ds.users.height == 943
+    assert ds.items is not None and ds.items.height == 1_682
+    spec = ds.manifest["side_features"]
+    assert spec["users"]["occupation"]["cardinality"] == 22  # 21 occupations + unknown
+    assert spec["items"]["genres"]["cardinality"] == 20  # 19 genres + unknown code 0
+    assert ds.items["genres"].list.len().min() >= 1
+    toy = ds.item_vocab.filter(pl.col("item_id") == "1").row(0, named=True)
+    assert toy["title"] == "Toy Story"
+    # rating >= 4 as positives
+    pos = prepare(
+        DataConfig(
+            source="movielens_100k",
+            path=str(shared_data / "ml-100k"),
+            rating_threshold=4,
+            split={"protocol": "temporal", "temporal_cut": 0.8},
+        ),
+        cache_dir=tmp_path,
+    )
+    assert sum(pos.manifest["counts"].values()) + pos.manifest["dropped"]["test_unseen"] == 55_375
+    assert pos.train["timestamp"].max() < pos.test["timestamp"].min()
+
+
+def test_beauty_leave_one_out_real(shared_data, tmp_path):
+    ds = prepare(
+        DataConfig(source="amazon_seq", path=str(shared_data / "amazon-seq"), name="Beauty"),
+        cache_dir=tmp_path,
+    )
+    assert (ds.n_users, ds.n_items) == (22_363, 12_101)
+    assert ds.manifest["counts"] == {"train": 198_502 - 2 * 22_363, "valid": 22_363, "test": 22_363}
+    # ids from 1 map to idx = id - 1
+    assert (ds.item_vocab["item_id"].cast(pl.Int64) == ds.item_vocab["item_idx"] + 1).all()
+    # each user's last item (in the file's line order) is the test item, the second last the valid one
+    lines = (shared_data / "amazon-seq" / "Beauty.txt").read_text().splitlines()
+    last = {int(t[0]): (int(t[-1]), int(t[-2])) for t in (ln.split() for ln in lines)}
+    test = ds.test.join(ds.user_vocab, on="user_idx").join(ds.item_vocab, on="item_idx")
+    valid = ds.valid.join(ds.user_vocab, on="user_idx").join(ds.item_vocab, on="item_idx")
+    assert all(last[int(u)][0] == int(i) for u, i in test.select("user_id", "item_id").iter_rows())
+    assert all(last[int(u)][1] == int(i) for u, i in valid.select("user_id", "item_id").iter_rows())
+    assert ds.items is not None and ds.items["attributes"].list.len().min() >= 1
+
+
+def test_gowalla_prepare_cached(shared_data, tmp_path):
+    cfg = DataConfig(source="user_lines", path=str(shared_data / "gowalla-lightgcn"))
+    t0 = time.perf_counter()
+    cold = prepare(cfg, cache_dir=tmp_path)
+    t_cold = time.perf_counter() - t0
+    mtime = os.stat(cold.root / "manifest.json").st_mtime_ns
+    t0 = time.perf_counter()
+    warm = prepare(cfg, cache_dir=tmp_path)
+    t_warm = time.perf_counter() - t0
+    assert warm.cache_hit and os.stat(warm.root / "manifest.json").st_mtime_ns == mtime
+    assert t_warm < t_cold
+    assert json.loads((warm.root / "manifest.json").read_text())["counts"]["test"] == 217_242
+    print(f"gowalla prepare: cold {t_cold:.2f}s, cached {t_warm:.3f}s")
+
+
+def test_load_round_trip(tmp_path):
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    again = PreparedDataset.load(ds.root)
+    assert again.manifest == ds.manifest and again.test.equals(ds.test)
+    assert "PreparedDataset('ml-100k'" in repr(again)
