@@ -50,8 +50,9 @@ U, IT = "user_idx", "item_idx"  # dedup, k-core and splits run on the provisiona
 
 def default_cache_dir() -> Path:
     """``$RECSYS_HOME/prepared``; ``RECSYS_HOME`` defaults to ``~/.cache/recsys``."""
-    home = Path(os.environ.get("RECSYS_HOME", Path.home() / ".cache" / "recsys")).expanduser()
-    return home / "prepared"
+    from features.home import recsys_home
+
+    return recsys_home() / "prepared"
 
 
 def content_hash(cfg: DataConfig, file_hashes: dict[str, str]) -> str:

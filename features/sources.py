@@ -58,8 +58,9 @@ def _repo_root() -> Path:
 
 def default_download_dir() -> Path:
     """``$RECSYS_HOME/downloads`` (``RECSYS_HOME`` defaults to ``~/.cache/recsys``)."""
-    home = Path(os.environ.get("RECSYS_HOME", Path.home() / ".cache" / "recsys")).expanduser()
-    return home / "downloads"
+    from features.home import recsys_home
+
+    return recsys_home() / "downloads"
 
 
 def shared_candidates() -> list[Path]:

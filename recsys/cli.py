@@ -1,0 +1,202 @@
+"""The ``recsys`` command line. Heavy libraries (torch, mlflow, faiss, polars) are imported inside the
+commands that need them, so ``recsys --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers like 5,10,20, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
+    return ks
+
+
+def _load_cfg(args):
+    from recsys.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def format_metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> str:
+    """A plain-text table: one row per system, columns metric@k."""
+    metrics = ["recall", "ndcg", "hit", "precision", "mrr", "map"]
+    cols = [f"{m}@{k}" for k in ks for m in metrics]
+    width = max(12, *(len(n) for n in rows)) if rows else 12
+    lines = [" ".join([f"{'':<{width}}", *(f"{c:>12}" for c in cols)])]
+    for name, vals in rows.items():
+        lines.append(" ".join([f"{name:<{width}}", *(f"{vals.get(c, float('nan')):>12.4f}" for c in cols)]))
+    return "\n".join(lines)
+
+
+# ---- commands ---------------------------------------------------------------------------------------------
+def cmd_data_prepare(args) -> int:
+    from features import prepare
+
+    cfg = _load_cfg(args)
+    ds = prepare(cfg.data, force=args.force)
+    print(json.dumps({"path": str(ds.root), "n_users": ds.n_users, "n_items": ds.n_items,
+                      "counts": ds.manifest["counts"], "split": ds.manifest.get("split")}, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from recsys.pipeline import train_experiment
+
+    cfg = _load_cfg(args)
+    res = train_experiment(cfg, resume=args.resume)
+    print(f"\ntest metrics ({cfg.name}, {cfg.model['name']}, {res.train_seconds:.1f} s):")
+    print(format_metrics_table({cfg.model["name"]: res.test_metrics}, cfg.eval.ks))
+    if res.run_id:
+        print(f"\nMLflow run: {res.run_id}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    if args.run:
+        from eval import evaluate_model
+        from recsys.pipeline import load_run
+
+        run = load_run(args.run)
+        ks = args.k or run.config.eval.ks
+        metrics = evaluate_model(run.model, run.dataset, split=args.split, ks=ks,
+                                 block_size=run.config.eval.block_size)
+    else:
+        if not (args.recs and args.truth):
+            print("error: give either --run RUN_ID or both --recs and --truth", file=sys.stderr)
+            return 2
+        from eval import evaluate_recs_file
+
+        ks = args.k or [10, 20]
+        metrics = evaluate_recs_file(args.recs, args.truth, ks)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print(format_metrics_table({args.run or Path(args.recs).name: metrics}, ks))
+        cov = {k: v for k, v in metrics.items() if k.startswith("coverage")}
+        if cov:
+            print("  " + "  ".join(f"{k}={v:.4f}" for k, v in cov.items()))
+    return 0
+
+
+def cmd_index(args) -> int:
+    from recsys.pipeline import build_run_index, load_run
+
+    path = build_run_index(load_run(args.run), Path(args.out) if args.out else None)
+    print(f"index written to {path}")
+    return 0
+
+
+def print_recommendations(retriever, user: str, k: int, history_titles: list[str] | None = None) -> None:
+    recs = retriever.recommend([user], k=k, exclude_seen=True)[0]
+    if history_titles:
+        print(f"\nuser {user} has seen {len(history_titles)} items, e.g.:")
+        for t in history_titles[:10]:
+            print(f"  - {t}")
+    print(f"\ntop-{k} for user {user}:")
+    for rank, rec in enumerate(recs, 1):
+        label = rec.title or rec.item_id
+        print(f"  {rank:>2}. {label}  (item {rec.item_id}, score {rec.score:.3f})")
+
+
+def cmd_recommend(args) -> int:
+    from recsys.pipeline import build_run_index, default_index_dir, load_run
+    from serving import Retriever
+
+    index_dir = Path(args.index) if args.index else default_index_dir(args.run)
+    if not (index_dir / "manifest.json").exists():
+        build_run_index(load_run(args.run), index_dir)
+    retriever = Retriever.load(index_dir)
+    try:
+        print_recommendations(retriever, args.user, args.k)
+    except KeyError as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from recsys.quickstart import run_quickstart
+
+    return run_quickstart(epochs=args.epochs, user=args.user)
+
+
+# ---- parser -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recsys",
+        description="Recommender systems with disentangled latent factors: prepare data, train, evaluate, "
+        "index and recommend.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config_args(sp):
+        sp.add_argument("--config", "-c", required=True, help="YAML experiment config (see configs/)")
+        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override any config key, e.g. train.lr=5e-4 model.dim=32")
+
+    data = sub.add_parser("data", help="data commands")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    prep = dsub.add_parser("prepare", help="read, validate, split and cache a dataset")
+    add_config_args(prep)
+    prep.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
+    prep.set_defaults(func=cmd_data_prepare)
+
+    tr = sub.add_parser("train", help="train and test a model, tracked in MLflow")
+    add_config_args(tr)
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this config")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="top-k metrics of saved recommendations or of a trained run")
+    ev.add_argument("--recs", help="CSV or Parquet with columns user,item,score (higher is better)")
+    ev.add_argument("--truth", help="CSV or Parquet with columns user,item")
+    ev.add_argument("--run", help="an MLflow run id of `recsys train`")
+    ev.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate with --run")
+    ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ix = sub.add_parser("index", help="build a FAISS index folder from a trained run")
+    ix.add_argument("--run", required=True)
+    ix.add_argument("--out", help="output folder (default: $RECSYS_HOME/indexes/RUN_ID)")
+    ix.set_defaults(func=cmd_index)
+
+    rc = sub.add_parser("recommend", help="top-k items for a user of a trained run")
+    rc.add_argument("--run", required=True)
+    rc.add_argument("--user", required=True, help="original user id")
+    rc.add_argument("--k", type=int, default=10)
+    rc.add_argument("--index", help="index folder (default: built on first use)")
+    rc.set_defaults(func=cmd_recommend)
+
+    qs = sub.add_parser("quickstart", help="MovieLens-100K end to end: data, training, metrics, index, recs")
+    qs.add_argument("--epochs", type=int, default=None, help="training epochs (default: the quickstart's)")
+    qs.add_argument("--user", default="1", help="user id to show recommendations for")
+    qs.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from recsys.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        # Data validation and integrity errors carry the file/line/key in their message.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

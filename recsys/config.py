@@ -1,0 +1,233 @@
+"""Experiment configuration: YAML validated by pydantic, every key overridable from the command line.
+
+A config file has six sections (see ``configs/*.yaml``)::
+
+    name: gowalla-lightgcn        # run name
+    seed: 2020
+    device: auto                  # auto | cpu | cuda | cuda:N
+    data: {...}                   # features.DataConfig
+    model: {name: lightgcn, ...}  # the model's own config class, chosen by ``name``
+    train: {...}                  # TrainConfig
+    eval: {...}                   # EvalConfig
+    tracking: {...}               # TrackingConfig
+
+Overrides are ``dotted.key=value`` strings whose value is parsed as YAML (``train.lr=5e-4``,
+``eval.ks=[10,20]``).  An unknown key or a wrong type is a :class:`ConfigError` that names the key, what was
+expected and, for unknown keys, the allowed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.config import DataConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when the monitored validation metric has not improved for ``patience`` evaluations."""
+
+    metric: str = "ndcg@20"
+    """Metric on the validation split to monitor, e.g. ``recall@20`` (higher is better)."""
+    patience: int = Field(10, ge=1)
+    """Evaluations without improvement before training stops."""
+
+
+class TrainConfig(_Strict):
+    """How the one :class:`recsys.trainer.Trainer` trains a model."""
+
+    epochs: int = Field(100, ge=0)
+    """Maximum number of epochs."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optional step budget: training stops after this many optimiser steps, whatever ``epochs`` says."""
+    steps_per_epoch: int | None = Field(None, ge=1)
+    """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples)."""
+    batch_size: int = Field(2048, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled from the models' own L2 terms, which are part of their losses."""
+    sampler: Literal["interactions", "users"] = "interactions"
+    """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly."""
+    eval_every: int = Field(1, ge=1)
+    """Evaluate every N epochs (on the validation split, or the test split when there is none)."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Early stopping on a validation metric; needs a non-empty validation split."""
+    checkpoint_every: int = Field(1, ge=1)
+    """Write the resumable checkpoint every N epochs (atomically)."""
+    num_threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; default: torch's choice."""
+    progress: bool = True
+    """Show progress bars (only on a terminal)."""
+
+
+class EvalConfig(_Strict):
+    """Full-ranking evaluation settings."""
+
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    """Cut-offs for every metric."""
+    block_size: int = Field(4096, ge=1)
+    """Users scored per block."""
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking. The store defaults to an embedded SQLite file under ``$RECSYS_HOME``;
+    ``MLFLOW_TRACKING_URI`` or ``uri`` point it elsewhere."""
+
+    enabled: bool = True
+    experiment: str = "recsys"
+    uri: str | None = None
+    log_model: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: data, model, training, evaluation and tracking."""
+
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
+    data: DataConfig
+    model: dict[str, Any]
+    """The model's config; ``name`` picks the class in ``recsys.models.REGISTRY``, which validates the rest."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def model_config_obj(self):
+        """The model section validated by the chosen model's own config class."""
+        from recsys.models import REGISTRY
+
+        return REGISTRY[self.model["name"]].config_cls.model_validate(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, exclude: tuple[str, ...] = ("tracking",)) -> str:
+        """A short hash of the resolved config (without the tracking section), naming run folders."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` overrides (value parsed as YAML) into a nested dict, returning a new dict."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=0.001")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {key}: value {text!r} is not valid YAML ({exc})") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {key}: {where} is a value ({child!r}), not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _format_errors(exc: ValidationError, source: str, prefix: str, model_cls: type[BaseModel]) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join([prefix, *loc] if prefix else loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model_cls, loc[:-1])
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
+        elif "input" in err and err["type"] != "missing":
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model_cls: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the (nested) pydantic model at ``path``, for 'unknown key' messages."""
+    cls: Any = model_cls
+    for part in path:
+        fields = getattr(cls, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        # Optional[X] / X | None: take the BaseModel member.
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cls = cand
+                break
+        else:
+            return []
+    return sorted(getattr(cls, "model_fields", {}))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a raw dict into an :class:`ExperimentConfig`, including the model section."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config ({source}): expected a mapping at the top level")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, "", ExperimentConfig)) from None
+    from recsys.models import REGISTRY
+
+    name = cfg.model.get("name")
+    if name not in REGISTRY:
+        raise ConfigError(
+            f"invalid config ({source}):\n  model.name: unknown model {name!r}; "
+            f"allowed values: {', '.join(sorted(REGISTRY))}"
+        )
+    model_cls = REGISTRY[name].config_cls
+    try:
+        model_cfg = model_cls.model_validate(cfg.model)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, "model", model_cls)) from None
+    # Store the model section resolved (defaults filled in) so that runs log every value used.
+    cfg.model = model_cfg.model_dump(mode="json")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,17 @@
+"""Where recsys keeps its files: ``$RECSYS_HOME`` (default ``~/.cache/recsys``, see ``features.home``)."""
+
+from __future__ import annotations
+
+import os
+
+from features.home import recsys_home
+
+__all__ = ["recsys_home", "default_tracking_uri"]
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``$RECSYS_HOME``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{recsys_home() / 'mlflow.db'}"

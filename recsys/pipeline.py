@@ -1,0 +1,210 @@
+"""The job end to end: prepare data -> build model -> train -> test -> log to MLflow; and the way back from
+an MLflow run id to a usable (config, dataset, model) for evaluation, indexing and recommendation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys.config import ExperimentConfig, dump_config, validate_config
+from recsys.paths import recsys_home
+from recsys.tracking import RunTracker, download_run_artifacts, git_commit
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    config: ExperimentConfig
+    dataset: Any
+    model: torch.nn.Module
+    test_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    run_dir: Path
+    train_seconds: float
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    """Checkpoints of a config live in one folder named by the config's fingerprint, so that ``--resume``
+    finds them again."""
+    return recsys_home() / "runs" / f"{cfg.name}-{cfg.fingerprint()}"
+
+
+def _plot_history(history: list[dict[str, float]], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in sorted({k for h in history for k in h if k.startswith("train/")}):
+        ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key[6:])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_title("training loss parts")
+    ax1.legend(fontsize=8)
+    metric_keys = sorted({k for h in history for k in h if k.startswith(("valid/", "test/")) and "coverage" not in k
+                          and k.split("@")[0].split("/")[1] in ("recall", "ndcg")})
+    for key in metric_keys:
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_title("evaluation")
+    ax2.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Module, dataset: Any) -> Path:
+    """The model artifact: weights, resolved config and the dataset's manifest (to find and check the data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+    (folder / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    (folder / "dataset.json").write_text(
+        json.dumps({"root": str(dataset.root), "manifest_hash": dataset.manifest_hash,
+                    "manifest": dataset.manifest}, indent=2, default=str),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print) -> RunResult:
+    """Prepare the data, train, test and track one experiment. Returns the trained model and its metrics."""
+    from eval import evaluate_model
+    from features import prepare
+    from recsys.models import build_model
+    from recsys.trainer import CHECKPOINT, Trainer, resolve_device, seed_everything
+
+    t_start = time.perf_counter()
+    dataset = prepare(cfg.data)
+    echo(f"data: {dataset.root} ({dataset.n_users:,} users, {dataset.n_items:,} items, "
+         f"{dataset.manifest['counts']})")
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+    model.prepare(dataset.matrix("train"))
+    run_dir = run_dir_for(cfg)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = run_dir / "mlflow_run_id"
+    resume_run_id = None
+    if resume and (run_dir / CHECKPOINT).exists() and run_id_file.exists():
+        resume_run_id = run_id_file.read_text().strip() or None
+
+    tc = cfg.tracking
+    tracker = RunTracker.start(enabled=tc.enabled, experiment=tc.experiment, uri=tc.uri,
+                               run_name=cfg.name, resume_run_id=resume_run_id)
+    with tracker:
+        if tracker.run_id:
+            run_id_file.write_text(tracker.run_id)
+        if resume_run_id is None:
+            tracker.log_params(cfg.to_dict())
+            tracker.log_dict(cfg.to_dict(), "config.json")
+            tracker.log_dict(dataset.manifest, "dataset_manifest.json")
+            tracker.set_tags({
+                "git_commit": git_commit(),
+                "dataset_manifest_hash": dataset.manifest_hash,
+                "dataset_root": str(dataset.root),
+                "model": cfg.model["name"],
+                "device": str(device),
+            })
+        trainer = Trainer(model, dataset, cfg, run_dir, tracker=tracker, device=device)
+        state = trainer.fit(resume=resume)
+        train_seconds = time.perf_counter() - t_start
+        test_metrics = evaluate_model(model, dataset, split="test", ks=cfg.eval.ks,
+                                      block_size=cfg.eval.block_size)
+        tracker.log_metrics(test_metrics, prefix="test_final/")
+        tracker.log_metrics({"train_seconds": train_seconds, "epochs_run": state.epoch, "steps_run": state.step})
+        if state.best_epoch >= 0:
+            tracker.log_metrics({"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric})
+        if state.history:
+            import matplotlib.pyplot as plt
+
+            fig = _plot_history(state.history, f"{cfg.name} ({cfg.model['name']})")
+            tracker.log_figure(fig, "training_curve.png")
+            plt.close(fig)
+            tracker.log_dict({"history": state.history}, "history.json")
+        if tc.log_model:
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker.log_artifacts(save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset),
+                                      MODEL_ARTIFACT)
+    return RunResult(tracker.run_id, cfg, dataset, model, test_metrics, state.history, run_dir, train_seconds)
+
+
+@dataclass
+class LoadedRun:
+    run_id: str
+    config: ExperimentConfig
+    dataset: Any
+    model: torch.nn.Module
+
+
+def load_run(run_id: str) -> LoadedRun:
+    """Rebuild a trained run from MLflow: its config, its prepared dataset (checked against the manifest hash
+    the run logged) and its model with the trained weights, ready for evaluation and export."""
+    from features import PreparedDataset, prepare
+    from recsys.models import build_model
+
+    folder = download_run_artifacts(run_id, MODEL_ARTIFACT)
+    cfg = validate_config(__import__("yaml").safe_load((folder / "config.yaml").read_text()),
+                          source=f"run {run_id} config.yaml")
+    info = json.loads((folder / "dataset.json").read_text())
+    root = Path(info["root"])
+    dataset = PreparedDataset.load(root) if (root / "manifest.json").exists() else prepare(cfg.data)
+    if dataset.manifest_hash != info["manifest_hash"]:
+        raise SystemExit(
+            f"error: run {run_id} was trained on dataset {info['manifest_hash'][:12]} but preparing its data "
+            f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed"
+        )
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+    model.prepare(dataset.matrix("train"))
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return LoadedRun(run_id, cfg, dataset, model)
+
+
+def default_index_dir(run_id: str) -> Path:
+    return recsys_home() / "indexes" / run_id
+
+
+def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
+    """Export a run's embeddings into a FAISS index folder with the item id map, titles and seen items."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from serving import build_index
+
+    ds, model = run.dataset, run.model
+    with torch.no_grad():
+        items = model.item_embeddings()
+        users = model.query_embeddings(torch.arange(ds.n_users))
+    if items.is_sparse or users.is_sparse:
+        raise SystemExit(f"error: model {run.config.model['name']!r} has no dense embeddings to index")
+    seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))
+    seen.data[:] = 1.0
+    vocab_items = ds.item_vocab.sort("item_idx")
+    titles = vocab_items["title"].to_list() if "title" in vocab_items.columns else None
+    return build_index(
+        np.ascontiguousarray(items.cpu().numpy(), dtype=np.float32),
+        vocab_items["item_id"].to_list(),
+        out_dir or default_index_dir(run.run_id),
+        user_emb=np.ascontiguousarray(users.cpu().numpy(), dtype=np.float32),
+        user_ids=ds.user_vocab.sort("user_idx")["user_id"].to_list(),
+        seen=seen,
+        item_titles=titles,
+        run_id=run.run_id,
+        metadata={"model": run.config.model["name"], "dataset_manifest_hash": ds.manifest_hash},
+    )

@@ -1,0 +1,188 @@
+"""MLflow tracking with an embedded default store (no server needed).
+
+``RunTracker`` is the only place that talks to MLflow, so models and the trainer stay free of it.  The store
+is ``sqlite:///$RECSYS_HOME/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` (or ``tracking.uri``) says otherwise;
+artifacts of experiments created here go to ``$RECSYS_HOME/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from recsys.paths import default_tracking_uri, recsys_home
+
+
+def _quiet_mlflow() -> None:
+    # Alembic and MLflow print migration chatter on first use of a SQLite store; keep stdout for results.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import mlflow  # noqa: F401  (mlflow configures its loggers on import; quiet them afterwards)
+
+    for name in ("alembic", "mlflow", "mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def git_commit() -> str:
+    """The code version: the git commit of the source tree (with ``-dirty`` if modified), or ``unknown``."""
+    src = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _metric_key(name: str) -> str:
+    # MLflow metric names allow letters, digits, _ - . / and spaces; '@' is not allowed.
+    return name.replace("@", "_at_")
+
+
+class RunTracker:
+    """One MLflow run. ``RunTracker.start(...)`` creates or resumes a run; use as a context manager."""
+
+    def __init__(self, run_id: str | None, enabled: bool, uri: str | None) -> None:
+        self.run_id = run_id
+        self.enabled = enabled
+        self.uri = uri
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        *,
+        enabled: bool = True,
+        experiment: str = "recsys",
+        uri: str | None = None,
+        run_name: str | None = None,
+        resume_run_id: str | None = None,
+    ) -> RunTracker:
+        if not enabled:
+            return cls(None, False, None)
+        _quiet_mlflow()
+        import mlflow
+
+        uri = uri or default_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                location = (recsys_home() / "mlartifacts").as_uri()
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+        return cls(run.info.run_id, True, uri)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.end_run(status=status)
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end("FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED"))
+
+    # ---- logging ------------------------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        flat = {k: ("null" if v is None else json.dumps(v) if isinstance(v, list) else v)
+                for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
+            mlflow.log_params(dict(items[i : i + 90]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags(tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        mlflow.log_metrics({_metric_key(prefix + k): float(v) for k, v in metrics.items()}, step=step)
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_dict(data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_text(text, name)
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifacts(str(folder), artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path)
+
+    def log_figure(self, fig, name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_figure(fig, name)
+
+
+def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None = None) -> Path:
+    """Fetch a run's artifacts (e.g. ``model``) to a local folder and return its path."""
+    _quiet_mlflow()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri or default_tracking_uri())
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise SystemExit(
+            f"error: no MLflow run {run_id!r} in the store {uri or default_tracking_uri()} "
+            "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"
+        ) from None
+    dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))

@@ -1,0 +1,286 @@
+"""One trainer for every model.
+
+The :class:`Trainer` owns the optimiser and the loop; models own only their loss (``loss(batch)``) and may
+plug model-specific work in through hooks (``on_epoch_start`` / ``on_epoch_end`` methods on the model, or
+:class:`Hook` objects), e.g. re-clustering intents each epoch.
+
+Exact resume: a checkpoint is written atomically (temp file, then ``os.replace``) at the end of every
+``checkpoint_every`` epochs and holds the model, the optimiser, the trainer state and every RNG state.  The
+sampler of epoch ``e`` draws from a generator seeded by ``(seed, e)`` alone, so an epoch interrupted
+mid-way is replayed from its start with exactly the same batches; a run killed and resumed ends bit-for-bit
+where an uninterrupted run with the same seed ends (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from recsys.config import ExperimentConfig
+from recsys.tracking import RunTracker
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best_model.pt"
+
+
+class Hook(Protocol):
+    """Optional callbacks; every method is optional."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_evals: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The sampler's generator for one epoch: a function of (seed, epoch) only, for exact replay."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` via a temp file and rename, so a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` as ``cfg.train`` says, evaluating with ``cfg.eval``.
+
+    Args:
+        model: a :class:`recsys.models.base.Recommender`, already ``prepare``-d on the training matrix.
+        dataset: the :class:`features.PreparedDataset`.
+        cfg: the resolved experiment config.
+        run_dir: folder for the checkpoint and the best weights.
+        tracker: where metrics go (MLflow); a disabled tracker logs nothing.
+        device: where the model runs.
+        hooks: extra callbacks.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: Any,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        tracker: RunTracker | None = None,
+        device: torch.device | None = None,
+        hooks: list[Any] | tuple[Any, ...] = (),
+    ) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.run_dir = Path(run_dir)
+        self.tracker = tracker or RunTracker(None, False, None)
+        self.device = device or torch.device("cpu")
+        self.hooks = [model, *hooks]
+        self.state = TrainState()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.monitor_split = "valid" if dataset.manifest["counts"].get("valid", 0) > 0 else "test"
+        if self.tc.early_stopping is not None and self.monitor_split != "valid":
+            raise ValueError(
+                "train.early_stopping needs a validation split, but the dataset has none "
+                "(set data.split.valid_ratio / valid_from_train_ratio, or remove train.early_stopping)"
+            )
+
+    # ---- pieces -------------------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+
+    def _sampler(self, epoch: int):
+        from recsys.sampling import BPRSampler
+
+        train = self._train_csr
+        gen = epoch_generator(self.cfg.seed, epoch)
+        if self.tc.sampler == "users":
+            steps = self.tc.steps_per_epoch or max(1, train.nnz // self.tc.batch_size)
+            return BPRSampler(train, mode="users", batch_size=self.tc.batch_size, generator=gen, steps=steps)
+        return BPRSampler(train, mode="interactions", batch_size=self.tc.batch_size, generator=gen)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        from eval import evaluate_model
+
+        return evaluate_model(self.model, self.dataset, split=split, ks=self.cfg.eval.ks,
+                              block_size=self.cfg.eval.block_size)
+
+    def _call_hooks(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            fn = getattr(hook, name, None)
+            if callable(fn):
+                fn(self, *args)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "state": asdict(self.state),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "fingerprint": self.cfg.fingerprint(),
+        }
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self._checkpoint(), self.run_dir / CHECKPOINT)
+
+    def load_checkpoint(self) -> bool:
+        """Restore from ``run_dir/checkpoint.pt`` if present; returns whether it resumed."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt.get("fingerprint") != self.cfg.fingerprint():
+            raise ValueError(
+                f"{path}: checkpoint was written by a different config "
+                f"({ckpt.get('fingerprint')} != {self.cfg.fingerprint()}); remove it or use another run folder"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer = self._make_optimizer()
+        if ckpt["optimizer"] is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        return True
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train until the epoch/step budget is spent or early stopping fires. Returns the final state."""
+        if self.tc.num_threads:
+            torch.set_num_threads(self.tc.num_threads)
+        self._train_csr = self.dataset.matrix("train")
+        self.model.to(self.device)
+        if not (resume and self.load_checkpoint()):
+            seed_everything(self.cfg.seed)
+            self.optimizer = self._make_optimizer()
+            self.state = TrainState()
+        if not getattr(self.model, "trainable", True):
+            self.state.finished = True
+            return self.state
+
+        from tqdm.auto import tqdm
+
+        while not self._done():
+            epoch = self.state.epoch
+            self._call_hooks("on_epoch_start", epoch)
+            self.model.train()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            t0 = time.perf_counter()
+            sampler = self._sampler(epoch)
+            bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch + 1}", leave=False,
+                       disable=None if self.tc.progress else True)
+            for batch in bar:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                total, parts = self.model.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                self.state.step += 1
+                n_batches += 1
+                sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+                for name, value in parts.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                if n_batches % 20 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+                if self.tc.max_steps is not None and self.state.step >= self.tc.max_steps:
+                    break
+            record: dict[str, float] = {f"train/{k}": v / max(n_batches, 1) for k, v in sums.items()}
+            record["epoch_time_s"] = time.perf_counter() - t0
+            self.state.epoch = epoch + 1
+            if self.state.epoch % self.tc.eval_every == 0 or self._done():
+                t1 = time.perf_counter()
+                metrics = self.evaluate(self.monitor_split)
+                record.update({f"{self.monitor_split}/{k}": v for k, v in metrics.items()})
+                record["eval_time_s"] = time.perf_counter() - t1
+                self._track_best(metrics)
+            record["step"] = float(self.state.step)
+            self.state.history.append({"epoch": float(self.state.epoch), **record})
+            self.tracker.log_metrics(record, step=self.state.epoch)
+            self._call_hooks("on_epoch_end", epoch, record)
+            if self.state.epoch % self.tc.checkpoint_every == 0 or self._done():
+                self.save_checkpoint()
+        self.state.finished = True
+        self.save_checkpoint()
+        if self.monitor_split == "valid" and (self.run_dir / BEST).exists():
+            # Test the weights that were best on validation, never a choice made on the test split.
+            self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device))
+        return self.state
+
+    def _done(self) -> bool:
+        s, tc = self.state, self.tc
+        return (
+            s.finished
+            or s.stopped_early
+            or s.epoch >= tc.epochs
+            or (tc.max_steps is not None and s.step >= tc.max_steps)
+        )
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        if self.monitor_split != "valid":
+            return
+        es = self.tc.early_stopping
+        key = es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
+        if key not in metrics:
+            raise ValueError(f"train.early_stopping.metric: {key!r} is not computed; available: {sorted(metrics)}")
+        value = metrics[key]
+        if value > self.state.best_metric:
+            self.state.best_metric = value
+            self.state.best_epoch = self.state.epoch
+            self.state.bad_evals = 0
+            atomic_torch_save(self.model.state_dict(), self.run_dir / BEST)
+        else:
+            self.state.bad_evals += 1
+            if es is not None and self.state.bad_evals >= es.patience:
+                self.state.stopped_early = True

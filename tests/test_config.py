@@ -1,0 +1,108 @@
+"""Config: YAML + overrides validated; unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys.config import ConfigError, apply_overrides, load_config, validate_config
+
+BASE = """
+name: t
+seed: 3
+data:
+  source: interactions
+  path: /tmp/x.csv
+  columns: {user: u, item: i}
+  split: {protocol: random_ratio, test_ratio: 0.2}
+model: {name: mf_bpr, dim: 8}
+train: {epochs: 2, batch_size: 16}
+eval: {ks: [20, 5]}
+"""
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(BASE)
+    return p
+
+
+def test_loads_and_fills_defaults(cfg_file):
+    cfg = load_config(cfg_file)
+    assert cfg.seed == 3
+    assert cfg.eval.ks == [5, 20]  # sorted, deduplicated
+    assert cfg.model["name"] == "mf_bpr" and cfg.model["dim"] == 8
+    assert "reg" in cfg.model  # the model section is resolved with the model class's defaults
+    assert cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_overrides_parse_yaml_values(cfg_file):
+    cfg = load_config(cfg_file, ["train.lr=5e-4", "model.dim=16", "eval.ks=[1,3]", "data.split.seed=9"])
+    assert cfg.train.lr == pytest.approx(5e-4)
+    assert cfg.model["dim"] == 16
+    assert cfg.eval.ks == [1, 3]
+    assert cfg.data.split.seed == 9
+
+
+def test_override_creates_optional_section(cfg_file):
+    cfg = load_config(cfg_file, ["train.early_stopping.patience=3"])
+    assert cfg.train.early_stopping.patience == 3 and cfg.train.early_stopping.metric == "ndcg@20"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lrr=0.1", r"train\.lrr: unknown key; allowed keys here: .*batch_size.*lr"),
+        ("train.epochs=abc", r"train\.epochs: .*integer.*'abc'"),
+        ("train.sampler=random", r"train\.sampler: .*'interactions' or 'users'"),
+        ("model.dimm=3", r"model\.dimm: unknown key; allowed keys here: .*dim"),
+        ("model.dim=x", r"model\.dim: .*integer"),
+        ("model.name=nope", r"model\.name: unknown model 'nope'; allowed values: .*lightgcn"),
+        ("data.split.protocol=kfold", r"data\.split\.protocol: .*leave_one_out"),
+        ("data.colour=red", r"data\.colour: unknown key"),
+        ("bogus=1", r"bogus: unknown key; allowed keys here: data, device, eval"),
+        ("eval.ks=[0]", r"eval\.ks: .*positive"),
+        ("train.lr=-1", r"train\.lr: .*greater than 0"),
+        ("train=3", r"train: .*"),
+        ("noequals", r"expected KEY=VALUE"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(cfg_file, override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(cfg_file, [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="seed is a value"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the published experiment configs"
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.name, path
+
+
+def test_fingerprint_ignores_tracking_but_not_training(cfg_file):
+    a = load_config(cfg_file)
+    b = load_config(cfg_file, ["tracking.experiment=other"])
+    c = load_config(cfg_file, ["train.lr=0.01"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_validate_rejects_non_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        validate_config([1, 2])

@@ -1,0 +1,228 @@
+"""The one trainer: budgets, early stopping, atomic checkpoints, exact resume, MLflow logging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.config import validate_config
+from recsys.trainer import CHECKPOINT, Trainer, atomic_torch_save
+
+
+def write_synthetic_interactions(path: Path, n_users: int = 120, n_items: int = 80, seed: int = 0) -> Path:
+    """Users in 4 taste groups, each preferring a quarter of the catalogue, with timestamps."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        group = u % 4
+        liked = np.arange(group * n_items // 4, (group + 1) * n_items // 4)
+        items = rng.choice(liked, size=12, replace=False).tolist() + rng.choice(n_items, size=3, replace=False).tolist()
+        for t, i in enumerate(dict.fromkeys(items)):
+            rows.append(f"u{u},i{i},{t}")
+    path.write_text("user,item,ts\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def make_cfg(csv: Path, **train) -> dict:
+    return {
+        "name": "synthetic",
+        "seed": 7,
+        "device": "cpu",
+        "data": {
+            "source": "interactions",
+            "path": str(csv),
+            "columns": {"user": "user", "item": "item", "timestamp": "ts"},
+            "split": {"protocol": "random_ratio", "test_ratio": 0.2, "valid_ratio": 0.1, "seed": 1},
+        },
+        "model": {"name": "mf_bpr", "dim": 16, "reg": 1e-4},
+        "train": {"epochs": 6, "batch_size": 64, "lr": 0.01, "progress": False, **train},
+        "eval": {"ks": [5, 10]},
+        "tracking": {"enabled": False},
+    }
+
+
+def build(cfg_raw: dict, run_dir: Path):
+    from features import prepare
+    from recsys.models import build_model
+
+    cfg = validate_config(cfg_raw)
+    ds = prepare(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, ds.n_users, ds.n_items)
+    model.prepare(ds.matrix("train"))
+    return Trainer(model, ds, cfg, run_dir)
+
+
+class CrashAt:
+    """A hook that kills training in the middle of an epoch, as a crash would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            # Take a few optimiser steps of this epoch first, so the crash really is mid-epoch.
+            sampler = trainer._sampler(epoch)
+            for _, batch in zip(range(2), sampler, strict=False):
+                total, _ = trainer.model.loss(batch)
+                trainer.optimizer.zero_grad()
+                total.backward()
+                trainer.optimizer.step()
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_after_crash_is_exact(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    straight = build(make_cfg(csv), tmp_path / "a")
+    straight.fit()
+    ref_metrics = straight.evaluate("test")
+    ref_weights = {k: v.clone() for k, v in straight.model.state_dict().items()}
+
+    crashing = build(make_cfg(csv), tmp_path / "b")
+    crashing.hooks.append(CrashAt(epoch=3))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    assert (tmp_path / "b" / CHECKPOINT).exists()
+    assert crashing.state.epoch == 3  # three epochs completed and checkpointed before the crash
+
+    resumed = build(make_cfg(csv), tmp_path / "b")  # a fresh process would rebuild everything like this
+    resumed.fit(resume=True)
+    assert resumed.state.epoch == straight.state.epoch
+    assert resumed.state.step == straight.state.step
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, ref_weights[k]), k
+    assert resumed.evaluate("test") == ref_metrics
+    assert [h["train/loss"] for h in resumed.state.history] == [h["train/loss"] for h in straight.state.history]
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, {repo!r})
+    from tests.test_trainer import build, make_cfg
+    from pathlib import Path
+
+    class SlowDown:
+        def on_epoch_end(self, trainer, epoch, record):
+            if epoch == 2:
+                Path({flag!r}).write_text("x")
+                time.sleep(60)  # the test kills the process here: epoch 3 trained, not yet checkpointed
+    t = build(make_cfg(Path({csv!r})), Path({run!r}))
+    t.hooks.append(SlowDown())
+    t.fit(resume=True)
+    print(json.dumps(t.evaluate("test")))
+    """
+)
+
+
+def test_resume_after_sigkill_in_a_real_process(tmp_path):
+    """A training process killed with SIGKILL mid-run, then resumed in a new process, ends with the same metrics
+    as an uninterrupted run."""
+    repo = str(Path(__file__).resolve().parents[1])
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    flag = tmp_path / "reached"
+    script = tmp_path / "job.py"
+    script.write_text(RESUME_SCRIPT.format(repo=repo, csv=str(csv), run=str(tmp_path / "run"), flag=str(flag)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if flag.exists() or proc.poll() is not None:
+            break
+        import time
+
+        time.sleep(0.1)
+    assert flag.exists(), "the job never reached epoch 3"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Resume in a new process, without the slow-down hook.
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert ckpt["state"]["epoch"] == 2 and not ckpt["state"]["finished"]
+    code = (
+        f"import sys, json; sys.path.insert(0, {repo!r}); from pathlib import Path; "
+        f"from tests.test_trainer import build, make_cfg; "
+        f"t = build(make_cfg(Path({str(csv)!r})), Path({str(tmp_path / 'run')!r})); t.fit(resume=True); "
+        f"print(json.dumps(t.evaluate('test')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    resumed = out.stdout.strip().splitlines()[-1]
+
+    straight = build(make_cfg(csv), tmp_path / "straight")
+    straight.fit()
+    import json
+
+    assert json.loads(resumed) == straight.evaluate("test")
+
+
+def test_early_stopping_and_best_weights(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=40, lr=0.2, early_stopping={"metric": "ndcg@10", "patience": 2})
+    t = build(raw, tmp_path / "r")
+    state = t.fit()
+    assert state.stopped_early and state.epoch < 40
+    assert state.best_epoch == state.epoch - 2  # patience evaluations without improvement after the best
+    # The model holds the best validation weights at the end, not the last ones.
+    assert t.evaluate("valid")["ndcg@10"] == pytest.approx(state.best_metric)
+
+
+def test_step_budget(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    t = build(make_cfg(csv, epochs=50, max_steps=7), tmp_path / "r")
+    state = t.fit()
+    assert state.step == 7
+
+
+def test_users_sampler_steps_per_epoch(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    t = build(make_cfg(csv, epochs=3, sampler="users", steps_per_epoch=5), tmp_path / "r")
+    assert t.fit().step == 15
+
+
+def test_learning_actually_happens(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    t = build(make_cfg(csv, epochs=0), tmp_path / "r0")
+    t.fit()
+    before = t.evaluate("test")["recall@10"]
+    t2 = build(make_cfg(csv, epochs=15), tmp_path / "r1")
+    t2.fit()
+    after = t2.evaluate("test")["recall@10"]
+    assert after > before + 0.1, (before, after)
+
+
+def test_early_stopping_without_validation_is_an_error(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, early_stopping={"metric": "ndcg@10", "patience": 2})
+    raw["data"]["split"]["valid_ratio"] = 0.0
+    with pytest.raises(ValueError, match="needs a validation split"):
+        build(raw, tmp_path / "r")
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    t = build(make_cfg(csv, epochs=1), tmp_path / "r")
+    t.fit()
+    other = build(make_cfg(csv, epochs=1, lr=0.5), tmp_path / "r")
+    with pytest.raises(ValueError, match="different config"):
+        other.fit(resume=True)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    atomic_torch_save({"a": 1}, path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        atomic_torch_save({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
