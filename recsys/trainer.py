@@ -201,13 +201,14 @@ class Trainer:
             torch.set_num_threads(self.tc.num_threads)
         self._train_csr = self.dataset.matrix("train")
         self.model.to(self.device)
+        if not getattr(self.model, "trainable", True):
+            # Closed-form models were fitted in ``prepare``: nothing to optimise.
+            self.state = TrainState(finished=True)
+            return self.state
         if not (resume and self.load_checkpoint()):
             seed_everything(self.cfg.seed)
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
-        if not getattr(self.model, "trainable", True):
-            self.state.finished = True
-            return self.state
 
         from tqdm.auto import tqdm
 

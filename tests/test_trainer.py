@@ -226,3 +226,13 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_closed_form_models_need_no_optimiser(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, early_stopping={"metric": "ndcg@10", "patience": 2})
+    raw["model"] = {"name": "popularity"}
+    t = build(raw, tmp_path / "r")
+    state = t.fit()
+    assert state.finished and state.step == 0 and t.optimizer is None
+    assert t.evaluate("test")["recall@10"] > 0
