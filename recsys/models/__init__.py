@@ -1,0 +1,57 @@
+"""Recommender models and their registry.
+
+``REGISTRY`` maps a config ``name`` to the model class; the class's ``config_cls`` validates the rest of the
+config.  ``build_model`` is the one way the trainer, the CLI and tests make a model from a config.
+Importing this package imports torch (the CLI imports it lazily).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsys.models.base import ModelConfig, Recommender, ScoreFn
+from recsys.models.lightgcn import LightGCN, LightGCNConfig
+from recsys.models.mf_bpr import MFBPR, MFBPRConfig
+from recsys.models.popularity import MostPopular, MostPopularConfig
+from recsys.models.rp3beta import RP3beta, RP3betaConfig
+
+REGISTRY: dict[str, type[Recommender]] = {
+    "popularity": MostPopular,
+    "mf_bpr": MFBPR,
+    "lightgcn": LightGCN,
+    "rp3beta": RP3beta,
+}
+
+
+def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_items: int) -> Recommender:
+    """Make a model from a registry name (default config), a config dict with a ``name`` key, or a
+    validated config object.  An unknown name is a ``KeyError`` listing the known ones; an invalid config
+    a pydantic ``ValidationError`` naming the key."""
+    if isinstance(config, str):
+        name, payload = config, {"name": config}
+    elif isinstance(config, ModelConfig):
+        name, payload = config.name, config
+    else:
+        if "name" not in config:
+            raise KeyError(f"model config has no 'name'; known models: {sorted(REGISTRY)}")
+        name, payload = config["name"], config
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {sorted(REGISTRY)}")
+    return REGISTRY[name].from_config(n_users, n_items, payload)
+
+
+__all__ = [
+    "REGISTRY",
+    "LightGCN",
+    "LightGCNConfig",
+    "MFBPR",
+    "MFBPRConfig",
+    "MostPopular",
+    "MostPopularConfig",
+    "ModelConfig",
+    "RP3beta",
+    "RP3betaConfig",
+    "Recommender",
+    "ScoreFn",
+    "build_model",
+]

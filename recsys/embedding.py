@@ -1,0 +1,68 @@
+"""The one module through which every id-embedding table goes.
+
+Every model that learns a vector per user or per item (MF-BPR, LightGCN, and the models built on them) holds
+it in an :class:`IdEmbedding` instead of a bare ``nn.Embedding``.  The point is a single seam: an
+embedding-dimension search such as DNIS (Cheng et al., "Differentiable Neural Input Search for Recommender
+Systems", 2020), which learns a soft mask over the dimensions of every feature's embedding, can find all
+id-embedding tables of any model by type (``[m for m in model.modules() if isinstance(m, IdEmbedding)]``)
+and wrap or replace them, without knowing the model.  For that to work, models read their tables only
+through :meth:`IdEmbedding.forward` (a lookup) or :meth:`IdEmbedding.all` (the whole table), never through
+``.weight`` directly in their forward computation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+EmbeddingInit = Literal["normal", "xavier_uniform"]
+
+
+class IdEmbedding(nn.Module):
+    """A table of ``num`` learned vectors of size ``dim``, indexed by dense ids.
+
+    Args:
+        num: number of ids (rows).
+        dim: embedding dimension (columns).
+        init: ``"normal"``: N(0, ``init_std``²) (LightGCN's official code uses std 0.1);
+            ``"xavier_uniform"``: Glorot uniform (torch-geometric's LightGCN).
+        init_std: standard deviation of the ``"normal"`` initialisation.
+
+    Attributes:
+        weight: ``Parameter[num, dim]``.
+    """
+
+    def __init__(self, num: int, dim: int, *, init: EmbeddingInit = "normal", init_std: float = 0.1) -> None:
+        super().__init__()
+        if num < 1 or dim < 1:
+            raise ValueError(f"IdEmbedding needs num >= 1 and dim >= 1, got num={num}, dim={dim}")
+        if init not in ("normal", "xavier_uniform"):
+            raise ValueError(f"init must be 'normal' or 'xavier_uniform', got {init!r}")
+        self.num = num
+        self.dim = dim
+        self.init = init
+        self.init_std = init_std
+        self.weight = nn.Parameter(torch.empty(num, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the table from the configured initialisation (uses torch's global RNG)."""
+        if self.init == "normal":
+            nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
+        else:
+            nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[...]`` of ids -> ``Tensor[..., dim]``."""
+        return F.embedding(idx, self.weight)
+
+    def all(self) -> torch.Tensor:
+        """The whole table, ``Tensor[num, dim]`` (differentiable; the parameter itself)."""
+        return self.weight
+
+    def extra_repr(self) -> str:
+        init = f"normal(std={self.init_std:g})" if self.init == "normal" else self.init
+        return f"{self.num}, {self.dim}, init={init}"

@@ -1,0 +1,48 @@
+"""The model registry and build_model."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+from recsys.embedding import IdEmbedding
+from recsys.models import REGISTRY, LightGCNConfig, build_model
+
+
+def test_registry_keys_match_config_names():
+    assert set(REGISTRY) >= {"popularity", "mf_bpr", "lightgcn", "rp3beta"}
+    for name, cls in REGISTRY.items():
+        assert cls.config_cls().name == name
+
+
+def test_build_model_from_name_dict_and_config():
+    assert build_model("mf_bpr", 3, 4).config.dim == 64
+    assert build_model({"name": "lightgcn", "layers": 2}, 3, 4).config.layers == 2
+    assert build_model(LightGCNConfig(dim=8), 3, 4).config.dim == 8
+
+
+def test_build_model_errors_name_the_problem():
+    with pytest.raises(KeyError, match="known models"):
+        build_model("nope", 3, 4)
+    with pytest.raises(pydantic.ValidationError, match="layerz"):
+        build_model({"name": "lightgcn", "layerz": 2}, 3, 4)
+    with pytest.raises(pydantic.ValidationError, match="dim"):
+        build_model({"name": "mf_bpr", "dim": "wide"}, 3, 4)
+
+
+def test_every_id_table_is_an_id_embedding():
+    """The DNIS seam: all learned id tables are IdEmbedding modules."""
+    for name in ("mf_bpr", "lightgcn"):
+        model = build_model(name, 3, 4)
+        tables = [m for m in model.modules() if isinstance(m, IdEmbedding)]
+        assert {id(t.weight) for t in tables} == {id(p) for p in model.parameters()}
+
+
+def test_id_embedding():
+    emb = IdEmbedding(10, 4, init="xavier_uniform")
+    assert emb(torch.tensor([1, 2])).shape == (2, 4)
+    assert emb.all() is emb.weight
+    assert "xavier_uniform" in repr(emb)
+    with pytest.raises(ValueError):
+        IdEmbedding(0, 4)
