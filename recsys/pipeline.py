@@ -188,20 +188,21 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
     from serving import build_index
 
     ds, model = run.dataset, run.model
-    with torch.no_grad():
-        items = model.item_embeddings()
-        users = model.query_embeddings(torch.arange(ds.n_users))
-    if items.is_sparse or users.is_sparse:
-        raise SystemExit(f"error: model {run.config.model['name']!r} has no dense embeddings to index")
+    try:
+        with torch.no_grad():
+            items = model.item_embeddings()
+            users = model.query_embeddings(torch.arange(ds.n_users))
+    except NotImplementedError as exc:  # e.g. RP3beta: scores are not inner products of dense vectors
+        raise SystemExit(f"error: model {run.config.model['name']!r} cannot be indexed: {exc}") from None
     seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))
     seen.data[:] = 1.0
     vocab_items = ds.item_vocab.sort("item_idx")
     titles = vocab_items["title"].to_list() if "title" in vocab_items.columns else None
     return build_index(
-        np.ascontiguousarray(items.cpu().numpy(), dtype=np.float32),
+        np.ascontiguousarray(items.detach().cpu().numpy(), dtype=np.float32),
         vocab_items["item_id"].to_list(),
         out_dir or default_index_dir(run.run_id),
-        user_emb=np.ascontiguousarray(users.cpu().numpy(), dtype=np.float32),
+        user_emb=np.ascontiguousarray(users.detach().cpu().numpy(), dtype=np.float32),
         user_ids=ds.user_vocab.sort("user_idx")["user_id"].to_list(),
         seen=seen,
         item_titles=titles,

@@ -1,0 +1,111 @@
+"""The ``recsys`` command line end to end on a small synthetic dataset: train (tracked in MLflow), evaluate the
+run, index it, recommend; evaluate saved recommendation files; fast ``--help``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys.cli import main
+from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import sys, recsys.cli; recsys.cli.build_parser().format_help(); "
+        "heavy = [m for m in ('torch', 'mlflow', 'faiss', 'polars', 'scipy', 'lightgbm') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def trained_run(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=4)
+    raw["tracking"] = {"experiment": "cli-test"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg), "model.dim=8"]) == 0
+    out = capsys.readouterr().out
+    run_id = out.strip().splitlines()[-1].split()[-1]
+    table = out.split("test metrics")[1]
+    return run_id, table, tmp_path
+
+
+def test_train_evaluate_index_recommend(trained_run, capsys):
+    run_id, table, tmp_path = trained_run
+    assert len(run_id) == 32
+    import mlflow
+
+    run = mlflow.get_run(run_id)
+    assert run.data.params["model.dim"] == "8"  # the override reached the logged config
+    assert run.data.tags["dataset_manifest_hash"] and run.data.tags["git_commit"]
+    assert "test_final/recall_at_10" in run.data.metrics
+    assert "train/bpr" in run.data.metrics and "valid/ndcg_at_10" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"model", "training_curve.png", "config.json", "dataset_manifest.json"} <= artifacts
+
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["recall@10"] == pytest.approx(run.data.metrics["test_final/recall_at_10"], abs=1e-12)
+
+    out_dir = tmp_path / "idx"
+    assert main(["index", "--run", run_id, "--out", str(out_dir)]) == 0
+    assert (out_dir / "manifest.json").exists()
+    capsys.readouterr()
+    assert main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--index", str(out_dir)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("1.", "5."))]
+    assert len(lines) == 2
+    assert main(["recommend", "--run", run_id, "--user", "nobody", "--index", str(out_dir)]) == 2
+
+
+def test_resume_flag_reuses_the_mlflow_run(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=2)
+    raw["tracking"] = {"experiment": "cli-test"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    second = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert first == second
+
+
+def test_evaluate_recs_files_json(tmp_path, capsys):
+    recs = tmp_path / "recs.csv"
+    truth = tmp_path / "truth.csv"
+    recs.write_text("user,item,score\na,x,3\na,y,2\na,z,1\nb,y,5\nb,x,4\n")
+    truth.write_text("user,item\na,y\nb,z\n")
+    assert main(["evaluate", "--recs", str(recs), "--truth", str(truth), "--k", "1,2", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    for k in (1, 2):
+        assert {f"{n}@{k}" for n in ("recall", "ndcg", "hit", "precision", "mrr", "map")} <= set(m)
+    # user a: y at rank 2; user b: z never recommended
+    assert m["hit@1"] == 0.0 and m["hit@2"] == 0.5
+    assert m["mrr@2"] == pytest.approx(0.25)
+    assert m["recall@2"] == pytest.approx(0.5)
+
+
+def test_config_errors_are_reported_with_the_key(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(csv)))
+    assert main(["train", "-c", str(cfg), "train.epoch=3"]) == 2
+    assert "train.epoch: unknown key" in capsys.readouterr().err
+
+
+def test_data_prepare_command(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(csv)))
+    assert main(["data", "prepare", "-c", str(cfg)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_users"] == 120 and Path(info["path"]).exists()
