@@ -1,19 +1,21 @@
-"""Top-k ranking metrics, computed once from the top-k lists for the largest k (definitions:
-docs/metrics.md).
+"""Top-k ranking metrics, all computed from one top-k index matrix (definitions: ``docs/metrics.md``).
 
-All metrics use binary relevance.  For a user with relevant set ``R`` (``|R| >= 1``) and ranked list
-``L = (l_1, ..., l_K)``, with ``h_j = 1`` if ``l_j`` is in ``R``:
+Given each user's ranked list ``topk[u]`` (item indices, best first, ``-1`` = no item) and relevant set
+``T_u`` (the stored entries of ``truth[u]``), with ``R = |T_u|``, ``h_i = 1`` when the item at rank ``i``
+(1-based) is relevant and ``H_k = sum_{i<=k} h_i``:
 
-* ``recall@k    = sum_{j<=k} h_j / |R|``                         (LightGCN convention, not ``min(|R|, k)``)
-* ``precision@k = sum_{j<=k} h_j / k``
-* ``hit@k       = 1 if sum_{j<=k} h_j > 0 else 0``
-* ``ndcg@k      = DCG@k / IDCG@k``, ``DCG@k = sum_{j<=k} h_j / log2(j + 1)``,
-  ``IDCG@k = sum_{j<=min(|R|, k)} 1 / log2(j + 1)``
-* ``mrr@k       = 1 / (first j <= k with h_j = 1)``, else 0
-* ``map@k       = sum_{j<=k} h_j * precision@j / |R|``           (trec_eval's ``map_cut_k``)
+==============  ==========================================================================================
+``recall@k``    ``H_k / R`` (the LightGCN convention: the denominator is not capped at k)
+``precision@k`` ``H_k / k``
+``hit@k``       ``1 if H_k > 0 else 0``
+``ndcg@k``      ``DCG / IDCG`` with ``DCG = sum_{i<=k} h_i / log2(i + 1)``, ``IDCG = sum_{i<=min(R,k)} 1 / log2(i + 1)``
+``mrr@k``       ``1 / i`` for the first relevant rank ``i <= k``, else 0
+``map@k``       ``(1/R) sum_{i<=k} h_i H_i / i``: trec_eval's ``map_cut_k`` (divides by R, not ``min(R, k)``)
+``coverage@k``  distinct items in the top-k lists of the evaluated users / ``n_items``
+==============  ==========================================================================================
 
-Each is averaged over the users with at least one relevant item.  ``coverage@k`` is the number of distinct
-items in all top-k lists divided by the catalogue size.
+Every metric but coverage is the mean over users with ``R >= 1``; users without truth are ignored.  All of it
+is vectorised over users (a sorted-key lookup of every ``(user, item)`` pair of ``topk`` in ``truth``).
 """
 
 from __future__ import annotations
@@ -24,95 +26,168 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["METRICS", "hit_matrix", "ranking_metrics", "per_user_metrics"]
+__all__ = ["METRICS", "hit_matrix", "per_user_metrics", "ranking_metrics"]
 
+#: Metrics with one value per user (``coverage`` is a property of the whole set of lists).
 METRICS = ("recall", "ndcg", "hit", "precision", "mrr", "map")
 
 
-def hit_matrix(topk: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
-    """``bool[U, K]``: whether ``topk[u, j]`` is a relevant item of row ``u`` of ``truth``.
+def _as_topk_array(topk: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = topk.detach().cpu().numpy() if isinstance(topk, torch.Tensor) else np.asarray(topk)
+    if arr.ndim != 2:
+        raise ValueError(f"topk must be a [U, K] matrix, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"topk must hold integer item indices, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
 
-    Vectorised: both sides become keys ``row * n_cols + item``; the truth keys are sorted (CSR rows ascending,
-    indices sorted within a row), so membership is one ``searchsorted``.  ``-1`` slots are never hits."""
-    truth = sp.csr_matrix(truth, copy=True)
-    truth.eliminate_zeros()
-    truth.sort_indices()
-    n_rows, n_cols = truth.shape
-    if topk.shape[0] != n_rows:
-        raise ValueError(f"topk has {topk.shape[0]} rows but truth has {n_rows}")
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(truth.indptr))
-    keys = rows * n_cols + truth.indices.astype(np.int64)
-    valid = (topk >= 0) & (topk < n_cols)
-    q = np.arange(n_rows, dtype=np.int64)[:, None] * n_cols + np.where(valid, topk, 0)
-    pos = np.searchsorted(keys, q)
-    pos = np.minimum(pos, max(keys.size - 1, 0))
-    found = keys[pos] == q if keys.size else np.zeros_like(valid)
-    return found & valid
+
+def _check_ks(ks: Sequence[int], width: int) -> tuple[int, ...]:
+    if isinstance(ks, int | np.integer):
+        ks = (int(ks),)
+    out = tuple(int(k) for k in ks)
+    if not out:
+        raise ValueError("ks must name at least one cut-off")
+    for k, given in zip(out, ks, strict=True):
+        if k != given or k < 1:
+            raise ValueError(f"cut-offs must be positive integers, got {given!r}")
+        if k > width:
+            raise ValueError(f"cut-off {k} exceeds the {width} columns of topk")
+    return tuple(dict.fromkeys(out))  # unique, in the given order
+
+
+def _binary_truth(truth: sp.spmatrix | sp.sparray, n_rows: int) -> sp.csr_matrix:
+    """A canonical copy (sorted, no duplicates, no explicit zeros) of ``truth``; the caller's stays intact."""
+    if not sp.issparse(truth):
+        raise ValueError(f"truth must be a scipy sparse matrix, got {type(truth).__name__}")
+    t = sp.csr_matrix(truth, copy=True)
+    if t.shape[0] != n_rows:
+        raise ValueError(f"truth has {t.shape[0]} rows but topk has {n_rows}: rows must be aligned")
+    t.eliminate_zeros()
+    t.sum_duplicates()  # also sorts the indices of every row
+    return t
+
+
+def hit_matrix(topk: torch.Tensor | np.ndarray, truth: sp.spmatrix | sp.sparray) -> np.ndarray:
+    """``bool[U, K]``: whether ``topk[u, j]`` is a relevant item of user ``u`` (``-1`` is never relevant).
+
+    Raises:
+        ValueError: an index outside ``[-1, n_items)``, or an item listed twice in one row.
+    """
+    top = _as_topk_array(topk)
+    t = _binary_truth(truth, top.shape[0])
+    return _hits(top, t)
+
+
+def _hits(top: np.ndarray, t: sp.csr_matrix) -> np.ndarray:
+    n_users, n_cols = top.shape[0], t.shape[1]
+    if top.size:
+        if top.min() < -1 or top.max() >= n_cols:
+            raise ValueError(f"topk holds item indices outside [-1, {n_cols}) (the columns of truth)")
+        srt = np.sort(top, axis=1)
+        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        if dup.any():
+            u = int(np.flatnonzero(dup.any(axis=1))[0])
+            raise ValueError(f"topk row {u} lists an item more than once")
+    # every relevant pair as one sorted int64 key (rows ascending, sorted indices within a row)
+    keys = np.repeat(np.arange(n_users, dtype=np.int64) * n_cols, np.diff(t.indptr)) + t.indices
+    if keys.size == 0:
+        return np.zeros(top.shape, dtype=bool)
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_cols + np.maximum(top, 0)
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    return (keys[pos] == query) & (top >= 0)
 
 
 def per_user_metrics(
-    topk: torch.Tensor | np.ndarray, truth: sp.csr_matrix, ks: Sequence[int]
+    topk: torch.Tensor | np.ndarray,
+    truth: sp.spmatrix | sp.sparray,
+    ks: Sequence[int] = (20,),
 ) -> dict[str, np.ndarray]:
-    """Per-user values, ``float64[U']`` for each ``metric@k``, over the ``U'`` rows of ``truth`` that have at
-    least one relevant item (rows without truth are dropped, in order)."""
-    topk_np = topk.cpu().numpy() if isinstance(topk, torch.Tensor) else np.asarray(topk)
-    topk_np = topk_np.astype(np.int64, copy=False)
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    if ks[-1] > topk_np.shape[1]:
-        raise ValueError(f"largest k {ks[-1]} exceeds the {topk_np.shape[1]} ranked items per user")
-    truth = sp.csr_matrix(truth)
-    n_rel_all = np.diff(truth.indptr)
-    keep = n_rel_all > 0
-    hits = hit_matrix(topk_np, truth)[keep].astype(np.float64)
-    n_rel = n_rel_all[keep].astype(np.float64)
+    """Per-user metric values, for significance tests and slices.
 
-    K = ks[-1]
-    positions = np.arange(1, K + 1, dtype=np.float64)
-    discount = 1.0 / np.log2(positions + 1.0)
-    ideal_cum = np.cumsum(discount)
-    cum_hits = np.cumsum(hits[:, :K], axis=1)
-    prec_at_j = cum_hits / positions
-    any_hit = hits[:, :K] > 0
-    first = np.where(any_hit.any(axis=1), any_hit.argmax(axis=1), K)  # 0-based rank of the first hit
+    Rows stay aligned with ``topk`` (so a slice is a boolean mask over users); users without any relevant item
+    hold NaN, so ``np.nanmean`` of a column equals the corresponding :func:`ranking_metrics` value.
 
-    out: dict[str, np.ndarray] = {}
+    Args:
+        topk: ``LongTensor | ndarray [U, K]`` ranked item indices, best first, ``-1`` = no item; no item twice
+            in a row.
+        truth: ``csr_matrix [U, I]`` aligned with ``topk`` rows; stored non-zero entries are the relevant items.
+        ks: cut-offs, each ``<= K``.
+
+    Returns:
+        ``{"recall@k": float64[U], ...}`` for every metric in :data:`METRICS` and k in ``ks``, plus
+        ``"n_relevant": int64[U]``; users without relevant items hold NaN.
+    """
+    top = _as_topk_array(topk)
+    ks = _check_ks(ks, top.shape[1])
+    t = _binary_truth(truth, top.shape[0])
+    return _per_user(_hits(top, t), np.diff(t.indptr).astype(np.int64), ks)
+
+
+def _per_user(hits: np.ndarray, n_rel: np.ndarray, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    kmax = max(ks)
+    h = hits[:, :kmax].astype(np.float64)
+    ranks = np.arange(1, kmax + 1, dtype=np.float64)
+    discount = 1.0 / np.log2(ranks + 1.0)
+    cum_hits = np.cumsum(h, axis=1)  # H_i
+    cum_dcg = np.cumsum(h * discount, axis=1)
+    cum_ap = np.cumsum(h * cum_hits / ranks, axis=1)  # sum_{j<=i} h_j H_j / j
+    ideal = np.cumsum(discount)  # IDCG for min(R, k) = 1, 2, ...
+    first = np.where(h.any(axis=1), np.argmax(h, axis=1), kmax)  # 0-based rank of the first hit, kmax if none
+
+    has = n_rel > 0
+    r = np.where(has, n_rel, 1).astype(np.float64)
+    nan = np.where(has, 0.0, np.nan)  # adds NaN to users without truth
+    out: dict[str, np.ndarray] = {"n_relevant": n_rel}
     for k in ks:
-        n_hit = cum_hits[:, k - 1]
-        out[f"recall@{k}"] = n_hit / n_rel
-        out[f"precision@{k}"] = n_hit / k
-        out[f"hit@{k}"] = (n_hit > 0).astype(np.float64)
-        dcg = hits[:, :k] @ discount[:k]
-        idcg = ideal_cum[np.minimum(n_rel, k).astype(np.int64) - 1]
-        out[f"ndcg@{k}"] = dcg / idcg
-        out[f"mrr@{k}"] = np.where(first < k, 1.0 / (first + 1.0), 0.0)
-        out[f"map@{k}"] = (hits[:, :k] * prec_at_j[:, :k]).sum(axis=1) / n_rel
+        hk = cum_hits[:, k - 1]
+        out[f"recall@{k}"] = hk / r + nan
+        out[f"ndcg@{k}"] = cum_dcg[:, k - 1] / ideal[np.minimum(n_rel, k).clip(min=1) - 1] + nan
+        out[f"hit@{k}"] = (hk > 0).astype(np.float64) + nan
+        out[f"precision@{k}"] = hk / k + nan
+        out[f"mrr@{k}"] = np.where(first < k, 1.0 / (first + 1.0), 0.0) + nan
+        out[f"map@{k}"] = cum_ap[:, k - 1] / r + nan
     return out
 
 
 def ranking_metrics(
     topk: torch.Tensor | np.ndarray,
-    truth: sp.csr_matrix,
-    ks: Sequence[int],
+    truth: sp.spmatrix | sp.sparray,
+    ks: Sequence[int] = (20,),
     n_items: int | None = None,
 ) -> dict[str, float]:
-    """Mean of every metric at every k over the users with truth, plus ``coverage@k`` when ``n_items`` is given.
+    """Mean top-k metrics over the users with at least one relevant item, and catalogue coverage.
 
     Args:
-        topk: ``[U, K]`` item indices per user, best first; ``-1`` marks an empty slot.
-        truth: ``csr_matrix [U, n_items]`` of relevant items, rows aligned with ``topk``.
+        topk: ``LongTensor | ndarray [U, K]`` ranked item indices, best first, ``-1`` = no item (e.g. from
+            :func:`eval.full_ranking_topk` for ``K = max(ks)``); no item twice in a row.
+        truth: ``csr_matrix [U, I]`` whose rows are aligned with ``topk`` rows; stored non-zero entries are the
+            relevant items (binary relevance; values are ignored).
         ks: cut-offs, each ``<= K``.
-        n_items: catalogue size for ``coverage@k``.
+        n_items: catalogue size for ``coverage@k``; default ``I`` (the columns of ``truth``).
+
+    Returns:
+        ``{"recall@k", "ndcg@k", "hit@k", "precision@k", "mrr@k", "map@k", "coverage@k"}`` for every k, as
+        Python floats; see the module docstring and ``docs/metrics.md`` for the definitions.
+
+    Raises:
+        ValueError: misaligned or malformed inputs, or no user with a relevant item.
     """
-    per_user = per_user_metrics(topk, truth, ks)
-    n_users = next(iter(per_user.values())).size
-    if n_users == 0:
-        raise ValueError("no user has a relevant item: metrics are undefined")
-    out = {name: float(values.mean()) for name, values in per_user.items()}
-    if n_items:
-        topk_np = topk.cpu().numpy() if isinstance(topk, torch.Tensor) else np.asarray(topk)
-        for k in sorted({int(k) for k in ks}):
-            items = topk_np[:, :k]
-            out[f"coverage@{k}"] = float(np.unique(items[items >= 0]).size / n_items)
-    return out
+    top = _as_topk_array(topk)
+    ks = _check_ks(ks, top.shape[1])
+    t = _binary_truth(truth, top.shape[0])
+    n_rel = np.diff(t.indptr).astype(np.int64)
+    has = n_rel > 0
+    if not has.any():
+        raise ValueError("no user has a relevant item in truth: the metrics are undefined")
+    per_user = _per_user(_hits(top, t), n_rel, ks)
+    n_items = t.shape[1] if n_items is None else int(n_items)
+    if n_items < 1:
+        raise ValueError(f"n_items must be positive, got {n_items}")
+    evaluated = top[has]
+    result: dict[str, float] = {}
+    for k in ks:
+        for name in METRICS:
+            result[f"{name}@{k}"] = float(per_user[f"{name}@{k}"][has].mean())
+        listed = evaluated[:, :k]
+        result[f"coverage@{k}"] = float(np.unique(listed[listed >= 0]).size / n_items)
+    return result

@@ -190,8 +190,7 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
     ds, model = run.dataset, run.model
     try:
         with torch.no_grad():
-            items = model.item_embeddings()
-            users = model.query_embeddings(torch.arange(ds.n_users))
+            users, items = model.embeddings()
     except NotImplementedError as exc:  # e.g. RP3beta: scores are not inner products of dense vectors
         raise SystemExit(f"error: model {run.config.model['name']!r} cannot be indexed: {exc}") from None
     seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))

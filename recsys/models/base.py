@@ -75,17 +75,33 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query embeddings of ``users`` (all users when ``None``), ``[B, d]``, and all item embeddings
+        ``[I, d]``, computed together. Evaluation and index export call this once; models whose two sides
+        share an expensive computation (graph propagation) override it to do that computation once."""
+        if users is None:
+            users = torch.arange(self.n_users, device=self._device())
+        return self.query_embeddings(users), self.item_embeddings()
+
+    @torch.no_grad()
     def scorer(self) -> ScoreFn:
         """A function from a block of users to their scores over all items, ``Tensor[B, I]``.
 
-        The default computes the item embeddings once and takes inner products; models with expensive
-        query towers (graph propagation) override ``query_embeddings`` to reuse a cached propagation."""
-        items = self.item_embeddings()
+        The default is the inner product of :meth:`embeddings` (computed once); evaluation then takes a faster
+        route over the same embeddings. Models whose scores are not such inner products override this."""
+        queries, items = self.embeddings()
 
         def score(users: torch.Tensor) -> torch.Tensor:
-            return self.query_embeddings(users) @ items.T
+            return queries[users] @ items.T
 
         return score
+
+    def _device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
 
     def extra_repr(self) -> str:
         return f"n_users={self.n_users}, n_items={self.n_items}"

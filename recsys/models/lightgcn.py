@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from recsys.embedding import IdEmbedding
 from recsys.graph import NormalizedBipartite, layer_mean_at_rows
-from recsys.models.base import ModelConfig, Recommender, ScoreFn
+from recsys.models.base import ModelConfig, Recommender
 
 
 class LightGCNConfig(ModelConfig):
@@ -170,14 +170,11 @@ class LightGCN(Recommender):
         return self.final_embeddings()[1]
 
     @torch.no_grad()
-    def scorer(self) -> ScoreFn:
-        """Propagates once; the returned function scores a block of users ``[B]`` -> ``[B, I]``."""
+    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One propagation for both sides: final embeddings of ``users`` (all when ``None``) ``[B, d]`` and of
+        all items ``[I, d]``."""
         users_all, items = self.final_embeddings()
-
-        def score(users: torch.Tensor) -> torch.Tensor:
-            return users_all[users] @ items.T
-
-        return score
+        return (users_all if users is None else users_all[users]), items
 
     def extra_repr(self) -> str:
         c = self.config

@@ -1,0 +1,164 @@
+"""Score a saved recommendation file against a truth file with the same metrics as the models.
+
+RECS: columns ``user, item, score`` (higher is better); TRUTH: columns ``user, item``.  CSV or Parquet, chosen
+by the extension (``.csv``; ``.parquet`` / ``.pq``); other columns are ignored.  Ids are read as strings
+(surrounding whitespace stripped), so ``7`` in one file matches ``7`` in the other whatever their types.
+
+* A ``(user, item)`` pair listed more than once in RECS counts once, with its highest score.
+* Each user's recommendations are ranked by score, descending; equal scores rank the lower item id first,
+  comparing ids as integers when every item id in the two files is an integer, as strings otherwise (the same
+  rule as ``eval.full_ranking_topk``, where ids are dense indices).
+* Users in TRUTH without recommendations count, with zero for every metric; users in RECS that are not in TRUTH
+  are ignored; every mean is over the users of TRUTH.
+* ``coverage@k`` divides by ``n_items`` if given, else by the number of distinct items in the two files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from eval.metrics import ranking_metrics
+
+__all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
+
+_CSV = {".csv"}
+_PARQUET = {".parquet", ".pq"}
+
+
+def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.DataFrame:
+    """Read ``columns`` of a CSV/Parquet file; ids as stripped strings.  Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{role} file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _CSV:
+            df = pl.read_csv(path, infer_schema=False)
+        elif suffix in _PARQUET:
+            df = pl.read_parquet(path)
+        else:
+            raise ValueError(
+                f"{role} file {path}: unknown extension {path.suffix!r} (expected .csv, .parquet or .pq)"
+            )
+    except pl.exceptions.NoDataError:
+        raise ValueError(f"{role} file {path} is empty") from None
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ValueError(f"{role} file {path} cannot be read: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{role} file {path} lacks column(s) {', '.join(map(repr, missing))}; it has {df.columns} "
+            f"(expected {', '.join(columns)})"
+        )
+    if df.height == 0:
+        raise ValueError(f"{role} file {path} has a header but no rows")
+    df = df.select(columns)
+    for col in ("user", "item"):
+        dtype = df[col].dtype
+        if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical or dtype == pl.Enum):
+            raise ValueError(f"{role} file {path}: column {col!r} holds {df[col].dtype}, expected ids")
+        df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars())
+        empty = df.filter(pl.col(col).is_null() | (pl.col(col) == "")).height
+        if empty:
+            raise ValueError(f"{role} file {path}: {empty} row(s) with an empty {col!r}")
+    return df
+
+
+def read_recs(path: str | Path) -> pl.DataFrame:
+    """``user: String, item: String, score: Float64`` from a RECS file, validated (no null, non-numeric or
+    NaN score); duplicate pairs are kept (see :func:`evaluate_recs_file`)."""
+    df = _read_table(path, ("user", "item", "score"), "recs")
+    score = df["score"]
+    if score.dtype == pl.String:
+        parsed = score.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = df.filter(parsed.is_null() & score.is_not_null() & (score.str.strip_chars() != ""))
+        if bad.height:
+            examples = ", ".join(repr(v) for v in bad["score"].head(3).to_list())
+            raise ValueError(f"recs file {path}: {bad.height} non-numeric score value(s), e.g. {examples}")
+        score = parsed
+    elif score.dtype.is_numeric():
+        score = score.cast(pl.Float64)
+    else:
+        raise ValueError(f"recs file {path}: column 'score' holds {score.dtype}, expected numbers")
+    if score.null_count():
+        raise ValueError(f"recs file {path}: {score.null_count()} row(s) without a score")
+    if score.is_nan().any():
+        raise ValueError(f"recs file {path}: {int(score.is_nan().sum())} NaN score(s)")
+    return df.with_columns(score.alias("score"))
+
+
+def read_truth(path: str | Path) -> pl.DataFrame:
+    """``user: String, item: String`` from a TRUTH file, one row per distinct pair."""
+    return _read_table(path, ("user", "item"), "truth").unique(maintain_order=True)
+
+
+def _item_codes(items: pl.Series) -> pl.DataFrame:
+    """Dense item codes in id order (integer order when every id is an integer, string order otherwise)."""
+    ids = items.unique()
+    as_int = ids.cast(pl.Int64, strict=False)
+    if as_int.null_count() == 0:
+        frame = pl.DataFrame({"item": ids, "_key": as_int}).sort("_key")
+    else:
+        frame = pl.DataFrame({"item": ids}).sort("item")
+    return frame.select("item").with_row_index("i", offset=0).with_columns(pl.col("i").cast(pl.Int64))
+
+
+def evaluate_recs_file(
+    recs_path: str | Path,
+    truth_path: str | Path,
+    ks: Sequence[int] = (20,),
+    *,
+    n_items: int | None = None,
+) -> dict[str, float]:
+    """Metrics of the recommendations in ``recs_path`` against ``truth_path`` (rules: the module docstring).
+
+    Args:
+        recs_path: CSV/Parquet with ``user, item, score``.
+        truth_path: CSV/Parquet with ``user, item``.
+        ks: cut-offs; lists are truncated at ``max(ks)``.
+        n_items: catalogue size for ``coverage@k`` (default: distinct items in the two files).
+
+    Returns:
+        The dict of :func:`eval.metrics.ranking_metrics`.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        ValueError: a file is empty or unreadable, lacks a column, or has a non-numeric, missing or NaN score.
+    """
+    ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    kmax = max(ks)
+    recs = read_recs(recs_path).group_by("user", "item").agg(pl.col("score").max())
+    truth = read_truth(truth_path)
+
+    users = (
+        truth.select(pl.col("user").unique().sort())
+        .with_row_index("u")
+        .with_columns(pl.col("u").cast(pl.Int64))
+    )
+    items = _item_codes(pl.concat([recs["item"], truth["item"]]))
+    truth_codes = truth.join(users, on="user").join(items, on="item")
+    ranked = (
+        recs.join(users, on="user", how="inner")  # users without truth are ignored
+        .join(items, on="item")
+        .sort(["u", "score", "i"], descending=[False, True, False])
+        .with_columns(pl.int_range(pl.len()).over("u").alias("rank"))
+        .filter(pl.col("rank") < kmax)
+    )
+    n_users, n_codes = users.height, items.height
+    topk = np.full((n_users, kmax), -1, dtype=np.int64)
+    topk[ranked["u"].to_numpy(), ranked["rank"].to_numpy()] = ranked["i"].to_numpy()
+    truth_csr = sp.csr_matrix(
+        (
+            np.ones(truth_codes.height, dtype=np.float32),
+            (truth_codes["u"].to_numpy(), truth_codes["i"].to_numpy()),
+        ),
+        shape=(n_users, n_codes),
+    )
+    return ranking_metrics(topk, truth_csr, ks, n_items=n_codes if n_items is None else n_items)

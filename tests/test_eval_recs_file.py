@@ -1,0 +1,126 @@
+"""Scoring saved recommendation files: CSV and Parquet, ranking rules, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from eval import evaluate_recs_file, ranking_metrics
+
+RECS = """user,item,score
+a,x,3
+a,y,2
+a,z,1
+a,y,0.5
+b,y,5
+b,x,4
+c,x,9
+"""
+TRUTH = "user,item\na,y\nb,z\nd,x\na,y\n"
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_rules_and_parquet_equivalence(tmp_path):
+    recs, truth = write(tmp_path, "recs.csv", RECS), write(tmp_path, "truth.csv", TRUTH)
+    m = evaluate_recs_file(recs, truth, ks=(1, 2))
+    # users a, b, d (truth); c has no truth: ignored; d has no recs: zeros; duplicate (a, y) keeps score 2
+    # a: x, y, z -> y at rank 2; b: y, x -> z missing
+    assert m["hit@1"] == 0.0
+    assert m["hit@2"] == pytest.approx(1 / 3)
+    assert m["mrr@2"] == pytest.approx((1 / 2) / 3)
+    assert m["recall@2"] == pytest.approx(1 / 3)
+    assert m["precision@2"] == pytest.approx((1 / 2) / 3)
+    assert m["ndcg@2"] == pytest.approx((1 / np.log2(3)) / 3)
+    # coverage: items listed for evaluated users {x, y} over the items of both files {x, y, z}
+    assert m["coverage@2"] == pytest.approx(2 / 3)
+    assert evaluate_recs_file(recs, truth, ks=(2,), n_items=10)["coverage@2"] == pytest.approx(0.2)
+
+    pl.read_csv(recs, infer_schema=False).with_columns(pl.col("score").cast(pl.Float64)).write_parquet(
+        tmp_path / "recs.parquet"
+    )
+    pl.read_csv(truth).write_parquet(tmp_path / "truth.pq")
+    assert evaluate_recs_file(tmp_path / "recs.parquet", tmp_path / "truth.pq", ks=(1, 2)) == m
+
+
+def test_same_metrics_as_ranking_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    n_users, n_items, k = 30, 40, 10
+    scores = rng.standard_normal((n_users, n_items))
+    topk = np.argsort(-scores, axis=1)[:, :k]
+    truth = sp.random(n_users, n_items, density=0.1, format="csr", random_state=1)
+    truth.data[:] = 1
+    has = np.diff(truth.indptr) > 0
+    rows = [(f"u{u}", f"i{i}", float(scores[u, i])) for u in range(n_users) for i in range(n_items)]
+    pl.DataFrame(rows, schema=["user", "item", "score"], orient="row").write_csv(tmp_path / "r.csv")
+    t = truth.tocoo()
+    pl.DataFrame({"user": [f"u{u}" for u in t.row], "item": [f"i{i}" for i in t.col]}).write_csv(
+        tmp_path / "t.csv"
+    )
+    got = evaluate_recs_file(tmp_path / "r.csv", tmp_path / "t.csv", ks=(5, 10), n_items=n_items)
+    want = ranking_metrics(topk[has], truth[has], ks=(5, 10), n_items=n_items)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+def test_ties_break_by_item_id(tmp_path):
+    # every id an integer: numeric order, 9 < 10 (as strings "10" < "9"); all scores tied
+    truth = write(tmp_path, "t.csv", "user,item\nu,9\n")
+    recs = write(tmp_path, "r.csv", "user,item,score\nu,10,1\nu,9,1\nu,11,1\n")
+    assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
+    # one id is not an integer: string order for all, "10" < "11" < "9" < "b"
+    truth = write(tmp_path, "t2.csv", "user,item\nu,9\nv,b\n")
+    m = evaluate_recs_file(recs, truth, ks=(1, 3))
+    assert m["hit@1"] == 0.0 and m["mrr@3"] == pytest.approx((1 / 3) / 2)
+
+
+def test_ids_are_strings_whatever_the_file_types(tmp_path):
+    pl.DataFrame({"user": [1, 1, 2], "item": [10, 20, 10], "score": [0.2, 0.9, 1]}).write_parquet(
+        tmp_path / "r.parquet"
+    )
+    truth = write(tmp_path, "t.csv", "user,item\n1, 20\n2,10\n")  # whitespace is stripped
+    m = evaluate_recs_file(tmp_path / "r.parquet", truth, ks=(1,))
+    assert m["hit@1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "recs_text,match",
+    [
+        ("user,item\na,x\n", "lacks column.*'score'"),
+        ("user,item,score\na,x,high\na,y,1\n", "non-numeric score.*'high'"),
+        ("user,item,score\na,x,nan\n", "NaN score"),
+        ("user,item,score\na,x,\n", "without a score"),
+        ("", "is empty"),
+        ("user,item,score\n", "no rows"),
+        ("user,item,score\n,x,1\n", "empty 'user'"),
+    ],
+)
+def test_recs_errors_name_the_file(tmp_path, recs_text, match):
+    recs = write(tmp_path, "bad_recs.csv", recs_text)
+    truth = write(tmp_path, "truth.csv", "user,item\na,x\n")
+    with pytest.raises(ValueError, match=match) as err:
+        evaluate_recs_file(recs, truth, ks=(1,))
+    assert "bad_recs.csv" in str(err.value)
+
+
+def test_truth_and_path_errors(tmp_path):
+    recs = write(tmp_path, "recs.csv", "user,item,score\na,x,1\n")
+    with pytest.raises(ValueError, match="truth file .*lacks column.*'item'"):
+        evaluate_recs_file(recs, write(tmp_path, "t.csv", "user,product\na,x\n"), ks=(1,))
+    with pytest.raises(ValueError, match="extension"):
+        evaluate_recs_file(recs, write(tmp_path, "t.json", "{}"), ks=(1,))
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        evaluate_recs_file(tmp_path / "nope.csv", recs, ks=(1,))
+    pl.DataFrame({"user": ["a"], "item": ["x"], "score": ["1"]}).write_parquet(tmp_path / "s.parquet")
+    truth = write(tmp_path, "t2.csv", "user,item\na,x\n")
+    assert evaluate_recs_file(tmp_path / "s.parquet", truth, ks=(1,))["hit@1"] == 1.0
+    pl.DataFrame({"user": ["a"], "item": ["x"], "score": [True]}).write_parquet(tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match="b.parquet.*score"):
+        evaluate_recs_file(tmp_path / "b.parquet", recs, ks=(1,))
