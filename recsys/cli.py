@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -193,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
-        # Data validation and integrity errors carry the file/line/key in their message.
+        # Data validation and integrity errors carry the file/line/key in their message; set
+        # RECSYS_DEBUG=1 for the traceback.
+        if os.environ.get("RECSYS_DEBUG"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -106,3 +106,16 @@ def test_fingerprint_ignores_tracking_but_not_training(cfg_file):
 def test_validate_rejects_non_mapping():
     with pytest.raises(ConfigError, match="expected a mapping"):
         validate_config([1, 2])
+
+
+def test_readme_own_data_example_validates():
+    """The README's "Your own data" config must stay a valid config."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    cfg = validate_config(yaml.safe_load(block), source="README.md")
+    assert cfg.data.split.protocol == "temporal" and cfg.model["name"] == "lightgcn"
