@@ -3,7 +3,11 @@ tests that need it skip with a clear reason when it is absent. ``RECSYS_SHARED_D
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@functools.lru_cache(maxsize=1)
+def fixture_data() -> Path:
+    """``tests/data`` copied once to a temp folder, completed with the mini MovieLens ``u.genre``.
+
+    The real ``u.genre`` is a MovieLens file, which must never be committed; the genre names it lists are
+    already in ``features.movielens.ML100K_GENRES``, so the test copy writes the file from there."""
+    from features.movielens import ML100K_GENRES
+
+    root = Path(tempfile.mkdtemp(prefix="recsys-testdata-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    dst = root / "data"
+    shutil.copytree(REPO / "tests" / "data", dst)
+    lines = "".join(f"{name}|{code}\n" for code, name in enumerate(ML100K_GENRES))
+    (dst / "ml100k_mini" / "u.genre").write_text(lines + "\n", encoding="latin-1")
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ import pytest
 
 from features import DataConfig, DataValidationError, PreparedDataset, prepare
 from features.readers import read_amazon_seq, read_interactions, read_item_attributes, read_user_lines
+from tests.conftest import fixture_data
 
-DATA = Path(__file__).parent / "data"
+DATA = fixture_data()
 
 
 def write(path: Path, content: str | bytes) -> Path:

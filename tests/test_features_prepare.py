@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,8 +12,9 @@ import pytest
 
 from features import DataConfig, PreparedDataset, prepare
 from features.dataset import SPLITS
+from tests.conftest import fixture_data
 
-DATA = Path(__file__).parent / "data"
+DATA = fixture_data()
 
 
 def ml_mini(**kw) -> DataConfig:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from features.movielens import movielens_files, read_movielens
 from features.readers import read_amazon_seq, read_interactions, read_item_attributes, read_user_lines
+from tests.conftest import fixture_data
 
-DATA = Path(__file__).parent / "data"
+DATA = fixture_data()
 
 
 def test_csv_with_configured_columns_and_blank_line(tmp_path):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from features import DataConfig, DataSourceError, DataValidationError, obtain_movielens_100k, prepare
 from features.sources import ML100K_SHA256
+from tests.conftest import fixture_data
 
-DATA = Path(__file__).parent / "data"
+DATA = fixture_data()
 
 
 def test_shared_copy_is_used_and_verified(shared_data, tmp_path, monkeypatch):
