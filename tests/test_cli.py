@@ -109,3 +109,24 @@ def test_data_prepare_command(tmp_path, capsys):
     assert main(["data", "prepare", "-c", str(cfg)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_users"] == 120 and Path(info["path"]).exists()
+
+
+def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=1)
+    raw["tracking"] = {"experiment": "elsewhere"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    store = tmp_path / "server.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(tmp_path)  # a server-less sqlite URI puts artifacts in ./mlartifacts
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    import mlflow
+
+    assert store.exists()
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    from recsys.paths import recsys_home
+
+    assert not (recsys_home() / "mlflow.db").exists()  # nothing went to the embedded default
