@@ -51,15 +51,11 @@ def load_train(path: Path) -> tuple[sp.csr_matrix, str]:
     """The Gowalla training matrix from LightGCN's ``train.txt`` (``uid iid iid ...`` per line), or a
     synthetic one with about the same number of interactions and skew when the file is absent."""
     if path.exists():
-        rows, cols = [], []
-        with path.open() as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 1:
-                    items = np.asarray(parts[1:], dtype=np.int64)
-                    rows.append(np.full(items.size, int(parts[0]), dtype=np.int64))
-                    cols.append(items)
-        r, c = np.concatenate(rows), np.concatenate(cols)
+        from features.readers import read_user_lines
+
+        inter, _ = read_user_lines(path)
+        r = inter["user_id"].cast(int).to_numpy()
+        c = inter["item_id"].cast(int).to_numpy()
         shape = (max(N_USERS, int(r.max()) + 1), max(N_ITEMS, int(c.max()) + 1))
         return sp.csr_matrix((np.ones(r.size, dtype=np.float32), (r, c)), shape=shape), str(path)
     rng = np.random.default_rng(0)

@@ -61,16 +61,12 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 
 # ---- data -------------------------------------------------------------------------------------------------
 def read_lightgcn_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``uid iid iid ...`` per line -> (users, items) int64 arrays."""
-    users, items = [], []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 1:
-                its = np.asarray(parts[1:], dtype=np.int64)
-                users.append(np.full(its.size, int(parts[0]), dtype=np.int64))
-                items.append(its)
-    return np.concatenate(users), np.concatenate(items)
+    """``uid iid iid ...`` per line -> (users, items) int64 arrays, through the project's own reader."""
+    from features.readers import read_user_lines
+
+    inter, _ = read_user_lines(path)
+    ids = inter.select(inter["user_id"].cast(int), inter["item_id"].cast(int))
+    return ids["user_id"].to_numpy(), ids["item_id"].to_numpy()
 
 
 def load_gowalla_train(folder: Path) -> sp.csr_matrix:
