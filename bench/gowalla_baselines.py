@@ -7,6 +7,11 @@ metrics, wall time and learning curve (test Recall@20 against cumulative trainin
         configs/gowalla_rp3beta.yaml --out bench/results/gowalla_fast.json
     .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_lightgcn.yaml \
         --set train.epochs=60 --out bench/results/gowalla_lightgcn.json
+    .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_dccf.yaml --resume \
+        --out bench/results/gowalla_dccf.json
+
+``train_seconds`` sums the trainer's per-epoch times (training and evaluation, over all sessions of a resumed
+run); ``wall_seconds`` is this invocation's wall time.
 
 Run from the repository root (the configs point at ../shared/data).
 """
@@ -32,6 +37,10 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="overrides applied to every config")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue each config from its last checkpoint (long runs spread over sessions)")
+    ap.add_argument("--name-suffix", default="",
+                    help="appended to each config's name (e.g. an ablation tag), so runs do not overwrite")
     args = ap.parse_args()
 
     from recsys.config import load_config
@@ -41,8 +50,10 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for path in args.configs:
         cfg = load_config(path, args.set)
+        if args.name_suffix:
+            cfg = cfg.model_copy(update={"name": cfg.name + args.name_suffix})
         t0 = time.perf_counter()
-        res = train_experiment(cfg)
+        res = train_experiment(cfg, resume=args.resume)
         wall = time.perf_counter() - t0
         curve, elapsed = [], 0.0
         for h in res.history:
@@ -57,6 +68,7 @@ def main() -> None:
             "train": cfg.train.model_dump(),
             "test": res.test_metrics,
             "wall_seconds": round(wall, 1),
+            "train_seconds": round(elapsed, 1),
             "epochs": len(res.history),
             "mlflow_run_id": res.run_id,
             "curve": curve,

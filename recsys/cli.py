@@ -123,6 +123,32 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from recsys.explain import explain_user, format_explanation
+    from recsys.pipeline import load_run
+
+    run = load_run(args.run)
+    ds = run.dataset
+    users = ds.user_vocab.sort("user_idx")
+    user_ids = [str(u) for u in users["user_id"].to_list()]
+    try:
+        user_idx = user_ids.index(str(args.user))
+    except ValueError:
+        print(f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)", file=sys.stderr)
+        return 2
+    items = ds.item_vocab.sort("item_idx")
+    titles = items["title"].to_list() if "title" in items.columns else None
+    # exclude every known interaction, as the served index does (recsys recommend)
+    seen = (ds.matrix("train") + ds.matrix("valid") + ds.matrix("test")).tocsr()
+    exp = explain_user(
+        run.model, user_idx, seen, user_ids=user_ids,
+        item_ids=[str(i) for i in items["item_id"].to_list()], titles=titles,
+        top_intents=args.intents, items_per_intent=args.items, k=args.k,
+    )  # fmt: skip
+    print(json.dumps(exp.to_dict()) if args.json else format_explanation(exp))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from recsys.quickstart import run_quickstart
 
@@ -175,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--k", type=int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.set_defaults(func=cmd_recommend)
+
+    xp = sub.add_parser("explain", help="a user's latent intents and the recommendations they drive (DCCF)")
+    xp.add_argument("--run", required=True)
+    xp.add_argument("--user", required=True, help="original user id")
+    xp.add_argument("--intents", type=int, default=3, help="top intents to show")
+    xp.add_argument("--items", type=int, default=5, help="most aligned items per intent")
+    xp.add_argument("--k", type=int, default=10, help="recommendations to attribute to intents")
+    xp.add_argument("--json", action="store_true", help="machine-readable output")
+    xp.set_defaults(func=cmd_explain)
 
     qs = sub.add_parser("quickstart", help="MovieLens-100K end to end: data, training, metrics, index, recs")
     qs.add_argument("--epochs", type=int, default=None, help="training epochs (default: the quickstart's)")

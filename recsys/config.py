@@ -60,7 +60,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled from the models' own L2 terms, which are part of their losses."""
     sampler: Literal["interactions", "users"] = "interactions"
-    """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly."""
+    """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly.  Models
+    that bring their own sampler (``make_sampler``: sequence models such as ``sasrec``) do not use it."""
     eval_every: int = Field(1, ge=1)
     """Evaluate every N epochs (on the validation split, or the test split when there is none)."""
     early_stopping: EarlyStoppingConfig | None = None
@@ -123,8 +124,13 @@ class ExperimentConfig(_Strict):
         return self.model_dump(mode="json")
 
     def fingerprint(self, exclude: tuple[str, ...] = ("tracking",)) -> str:
-        """A short hash of the resolved config (without the tracking section), naming run folders."""
+        """A short hash of the resolved config (without the tracking section), naming run folders.
+
+        Settings that change how fast a run goes, not what it computes (``train.num_threads``,
+        ``train.progress``), are left out, so that a run can be resumed with another thread count."""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        if isinstance(payload.get("train"), dict):
+            payload["train"] = {k: v for k, v in payload["train"].items() if k not in ("num_threads", "progress")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

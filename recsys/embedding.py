@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-EmbeddingInit = Literal["normal", "xavier_uniform"]
+EmbeddingInit = Literal["normal", "xavier_uniform", "xavier_normal"]
 
 
 class IdEmbedding(nn.Module):
@@ -28,7 +28,8 @@ class IdEmbedding(nn.Module):
         num: number of ids (rows).
         dim: embedding dimension (columns).
         init: ``"normal"``: N(0, ``init_std``²) (LightGCN's official code uses std 0.1);
-            ``"xavier_uniform"``: Glorot uniform (torch-geometric's LightGCN).
+            ``"xavier_uniform"``: Glorot uniform (torch-geometric's LightGCN); ``"xavier_normal"``: Glorot
+            normal (DCCF's official code).
         init_std: standard deviation of the ``"normal"`` initialisation.
 
     Attributes:
@@ -39,8 +40,8 @@ class IdEmbedding(nn.Module):
         super().__init__()
         if num < 1 or dim < 1:
             raise ValueError(f"IdEmbedding needs num >= 1 and dim >= 1, got num={num}, dim={dim}")
-        if init not in ("normal", "xavier_uniform"):
-            raise ValueError(f"init must be 'normal' or 'xavier_uniform', got {init!r}")
+        if init not in ("normal", "xavier_uniform", "xavier_normal"):
+            raise ValueError(f"init must be 'normal', 'xavier_uniform' or 'xavier_normal', got {init!r}")
         self.num = num
         self.dim = dim
         self.init = init
@@ -52,8 +53,10 @@ class IdEmbedding(nn.Module):
         """Re-draw the table from the configured initialisation (uses torch's global RNG)."""
         if self.init == "normal":
             nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
-        else:
+        elif self.init == "xavier_uniform":
             nn.init.xavier_uniform_(self.weight)
+        else:
+            nn.init.xavier_normal_(self.weight)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """``LongTensor[...]`` of ids -> ``Tensor[..., dim]``."""

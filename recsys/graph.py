@@ -59,28 +59,30 @@ def _inv_sqrt(degree: np.ndarray) -> np.ndarray:
     return out
 
 
-def torch_csr(matrix: sp.csr_matrix, device: torch.device | str | None = None) -> torch.Tensor:
-    """A scipy CSR matrix as a ``torch.sparse_csr`` tensor (int64 indices, float32 values)."""
+def torch_csr(
+    matrix: sp.csr_matrix, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A scipy CSR matrix as a ``torch.sparse_csr`` tensor (int64 indices, ``dtype`` values)."""
     matrix = sp.csr_matrix(matrix)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
             torch.from_numpy(matrix.indptr.astype(np.int64)),
             torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(matrix.data.astype(np.float32)),
+            torch.from_numpy(matrix.data).to(dtype),
             size=matrix.shape,
             device=device,
             check_invariants=False,  # scipy's canonical CSR (sorted, deduplicated) is valid by construction
         )
 
 
-def normalized_bipartite_scipy(train: sp.spmatrix) -> sp.csr_matrix:
-    """``R̃ = D_U^{-1/2} R D_I^{-1/2}`` as scipy CSR float32, ``U x I``, rows and columns sorted."""
-    r = _binary_csr(train)
+def normalized_bipartite_scipy(train: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
+    """``R̃ = D_U^{-1/2} R D_I^{-1/2}`` as scipy CSR (``dtype`` values), ``U x I``, rows and columns sorted."""
+    r = _binary_csr(train).astype(dtype)
     du = _inv_sqrt(np.diff(r.indptr))
     di = _inv_sqrt(np.bincount(r.indices, minlength=r.shape[1]))
     rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
-    r.data = (du[rows] * di[r.indices]).astype(np.float32)
+    r.data = (du[rows] * di[r.indices]).astype(dtype)
     return r
 
 
@@ -109,11 +111,13 @@ class NormalizedBipartite:
     rt: torch.Tensor
 
     @classmethod
-    def from_train(cls, train: sp.spmatrix, device: torch.device | str | None = None) -> NormalizedBipartite:
-        rn = normalized_bipartite_scipy(train)
+    def from_train(
+        cls, train: sp.spmatrix, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> NormalizedBipartite:
+        rn = normalized_bipartite_scipy(train, np.float64 if dtype == torch.float64 else np.float32)
         rnt = rn.T.tocsr()
         rnt.sort_indices()
-        return cls(torch_csr(rn, device), torch_csr(rnt, device))
+        return cls(torch_csr(rn, device, dtype), torch_csr(rnt, device, dtype))
 
     def __deepcopy__(self, memo: dict) -> NormalizedBipartite:
         # Immutable and derived from the training data: a deep copy of a model (e.g. a best-so-far snapshot)
@@ -316,3 +320,142 @@ def _make_csr(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
+
+
+# ---- edge-weighted products over a fixed sparsity pattern (DCCF's learned masks) ---------------------------
+@dataclass(frozen=True)
+class CSRPattern:
+    """A fixed sparsity pattern (CSR, ``N x M``, ``E`` entries) whose values change at every step, with the
+    structure of its transpose: products with *learned* edge weights, differentiable in the weights.
+
+    ``values`` vectors are ``[E]`` in this pattern's CSR order (row-major).  Entry ``k`` of the transpose's CSR
+    order is entry ``t_perm[k]`` of this pattern, so ``values[t_perm]`` are the transpose's values.
+
+    Both products are torch CSR kernels (``torch.sparse.mm`` and ``torch.sparse.sampled_addmm``): measured on
+    Gowalla's 810k training pairs, 32 columns, the sampled product takes 7 ms where gathering both rows of
+    every edge and summing takes 150 ms.  No ``E x d`` tensor is materialised, forward or backward.
+    """
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    t_crow: torch.Tensor
+    t_col: torch.Tensor
+    t_perm: torch.Tensor
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_csr(cls, a: torch.Tensor) -> CSRPattern:
+        """The pattern of a torch CSR tensor ``a`` (its values are ignored)."""
+        crow, col = a.crow_indices(), a.col_indices()
+        n, m = a.shape
+        ids = torch.arange(col.numel(), dtype=torch.float64, device=col.device)
+        # transpose a CSR whose values are the entry ids: its values are then the permutation
+        t = csr_transpose(_make_csr(crow, col, ids, (n, m)))
+        return cls(crow, col, t.crow_indices(), t.col_indices(), t.values().long(), (n, m))
+
+    def __deepcopy__(self, memo: dict) -> CSRPattern:
+        return self  # immutable, derived from the training data (see NormalizedBipartite)
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    def to(self, device: torch.device | str) -> CSRPattern:
+        return CSRPattern(
+            self.crow.to(device), self.col.to(device), self.t_crow.to(device),
+            self.t_col.to(device), self.t_perm.to(device), self.shape,
+        )  # fmt: skip
+
+    def transpose(self) -> CSRPattern:
+        """The ``M x N`` pattern; its values are ``values[self.t_perm]``."""
+        inverse = torch.empty_like(self.t_perm)
+        inverse[self.t_perm] = torch.arange(self.nnz, device=self.t_perm.device)
+        return CSRPattern(self.t_crow, self.t_col, self.crow, self.col, inverse, self.shape[::-1])
+
+    def rows(self) -> torch.Tensor:
+        """Row index of every entry ``LongTensor[E]``."""
+        return torch.repeat_interleave(
+            torch.arange(self.shape[0], device=self.crow.device), self.crow[1:] - self.crow[:-1],
+            output_size=self.nnz,
+        )  # fmt: skip
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """This pattern with ``values`` ``[E]`` as a torch CSR tensor (not differentiable)."""
+        return _make_csr(self.crow, self.col, values, self.shape)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        """The transpose with this pattern's ``values`` ``[E]`` as a torch CSR tensor ``M x N``."""
+        return _make_csr(self.t_crow, self.t_col, values[self.t_perm], self.shape[::-1])
+
+    def matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``S x`` for ``S`` this pattern with ``values`` ``[E]`` and dense ``x`` ``[M, d]`` -> ``[N, d]``;
+        differentiable in ``values`` and ``x``."""
+        return _PatternMatmul.apply(self, values, x, False)
+
+    def transpose_matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``S^T x`` for ``S`` this pattern with ``values`` ``[E]`` (this pattern's order) and dense ``x``
+        ``[N, d]`` -> ``[M, d]``; differentiable in ``values`` and ``x``."""
+        return _PatternMatmul.apply(self, values, x, True)
+
+    def sddmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``<a[row_e], b[col_e]>`` for every entry ``e`` -> ``[E]`` (``a`` ``[N, d]``, ``b`` ``[M, d]``);
+        differentiable in both."""
+        return _PatternSddmm.apply(self, a, b)
+
+    def row_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of ``values`` ``[E]`` over every row -> ``[N]``; differentiable."""
+        return torch.segment_reduce(values, "sum", offsets=self.crow, axis=0, unsafe=True)
+
+    def col_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of ``values`` ``[E]`` over every column -> ``[M]``; differentiable."""
+        return torch.segment_reduce(values[self.t_perm], "sum", offsets=self.t_crow, axis=0, unsafe=True)
+
+
+def _sampled(pattern: CSRPattern, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Values of ``(a @ b.T)`` at the pattern's entries, in its CSR order ``[E]``."""
+    empty = pattern.csr(a.new_zeros(pattern.nnz))
+    return torch.sparse.sampled_addmm(empty, a.contiguous(), b.T, beta=0.0).values()
+
+
+class _PatternMatmul(torch.autograd.Function):
+    """``S x`` (``transpose=False``) or ``S^T x``; ``d/dS_e`` is ``<grad[row_e], x[col_e]>`` (resp. with the
+    roles of row and column swapped), a sampled product on the pattern."""
+
+    @staticmethod
+    def forward(ctx, pattern, values, x, transpose):  # type: ignore[override]
+        ctx.pattern, ctx.transpose = pattern, transpose
+        ctx.save_for_backward(values, x)
+        matrix = pattern.csr_t(values) if transpose else pattern.csr(values)
+        return spmm(matrix, x.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        values, x = ctx.saved_tensors
+        pattern, grad, transpose = ctx.pattern, grad.contiguous(), ctx.transpose
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            grad_values = _sampled(pattern, x, grad) if transpose else _sampled(pattern, grad, x)
+        if ctx.needs_input_grad[2]:
+            matrix = pattern.csr(values) if transpose else pattern.csr_t(values)
+            grad_x = spmm(matrix, grad)
+        return None, grad_values, grad_x, None
+
+
+class _PatternSddmm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pattern, a, b):  # type: ignore[override]
+        ctx.pattern = pattern
+        ctx.save_for_backward(a, b)
+        return _sampled(pattern, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        pattern = ctx.pattern
+        grad_a = spmm(pattern.csr(grad), b.contiguous()) if ctx.needs_input_grad[1] else None
+        grad_b = spmm(pattern.csr_t(grad), a.contiguous()) if ctx.needs_input_grad[2] else None
+        return None, grad_a, grad_b

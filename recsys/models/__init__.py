@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
+from recsys.models.dccf import DCCF, DCCFConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
 from recsys.models.popularity import MostPopular, MostPopularConfig
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "mf_bpr": MFBPR,
     "lightgcn": LightGCN,
     "rp3beta": RP3beta,
+    "dccf": DCCF,
 }
 
 
@@ -42,6 +44,8 @@ def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_item
 
 __all__ = [
     "REGISTRY",
+    "DCCF",
+    "DCCFConfig",
     "LightGCN",
     "LightGCNConfig",
     "MFBPR",
