@@ -44,6 +44,7 @@ naive per-row ``lexsort`` in ``tests/test_eval_ranking.py``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -563,8 +564,12 @@ def evaluate_model(
     k = max(ks)
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    # Sequence models build a user's query from the items before the evaluated target (the training items
+    # for "valid", training and validation items for "test"); they say so through `query_context(split)`.
+    query_context = getattr(model, "query_context", None)
+    context = query_context(split) if callable(query_context) else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), context:
             if _uses_default_scorer(model):
                 # One call: models with an expensive query side (graph propagation) compute it once.
                 query, items = model.embeddings(users_t)

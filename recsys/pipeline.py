@@ -78,6 +78,16 @@ def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Modul
     return folder
 
 
+def prepare_model(model: torch.nn.Module, dataset: Any) -> None:
+    """Give a new model its training data: ``prepare(train matrix)`` for every model, then
+    ``prepare_dataset(dataset)`` for models that define it (sequence models, which need each user's items in
+    time order, not just the matrix).  Both must be deterministic: a loaded run calls them again."""
+    model.prepare(dataset.matrix("train"))
+    prepare_dataset = getattr(model, "prepare_dataset", None)
+    if callable(prepare_dataset):
+        prepare_dataset(dataset)
+
+
 def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print) -> RunResult:
     """Prepare the data, train, test and track one experiment. Returns the trained model and its metrics."""
     from eval import evaluate_model
@@ -92,7 +102,7 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
-    model.prepare(dataset.matrix("train"))
+    prepare_model(model, dataset)
     run_dir = run_dir_for(cfg)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -168,7 +178,7 @@ def load_run(run_id: str) -> LoadedRun:
             f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed"
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
-    model.prepare(dataset.matrix("train"))
+    prepare_model(model, dataset)
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -137,6 +137,11 @@ class Trainer:
 
         train = self._train_csr
         gen = epoch_generator(self.cfg.seed, epoch)
+        make_sampler = getattr(self.model, "make_sampler", None)
+        if callable(make_sampler):
+            # Models whose batches are not BPR triples (sequence models) build their own sampler, with the
+            # BPRSampler contract: a pure function of `gen`, len() batches, iterate(start=b).
+            return make_sampler(self.tc, gen)
         if self.tc.sampler == "users":
             steps = self.tc.steps_per_epoch or max(1, train.nnz // self.tc.batch_size)
             return BPRSampler(train, mode="users", batch_size=self.tc.batch_size, generator=gen, steps=steps)

@@ -15,12 +15,14 @@ from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
 from recsys.models.popularity import MostPopular, MostPopularConfig
 from recsys.models.rp3beta import RP3beta, RP3betaConfig
+from recsys.models.sasrec import SASRec, SASRecConfig
 
 REGISTRY: dict[str, type[Recommender]] = {
     "popularity": MostPopular,
     "mf_bpr": MFBPR,
     "lightgcn": LightGCN,
     "rp3beta": RP3beta,
+    "sasrec": SASRec,
     "dccf": DCCF,
 }
 
@@ -55,6 +57,8 @@ __all__ = [
     "ModelConfig",
     "RP3beta",
     "RP3betaConfig",
+    "SASRec",
+    "SASRecConfig",
     "Recommender",
     "ScoreFn",
     "build_model",

@@ -1,0 +1,436 @@
+r"""SASRec: self-attentive sequential recommendation, as ICSRec's (and ICLRec's) code defines it.
+
+Wang-Cheng Kang, Julian McAuley. "Self-Attentive Sequential Recommendation." ICDM 2018.
+https://arxiv.org/abs/1808.09781 — in the variant of the ICLRec / ICSRec code bases (Chen et al., "Intent
+Contrastive Learning for Sequential Recommendation", WWW 2022; Qin et al., "Intent Contrastive Learning with
+Cross Subsequences for Sequential Recommendation", WSDM 2024), which this module follows.
+
+Encoder.  An input sequence is its last L = ``max_len`` items, left-padded to length L.  With item
+embeddings :math:`M_i` and learned position embeddings :math:`P_t` (t = 0 .. L-1 over the padded window):
+
+.. math::
+    H^{(0)}_t = \mathrm{Dropout}(\mathrm{LN}(M_{s_t} + P_t)), \qquad
+    A = \mathrm{LN}(H + \mathrm{Dropout}(\mathrm{MHA}(H, H, H; \text{mask}) W_O)), \qquad
+    H' = \mathrm{LN}(A + \mathrm{Dropout}(\mathrm{GELU}(A W_1 + b_1) W_2 + b_2)),
+
+two such post-LayerNorm blocks, 2 heads, FFN width 256, dropout 0.5 on the hidden states and on the
+attention probabilities.  Position t attends to position t' only when t' <= t (causal) and t' holds an
+item (padding mask).  The sequence representation is :math:`F = H^{(2)}_{L-1}`, the last position.
+
+Scores and loss.  :math:`r_i = F^\top M_i` for every real item i (the padding symbol has no row in the
+item table, so it is never ranked — unlike the reference code, whose padding row 0 is scored with the
+items).  Training minimises the cross-entropy over all items at the last position, on the dynamic-sliding
+samples (``features.sequences.dynamic_sliding_samples``): :math:`L = -\log \mathrm{softmax}(r)_{target}`.
+
+Evaluation.  The query of user u is the encoding of u's items before the evaluated target: the training
+items when validating, the training and validation items when testing, all known items when serving.
+The trainer and ``eval.evaluate_model`` pick the history through :meth:`SASRec.query_context`.
+
+Computation.  Padded positions are masked keys and nothing reads their outputs, so the encoder computes
+only the real positions (packed, :class:`PackedLayout`) plus each row's last one, and the last block only at
+the last position, whose output is the representation; on Beauty, where the median input has 4 items out of
+50, this skips most of the work.  It computes the same function of the parameters as the reference's
+dense encoder (a test checks it against a dense re-implementation with the reference's additive -10000
+mask, with random vectors at the padded inputs).  Padding is embedded as zeros (the reference: a fixed
+random vector; either only reaches padded outputs), and the last cell of an empty sequence attends to
+itself, so an empty history still has a finite representation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_sliding_samples, user_sequences
+from recsys.embedding import IdEmbedding
+from recsys.models.base import ModelConfig, Recommender
+
+# Histories a query can be built from: items before the validation target, before the test target, or all.
+QueryContext = Literal["valid", "test", "all"]
+_CONTEXT_SPLITS: dict[str, tuple[str, ...]] = {
+    "valid": ("train",),
+    "test": ("train", "valid"),
+    "all": ("train", "valid", "test"),
+}
+
+
+class SASRecConfig(ModelConfig):
+    """SASRec hyper-parameters (defaults: ICSRec's settings for the Amazon datasets)."""
+
+    name: Literal["sasrec"] = "sasrec"
+    """Registry key."""
+    dim: int = Field(64, ge=1)
+    """Hidden size d (item and position embeddings, every block)."""
+    max_len: int = Field(50, ge=1)
+    """Input length L: sequences are truncated to their last L items and left-padded to L."""
+    layers: int = Field(2, ge=1)
+    """Number of transformer blocks."""
+    heads: int = Field(2, ge=1)
+    """Attention heads (must divide ``dim``)."""
+    ffn_dim: int = Field(256, ge=1)
+    """Width of the feed-forward layer of each block (4 d in the reference code)."""
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout on the embeddings and on the output of every attention and feed-forward sub-layer."""
+    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout on the attention probabilities."""
+    init_std: float = Field(0.02, gt=0)
+    """Std of the N(0, std²) initialisation of embeddings and linear weights (biases start at 0)."""
+    layer_norm_eps: float = Field(1e-12, gt=0)
+    """LayerNorm epsilon (the reference code's TF-style 1e-12)."""
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        return self
+
+
+# ---- the encoder ------------------------------------------------------------------------------------------
+def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
+    """``BoolTensor[B, 1, T, T]``: True where query t may attend to key t' (t' <= t and t' not padding).
+
+    Every query may also attend to itself, so that a padded query (all earlier keys are padding too) has a
+    non-empty row; real queries are unaffected, and padded outputs never reach real ones (padded keys are
+    masked in every layer)."""
+    length = seqs.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).tril()
+    mask = causal & (seqs != PAD)[:, None, :]  # [B, T, T]
+    mask |= torch.eye(length, dtype=torch.bool, device=seqs.device)
+    return mask[:, None]
+
+
+@dataclass
+class PackedLayout:
+    """Where the computed tokens of a left-padded ``[B, T]`` batch sit.
+
+    Only real items and each row's last cell are computed (the last cell of an empty row stands for the
+    empty sequence); their hidden states are kept packed, ``[N, d]`` in row-major order, and scattered into
+    ``[B, T, d]`` only for attention.  Padded cells are masked keys, and their outputs are read by nobody,
+    so skipping them changes no real output — and on Amazon data, where most inputs are far shorter than
+    50, it skips most of the work.
+
+    Attributes:
+        batch, length: B and T.
+        flat: ``LongTensor[N]``: ``row * T + column`` of every computed token.
+        last: ``LongTensor[B]``: packed index of each row's last cell.
+        mask: ``BoolTensor[B, 1, T, T]``: :func:`attention_mask`.
+    """
+
+    batch: int
+    length: int
+    flat: torch.Tensor
+    last: torch.Tensor
+    mask: torch.Tensor
+
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed ``[N, d]`` -> ``[B, T, d]``, zeros at the cells not computed."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy(0, self.flat, x).view(self.batch, self.length, -1)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Multi-head self-attention with residual and post-LayerNorm: ``LN(x + Dropout(MHA(x) W_O))``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, attn_dropout: float, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d]`` -> ``[B, heads, T, d / heads]``."""
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False) -> torch.Tensor:
+        """Packed hidden states ``[N, d]`` -> ``[N, d]``, or ``[B, d]`` for each row's last cell only
+        (``last_only``: the last block of :meth:`SASRecEncoder.encode`, whose other outputs are unused)."""
+        keys = self._heads(layout.scatter(self.key(h)))
+        values = self._heads(layout.scatter(self.value(h)))
+        p = self.attn_dropout if self.training else 0.0
+        if last_only:
+            h = h[layout.last]  # [B, d]
+            q = self.query(h).view(layout.batch, self.heads, 1, -1)
+            ctx = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=layout.mask[:, :, -1:], dropout_p=p
+            )
+            ctx = ctx.reshape(layout.batch, -1)
+        else:
+            q = self._heads(layout.scatter(self.query(h)))
+            ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=layout.mask, dropout_p=p)
+            ctx = ctx.transpose(1, 2).reshape(layout.batch * layout.length, -1)[layout.flat]
+        return self.norm(h + self.dropout(self.out(ctx)))
+
+
+class FeedForwardLayer(nn.Module):
+    """Position-wise ``LN(x + Dropout(GELU(x W_1 + b_1) W_2 + b_2))`` (exact, erf-based GELU)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.inner = nn.Linear(dim, hidden)
+        self.outer = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d]`` -> ``[..., d]``."""
+        return self.norm(x + self.dropout(self.outer(F.gelu(self.inner(x)))))
+
+
+class TransformerBlock(nn.Module):
+    """One SASRec block: self-attention, then feed-forward, each with residual and post-LayerNorm."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        c = config
+        self.attention = SelfAttentionLayer(c.dim, c.heads, c.dropout, c.attn_dropout, c.layer_norm_eps)
+        self.feed_forward = FeedForwardLayer(c.dim, c.ffn_dim, c.dropout, c.layer_norm_eps)
+
+    def forward(self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False) -> torch.Tensor:
+        """Packed ``[N, d]`` -> ``[N, d]`` (or ``[B, d]`` with ``last_only``)."""
+        return self.feed_forward(self.attention(h, layout, last_only))
+
+
+class SASRecEncoder(nn.Module):
+    """Item-id sequences -> hidden states; the reusable half of SASRec (ICSRec encodes its views with it).
+
+    Args:
+        n_items: number of real items I (dense indices ``0..I-1``; ``PAD`` = -1 marks padding).
+        config: :class:`SASRecConfig`.
+
+    Attributes:
+        item_emb: ``IdEmbedding[I, d]``, also the output item table of the scores.
+        pos_emb: ``IdEmbedding[L, d]``, learned position embeddings over the padded window.
+    """
+
+    def __init__(self, n_items: int, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_items = n_items
+        self.item_emb = IdEmbedding(n_items, config.dim, init="normal", init_std=config.init_std)
+        self.pos_emb = IdEmbedding(config.max_len, config.dim, init="normal", init_std=config.init_std)
+        self.emb_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference initialisation: N(0, init_std²) weights, zero biases, identity LayerNorms."""
+        self.item_emb.reset_parameters()
+        self.pos_emb.reset_parameters()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=self.config.init_std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def fit_length(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B, T]`` left-padded rows -> ``[B, L]``: the last L columns, or PAD-filled on the left,
+        so that positions always index the same padded window."""
+        length = self.config.max_len
+        if seqs.dim() != 2:
+            raise ValueError(f"expected item-id sequences of shape [B, T], got {tuple(seqs.shape)}")
+        if seqs.shape[1] >= length:
+            return seqs[:, -length:]
+        return F.pad(seqs, (length - seqs.shape[1], 0), value=PAD)
+
+    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, PackedLayout, int]:
+        """Packed input states ``[N, d]``, their layout, and the first column kept of the padded window.
+
+        Leading columns that are padding in every row are dropped first (position ids stay absolute), which
+        is exact for the same reason as packing and shrinks the attention of short batches."""
+        seqs = self.fit_length(seqs)
+        real = seqs != PAD
+        any_real = real.any(0)
+        start = int(any_real.int().argmax()) if bool(any_real.any()) else seqs.shape[1] - 1
+        start = min(start, seqs.shape[1] - 1)
+        seqs, real = seqs[:, start:], real[:, start:]
+        b, t = seqs.shape
+        computed = real.clone()
+        computed[:, -1] = True
+        flat = computed.flatten().nonzero().squeeze(1)  # [N], row-major
+        last = computed.sum(1).cumsum(0) - 1  # [B]
+        cols = flat % t
+        # Padding (only ever an empty row's last cell here) is embedded as zeros: no padding row in the table.
+        tokens = seqs.flatten()[flat]
+        items = self.item_emb(tokens.clamp(min=0)) * (tokens != PAD)[:, None]
+        h = self.emb_dropout(self.emb_norm(items + self.pos_emb(cols + start)))
+        return h, PackedLayout(b, t, flat, last, attention_mask(seqs)), start
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Hidden states of every position: ``LongTensor[B, T]`` (left-padded with PAD) -> ``[B, L, d]``;
+        padded positions (except an empty row's last one) are not computed and hold zeros."""
+        h, layout, start = self._embed(seqs)
+        for block in self.blocks:
+            h = block(h, layout)
+        out = layout.scatter(h)
+        return F.pad(out, (0, 0, start, 0)) if start else out
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Sequence representations, the hidden state of the last position: ``LongTensor[B, T]`` -> ``[B, d]``.
+
+        Equal to ``forward(seqs)[:, -1]``; the last block is computed at the last position only."""
+        h, layout, _ = self._embed(seqs)
+        for i, block in enumerate(self.blocks):
+            h = block(h, layout, last_only=i == len(self.blocks) - 1)
+        return h
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``[I, d]``: the item table (real items only)."""
+        return self.item_emb.all()
+
+
+# ---- the model --------------------------------------------------------------------------------------------
+class SASRec(Recommender):
+    """SASRec (Kang & McAuley, ICDM 2018) trained with cross-entropy over all items.
+
+    Args:
+        n_users: number of users U.
+        n_items: number of items I.
+        config: :class:`SASRecConfig`.
+
+    Sequence-model contract (beyond :class:`Recommender`), used through duck typing by the pipeline, the
+    trainer and the evaluation:
+
+    * :meth:`prepare_dataset` receives the prepared dataset after ``prepare`` and builds the ordered
+      histories and the training samples (``recsys.pipeline.prepare_model`` calls it);
+    * :meth:`make_sampler` gives the trainer the epoch's sampler (a :class:`SequenceSampler`);
+    * :meth:`query_context` selects the history queries are built from (``eval.evaluate_model`` enters
+      it with the evaluated split).
+    """
+
+    config_cls = SASRecConfig
+    config: SASRecConfig
+
+    def __init__(self, n_users: int, n_items: int, config: SASRecConfig) -> None:
+        super().__init__(n_users, n_items, config)
+        self.encoder = SASRecEncoder(n_items, config)
+        self.histories: dict[str, UserSequences] = {}
+        self.train_samples: SubsequenceSamples | None = None
+        self._context: QueryContext = "all"
+
+    def reset_parameters(self) -> None:
+        self.encoder.reset_parameters()
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+    def prepare(self, train: sp.csr_matrix) -> None:
+        """Check the training matrix's shape (the order of the items comes from :meth:`prepare_dataset`)."""
+        if train.shape != (self.n_users, self.n_items):
+            raise ValueError(
+                f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
+            )
+
+    def prepare_dataset(self, dataset: Any) -> None:
+        """Build every user's ordered histories and the dynamic-sliding training samples from a prepared
+        dataset with a time-ordered split (leave-one-out or temporal)."""
+        if (dataset.n_users, dataset.n_items) != (self.n_users, self.n_items):
+            raise ValueError(
+                f"{dataset.root}: dataset has {dataset.n_users} users x {dataset.n_items} items, model expects "
+                f"{self.n_users} x {self.n_items}"
+            )
+        present = [s for s in ("valid", "test") if dataset.manifest["counts"].get(s, 0) > 0]
+        histories = {
+            ctx: user_sequences(dataset, [s for s in splits if s == "train" or s in present])
+            for ctx, splits in _CONTEXT_SPLITS.items()
+        }
+        self.set_sequences(histories["valid"], histories)
+
+    def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
+        """Use ``train`` (per-user training sequences) for the samples and ``histories`` (context name ->
+        sequences; missing contexts default to ``train``) for queries."""
+        for name, seqs in {"train": train, **(histories or {})}.items():
+            if seqs.n_users != self.n_users:
+                raise ValueError(
+                    f"sequences {name!r} cover {seqs.n_users} users, model expects {self.n_users}"
+                )
+            if seqs.items.size and (seqs.items.min() < 0 or seqs.items.max() >= self.n_items):
+                raise ValueError(f"sequences {name!r} hold item indices outside [0, {self.n_items})")
+        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in _CONTEXT_SPLITS}
+        self.train_samples = dynamic_sliding_samples(train, max_len=self.config.max_len)
+
+    def make_sampler(self, train_cfg: Any, generator: torch.Generator):
+        """The trainer's sampler for one epoch: all training samples, shuffled, ``train_cfg.batch_size`` each."""
+        from recsys.sequence_sampling import SequenceSampler
+
+        if self.train_samples is None:
+            raise RuntimeError(
+                "SASRec.prepare_dataset(dataset) (or set_sequences) must be called before training"
+            )
+        return SequenceSampler(self.train_samples, batch_size=train_cfg.batch_size, generator=generator)
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def logits(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B, T]`` inputs -> scores over all real items ``[B, I]``."""
+        return self.encoder.encode(seqs) @ self.encoder.item_embeddings().T
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy over all items; ``batch``: ``inputs`` LongTensor[B, L], ``targets`` LongTensor[B].
+        Parts: ``ce``."""
+        ce = F.cross_entropy(self.logits(batch["inputs"]), batch["targets"])
+        return ce, {"ce": ce}
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def query_context(self, split: str) -> Iterator[None]:
+        """Within the block, user queries encode the items before ``split``'s target (``valid``, ``test``);
+        outside any block they encode all known items (``all``: the next item, for serving)."""
+        if split not in _CONTEXT_SPLITS:
+            raise ValueError(f"query context must be one of {sorted(_CONTEXT_SPLITS)}, got {split!r}")
+        previous, self._context = self._context, split
+        try:
+            yield
+        finally:
+            self._context = previous
+
+    @torch.no_grad()
+    def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
+        """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
+
+        Rows are encoded in order of length, so that each block is trimmed to its longest row (most
+        histories are short), and returned in the input order."""
+        seqs = torch.as_tensor(seqs, dtype=torch.long)
+        device = self._device()
+        order = torch.argsort((seqs != PAD).sum(1), stable=True)
+        out = torch.empty(seqs.shape[0], self.config.dim, device=device)
+        for i in range(0, seqs.shape[0], batch_size):
+            rows = order[i : i + batch_size]
+            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
+        return out
+
+    @torch.no_grad()
+    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B]`` users -> ``[B, d]``: encodings of their histories in the current query context."""
+        if not self.histories:
+            raise RuntimeError(
+                "SASRec.prepare_dataset(dataset) (or set_sequences) must be called before scoring"
+            )
+        history = self.histories[self._context]
+        padded = history.padded(users.detach().cpu().numpy(), max_len=self.config.max_len)
+        return self.encode_sequences(padded)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``[I, d]``: real items only, so padding is never ranked."""
+        return self.encoder.item_embeddings()
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"{super().extra_repr()}, dim={c.dim}, max_len={c.max_len}, layers={c.layers}, heads={c.heads}, "
+            f"dropout={c.dropout:g}"
+        )
