@@ -159,3 +159,46 @@ def test_layer_mean_at_rows_partial_outputs_used():
     ref_u[[1, 2]].sum().backward()
     torch.testing.assert_close(user_w.grad.double(), uw.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(item_w.grad.double(), iw.grad, atol=1e-5, rtol=1e-5)
+
+
+# ---- CSRPattern: products with learned edge weights ------------------------------------------------------------
+def _pattern_case():
+    import scipy.sparse as sp
+
+    from recsys.graph import CSRPattern, torch_csr
+
+    m = sp.random(7, 5, density=0.45, random_state=3, format="csr")
+    pattern = CSRPattern.from_csr(torch_csr(m))
+    rows, cols = m.nonzero()
+    order = np.lexsort((cols, rows))  # CSR order: by row, then column
+    return pattern, torch.as_tensor(rows[order], dtype=torch.long), torch.as_tensor(cols[order], dtype=torch.long)
+
+
+def test_pattern_products_match_dense_and_gradcheck():
+    pattern, rows, cols = _pattern_case()
+    torch.manual_seed(0)
+    vals = torch.rand(pattern.nnz, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    dense = torch.zeros(7, 5, dtype=torch.float64).index_put((rows, cols), vals)
+    torch.testing.assert_close(pattern.matmul(vals, x), dense @ x)
+    torch.testing.assert_close(pattern.transpose_matmul(vals, y), dense.T @ y)
+    torch.testing.assert_close(pattern.sddmm(y, x), (y[rows] * x[cols]).sum(1))
+    torch.testing.assert_close(pattern.row_sum(vals), dense.sum(1))
+    torch.testing.assert_close(pattern.col_sum(vals), dense.sum(0))
+    torch.testing.assert_close(pattern.rows(), rows)
+    assert torch.autograd.gradcheck(pattern.matmul, (vals, x))
+    assert torch.autograd.gradcheck(pattern.transpose_matmul, (vals, y))
+    assert torch.autograd.gradcheck(pattern.sddmm, (y, x))
+    assert torch.autograd.gradcheck(pattern.col_sum, (vals,))
+
+
+def test_pattern_transpose_permutation():
+    pattern, rows, cols = _pattern_case()
+    vals = torch.arange(pattern.nnz, dtype=torch.float64)
+    t = pattern.csr_t(vals).to_dense()
+    dense = torch.zeros(7, 5, dtype=torch.float64).index_put((rows, cols), vals)
+    torch.testing.assert_close(t, dense.T)
+    back = pattern.transpose()
+    torch.testing.assert_close(back.csr(vals[pattern.t_perm]).to_dense(), dense.T)
+    torch.testing.assert_close(back.csr_t(vals[pattern.t_perm]).to_dense(), dense)
