@@ -43,8 +43,9 @@ def train_dccf(train: sp.csr_matrix, intents: int, seed: int, epochs: int) -> DC
 
 
 def test_learned_intents_recover_planted_groups():
-    """Each user's dominant intent agrees with its planted group far above chance (NMI 0.41 here; shuffled
-    groups give about 0.01), and better than random prototypes of the learned norms on the same embeddings."""
+    """Each user's dominant intent agrees with its planted group far above chance (NMI 0.411 here; shuffled
+    groups give 0.018), and far better than random prototypes of the learned norms on the same trained
+    embeddings (0.046)."""
     train, groups = planted(seed=0)
     model = train_dccf(train, intents=4, seed=0, epochs=20)
     dominant = dominant_intents(model)
@@ -58,7 +59,7 @@ def test_learned_intents_recover_planted_groups():
         rand = torch.randn(learned.shape, generator=torch.Generator().manual_seed(1), dtype=learned.dtype)
         model.user_intent.copy_(rand / rand.norm(dim=0, keepdim=True) * learned.norm(dim=0, keepdim=True))
         random_nmi = normalized_mutual_info_score(groups, dominant_intents(model))
-    assert nmi > random_nmi + 0.1
+    assert nmi > random_nmi + 0.2
 
 
 @pytest.fixture(scope="module")
