@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["full_ranking_topk", "full_ranking_topk_embeddings", "evaluate_model"]
+__all__ = ["full_ranking_topk", "full_ranking_topk_embeddings", "evaluate_model", "model_topk"]
 
 # A score function maps a block of user indices LongTensor[B] to scores Tensor[B, I] (higher = better).
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -537,6 +537,21 @@ def evaluate_model(
     ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
+    topk, users_np, truth = model_topk(model, dataset, split, max(ks), block_size=block_size, users=users)
+    return ranking_metrics(topk, truth, ks, n_items=int(dataset.n_items))
+
+
+def model_topk(
+    model: torch.nn.Module,
+    dataset: Any,
+    split: str,
+    k: int,
+    block_size: int = 4096,
+    users: torch.Tensor | np.ndarray | None = None,
+) -> tuple[torch.Tensor, np.ndarray, sp.csr_matrix]:
+    """The ranking :func:`evaluate_model` scores, for callers that need more than the mean metrics (item
+    slices, per-user metrics): ``(topk LongTensor[U, k], users int64[U], truth csr[U, I])`` for the users
+    with truth in ``split``, with the same exclusions, query context and scoring route."""
     _check_positive("block_size", block_size)
     truth = sp.csr_matrix(dataset.matrix(split))
     exclude = sp.csr_matrix(dataset.matrix("train"))
@@ -561,7 +576,6 @@ def evaluate_model(
     first_tensor = next(tensors, None)
     device = first_tensor.device if first_tensor is not None else torch.device("cpu")
     users_t = torch.from_numpy(users_np).to(device)
-    k = max(ks)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     # Sequence models build a user's query from the items before the evaluated target (the training items
@@ -578,4 +592,4 @@ def evaluate_model(
                 topk = full_ranking_topk(model.scorer(), users_t, exclude, k, block_size=block_size)
     finally:
         model.train(was_training)
-    return ranking_metrics(topk, truth[users_np], ks, n_items=int(dataset.n_items))
+    return topk, users_np, truth[users_np]

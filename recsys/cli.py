@@ -123,11 +123,52 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_explain_sequence(args, run) -> int:
+    """``recsys explain`` for sequence models with k-means intents (ICSRec): a user's full history or the
+    item ids given with ``--sequence``."""
+    from recsys.explain_sequence import explain_sequence, format_sequence_explanation
+
+    ds, model = run.dataset, run.model
+    items = ds.item_vocab.sort("item_idx")
+    item_ids = [str(i) for i in items["item_id"].to_list()]
+    titles = items["title"].to_list() if "title" in items.columns else None
+    user_ids = [str(u) for u in ds.user_vocab.sort("user_idx")["user_id"].to_list()]
+    if args.sequence:
+        position = {x: i for i, x in enumerate(item_ids)}
+        unknown = [x for x in args.sequence if x not in position]
+        if unknown:
+            print(f"error: items {unknown[:5]} are not items of run {args.run} ({len(item_ids)} items)",
+                  file=sys.stderr)
+            return 2
+        seq = [position[x] for x in args.sequence]
+    else:
+        try:
+            user_idx = user_ids.index(str(args.user))
+        except ValueError:
+            print(f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)",
+                  file=sys.stderr)
+            return 2
+        seq = model.histories["all"][user_idx].tolist()  # every known item: what the served index answers
+    exp = explain_sequence(model, seq, item_ids=item_ids, titles=titles, user_ids=user_ids,
+                           top_intents=args.intents, items_per_intent=args.items, k=args.k)
+    print(json.dumps(exp.to_dict()) if args.json else format_sequence_explanation(exp))
+    return 0
+
+
 def cmd_explain(args) -> int:
     from recsys.explain import explain_user, format_explanation
     from recsys.pipeline import load_run
 
+    if not (args.user or args.sequence):
+        print("error: give --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
+        return 2
     run = load_run(args.run)
+    if getattr(run.model, "intent_centroids", None) is not None:
+        return cmd_explain_sequence(args, run)
+    if args.sequence:
+        print(f"error: --sequence needs a sequence model with intents (ICSRec), run {args.run} is "
+              f"{run.config.model['name']!r}", file=sys.stderr)
+        return 2
     ds = run.dataset
     users = ds.user_vocab.sort("user_idx")
     user_ids = [str(u) for u in users["user_id"].to_list()]
@@ -202,9 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.set_defaults(func=cmd_recommend)
 
-    xp = sub.add_parser("explain", help="a user's latent intents and the recommendations they drive (DCCF)")
+    xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")
     xp.add_argument("--run", required=True)
-    xp.add_argument("--user", required=True, help="original user id")
+    xp.add_argument("--user", help="original user id")
+    xp.add_argument("--sequence", nargs="+", metavar="ITEM",
+                    help="sequence models (ICSRec): explain these original item ids, oldest first")
     xp.add_argument("--intents", type=int, default=3, help="top intents to show")
     xp.add_argument("--items", type=int, default=5, help="most aligned items per intent")
     xp.add_argument("--k", type=int, default=10, help="recommendations to attribute to intents")

@@ -107,3 +107,58 @@ def info_nce_reference(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.
     """The same loss by plain autograd (``n x n`` logits in memory): the tests' reference."""
     logits = a @ b.T / temperature
     return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def paired_info_nce(
+    a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    r"""Symmetric InfoNCE over the 2n rows of ``[a; b]`` (NT-Xent, SimCLR), optionally with false negatives
+    masked by label: the loss ICSRec (Qin et al., WSDM 2024) uses for both its intent contrastive terms.
+
+    Every row :math:`z_r` of :math:`Z = [a; b]` (``[2n, d]``) is an anchor; its positive is its partner
+    :math:`z_{p(r)}` (row k of ``a`` with row k of ``b``), and with :math:`s_{rj} = z_r^\top z_j / \tau`
+
+    .. math::
+        L = \frac{1}{2n} \sum_r \Big[ \log \big( e^{s_{r p(r)}} + \sum_{j \in N(r)} e^{s_{rj}} \big)
+            - s_{r p(r)} \Big].
+
+    Negatives :math:`N(r)`: without ``labels``, every other row except the anchor and its partner
+    (``2n - 2`` rows); with ``labels`` (``LongTensor[n]``, the label of pair k, shared by both of its rows),
+    every row whose label differs from the anchor's, so that rows of the same class (ICSRec: the same target
+    item, or the same intent) are never pushed apart ("false-negative mask").  A row without negatives
+    contributes 0.  Plain autograd over the ``2n x 2n`` similarities: meant for mini-batches (n = 256), not
+    for the all-user views :func:`info_nce` serves.
+
+    Args:
+        a, b: ``[n, d]`` the two views, aligned by row.
+        labels: optional ``LongTensor[n]``.
+        temperature: :math:`\tau > 0`.
+
+    Returns:
+        The scalar mean loss over the 2n anchors.
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(
+            f"paired_info_nce expects two [n, d] views of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = a.shape[0]
+    if labels is not None and labels.shape != (n,):
+        raise ValueError(f"labels must have shape [{n}] (one per pair), got {tuple(labels.shape)}")
+    if n == 0:
+        return a.new_zeros(()) + 0.0 * (a.sum() + b.sum())
+    z = torch.cat([a, b])  # [2n, d]
+    sim = z @ z.T / temperature  # [2n, 2n]
+    rows = torch.arange(2 * n, device=z.device)
+    partner = (rows + n) % (2 * n)
+    positive = sim[rows, partner]  # [2n]
+    if labels is None:
+        negative = torch.ones_like(sim, dtype=torch.bool)
+        negative[rows, rows] = False
+        negative[rows, partner] = False
+    else:
+        both = torch.cat([labels, labels])
+        negative = both[:, None] != both[None, :]  # same label (the anchor and its partner included) masked
+    logits = torch.cat([positive[:, None], sim.masked_fill(~negative, float("-inf"))], dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive).mean()

@@ -216,5 +216,36 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
         seen=seen,
         item_titles=titles,
         run_id=run.run_id,
-        metadata={"model": run.config.model["name"], "dataset_manifest_hash": ds.manifest_hash},
+        # models whose score is a cosine (the SSL two-tower) export unit vectors and mark the index normalised,
+        # so query vectors given later (recommend_for_vector) are normalised too
+        normalize=bool(getattr(model, "cosine_scores", False)),
+        metadata={
+            "model": run.config.model["name"],
+            "dataset_manifest_hash": ds.manifest_hash,
+            # sequence models also answer item-id sequences (Retriever.recommend_for_sequences); positions of
+            # the index are the model's item indices, as the items are written in item_idx order above
+            "sequence_queries": callable(getattr(model, "encode_sequences", None)),
+        },
     )
+
+
+def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
+    """The query side of a sequence model (SASRec, ICSRec) as a ``serving.retriever.SequenceEncoder``:
+    lists of item indices (oldest first) -> ``float32[B, d]`` query embeddings, the model's ``encode_sequences``
+    of the last ``max_len`` items (default: the model's input length), left-padded."""
+    import numpy as np
+
+    from features.sequences import pad_sequences
+
+    encode = getattr(model, "encode_sequences", None)
+    if not callable(encode):
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise ValueError(f"model {name!r} has no sequence encoder: only sequence models answer item sequences")
+    length = max_len or model.config.max_len
+
+    def encoder(sequences: list) -> np.ndarray:
+        padded = pad_sequences([np.asarray(s, dtype=np.int64).tolist() for s in sequences], max_len=length)
+        with torch.no_grad():
+            return encode(padded).detach().cpu().numpy().astype(np.float32)
+
+    return encoder

@@ -14,6 +14,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "add_items",
     "IndexIntegrityError",
     "ItemIndex",
     "Recommendation",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 _WHERE = {
+    "add_items": "serving.add_items",
     "IndexIntegrityError": "serving.errors",
     "UnknownItemError": "serving.errors",
     "UnknownUserError": "serving.errors",
@@ -36,6 +38,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from serving.add_items import add_items
     from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
     from serving.index import ItemIndex, build_index, load_index
     from serving.retriever import Recommendation, Retriever

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -33,6 +33,18 @@ class Recommendation(NamedTuple):
     item_id: str
     score: float
     title: str | None = None
+
+
+class SequenceEncoder(Protocol):
+    """A model's query side for item sequences: B sequences of item *positions* in the index (``int64``
+    arrays, oldest item first) -> float ``[B, d]`` query embeddings in the index's space.
+
+    Serving stays model-agnostic: it maps item ids to positions and back, and the model (through such a
+    callable, e.g. ``recsys.pipeline.sequence_query_encoder``) turns positions into query vectors.  Indexes
+    built by ``recsys index`` store items in the model's item order, so a position is the model's item index.
+    """
+
+    def __call__(self, sequences: list[np.ndarray]) -> np.ndarray: ...
 
 
 class Retriever:
@@ -131,6 +143,46 @@ class Retriever:
         if exclude_items is not None:
             exclude = self._exclusion_matrix(exclude_items, q.shape[0])
         return self._to_recommendations(*self._index.search(q, k, exclude=exclude))
+
+    def recommend_for_sequences(
+        self,
+        sequences: Sequence[Sequence[str]],
+        encoder: SequenceEncoder,
+        k: int = 10,
+        exclude_history: bool = True,
+    ) -> list[list[Recommendation]]:
+        """Top-``k`` next items for item-id sequences (anonymous sessions, or a known user's latest items).
+
+        Args:
+            sequences: B sequences of item ids, oldest first (a sequence may be empty).
+            encoder: the model's query side for sequences (:class:`SequenceEncoder`).
+            k: items per sequence.
+            exclude_history: never return an item of the sequence itself (as ``recommend`` excludes seen items).
+
+        Returns:
+            B lists of up to k :class:`Recommendation`, best first.
+
+        Raises:
+            UnknownItemError (a KeyError): item ids that are not in the index, all named.
+            TypeError: a sequence given as one string instead of a list of ids.
+        """
+        lists = []
+        for seq in sequences if not isinstance(sequences, str) else [sequences]:
+            if isinstance(seq, str):
+                raise TypeError(f"each sequence must be a list of item ids, not the string {seq!r}")
+            lists.append([str(x) for x in seq])
+        if not lists:
+            return []
+        flat = self._index.item_positions([x for seq in lists for x in seq])
+        bounds = np.cumsum([0] + [len(seq) for seq in lists])
+        positions = [flat[bounds[b] : bounds[b + 1]] for b in range(len(lists))]
+        query = np.asarray(encoder(positions))
+        if query.ndim != 2 or query.shape[0] != len(lists):
+            raise ValueError(
+                f"the sequence encoder returned shape {query.shape} for {len(lists)} sequences; expected "
+                f"[{len(lists)}, {self._index.dim}]"
+            )
+        return self.recommend_for_vector(query, k=k, exclude_items=lists if exclude_history else None)
 
     def similar_items(self, item_ids: Sequence[str] | str, k: int = 10) -> list[list[Recommendation]]:
         """The ``k`` items with the largest inner product with each given item, the item itself excluded.

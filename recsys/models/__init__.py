@@ -11,11 +11,13 @@ from typing import Any
 
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
 from recsys.models.dccf import DCCF, DCCFConfig
+from recsys.models.icsrec import ICSRec, ICSRecConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
 from recsys.models.popularity import MostPopular, MostPopularConfig
 from recsys.models.rp3beta import RP3beta, RP3betaConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.two_tower import TwoTower, TwoTowerConfig
 
 REGISTRY: dict[str, type[Recommender]] = {
     "popularity": MostPopular,
@@ -24,6 +26,8 @@ REGISTRY: dict[str, type[Recommender]] = {
     "rp3beta": RP3beta,
     "sasrec": SASRec,
     "dccf": DCCF,
+    "icsrec": ICSRec,
+    "two_tower": TwoTower,
 }
 
 
@@ -48,6 +52,8 @@ __all__ = [
     "REGISTRY",
     "DCCF",
     "DCCFConfig",
+    "ICSRec",
+    "ICSRecConfig",
     "LightGCN",
     "LightGCNConfig",
     "MFBPR",
@@ -59,6 +65,8 @@ __all__ = [
     "RP3betaConfig",
     "SASRec",
     "SASRecConfig",
+    "TwoTower",
+    "TwoTowerConfig",
     "Recommender",
     "ScoreFn",
     "build_model",

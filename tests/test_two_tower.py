@@ -1,0 +1,347 @@
+"""SSL two-tower (Yao et al., CIKM 2021): masks, log-Q, the SSL sampler, cold items, learning, pipeline and
+serving of new items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from eval import evaluate_model
+from eval.slices import evaluate_item_slices, slice_metrics
+from features import DataConfig, prepare
+from features.cold_items import choose_cold_items, item_slices
+from features.new_items import encode_new_items
+from recsys.config import ConfigError, validate_config
+from recsys.feature_masking import (
+    correlated_group,
+    correlated_masks,
+    independent_random_masks,
+    random_complementary_masks,
+    value_dropout,
+)
+from recsys.models import build_model
+from recsys.models.two_tower import TwoTowerSampler
+
+N_CATEGORIES = 5
+
+
+def write_category_data(
+    folder: Path, n_users: int = 60, n_items: int = 50, length: int = 8, seed: int = 0
+) -> Path:
+    """Amazon-style files where each user buys only items of one category (user u: category u % 5).
+
+    Items: category ``i % 5`` (attribute 1..5) and a brand (attribute 6..15), so the category is visible in
+    the item features; each user's sequence is ``length`` distinct items of the user's category."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    by_cat = {
+        c: [i for i in range(1, n_items + 1) if (i - 1) % N_CATEGORIES == c] for c in range(N_CATEGORIES)
+    }
+    lines = []
+    for u in range(1, n_users + 1):
+        items = rng.choice(by_cat[u % N_CATEGORIES], size=length, replace=False)
+        lines.append(" ".join(map(str, [u, *items])))
+    (folder / "Cat.txt").write_text("\n".join(lines) + "\n")
+    attrs = {str(i): [1 + (i - 1) % N_CATEGORIES, 6 + (i - 1) % 10] for i in range(1, n_items + 1)}
+    (folder / "Cat_item2attributes.json").write_text(json.dumps(attrs))
+    return folder
+
+
+def cfg(path: Path, **model) -> dict:
+    return {
+        "name": "cat-two-tower",
+        "seed": 1,
+        "device": "cpu",
+        "data": {"source": "amazon_seq", "path": str(path), "name": "Cat"},
+        "model": {
+            "name": "two_tower",
+            "emb_dim": 8,
+            "hidden": [32],
+            "dim": 16,
+            "history_len": 5,
+            "ssl_weight": 0.3,
+            "ssl_batch_size": 32,
+            **model,
+        },
+        "train": {"epochs": 30, "batch_size": 64, "lr": 0.01, "progress": False, "num_threads": 1},
+        "eval": {"ks": [10], "block_size": 64},
+        "tracking": {"enabled": False},
+    }
+
+
+def prepared_model(path: Path, **model):
+    ds = prepare(DataConfig(source="amazon_seq", path=str(path), name="Cat"))
+    torch.manual_seed(0)
+    m = build_model(cfg(path, **model)["model"], ds.n_users, ds.n_items)
+    m.prepare(ds.matrix("train"))
+    m.prepare_dataset(ds)
+    return ds, m
+
+
+# ---- masks ------------------------------------------------------------------------------------------------
+def test_cfm_masks_are_complementary_and_follow_the_mi_ranking():
+    mi = np.array(
+        [
+            [9.0, 0.1, 0.9, 0.3, 0.5],
+            [0.1, 9.0, 0.2, 0.8, 0.0],
+            [0.9, 0.2, 9.0, 0.4, 0.6],
+            [0.3, 0.8, 0.4, 9.0, 0.7],
+            [0.5, 0.0, 0.6, 0.7, 9.0],
+        ]
+    )
+    # ceil(5 / 2) = 3 features masked together: the seed and its 2 most informative partners
+    assert correlated_group(mi, 0) == [0, 2, 4]
+    assert correlated_group(mi, 1) == [1, 3, 2]
+    assert correlated_group(mi, 3) == [3, 1, 4]
+    assert correlated_group(mi[:4, :4], 0) == [0, 2]  # F = 4: a group of 2
+    gen = torch.Generator().manual_seed(0)
+    seeds = []
+    for _ in range(500):
+        m1, m2, seed = correlated_masks(mi, 7, generator=gen)
+        assert m1.shape == (7, 5) and bool((m1 ^ m2).all())  # disjoint and covering: complementary
+        assert sorted(torch.nonzero(m1[0]).squeeze(1).tolist()) == sorted(correlated_group(mi, seed))
+        assert bool((m1 == m1[0]).all())  # one seed per batch
+        seeds.append(seed)
+    assert chisquare(np.bincount(seeds, minlength=5)).pvalue > 0.01  # the seed is uniform
+
+
+def test_random_masks_complementary_or_independent():
+    gen = torch.Generator().manual_seed(0)
+    m1, m2 = random_complementary_masks(200, 5, generator=gen)
+    assert bool((m1 ^ m2).all()) and bool((m1.sum(1) == 3).all())
+    assert m1.float().mean(0).min() > 0.45  # every feature lands in either view
+    i1, i2 = independent_random_masks(200, 5, generator=gen)
+    assert bool((i1.sum(1) == 3).all()) and bool((i2.sum(1) == 3).all())
+    assert bool((i1 & i2).any(1).all())  # two halves of 3 of 5 always overlap: not complementary
+    with pytest.raises(ValueError, match="at least 2 features"):
+        random_complementary_masks(3, 1)
+
+
+def test_value_dropout_keeps_padding_and_never_empties_a_row():
+    codes = torch.tensor([[3, 4, 5, -1], [7, -1, -1, -1]] * 500)
+    assert value_dropout(codes, 0.0) is codes
+    out = value_dropout(codes, 0.3, generator=torch.Generator().manual_seed(0))
+    assert bool((out[codes == -1] == -1).all())
+    assert bool(((out != -1).sum(1) >= 1).all())
+    kept = (out[0::2, :3] != -1).float().mean()
+    assert abs(float(kept) - 0.7) < 0.03
+
+
+# ---- log-Q ------------------------------------------------------------------------------------------------
+def test_logq_shifts_each_items_logit_by_exactly_log_p(tmp_path):
+    ds, model = prepared_model(write_category_data(tmp_path / "d"), logq="frequency")
+    # p_j from the training targets, computed here independently: every training interaction after the
+    # user's first one (in time order) is a target
+    train = ds.train.sort("user_idx", "timestamp", maintain_order=True)
+    targets = train.filter(pl.int_range(pl.len()).over("user_idx") > 0)["item_idx"].to_numpy()
+    p = np.bincount(targets, minlength=ds.n_items) / targets.size
+    batch = next(
+        iter(model.make_sampler(type("T", (), {"batch_size": 16})(), torch.Generator().manual_seed(0)))
+    )
+    t = batch["targets"]
+    q = model.query_tower(model.query_values(batch["users"], batch["inputs"]))
+    v = model.item_tower(model.item_values(t))
+    with_logq = model.main_logits(q, v, t)
+    model.config = model.config.model_copy(update={"logq": "none"})
+    without = model.main_logits(q, v, t)
+    finite = torch.isfinite(without)
+    assert bool((torch.isfinite(with_logq) == finite).all())
+    shift = (with_logq - without)[finite]
+    expected = (-torch.from_numpy(np.log(p[t.numpy()])).float()).expand_as(without)[finite]
+    torch.testing.assert_close(shift, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(without.diagonal(), (q * v).sum(1) / model.config.temperature)
+
+
+def test_streaming_estimator_tracks_sampling_frequency():
+    from recsys.models.two_tower import StreamingFrequency
+
+    est = StreamingFrequency(4, alpha=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3000):  # item 0 in every batch, item 1 every other batch, items 2-3 every fourth
+        step = int(est.step)
+        items = [0] + ([1] if step % 2 == 0 else []) + ([2, 3] if step % 4 == 0 else [])
+        est.update(torch.tensor(items)[torch.randperm(len(items), generator=gen)])
+    p = est.log_probability(torch.arange(4)).exp()
+    torch.testing.assert_close(p, torch.tensor([1.0, 0.5, 0.25, 0.25]), rtol=0.05, atol=0)
+
+
+# ---- the SSL sampler --------------------------------------------------------------------------------------
+def test_ssl_items_are_uniform_over_the_warm_catalogue_and_resume_exactly(tmp_path):
+    ds, model = prepared_model(write_category_data(tmp_path / "d"), cold_item_fraction=0.2)
+    cold = set(model.cold_items.tolist())
+    assert len(cold) == 10
+    sampler = model.make_sampler(type("T", (), {"batch_size": 16})(), torch.Generator().manual_seed(5))
+    batches = list(sampler)
+    ssl = torch.cat([b["ssl_items"] for b in batches]).numpy()
+    counts = np.bincount(ssl, minlength=ds.n_items)
+    assert not set(np.flatnonzero(counts)) & cold  # cold items are never drawn
+    warm = np.array(sorted(set(range(ds.n_items)) - cold))
+    assert chisquare(counts[warm]).pvalue > 0.01  # uniform over the warm items
+    # exact replay from a batch index (the trainer's resume contract)
+    again = TwoTowerSampler(
+        model.train_samples,
+        batch_size=16,
+        ssl_batch_size=32,
+        catalogue=model.ssl_catalogue,
+        generator=torch.Generator().manual_seed(5),
+    )
+    tail = list(again.iterate(start=2))
+    assert len(tail) == len(batches) - 2
+    for a, b in zip(tail, batches[2:], strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+
+
+def test_ssl_sampler_uniform_over_many_draws():
+    """A larger chi-square check: 100 items, 200 batches of 64 draws."""
+    from features.sequences import UserSequences, dynamic_sliding_samples
+
+    samples = dynamic_sliding_samples(UserSequences.from_lists([[0, 1, 2, 3]] * 50), max_len=3)
+    s = TwoTowerSampler(
+        samples,
+        batch_size=1,
+        ssl_batch_size=64,
+        catalogue=torch.arange(100),
+        generator=torch.Generator().manual_seed(0),
+    )
+    draws = torch.cat([b["ssl_items"] for b in s]).numpy()
+    assert draws.size == len(s) * 64
+    assert chisquare(np.bincount(draws, minlength=100)).pvalue > 0.01
+
+
+# ---- cold items -------------------------------------------------------------------------------------------
+def test_cold_items_are_held_out_and_embedded_from_features_alone(tmp_path):
+    ds, model = prepared_model(write_category_data(tmp_path / "d"), cold_item_fraction=0.2, cold_item_seed=3)
+    cold = model.cold_items
+    np.testing.assert_array_equal(cold, choose_cold_items(ds.n_items, 0.2, 3))
+    assert not np.isin(model.train_samples.targets, cold).any()
+    for seqs in model.histories.values():
+        assert not np.isin(seqs.items, cold).any()
+    assert bool(model.untrained[torch.from_numpy(cold)].all())
+    model.eval()
+    emb = model.item_embeddings()
+    # a cold item's embedding is the embedding of its features with the id masked, i.e. what a brand-new item
+    # with the same features gets
+    spec = ds.manifest["side_features"]["items"]
+    feats = ds.items.filter(pl.col("item_idx").is_in(pl.Series(cold).implode())).sort("item_idx")
+    new = model.embed_new_items(
+        encode_new_items([{"attributes": a} for a in feats["attributes"].to_list()], spec)
+    )
+    torch.testing.assert_close(emb[torch.from_numpy(cold)], new)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(ds.n_items))
+
+
+def test_item_slices_partition_the_catalogue_and_restrict_truth():
+    counts = np.array([50, 0, 7, 9, 1, 3, 30, 2, 2, 4])
+    s = item_slices(counts, cold=np.array([1, 6]), head_fraction=0.25)
+    assert s["head"].nonzero()[0].tolist() == [0, 3]  # ceil(0.25 * 8 warm) = 2 most frequent warm items
+    assert s["cold"].nonzero()[0].tolist() == [1, 6]
+    assert (s["head"].astype(int) + s["tail"] + s["cold"] == 1).all()
+    import scipy.sparse as sp
+
+    topk = np.array([[0, 2, 1], [3, 4, 5]])
+    truth = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0, 0, 1]]))
+    out = slice_metrics(topk, truth, s, ks=(1, 3))
+    assert out["head/users"] == 1 and out["head/recall@1"] == 1.0
+    assert out["cold/users"] == 2 and out["cold/recall@3"] == 0.5  # user 0 finds item 1 at rank 3, user 1 not
+    assert out["tail/users"] == 1 and out["tail/recall@3"] == 0.0
+
+
+# ---- learning, pipeline, serving --------------------------------------------------------------------------
+def test_training_learns_user_categories_and_retrieves_cold_items(tmp_path):
+    from recsys.pipeline import train_experiment
+
+    raw = cfg(write_category_data(tmp_path / "d"), masking="correlated", cold_item_fraction=0.2)
+    result = train_experiment(validate_config(raw), echo=lambda *_: None)
+    losses = [h["train/main"] for h in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    # chance hit@10 is about 10 / 44; a user's category has 10 items, ~6 already seen
+    assert result.test_metrics["hit@10"] > 0.7, result.test_metrics
+    model, ds = result.model, result.dataset
+    slices = item_slices(model.train_item_counts, model.cold_items)
+    out = evaluate_item_slices(model, ds, slices, ks=(10,))
+    assert out["all/recall@10"] == pytest.approx(result.test_metrics["recall@10"])
+    assert out["cold/users"] >= 5  # users whose test item was held out of training
+    assert out["cold/recall@10"] > 0.5, out  # found from the category attribute alone
+
+
+def test_pipeline_trains_indexes_and_serves_a_new_item(tmp_path):
+    from recsys.pipeline import build_run_index, load_run, train_experiment
+    from serving import Retriever, add_items
+
+    raw = cfg(write_category_data(tmp_path / "d"), masking="random")
+    raw["train"]["epochs"] = 15
+    raw["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = train_experiment(validate_config(raw), echo=lambda *_: None)
+    run = load_run(result.run_id)
+    assert evaluate_model(run.model, run.dataset, split="test", ks=(10,)) == pytest.approx(
+        result.test_metrics
+    )
+    folder = build_run_index(run, tmp_path / "index")
+    retriever = Retriever.load(folder, num_threads=1)
+    assert retriever.index.normalized  # cosine scores: unit vectors, normalised index
+    user = run.dataset.user_vocab["user_id"][0]
+    recs = retriever.recommend([user], k=5)[0]
+    assert len(recs) == 5 and all(abs(r.score) <= 1.0 + 1e-5 for r in recs)  # cosine scores
+
+    # a brand-new item of category 1 (attribute 2) and a new brand: embedded from its features, added to the
+    # served index without retraining
+    spec = run.dataset.manifest["side_features"]["items"]
+    vec = run.model.embed_new_items(encode_new_items([{"attributes": [2, 99]}], spec)).numpy()
+    add_items(folder, vec, ["new-item"], item_titles=["New"])
+    served = Retriever.load(folder)
+    assert served.index.n_items == run.dataset.n_items + 1
+    assert served.recommend_for_vector(vec, k=1)[0][0].item_id == "new-item"
+    neighbours = [r.item_id for r in served.similar_items("new-item", k=5)[0]]
+    same_category = [i for i in neighbours if (int(i) - 1) % N_CATEGORIES == 1]
+    assert len(same_category) >= 3, neighbours
+    assert served.recommend([user], k=5)[0]  # users and their seen items survive the addition
+    with pytest.raises(ValueError, match="already in the index"):
+        add_items(folder, vec, ["new-item"])
+    with pytest.raises(ValueError, match=r"shape \[n, 16\]"):
+        add_items(folder, np.zeros((1, 3), dtype=np.float32), ["x"])
+
+
+def test_config_errors_name_the_key(tmp_path):
+    raw = cfg(tmp_path)
+    raw["model"]["masking"] = "sideways"
+    with pytest.raises(ConfigError, match="model.masking"):
+        validate_config(raw)
+    raw["model"]["masking"] = "correlated"
+    raw["model"]["tau"] = 0.1
+    with pytest.raises(ConfigError, match="model.tau: unknown key"):
+        validate_config(raw)
+
+
+def test_new_item_features_are_encoded_with_the_dataset_codes():
+    spec = {
+        "genres": {"kind": "multi_code", "cardinality": 4, "labels": ["Action", "Comedy", "Drama"]},
+        "year_bucket": {"kind": "code", "cardinality": 3, "labels": ["1980s", "1990s"]},
+        "release_year": {"kind": "int"},
+    }
+    out = encode_new_items(
+        [{"genres": ["Drama", "Opera"], "year_bucket": "1990s", "release_year": 1997}, {}], spec
+    )
+    assert out.to_dicts() == [
+        {"genres": [3, 0], "year_bucket": 2, "release_year": 1997},
+        {"genres": [], "year_bucket": 0, "release_year": None},
+    ]
+    with pytest.raises(KeyError, match="'colour'"):
+        encode_new_items([{"colour": "red"}], spec)
+    with pytest.raises(TypeError, match="give a list"):
+        encode_new_items([{"genres": "Drama"}], spec)
+
+
+def test_train_fraction_keeps_a_seeded_share_of_the_samples(tmp_path):
+    path = write_category_data(tmp_path / "d")
+    _, full = prepared_model(path)
+    _, half = prepared_model(path, train_fraction=0.5)
+    assert len(half.train_samples) == round(0.5 * len(full.train_samples))
+    assert set(half.train_samples.ends.tolist()) <= set(full.train_samples.ends.tolist())
+    assert half.histories["test"].items.size == full.histories["test"].items.size  # queries unchanged
