@@ -329,29 +329,10 @@ def test_ablations_run_only_their_terms(tmp_path, switches):
 
 
 def test_resume_after_crash_is_exact_with_the_clustering_hook(tmp_path):
-    from features import prepare
-    from recsys.pipeline import prepare_model
-    from recsys.trainer import Trainer
-    from tests.test_trainer import CrashAt
+    from tests.test_trainer import crash_and_resume
 
     data = write_cyclic_sequences(tmp_path / "d", n_users=40)
-
-    def build(run_dir: Path) -> Trainer:
-        cfg = validate_config(icsrec_cfg(data, epochs=3))
-        ds = prepare(cfg.data)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, ds.n_users, ds.n_items)
-        prepare_model(model, ds)
-        return Trainer(model, ds, cfg, run_dir)
-
-    straight = build(tmp_path / "a")
-    straight.fit()
-    crashing = build(tmp_path / "b")
-    crashing.hooks.append(CrashAt(epoch=1))
-    with pytest.raises(KeyboardInterrupt):
-        crashing.fit()
-    resumed = build(tmp_path / "b")
-    resumed.fit(resume=True)
+    straight, resumed = crash_and_resume(icsrec_cfg(data, epochs=3), tmp_path)
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k
 

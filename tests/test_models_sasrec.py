@@ -274,28 +274,10 @@ def test_a_tracked_run_reloads_with_its_histories(tmp_path):
 
 def test_resume_after_crash_is_exact(tmp_path):
     """The sequence sampler keeps the trainer's exact resume: crash mid-epoch, resume, same weights."""
-    from recsys.pipeline import prepare_model
-    from recsys.trainer import Trainer
-    from tests.test_trainer import CrashAt
+    from tests.test_trainer import crash_and_resume
 
     data = write_cyclic_sequences(tmp_path / "d", n_users=40)
-
-    def build(run_dir: Path) -> Trainer:
-        cfg = validate_config(sasrec_cfg(data, epochs=3))
-        ds = prepare(cfg.data)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, ds.n_users, ds.n_items)
-        prepare_model(model, ds)
-        return Trainer(model, ds, cfg, run_dir)
-
-    straight = build(tmp_path / "a")
-    straight.fit()
-    crashing = build(tmp_path / "b")
-    crashing.hooks.append(CrashAt(epoch=1))
-    with pytest.raises(KeyboardInterrupt):
-        crashing.fit()
-    resumed = build(tmp_path / "b")
-    resumed.fit(resume=True)
+    straight, resumed = crash_and_resume(sasrec_cfg(data, epochs=3), tmp_path)
     assert resumed.state.step == straight.state.step
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k

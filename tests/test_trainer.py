@@ -52,13 +52,29 @@ def make_cfg(csv: Path, **train) -> dict:
 def build(cfg_raw: dict, run_dir: Path):
     from features import prepare
     from recsys.models import build_model
+    from recsys.pipeline import prepare_model
 
     cfg = validate_config(cfg_raw)
     ds = prepare(cfg.data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, ds.n_users, ds.n_items)
-    model.prepare(ds.matrix("train"))
+    prepare_model(model, ds)  # prepare(train matrix), and prepare_dataset(ds) for models that define it
     return Trainer(model, ds, cfg, run_dir)
+
+
+def crash_and_resume(cfg_raw: dict, tmp_path: Path):
+    """Train ``cfg_raw`` straight through, and again with a crash in epoch 1 followed by a resume; returns the
+    two finished trainers ``(straight, resumed)`` for the caller to compare (models that bring their own
+    sampler or epoch hooks use this to check that resume stays exact)."""
+    straight = build(cfg_raw, tmp_path / "straight")
+    straight.fit()
+    crashing = build(cfg_raw, tmp_path / "crashed")
+    crashing.hooks.append(CrashAt(epoch=1))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    resumed = build(cfg_raw, tmp_path / "crashed")
+    resumed.fit(resume=True)
+    return straight, resumed
 
 
 class CrashAt:

@@ -111,3 +111,32 @@ class Recommender(nn.Module):
         if not isinstance(config, ModelConfig):
             config = cls.config_cls.model_validate(config)
         return cls(n_users, n_items, config)
+
+
+class PropagatedEmbeddings:
+    """Mixin for models whose user and item embeddings come out of one computation over the whole graph
+    (LightGCN, DCCF): they define ``final_embeddings() -> (users [U, d], items [I, d])`` without gradients,
+    and every inference method is that one computation, done once per call (no cache survives between calls:
+    a cache keyed on the parameters' version counters goes stale under torch's fused Adam, which updates in
+    place without bumping them)."""
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B]`` -> final user embeddings ``[B, d]`` (one full computation: call once for many
+        users)."""
+        return self.final_embeddings()[0][users]
+
+    @torch.no_grad()
+    def item_embeddings(self) -> torch.Tensor:
+        """Final item embeddings ``[I, d]``."""
+        return self.final_embeddings()[1]
+
+    @torch.no_grad()
+    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One computation for both sides: final embeddings of ``users`` (all when ``None``) ``[B, d]`` and
+        of all items ``[I, d]``."""
+        users_all, items = self.final_embeddings()
+        return (users_all if users is None else users_all[users]), items

@@ -65,7 +65,7 @@ from torch.nn import functional as F
 from recsys.contrastive import info_nce
 from recsys.embedding import IdEmbedding
 from recsys.graph import CSRPattern, NormalizedBipartite, sparse_matmul
-from recsys.models.base import ModelConfig, Recommender
+from recsys.models.base import ModelConfig, PropagatedEmbeddings, Recommender
 
 
 class DCCFConfig(ModelConfig):
@@ -118,7 +118,7 @@ class DCCFViews:
         return torch.stack(self.layers).sum(0)
 
 
-class DCCF(Recommender):
+class DCCF(PropagatedEmbeddings, Recommender):
     """DCCF (Ren et al., SIGIR 2023).
 
     Args:
@@ -290,19 +290,6 @@ class DCCF(Recommender):
         """Final user ``[U, d]`` and item ``[I, d]`` embeddings (layer sum), without gradients."""
         final = self.forward_views().final
         return final[: self.n_users], final[self.n_users :]
-
-    @torch.no_grad()
-    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        return self.final_embeddings()[0][users]
-
-    @torch.no_grad()
-    def item_embeddings(self) -> torch.Tensor:
-        return self.final_embeddings()[1]
-
-    @torch.no_grad()
-    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        users_all, items = self.final_embeddings()
-        return (users_all if users is None else users_all[users]), items
 
     def extra_repr(self) -> str:
         c = self.config

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from recsys.embedding import IdEmbedding
 from recsys.graph import NormalizedBipartite, layer_mean_at_rows
-from recsys.models.base import ModelConfig, Recommender
+from recsys.models.base import ModelConfig, PropagatedEmbeddings, Recommender
 
 
 class LightGCNConfig(ModelConfig):
@@ -66,7 +66,7 @@ class LightGCNConfig(ModelConfig):
     """Standard deviation of the ``normal`` initialisation."""
 
 
-class LightGCN(Recommender):
+class LightGCN(PropagatedEmbeddings, Recommender):
     """LightGCN (He et al., SIGIR 2020).
 
     Args:
@@ -150,31 +150,11 @@ class LightGCN(Recommender):
         reg = self.config.reg * 0.5 * sq / b
         return bpr + reg, {"bpr": bpr, "reg": reg}
 
-    # ---- inference --------------------------------------------------------------------------------------------
-    # No cache survives between calls: a cache keyed on the parameters' version counters goes stale under
-    # torch's fused Adam (which updates in place without bumping them), and one propagation costs a fraction
-    # of a second even on Gowalla.  scorer() propagates once for all the blocks it is asked to score.
+    # ---- inference (query_embeddings, item_embeddings, embeddings: PropagatedEmbeddings) --------------------
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``propagate()`` without gradients: final user ``[U, d]`` and item ``[I, d]`` embeddings."""
         return self.propagate()
-
-    @torch.no_grad()
-    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        """``LongTensor[B]`` -> final user embeddings ``[B, d]`` (propagates; call once for many users)."""
-        return self.final_embeddings()[0][users]
-
-    @torch.no_grad()
-    def item_embeddings(self) -> torch.Tensor:
-        """Final item embeddings ``[I, d]`` (propagates)."""
-        return self.final_embeddings()[1]
-
-    @torch.no_grad()
-    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One propagation for both sides: final embeddings of ``users`` (all when ``None``) ``[B, d]`` and of
-        all items ``[I, d]``."""
-        users_all, items = self.final_embeddings()
-        return (users_all if users is None else users_all[users]), items
 
     def extra_repr(self) -> str:
         c = self.config
