@@ -16,8 +16,9 @@ product (RP3beta: a sparse user row times a sparse item-item matrix) override ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
 
 import scipy.sparse as sp
 import torch
@@ -140,3 +141,32 @@ class PropagatedEmbeddings:
         of all items ``[I, d]``."""
         users_all, items = self.final_embeddings()
         return (users_all if users is None else users_all[users]), items
+
+
+# Histories a user's query can be built from: the items before the validation target, before the test target,
+# or all known items (serving), and the splits each one reads.
+QueryContext = Literal["valid", "test", "all"]
+CONTEXT_SPLITS: dict[str, tuple[str, ...]] = {
+    "valid": ("train",),
+    "test": ("train", "valid"),
+    "all": ("train", "valid", "test"),
+}
+
+
+class HistoryQueries:
+    """Mixin for models whose user query is built from the user's history (SASRec, ICSRec, the two-tower):
+    ``query_context(split)`` is the context manager the evaluation enters, so that inside it queries read the
+    history before ``split``'s target (:data:`CONTEXT_SPLITS`); outside any block they read all known items.
+    The model reads the current context from ``self._context``."""
+
+    _context: QueryContext = "all"
+
+    @contextlib.contextmanager
+    def query_context(self, split: str) -> Iterator[None]:
+        if split not in CONTEXT_SPLITS:
+            raise ValueError(f"query context must be one of {sorted(CONTEXT_SPLITS)}, got {split!r}")
+        previous, self._context = self._context, split
+        try:
+            yield
+        finally:
+            self._context = previous

@@ -38,8 +38,6 @@ itself, so an empty history still has a finite representation.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,15 +50,7 @@ from torch.nn import functional as F
 
 from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_sliding_samples, user_sequences
 from recsys.embedding import IdEmbedding
-from recsys.models.base import ModelConfig, Recommender
-
-# Histories a query can be built from: items before the validation target, before the test target, or all.
-QueryContext = Literal["valid", "test", "all"]
-_CONTEXT_SPLITS: dict[str, tuple[str, ...]] = {
-    "valid": ("train",),
-    "test": ("train", "valid"),
-    "all": ("train", "valid", "test"),
-}
+from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, QueryContext, Recommender
 
 
 class SASRecConfig(ModelConfig):
@@ -297,7 +287,7 @@ class SASRecEncoder(nn.Module):
 
 
 # ---- the model --------------------------------------------------------------------------------------------
-class SASRec(Recommender):
+class SASRec(HistoryQueries, Recommender):
     """SASRec (Kang & McAuley, ICDM 2018) trained with cross-entropy over all items.
 
     Args:
@@ -347,7 +337,7 @@ class SASRec(Recommender):
         present = [s for s in ("valid", "test") if dataset.manifest["counts"].get(s, 0) > 0]
         histories = {
             ctx: user_sequences(dataset, [s for s in splits if s == "train" or s in present])
-            for ctx, splits in _CONTEXT_SPLITS.items()
+            for ctx, splits in CONTEXT_SPLITS.items()
         }
         self.set_sequences(histories["valid"], histories)
 
@@ -361,7 +351,7 @@ class SASRec(Recommender):
                 )
             if seqs.items.size and (seqs.items.min() < 0 or seqs.items.max() >= self.n_items):
                 raise ValueError(f"sequences {name!r} hold item indices outside [0, {self.n_items})")
-        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in _CONTEXT_SPLITS}
+        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in CONTEXT_SPLITS}
         self.train_samples = dynamic_sliding_samples(train, max_len=self.config.max_len)
 
     def make_sampler(self, train_cfg: Any, generator: torch.Generator):
@@ -386,18 +376,6 @@ class SASRec(Recommender):
         return ce, {"ce": ce}
 
     # ---- inference ------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def query_context(self, split: str) -> Iterator[None]:
-        """Within the block, user queries encode the items before ``split``'s target (``valid``, ``test``);
-        outside any block they encode all known items (``all``: the next item, for serving)."""
-        if split not in _CONTEXT_SPLITS:
-            raise ValueError(f"query context must be one of {sorted(_CONTEXT_SPLITS)}, got {split!r}")
-        previous, self._context = self._context, split
-        try:
-            yield
-        finally:
-            self._context = previous
-
     @torch.no_grad()
     def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.

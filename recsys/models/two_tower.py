@@ -54,7 +54,6 @@ interaction after a user's first, with the user's preceding ``history_len`` item
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
@@ -82,14 +81,8 @@ from recsys.feature_masking import (
     random_complementary_masks,
     value_dropout,
 )
-from recsys.models.base import ModelConfig, Recommender
+from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, QueryContext, Recommender
 
-QueryContext = Literal["valid", "test", "all"]
-_CONTEXT_SPLITS: dict[str, tuple[str, ...]] = {
-    "valid": ("train",),
-    "test": ("train", "valid"),
-    "all": ("train", "valid", "test"),
-}
 HISTORY = "history"
 
 
@@ -280,7 +273,7 @@ class TwoTowerSampler:
 
 
 # ---- the model ----------------------------------------------------------------------------------------------
-class TwoTower(Recommender):
+class TwoTower(HistoryQueries, Recommender):
     """SSL two-tower retrieval (Yao et al., CIKM 2021); see the module docstring for the equations.
 
     Like :class:`recsys.models.sasrec.SASRec` it needs :meth:`prepare_dataset` (features, histories, samples;
@@ -391,7 +384,7 @@ class TwoTower(Recommender):
         ]
         self._train_frame = drop_items(dataset.train, self.cold_items)
         out = {}
-        for ctx, splits in _CONTEXT_SPLITS.items():
+        for ctx, splits in CONTEXT_SPLITS.items():
             # Only a time-ordered protocol puts valid/test after train; otherwise queries use train only.
             use = [s for s in splits if s in present] if protocol in TIME_ORDERED_PROTOCOLS else ["train"]
             frames = []
@@ -408,7 +401,7 @@ class TwoTower(Recommender):
 
     def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
         """Training samples from ``train`` sequences; query histories per context (default ``train``)."""
-        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in _CONTEXT_SPLITS}
+        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in CONTEXT_SPLITS}
         samples = dynamic_sliding_samples(train, max_len=self.config.history_len)
         if self.config.train_fraction < 1.0:
             rng = np.random.default_rng(self.config.cold_item_seed + 1)
@@ -530,18 +523,6 @@ class TwoTower(Recommender):
         return info_nce(z1, z2, self.config.ssl_temperature)
 
     # ---- inference ----------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def query_context(self, split: str) -> Iterator[None]:
-        """Within the block, queries use the history before ``split`` (``valid``: train items; ``test``: train
-        and valid items); outside, all known items (serving)."""
-        if split not in _CONTEXT_SPLITS:
-            raise ValueError(f"query context must be one of {sorted(_CONTEXT_SPLITS)}, got {split!r}")
-        previous, self._context = self._context, split
-        try:
-            yield
-        finally:
-            self._context = previous
-
     @torch.no_grad()
     def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
         """``LongTensor[B]`` -> ``[B, d]`` unit vectors from the users' features and recent items."""
