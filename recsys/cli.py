@@ -111,12 +111,26 @@ def cmd_recommend(args) -> int:
     from recsys.pipeline import build_run_index, default_index_dir, load_run
     from serving import Retriever
 
+    if (args.user is None) == (args.sequence is None):
+        print("error: give exactly one of --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
+        return 2
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
+    run = None
     if not (index_dir / "manifest.json").exists():
-        build_run_index(load_run(args.run), index_dir)
+        run = load_run(args.run)
+        build_run_index(run, index_dir)
     retriever = Retriever.load(index_dir)
     try:
-        print_recommendations(retriever, args.user, args.k)
+        if args.sequence is not None:
+            from recsys.pipeline import sequence_query_encoder
+
+            encoder = sequence_query_encoder((run or load_run(args.run)).model)
+            recs = retriever.recommend_for_sequences([args.sequence], encoder, k=args.k)[0]
+            print(f"\ntop-{args.k} next items after {len(args.sequence)} items:")
+            for rank, rec in enumerate(recs, 1):
+                print(f"  {rank:>2}. {rec.title or rec.item_id}  (item {rec.item_id}, score {rec.score:.3f})")
+        else:
+            print_recommendations(retriever, args.user, args.k)
     except KeyError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -236,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--out", help="output folder (default: $RECSYS_HOME/indexes/RUN_ID)")
     ix.set_defaults(func=cmd_index)
 
-    rc = sub.add_parser("recommend", help="top-k items for a user of a trained run")
+    rc = sub.add_parser("recommend", help="top-k items for a user, or next items for an item sequence")
     rc.add_argument("--run", required=True)
-    rc.add_argument("--user", required=True, help="original user id")
+    rc.add_argument("--user", help="original user id")
+    rc.add_argument("--sequence", nargs="+", metavar="ITEM",
+                    help="item ids, oldest first: next items for this sequence (sequence models)")
     rc.add_argument("--k", type=int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.set_defaults(func=cmd_recommend)

@@ -62,6 +62,14 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     history = [item_ids[i] for i in loaded.model.histories["all"][user_idx].tolist()]
     by_sequence = retriever.recommend_for_sequences([history], sequence_query_encoder(loaded.model), k=5)[0]
     assert [r.item_id for r in by_sequence] == user_recs
+    capsys.readouterr()
+    args = ["recommend", "--run", run_id, "--index", str(out_dir), "--k", "5"]
+    assert main([*args, "--sequence", *history]) == 0
+    cli_seq = [ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln]
+    assert cli_seq == user_recs
+    assert main([*args, "--sequence", "no-such-item"]) == 2
+    assert "no-such-item" in capsys.readouterr().err
+    assert main(args) == 2  # neither --user nor --sequence
 
     assert main(["explain", "--run", run_id, "--sequence", *history[-3:], "--k", "4", "--json"]) == 0
     exp = json.loads(capsys.readouterr().out)
