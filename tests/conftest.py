@@ -51,3 +51,15 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (k-means and training tests that are slow with two contending
+    threads), restoring the previous count afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

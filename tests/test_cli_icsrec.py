@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from recsys.cli import main
 from tests.test_models_icsrec import icsrec_cfg
 from tests.test_models_sasrec import write_cyclic_sequences
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):

@@ -29,12 +29,7 @@ from tests.test_models_sasrec import write_cyclic_sequences
 E = math.e
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- the masked, paired InfoNCE ---------------------------------------------------------------------------
