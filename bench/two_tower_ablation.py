@@ -67,12 +67,15 @@ def run_one(config: Path, variant: str, seed: int, overrides: list[str]) -> dict
     model, ds = result.model, result.dataset
     slices = item_slices(model.train_item_counts, model.cold_items, head_fraction=0.1)
     metrics = evaluate_item_slices(model, ds, slices, split="test", ks=(10, 50))
+    # validation slices too, so that hyper-parameters can be chosen without looking at the test split
+    valid_metrics = evaluate_item_slices(model, ds, slices, split="valid", ks=(10, 50))
     scored = [h for h in result.history if "valid/recall@50" in h]
     best = max(scored, key=lambda h: h["valid/recall@50"])["epoch"] if scored else None
     return {
         "variant": variant,
         "seed": seed,
         "metrics": metrics,
+        "valid_metrics": valid_metrics,
         "epochs_run": len(result.history),
         "best_valid_epoch": best,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -139,6 +139,15 @@ def _topk_positions(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return pos, values
 
 
+def _exclusion_value(excluded_score: float | None) -> float:
+    if excluded_score is None:
+        return _NEG_INF
+    value = float(excluded_score)
+    if not math.isfinite(value):
+        raise ValueError(f"excluded_score must be None or a finite number, got {excluded_score!r}")
+    return value
+
+
 def _check_no_nan(x: torch.Tensor) -> None:
     if bool(torch.isnan(x).any()):
         raise ValueError("the score function returned NaN scores")
@@ -150,8 +159,11 @@ def _check_no_nan(x: torch.Tensor) -> None:
 class _Exclusion:
     """The exclude matrix restricted to the evaluated users, ready to mask consecutive tiles in place."""
 
-    def __init__(self, exclude: sp.spmatrix | sp.sparray | None, users: np.ndarray, n_items: int) -> None:
+    def __init__(
+        self, exclude: sp.spmatrix | sp.sparray | None, users: np.ndarray, n_items: int, value: float = _NEG_INF
+    ) -> None:
         self.indptr: np.ndarray | None = None
+        self.value = float(value)
         if exclude is None:
             return
         exclude = sp.csr_matrix(exclude)
@@ -165,7 +177,7 @@ class _Exclusion:
         self.cols = sub.indices.astype(np.int64)
 
     def apply(self, tile: torch.Tensor, start: int) -> None:
-        """Set the excluded pairs of rows ``start .. start + R - 1`` to ``-inf`` in ``tile[R, W]`` (in place;
+        """Set the excluded pairs of rows ``start .. start + R - 1`` to ``value`` in ``tile[R, W]`` (in place;
         ``tile`` must be contiguous, its first ``n_items`` columns the items)."""
         if self.indptr is None:
             return
@@ -173,7 +185,7 @@ class _Exclusion:
         lo, hi = self.indptr[start], self.indptr[start + n]
         if hi > lo:
             flat = (self.rows[lo:hi] - start) * width + self.cols[lo:hi]
-            tile.view(-1).index_fill_(0, torch.from_numpy(flat).to(tile.device), _NEG_INF)
+            tile.view(-1).index_fill_(0, torch.from_numpy(flat).to(tile.device), self.value)
 
 
 def default_tile_rows(width: int, dtype: torch.dtype = torch.float32) -> int:
@@ -369,6 +381,7 @@ def full_ranking_topk(
     block_size: int = 4096,
     *,
     workers: int | None = None,
+    excluded_score: float | None = None,
 ) -> torch.Tensor:
     """Top-k items of every user over the full catalogue, excluded items removed.
 
@@ -383,6 +396,8 @@ def full_ranking_topk(
         block_size: users per ``score_fn`` call (each block is then selected in tiles of about 64 MiB).
         workers: threads that select the top-k of a block (the score function itself runs with the caller's
             torch settings); default: ``torch.get_num_threads()`` on a CPU, 1 on other devices.
+        excluded_score: ``None`` (default): excluded pairs are removed.  A number: they stay in the ranking
+            with this score instead (the ICLRec / ICSRec reference evaluation sets the history to 0).
 
     Returns:
         ``LongTensor[U, k]`` on the CPU: item indices by descending score, equal scores by ascending item
@@ -405,7 +420,7 @@ def full_ranking_topk(
     n_items = first.shape[1]
     dtype = first.dtype if first.is_floating_point() else torch.float32
     layout = _Layout(n_items, k, dtype, first.device, None)
-    exclusion = _Exclusion(exclude, users_np, n_items)
+    exclusion = _Exclusion(exclude, users_np, n_items, _exclusion_value(excluded_score))
     scores: torch.Tensor | None = first
     with _Selection(n, layout, exclusion, workers) as selection:
         for start in range(0, n, block_size):
@@ -435,6 +450,7 @@ def full_ranking_topk_embeddings(
     users: torch.Tensor | np.ndarray | None = None,
     *,
     workers: int | None = None,
+    excluded_score: float | None = None,
 ) -> torch.Tensor:
     """Top-k items by inner product ``query @ items.T``, each tile of scores written into a reused buffer.
 
@@ -453,6 +469,7 @@ def full_ranking_topk_embeddings(
             about 64 MiB of scores (~400 rows for 41k items).
         users: optional ``LongTensor[U]``, the user index of each query row, used only to look up ``exclude``.
         workers: threads; default ``torch.get_num_threads()`` on a CPU, 1 on other devices.
+        excluded_score: as in :func:`full_ranking_topk`.
 
     Returns:
         ``LongTensor[U, k]`` on the CPU, same order, tie rule and ``-1`` padding as :func:`full_ranking_topk`.
@@ -473,7 +490,7 @@ def full_ranking_topk_embeddings(
     users_np = np.arange(n, dtype=np.int64) if users is None else _as_index_array(users)
     if users_np.size != n:
         raise ValueError(f"users has {users_np.size} entries for {n} query rows")
-    exclusion = _Exclusion(exclude, users_np, n_items)
+    exclusion = _Exclusion(exclude, users_np, n_items, _exclusion_value(excluded_score))
     layout = _Layout(n_items, k, query.dtype, query.device, block_size)
     pad = layout.width - n_items
     if pad:  # zero item rows up to whole chunks, so that one product fills the padded tile
@@ -506,6 +523,9 @@ def evaluate_model(
     ks: Sequence[int] = (20,),
     block_size: int = 4096,
     users: torch.Tensor | np.ndarray | None = None,
+    *,
+    excluded_score: float | None = None,
+    zero_score_items: int = 0,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on ``split`` of a prepared dataset.
 
@@ -524,6 +544,14 @@ def evaluate_model(
         ks: cut-offs; the top-k is computed once, for ``max(ks)``.
         block_size: users per ``scorer()`` call (or per ``query_embeddings`` call).
         users: optional user indices to evaluate.
+        excluded_score: ``None`` (our protocol): the known items are removed from the ranking.  A number:
+            they stay in it with this score, never relevant — the ICLRec / ICSRec reference evaluation
+            (``rating_pred[history] = 0``), where a known item outranks every item with a negative score.
+        zero_score_items: that many extra never-relevant entries scoring exactly 0 are ranked with the items
+            — the reference ranks its padding row, whose embedding is zero (``padding_idx=0``).  An extra
+            entry in a top-k list counts as a miss (it is reported as ``-1``).  Both switches exist to measure
+            the reference protocol beside ours (``recsys evaluate --run RUN --excluded-score 0
+            --zero-score-items 1``); they are not defaults anywhere.
 
     Returns:
         ``{"recall@20": ..., "ndcg@20": ..., ..., "coverage@20": ...}`` as :func:`eval.metrics.ranking_metrics`,
@@ -537,7 +565,10 @@ def evaluate_model(
     ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    topk, users_np, truth = model_topk(model, dataset, split, max(ks), block_size=block_size, users=users)
+    topk, users_np, truth = model_topk(
+        model, dataset, split, max(ks), block_size=block_size, users=users,
+        excluded_score=excluded_score, zero_score_items=zero_score_items,
+    )  # fmt: skip
     return ranking_metrics(topk, truth, ks, n_items=int(dataset.n_items))
 
 
@@ -548,11 +579,18 @@ def model_topk(
     k: int,
     block_size: int = 4096,
     users: torch.Tensor | np.ndarray | None = None,
+    *,
+    excluded_score: float | None = None,
+    zero_score_items: int = 0,
 ) -> tuple[torch.Tensor, np.ndarray, sp.csr_matrix]:
     """The ranking :func:`evaluate_model` scores, for callers that need more than the mean metrics (item
     slices, per-user metrics): ``(topk LongTensor[U, k], users int64[U], truth csr[U, I])`` for the users
-    with truth in ``split``, with the same exclusions, query context and scoring route."""
+    with truth in ``split``, with the same exclusions, query context and scoring route (``excluded_score``
+    and ``zero_score_items`` as in :func:`evaluate_model`)."""
     _check_positive("block_size", block_size)
+    if isinstance(zero_score_items, bool) or not isinstance(zero_score_items, int | np.integer) or zero_score_items < 0:
+        raise ValueError(f"zero_score_items must be a non-negative integer, got {zero_score_items!r}")
+    _exclusion_value(excluded_score)  # validate before any scoring
     truth = sp.csr_matrix(dataset.matrix(split))
     exclude = sp.csr_matrix(dataset.matrix("train"))
     if split == "test":
@@ -584,12 +622,28 @@ def model_topk(
     context = query_context(split) if callable(query_context) else contextlib.nullcontext()
     try:
         with torch.no_grad(), context:
+            n_items, z = truth.shape[1], int(zero_score_items)
+            if z:  # the extra entries are columns n_items .. n_items + z - 1, never excluded
+                exclude = sp.csr_matrix((exclude.data, exclude.indices, exclude.indptr), shape=(exclude.shape[0], n_items + z))
             if _uses_default_scorer(model):
                 # One call: models with an expensive query side (graph propagation) compute it once.
                 query, items = model.embeddings(users_t)
-                topk = full_ranking_topk_embeddings(query, items.to(query.dtype), exclude, k, users=users_np)
+                items = items.to(query.dtype)
+                if z:  # zero vectors: inner product exactly 0
+                    items = torch.cat([items, items.new_zeros(z, items.shape[1])])
+                topk = full_ranking_topk_embeddings(query, items, exclude, k, users=users_np, excluded_score=excluded_score)
             else:
-                topk = full_ranking_topk(model.scorer(), users_t, exclude, k, block_size=block_size)
+                score_fn = model.scorer()
+                if z:
+                    base_fn = score_fn
+
+                    def score_fn(u: torch.Tensor) -> torch.Tensor:
+                        scores = base_fn(u)
+                        return torch.cat([scores, scores.new_zeros(scores.shape[0], z)], dim=1)
+
+                topk = full_ranking_topk(score_fn, users_t, exclude, k, block_size=block_size, excluded_score=excluded_score)
+            if z:
+                topk = topk.masked_fill(topk >= n_items, -1)  # an extra entry holds a slot but is no item
     finally:
         model.train(was_training)
     return topk, users_np, truth[users_np]

@@ -68,10 +68,14 @@ def cmd_evaluate(args) -> int:
         run = load_run(args.run)
         ks = args.k or run.config.eval.ks
         metrics = evaluate_model(run.model, run.dataset, split=args.split, ks=ks,
-                                 block_size=run.config.eval.block_size)
+                                 block_size=run.config.eval.block_size, excluded_score=args.excluded_score,
+                                 zero_score_items=args.zero_score_items)
     else:
         if not (args.recs and args.truth):
             print("error: give either --run RUN_ID or both --recs and --truth", file=sys.stderr)
+            return 2
+        if args.excluded_score is not None or args.zero_score_items:
+            print("error: --excluded-score and --zero-score-items apply to --run only", file=sys.stderr)
             return 2
         from eval import evaluate_recs_file
 
@@ -243,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate with --run")
     ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--excluded-score", type=float, default=None, metavar="S",
+        help="with --run: keep the user's known items in the ranking with score S instead of removing them "
+        "(the ICLRec/ICSRec reference evaluation uses 0); default: removed",
+    )
+    ev.add_argument(
+        "--zero-score-items", type=int, default=0, metavar="N",
+        help="with --run: rank N extra never-relevant entries of score 0 with the items (the reference ranks "
+        "its zero padding row: 1); default 0",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     ix = sub.add_parser("index", help="build a FAISS index folder from a trained run")

@@ -31,6 +31,13 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert main(["evaluate", "--run", run_id, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["hit@5"] == pytest.approx(run.data.metrics["test_final/hit_at_5"], abs=1e-12)
+    # the reference code's protocol (history scored 0, its zero padding row ranked) can only rank lower
+    assert main(["evaluate", "--run", run_id, "--json", "--excluded-score", "0", "--zero-score-items", "1"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    assert reference.keys() == metrics.keys()
+    assert all(reference[key] <= metrics[key] for key in metrics if key.startswith(("hit@", "ndcg@")))
+    assert main(["evaluate", "--recs", "r.csv", "--truth", "t.csv", "--excluded-score", "0"]) == 2
+    capsys.readouterr()
 
     out_dir = tmp_path / "idx"
     assert main(["index", "--run", run_id, "--out", str(out_dir)]) == 0

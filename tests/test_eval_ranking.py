@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from eval import evaluate_model, full_ranking_topk, full_ranking_topk_embeddings, ranking_metrics
-from eval.ranking import CHUNK, PRUNE_MIN_CHUNKS_PER_K
+from eval.ranking import CHUNK, PRUNE_MIN_CHUNKS_PER_K, model_topk
 from recsys.models.base import ModelConfig, Recommender
 
 
@@ -292,3 +292,71 @@ def test_evaluate_model_paths_agree_with_reference():
         assert generic[key] == pytest.approx(reference[key], abs=1e-12), key
     subset = evaluate_model(FixedEmbeddings(query, items), data, ks=ks, users=np.arange(40))
     assert subset != fast
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the ICLRec / ICSRec reference protocol: history scored 0, the zero padding row ranked
+# ---------------------------------------------------------------------------------------------------------
+def test_reference_protocol_by_hand():
+    # one user, item scores [3, -1, 5, -2, 0.5]; train holds item 2 (score 5), test holds item 1 (score -1)
+    items = torch.tensor([3.0, -1.0, 5.0, -2.0, 0.5])[:, None]
+    m = lambda rows, cols: sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(1, 5))  # noqa: E731
+    data = FakeDataset(train=m([0], [2]), valid=m([], []), test=m([0], [1]))
+    for cls in (FixedEmbeddings, FixedScorer):
+        model = cls(torch.ones(1, 1), items)
+        # ours: item 2 removed -> 0 (3), 4 (0.5), 1 (-1), 3 (-2): the test item is third
+        ours = evaluate_model(model, data, ks=(2, 3, 4))
+        assert (ours["hit@2"], ours["hit@3"]) == (0.0, 1.0)
+        # history scored 0: 0 (3), 4 (0.5), 2 (0), 1 (-1): fourth
+        zero = evaluate_model(model, data, ks=(3, 4), excluded_score=0.0)
+        assert (zero["hit@3"], zero["hit@4"]) == (0.0, 1.0)
+        # plus the padding row at 0: 0, 4, 2, pad, 1: fifth, and the padding slot is no item
+        topk, _, _ = model_topk(
+            model, data, "test", 5, excluded_score=0.0, zero_score_items=1
+        )
+        assert topk.tolist() == [[0, 4, 2, -1, 1]]
+        padded = evaluate_model(model, data, ks=(4, 5), excluded_score=0.0, zero_score_items=1)
+        assert (padded["hit@4"], padded["hit@5"]) == (0.0, 1.0)
+        # the padding row alone (history removed): 0, 4, pad, 1
+        pad_only = evaluate_model(model, data, ks=(3, 4), zero_score_items=1)
+        assert (pad_only["hit@3"], pad_only["hit@4"]) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("n_items", [6_000, 300])  # pruned and direct selection
+def test_reference_protocol_matches_naive_reference(n_items):
+    rng = np.random.default_rng(11)
+    n_users, z, k = 60, 2, 20
+    query = torch.from_numpy(rng.standard_normal((n_users, 8)).astype(np.float32))
+    items = torch.from_numpy(rng.standard_normal((n_items, 8)).astype(np.float32))
+    train = random_exclude(rng, n_users, n_items, 0.02)
+    valid = random_exclude(rng, n_users, n_items, 0.005)
+    test = sp.random(n_users, n_items, density=0.004, format="csr", random_state=5)
+    test.data[:] = 1.0
+    test = (test - test.multiply(train + valid)).tocsr()  # truth never among the known items
+    test.eliminate_zeros()
+    data = FakeDataset(train, valid, test)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    scores = (query @ items.T).numpy()[users].astype(np.float64)
+    r, c = (train + valid).tocsr()[users].nonzero()
+    scores[r, c] = 0.0  # the reference: rating_pred[history] = 0
+    scores = np.hstack([scores, np.zeros((users.size, z))])  # z zero rows ranked with the items
+    ref = naive_topk(scores, None, k)
+    ref[ref >= n_items] = -1
+    reference = ranking_metrics(ref, test[users], (5, k), n_items=n_items)
+    for cls in (FixedEmbeddings, FixedScorer):
+        got = evaluate_model(cls(query, items), data, ks=(5, k), block_size=16, excluded_score=0.0, zero_score_items=z)
+        for key in reference:
+            assert got[key] == pytest.approx(reference[key], abs=1e-12), (cls.__name__, key)
+    ours = evaluate_model(FixedEmbeddings(query, items), data, ks=(5, k))
+    assert ours["recall@20"] >= reference["recall@20"]  # the known items and zero rows only take slots
+
+
+def test_reference_protocol_argument_errors():
+    items = torch.ones(3, 1)
+    m = sp.csr_matrix(np.array([[1.0, 0.0, 0.0]]))
+    data = FakeDataset(m, sp.csr_matrix((1, 3)), sp.csr_matrix(np.array([[0.0, 1.0, 0.0]])))
+    model = FixedEmbeddings(torch.ones(1, 1), items)
+    with pytest.raises(ValueError, match="zero_score_items"):
+        evaluate_model(model, data, zero_score_items=-1)
+    with pytest.raises(ValueError, match="excluded_score"):
+        evaluate_model(model, data, excluded_score=float("nan"))
