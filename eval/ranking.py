@@ -507,6 +507,18 @@ def full_ranking_topk_embeddings(
     return selection.out
 
 
+def _with_zero_columns(score_fn: ScoreFn, z: int) -> ScoreFn:
+    """``score_fn`` with ``z`` columns of zeros appended to every block of scores (``z = 0``: unchanged)."""
+    if z == 0:
+        return score_fn
+
+    def padded(users: torch.Tensor) -> torch.Tensor:
+        scores = score_fn(users)
+        return torch.cat([scores, scores.new_zeros(scores.shape[0], z)], dim=1)
+
+    return padded
+
+
 def _uses_default_scorer(model: Any) -> bool:
     """Whether ``model.scorer()`` is the base class's inner product of ``model.embeddings()``."""
     try:
@@ -588,7 +600,7 @@ def model_topk(
     with truth in ``split``, with the same exclusions, query context and scoring route (``excluded_score``
     and ``zero_score_items`` as in :func:`evaluate_model`)."""
     _check_positive("block_size", block_size)
-    if isinstance(zero_score_items, bool) or not isinstance(zero_score_items, int | np.integer) or zero_score_items < 0:
+    if not isinstance(zero_score_items, int | np.integer) or isinstance(zero_score_items, bool) or zero_score_items < 0:
         raise ValueError(f"zero_score_items must be a non-negative integer, got {zero_score_items!r}")
     _exclusion_value(excluded_score)  # validate before any scoring
     truth = sp.csr_matrix(dataset.matrix(split))
@@ -622,28 +634,24 @@ def model_topk(
     context = query_context(split) if callable(query_context) else contextlib.nullcontext()
     try:
         with torch.no_grad(), context:
+            # zero_score_items: extra columns n_items .. n_items + z - 1, scoring 0 and never excluded
             n_items, z = truth.shape[1], int(zero_score_items)
-            if z:  # the extra entries are columns n_items .. n_items + z - 1, never excluded
-                exclude = sp.csr_matrix((exclude.data, exclude.indices, exclude.indptr), shape=(exclude.shape[0], n_items + z))
+            exclude = sp.csr_matrix((exclude.data, exclude.indices, exclude.indptr), shape=(exclude.shape[0], n_items + z))
             if _uses_default_scorer(model):
                 # One call: models with an expensive query side (graph propagation) compute it once.
                 query, items = model.embeddings(users_t)
                 items = items.to(query.dtype)
-                if z:  # zero vectors: inner product exactly 0
+                if z:  # zero rows: inner product exactly 0
                     items = torch.cat([items, items.new_zeros(z, items.shape[1])])
-                topk = full_ranking_topk_embeddings(query, items, exclude, k, users=users_np, excluded_score=excluded_score)
+                topk = full_ranking_topk_embeddings(
+                    query, items, exclude, k, users=users_np, excluded_score=excluded_score
+                )
             else:
-                score_fn = model.scorer()
-                if z:
-                    base_fn = score_fn
-
-                    def score_fn(u: torch.Tensor) -> torch.Tensor:
-                        scores = base_fn(u)
-                        return torch.cat([scores, scores.new_zeros(scores.shape[0], z)], dim=1)
-
-                topk = full_ranking_topk(score_fn, users_t, exclude, k, block_size=block_size, excluded_score=excluded_score)
-            if z:
-                topk = topk.masked_fill(topk >= n_items, -1)  # an extra entry holds a slot but is no item
+                topk = full_ranking_topk(
+                    _with_zero_columns(model.scorer(), z), users_t, exclude, k, block_size=block_size,
+                    excluded_score=excluded_score,
+                )  # fmt: skip
+            topk = topk.masked_fill(topk >= n_items, -1)  # an extra entry holds a slot but is no item
     finally:
         model.train(was_training)
     return topk, users_np, truth[users_np]
