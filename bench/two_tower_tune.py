@@ -29,8 +29,10 @@ def _mean(runs: list[dict], part: str, key: str) -> float:
     return statistics.fmean(r[part][key] for r in runs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from two_tower_ablation import VARIANTS, run_one
+def main(argv: list[str] | None = None) -> str:
+    """Run the trials; returns the name of the trial chosen on validation."""
+    import two_tower_ablation
+    from two_tower_ablation import VARIANTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     for name, over in trials.items():
-        runs = [run_one(args.config, args.variant, seed, [*args.overrides, *over]) for seed in args.seeds]
+        runs = [
+            two_tower_ablation.run_one(args.config, args.variant, seed, [*args.overrides, *over])
+            for seed in args.seeds
+        ]
         results[name] = {
             "overrides": over,
             "valid": _mean(runs, "valid_metrics", args.select),
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     best = max(results, key=lambda n: results[n]["valid"])
     print(f"best on validation {args.select}: {best} {trials[best]}")
     print(f"wrote {args.out}")
+    return best
 
 
 if __name__ == "__main__":
