@@ -216,6 +216,17 @@ def test_kmeans_warm_start_keeps_the_given_centroids_order():
         kmeans(x[:4], 4, iters=5, seed=0)
 
 
+def test_warm_kmeans_redo_rounds_continue_like_more_iterations():
+    # the reference keeps one faiss.Clustering with nredo=5: from the second epoch on, each round continues
+    # from the previous round's centroids, so 5 rounds of 20 iterations are 100 iterations
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    init = x[:16].copy()
+    rounds = kmeans(x, 16, iters=2, seed=0, init=init, redo=3)
+    np.testing.assert_array_equal(rounds, kmeans(x, 16, iters=6, seed=0, init=init, redo=1))
+    assert np.abs(rounds - kmeans(x, 16, iters=2, seed=0, init=init, redo=1)).max() > 1e-3
+
+
 def test_model_clusters_on_cpu_every_epoch_warm_started(monkeypatch):
     import faiss
 
@@ -247,6 +258,7 @@ def test_model_clusters_on_cpu_every_epoch_warm_started(monkeypatch):
         inits[1], first.numpy()
     )  # the second run starts from the first
     assert int(model.intent_epoch) == 1 and all(c["gpu"] is False for c in calls)
+    assert all(c["nredo"] == 5 and c["niter"] == 20 for c in calls)  # the reference's settings, cold and warm
     assert "intent_centroids" in model.state_dict()
     # the clustering encodes in evaluation mode and leaves the mode as it was
     model.train()

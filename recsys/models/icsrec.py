@@ -83,8 +83,11 @@ class ICSRecConfig(SASRecConfig):
     (two passes; changes the numbers)."""
     kmeans_iters: int = Field(20, ge=1)
     """Lloyd iterations per epoch."""
-    kmeans_redo: int = Field(1, ge=1)
-    """Restarts of the first, cold clustering (the warm-started ones start from the previous centroids)."""
+    kmeans_redo: int = Field(5, ge=1)
+    """Faiss ``nredo``, as in the reference (5).  The first, cold clustering keeps the best of that many random
+    restarts; a warm-started one continues each "restart" from the previous one's centroids (faiss re-draws
+    only centroids beyond the given ones), so it runs ``kmeans_iters x kmeans_redo`` Lloyd iterations (100 with
+    the defaults), exactly as the reference's persistent ``faiss.Clustering`` does."""
     encode_batch_size: int = Field(4096, ge=1)
     """Subsequences encoded per block for the clustering."""
 
@@ -227,8 +230,9 @@ def kmeans(
     """Faiss k-means on the CPU: ``float32[N, d]`` -> centroids ``float32[K, d]``.
 
     ``init`` (``[K, d]``) warm-starts Lloyd's iterations from given centroids (``faiss.Kmeans.train``'s
-    ``init_centroids``); without it faiss picks K random points (``redo`` restarts, the best kept).  Uses as
-    many OpenMP threads as torch uses intra-op threads."""
+    ``init_centroids``); faiss then continues each of the ``redo`` rounds from the previous round's centroids,
+    i.e. ``iters * redo`` iterations in all (tested).  Without ``init`` faiss picks K random points for each of
+    the ``redo`` restarts and keeps the best.  Uses as many OpenMP threads as torch uses intra-op threads."""
     import faiss
 
     n, d = x.shape
@@ -238,7 +242,7 @@ def kmeans(
         )
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     km = faiss.Kmeans(
-        d, k, niter=iters, nredo=1 if init is not None else redo, seed=seed, gpu=False,
+        d, k, niter=iters, nredo=redo, seed=seed, gpu=False,
         max_points_per_centroid=4096, min_points_per_centroid=1,
     )  # fmt: skip
     km.train(np.ascontiguousarray(x, dtype=np.float32), init_centroids=init)

@@ -31,8 +31,9 @@ only the real positions (packed, :class:`PackedLayout`) plus each row's last one
 the last position, whose output is the representation; on Beauty, where the median input has 4 items out of
 50, this skips most of the work.  It computes the same function of the parameters as the reference's
 dense encoder (a test checks it against a dense re-implementation with the reference's additive -10000
-mask, with random vectors at the padded inputs).  Padding is embedded as zeros (the reference: a fixed
-random vector; either only reaches padded outputs), and the last cell of an empty sequence attends to
+mask, with random vectors at the padded inputs).  Padding is embedded as zeros (the reference: row 0 of
+its item table, never updated by input lookups (``padding_idx``) but scored, and so trained, as a negative of
+the next-item loss; either only reaches padded outputs), and the last cell of an empty sequence attends to
 itself, so an empty history still has a finite representation.
 """
 
