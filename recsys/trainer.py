@@ -221,11 +221,11 @@ class Trainer:
 
         while not self._done():
             epoch = self.state.epoch
+            t0 = time.perf_counter()  # the epoch's own preparation (e.g. ICSRec's clustering) counts too
             self._call_hooks("on_epoch_start", epoch)
             self.model.train()
             sums: dict[str, float] = {}
             n_batches = 0
-            t0 = time.perf_counter()
             sampler = self._sampler(epoch)
             bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch + 1}", leave=False,
                        disable=None if self.tc.progress else True)

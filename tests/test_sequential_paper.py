@@ -1,0 +1,72 @@
+"""bench/sequential_paper.py: resumable paper runs, tested under both evaluation protocols."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_models_icsrec import icsrec_cfg
+from tests.test_models_sasrec import write_cyclic_sequences
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import sequential_paper  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, monkeypatch):
+    """A repository-like folder with configs/tiny_{sasrec,icsrec}.yaml on synthetic sequences."""
+    data = write_cyclic_sequences(tmp_path / "d", n_users=60, n_items=300)
+    (tmp_path / "configs").mkdir()
+    for model in ("sasrec", "icsrec"):
+        raw = icsrec_cfg(data, epochs=3)
+        raw["name"] = f"tiny-{model}"
+        raw["model"]["name"] = model
+        if model == "sasrec":
+            for key in ("intents",):
+                raw["model"].pop(key)
+        raw["eval"] = {"ks": [5, 20], "block_size": 64}
+        raw["train"]["early_stopping"] = {"metric": "ndcg@20", "patience": 5}
+        raw["data"]["split"] = {"protocol": "leave_one_out"}
+        (tmp_path / "configs" / f"tiny_{model}.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(sequential_paper, "REPO", tmp_path)
+    monkeypatch.setattr(sequential_paper, "DATASETS", {"tiny": "tiny"})
+    return tmp_path
+
+
+def test_runs_record_both_protocols_and_are_not_rerun(tiny_repo, capsys, monkeypatch):
+    out = tiny_repo / "res.json"
+    sequential_paper.main(["--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res) == {"tiny:sasrec:s3", "tiny:coarse_only:s3"}
+    sas, coarse = res["tiny:sasrec:s3"], res["tiny:coarse_only:s3"]
+    assert sas["name"] == "tiny-sasrec" and coarse["name"] == "tiny-icsrec-coarse_only"
+    assert coarse["overrides"][0] == "model.fine_loss=false"
+    for r in (sas, coarse):
+        assert r["epochs_run"] == 3 and 1 <= r["best_epoch"] <= 3
+        assert r["seconds_per_epoch"] > 0 and r["train_seconds_all_sessions"] >= r["seconds_to_best_epoch"] > 0
+        # the reference protocol keeps the history (score 0) and a zero padding entry: never ranks higher
+        for key in ("hit@5", "ndcg@5", "hit@20", "ndcg@20"):
+            assert r["test_reference_protocol"][key] <= r["test"][key] + 1e-12
+        assert r["best_valid"]["valid/ndcg@20"] > 0
+    capsys.readouterr()
+
+    # a second call skips finished runs (no training) and the table shows both protocols
+    monkeypatch.setattr(sequential_paper, "train_one", lambda *a: pytest.fail("a finished run was trained again"))
+    sequential_paper.main(["--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
+    assert "done already, skipped" in capsys.readouterr().out
+    sequential_paper.main(["--table", "--out", str(out)])
+    rows = capsys.readouterr().out.splitlines()
+    assert sum("| ours |" in r for r in rows) == 2 and sum("| reference |" in r for r in rows) == 2
+
+
+def test_bad_run_names_are_refused():
+    with pytest.raises(SystemExit, match="DATASET:VARIANT"):
+        sequential_paper.parse_run("beauty-sasrec")
+    with pytest.raises(SystemExit, match="VARIANT"):
+        sequential_paper.parse_run("beauty:bert4rec")
