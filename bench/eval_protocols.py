@@ -1,0 +1,59 @@
+"""Test one set of saved weights under our evaluation protocol and under the ICLRec / ICSRec reference code's.
+
+Ours removes the user's history from the ranking; the reference scores it 0 (``rating_pred[history] = 0``)
+and also ranks its zero padding row (``eval.evaluate_model(excluded_score=0.0, zero_score_items=1)``).  Any
+weights file of a run folder works, e.g. ``best_model.pt`` of a run still in progress:
+
+    RECSYS_HOME=... .venv/bin/python bench/eval_protocols.py --config configs/beauty_sasrec.yaml \\
+        --weights $RECSYS_HOME/runs/beauty-sasrec-<fingerprint>/best_model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROTOCOLS = {
+    "ours": {},
+    "history scored 0": {"excluded_score": 0.0},
+    "history scored 0 + zero padding row": {"excluded_score": 0.0, "zero_score_items": 1},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--weights", type=Path, required=True, help="a state dict saved by the trainer")
+    ap.add_argument("--split", default="test", choices=["valid", "test"])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from eval import evaluate_model
+    from features import prepare
+    from recsys.config import load_config
+    from recsys.models import build_model
+    from recsys.pipeline import prepare_model
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [])
+    dataset = prepare(cfg.data)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+    prepare_model(model, dataset)
+    model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    out = {
+        name: evaluate_model(model, dataset, args.split, ks=cfg.eval.ks, **kwargs)
+        for name, kwargs in PROTOCOLS.items()
+    }
+    print(json.dumps({"config": str(args.config), "weights": str(args.weights), "split": args.split, **out}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
