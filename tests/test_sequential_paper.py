@@ -70,3 +70,20 @@ def test_bad_run_names_are_refused():
         sequential_paper.parse_run("beauty-sasrec")
     with pytest.raises(SystemExit, match="VARIANT"):
         sequential_paper.parse_run("beauty:bert4rec")
+
+
+def test_eval_protocols_tests_saved_weights_under_both_protocols(tiny_repo, capsys):
+    import eval_protocols
+
+    from recsys.config import load_config
+    from recsys.pipeline import run_dir_for, train_experiment
+
+    cfg_path = tiny_repo / "configs" / "tiny_sasrec.yaml"
+    cfg = load_config(cfg_path, [])
+    res = train_experiment(cfg, echo=lambda *_: None)
+    out = eval_protocols.main(["--config", str(cfg_path), "--weights", str(run_dir_for(cfg) / "best_model.pt")])
+    assert out["ours"] == pytest.approx(res.test_metrics, abs=1e-12)  # the run's own test of its best weights
+    for name in ("history scored 0", "history scored 0 + zero padding row"):
+        assert all(out[name][k] <= out["ours"][k] + 1e-12 for k in ("hit@5", "ndcg@5", "hit@20", "ndcg@20"))
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :])["ours"]["hit@20"] == out["ours"]["hit@20"]
