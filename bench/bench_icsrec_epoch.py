@@ -89,8 +89,13 @@ def main() -> None:
             from recsys.models.icsrec import kmeans
 
             t0 = time.perf_counter()
-            cold = kmeans(reps.numpy(), model.config.intents, iters=model.config.kmeans_iters, seed=1,
-                          redo=model.config.kmeans_redo)
+            cold = kmeans(
+                reps.numpy(),
+                model.config.intents,
+                iters=model.config.kmeans_iters,
+                seed=1,
+                redo=model.config.kmeans_redo,
+            )
             row["kmeans_cold_s"] = time.perf_counter() - t0
             model.intent_centroids.copy_(torch.from_numpy(cold))
             model.intent_epoch.fill_(0)

@@ -1,8 +1,10 @@
 """Test one set of saved weights under our evaluation protocol and under the ICLRec / ICSRec reference code's.
 
-Ours removes the user's history from the ranking; the reference scores it 0 (``rating_pred[history] = 0``)
-and also ranks its zero padding row (``eval.evaluate_model(excluded_score=0.0, zero_score_items=1)``).  Any
-weights file of a run folder works, e.g. ``best_model.pt`` of a run still in progress:
+Ours removes the user's history from the ranking; the reference scores it 0 (``rating_pred[history] = 0``,
+reproduced exactly by ``eval.evaluate_model(excluded_score=0.0)``) and also ranks two rows that are no items
+(its padding and mask rows, learned negatives), for which two never-relevant entries of score 0 stand in
+(``zero_score_items=2``, see ``eval.evaluate_model``).  Any weights file of a run folder works, e.g.
+``best_model.pt`` of a run still in progress:
 
     RECSYS_HOME=... .venv/bin/python bench/eval_protocols.py --config configs/beauty_sasrec.yaml \\
         --weights $RECSYS_HOME/runs/beauty-sasrec-<fingerprint>/best_model.pt
@@ -21,7 +23,7 @@ sys.path.insert(0, str(REPO))
 PROTOCOLS = {
     "ours": {},
     "history scored 0": {"excluded_score": 0.0},
-    "history scored 0 + zero padding row": {"excluded_score": 0.0, "zero_score_items": 1},
+    "history scored 0 + 2 zero-score non-items": {"excluded_score": 0.0, "zero_score_items": 2},
 }
 
 
@@ -46,12 +48,16 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = prepare(cfg.data)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     prepare_model(model, dataset)
-    model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     out = {
         name: evaluate_model(model, dataset, args.split, ks=cfg.eval.ks, **kwargs)
         for name, kwargs in PROTOCOLS.items()
     }
-    print(json.dumps({"config": str(args.config), "weights": str(args.weights), "split": args.split, **out}, indent=1))
+    print(
+        json.dumps(
+            {"config": str(args.config), "weights": str(args.weights), "split": args.split, **out}, indent=1
+        )
+    )
     return out
 
 

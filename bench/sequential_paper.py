@@ -17,8 +17,9 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 * ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off.
 
 Every finished run is tested twice on the same best-on-validation weights: with our protocol (the user's
-history removed from the ranking) and with the reference code's (history scored 0, the zero padding row
-ranked; ``eval.evaluate_model(excluded_score=0.0, zero_score_items=1)``).  Recorded per run: both sets of
+history removed from the ranking) and with the reference code's (history scored 0, plus two never-relevant
+entries of score 0 standing in for its ranked padding and mask rows; ``eval.evaluate_model(excluded_score=0.0,
+zero_score_items=2)``).  Recorded per run: both sets of
 test metrics, the best validation epoch, epochs run, seconds per epoch and to the best epoch (summed over
 all sessions), and the MLflow run id.
 """
@@ -58,54 +59,72 @@ KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
 def parse_run(spec: str) -> tuple[str, str]:
     dataset, _, variant = spec.partition(":")
     if dataset not in DATASETS or variant not in VARIANTS:
-        raise SystemExit(f"--runs: expected DATASET:VARIANT with DATASET in {list(DATASETS)} and VARIANT in "
-                         f"{list(VARIANTS)}, got {spec!r}")
+        raise SystemExit(
+            f"--runs: expected DATASET:VARIANT with DATASET in {list(DATASETS)} and VARIANT in "
+            f"{list(VARIANTS)}, got {spec!r}"
+        )
     return dataset, variant
 
 
-def run_key(dataset: str, variant: str, seed: int) -> str:
-    return f"{dataset}:{variant}:s{seed}"
-
-
-def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
-    """Train (or resume) one run and test it under both protocols."""
-    from eval import evaluate_model
+def build_config(dataset: str, variant: str, seed: int, extra: list[str]):
+    """The run's resolved config.  Its name (part of the run folder's fingerprint) only changes where the config
+    does, so that a run started with ``recsys train -c configs/<dataset>_<model>.yaml --resume`` is picked up."""
     from recsys.config import load_config
-    from recsys.pipeline import train_experiment
 
     model, overrides = VARIANTS[variant]
     cfg = load_config(REPO / "configs" / f"{DATASETS[dataset]}_{model}.yaml", [*overrides, *extra])
     default_seed = cfg.seed
     cfg = cfg.model_copy(update={"seed": seed})
-    # the name (part of the run folder's fingerprint) only changes where the config does, so that a run
-    # started with `recsys train -c configs/<dataset>_<model>.yaml --resume` is picked up here
-    suffix = ("" if variant in ("sasrec", "icsrec") else f"-{variant}") + ("" if seed == default_seed else f"-s{seed}")
-    cfg = cfg.model_copy(update={"name": cfg.name + suffix})
+    suffix = ("" if variant in ("sasrec", "icsrec") else f"-{variant}") + (
+        "" if seed == default_seed else f"-s{seed}"
+    )
+    return cfg.model_copy(update={"name": cfg.name + suffix})
+
+
+def run_key(dataset: str, variant: str, seed: int, cfg) -> str:
+    """The results key: the config's fingerprint too, so that a run with other ``--set`` overrides is another run."""
+    return f"{dataset}:{variant}:s{seed}:{cfg.fingerprint()}"
+
+
+def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
+    """Train (or resume) one run and test it under both protocols."""
+    from eval import evaluate_model
+    from recsys.pipeline import train_experiment
+
+    cfg = build_config(dataset, variant, seed, extra)
+    overrides = [*VARIANTS[variant][1], *extra]
     t0 = time.perf_counter()
     res = train_experiment(cfg, resume=True)
     # training (with the epoch's clustering) plus the validation pass, per epoch
     epoch_times = [h.get("epoch_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in res.history]
-    scored = [h for h in res.history if "valid/ndcg@20" in h]
+    monitor = f"valid/{cfg.train.early_stopping.metric}" if cfg.train.early_stopping else "valid/ndcg@20"
     best = None
-    for h in scored:  # first epoch reaching the maximum: the trainer keeps the first strict improvement
-        if best is None or h["valid/ndcg@20"] > best["valid/ndcg@20"]:
+    for h in res.history:  # first epoch reaching the maximum: the trainer keeps the first strict improvement
+        if monitor in h and (best is None or h[monitor] > best[monitor]):
             best = h
     best_epoch = int(best["epoch"]) if best else None
     reference = evaluate_model(res.model, res.dataset, split="test", ks=cfg.eval.ks,
-                               excluded_score=0.0, zero_score_items=1)  # fmt: skip
+                               excluded_score=0.0, zero_score_items=2)  # fmt: skip
     return {
         "dataset": dataset,
         "variant": variant,
         "seed": seed,
         "name": cfg.name,
-        "overrides": [*overrides, *extra],
+        "overrides": overrides,
+        "fingerprint": cfg.fingerprint(),
         "test": res.test_metrics,
         "test_reference_protocol": reference,
         "best_valid": {k: v for k, v in (best or {}).items() if k.startswith("valid/")},
         "best_epoch": best_epoch,
         "epochs_run": len(res.history),
         "seconds_per_epoch": round(statistics.fmean(epoch_times), 3) if epoch_times else None,
-        "seconds_to_best_epoch": round(sum(epoch_times[:best_epoch]), 3) if best_epoch else None,
+        "seconds_to_best_epoch": (
+            round(
+                sum(t for h, t in zip(res.history, epoch_times, strict=True) if h["epoch"] <= best_epoch), 3
+            )
+            if best_epoch
+            else None
+        ),
         "train_seconds_all_sessions": round(sum(epoch_times), 3),
         "this_session_seconds": round(time.perf_counter() - t0, 1),
         "mlflow_run_id": res.run_id,
@@ -130,11 +149,17 @@ def table(results: dict) -> str:
                 cells.append(f"{statistics.fmean(vals):.4f} ± {sd:.4f}")
             epochs = statistics.fmean(r["best_epoch"] or 0 for r in runs)
             speed = statistics.fmean(r["seconds_per_epoch"] or 0 for r in runs)
-            lines.append(f"| {dataset} | {variant} | {len(runs)} | {label} | " + " | ".join(cells)
-                         + f" | {epochs:.0f} | {speed:.0f} |")
+            lines.append(
+                f"| {dataset} | {variant} | {len(runs)} | {label} | "
+                + " | ".join(cells)
+                + f" | {epochs:.0f} | {speed:.0f} |"
+            )
         if (dataset, variant) in PAPER:
-            lines.append(f"| {dataset} | {variant} | | paper | "
-                         + " | ".join(f"{v:.4f}" for v in PAPER[(dataset, variant)]) + " | | |")
+            lines.append(
+                f"| {dataset} | {variant} | | paper | "
+                + " | ".join(f"{v:.4f}" for v in PAPER[(dataset, variant)])
+                + " | | |"
+            )
     return "\n".join(lines)
 
 
@@ -142,9 +167,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", default=[], metavar="DATASET:VARIANT")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config override for every run (changes the run folders), e.g. train.epochs=2")
-    ap.add_argument("--threads", type=int, default=1, help="torch / faiss threads (not part of the run's identity)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (changes the run folders), e.g. train.epochs=2",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch / faiss threads (not part of the run's identity)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args(argv)
@@ -157,15 +190,18 @@ def main(argv: list[str] | None = None) -> None:
     extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
     for seed in args.seeds:  # seeds outermost: a cut-short session has every variant for the first seeds
         for dataset, variant in runs:
-            key = run_key(dataset, variant, seed)
+            key = run_key(dataset, variant, seed, build_config(dataset, variant, seed, extra))
             if key in results:
                 print(f"{key}: done already, skipped", flush=True)
                 continue
             results[key] = train_one(dataset, variant, seed, extra)
             r = results[key]
-            print(f"{key}: test HR@20 {r['test']['hit@20']:.4f} NDCG@20 {r['test']['ndcg@20']:.4f} "
-                  f"(reference protocol {r['test_reference_protocol']['hit@20']:.4f} / "
-                  f"{r['test_reference_protocol']['ndcg@20']:.4f}), best epoch {r['best_epoch']}", flush=True)
+            print(
+                f"{key}: test HR@20 {r['test']['hit@20']:.4f} NDCG@20 {r['test']['ndcg@20']:.4f} "
+                f"(reference protocol {r['test_reference_protocol']['hit@20']:.4f} / "
+                f"{r['test_reference_protocol']['ndcg@20']:.4f}), best epoch {r['best_epoch']}",
+                flush=True,
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.out.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1))

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> str:
             "test": _mean(runs, "metrics", args.select),
             "runs": runs,
         }
-        print(f"{name:24s} valid {args.select} {results[name]['valid']:.4f}   test {results[name]['test']:.4f}", flush=True)
+        print(
+            f"{name:24s} valid {args.select} {results[name]['valid']:.4f}   test {results[name]['test']:.4f}",
+            flush=True,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(
@@ -82,7 +85,11 @@ def main(argv: list[str] | None = None) -> str:
                     "variant": args.variant,
                     "overrides": args.overrides,
                     "select": f"valid {args.select}",
-                    "machine": {"cpu_count": os.cpu_count(), "torch_threads": 1, "platform": platform.platform()},
+                    "machine": {
+                        "cpu_count": os.cpu_count(),
+                        "torch_threads": 1,
+                        "platform": platform.platform(),
+                    },
                     "wall_seconds": round(time.perf_counter() - t0, 1),
                     "trials": results,
                 },

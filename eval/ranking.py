@@ -1,7 +1,8 @@
 """Blocked, exact full-ranking top-k with excluded items removed.
 
 Users are scored in blocks (never a dense ``U x I`` matrix for all users); in each block the excluded
-``(user, item)`` pairs are set to ``-inf`` and the top-k items are selected once, for the largest k.
+``(user, item)`` pairs are set to ``-inf`` (or, to measure another protocol, to a given finite
+``excluded_score``, which keeps them in the ranking) and the top-k items are selected once, for the largest k.
 
 **Tie rule.** Items are ranked by score, descending; equal scores rank the lower item index first.
 ``torch.topk`` promises no order among equal values, so it is never trusted to *choose* among ties.  It is
@@ -140,6 +141,10 @@ def _topk_positions(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _exclusion_value(excluded_score: float | None) -> float:
+    """The score excluded pairs get: ``-inf`` for ``None``, else the finite number given (``ValueError``
+    otherwise; booleans and strings are refused)."""
+    if isinstance(excluded_score, bool | str):
+        raise ValueError(f"excluded_score must be None or a finite number, got {excluded_score!r}")
     if excluded_score is None:
         return _NEG_INF
     value = float(excluded_score)
@@ -157,10 +162,15 @@ def _check_no_nan(x: torch.Tensor) -> None:
 # exclusion
 # ---------------------------------------------------------------------------------------------------------
 class _Exclusion:
-    """The exclude matrix restricted to the evaluated users, ready to mask consecutive tiles in place."""
+    """The exclude matrix restricted to the evaluated users, ready to mask consecutive tiles in place: the
+    excluded pairs get ``value`` (``-inf``: removed from the ranking)."""
 
     def __init__(
-        self, exclude: sp.spmatrix | sp.sparray | None, users: np.ndarray, n_items: int, value: float = _NEG_INF
+        self,
+        exclude: sp.spmatrix | sp.sparray | None,
+        users: np.ndarray,
+        n_items: int,
+        value: float = _NEG_INF,
     ) -> None:
         self.indptr: np.ndarray | None = None
         self.value = float(value)
@@ -560,10 +570,13 @@ def evaluate_model(
             they stay in it with this score, never relevant — the ICLRec / ICSRec reference evaluation
             (``rating_pred[history] = 0``), where a known item outranks every item with a negative score.
         zero_score_items: that many extra never-relevant entries scoring exactly 0 are ranked with the items
-            — the reference ranks its padding row, whose embedding is zero (``padding_idx=0``).  An extra
-            entry in a top-k list counts as a miss (it is reported as ``-1``).  Both switches exist to measure
-            the reference protocol beside ours (``recsys evaluate --run RUN --excluded-score 0
-            --zero-score-items 1``); they are not defaults anywhere.
+            (after real items with the same score).  The reference also ranks two rows of its item table that
+            are no items — the padding row and an unused mask row, whose learned embeddings its cross-entropy
+            pushes down as negatives; our item tables have no such rows, so they cannot be reproduced, and
+            ``zero_score_items=2`` is a stand-in: pessimistic as long as those rows score below 0.  An extra
+            entry in a top-k list holds a slot and counts as a miss (it is reported as ``-1``, possibly in
+            the middle of a list).  Both switches exist to measure the reference protocol beside ours
+            (``recsys evaluate --run RUN --excluded-score 0 --zero-score-items 2``); they are defaults nowhere.
 
     Returns:
         ``{"recall@20": ..., "ndcg@20": ..., ..., "coverage@20": ...}`` as :func:`eval.metrics.ranking_metrics`,
@@ -598,9 +611,14 @@ def model_topk(
     """The ranking :func:`evaluate_model` scores, for callers that need more than the mean metrics (item
     slices, per-user metrics): ``(topk LongTensor[U, k], users int64[U], truth csr[U, I])`` for the users
     with truth in ``split``, with the same exclusions, query context and scoring route (``excluded_score``
-    and ``zero_score_items`` as in :func:`evaluate_model`)."""
+    and ``zero_score_items`` as in :func:`evaluate_model`; an extra zero-score entry is a ``-1`` slot, possibly
+    in the middle of a row)."""
     _check_positive("block_size", block_size)
-    if not isinstance(zero_score_items, int | np.integer) or isinstance(zero_score_items, bool) or zero_score_items < 0:
+    if (
+        not isinstance(zero_score_items, int | np.integer)
+        or isinstance(zero_score_items, bool)
+        or zero_score_items < 0
+    ):
         raise ValueError(f"zero_score_items must be a non-negative integer, got {zero_score_items!r}")
     _exclusion_value(excluded_score)  # validate before any scoring
     truth = sp.csr_matrix(dataset.matrix(split))
@@ -636,7 +654,13 @@ def model_topk(
         with torch.no_grad(), context:
             # zero_score_items: extra columns n_items .. n_items + z - 1, scoring 0 and never excluded
             n_items, z = truth.shape[1], int(zero_score_items)
-            exclude = sp.csr_matrix((exclude.data, exclude.indices, exclude.indptr), shape=(exclude.shape[0], n_items + z))
+            if exclude.shape[1] != n_items:
+                raise ValueError(
+                    f"the train matrix has {exclude.shape[1]} columns but {split!r} has {n_items}"
+                )
+            exclude = sp.csr_matrix(
+                (exclude.data, exclude.indices, exclude.indptr), shape=(exclude.shape[0], n_items + z)
+            )
             if _uses_default_scorer(model):
                 # One call: models with an expensive query side (graph propagation) compute it once.
                 query, items = model.embeddings(users_t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,26 @@ def _parse_ks(text: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
     return ks
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def _load_cfg(args):
@@ -248,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
-        "--excluded-score", type=float, default=None, metavar="S",
+        "--excluded-score", type=_finite_float, default=None, metavar="S",
         help="with --run: keep the user's known items in the ranking with score S instead of removing them "
         "(the ICLRec/ICSRec reference evaluation uses 0); default: removed",
     )
     ev.add_argument(
-        "--zero-score-items", type=int, default=0, metavar="N",
-        help="with --run: rank N extra never-relevant entries of score 0 with the items (the reference ranks "
-        "its zero padding row: 1); default 0",
+        "--zero-score-items", type=_non_negative_int, default=0, metavar="N",
+        help="with --run: rank N extra never-relevant entries of score 0 with the items, a stand-in for the "
+        "reference's padding and mask rows (2); default 0",
     )
     ev.set_defaults(func=cmd_evaluate)
 

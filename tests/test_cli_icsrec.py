@@ -31,13 +31,22 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert main(["evaluate", "--run", run_id, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["hit@5"] == pytest.approx(run.data.metrics["test_final/hit_at_5"], abs=1e-12)
-    # the reference code's protocol (history scored 0, its zero padding row ranked) can only rank lower
-    assert main(["evaluate", "--run", run_id, "--json", "--excluded-score", "0", "--zero-score-items", "1"]) == 0
+    # the reference code's protocol: the flags reach evaluate_model
+    assert main(["evaluate", "--run", run_id, "--json", "--excluded-score", "0", "--zero-score-items", "2"]) == 0
     reference = json.loads(capsys.readouterr().out)
-    assert reference.keys() == metrics.keys()
+    from eval import evaluate_model
+    from recsys.pipeline import load_run
+
+    loaded = load_run(run_id)
+    expected = evaluate_model(loaded.model, loaded.dataset, ks=loaded.config.eval.ks, excluded_score=0.0,
+                              zero_score_items=2)  # fmt: skip
+    assert reference == pytest.approx(expected, abs=1e-12)
     assert all(reference[key] <= metrics[key] for key in metrics if key.startswith(("hit@", "ndcg@")))
-    assert main(["evaluate", "--recs", "r.csv", "--truth", "t.csv", "--excluded-score", "0"]) == 2
-    capsys.readouterr()
+    recs, truth = tmp_path / "r.csv", tmp_path / "t.csv"
+    recs.write_text("user,item,score\n1,2,0.5\n")
+    truth.write_text("user,item\n1,2\n")
+    assert main(["evaluate", "--recs", str(recs), "--truth", str(truth), "--excluded-score", "0"]) == 2
+    assert "apply to --run only" in capsys.readouterr().err
 
     out_dir = tmp_path / "idx"
     assert main(["index", "--run", run_id, "--out", str(out_dir)]) == 0
@@ -81,3 +90,11 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert main(["explain", "--run", run_id, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
     assert main(["explain", "--run", run_id]) == 2
+
+
+@pytest.mark.parametrize("flags", [["--excluded-score", "nan"], ["--excluded-score", "x"], ["--zero-score-items", "-1"]])
+def test_reference_protocol_flags_are_checked_before_loading(flags, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--run", "no-such-run", *flags])
+    assert err.value.code == 2
+    assert "expected a" in capsys.readouterr().err

@@ -310,45 +310,69 @@ def test_reference_protocol_by_hand():
         # history scored 0: 0 (3), 4 (0.5), 2 (0), 1 (-1): fourth
         zero = evaluate_model(model, data, ks=(3, 4), excluded_score=0.0)
         assert (zero["hit@3"], zero["hit@4"]) == (0.0, 1.0)
-        # plus the padding row at 0: 0, 4, 2, pad, 1: fifth, and the padding slot is no item
-        topk, _, _ = model_topk(
-            model, data, "test", 5, excluded_score=0.0, zero_score_items=1
-        )
+        # plus one extra zero-score entry: 0, 4, 2, extra, 1: fifth, and the extra slot is no item
+        topk, _, _ = model_topk(model, data, "test", 5, excluded_score=0.0, zero_score_items=1)
         assert topk.tolist() == [[0, 4, 2, -1, 1]]
         padded = evaluate_model(model, data, ks=(4, 5), excluded_score=0.0, zero_score_items=1)
         assert (padded["hit@4"], padded["hit@5"]) == (0.0, 1.0)
-        # the padding row alone (history removed): 0, 4, pad, 1
+        # the extra entry alone (history removed): 0, 4, extra, 1
         pad_only = evaluate_model(model, data, ks=(3, 4), zero_score_items=1)
         assert (pad_only["hit@3"], pad_only["hit@4"]) == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("n_items", [6_000, 300])  # pruned and direct selection
-def test_reference_protocol_matches_naive_reference(n_items):
+@pytest.mark.parametrize("excluded_score", [0.0, 2.5])
+def test_reference_protocol_matches_naive_reference(n_items, excluded_score):
     rng = np.random.default_rng(11)
     n_users, z, k = 60, 2, 20
-    query = torch.from_numpy(rng.standard_normal((n_users, 8)).astype(np.float32))
-    items = torch.from_numpy(rng.standard_normal((n_items, 8)).astype(np.float32))
-    train = random_exclude(rng, n_users, n_items, 0.02)
-    valid = random_exclude(rng, n_users, n_items, 0.005)
+    # scores shifted (a constant last coordinate) so that about 10 real items score above 0: known items at 0
+    # or 2.5 and the extra zero-score entries then reach the top-k lists, where they must be placed exactly
+    q, v = rng.standard_normal((n_users, 8)), rng.standard_normal((n_items, 8))
+    shift = np.quantile(q @ v.T, 1 - 10 / n_items)  # about 10 real items per user score above 0
+    query = torch.from_numpy(np.hstack([q, np.ones((n_users, 1))]).astype(np.float32))
+    items = torch.from_numpy(np.hstack([v, np.full((n_items, 1), -shift)]).astype(np.float32))
+    train = random_exclude(rng, n_users, n_items, 5 / n_items)  # about 6 known items per user
+    valid = random_exclude(rng, n_users, n_items, 1 / n_items)
     test = sp.random(n_users, n_items, density=0.004, format="csr", random_state=5)
     test.data[:] = 1.0
-    test = (test - test.multiply(train + valid)).tocsr()  # truth never among the known items
+    known_any = (train + valid).astype(bool).astype(np.float64)
+    test = (test - test.multiply(known_any)).tocsr()  # truth never among the known items
     test.eliminate_zeros()
     data = FakeDataset(train, valid, test)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     scores = (query @ items.T).numpy()[users].astype(np.float64)
     r, c = (train + valid).tocsr()[users].nonzero()
-    scores[r, c] = 0.0  # the reference: rating_pred[history] = 0
+    scores[r, c] = excluded_score  # the reference: rating_pred[history] = 0
     scores = np.hstack([scores, np.zeros((users.size, z))])  # z zero rows ranked with the items
     ref = naive_topk(scores, None, k)
+    known = sp.csr_matrix((train + valid).tocsr()[users])
+    rows, slots = np.nonzero((ref >= 0) & (ref < n_items))
+    assert known[rows, ref[rows, slots]].sum() > 0  # known items in the lists
+    assert (ref >= n_items).any()  # and extra entries
     ref[ref >= n_items] = -1
     reference = ranking_metrics(ref, test[users], (5, k), n_items=n_items)
     for cls in (FixedEmbeddings, FixedScorer):
-        got = evaluate_model(cls(query, items), data, ks=(5, k), block_size=16, excluded_score=0.0, zero_score_items=z)
+        got_top, _, _ = model_topk(cls(query, items), data, "test", k, block_size=16, excluded_score=excluded_score,
+                                   zero_score_items=z)  # fmt: skip
+        np.testing.assert_array_equal(got_top.numpy(), ref, err_msg=cls.__name__)
+        got = evaluate_model(cls(query, items), data, ks=(5, k), block_size=16, excluded_score=excluded_score,
+                             zero_score_items=z)  # fmt: skip
         for key in reference:
             assert got[key] == pytest.approx(reference[key], abs=1e-12), (cls.__name__, key)
     ours = evaluate_model(FixedEmbeddings(query, items), data, ks=(5, k))
     assert ours["recall@20"] >= reference["recall@20"]  # the known items and zero rows only take slots
+
+
+def test_extra_entries_when_k_exceeds_the_catalogue():
+    # 3 items scoring [1, -1, 2], item 2 known: ours returns the two others; with the known item at 0 and
+    # 2 extra zero entries, all five slots are taken and the extra ones read -1
+    items = torch.tensor([1.0, -1.0, 2.0])[:, None]
+    m = lambda rows, cols: sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(1, 3))  # noqa: E731
+    data = FakeDataset(train=m([0], [2]), valid=m([], []), test=m([0], [1]))
+    model = FixedEmbeddings(torch.ones(1, 1), items)
+    assert model_topk(model, data, "test", 6)[0].tolist() == [[0, 1, -1, -1, -1, -1]]
+    got = model_topk(model, data, "test", 6, excluded_score=0.0, zero_score_items=2)[0].tolist()
+    assert got == [[0, 2, -1, -1, 1, -1]]
 
 
 def test_reference_protocol_argument_errors():

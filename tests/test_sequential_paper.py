@@ -43,26 +43,50 @@ def test_runs_record_both_protocols_and_are_not_rerun(tiny_repo, capsys, monkeyp
     out = tiny_repo / "res.json"
     sequential_paper.main(["--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3", "--out", str(out)])
     res = json.loads(out.read_text())
-    assert set(res) == {"tiny:sasrec:s3", "tiny:coarse_only:s3"}
-    sas, coarse = res["tiny:sasrec:s3"], res["tiny:coarse_only:s3"]
+    assert sorted(k.rsplit(":", 1)[0] for k in res) == ["tiny:coarse_only:s3", "tiny:sasrec:s3"]
+    assert all(k.endswith(":" + r["fingerprint"]) for k, r in res.items())
+    sas = next(r for r in res.values() if r["variant"] == "sasrec")
+    coarse = next(r for r in res.values() if r["variant"] == "coarse_only")
     assert sas["name"] == "tiny-sasrec" and coarse["name"] == "tiny-icsrec-coarse_only"
     assert coarse["overrides"][0] == "model.fine_loss=false"
     for r in (sas, coarse):
         assert r["epochs_run"] == 3 and 1 <= r["best_epoch"] <= 3
-        assert r["seconds_per_epoch"] > 0 and r["train_seconds_all_sessions"] >= r["seconds_to_best_epoch"] > 0
-        # the reference protocol keeps the history (score 0) and a zero padding entry: never ranks higher
-        for key in ("hit@5", "ndcg@5", "hit@20", "ndcg@20"):
-            assert r["test_reference_protocol"][key] <= r["test"][key] + 1e-12
+        assert (
+            r["seconds_per_epoch"] > 0 and r["train_seconds_all_sessions"] >= r["seconds_to_best_epoch"] > 0
+        )
         assert r["best_valid"]["valid/ndcg@20"] > 0
+    # both protocols are those of eval.evaluate_model on the run's best weights
+    import eval_protocols
+
+    from recsys.pipeline import run_dir_for
+
+    cfg = sequential_paper.build_config("tiny", "sasrec", 3, ["train.num_threads=1", "train.progress=false"])
+    direct = eval_protocols.main(["--config", str(tiny_repo / "configs" / "tiny_sasrec.yaml"),
+                                  "--weights", str(run_dir_for(cfg) / "best_model.pt")])  # fmt: skip
+    assert sas["test"] == pytest.approx(direct["ours"], abs=1e-12)
+    assert sas["test_reference_protocol"] == pytest.approx(
+        direct["history scored 0 + 2 zero-score non-items"], abs=1e-12
+    )
     capsys.readouterr()
 
     # a second call skips finished runs (no training) and the table shows both protocols
-    monkeypatch.setattr(sequential_paper, "train_one", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(
+        sequential_paper, "train_one", lambda *a: pytest.fail("a finished run was trained again")
+    )
     sequential_paper.main(["--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
     assert "done already, skipped" in capsys.readouterr().out
     sequential_paper.main(["--table", "--out", str(out)])
     rows = capsys.readouterr().out.splitlines()
     assert sum("| ours |" in r for r in rows) == 2 and sum("| reference |" in r for r in rows) == 2
+    # other --set overrides make another run: not skipped
+    trained = []
+    monkeypatch.setattr(
+        sequential_paper, "train_one", lambda *a: trained.append(a) or dict(sas, variant="sasrec")
+    )
+    sequential_paper.main(
+        ["--runs", "tiny:sasrec", "--seeds", "3", "--set", "train.epochs=2", "--out", str(out)]
+    )
+    assert len(trained) == 1 and len(json.loads(out.read_text())) == 3
 
 
 def test_bad_run_names_are_refused():
@@ -81,9 +105,19 @@ def test_eval_protocols_tests_saved_weights_under_both_protocols(tiny_repo, caps
     cfg_path = tiny_repo / "configs" / "tiny_sasrec.yaml"
     cfg = load_config(cfg_path, [])
     res = train_experiment(cfg, echo=lambda *_: None)
-    out = eval_protocols.main(["--config", str(cfg_path), "--weights", str(run_dir_for(cfg) / "best_model.pt")])
+    out = eval_protocols.main(
+        ["--config", str(cfg_path), "--weights", str(run_dir_for(cfg) / "best_model.pt")]
+    )
     assert out["ours"] == pytest.approx(res.test_metrics, abs=1e-12)  # the run's own test of its best weights
-    for name in ("history scored 0", "history scored 0 + zero padding row"):
-        assert all(out[name][k] <= out["ours"][k] + 1e-12 for k in ("hit@5", "ndcg@5", "hit@20", "ndcg@20"))
+    from eval import evaluate_model
+
+    for name, kwargs in eval_protocols.PROTOCOLS.items():
+        expected = evaluate_model(res.model, res.dataset, "test", ks=cfg.eval.ks, **kwargs)
+        assert out[name] == pytest.approx(expected, abs=1e-12), name
+    assert set(eval_protocols.PROTOCOLS) == {
+        "ours",
+        "history scored 0",
+        "history scored 0 + 2 zero-score non-items",
+    }
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :])["ours"]["hit@20"] == out["ours"]["hit@20"]

@@ -45,4 +45,6 @@ def test_bad_trials_are_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         two_tower_tune.main([*common, "--trial", "a", "model.ssl_weight"])  # no '='
     with pytest.raises(SystemExit):
-        two_tower_tune.main([*common, "--trial", "a", "model.ssl_weight=1", "--trial", "a", "model.ssl_weight=2"])
+        two_tower_tune.main(
+            [*common, "--trial", "a", "model.ssl_weight=1", "--trial", "a", "model.ssl_weight=2"]
+        )
