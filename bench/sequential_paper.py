@@ -2,7 +2,8 @@
 
 Each run goes through the same pipeline as ``recsys train`` (tracked in MLflow, checkpointed every epoch), so
 a run cut short by the end of a session continues where it stopped: run the same command again.  Runs that
-are already in ``--out`` are skipped.
+are already in ``--out`` are skipped.  Several drivers may run at once (one per core) with the same ``--out``:
+each run folder is claimed by one driver at a time, and results are merged into ``--out`` under a lock.
 
     .venv/bin/python bench/sequential_paper.py --runs beauty:sasrec beauty:icsrec --seeds 1 \\
         --out bench/results/sequential_paper.json
@@ -27,6 +28,8 @@ all sessions), and the MLflow run id.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -134,7 +137,8 @@ def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
 
 
 def table(results: dict) -> str:
-    """Mean ± sample std over seeds per (dataset, variant), beside the paper's numbers."""
+    """Mean ± sample std over seeds per (dataset, variant) (the bare value for one seed), beside the paper's
+    numbers."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results.values():
         groups.setdefault((r["dataset"], r["variant"]), []).append(r)
@@ -145,8 +149,8 @@ def table(results: dict) -> str:
             cells = []
             for key in KEYS:
                 vals = [r[part][key] for r in runs]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.fmean(vals):.4f} ± {sd:.4f}")
+                mean = f"{statistics.fmean(vals):.4f}"  # one seed has no spread to show
+                cells.append(f"{mean} ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else mean)
             epochs = statistics.fmean(r["best_epoch"] or 0 for r in runs)
             speed = statistics.fmean(r["seconds_per_epoch"] or 0 for r in runs)
             lines.append(
@@ -161,6 +165,40 @@ def table(results: dict) -> str:
                 + " | | |"
             )
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def claim_run(cfg):
+    """Yield whether this driver holds the run's folder: two drivers must never train one run folder at once.
+    The lock is released when the process ends, so a killed driver leaves no stale claim."""
+    from recsys.pipeline import run_dir_for
+
+    folder = run_dir_for(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "driver.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def save_result(out: Path, key: str, record: dict) -> dict:
+    """Add one finished run to ``out`` and return the merged results.
+
+    Several drivers may share ``out`` (one per core): the file is re-read under an exclusive lock, so a run
+    another driver saved meanwhile is kept, and it is replaced atomically, so a crash never leaves it
+    half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results[key] = record
+        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, out)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,22 +228,25 @@ def main(argv: list[str] | None = None) -> None:
     extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
     for seed in args.seeds:  # seeds outermost: a cut-short session has every variant for the first seeds
         for dataset, variant in runs:
-            key = run_key(dataset, variant, seed, build_config(dataset, variant, seed, extra))
-            if key in results:
-                print(f"{key}: done already, skipped", flush=True)
-                continue
-            results[key] = train_one(dataset, variant, seed, extra)
-            r = results[key]
+            cfg = build_config(dataset, variant, seed, extra)
+            key = run_key(dataset, variant, seed, cfg)
+            with claim_run(cfg) as claimed:
+                # re-read: another driver sharing --out may have finished this run meanwhile
+                results = json.loads(args.out.read_text()) if args.out.exists() else {}
+                if key in results:
+                    print(f"{key}: done already, skipped", flush=True)
+                    continue
+                if not claimed:
+                    print(f"{key}: being trained by another driver, skipped", flush=True)
+                    continue
+                r = train_one(dataset, variant, seed, extra)
             print(
                 f"{key}: test HR@20 {r['test']['hit@20']:.4f} NDCG@20 {r['test']['ndcg@20']:.4f} "
                 f"(reference protocol {r['test_reference_protocol']['hit@20']:.4f} / "
                 f"{r['test_reference_protocol']['ndcg@20']:.4f}), best epoch {r['best_epoch']}",
                 flush=True,
             )
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1))
-            os.replace(tmp, args.out)
+            results = save_result(args.out, key, r)
     if results:
         print(table(results))
 

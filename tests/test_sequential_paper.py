@@ -121,3 +121,33 @@ def test_eval_protocols_tests_saved_weights_under_both_protocols(tiny_repo, caps
     }
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :])["ours"]["hit@20"] == out["ours"]["hit@20"]
+
+
+def test_save_result_merges_with_runs_saved_by_another_driver(tmp_path):
+    out = tmp_path / "res" / "r.json"
+    mine = sequential_paper.save_result(out, "a", {"v": 1})
+    # another driver saves "b" after this one loaded its results: both survive
+    sequential_paper.save_result(out, "b", {"v": 2})
+    merged = sequential_paper.save_result(out, "c", {"v": 3})
+    assert mine == {"a": {"v": 1}}
+    assert merged == json.loads(out.read_text()) == {"a": {"v": 1}, "b": {"v": 2}, "c": {"v": 3}}
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_a_run_claimed_by_another_driver_is_skipped(tiny_repo, capsys, monkeypatch, tmp_path):
+    out = tiny_repo / "res.json"
+    extra = ["train.num_threads=1", "train.progress=false"]
+    cfg = sequential_paper.build_config("tiny", "sasrec", 3, extra)
+    monkeypatch.setattr(
+        sequential_paper, "train_one", lambda *a: pytest.fail("a claimed run was trained by a second driver")
+    )
+    with sequential_paper.claim_run(cfg) as first:
+        assert first
+        with sequential_paper.claim_run(cfg) as second:
+            assert not second
+        sequential_paper.main(["--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
+    assert "being trained by another driver, skipped" in capsys.readouterr().out
+    assert not out.exists()
+    # released when the holder is done: the run can be claimed again
+    with sequential_paper.claim_run(cfg) as again:
+        assert again
