@@ -184,6 +184,11 @@ def claim_run(cfg):
         yield True
 
 
+def load_results(out: Path) -> dict:
+    """The runs saved in ``out`` so far (none when it does not exist yet)."""
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
 def save_result(out: Path, key: str, record: dict) -> dict:
     """Add one finished run to ``out`` and return the merged results.
 
@@ -193,7 +198,7 @@ def save_result(out: Path, key: str, record: dict) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        results = json.loads(out.read_text()) if out.exists() else {}
+        results = load_results(out)
         results[key] = record
         tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(results, indent=1))
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
 
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = load_results(args.out)
     if args.table:
         print(table(results))
         return
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             key = run_key(dataset, variant, seed, cfg)
             with claim_run(cfg) as claimed:
                 # re-read: another driver sharing --out may have finished this run meanwhile
-                results = json.loads(args.out.read_text()) if args.out.exists() else {}
+                results = load_results(args.out)
                 if key in results:
                     print(f"{key}: done already, skipped", flush=True)
                     continue
