@@ -91,49 +91,100 @@ def run_key(dataset: str, variant: str, seed: int, cfg) -> str:
 
 def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
     """Train (or resume) one run and test it under both protocols."""
-    from eval import evaluate_model
     from recsys.pipeline import train_experiment
 
     cfg = build_config(dataset, variant, seed, extra)
-    overrides = [*VARIANTS[variant][1], *extra]
     t0 = time.perf_counter()
     res = train_experiment(cfg, resume=True)
+    record = summarize(
+        dataset, variant, seed, extra, cfg, res.history, res.model, res.dataset, res.test_metrics
+    )
+    record["this_session_seconds"] = round(time.perf_counter() - t0, 1)
+    record["mlflow_run_id"] = res.run_id
+    return record
+
+
+def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_metrics=None) -> dict:
+    """The record of one run: ``model`` holds its best-on-validation weights, ``history`` its epochs."""
+    from eval import evaluate_model
+
+    if test_metrics is None:
+        test_metrics = evaluate_model(
+            model, data, split="test", ks=cfg.eval.ks, block_size=cfg.eval.block_size
+        )
     # training (with the epoch's clustering) plus the validation pass, per epoch
-    epoch_times = [h.get("epoch_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in res.history]
+    epoch_times = [h.get("epoch_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in history]
     monitor = f"valid/{cfg.train.early_stopping.metric}" if cfg.train.early_stopping else "valid/ndcg@20"
     best = None
-    for h in res.history:  # first epoch reaching the maximum: the trainer keeps the first strict improvement
+    for h in history:  # first epoch reaching the maximum: the trainer keeps the first strict improvement
         if monitor in h and (best is None or h[monitor] > best[monitor]):
             best = h
     best_epoch = int(best["epoch"]) if best else None
-    reference = evaluate_model(res.model, res.dataset, split="test", ks=cfg.eval.ks,
+    reference = evaluate_model(model, data, split="test", ks=cfg.eval.ks,
                                excluded_score=0.0, zero_score_items=2)  # fmt: skip
     return {
         "dataset": dataset,
         "variant": variant,
         "seed": seed,
         "name": cfg.name,
-        "overrides": overrides,
+        "overrides": [*VARIANTS[variant][1], *extra],
         "fingerprint": cfg.fingerprint(),
-        "test": res.test_metrics,
+        "test": test_metrics,
         "test_reference_protocol": reference,
         "best_valid": {k: v for k, v in (best or {}).items() if k.startswith("valid/")},
         "best_epoch": best_epoch,
-        "epochs_run": len(res.history),
+        "epochs_run": len(history),
         "seconds_per_epoch": round(statistics.fmean(epoch_times), 3) if epoch_times else None,
         "seconds_to_best_epoch": (
-            round(
-                sum(t for h, t in zip(res.history, epoch_times, strict=True) if h["epoch"] <= best_epoch), 3
-            )
+            round(sum(t for h, t in zip(history, epoch_times, strict=True) if h["epoch"] <= best_epoch), 3)
             if best_epoch
             else None
         ),
         "train_seconds_all_sessions": round(sum(epoch_times), 3),
-        "this_session_seconds": round(time.perf_counter() - t0, 1),
-        "mlflow_run_id": res.run_id,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cfg.train.num_threads} torch thread(s)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict | None:
+    """Test the best-on-validation weights of a run that is still training (or was cut short), without
+    touching its folder; None when it has no best weights yet.
+
+    Not a final result: early stopping has not fired, so a later epoch may still become the best one.  The
+    record says how far the run got (``epochs_run``, ``status``)."""
+    import torch
+
+    from features import prepare
+    from recsys.models import build_model
+    from recsys.pipeline import prepare_model, run_dir_for
+    from recsys.trainer import BEST, CHECKPOINT
+
+    cfg = build_config(dataset, variant, seed, extra)
+    folder = run_dir_for(cfg)
+    ckpt_path, best_path = folder / CHECKPOINT, folder / BEST
+    for _ in range(30):  # a training process may be between saving the best weights and the checkpoint
+        if not (ckpt_path.exists() and best_path.exists()):
+            return None
+        before = ckpt_path.stat().st_mtime_ns
+        weights = torch.load(best_path, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state"]
+        if ckpt_path.stat().st_mtime_ns == before and best_path.stat().st_mtime_ns <= before:
+            break
+        time.sleep(2)
+    else:
+        raise SystemExit(f"{folder}: its best weights and checkpoint kept changing; try again")
+    if state["best_epoch"] < 1:
+        return None
+    data = prepare(cfg.data)
+    model = build_model(cfg.model, data.n_users, data.n_items)
+    prepare_model(model, data)
+    model.load_state_dict(weights)
+    model.eval()
+    record = summarize(dataset, variant, seed, extra, cfg, state["history"], model, data)
+    assert record["best_epoch"] == state["best_epoch"], (record["best_epoch"], state["best_epoch"])
+    done = "early stopping fired" if state["stopped_early"] else "still training or cut short"
+    record["status"] = f"interim: {done} after epoch {state['epoch']}; best-so-far weights tested"
+    return record
 
 
 def table(results: dict) -> str:
@@ -206,6 +257,32 @@ def save_result(out: Path, key: str, record: dict) -> dict:
     return results
 
 
+def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
+    """Interim records of the unfinished runs, written (atomically, whole) to ``OUT_interim.json``."""
+    import torch
+
+    torch.set_num_threads(1)  # beside the training processes
+    interim = {}
+    for seed in seeds:
+        for dataset, variant in runs:
+            key = run_key(dataset, variant, seed, build_config(dataset, variant, seed, extra))
+            if key in results:
+                continue
+            record = interim_one(dataset, variant, seed, extra)
+            if record is None:
+                print(f"{key}: no best weights yet", flush=True)
+                continue
+            interim[key] = record
+            print(f"{key}: {record['status']}, best epoch {record['best_epoch']}", flush=True)
+    path = out.with_name(out.stem + "_interim.json")
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(interim, indent=1))
+    os.replace(tmp, path)
+    if interim:
+        print(table(interim))
+    return interim
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", default=[], metavar="DATASET:VARIANT")
@@ -223,6 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    ap.add_argument(
+        "--interim",
+        action="store_true",
+        help="test the best-so-far weights of the --runs not yet in --out (training or cut short), write them "
+        "to OUT_interim.json (never to --out) and exit; the training runs are not touched",
+    )
     args = ap.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
 
@@ -231,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table(results))
         return
     extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
+    if args.interim:
+        report_interim(runs, args.seeds, extra, args.out, results)
+        return
     for seed in args.seeds:  # seeds outermost: a cut-short session has every variant for the first seeds
         for dataset, variant in runs:
             cfg = build_config(dataset, variant, seed, extra)
