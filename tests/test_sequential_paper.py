@@ -151,3 +151,40 @@ def test_a_run_claimed_by_another_driver_is_skipped(tiny_repo, capsys, monkeypat
     # released when the holder is done: the run can be claimed again
     with sequential_paper.claim_run(cfg) as again:
         assert again
+
+
+def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_it(
+    tiny_repo, capsys, monkeypatch
+):
+    import eval_protocols
+
+    from recsys.pipeline import run_dir_for, train_experiment
+    from recsys.trainer import Trainer
+
+    out = tiny_repo / "res.json"
+    extra = ["train.num_threads=1", "train.progress=false"]
+    cfg = sequential_paper.build_config("tiny", "sasrec", 3, extra)
+    with monkeypatch.context() as m:  # a session that ended after 2 of the run's 3 epochs
+        m.setattr(Trainer, "_done", lambda self: self.state.epoch >= 2)
+        train_experiment(cfg, resume=True, echo=lambda *_: None)
+    capsys.readouterr()
+    monkeypatch.setattr(sequential_paper, "train_one", lambda *a: pytest.fail("--interim trained a run"))
+    sequential_paper.main(
+        ["--interim", "--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "tiny:coarse_only:s3" in printed and "no best weights yet" in printed
+    assert not out.exists()  # never mixed with finished runs
+    interim = json.loads((tiny_repo / "res_interim.json").read_text())
+    ((key, record),) = interim.items()
+    assert key == sequential_paper.run_key("tiny", "sasrec", 3, cfg)
+    assert record["status"].startswith("interim") and "after epoch 2" in record["status"]
+    assert record["epochs_run"] == 2 and 1 <= record["best_epoch"] <= 2
+    direct = eval_protocols.main(
+        ["--config", str(tiny_repo / "configs" / "tiny_sasrec.yaml"),
+         "--weights", str(run_dir_for(cfg) / "best_model.pt")]
+    )  # fmt: skip
+    assert record["test"] == pytest.approx(direct["ours"], abs=1e-12)
+    assert record["test_reference_protocol"] == pytest.approx(
+        direct["history scored 0 + 2 zero-score non-items"], abs=1e-12
+    )
