@@ -27,6 +27,33 @@ PROTOCOLS = {
 }
 
 
+def fresh_model(config: Path, threads: int = 1):
+    """``(cfg, dataset, model)``: the config's prepared dataset and its model, untrained and prepared, for
+    loading weights into."""
+    import torch
+
+    from features import prepare
+    from recsys.config import load_config
+    from recsys.models import build_model
+    from recsys.pipeline import prepare_model
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config, [])
+    dataset = prepare(cfg.data)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+    prepare_model(model, dataset)
+    return cfg, dataset, model
+
+
+def evaluate_protocols(model, dataset, split: str, ks) -> dict:
+    """``{protocol: metrics}`` of ``model`` (in eval mode) on ``split`` under every entry of :data:`PROTOCOLS`."""
+    from eval import evaluate_model
+
+    return {
+        name: evaluate_model(model, dataset, split, ks=ks, **kwargs) for name, kwargs in PROTOCOLS.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
@@ -37,22 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from eval import evaluate_model
-    from features import prepare
-    from recsys.config import load_config
-    from recsys.models import build_model
-    from recsys.pipeline import prepare_model
-
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [])
-    dataset = prepare(cfg.data)
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
-    prepare_model(model, dataset)
+    cfg, dataset, model = fresh_model(args.config, args.threads)
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    out = {
-        name: evaluate_model(model, dataset, args.split, ks=cfg.eval.ks, **kwargs)
-        for name, kwargs in PROTOCOLS.items()
-    }
+    model.eval()
+    out = evaluate_protocols(model, dataset, args.split, cfg.eval.ks)
     print(
         json.dumps(
             {"config": str(args.config), "weights": str(args.weights), "split": args.split, **out}, indent=1

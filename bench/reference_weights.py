@@ -81,19 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     import torch
-    from eval_protocols import PROTOCOLS
+    from eval_protocols import evaluate_protocols, fresh_model
 
-    from eval import evaluate_model
-    from features import prepare
-    from recsys.config import load_config
-    from recsys.models import build_model
-    from recsys.pipeline import prepare_model
-
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [])
-    dataset = prepare(cfg.data)
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items)
-    prepare_model(model, dataset)
+    cfg, dataset, model = fresh_model(args.config, args.threads)
     item_ids = dataset.item_vocab.sort("item_idx")["item_id"].to_list()
     reference = torch.load(args.weights, map_location="cpu", weights_only=True)
     model.load_state_dict(convert(reference, item_ids, len(model.encoder.blocks)))
@@ -102,13 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": args.weights.name,
         "config": str(args.config),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        **{
-            split: {
-                name: evaluate_model(model, dataset, split, ks=cfg.eval.ks, **kw)
-                for name, kw in PROTOCOLS.items()
-            }
-            for split in ("valid", "test")
-        },
+        **{split: evaluate_protocols(model, dataset, split, cfg.eval.ks) for split in ("valid", "test")},
     }
     print(json.dumps(result, indent=1))
     if args.out:
