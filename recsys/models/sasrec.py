@@ -31,9 +31,9 @@ only the real positions (packed, :class:`PackedLayout`) plus each row's last one
 the last position, whose output is the representation; on Beauty, where the median input has 4 items out of
 50, this skips most of the work.  Attention is computed in dense grids of rows of similar length
 (:func:`attention_buckets`), not one ``[B, T, T]`` grid: a random batch nearly always holds some 50-item
-input, and the dense attention with its dropout was half the encoder's time (encoder forward and backward
-1.8x faster, an ICSRec batch 1.6x, a SASRec batch 1.5x, on one CPU thread).  It computes the same function of the parameters as the reference's
-dense encoder (a test checks it against a dense re-implementation with the reference's additive -10000
+input, and the dense attention with its dropout was about half the encoder's time (with the grids, encoder
+forward and backward are 1.8x faster, an ICSRec batch 1.6x, a SASRec batch 1.5x, on one CPU thread).  It
+computes the same function of the parameters as the reference's dense encoder (a test checks it against a dense re-implementation with the reference's additive -10000
 mask, with random vectors at the padded inputs).  Padding is embedded as zeros (the reference: row 0 of
 its item table, never updated by input lookups (``padding_idx``) but scored, and so trained, as a negative of
 the next-item loss; either only reaches padded outputs), and the last cell of an empty sequence attends to
@@ -135,7 +135,7 @@ def attention_buckets(
     keys whose attention probability is exactly 0 (and whose outputs nobody reads).
 
     With random batches of Amazon subsequences (median input 4 items, a few near 50) nearly every batch needs
-    T = 50, and the dense ``[B, heads, T, T]`` attention with its dropout was most of an epoch.
+    T = 50, and the dense ``[B, heads, T, T]`` attention with its dropout was about half the encoder's time.
 
     Returns:
         the buckets, and ``LongTensor[N]``: for each packed token, its index in the concatenation of the
@@ -179,7 +179,8 @@ class PackedLayout:
         batch, length: B and T.
         flat: ``LongTensor[N]``: ``row * T + column`` of every computed token.
         last: ``LongTensor[B]``: packed index of each row's last cell.
-        mask: ``BoolTensor[B, 1, T, T]``: :func:`attention_mask`.
+        last_mask: ``BoolTensor[B, 1, 1, T]``: the last row of :func:`attention_mask` (the keys the last
+            position attends to: the real items, and itself).
         buckets, unbucket: :func:`attention_buckets`.
     """
 
@@ -187,7 +188,7 @@ class PackedLayout:
     length: int
     flat: torch.Tensor
     last: torch.Tensor
-    mask: torch.Tensor
+    last_mask: torch.Tensor
     buckets: list[AttentionBucket]
     unbucket: torch.Tensor
 
@@ -228,7 +229,7 @@ class SelfAttentionLayer(nn.Module):
                 q,
                 self._heads(layout.scatter(keys)),
                 self._heads(layout.scatter(values)),
-                attn_mask=layout.mask[:, :, -1:],
+                attn_mask=layout.last_mask,
                 dropout_p=p,
             )
             ctx = ctx.reshape(layout.batch, -1)
@@ -338,7 +339,7 @@ class SASRecEncoder(nn.Module):
         items = self.item_emb(tokens.clamp(min=0)) * (tokens != PAD)[:, None]
         h = self.emb_dropout(self.emb_norm(items + self.pos_emb(cols + start)))
         buckets, unbucket = attention_buckets(seqs, computed, flat)
-        return h, PackedLayout(b, t, flat, last, attention_mask(seqs), buckets, unbucket), start
+        return h, PackedLayout(b, t, flat, last, computed[:, None, None, :], buckets, unbucket), start
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """Hidden states of every position: ``LongTensor[B, T]`` (left-padded with PAD) -> ``[B, L, d]``;
