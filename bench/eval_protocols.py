@@ -27,22 +27,28 @@ PROTOCOLS = {
 }
 
 
-def fresh_model(config: Path, threads: int = 1):
-    """``(cfg, dataset, model)``: the config's prepared dataset and its model, untrained and prepared, for
+def model_for(cfg):
+    """``(dataset, model)``: the resolved config's prepared dataset and its model, untrained and prepared, for
     loading weights into."""
-    import torch
-
     from features import prepare
-    from recsys.config import load_config
     from recsys.models import build_model
     from recsys.pipeline import prepare_model
 
-    torch.set_num_threads(threads)
-    cfg = load_config(config, [])
     dataset = prepare(cfg.data)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     prepare_model(model, dataset)
-    return cfg, dataset, model
+    return dataset, model
+
+
+def fresh_model(config: Path, threads: int = 1):
+    """``(cfg, dataset, model)`` for a config file: :func:`model_for` with ``threads`` torch threads."""
+    import torch
+
+    from recsys.config import load_config
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config, [])
+    return (cfg, *model_for(cfg))
 
 
 def evaluate_protocols(model, dataset, split: str, ks) -> dict:

@@ -106,8 +106,11 @@ def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
 
 def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_metrics=None) -> dict:
     """The record of one run: ``model`` holds its best-on-validation weights, ``history`` its epochs."""
+    from eval_protocols import PROTOCOLS
+
     from eval import evaluate_model
 
+    reference_protocol = PROTOCOLS["history scored 0 + 2 zero-score non-items"]
     if test_metrics is None:
         test_metrics = evaluate_model(
             model, data, split="test", ks=cfg.eval.ks, block_size=cfg.eval.block_size
@@ -120,8 +123,7 @@ def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_met
         if monitor in h and (best is None or h[monitor] > best[monitor]):
             best = h
     best_epoch = int(best["epoch"]) if best else None
-    reference = evaluate_model(model, data, split="test", ks=cfg.eval.ks,
-                               excluded_score=0.0, zero_score_items=2)  # fmt: skip
+    reference = evaluate_model(model, data, split="test", ks=cfg.eval.ks, **reference_protocol)
     return {
         "dataset": dataset,
         "variant": variant,
@@ -153,10 +155,9 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
     Not a final result: early stopping has not fired, so a later epoch may still become the best one.  The
     record says how far the run got (``epochs_run``, ``status``)."""
     import torch
+    from eval_protocols import model_for
 
-    from features import prepare
-    from recsys.models import build_model
-    from recsys.pipeline import prepare_model, run_dir_for
+    from recsys.pipeline import run_dir_for
     from recsys.trainer import BEST, CHECKPOINT
 
     cfg = build_config(dataset, variant, seed, extra)
@@ -175,9 +176,7 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
         raise SystemExit(f"{folder}: its best weights and checkpoint kept changing; try again")
     if state["best_epoch"] < 1:
         return None
-    data = prepare(cfg.data)
-    model = build_model(cfg.model, data.n_users, data.n_items)
-    prepare_model(model, data)
+    data, model = model_for(cfg)
     model.load_state_dict(weights)
     model.eval()
     record = summarize(dataset, variant, seed, extra, cfg, state["history"], model, data)
