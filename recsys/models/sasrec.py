@@ -34,10 +34,11 @@ the last position, whose output is the representation; on Beauty, where the medi
 input, and the dense attention with its dropout was about half the encoder's time (with the grids, encoder
 forward and backward are 1.8x faster, an ICSRec batch 1.6x, a SASRec batch 1.5x, on one CPU thread).  It
 computes the same function of the parameters as the reference's dense encoder (a test checks it against a
-dense re-implementation with the reference's additive -10000 mask, with random vectors at the padded inputs).  Padding is embedded as zeros (the reference: row 0 of
-its item table, never updated by input lookups (``padding_idx``) but scored, and so trained, as a negative of
-the next-item loss; either only reaches padded outputs), and the last cell of an empty sequence attends to
-itself, so an empty history still has a finite representation.
+dense re-implementation with the reference's additive -10000 mask, with random vectors at the padded inputs).
+Padding is embedded as zeros (the reference: row 0 of its item table, never updated by input lookups
+(``padding_idx``) but scored, and so trained, as a negative of the next-item loss; either only reaches padded
+outputs), and the last cell of an empty sequence attends to itself, so an empty history still has a finite
+representation.
 """
 
 from __future__ import annotations
