@@ -8,6 +8,8 @@ each run folder is claimed by one driver at a time, and results are merged into 
     .venv/bin/python bench/sequential_paper.py --runs beauty:sasrec beauty:icsrec --seeds 1 \\
         --out bench/results/sequential_paper.json
     .venv/bin/python bench/sequential_paper.py --table --out bench/results/sequential_paper.json
+    .venv/bin/python bench/sequential_paper.py --curves 10 20 50 --runs beauty:icsrec beauty:fine_only \\
+        --out bench/results/sequential_paper.json
 
 Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 
@@ -104,6 +106,11 @@ def train_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
     return record
 
 
+def monitor_key(cfg) -> str:
+    """The history key of the run's early-stopping metric (validation NDCG@20 without early stopping)."""
+    return f"valid/{cfg.train.early_stopping.metric}" if cfg.train.early_stopping else "valid/ndcg@20"
+
+
 def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_metrics=None) -> dict:
     """The record of one run: ``model`` holds its best-on-validation weights, ``history`` its epochs."""
     from eval_protocols import PROTOCOLS
@@ -117,7 +124,7 @@ def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_met
         )
     # training (with the epoch's clustering) plus the validation pass, per epoch
     epoch_times = [h.get("epoch_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in history]
-    monitor = f"valid/{cfg.train.early_stopping.metric}" if cfg.train.early_stopping else "valid/ndcg@20"
+    monitor = monitor_key(cfg)
     best = None
     for h in history:  # first epoch reaching the maximum: the trainer keeps the first strict improvement
         if monitor in h and (best is None or h[monitor] > best[monitor]):
@@ -184,6 +191,50 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
     done = "early stopping fired" if state["stopped_early"] else "still training or cut short"
     record["status"] = f"interim: {done} after epoch {state['epoch']}; best-so-far weights tested"
     return record
+
+
+def curves(runs, seeds, extra, epochs: list[int]) -> str:
+    """A markdown table of each run's validation NDCG@20 (the early-stopping metric) at the given epochs,
+    read from its checkpoint, finished or still training; a run without a checkpoint is left out.
+
+    Runs at different stages compare fairly only at equal epochs: the best-so-far test numbers of a run that
+    is still rising (``--interim``) are not those of a converged one."""
+    import torch
+
+    from recsys.pipeline import run_dir_for
+    from recsys.trainer import CHECKPOINT
+
+    columns: list[tuple[str, dict[int, float]]] = []
+    for seed in seeds:
+        for dataset, variant in runs:
+            cfg = build_config(dataset, variant, seed, extra)
+            path = run_dir_for(cfg) / CHECKPOINT
+            if not path.exists():
+                continue
+            history = torch.load(path, map_location="cpu", weights_only=False)["state"]["history"]
+            monitor = monitor_key(cfg)
+            columns.append(
+                (
+                    f"{dataset}:{variant}:s{seed}",
+                    {int(h["epoch"]): h[monitor] for h in history if monitor in h},
+                )
+            )
+    head = "| epoch | " + " | ".join(name for name, _ in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    for epoch in epochs:
+        cells = (f"{curve[epoch]:.4f}" if epoch in curve else "" for _, curve in columns)
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    best_cells, run_cells = [], []
+    for _, curve in columns:
+        if curve:  # the first epoch reaching the maximum, as the trainer keeps it
+            epoch = max(curve, key=lambda e: (curve[e], -e))
+            best_cells.append(f"{curve[epoch]:.4f} ({epoch})")
+        else:
+            best_cells.append("")
+        run_cells.append(str(max(curve, default=0)))
+    lines.append("| best (epoch) | " + " | ".join(best_cells) + " |")
+    lines.append("| epochs run | " + " | ".join(run_cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:
@@ -305,6 +356,14 @@ def main(argv: list[str] | None = None) -> None:
         help="test the best-so-far weights of the --runs not yet in --out (training or cut short), write them "
         "to OUT_interim.json (never to --out) and exit; the training runs are not touched",
     )
+    ap.add_argument(
+        "--curves",
+        type=int,
+        nargs="+",
+        metavar="EPOCH",
+        help="print the validation NDCG@20 of the --runs at these epochs, from their checkpoints (finished or "
+        "still training), and exit",
+    )
     args = ap.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
 
@@ -313,6 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table(results))
         return
     extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
+    if args.curves:
+        print(curves(runs, args.seeds, extra, args.curves))
+        return
     if args.interim:
         report_interim(runs, args.seeds, extra, args.out, results)
         return

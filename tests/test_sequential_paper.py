@@ -188,3 +188,32 @@ def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_i
     assert record["test_reference_protocol"] == pytest.approx(
         direct["history scored 0 + 2 zero-score non-items"], abs=1e-12
     )
+
+
+def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_repo, capsys, monkeypatch):
+    import torch
+
+    from recsys.pipeline import run_dir_for, train_experiment
+    from recsys.trainer import CHECKPOINT, Trainer
+
+    out = tiny_repo / "res.json"
+    extra = ["train.num_threads=1", "train.progress=false"]
+    cfg = sequential_paper.build_config("tiny", "sasrec", 3, extra)
+    with monkeypatch.context() as m:  # a run cut short after 2 of its 3 epochs
+        m.setattr(Trainer, "_done", lambda self: self.state.epoch >= 2)
+        train_experiment(cfg, resume=True, echo=lambda *_: None)
+    history = torch.load(run_dir_for(cfg) / CHECKPOINT, weights_only=False)["state"]["history"]
+    capsys.readouterr()
+    monkeypatch.setattr(sequential_paper, "train_one", lambda *a: pytest.fail("--curves trained a run"))
+    sequential_paper.main(
+        ["--curves", "1", "2", "3", "--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3",
+         "--out", str(out)]
+    )  # fmt: skip
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "| epoch | tiny:sasrec:s3 |"  # the coarse-only run has no checkpoint: left out
+    valid = [h["valid/ndcg@20"] for h in history]
+    assert rows[2:5] == [f"| 1 | {valid[0]:.4f} |", f"| 2 | {valid[1]:.4f} |", "| 3 |  |"]
+    best = 1 if valid[0] >= valid[1] else 2
+    assert rows[5] == f"| best (epoch) | {max(valid):.4f} ({best}) |"
+    assert rows[6] == "| epochs run | 2 |"
+    assert not out.exists()
