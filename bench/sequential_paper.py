@@ -204,36 +204,25 @@ def curves(runs, seeds, extra, epochs: list[int]) -> str:
     from recsys.pipeline import run_dir_for
     from recsys.trainer import CHECKPOINT
 
-    columns: list[tuple[str, dict[int, float]]] = []
+    columns = []  # (label, {epoch: value}, best epoch, last epoch): the trainer's own record of the latter two
     for seed in seeds:
         for dataset, variant in runs:
             cfg = build_config(dataset, variant, seed, extra)
             path = run_dir_for(cfg) / CHECKPOINT
             if not path.exists():
                 continue
-            history = torch.load(path, map_location="cpu", weights_only=False)["state"]["history"]
+            state = torch.load(path, map_location="cpu", weights_only=False)["state"]
             monitor = monitor_key(cfg)
-            columns.append(
-                (
-                    f"{dataset}:{variant}:s{seed}",
-                    {int(h["epoch"]): h[monitor] for h in history if monitor in h},
-                )
-            )
-    head = "| epoch | " + " | ".join(name for name, _ in columns) + " |"
+            curve = {int(h["epoch"]): h[monitor] for h in state["history"] if monitor in h}
+            columns.append((f"{dataset}:{variant}:s{seed}", curve, state["best_epoch"], state["epoch"]))
+    head = "| epoch | " + " | ".join(label for label, *_ in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     for epoch in epochs:
-        cells = (f"{curve[epoch]:.4f}" if epoch in curve else "" for _, curve in columns)
+        cells = (f"{curve[epoch]:.4f}" if epoch in curve else "" for _, curve, *_ in columns)
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    best_cells, run_cells = [], []
-    for _, curve in columns:
-        if curve:  # the first epoch reaching the maximum, as the trainer keeps it
-            epoch = max(curve, key=lambda e: (curve[e], -e))
-            best_cells.append(f"{curve[epoch]:.4f} ({epoch})")
-        else:
-            best_cells.append("")
-        run_cells.append(str(max(curve, default=0)))
-    lines.append("| best (epoch) | " + " | ".join(best_cells) + " |")
-    lines.append("| epochs run | " + " | ".join(run_cells) + " |")
+    best = (f"{curve[b]:.4f} ({b})" if b in curve else "" for _, curve, b, _ in columns)
+    lines.append("| best (epoch) | " + " | ".join(best) + " |")
+    lines.append("| epochs run | " + " | ".join(str(last) for *_, last in columns) + " |")
     return "\n".join(lines)
 
 
