@@ -8,8 +8,7 @@ each run folder is claimed by one driver at a time, and results are merged into 
     .venv/bin/python bench/sequential_paper.py --runs beauty:sasrec beauty:icsrec --seeds 1 \\
         --out bench/results/sequential_paper.json
     .venv/bin/python bench/sequential_paper.py --table --out bench/results/sequential_paper.json
-    .venv/bin/python bench/sequential_paper.py --curves 10 20 50 --runs beauty:icsrec beauty:fine_only \\
-        --out bench/results/sequential_paper.json
+    .venv/bin/python bench/sequential_paper.py --curves 10 20 50 --runs beauty:icsrec beauty:fine_only
 
 Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch / faiss threads (not part of the run's identity)"
     )
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, help="results JSON (required in every mode but --curves)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     ap.add_argument(
         "--interim",
@@ -355,14 +354,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
+    extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
+    if args.curves:  # reads only the runs' checkpoints, never the results file
+        print(curves(runs, args.seeds, extra, args.curves))
+        return
+    if args.out is None:
+        ap.error("--out is required unless --curves is given")
 
     results = load_results(args.out)
     if args.table:
         print(table(results))
-        return
-    extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
-    if args.curves:
-        print(curves(runs, args.seeds, extra, args.curves))
         return
     if args.interim:
         report_interim(runs, args.seeds, extra, args.out, results)

@@ -196,7 +196,6 @@ def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_
     from recsys.pipeline import run_dir_for, train_experiment
     from recsys.trainer import CHECKPOINT, Trainer
 
-    out = tiny_repo / "res.json"
     extra = ["train.num_threads=1", "train.progress=false"]
     cfg = sequential_paper.build_config("tiny", "sasrec", 3, extra)
     with monkeypatch.context() as m:  # a run cut short after 2 of its 3 epochs
@@ -205,10 +204,10 @@ def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_
     history = torch.load(run_dir_for(cfg) / CHECKPOINT, weights_only=False)["state"]["history"]
     capsys.readouterr()
     monkeypatch.setattr(sequential_paper, "train_one", lambda *a: pytest.fail("--curves trained a run"))
+    # --curves reads only checkpoints: it needs no --out, and no results file appears
     sequential_paper.main(
-        ["--curves", "1", "2", "3", "--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3",
-         "--out", str(out)]
-    )  # fmt: skip
+        ["--curves", "1", "2", "3", "--runs", "tiny:sasrec", "tiny:coarse_only", "--seeds", "3"]
+    )
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[0] == "| epoch | tiny:sasrec:s3 |"  # the coarse-only run has no checkpoint: left out
     valid = [h["valid/ndcg@20"] for h in history]
@@ -216,4 +215,7 @@ def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_
     best = 1 if valid[0] >= valid[1] else 2
     assert rows[5] == f"| best (epoch) | {max(valid):.4f} ({best}) |"
     assert rows[6] == "| epochs run | 2 |"
-    assert not out.exists()
+    assert not list(tiny_repo.glob("*.json"))  # no results file written
+    with pytest.raises(SystemExit):  # every other mode still needs the results file
+        sequential_paper.main(["--table"])
+    assert "--out is required" in capsys.readouterr().err
