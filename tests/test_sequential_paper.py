@@ -96,6 +96,28 @@ def test_bad_run_names_are_refused():
         sequential_paper.parse_run("beauty:bert4rec")
 
 
+def test_table_gives_mean_and_sample_std_over_seeds_per_protocol():
+    def run(seed, hit5, epoch, seconds):
+        ours = {"hit@5": hit5, "ndcg@5": 0.03, "hit@20": 0.1, "ndcg@20": 0.05}
+        reference = {**ours, "hit@5": hit5 - 0.01}
+        return {"dataset": "beauty", "variant": "sasrec", "seed": seed, "test": ours,
+                "test_reference_protocol": reference, "best_epoch": epoch, "seconds_per_epoch": seconds}  # fmt: skip
+
+    results = {"a": run(1, 0.045, 50, 40.0), "b": run(2, 0.055, 70, 60.0)}
+    rows = sequential_paper.table(results).splitlines()
+    ours = next(r for r in rows if "| ours |" in r)
+    reference = next(r for r in rows if "| reference |" in r)
+    # two seeds; hit@5 0.045 and 0.055: mean 0.05, sample std 0.005 * sqrt(2) = 0.0071; equal values: std 0
+    assert ours.startswith("| beauty | sasrec | 2 | ours | 0.0500 ± 0.0071 | 0.0300 ± 0.0000 |")
+    assert reference.startswith("| beauty | sasrec | 2 | reference | 0.0400 ± 0.0071 |")
+    assert ours.endswith("| 60 | 50 |")  # mean best epoch, mean seconds per epoch
+    paper = next(r for r in rows if "| paper |" in r)
+    assert "0.0377 | 0.0241 | 0.0894 | 0.0386" in paper
+    # one seed: the bare value, no spread
+    one = sequential_paper.table({"a": run(1, 0.045, 50, 40.0)})
+    assert "| 1 | ours | 0.0450 | 0.0300 |" in one and "±" not in one
+
+
 def test_eval_protocols_tests_saved_weights_under_both_protocols(tiny_repo, capsys):
     import eval_protocols
 
