@@ -296,10 +296,15 @@ def save_result(out: Path, key: str, record: dict) -> dict:
 
 
 def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
-    """Interim records of the unfinished runs, written (atomically, whole) to ``OUT_interim.json``."""
+    """Interim records of the unfinished runs, written (atomically) to ``OUT_interim.json``.
+
+    The records already in that file for other runs are kept, so that testing one run does not drop
+    another's; a record is dropped once its run has a final record in ``results``."""
     import torch
 
     torch.set_num_threads(1)  # beside the training processes
+    path = out.with_name(out.stem + "_interim.json")
+    kept = {key: rec for key, rec in load_results(path).items() if key not in results}
     interim = {}
     for seed in seeds:
         for dataset, variant in runs:
@@ -312,9 +317,8 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
                 continue
             interim[key] = record
             print(f"{key}: {record['status']}, best epoch {record['best_epoch']}", flush=True)
-    path = out.with_name(out.stem + "_interim.json")
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(interim, indent=1))
+    tmp.write_text(json.dumps(kept | interim, indent=1))
     os.replace(tmp, path)
     if interim:
         print(table(interim))
@@ -341,8 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--interim",
         action="store_true",
-        help="test the best-so-far weights of the --runs not yet in --out (training or cut short), write them "
-        "to OUT_interim.json (never to --out) and exit; the training runs are not touched",
+        help="test the best-so-far weights of the --runs not yet in --out (training or cut short), add them "
+        "to OUT_interim.json (never to --out; other runs' records stay there until those runs finish) and "
+        "exit; the training runs are not touched",
     )
     ap.add_argument(
         "--curves",

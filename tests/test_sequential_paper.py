@@ -211,6 +211,16 @@ def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_i
         direct["history scored 0 + 2 zero-score non-items"], abs=1e-12
     )
 
+    # a later call naming other runs keeps this record; a run that has finished since loses its interim one
+    finished = sequential_paper.run_key(
+        "tiny", "fine_only", 3, sequential_paper.build_config("tiny", "fine_only", 3, extra)
+    )
+    interim[finished] = dict(record)
+    (tiny_repo / "res_interim.json").write_text(json.dumps(interim))
+    out.write_text(json.dumps({finished: record}))
+    sequential_paper.main(["--interim", "--runs", "tiny:coarse_only", "--seeds", "3", "--out", str(out)])
+    assert json.loads((tiny_repo / "res_interim.json").read_text()) == {key: record}
+
 
 def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_repo, capsys, monkeypatch):
     import torch
