@@ -227,7 +227,8 @@ def curves(runs, seeds, extra, epochs: list[int]) -> str:
 
 def table(results: dict) -> str:
     """Mean ± sample std over seeds per (dataset, variant) (the bare value for one seed), beside the paper's
-    numbers."""
+    numbers.  A group holding unfinished runs (``--interim`` records) says so, with the epochs each has run:
+    its seeds may stand at different epochs, so its mean is not that of converged runs."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results.values():
         groups.setdefault((r["dataset"], r["variant"]), []).append(r)
@@ -242,8 +243,11 @@ def table(results: dict) -> str:
                 cells.append(f"{mean} ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else mean)
             epochs = statistics.fmean(r["best_epoch"] or 0 for r in runs)
             speed = statistics.fmean(r["seconds_per_epoch"] or 0 for r in runs)
+            seeds = str(len(runs))
+            if any(r.get("status", "").startswith("interim") for r in runs):
+                seeds += " (interim at epochs " + ", ".join(str(r["epochs_run"]) for r in runs) + ")"
             lines.append(
-                f"| {dataset} | {variant} | {len(runs)} | {label} | "
+                f"| {dataset} | {variant} | {seeds} | {label} | "
                 + " | ".join(cells)
                 + f" | {epochs:.0f} | {speed:.0f} |"
             )

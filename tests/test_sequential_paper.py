@@ -116,6 +116,11 @@ def test_table_gives_mean_and_sample_std_over_seeds_per_protocol():
     # one seed: the bare value, no spread
     one = sequential_paper.table({"a": run(1, 0.045, 50, 40.0)})
     assert "| 1 | ours | 0.0450 | 0.0300 |" in one and "±" not in one
+    # unfinished runs (--interim records) are marked, with the epoch each stands at
+    unfinished = {k: {**r, "status": "interim: still training", "epochs_run": n}
+                  for (k, r), n in zip(results.items(), (62, 79), strict=True)}  # fmt: skip
+    assert "| 2 (interim at epochs 62, 79) | ours |" in sequential_paper.table(unfinished)
+    assert "interim" not in sequential_paper.table(results)
 
 
 def test_eval_protocols_tests_saved_weights_under_both_protocols(tiny_repo, capsys):
