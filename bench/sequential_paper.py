@@ -235,17 +235,18 @@ def table(results: dict) -> str:
     head = "| dataset | variant | seeds | protocol | " + " | ".join(KEYS) + " | epochs to best | s / epoch |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for (dataset, variant), runs in sorted(groups.items()):
+        # The seeds label and the timings describe the group, not one protocol's test numbers.
+        seeds = str(len(runs))
+        if any(r.get("status", "").startswith("interim") for r in runs):
+            seeds += " (interim at epochs " + ", ".join(str(r["epochs_run"]) for r in runs) + ")"
+        epochs = statistics.fmean(r["best_epoch"] or 0 for r in runs)
+        speed = statistics.fmean(r["seconds_per_epoch"] or 0 for r in runs)
         for label, part in (("ours", "test"), ("reference", "test_reference_protocol")):
             cells = []
             for key in KEYS:
                 vals = [r[part][key] for r in runs]
                 mean = f"{statistics.fmean(vals):.4f}"  # one seed has no spread to show
                 cells.append(f"{mean} ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else mean)
-            epochs = statistics.fmean(r["best_epoch"] or 0 for r in runs)
-            speed = statistics.fmean(r["seconds_per_epoch"] or 0 for r in runs)
-            seeds = str(len(runs))
-            if any(r.get("status", "").startswith("interim") for r in runs):
-                seeds += " (interim at epochs " + ", ".join(str(r["epochs_run"]) for r in runs) + ")"
             lines.append(
                 f"| {dataset} | {variant} | {seeds} | {label} | "
                 + " | ".join(cells)
