@@ -37,10 +37,16 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="overrides applied to every config")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--resume", action="store_true",
-                    help="continue each config from its last checkpoint (long runs spread over sessions)")
-    ap.add_argument("--name-suffix", default="",
-                    help="appended to each config's name (e.g. an ablation tag), so runs do not overwrite")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each config from its last checkpoint (long runs spread over sessions)",
+    )
+    ap.add_argument(
+        "--name-suffix",
+        default="",
+        help="appended to each config's name (e.g. an ablation tag), so runs do not overwrite",
+    )
     args = ap.parse_args()
 
     from recsys.config import load_config
@@ -59,8 +65,14 @@ def main() -> None:
         for h in res.history:
             elapsed += h.get("epoch_time_s", 0.0)
             if "test/recall@20" in h:
-                curve.append({"epoch": h["epoch"], "train_seconds": round(elapsed, 2),
-                              "recall@20": h["test/recall@20"], "ndcg@20": h["test/ndcg@20"]})
+                curve.append(
+                    {
+                        "epoch": h["epoch"],
+                        "train_seconds": round(elapsed, 2),
+                        "recall@20": h["test/recall@20"],
+                        "ndcg@20": h["test/ndcg@20"],
+                    }
+                )
         results[cfg.name] = {
             "config": path,
             "overrides": args.set,
@@ -75,8 +87,11 @@ def main() -> None:
             "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
-        print(f"{cfg.name}: R@20 {res.test_metrics['recall@20']:.4f} N@20 {res.test_metrics['ndcg@20']:.4f} "
-              f"in {wall:.1f} s", flush=True)
+        print(
+            f"{cfg.name}: R@20 {res.test_metrics['recall@20']:.4f} N@20 {res.test_metrics['ndcg@20']:.4f} "
+            f"in {wall:.1f} s",
+            flush=True,
+        )
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, out)

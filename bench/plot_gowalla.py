@@ -1,6 +1,6 @@
 """Plot test Recall@20 against training wall time for the Gowalla baselines (from bench/results/*.json).
 
-    .venv/bin/python bench/plot_gowalla.py bench/results/gowalla_*.json --out docs/gowalla_recall_vs_time.png
+.venv/bin/python bench/plot_gowalla.py bench/results/gowalla_*.json --out docs/gowalla_recall_vs_time.png
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ def main() -> None:
                 ys = [p["recall@20"] for p in r["curve"]]
                 ax.plot(xs, ys, marker="o", ms=3, label=f"{name} (per {r['train']['eval_every']} epochs)")
             else:
-                ax.scatter([r["wall_seconds"] / 60], [r["test"]["recall@20"]], marker="*", s=120,
-                           label=f"{name} (closed form, incl. evaluation)", zorder=3)
+                ax.scatter(
+                    [r["wall_seconds"] / 60],
+                    [r["test"]["recall@20"]],
+                    marker="*",
+                    s=120,
+                    label=f"{name} (closed form, incl. evaluation)",
+                    zorder=3,
+                )
     ax.axhline(0.1830, color="grey", ls="--", lw=1, label="LightGCN paper, 1000 GPU epochs")
     ax.set_xlabel("training wall time on 2 CPU cores (minutes)")
     ax.set_ylabel("test Recall@20")

@@ -15,7 +15,9 @@ def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers like 5,10,20, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--k expects comma-separated integers like 5,10,20, got {text!r}"
+        ) from None
     if not ks or ks[0] < 1:
         raise argparse.ArgumentTypeError(f"--k expects positive integers, got {text!r}")
     return ks
@@ -64,8 +66,19 @@ def cmd_data_prepare(args) -> int:
 
     cfg = _load_cfg(args)
     ds = prepare(cfg.data, force=args.force)
-    print(json.dumps({"path": str(ds.root), "n_users": ds.n_users, "n_items": ds.n_items,
-                      "counts": ds.manifest["counts"], "split": ds.manifest.get("split")}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "path": str(ds.root),
+                "n_users": ds.n_users,
+                "n_items": ds.n_items,
+                "counts": ds.manifest["counts"],
+                "split": ds.manifest.get("split"),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 
@@ -88,9 +101,15 @@ def cmd_evaluate(args) -> int:
 
         run = load_run(args.run)
         ks = args.k or run.config.eval.ks
-        metrics = evaluate_model(run.model, run.dataset, split=args.split, ks=ks,
-                                 block_size=run.config.eval.block_size, excluded_score=args.excluded_score,
-                                 zero_score_items=args.zero_score_items)
+        metrics = evaluate_model(
+            run.model,
+            run.dataset,
+            split=args.split,
+            ks=ks,
+            block_size=run.config.eval.block_size,
+            excluded_score=args.excluded_score,
+            zero_score_items=args.zero_score_items,
+        )
     else:
         if not (args.recs and args.truth):
             print("error: give either --run RUN_ID or both --recs and --truth", file=sys.stderr)
@@ -176,20 +195,32 @@ def cmd_explain_sequence(args, run) -> int:
         position = {x: i for i, x in enumerate(item_ids)}
         unknown = [x for x in args.sequence if x not in position]
         if unknown:
-            print(f"error: items {unknown[:5]} are not items of run {args.run} ({len(item_ids)} items)",
-                  file=sys.stderr)
+            print(
+                f"error: items {unknown[:5]} are not items of run {args.run} ({len(item_ids)} items)",
+                file=sys.stderr,
+            )
             return 2
         seq = [position[x] for x in args.sequence]
     else:
         try:
             user_idx = user_ids.index(str(args.user))
         except ValueError:
-            print(f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)",
-                  file=sys.stderr)
+            print(
+                f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)",
+                file=sys.stderr,
+            )
             return 2
         seq = model.histories["all"][user_idx].tolist()  # every known item: what the served index answers
-    exp = explain_sequence(model, seq, item_ids=item_ids, titles=titles, user_ids=user_ids,
-                           top_intents=args.intents, items_per_intent=args.items, k=args.k)
+    exp = explain_sequence(
+        model,
+        seq,
+        item_ids=item_ids,
+        titles=titles,
+        user_ids=user_ids,
+        top_intents=args.intents,
+        items_per_intent=args.items,
+        k=args.k,
+    )
     print(json.dumps(exp.to_dict()) if args.json else format_sequence_explanation(exp))
     return 0
 
@@ -205,8 +236,11 @@ def cmd_explain(args) -> int:
     if getattr(run.model, "intent_centroids", None) is not None:
         return cmd_explain_sequence(args, run)
     if args.sequence:
-        print(f"error: --sequence needs a sequence model with intents (ICSRec), run {args.run} is "
-              f"{run.config.model['name']!r}", file=sys.stderr)
+        print(
+            f"error: --sequence needs a sequence model with intents (ICSRec), run {args.run} is "
+            f"{run.config.model['name']!r}",
+            file=sys.stderr,
+        )
         return 2
     ds = run.dataset
     users = ds.user_vocab.sort("user_idx")
@@ -214,7 +248,10 @@ def cmd_explain(args) -> int:
     try:
         user_idx = user_ids.index(str(args.user))
     except ValueError:
-        print(f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)", file=sys.stderr)
+        print(
+            f"error: user {args.user!r} is not a user of run {args.run} ({len(user_ids)} users)",
+            file=sys.stderr,
+        )
         return 2
     items = ds.item_vocab.sort("item_idx")
     titles = items["title"].to_list() if "title" in items.columns else None
@@ -246,8 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_config_args(sp):
         sp.add_argument("--config", "-c", required=True, help="YAML experiment config (see configs/)")
-        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="override any config key, e.g. train.lr=5e-4 model.dim=32")
+        sp.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="override any config key, e.g. train.lr=5e-4 model.dim=32",
+        )
 
     data = sub.add_parser("data", help="data commands")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -269,12 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
-        "--excluded-score", type=_finite_float, default=None, metavar="S",
+        "--excluded-score",
+        type=_finite_float,
+        default=None,
+        metavar="S",
         help="with --run: keep the user's known items in the ranking with score S instead of removing them "
         "(the ICLRec/ICSRec reference evaluation uses 0); default: removed",
     )
     ev.add_argument(
-        "--zero-score-items", type=_non_negative_int, default=0, metavar="N",
+        "--zero-score-items",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
         help="with --run: rank N extra never-relevant entries of score 0 with the items, a stand-in for the "
         "reference's padding and mask rows (2); default 0",
     )
@@ -288,8 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recommend", help="top-k items for a user, or next items for an item sequence")
     rc.add_argument("--run", required=True)
     rc.add_argument("--user", help="original user id")
-    rc.add_argument("--sequence", nargs="+", metavar="ITEM",
-                    help="item ids, oldest first: next items for this sequence (sequence models)")
+    rc.add_argument(
+        "--sequence",
+        nargs="+",
+        metavar="ITEM",
+        help="item ids, oldest first: next items for this sequence (sequence models)",
+    )
     rc.add_argument("--k", type=int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.set_defaults(func=cmd_recommend)
@@ -297,8 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")
     xp.add_argument("--run", required=True)
     xp.add_argument("--user", help="original user id")
-    xp.add_argument("--sequence", nargs="+", metavar="ITEM",
-                    help="sequence models (ICSRec): explain these original item ids, oldest first")
+    xp.add_argument(
+        "--sequence",
+        nargs="+",
+        metavar="ITEM",
+        help="sequence models (ICSRec): explain these original item ids, oldest first",
+    )
     xp.add_argument("--intents", type=int, default=3, help="top intents to show")
     xp.add_argument("--items", type=int, default=5, help="most aligned items per intent")
     xp.add_argument("--k", type=int, default=10, help="recommendations to attribute to intents")

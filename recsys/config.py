@@ -130,7 +130,9 @@ class ExperimentConfig(_Strict):
         ``train.progress``), are left out, so that a run can be resumed with another thread count."""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(payload.get("train"), dict):
-            payload["train"] = {k: v for k, v in payload["train"].items() if k not in ("num_threads", "progress")}
+            payload["train"] = {
+                k: v for k, v in payload["train"].items() if k not in ("num_threads", "progress")
+            }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -52,8 +52,16 @@ def _plot_history(history: list[dict[str, float]], title: str):
     ax1.set_ylabel("loss")
     ax1.set_title("training loss parts")
     ax1.legend(fontsize=8)
-    metric_keys = sorted({k for h in history for k in h if k.startswith(("valid/", "test/")) and "coverage" not in k
-                          and k.split("@")[0].split("/")[1] in ("recall", "ndcg")})
+    metric_keys = sorted(
+        {
+            k
+            for h in history
+            for k in h
+            if k.startswith(("valid/", "test/"))
+            and "coverage" not in k
+            and k.split("@")[0].split("/")[1] in ("recall", "ndcg")
+        }
+    )
     for key in metric_keys:
         pts = [(h["epoch"], h[key]) for h in history if key in h]
         ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=key)
@@ -71,8 +79,11 @@ def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Modul
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
     (folder / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     (folder / "dataset.json").write_text(
-        json.dumps({"root": str(dataset.root), "manifest_hash": dataset.manifest_hash,
-                    "manifest": dataset.manifest}, indent=2, default=str),
+        json.dumps(
+            {"root": str(dataset.root), "manifest_hash": dataset.manifest_hash, "manifest": dataset.manifest},
+            indent=2,
+            default=str,
+        ),
         encoding="utf-8",
     )
     return folder
@@ -97,8 +108,10 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
 
     t_start = time.perf_counter()
     dataset = prepare(cfg.data)
-    echo(f"data: {dataset.root} ({dataset.n_users:,} users, {dataset.n_items:,} items, "
-         f"{dataset.manifest['counts']})")
+    echo(
+        f"data: {dataset.root} ({dataset.n_users:,} users, {dataset.n_items:,} items, "
+        f"{dataset.manifest['counts']})"
+    )
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
@@ -113,8 +126,13 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
         resume_run_id = run_id_file.read_text().strip() or None
 
     tc = cfg.tracking
-    tracker = RunTracker.start(enabled=tc.enabled, experiment=tc.experiment, uri=tc.uri,
-                               run_name=cfg.name, resume_run_id=resume_run_id)
+    tracker = RunTracker.start(
+        enabled=tc.enabled,
+        experiment=tc.experiment,
+        uri=tc.uri,
+        run_name=cfg.name,
+        resume_run_id=resume_run_id,
+    )
     with tracker:
         if tracker.run_id:
             run_id_file.write_text(tracker.run_id)
@@ -122,20 +140,25 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
             tracker.log_params(cfg.to_dict())
             tracker.log_dict(cfg.to_dict(), "config.json")
             tracker.log_dict(dataset.manifest, "dataset_manifest.json")
-            tracker.set_tags({
-                "git_commit": git_commit(),
-                "dataset_manifest_hash": dataset.manifest_hash,
-                "dataset_root": str(dataset.root),
-                "model": cfg.model["name"],
-                "device": str(device),
-            })
+            tracker.set_tags(
+                {
+                    "git_commit": git_commit(),
+                    "dataset_manifest_hash": dataset.manifest_hash,
+                    "dataset_root": str(dataset.root),
+                    "model": cfg.model["name"],
+                    "device": str(device),
+                }
+            )
         trainer = Trainer(model, dataset, cfg, run_dir, tracker=tracker, device=device)
         state = trainer.fit(resume=resume)
         train_seconds = time.perf_counter() - t_start
-        test_metrics = evaluate_model(model, dataset, split="test", ks=cfg.eval.ks,
-                                      block_size=cfg.eval.block_size)
+        test_metrics = evaluate_model(
+            model, dataset, split="test", ks=cfg.eval.ks, block_size=cfg.eval.block_size
+        )
         tracker.log_metrics(test_metrics, prefix="test_final/")
-        tracker.log_metrics({"train_seconds": train_seconds, "epochs_run": state.epoch, "steps_run": state.step})
+        tracker.log_metrics(
+            {"train_seconds": train_seconds, "epochs_run": state.epoch, "steps_run": state.step}
+        )
         if state.best_epoch >= 0:
             tracker.log_metrics({"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric})
         if state.history:
@@ -147,8 +170,9 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
             tracker.log_dict({"history": state.history}, "history.json")
         if tc.log_model:
             with tempfile.TemporaryDirectory() as tmp:
-                tracker.log_artifacts(save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset),
-                                      MODEL_ARTIFACT)
+                tracker.log_artifacts(
+                    save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset), MODEL_ARTIFACT
+                )
     return RunResult(tracker.run_id, cfg, dataset, model, test_metrics, state.history, run_dir, train_seconds)
 
 
@@ -167,8 +191,9 @@ def load_run(run_id: str) -> LoadedRun:
     from recsys.models import build_model
 
     folder = download_run_artifacts(run_id, MODEL_ARTIFACT)
-    cfg = validate_config(__import__("yaml").safe_load((folder / "config.yaml").read_text()),
-                          source=f"run {run_id} config.yaml")
+    cfg = validate_config(
+        __import__("yaml").safe_load((folder / "config.yaml").read_text()), source=f"run {run_id} config.yaml"
+    )
     info = json.loads((folder / "dataset.json").read_text())
     root = Path(info["root"])
     dataset = PreparedDataset.load(root) if (root / "manifest.json").exists() else prepare(cfg.data)
@@ -240,7 +265,9 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
     encode = getattr(model, "encode_sequences", None)
     if not callable(encode):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
-        raise ValueError(f"model {name!r} has no sequence encoder: only sequence models answer item sequences")
+        raise ValueError(
+            f"model {name!r} has no sequence encoder: only sequence models answer item sequences"
+        )
     length = max_len or model.config.max_len
 
     def encoder(sequences: list) -> np.ndarray:

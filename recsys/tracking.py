@@ -39,7 +39,9 @@ def git_commit() -> str:
             return "unknown"
         dirty = subprocess.run(
             ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -112,7 +114,9 @@ class RunTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end("FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED"))
+        self.end(
+            "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        )
 
     # ---- logging ------------------------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -120,8 +124,10 @@ class RunTracker:
             return
         import mlflow
 
-        flat = {k: ("null" if v is None else json.dumps(v) if isinstance(v, list) else v)
-                for k, v in flatten(params).items()}
+        flat = {
+            k: ("null" if v is None else json.dumps(v) if isinstance(v, list) else v)
+            for k, v in flatten(params).items()
+        }
         items = list(flat.items())
         for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
             mlflow.log_params(dict(items[i : i + 90]))
@@ -185,4 +191,6 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
             "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"
         ) from None
     dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
+    )

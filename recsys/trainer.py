@@ -150,8 +150,9 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         from eval import evaluate_model
 
-        return evaluate_model(self.model, self.dataset, split=split, ks=self.cfg.eval.ks,
-                              block_size=self.cfg.eval.block_size)
+        return evaluate_model(
+            self.model, self.dataset, split=split, ks=self.cfg.eval.ks, block_size=self.cfg.eval.block_size
+        )
 
     def _call_hooks(self, name: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -227,8 +228,13 @@ class Trainer:
             sums: dict[str, float] = {}
             n_batches = 0
             sampler = self._sampler(epoch)
-            bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch + 1}", leave=False,
-                       disable=None if self.tc.progress else True)
+            bar = tqdm(
+                sampler,
+                total=len(sampler),
+                desc=f"epoch {epoch + 1}",
+                leave=False,
+                disable=None if self.tc.progress else True,
+            )
             for batch in bar:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 total, parts = self.model.loss(batch)
@@ -281,7 +287,9 @@ class Trainer:
         es = self.tc.early_stopping
         key = es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
         if key not in metrics:
-            raise ValueError(f"train.early_stopping.metric: {key!r} is not computed; available: {sorted(metrics)}")
+            raise ValueError(
+                f"train.early_stopping.metric: {key!r} is not computed; available: {sorted(metrics)}"
+            )
         value = metrics[key]
         if value > self.state.best_metric:
             self.state.best_metric = value

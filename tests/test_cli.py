@@ -155,7 +155,9 @@ def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, ca
     assert main(["index", "--run", run_id, "--out", str(out_dir)]) == 0
     capsys.readouterr()
     assert main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--index", str(out_dir)]) == 0
-    recs = [ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln]
+    recs = [
+        ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln
+    ]
     assert len(recs) == 5
 
     assert main(["explain", "--run", run_id, "--user", "u3", "--k", "5", "--json"]) == 0

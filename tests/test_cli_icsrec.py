@@ -32,7 +32,9 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["hit@5"] == pytest.approx(run.data.metrics["test_final/hit_at_5"], abs=1e-12)
     # the reference code's protocol: the flags reach evaluate_model
-    assert main(["evaluate", "--run", run_id, "--json", "--excluded-score", "0", "--zero-score-items", "2"]) == 0
+    assert (
+        main(["evaluate", "--run", run_id, "--json", "--excluded-score", "0", "--zero-score-items", "2"]) == 0
+    )
     reference = json.loads(capsys.readouterr().out)
     from eval import evaluate_model
     from recsys.pipeline import load_run
@@ -74,7 +76,9 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     capsys.readouterr()
     args = ["recommend", "--run", run_id, "--index", str(out_dir), "--k", "5"]
     assert main([*args, "--sequence", *history]) == 0
-    cli_seq = [ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln]
+    cli_seq = [
+        ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln
+    ]
     assert cli_seq == user_recs
     assert main([*args, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
@@ -92,7 +96,9 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert main(["explain", "--run", run_id]) == 2
 
 
-@pytest.mark.parametrize("flags", [["--excluded-score", "nan"], ["--excluded-score", "x"], ["--zero-score-items", "-1"]])
+@pytest.mark.parametrize(
+    "flags", [["--excluded-score", "nan"], ["--excluded-score", "x"], ["--zero-score-items", "-1"]]
+)
 def test_reference_protocol_flags_are_checked_before_loading(flags, capsys):
     with pytest.raises(SystemExit) as err:
         main(["evaluate", "--run", "no-such-run", *flags])

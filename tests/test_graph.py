@@ -171,7 +171,11 @@ def _pattern_case():
     pattern = CSRPattern.from_csr(torch_csr(m))
     rows, cols = m.nonzero()
     order = np.lexsort((cols, rows))  # CSR order: by row, then column
-    return pattern, torch.as_tensor(rows[order], dtype=torch.long), torch.as_tensor(cols[order], dtype=torch.long)
+    return (
+        pattern,
+        torch.as_tensor(rows[order], dtype=torch.long),
+        torch.as_tensor(cols[order], dtype=torch.long),
+    )
 
 
 def test_pattern_products_match_dense_and_gradcheck():

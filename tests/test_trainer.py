@@ -24,7 +24,10 @@ def write_synthetic_interactions(path: Path, n_users: int = 120, n_items: int = 
     for u in range(n_users):
         group = u % 4
         liked = np.arange(group * n_items // 4, (group + 1) * n_items // 4)
-        items = rng.choice(liked, size=12, replace=False).tolist() + rng.choice(n_items, size=3, replace=False).tolist()
+        items = (
+            rng.choice(liked, size=12, replace=False).tolist()
+            + rng.choice(n_items, size=3, replace=False).tolist()
+        )
         for t, i in enumerate(dict.fromkeys(items)):
             rows.append(f"u{u},i{i},{t}")
     path.write_text("user,item,ts\n" + "\n".join(rows) + "\n")
@@ -116,7 +119,9 @@ def test_resume_after_crash_is_exact(tmp_path):
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, ref_weights[k]), k
     assert resumed.evaluate("test") == ref_metrics
-    assert [h["train/loss"] for h in resumed.state.history] == [h["train/loss"] for h in straight.state.history]
+    assert [h["train/loss"] for h in resumed.state.history] == [
+        h["train/loss"] for h in straight.state.history
+    ]
 
 
 RESUME_SCRIPT = textwrap.dedent(
@@ -146,7 +151,9 @@ def test_resume_after_sigkill_in_a_real_process(tmp_path):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     flag = tmp_path / "reached"
     script = tmp_path / "job.py"
-    script.write_text(RESUME_SCRIPT.format(repo=repo, csv=str(csv), run=str(tmp_path / "run"), flag=str(flag)))
+    script.write_text(
+        RESUME_SCRIPT.format(repo=repo, csv=str(csv), run=str(tmp_path / "run"), flag=str(flag))
+    )
     env = {**os.environ, "PYTHONPATH": repo}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
     for _ in range(600):
