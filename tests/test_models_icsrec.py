@@ -1,9 +1,10 @@
 """ICSRec: the two intent contrastive losses and their false-negative masks on hand-computed cases, the
-cross-subsequence positives, the sampler, warm-started CPU k-means, ablations, learning, exact resume,
-serving by item sequence and the intent view."""
+cross-subsequence positives (the reference's fixed choice also on real Beauty), the sampler, warm-started CPU
+k-means, ablations, learning, exact resume, serving by item sequence and the intent view."""
 
 from __future__ import annotations
 
+import gzip
 import math
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pydantic
 import pytest
 import torch
 
-from features.sequences import UserSequences, dynamic_sliding_samples
+from features import DataConfig, prepare
+from features.sequences import PAD, UserSequences, dynamic_sliding_samples, user_sequences
 from recsys.config import validate_config
 from recsys.contrastive import paired_info_nce
 from recsys.models import REGISTRY, build_model
@@ -176,6 +178,52 @@ def test_cross_subsequences_share_the_target_and_differ_in_input():
     assert seen[4] == {1, 6, 8, 11} and seen[0] == {3, 5} and seen[9] == {9}
     again = cross.draw(torch.Generator().manual_seed(3))
     assert np.array_equal(again, cross.draw(torch.Generator().manual_seed(3)))  # deterministic given the seed
+
+
+def reference_last_positives(golden: Path) -> dict[tuple[str, tuple[int, ...], int], tuple[int, ...]]:
+    """The reference trainer's coarse positive for every line of its subsequence file, by its own rule
+    (``datasets.py``): scan the lines with the same target in file order, keep the *last* one whose input
+    differs from the anchor's; the anchor's own input when none does.  Keyed by (user, input, target)."""
+    lines = []
+    with gzip.open(golden, "rt") as fh:
+        for line in fh:
+            uid, *rest = line.split()
+            p = [int(x) for x in rest]
+            lines.append((uid, tuple(p[:-3]), p[-3]))  # input p[:-3] (at most 50 items), target p[-3]
+    same_target: dict[int, list[tuple[int, ...]]] = {}
+    for _, x, t in lines:
+        same_target.setdefault(t, []).append(x)
+    out = {}
+    for uid, x, t in lines:
+        last = x
+        for other in same_target[t]:
+            if other != x:
+                last = other
+        out[(uid, x, t)] = last
+    return out
+
+
+@pytest.mark.slow
+def test_last_positive_is_the_reference_codes_choice_on_beauty(shared_data):
+    """``coarse_positive=last`` picks, for every Beauty sample, the very subsequence the reference code pairs
+    with it: our sample order (users in file order, then target position) is the reference file's order."""
+    golden = shared_data / "golden" / "Beauty_subsequences.txt.gz"
+    if not golden.exists():
+        pytest.skip(f"golden file not found: {golden}")
+    expected = reference_last_positives(golden)
+    ds = prepare(DataConfig(source="amazon_seq", path=str(shared_data / "amazon-seq"), name="Beauty"))
+    samples = dynamic_sliding_samples(user_sequences(ds), max_len=50)
+    item_ids = np.array([int(x) for x in ds.item_vocab.sort("item_idx")["item_id"].to_list()])
+    user_ids = ds.user_vocab.sort("user_idx")["user_id"].to_list()
+    inputs = [tuple(item_ids[row[row != PAD]].tolist()) for row in samples.inputs()]
+    last = CrossSubsequences(samples).last()
+    got = {
+        (user_ids[u], inputs[s], int(item_ids[t])): inputs[last[s]]
+        for s, (u, t) in enumerate(zip(samples.users.tolist(), samples.targets.tolist(), strict=True))
+    }
+    assert len(got) == len(expected) == 131_413
+    mismatched = [k for k, v in expected.items() if got.get(k) != v]
+    assert not mismatched, f"{len(mismatched)} samples differ, e.g. {mismatched[:3]}"
 
 
 def test_sampler_adds_positives_keeps_sasrec_batches_and_replays_exactly():
