@@ -18,6 +18,7 @@ from features import DataConfig, prepare
 from features.errors import DataValidationError
 from features.sequences import (
     PAD,
+    SubsequenceSamples,
     UserSequences,
     dynamic_sliding_samples,
     pad_sequences,
@@ -144,14 +145,35 @@ def test_read_amazon_sequences_rejects_non_integer_items(tmp_path):
 
 
 # ---- golden: the reference code's subsequences of Beauty --------------------------------------------------
-def read_golden(path: Path) -> set[tuple[str, tuple[int, ...], int]]:
-    out = set()
+def read_golden_lines(path: Path) -> list[tuple[str, tuple[int, ...], int]]:
+    """The golden file's samples ``(user, input, target)`` in its line order."""
+    out = []
     with gzip.open(path, "rt") as fh:
         for line in fh:
             uid, *rest = line.split()
             p = [int(x) for x in rest]
-            out.add((uid, tuple(p[:-3][-MAX_LEN:]), p[-3]))
+            out.append((uid, tuple(p[:-3][-MAX_LEN:]), p[-3]))
     return out
+
+
+def read_golden(path: Path) -> set[tuple[str, tuple[int, ...], int]]:
+    return set(read_golden_lines(path))
+
+
+def prepared_beauty_samples(
+    shared_data: Path,
+) -> tuple[SubsequenceSamples, list[tuple[str, tuple[int, ...], int]]]:
+    """The route the models take: prepare (leave-one-out) -> training sequences -> samples; with each sample
+    as ``(user, input, target)`` in original ids, in sample order."""
+    ds = prepare(DataConfig(source="amazon_seq", path=str(shared_data / "amazon-seq"), name="Beauty"))
+    samples = dynamic_sliding_samples(user_sequences(ds), max_len=MAX_LEN)
+    item_ids = np.array([int(x) for x in ds.item_vocab.sort("item_idx")["item_id"].to_list()])
+    user_ids = ds.user_vocab.sort("user_idx")["user_id"].to_list()
+    rows = [
+        (user_ids[u], tuple(item_ids[row[row != PAD]].tolist()), int(item_ids[t]))
+        for u, row, t in zip(samples.users.tolist(), samples.inputs(), samples.targets.tolist(), strict=True)
+    ]
+    return samples, rows
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +193,5 @@ def test_golden_beauty_subsequences_from_the_reader(shared_data, golden_beauty):
 
 def test_golden_beauty_subsequences_from_the_prepared_dataset(shared_data, golden_beauty):
     """The route the models take: prepare (leave-one-out) -> training sequences -> samples, ids mapped back."""
-    ds = prepare(DataConfig(source="amazon_seq", path=str(shared_data / "amazon-seq"), name="Beauty"))
-    samples = dynamic_sliding_samples(user_sequences(ds), max_len=MAX_LEN)
-    item_ids = np.array([int(x) for x in ds.item_vocab.sort("item_idx")["item_id"].to_list()])
-    user_ids = ds.user_vocab.sort("user_idx")["user_id"].to_list()
-    inputs = samples.inputs()
-    got = {
-        (user_ids[u], tuple(item_ids[row[row != PAD]].tolist()), int(item_ids[t]))
-        for u, row, t in zip(samples.users.tolist(), inputs, samples.targets.tolist(), strict=True)
-    }
-    assert got == golden_beauty
+    _, rows = prepared_beauty_samples(shared_data)
+    assert set(rows) == golden_beauty

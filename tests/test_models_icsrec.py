@@ -4,7 +4,6 @@ k-means, ablations, learning, exact resume, serving by item sequence and the int
 
 from __future__ import annotations
 
-import gzip
 import math
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pydantic
 import pytest
 import torch
 
-from features import DataConfig, prepare
-from features.sequences import PAD, UserSequences, dynamic_sliding_samples, user_sequences
+from features.sequences import UserSequences, dynamic_sliding_samples
 from recsys.config import validate_config
 from recsys.contrastive import paired_info_nce
 from recsys.models import REGISTRY, build_model
@@ -26,6 +24,7 @@ from recsys.models.icsrec import (
     nearest_intents,
 )
 from recsys.sequence_sampling import SequenceSampler
+from tests.test_features_sequences import prepared_beauty_samples, read_golden_lines
 from tests.test_models_sasrec import write_cyclic_sequences
 
 E = math.e
@@ -184,12 +183,7 @@ def reference_last_positives(golden: Path) -> dict[tuple[str, tuple[int, ...], i
     """The reference trainer's coarse positive for every line of its subsequence file, by its own rule
     (``datasets.py``): scan the lines with the same target in file order, keep the *last* one whose input
     differs from the anchor's; the anchor's own input when none does.  Keyed by (user, input, target)."""
-    lines = []
-    with gzip.open(golden, "rt") as fh:
-        for line in fh:
-            uid, *rest = line.split()
-            p = [int(x) for x in rest]
-            lines.append((uid, tuple(p[:-3]), p[-3]))  # input p[:-3] (at most 50 items), target p[-3]
+    lines = read_golden_lines(golden)
     same_target: dict[int, list[tuple[int, ...]]] = {}
     for _, x, t in lines:
         same_target.setdefault(t, []).append(x)
@@ -211,16 +205,9 @@ def test_last_positive_is_the_reference_codes_choice_on_beauty(shared_data):
     if not golden.exists():
         pytest.skip(f"golden file not found: {golden}")
     expected = reference_last_positives(golden)
-    ds = prepare(DataConfig(source="amazon_seq", path=str(shared_data / "amazon-seq"), name="Beauty"))
-    samples = dynamic_sliding_samples(user_sequences(ds), max_len=50)
-    item_ids = np.array([int(x) for x in ds.item_vocab.sort("item_idx")["item_id"].to_list()])
-    user_ids = ds.user_vocab.sort("user_idx")["user_id"].to_list()
-    inputs = [tuple(item_ids[row[row != PAD]].tolist()) for row in samples.inputs()]
+    samples, rows = prepared_beauty_samples(shared_data)
     last = CrossSubsequences(samples).last()
-    got = {
-        (user_ids[u], inputs[s], int(item_ids[t])): inputs[last[s]]
-        for s, (u, t) in enumerate(zip(samples.users.tolist(), samples.targets.tolist(), strict=True))
-    }
+    got = {row: rows[last[s]][1] for s, row in enumerate(rows)}
     assert len(got) == len(expected) == 131_413
     mismatched = [k for k, v in expected.items() if got.get(k) != v]
     assert not mismatched, f"{len(mismatched)} samples differ, e.g. {mismatched[:3]}"
