@@ -176,12 +176,17 @@ def prepared_beauty_samples(
     return samples, rows
 
 
-@pytest.fixture(scope="module")
-def golden_beauty(shared_data) -> set[tuple[str, tuple[int, ...], int]]:
+def golden_beauty_path(shared_data: Path) -> Path:
+    """The reference code's Beauty subsequence file; skips the test when it is absent."""
     path = shared_data / "golden" / "Beauty_subsequences.txt.gz"
     if not path.exists():
         pytest.skip(f"golden file not found: {path}")
-    return read_golden(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def golden_beauty(shared_data) -> set[tuple[str, tuple[int, ...], int]]:
+    return read_golden(golden_beauty_path(shared_data))
 
 
 def test_golden_beauty_subsequences_from_the_reader(shared_data, golden_beauty):

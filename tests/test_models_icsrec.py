@@ -24,7 +24,7 @@ from recsys.models.icsrec import (
     nearest_intents,
 )
 from recsys.sequence_sampling import SequenceSampler
-from tests.test_features_sequences import prepared_beauty_samples, read_golden_lines
+from tests.test_features_sequences import golden_beauty_path, prepared_beauty_samples, read_golden_lines
 from tests.test_models_sasrec import write_cyclic_sequences
 
 E = math.e
@@ -201,10 +201,7 @@ def reference_last_positives(golden: Path) -> dict[tuple[str, tuple[int, ...], i
 def test_last_positive_is_the_reference_codes_choice_on_beauty(shared_data):
     """``coarse_positive=last`` picks, for every Beauty sample, the very subsequence the reference code pairs
     with it: our sample order (users in file order, then target position) is the reference file's order."""
-    golden = shared_data / "golden" / "Beauty_subsequences.txt.gz"
-    if not golden.exists():
-        pytest.skip(f"golden file not found: {golden}")
-    expected = reference_last_positives(golden)
+    expected = reference_last_positives(golden_beauty_path(shared_data))
     samples, rows = prepared_beauty_samples(shared_data)
     last = CrossSubsequences(samples).last()
     got = {row: rows[last[s]][1] for s, row in enumerate(rows)}
