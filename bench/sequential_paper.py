@@ -304,7 +304,9 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
     """Interim records of the unfinished runs, written (atomically) to ``OUT_interim.json``.
 
     The records already in that file for other runs are kept, so that testing one run does not drop
-    another's; a record is dropped once its run has a final record in ``results``."""
+    another's; a record is dropped once its run has a final record in ``results``.  A run that was lost (its
+    folder gone with a machine) and started over does not replace a record that got further: the same seed
+    and code retrace the same epochs, so the older record says more until the new run passes it."""
     import torch
 
     torch.set_num_threads(1)  # beside the training processes
@@ -319,6 +321,14 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
             record = interim_one(dataset, variant, seed, extra)
             if record is None:
                 print(f"{key}: no best weights yet", flush=True)
+                continue
+            earlier = kept.get(key)
+            if earlier is not None and earlier["epochs_run"] > record["epochs_run"]:
+                print(
+                    f"{key}: kept its record after epoch {earlier['epochs_run']}; this run, started over, "
+                    f"stands at epoch {record['epochs_run']}",
+                    flush=True,
+                )
                 continue
             interim[key] = record
             print(f"{key}: {record['status']}, best epoch {record['best_epoch']}", flush=True)

@@ -216,6 +216,17 @@ def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_i
         direct["history scored 0 + 2 zero-score non-items"], abs=1e-12
     )
 
+    # a record that got further (a lost run, now started over) is not replaced by an earlier one
+    further = {
+        key: {**record, "epochs_run": 9, "status": "interim: still training or cut short after epoch 9"}
+    }
+    (tiny_repo / "res_interim.json").write_text(json.dumps(further))
+    sequential_paper.main(["--interim", "--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
+    assert (
+        "kept its record after epoch 9; this run, started over, stands at epoch 2" in capsys.readouterr().out
+    )
+    assert json.loads((tiny_repo / "res_interim.json").read_text()) == further
+
     # a later call naming other runs keeps this record; a run that has finished since loses its interim one
     finished = sequential_paper.run_key(
         "tiny", "fine_only", 3, sequential_paper.build_config("tiny", "fine_only", 3, extra)
