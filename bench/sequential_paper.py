@@ -305,8 +305,9 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
 
     The records already in that file for other runs are kept, so that testing one run does not drop
     another's; a record is dropped once its run has a final record in ``results``.  A run that was lost (its
-    folder gone with a machine) and started over does not replace a record that got further: the same seed
-    and code retrace the same epochs, so the older record says more until the new run passes it."""
+    folder gone with a machine) and started over does not replace a record of the lost run that got further
+    (more epochs run) until it passes it: its early best weights say less about where the seed converges.  The
+    two are different trajectories when the machine differs (another CPU need not give the same floats)."""
     import torch
 
     torch.set_num_threads(1)  # beside the training processes
@@ -325,8 +326,8 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
             earlier = kept.get(key)
             if earlier is not None and earlier["epochs_run"] > record["epochs_run"]:
                 print(
-                    f"{key}: kept its record after epoch {earlier['epochs_run']}; this run, started over, "
-                    f"stands at epoch {record['epochs_run']}",
+                    f"{key}: kept the record after epoch {earlier['epochs_run']} (a run that got further); "
+                    f"this run, started over, stands at epoch {record['epochs_run']}",
                     flush=True,
                 )
                 continue

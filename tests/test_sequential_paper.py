@@ -223,7 +223,8 @@ def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_i
     (tiny_repo / "res_interim.json").write_text(json.dumps(further))
     sequential_paper.main(["--interim", "--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
     assert (
-        "kept its record after epoch 9; this run, started over, stands at epoch 2" in capsys.readouterr().out
+        "kept the record after epoch 9 (a run that got further); this run, started over, stands at epoch 2"
+        in capsys.readouterr().out
     )
     assert json.loads((tiny_repo / "res_interim.json").read_text()) == further
 
