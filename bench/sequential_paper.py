@@ -16,7 +16,12 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
   also the paper's "neither loss" ablation (ICSRec with both losses off is bit-identical to it);
 * ``icsrec``: ``configs/<dataset>_icsrec.yaml`` (our choices where the reference code is wrong);
 * ``icsrec_ref``: ICSRec with the reference code's choices that change numbers (``coarse_positive: last``);
-* ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off.
+* ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off;
+* ``icsrec_readme``: ICSRec with the training command of the reference's first README (commit a42258f,
+  2023-01-17, the commit that released the trained models whose test numbers are the paper's Table 2 rows):
+  ``--rec_weight 0.1 --lambda_0 0.1 --beta_0 0.1 --intent_num 512`` instead of the later scripts' 1 / 0.3 /
+  0.1 / 256.  Run here as weights 1 / 1 / 1: Adam's step is unchanged when the whole loss is scaled (the
+  factor 10 only moves its epsilon from 1e-8 to 1e-7 relative to the gradients).
 
 Every finished run is tested twice on the same best-on-validation weights: with our protocol (the user's
 history removed from the ranking) and with the reference code's (history scored 0, plus two never-relevant
@@ -49,6 +54,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "icsrec_ref": ("icsrec", ["model.coarse_positive=last"]),
     "coarse_only": ("icsrec", ["model.fine_loss=false"]),
     "fine_only": ("icsrec", ["model.coarse_loss=false"]),
+    "icsrec_readme": ("icsrec", ["model.coarse_weight=1.0", "model.fine_weight=1.0", "model.intents=512"]),
 }
 # The paper's Table 2 (HR@5, NDCG@5, HR@20, NDCG@20)
 PAPER = {

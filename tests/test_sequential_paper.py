@@ -96,6 +96,17 @@ def test_bad_run_names_are_refused():
         sequential_paper.parse_run("beauty:bert4rec")
 
 
+def test_the_first_readme_variant_is_the_reference_command_up_to_the_loss_scale():
+    """``--rec_weight 0.1 --lambda_0 0.1 --beta_0 0.1 --intent_num 512``: equal weights, 512 intents, its own run."""
+    cfg = sequential_paper.build_config("sports", "icsrec_readme", 1, [])
+    model = cfg.model_config_obj()
+    assert (model.coarse_weight, model.fine_weight, model.intents) == (1.0, 1.0, 512)
+    assert cfg.name == "sports-icsrec-icsrec_readme"
+    plain = sequential_paper.build_config("sports", "icsrec", 1, [])
+    assert cfg.fingerprint() != plain.fingerprint()
+    assert plain.model_config_obj().coarse_weight == 0.3
+
+
 def test_table_gives_mean_and_sample_std_over_seeds_per_protocol():
     def run(seed, hit5, epoch, seconds):
         ours = {"hit@5": hit5, "ndcg@5": 0.03, "hit@20": 0.1, "ndcg@20": 0.05}
