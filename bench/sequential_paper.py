@@ -19,8 +19,8 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 * ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off;
 * ``icsrec_readme``: ICSRec with the training command of the reference's first README (commit a42258f,
   2023-01-17, the commit that released the trained models whose test numbers are the paper's Table 2 rows):
-  ``--rec_weight 0.1 --lambda_0 0.1 --beta_0 0.1 --intent_num 512`` instead of the later scripts' 1 / 0.3 /
-  0.1 / 256.  Run here as weights 1 / 1 / 1: Adam's step is unchanged when the whole loss is scaled (the
+  ``--rec_weight 0.1 --lambda_0 0.1 --beta_0 0.1 --f_neg --intent_num 512`` instead of the later scripts'
+  1 / 0.3 / 0.1 / 256.  Run here as weights 1 / 1 / 1: Adam's step is unchanged when the whole loss is scaled (the
   factor 10 only moves its epsilon from 1e-8 to 1e-7 relative to the gradients).
 
 Every finished run is tested twice on the same best-on-validation weights: with our protocol (the user's
