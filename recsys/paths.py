@@ -6,7 +6,7 @@ import os
 
 from features.home import recsys_home
 
-__all__ = ["recsys_home", "default_tracking_uri"]
+__all__ = ["recsys_home", "default_tracking_uri", "embedded_tracking_uri"]
 
 
 def default_tracking_uri() -> str:
@@ -14,4 +14,9 @@ def default_tracking_uri() -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    return embedded_tracking_uri()
+
+
+def embedded_tracking_uri() -> str:
+    """The embedded SQLite store, ``sqlite:///$RECSYS_HOME/mlflow.db``."""
     return f"sqlite:///{recsys_home() / 'mlflow.db'}"

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from recsys.paths import default_tracking_uri, recsys_home
+from recsys.paths import default_tracking_uri, embedded_tracking_uri, recsys_home
 
 
 def _quiet_mlflow() -> None:
@@ -92,8 +92,11 @@ class RunTracker:
         mlflow.set_tracking_uri(uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
+            # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the
+            # job runs from. Decide by the URI, not by MLFLOW_TRACKING_URI: set_tracking_uri above sets
+            # that variable itself (MLflow 3), so it cannot tell the user's store from the embedded one.
             location = None
-            if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+            if uri == embedded_tracking_uri():
                 location = (recsys_home() / "mlartifacts").as_uri()
             exp_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:

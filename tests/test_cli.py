@@ -119,7 +119,7 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
     cfg.write_text(yaml.safe_dump(raw))
     store = tmp_path / "server.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    monkeypatch.chdir(tmp_path)  # a server-less sqlite URI puts artifacts in ./mlartifacts
+    monkeypatch.chdir(tmp_path)  # a server-less sqlite URI of the user's puts artifacts in ./mlruns
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     import mlflow
