@@ -8,7 +8,8 @@ Exact resume: a checkpoint is written atomically (temp file, then ``os.replace``
 ``checkpoint_every`` epochs and holds the model, the optimiser, the trainer state and every RNG state.  The
 sampler of epoch ``e`` draws from a generator seeded by ``(seed, e)`` alone, so an epoch interrupted
 mid-way is replayed from its start with exactly the same batches; a run killed and resumed ends bit-for-bit
-where an uninterrupted run with the same seed ends (on CPU).
+where an uninterrupted run with the same seed ends (on CPU). A checkpoint written under another config
+fingerprint, or on other data (the dataset's manifest hash), is refused rather than resumed.
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ class Trainer:
                 "python": random.getstate(),
             },
             "fingerprint": self.cfg.fingerprint(),
+            # The config names the data files, not their content: this tells a resume that they changed.
+            "dataset_manifest_hash": getattr(self.dataset, "manifest_hash", None),
         }
 
     def save_checkpoint(self) -> None:
@@ -188,6 +191,14 @@ class Trainer:
             raise ValueError(
                 f"{path}: checkpoint was written by a different config "
                 f"({ckpt.get('fingerprint')} != {self.cfg.fingerprint()}); remove it or use another run folder"
+            )
+        saved, current = ckpt.get("dataset_manifest_hash"), getattr(self.dataset, "manifest_hash", None)
+        # Checkpoints written before the hash was stored hold none; they resume as before.
+        if saved is not None and current is not None and saved != current:
+            raise ValueError(
+                f"{path}: checkpoint was trained on dataset {saved[:12]}, but the config's data now gives "
+                f"{current[:12]} ({self.dataset.root}): the source files changed since. Remove the checkpoint "
+                "to train afresh on the new data"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer = self._make_optimizer()

@@ -236,6 +236,20 @@ def test_checkpoint_from_other_config_is_refused(tmp_path):
         other.fit(resume=True)
 
 
+def test_checkpoint_from_other_data_is_refused(tmp_path):
+    """Same config, but the interactions file was rewritten: resuming would continue a model trained on the
+    old split and test it on the new one, where some test pairs were its training positives."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    build(make_cfg(csv, epochs=1), tmp_path / "r").fit()
+    write_synthetic_interactions(csv, seed=1)
+    changed = build(make_cfg(csv, epochs=1), tmp_path / "r")
+    with pytest.raises(ValueError, match="checkpoint was trained on dataset .* source files changed"):
+        changed.fit(resume=True)
+    again = build(make_cfg(csv, epochs=1), tmp_path / "r2")
+    again.fit()
+    assert build(make_cfg(csv, epochs=1), tmp_path / "r2").load_checkpoint()  # unchanged data resumes
+
+
 def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     atomic_torch_save({"a": 1}, path)
