@@ -112,6 +112,27 @@ def split_fields(
     )
 
 
+def unique_ids(df: pl.DataFrame, col: str, path: Path, what: str, *, column_label: str) -> pl.DataFrame:
+    """``df`` without its ``_line`` column, once no two lines give the same ``col``.
+
+    A side-feature file (users, items) must list each id once: a repeated id would multiply rows in every
+    join on it and give a model a phantom row. Raises a :class:`DataValidationError` naming the repeat's line
+    and the first one.
+    """
+    dup = df.filter(pl.col(LINE) != pl.col(LINE).min().over(col)).sort(LINE).head(1)
+    if dup.height:
+        r = dup.row(0, named=True)
+        first = df.filter(pl.col(col) == r[col])[LINE].min()
+        raise DataValidationError(
+            path,
+            f"each {what} on one line only",
+            line=r[LINE],
+            column=column_label,
+            got=f"<{what} {r[col]} again (first on line {first})>",
+        )
+    return df.drop(LINE)
+
+
 def parse_int(
     df: pl.DataFrame,
     col: str,

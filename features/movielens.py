@@ -28,6 +28,7 @@ from features._text import (
     read_lines,
     require_file,
     split_fields,
+    unique_ids,
 )
 from features.errors import DataValidationError
 
@@ -126,13 +127,15 @@ def read_u_user(path: Path) -> pl.DataFrame:
         ["id", "age", "gender", "occupation", "zip"],
         "id|age|gender|occupation|zip code",
     )
-    return df.select(
+    users = df.select(
         parse_int(df, "id", path, "a user id").cast(pl.String).alias("user_id"),
         parse_int(df, "age", path, "an age").alias("age"),
         pl.col("gender").str.strip_chars(),
         pl.col("occupation").str.strip_chars(),
         pl.col("zip").str.strip_chars().alias("zip_code"),
+        LINE,
     )
+    return unique_ids(users, "user_id", path, "user id", column_label="id")
 
 
 def read_u_genre(path: Path) -> list[str]:
@@ -171,12 +174,14 @@ def read_u_item(path: Path, genres: list[str]) -> pl.DataFrame:
     genre_list = pl.concat_list(
         [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)]
     )
-    return df.select(
+    items = df.select(
         parse_int(df, "id", path, "an item id").cast(pl.String).alias("item_id"),
         pl.coalesce(title, pl.col("title").str.strip_chars()).alias("title"),
         pl.coalesce(year_in_title, release_year).alias("release_year"),
         genre_list.list.drop_nulls().alias("genres"),
+        LINE,
     )
+    return unique_ids(items, "item_id", path, "item id", column_label="id")
 
 
 # ---- RecBole atomic layout --------------------------------------------------------------------------------
@@ -231,13 +236,15 @@ def read_atomic_user(path: Path) -> pl.DataFrame:
     """``ml-100k.user``: ``user_id  age  gender  occupation  zip_code`` (all tokens)."""
     df, types = read_atomic(path)
     _require(path, types, ["user_id", "age", "gender", "occupation", "zip_code"])
-    return df.select(
+    users = df.select(
         parse_int(df, "user_id", path, "a user id").cast(pl.String).alias("user_id"),
         parse_int(df, "age", path, "an age").alias("age"),
         pl.col("gender").str.strip_chars(),
         pl.col("occupation").str.strip_chars(),
         pl.col("zip_code").str.strip_chars(),
+        LINE,
     )
+    return unique_ids(users, "user_id", path, "user id", column_label="user_id")
 
 
 def read_atomic_item(path: Path) -> pl.DataFrame:
@@ -245,13 +252,15 @@ def read_atomic_item(path: Path) -> pl.DataFrame:
     space-separated; no MovieLens genre name contains a space)."""
     df, types = read_atomic(path)
     _require(path, types, ["item_id", "movie_title", "release_year", "class"])
-    return df.select(
+    items = df.select(
         parse_int(df, "item_id", path, "an item id").cast(pl.String).alias("item_id"),
         pl.col("movie_title").str.strip_chars().alias("title"),
         # RecBole writes "unkonwn" for the one movie without a date: not a year, so null.
         pl.col("release_year").str.strip_chars().cast(pl.Int64, strict=False).alias("release_year"),
         pl.col("class").str.extract_all(r"\S+").alias("genres"),
+        LINE,
     )
+    return unique_ids(items, "item_id", path, "item id", column_label="item_id")
 
 
 def _typed_ratings(df: pl.DataFrame, path: Path) -> pl.DataFrame:

@@ -315,31 +315,44 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
         assert err is not None
         raise err from None
     try:
-        obj = json.loads(text)
+        # Pairs, not a dict: json.loads would keep only the last of two equal keys, without a word.
+        obj = json.loads(text, object_pairs_hook=_JsonPairs)
     except json.JSONDecodeError as exc:
         raise DataValidationError(
             path, "valid JSON", line=exc.lineno, column=f"char {exc.colno}", got=exc.msg
         ) from None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, _JsonPairs):
         raise DataValidationError(
             path,
             "a JSON object mapping item id -> list of attribute ids",
             line=1,
             got=f"<JSON {type(obj).__name__}>",
         )
-    keys = list(obj)
-    values = list(obj.values())
+    keys = [key for key, _ in obj]
+    values = [value for _, value in obj]
+    first_key: dict[int, str] = {}
     # One pass over items (not interactions) in Python: JSON values arrive as Python objects anyway.
     for key, value in zip(keys, values, strict=True):
-        if not key.strip().isdigit():
+        digits = key.strip()
+        # isdigit() alone also accepts other scripts' digits ("١"), which Polars cannot cast.
+        if not (digits.isascii() and digits.isdigit()) or int(digits) >= 2**63:
             raise DataValidationError(
                 path,
-                "item ids (object keys) that are non-negative integers",
+                "item ids (object keys) that are non-negative 64-bit integers",
                 column=f"key {key!r}",
                 got=key,
                 **_json_pos(text, key),
             )
-        if not isinstance(value, list) or not all(type(a) is int and a > 0 for a in value):
+        if int(digits) in first_key:
+            raise DataValidationError(
+                path,
+                "each item id once (as an object key)",
+                column=f"key {key!r}",
+                got=f"<item {int(digits)} again (first as key {first_key[int(digits)]!r})>",
+                **_json_pos(text, key, repeat=key == first_key[int(digits)]),
+            )
+        first_key[int(digits)] = key
+        if not isinstance(value, list) or not all(type(a) is int and 0 < a < 2**63 for a in value):
             raise DataValidationError(
                 path,
                 "a list of positive integer attribute ids",
@@ -354,10 +367,21 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
     return df.with_columns(pl.col("item_id").str.strip_chars().cast(pl.Int64).cast(pl.String))
 
 
-def _json_pos(text: str, key: str) -> dict:
-    """Line of ``"key":`` in a JSON text (first occurrence), for error messages."""
-    pos = text.find(json.dumps(key))
-    return {"line": text.count("\n", 0, pos) + 1} if pos >= 0 else {}
+class _JsonPairs(list):
+    """A JSON object as its ``(key, value)`` pairs in file order, repeats kept."""
+
+
+def _json_pos(text: str, key: str, *, repeat: bool = False) -> dict:
+    """Line of ``"key"`` in a JSON text (its first occurrence, or its second when ``repeat``), for error
+    messages."""
+    # The file may spell a non-ASCII key as such or \u-escaped.
+    for quoted in dict.fromkeys((json.dumps(key, ensure_ascii=False), json.dumps(key))):
+        pos = text.find(quoted)
+        if repeat and pos >= 0:
+            pos = text.find(quoted, pos + 1)
+        if pos >= 0:
+            return {"line": text.count("\n", 0, pos) + 1}
+    return {}
 
 
 # ---- by config --------------------------------------------------------------------------------------------

@@ -259,6 +259,31 @@ def test_u_user_age_not_integer(tmp_path):
         prep_ml(folder, tmp_path)
 
 
+def test_u_user_repeated_user_id(tmp_path):
+    # A repeated id would multiply the user's row in every join and surface later as a cache-file mismatch.
+    folder = ml_folder(
+        tmp_path, u_user="1|24|M|technician|85711\n2|53|F|other|94043\n1|24|M|technician|85711\n"
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"u\.user, line 3, column 'id': expected each user id on one line only, "
+        r"got <user id 1 again \(first on line 1\)>",
+    ):
+        prep_ml(folder, tmp_path)
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))  # nothing published
+
+
+def test_u_item_repeated_item_id(tmp_path):
+    good = (DATA / "ml100k_mini" / "u.item").read_bytes().rstrip(b"\n").split(b"\n")
+    folder = ml_folder(tmp_path, u_item=b"\n".join([*good, good[1]]) + b"\n")
+    with pytest.raises(
+        DataValidationError,
+        match=rf"u\.item, line {len(good) + 1}, column 'id': expected each item id on one line only, "
+        r"got <item id 2 again \(first on line 2\)>",
+    ):
+        prep_ml(folder, tmp_path, side_features=False)
+
+
 def test_ragged_csv_line_with_extra_fields(tmp_path):
     path = write(tmp_path / "r.csv", "u,i\na,x\nb,y,extra\nc,z\n")
     with pytest.raises(DataValidationError, match=r"r\.csv, line 3: expected at most 2 fields per line"):
@@ -322,9 +347,31 @@ def test_attribute_item_key_not_integer(tmp_path):
     with pytest.raises(
         DataValidationError,
         match=r"Beauty_item2attributes\.json, line 1, column \"key 'B00X'\": "
-        r"expected item ids \(object keys\) that are non-negative integers",
+        r"expected item ids \(object keys\) that are non-negative 64-bit integers",
     ):
         read_item_attributes(path)
+
+
+def test_attribute_item_key_in_other_digits(tmp_path):
+    # str.isdigit() accepts Arabic-Indic digits, which Polars cannot cast to an integer.
+    path = write(tmp_path / "Beauty_item2attributes.json", '{"1": [1],\n "\u0661": [2]}')
+    with pytest.raises(DataValidationError, match=r"line 2, .*non-negative 64-bit integers"):
+        read_item_attributes(path)
+
+
+def test_attribute_item_given_twice(tmp_path):
+    # "01" is item 1 again; a repeated key would otherwise be dropped by json.loads without a word.
+    for text, line, first in (
+        ('{"1": [1],\n "01": [2]}', 2, "'1'"),
+        ('{"1": [1],\n "2": [3],\n "1": [2]}', 3, "'1'"),
+    ):
+        path = write(tmp_path / "Beauty_item2attributes.json", text)
+        with pytest.raises(
+            DataValidationError,
+            match=rf"Beauty_item2attributes\.json, line {line}, column \"key '0?1'\": expected each item id "
+            rf"once \(as an object key\), got <item 1 again \(first as key {first}\)>",
+        ):
+            read_item_attributes(path)
 
 
 # ---- presplit and Parquet ---------------------------------------------------------------------------------
