@@ -110,7 +110,7 @@ def prepare(
         "build_seconds": round(time.perf_counter() - t0, 3),
         "polars_version": pl.__version__,
     }
-    _write_atomically(folder, tables, manifest)
+    _write_atomically(folder, tables, manifest, replace_complete=force)
     return PreparedDataset.load(folder)
 
 
@@ -297,8 +297,14 @@ def _split(
     return out, info
 
 
-def _write_atomically(folder: Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any]) -> None:
-    """Write into ``.tmp-<name>-<random>`` beside ``folder``, manifest last, then rename into place."""
+def _write_atomically(
+    folder: Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any], *, replace_complete: bool = False
+) -> None:
+    """Write into ``.tmp-<name>-<random>`` beside ``folder``, manifest last, then rename into place.
+
+    A complete folder for the same inputs that appeared meanwhile (another process preparing the same data)
+    is kept, and this copy dropped: another reader may be loading it. ``replace_complete`` (``force``)
+    replaces it all the same."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -308,6 +314,8 @@ def _write_atomically(folder: Path, tables: dict[str, pl.DataFrame], manifest: d
         mtmp = tmp / (MANIFEST + ".part")
         mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
         os.replace(mtmp, tmp / MANIFEST)
+        if folder.exists() and not replace_complete and _is_complete(folder, manifest["content_hash"]):
+            return
         if folder.exists():
             # An incomplete/damaged folder or force=True: move it aside first (a rename cannot replace a
             # non-empty folder), then delete it.
@@ -323,6 +331,14 @@ def _write_atomically(folder: Path, tables: dict[str, pl.DataFrame], manifest: d
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_complete(folder: Path, content_hash: str) -> bool:
+    """Whether ``folder`` loads as a prepared dataset of the inputs ``content_hash`` names."""
+    try:
+        return PreparedDataset.load(folder).manifest.get("content_hash") == content_hash
+    except DataValidationError:
+        return False
 
 
 def _slug(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -173,6 +174,30 @@ def test_crash_while_writing_leaves_nothing_that_looks_complete(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []  # neither a half folder nor a temp folder is left
     monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
     assert not prepare(ml_mini(), cache_dir=tmp_path).cache_hit
+
+
+def test_a_folder_finished_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    """Two jobs preparing the same data at once: the one that finishes second must not delete the folder
+    the first one published (and may be loading); it keeps that folder and drops its own copy."""
+    prep = importlib.import_module("features.prepare")  # the module; `features.prepare` is the function
+
+    real = prep.build_tables
+    published = []
+
+    def build_while_another_job_finishes(*args, **kwargs):
+        out = real(*args, **kwargs)
+        monkeypatch.setattr(prep, "build_tables", real)
+        other = prepare(ml_mini(), cache_dir=tmp_path)  # the other job wins the race
+        published.append((other, (other.root / "manifest.json").stat().st_ino))
+        return out
+
+    monkeypatch.setattr(prep, "build_tables", build_while_another_job_finishes)
+    ds = prepare(ml_mini(), cache_dir=tmp_path)
+    first, inode = published[0]
+    assert ds.root == first.root
+    assert (first.root / "manifest.json").stat().st_ino == inode  # the same file, not a replacement
+    assert [p.name for p in tmp_path.iterdir()] == [first.root.name]  # no temp folder left behind
+    assert ds.manifest_hash == first.manifest_hash and ds.train.height == first.train.height
 
 
 def test_default_cache_dir_is_under_recsys_home(_isolated_home):
