@@ -321,11 +321,21 @@ def _check_replaceable(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder; refusing to replace it with an index")
-    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    if any(out_dir.iterdir()) and _manifest_format(out_dir / MANIFEST) != FORMAT:
+        # Many folders hold a manifest.json (prepared datasets, web apps): only our format marks an index.
         raise FileExistsError(
-            f"{out_dir} is a non-empty folder without {MANIFEST}, so it is not a serving index; refusing to "
-            "replace it (choose another out_dir or empty it)"
+            f"{out_dir} is a non-empty folder without a {MANIFEST} of format {FORMAT!r}, so it is not a "
+            "serving index; refusing to replace it (choose another out_dir or empty it)"
         )
+
+
+def _manifest_format(path: Path) -> object:
+    """The ``format`` a manifest file names, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("format") if isinstance(manifest, dict) else None
 
 
 # ---- load --------------------------------------------------------------------------------------------------

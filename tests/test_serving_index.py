@@ -338,6 +338,19 @@ def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path, data):
     with pytest.raises(FileExistsError, match="not a serving index"):
         build_index(data["item_emb"], data["item_ids"], precious)
     assert (precious / "thesis.tex").read_text() == "do not delete"
+    # A manifest.json alone does not make a folder an index: web apps and prepared datasets have one.
+    for name, manifest in (
+        ("webapp", '{"name": "app"}'),
+        ("dataset", '{"format": "recsys.prepared"}'),
+        ("x", "[]"),
+    ):
+        other = tmp_path / name
+        other.mkdir()
+        (other / "manifest.json").write_text(manifest)
+        (other / "app.js").write_text("keep me")
+        with pytest.raises(FileExistsError, match="not a serving index"):
+            build_index(data["item_emb"], data["item_ids"], other)
+        assert sorted(p.name for p in other.iterdir()) == ["app.js", "manifest.json"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):
