@@ -28,6 +28,20 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _use_store(uri: str) -> None:
+    """Point MLflow at ``uri``, without the side effect of ``mlflow.set_tracking_uri`` (MLflow 3) of
+    exporting it as ``MLFLOW_TRACKING_URI``: left set, that variable would read as the user's choice and
+    pin this process to the first store it used, whatever ``RECSYS_HOME`` says afterwards."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def git_commit() -> str:
     """The code version: the git commit of the source tree (with ``-dirty`` if modified), or ``unknown``."""
     src = Path(__file__).resolve().parents[1]
@@ -89,12 +103,11 @@ class RunTracker:
         import mlflow
 
         uri = uri or default_tracking_uri()
-        mlflow.set_tracking_uri(uri)
+        _use_store(uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the
-            # job runs from. Decide by the URI, not by MLFLOW_TRACKING_URI: set_tracking_uri above sets
-            # that variable itself (MLflow 3), so it cannot tell the user's store from the embedded one.
+            # job runs from.
             location = None
             if uri == embedded_tracking_uri():
                 location = (recsys_home() / "mlartifacts").as_uri()
@@ -185,7 +198,7 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(uri or default_tracking_uri())
+    _use_store(uri or default_tracking_uri())
     try:
         mlflow.get_run(run_id)
     except MlflowException:

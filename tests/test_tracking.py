@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from recsys.tracking import RunTracker
 
 
@@ -20,3 +22,19 @@ def test_the_embedded_store_keeps_artifacts_under_recsys_home(_isolated_home, tm
     assert list(work.iterdir()) == []
     stored = sorted((_isolated_home / "mlartifacts").rglob("note.txt"))
     assert len(stored) == 2 and all(p.read_text() == "an artifact" for p in stored)
+
+
+def test_a_new_recsys_home_in_the_same_process_gets_its_own_store(tmp_path, monkeypatch):
+    """MLflow exports the URI it is given as MLFLOW_TRACKING_URI; left there, it would pin the process to the
+    first RECSYS_HOME's store (and send the next experiment's artifacts to ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
+    note = tmp_path / "note.txt"
+    note.write_text("an artifact")
+    for home in ("a", "b"):
+        monkeypatch.setenv("RECSYS_HOME", str(tmp_path / home))
+        with RunTracker.start(experiment=f"in-{home}") as run:
+            run.log_artifact(note)
+        assert run.uri == f"sqlite:///{tmp_path / home / 'mlflow.db'}"
+        assert len(list((tmp_path / home / "mlartifacts").rglob("note.txt"))) == 1
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert not (tmp_path / "mlruns").exists()
