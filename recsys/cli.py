@@ -43,6 +43,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _load_cfg(args):
     from recsys.config import load_config
 
@@ -164,6 +174,14 @@ def cmd_recommend(args) -> int:
         run = load_run(args.run)
         build_run_index(run, index_dir)
     retriever = Retriever.load(index_dir)
+    built_by = retriever.index.run_id
+    if built_by is not None and built_by != args.run:
+        # Run A's sequence encoder against run B's item index would rank without any error, and wrongly.
+        print(
+            f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.sequence is not None:
             from recsys.pipeline import sequence_query_encoder
@@ -341,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ITEM",
         help="item ids, oldest first: next items for this sequence (sequence models)",
     )
-    rc.add_argument("--k", type=int, default=10)
+    rc.add_argument("--k", type=_positive_int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.set_defaults(func=cmd_recommend)
 
@@ -354,9 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ITEM",
         help="sequence models (ICSRec): explain these original item ids, oldest first",
     )
-    xp.add_argument("--intents", type=int, default=3, help="top intents to show")
-    xp.add_argument("--items", type=int, default=5, help="most aligned items per intent")
-    xp.add_argument("--k", type=int, default=10, help="recommendations to attribute to intents")
+    xp.add_argument("--intents", type=_positive_int, default=3, help="top intents to show")
+    xp.add_argument("--items", type=_positive_int, default=5, help="most aligned items per intent")
+    xp.add_argument("--k", type=_positive_int, default=10, help="recommendations to attribute to intents")
     xp.add_argument("--json", action="store_true", help="machine-readable output")
     xp.set_defaults(func=cmd_explain)
 
@@ -377,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        # Data validation and integrity errors carry the file/line/key in their message; set
-        # RECSYS_DEBUG=1 for the traceback.
+    except (ValueError, OSError) as exc:
+        # Data validation and integrity errors carry the file/line/key in their message, as do file errors
+        # (a missing file, an --out folder that is not ours to replace); set RECSYS_DEBUG=1 for the traceback.
         if os.environ.get("RECSYS_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -187,10 +187,17 @@ class LoadedRun:
 def load_run(run_id: str) -> LoadedRun:
     """Rebuild a trained run from MLflow: its config, its prepared dataset (checked against the manifest hash
     the run logged) and its model with the trained weights, ready for evaluation and export."""
+    folder = download_run_artifacts(run_id, MODEL_ARTIFACT)
+    try:
+        return _load_run_folder(run_id, folder)
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)  # the weights are in memory by now
+
+
+def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
     from features import PreparedDataset, prepare
     from recsys.models import build_model
 
-    folder = download_run_artifacts(run_id, MODEL_ARTIFACT)
     cfg = validate_config(
         __import__("yaml").safe_load((folder / "config.yaml").read_text()), source=f"run {run_id} config.yaml"
     )
@@ -207,7 +214,6 @@ def load_run(run_id: str) -> LoadedRun:
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
-    shutil.rmtree(folder.parent, ignore_errors=True)
     return LoadedRun(run_id, cfg, dataset, model)
 
 

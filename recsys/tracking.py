@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -207,6 +208,16 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
             "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"
         ) from None
     dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
-    return Path(
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
-    )
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
+        )
+    except MlflowException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise FileNotFoundError(
+            f"run {run_id} in the store {uri or default_tracking_uri()} has no artifact {artifact_path!r} "
+            "(a run trained with tracking.log_model: false, or stopped before its end, saved no model)"
+        ) from None
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise

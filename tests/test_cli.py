@@ -64,6 +64,34 @@ def test_train_evaluate_index_recommend(trained_run, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("1.", "5."))]
     assert len(lines) == 2
     assert main(["recommend", "--run", run_id, "--user", "nobody", "--index", str(out_dir)]) == 2
+    capsys.readouterr()
+    # Another run's index (its item embeddings) must not answer for this run.
+    assert main(["recommend", "--run", "f" * 32, "--user", "u3", "--index", str(out_dir)]) == 2
+    assert f"was built from run {run_id}, not from run {'f' * 32}" in capsys.readouterr().err
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    assert main(["index", "--run", run_id, "--out", str(precious)]) == 2  # an error line, not a traceback
+    assert "not a serving index" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", "--run", run_id, "--user", "u3", "--k", "0"])
+    assert exit_info.value.code == 2 and "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_a_run_without_a_saved_model_gets_an_error_line(tmp_path, capsys):
+    import tempfile
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=1)
+    raw["tracking"] = {"experiment": "cli-test", "log_model": False}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["evaluate", "--run", run_id]) == 2
+    assert "has no artifact 'model'" in capsys.readouterr().err
+    assert not list(Path(tempfile.gettempdir()).glob(f"recsys-run-{run_id[:8]}-*"))  # no download left behind
 
 
 def test_resume_flag_reuses_the_mlflow_run(tmp_path, capsys):
