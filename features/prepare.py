@@ -160,6 +160,7 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
         )
 
     split, split_info = _split(cfg, inter, test, files)
+    _require_train_and_test(split, split_info, files)
     dropped.update(split.dropped)
     parts = {"train": split.train, "valid": split.valid, "test": split.test}
     user_vocab, item_vocab, parts = _compact(
@@ -208,6 +209,25 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
         "side_features": side,
     }
     return tables, manifest
+
+
+def _require_train_and_test(split: Split, info: dict[str, Any], files: dict[str, Path]) -> None:
+    """An empty train or test split is an error, not a dataset: nothing to learn from, or nothing to test."""
+    for name in ("train", "test"):
+        if getattr(split, name).height:
+            continue
+        hint = f"split {info}, dropped {split.dropped}"
+        if info["protocol"] == "temporal":
+            hint += (
+                "; every interaction at or after the cut timestamp goes to test, so with many equal "
+                "timestamps a quantile cut cannot fall between them (set split.cut_timestamp)"
+            )
+        raise DataValidationError(
+            files["test" if name == "test" and "test" in files else "interactions"],
+            f"interactions in the {name} split",
+            got="<none>",
+            hint=hint,
+        )
 
 
 def _map(df: pl.DataFrame, user_vocab: pl.DataFrame, item_vocab: pl.DataFrame) -> pl.DataFrame:

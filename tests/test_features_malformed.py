@@ -90,6 +90,25 @@ def test_only_blank_lines(tmp_path):
         read_user_lines(path)
 
 
+def test_temporal_cut_among_equal_timestamps_leaves_no_train(tmp_path):
+    # Day-granular timestamps: the 0.8 quantile is the one timestamp there is, and all of it goes to test.
+    path = write(tmp_path / "inter.csv", "user,item,ts\n1,1,5\n1,2,5\n2,1,5\n2,2,5\n")
+    split = {"protocol": "temporal", "temporal_cut": 0.8}
+    cfg = DataConfig(
+        source="interactions",
+        path=str(path),
+        columns={"user": "user", "item": "item", "timestamp": "ts"},
+        split=split,
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"inter\.csv: expected interactions in the train split, got <none> .*'cut_timestamp': 5.*"
+        r"set split\.cut_timestamp",
+    ):
+        prepare(cfg, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 # ---- columns ----------------------------------------------------------------------------------------------
 def test_missing_columns_lists_existing(tmp_path):
     path = write(tmp_path / "ratings.csv", "user,item,stars\n1,2,5\n")
