@@ -138,16 +138,16 @@ def read_interactions(
                 else "; without a header the columns are column_1, column_2, ..."
             ),
         )
+    # A line is blank when every field is empty, not only the ones read: `,,,text` is a row with missing ids.
+    blank = pl.all_horizontal([pl.col(n).is_null() for n in names]).alias("_blank")
     try:
-        df = lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()]).collect()
+        df = lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank).collect()
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as exc:
         raise _explain_scan_error(path, exc, is_parquet, separator) from None
     if where == "_row":
         df = df.rename({LINE: "_row"})
-    value_cols = list(wanted)
     # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
-    if not is_parquet:
-        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in value_cols]))
+    df = (df.filter(~pl.col("_blank")) if not is_parquet else df).drop("_blank")
     if df.height == 0:
         raise DataValidationError(path, "at least one interaction", got="<no data rows>")
     out = [

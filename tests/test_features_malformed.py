@@ -223,6 +223,28 @@ def test_non_numeric_timestamp(tmp_path):
         read_interactions(path, user="u", item="i", timestamp="ts")
 
 
+def test_a_row_with_empty_ids_is_not_a_blank_line(tmp_path):
+    # Blank lines are skipped; a line whose id fields are empty but which holds other text is an error.
+    path = write(tmp_path / "r.csv", "u,i,ts,note\na,x,100,ok\n\n,,,lost row\n")
+    with pytest.raises(
+        DataValidationError, match=r"r\.csv, line 4, column 'u': expected a user id.*got <empty>"
+    ):
+        read_interactions(path, user="u", item="i", timestamp="ts")
+
+
+def test_timestamp_beyond_64_bits(tmp_path):
+    path = write(tmp_path / "r.csv", "u,i,ts\na,x,100\nb,y,99999999999999999999\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.csv, line 3, column 'ts': expected a timestamp that fits in 64 bits, got '99999999999999999999'",
+    ):
+        read_interactions(path, user="u", item="i", timestamp="ts")
+    pq = tmp_path / "r.parquet"
+    pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "ts": [100.0, 1e20]}).write_parquet(pq)
+    with pytest.raises(DataValidationError, match=r"r\.parquet, row 2, column 'ts': .*fits in 64 bits"):
+        read_interactions(pq, user="u", item="i", timestamp="ts")
+
+
 def test_unparseable_datetime_timestamp(tmp_path):
     path = write(tmp_path / "r.csv", "u,i,ts\na,x,2020-01-01T10:00:00\nb,y,tomorrow\n")
     with pytest.raises(
