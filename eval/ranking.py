@@ -564,7 +564,9 @@ def evaluate_model(
         dataset: a ``features.PreparedDataset``: ``n_items`` and ``matrix(split)`` -> ``csr n_users x n_items``.
         split: ``"valid"`` or ``"test"``.
         ks: cut-offs; the top-k is computed once, for ``max(ks)``.
-        block_size: users per ``scorer()`` call (or per ``query_embeddings`` call).
+        block_size: users per ``scorer()`` call, for models with their own scorer. Models with the default
+            scorer are queried once for all users (an expensive query side, such as graph propagation, is
+            computed once) and ranked in blocks that :func:`full_ranking_topk_embeddings` sizes itself.
         users: optional user indices to evaluate.
         excluded_score: ``None`` (our protocol): the known items are removed from the ranking.  A number:
             they stay in it with this score, never relevant — the ICLRec / ICSRec reference evaluation

@@ -73,13 +73,11 @@ def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> in
         echo(f"   user {user!r} is not in the dataset; showing user {ds.user_vocab['user_id'][0]!r}")
         user = ds.user_vocab["user_id"][0]
         uidx = ds.user_vocab.filter(pl.col("user_id") == user)["user_idx"]
-    hist = (
-        ds.train.filter(pl.col("user_idx") == uidx[0])
-        .join(ds.item_vocab, on="item_idx")
-        .sort("rating", "timestamp", descending=[True, True], nulls_last=True)
-        if "rating" in ds.train.columns and "timestamp" in ds.train.columns
-        else ds.train.filter(pl.col("user_idx") == uidx[0]).join(ds.item_vocab, on="item_idx")
-    )
+    # Everything the user is known to have seen (all three splits): the items the index excludes.
+    known = pl.concat([ds.train, ds.valid, ds.test]).filter(pl.col("user_idx") == uidx[0])
+    hist = known.join(ds.item_vocab, on="item_idx")
+    if "rating" in known.columns and "timestamp" in known.columns:
+        hist = hist.sort("rating", "timestamp", descending=[True, True], nulls_last=True)
     titles = hist["title"].to_list() if "title" in hist.columns else hist["item_id"].to_list()
     print_recommendations(retriever, user, 10, history_titles=titles)
 
