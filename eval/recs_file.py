@@ -57,16 +57,27 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         )
     if df.height == 0:
         raise ValueError(f"{role} file {path} has a header but no rows")
-    df = df.select(columns)
+    # Where each row is, for error messages: its line in a CSV (the header is line 1), its row in a Parquet.
+    df = df.select(columns).with_row_index(_AT, offset=2 if suffix in _CSV else 1)
     for col in ("user", "item"):
         dtype = df[col].dtype
         if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical or dtype == pl.Enum):
             raise ValueError(f"{role} file {path}: column {col!r} holds {df[col].dtype}, expected ids")
         df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars())
-        empty = df.filter(pl.col(col).is_null() | (pl.col(col) == "")).height
-        if empty:
-            raise ValueError(f"{role} file {path}: {empty} row(s) with an empty {col!r}")
+        empty = df.filter(pl.col(col).is_null() | (pl.col(col) == ""))
+        if empty.height:
+            raise ValueError(
+                f"{role} file {path}: {empty.height} row(s) with an empty {col!r}, first at {_where(path, empty)}"
+            )
     return df
+
+
+_AT = "_at"
+
+
+def _where(path: Path, bad: pl.DataFrame) -> str:
+    """``line N`` (CSV) or ``row N`` (Parquet) of the first row of ``bad``."""
+    return f"{'row' if Path(path).suffix.lower() in _PARQUET else 'line'} {bad[_AT][0]}"
 
 
 def read_recs(path: str | Path) -> pl.DataFrame:
@@ -79,22 +90,25 @@ def read_recs(path: str | Path) -> pl.DataFrame:
         bad = df.filter(parsed.is_null() & score.is_not_null() & (score.str.strip_chars() != ""))
         if bad.height:
             examples = ", ".join(repr(v) for v in bad["score"].head(3).to_list())
-            raise ValueError(f"recs file {path}: {bad.height} non-numeric score value(s), e.g. {examples}")
+            raise ValueError(
+                f"recs file {path}: {bad.height} non-numeric score value(s), e.g. {examples}, first at "
+                f"{_where(path, bad)}"
+            )
         score = parsed
     elif score.dtype.is_numeric():
         score = score.cast(pl.Float64)
     else:
         raise ValueError(f"recs file {path}: column 'score' holds {score.dtype}, expected numbers")
-    if score.null_count():
-        raise ValueError(f"recs file {path}: {score.null_count()} row(s) without a score")
-    if score.is_nan().any():
-        raise ValueError(f"recs file {path}: {int(score.is_nan().sum())} NaN score(s)")
-    return df.with_columns(score.alias("score"))
+    for what, mask in (("row(s) without a score", score.is_null()), ("NaN score(s)", score.is_nan())):
+        bad = df.filter(mask)
+        if bad.height:
+            raise ValueError(f"recs file {path}: {bad.height} {what}, first at {_where(path, bad)}")
+    return df.with_columns(score.alias("score")).drop(_AT)
 
 
 def read_truth(path: str | Path) -> pl.DataFrame:
     """``user: String, item: String`` from a TRUTH file, one row per distinct pair."""
-    return _read_table(path, ("user", "item"), "truth").unique(maintain_order=True)
+    return _read_table(path, ("user", "item"), "truth").drop(_AT).unique(maintain_order=True)
 
 
 def _item_codes(items: pl.Series) -> pl.DataFrame:

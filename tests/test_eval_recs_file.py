@@ -94,12 +94,12 @@ def test_ids_are_strings_whatever_the_file_types(tmp_path):
     "recs_text,match",
     [
         ("user,item\na,x\n", "lacks column.*'score'"),
-        ("user,item,score\na,x,high\na,y,1\n", "non-numeric score.*'high'"),
-        ("user,item,score\na,x,nan\n", "NaN score"),
-        ("user,item,score\na,x,\n", "without a score"),
+        ("user,item,score\na,y,1\na,x,high\n", "non-numeric score.*'high', first at line 3"),
+        ("user,item,score\na,y,1\na,z,2\na,x,nan\n", "NaN score.*first at line 4"),
+        ("user,item,score\na,x,\n", "without a score, first at line 2"),
         ("", "is empty"),
         ("user,item,score\n", "no rows"),
-        ("user,item,score\n,x,1\n", "empty 'user'"),
+        ("user,item,score\na,x,1\n,x,1\n", "empty 'user', first at line 3"),
     ],
 )
 def test_recs_errors_name_the_file(tmp_path, recs_text, match):
