@@ -199,4 +199,5 @@ def test_golden_beauty_subsequences_from_the_reader(shared_data, golden_beauty):
 def test_golden_beauty_subsequences_from_the_prepared_dataset(shared_data, golden_beauty):
     """The route the models take: prepare (leave-one-out) -> training sequences -> samples, ids mapped back."""
     _, rows = prepared_beauty_samples(shared_data)
+    assert len(rows) == len(golden_beauty)  # no sample twice (a set comparison alone would not see it)
     assert set(rows) == golden_beauty
