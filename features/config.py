@@ -24,7 +24,7 @@ _DEFAULT_PROTOCOL: dict[str, Protocol] = {
 
 
 class _Strict(BaseModel):
-    # Attribute docstrings become field descriptions (shown in JSON schema and `recsys` help).
+    # Attribute docstrings become field descriptions (shown in the JSON schema).
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 

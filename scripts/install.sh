@@ -8,7 +8,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  # PyPI's default Linux wheel is the CUDA build; PyTorch's CPU index has the CPU one. Where that index
+  # cannot be reached, fall back to whatever pip resolves (a local wheel folder, or PyPI's default).
+  .venv/bin/python -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+    --retries 0 --timeout 15 \
+    || .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 echo "installed: $(.venv/bin/python -c 'import torch, recsys; print("torch", torch.__version__)')"

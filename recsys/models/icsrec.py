@@ -27,10 +27,11 @@ dot similarity, the 2n rows of both views as in-batch negatives):
     L = L_{rec} + \lambda L_{coarse} + \beta L_{fine}.
 
 Intents.  At the start of every epoch all N training subsequences are encoded (evaluation mode, no gradient)
-and clustered by k-means into K intents :math:`c_1..c_K` (faiss, on the CPU, ``kmeans_iters`` Lloyd
-iterations warm-started from the previous epoch's centroids).  A view is assigned its nearest centroid in
-L2 distance, :math:`k(h) = \arg\min_k \lVert h - c_k \rVert`, and contrasted with that centroid L2-normalised,
-:math:`\bar c_k = c_k / \lVert c_k \rVert` (the centroids are constants for the gradient).
+and clustered by k-means into K intents :math:`c_1..c_K` (faiss, on the CPU, ``kmeans_redo`` rounds of
+``kmeans_iters`` Lloyd iterations warm-started from the previous epoch's centroids).  A view is assigned its
+nearest centroid in L2 distance, :math:`k(h) = \arg\min_k \lVert h - c_k \rVert`, and contrasted with that
+centroid L2-normalised, :math:`\bar c_k = c_k / \lVert c_k \rVert` (the centroids are constants for the
+gradient).
 
 Defaults are the paper's Beauty / Sports settings: :math:`\lambda = 0.3`, :math:`\beta = 0.1`, K = 256.
 ``coarse_loss`` / ``fine_loss`` switch the two terms for the paper's ablations; with both off the model is
@@ -82,7 +83,7 @@ class ICSRecConfig(SASRecConfig):
     passes per batch, three dropout masks); ``shared``: the first contrastive view reuses that encoding
     (two passes; changes the numbers)."""
     kmeans_iters: int = Field(20, ge=1)
-    """Lloyd iterations per epoch."""
+    """Lloyd iterations per round (``kmeans_redo`` rounds per epoch)."""
     kmeans_redo: int = Field(5, ge=1)
     """Faiss ``nredo``, as in the reference (5).  The first, cold clustering keeps the best of that many random
     restarts; a warm-started one continues each "restart" from the previous one's centroids (faiss re-draws
