@@ -184,10 +184,13 @@ class LoadedRun:
     model: torch.nn.Module
 
 
-def load_run(run_id: str) -> LoadedRun:
+def load_run(run_id: str, uri: str | None = None) -> LoadedRun:
     """Rebuild a trained run from MLflow: its config, its prepared dataset (checked against the manifest hash
-    the run logged) and its model with the trained weights, ready for evaluation and export."""
-    folder = download_run_artifacts(run_id, MODEL_ARTIFACT)
+    the run logged) and its model with the trained weights, ready for evaluation and export.
+
+    ``uri`` is the tracking store that holds the run (default: ``MLFLOW_TRACKING_URI``, else the embedded
+    store under ``$RECSYS_HOME``); a run trained with ``tracking.uri`` set is found there."""
+    folder = download_run_artifacts(run_id, MODEL_ARTIFACT, uri=uri)
     try:
         return _load_run_folder(run_id, folder)
     finally:
@@ -229,6 +232,7 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
     from serving import build_index
 
     ds, model = run.dataset, run.model
+    model.eval()  # exported embeddings without dropout
     try:
         with torch.no_grad():
             users, items = model.embeddings()

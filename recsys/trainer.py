@@ -281,6 +281,8 @@ class Trainer:
         if self.monitor_split == "valid" and (self.run_dir / BEST).exists():
             # Test the weights that were best on validation, never a choice made on the test split.
             self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device))
+        # Training is over: whoever uses the model next (export, serving) gets it without dropout.
+        self.model.eval()
         return self.state
 
     def _done(self) -> bool:

@@ -297,6 +297,28 @@ def test_training_learns_a_sequential_pattern(tmp_path):
     assert result.test_metrics["hit@1"] > 0.5, result.test_metrics
 
 
+def test_a_trained_model_encodes_without_dropout(tmp_path):
+    """Dropout 0.5: a model left in training mode after fit would give a different query embedding at every
+    call, and so would an index exported from it."""
+    from recsys.pipeline import LoadedRun, build_run_index, train_experiment
+    from serving import load_index
+
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), epochs=2)
+    raw["model"].update(dropout=0.5, attn_dropout=0.5)
+    cfg = validate_config(raw)
+    result = train_experiment(cfg, echo=lambda *_: None)
+    model = result.model
+    assert not model.training
+    users = torch.arange(5)
+    first = model.query_embeddings(users)
+    model.train()  # encode_sequences is inference whatever the mode
+    assert torch.equal(model.query_embeddings(users), first)
+    assert model.training  # and the mode is restored
+    run = LoadedRun("local", cfg, result.dataset, model)
+    a, b = (load_index(build_run_index(run, tmp_path / name)).user_emb for name in ("a", "b"))
+    assert np.array_equal(a, b)
+
+
 def test_a_tracked_run_reloads_with_its_histories(tmp_path):
     """MLflow round trip: load_run rebuilds the model, prepares its histories, and scores the same."""
     from recsys.pipeline import load_run, train_experiment
@@ -304,7 +326,7 @@ def test_a_tracked_run_reloads_with_its_histories(tmp_path):
     raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), epochs=2)
     raw["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = train_experiment(validate_config(raw), echo=lambda *_: None)
-    run = load_run(result.run_id)
+    run = load_run(result.run_id, uri=raw["tracking"]["uri"])
     again = evaluate_model(run.model, run.dataset, split="test", ks=(1, 5))
     assert again == pytest.approx(result.test_metrics)
 

@@ -279,7 +279,7 @@ def test_pipeline_trains_indexes_and_serves_a_new_item(tmp_path):
     raw["train"]["epochs"] = 15
     raw["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = train_experiment(validate_config(raw), echo=lambda *_: None)
-    run = load_run(result.run_id)
+    run = load_run(result.run_id, uri=raw["tracking"]["uri"])
     assert evaluate_model(run.model, run.dataset, split="test", ks=(10,)) == pytest.approx(
         result.test_metrics
     )

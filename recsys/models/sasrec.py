@@ -456,18 +456,25 @@ class SASRec(HistoryQueries, Recommender):
 
     # ---- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @torch.no_grad()
     def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
 
-        Rows are encoded in order of length, so that each block is trimmed to its longest row (most
-        histories are short), and returned in the input order."""
+        Inference: in evaluation mode (no dropout, whatever mode the model is in; that mode is restored) and
+        without gradients. Rows are encoded in order of length, so that each block is trimmed to its longest
+        row (most histories are short), and returned in the input order."""
         seqs = torch.as_tensor(seqs, dtype=torch.long)
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
         out = torch.empty(seqs.shape[0], self.config.dim, device=device)
-        for i in range(0, seqs.shape[0], batch_size):
-            rows = order[i : i + batch_size]
-            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, seqs.shape[0], batch_size):
+                rows = order[i : i + batch_size]
+                out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
+        finally:
+            self.train(was_training)
         return out
 
     @torch.no_grad()
