@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.config import DataConfig
 
@@ -72,6 +72,15 @@ class TrainConfig(_Strict):
     """torch intra-op threads; default: torch's choice."""
     progress: bool = True
     """Show progress bars (only on a terminal)."""
+
+    @model_validator(mode="after")
+    def _steps_need_the_users_sampler(self) -> TrainConfig:
+        if self.steps_per_epoch is not None and self.sampler != "users":
+            raise ValueError(
+                "train.steps_per_epoch applies to train.sampler 'users' only (an 'interactions' epoch visits "
+                "every training pair once); set train.sampler: users or remove train.steps_per_epoch"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

@@ -119,6 +119,11 @@ class Trainer:
         self.hooks = [model, *hooks]
         self.state = TrainState()
         self.optimizer: torch.optim.Optimizer | None = None
+        if self.tc.steps_per_epoch is not None and callable(getattr(model, "make_sampler", None)):
+            raise ValueError(
+                f"train.steps_per_epoch: model {type(model).__name__} brings its own sampler, whose epoch is "
+                "one pass over its training samples; remove train.steps_per_epoch"
+            )
         self.monitor_split = "valid" if dataset.manifest["counts"].get("valid", 0) > 0 else "test"
         if self.tc.early_stopping is not None and self.monitor_split != "valid":
             raise ValueError(

@@ -208,6 +208,23 @@ def test_users_sampler_steps_per_epoch(tmp_path):
     assert t.fit().step == 15
 
 
+def test_steps_per_epoch_is_refused_where_it_would_be_ignored(tmp_path):
+    from recsys.config import ConfigError
+
+    with pytest.raises(ConfigError, match="steps_per_epoch applies to train.sampler 'users' only"):
+        validate_config(make_cfg(tmp_path / "x.csv", steps_per_epoch=3))
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    (seq / "Toy.txt").write_text(
+        "".join(f"{u + 1} " + " ".join(str(1 + (u + t) % 9) for t in range(6)) + "\n" for u in range(20))
+    )
+    raw = make_cfg(tmp_path / "x.csv", sampler="users", steps_per_epoch=3)
+    raw["data"] = {"source": "amazon_seq", "path": str(seq), "name": "Toy"}
+    raw["model"] = {"name": "sasrec", "dim": 8, "max_len": 5, "ffn_dim": 16}
+    with pytest.raises(ValueError, match="SASRec brings its own sampler"):
+        build(raw, tmp_path / "r")
+
+
 def test_learning_actually_happens(tmp_path):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     t = build(make_cfg(csv, epochs=0), tmp_path / "r0")
