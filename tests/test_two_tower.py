@@ -319,6 +319,20 @@ def test_config_errors_name_the_key(tmp_path):
         validate_config(raw)
 
 
+def test_ssl_without_anything_to_tell_the_views_apart_is_refused(tmp_path):
+    """masking none and no value dropout: both SSL views would be the same item, a contrastive term that
+    learns nothing; the error names the keys that would make it learn."""
+    path = write_category_data(tmp_path / "d")
+    with pytest.raises(
+        ValueError, match=r"masking=none needs value dropout \(model.value_dropout > 0, now 0.0\)"
+    ):
+        prepared_model(path, masking="none", value_dropout=0.0)
+    _, model = prepared_model(path, masking="none", value_dropout=0.3)  # dropout on the attribute lists
+    model.train()
+    z1, z2 = model.augmented_views(torch.arange(1, 9))
+    assert not torch.equal(z1, z2)
+
+
 def test_new_item_features_are_encoded_with_the_dataset_codes():
     spec = {
         "genres": {"kind": "multi_code", "cardinality": 4, "labels": ["Action", "Comedy", "Drama"]},
