@@ -2,7 +2,8 @@
 
 ``RunTracker`` is the only place that talks to MLflow, so models and the trainer stay free of it.  The store
 is ``sqlite:///$RECSYS_HOME/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` (or ``tracking.uri``) says otherwise;
-artifacts of experiments created here go to ``$RECSYS_HOME/mlartifacts``.
+artifacts of experiments created here with a SQLite store go to ``mlartifacts/`` beside its file
+(``$RECSYS_HOME/mlartifacts`` for the embedded one), never to the working folder.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def _use_store(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (absolute), or None (another store, in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path).absolute() if path and path != ":memory:" else None
 
 
 def git_commit() -> str:
@@ -108,10 +117,12 @@ class RunTracker:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the
-            # job runs from.
+            # job runs from; keep them beside the SQLite file instead, so that a store is one folder.
             location = None
             if uri == embedded_tracking_uri():
                 location = (recsys_home() / "mlartifacts").as_uri()
+            elif (db := _sqlite_file(uri)) is not None:
+                location = (db.parent / "mlartifacts").as_uri()
             exp_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id

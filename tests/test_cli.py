@@ -147,7 +147,9 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
     cfg.write_text(yaml.safe_dump(raw))
     store = tmp_path / "server.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    monkeypatch.chdir(tmp_path)  # a server-less sqlite URI of the user's puts artifacts in ./mlruns
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     import mlflow
@@ -158,6 +160,9 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
     from recsys.paths import recsys_home
 
     assert not (recsys_home() / "mlflow.db").exists()  # nothing went to the embedded default
+    # the run's artifacts sit beside that store's file, not in the folder the command ran from
+    assert list(work.iterdir()) == []
+    assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "model").is_dir()
 
 
 def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, capsys):
