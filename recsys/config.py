@@ -136,7 +136,9 @@ class ExperimentConfig(_Strict):
         """A short hash of the resolved config (without the tracking section), naming run folders.
 
         Settings that change how fast a run goes, not what it computes (``train.num_threads``,
-        ``train.progress``), are left out, so that a run can be resumed with another thread count."""
+        ``train.progress``), are left out, so that a run can be resumed with another thread count. (Another
+        thread count may sum floats in another order: the resumed run is then the same up to rounding, not
+        bit for bit.)"""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(payload.get("train"), dict):
             payload["train"] = {
