@@ -27,7 +27,6 @@ exactly between the two eval paths and with plain ``torch.topk`` up to the order
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+from _results import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_after": load_after,
     }
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report, indent=2)
         print(f"wrote {args.out}")
     return report
 

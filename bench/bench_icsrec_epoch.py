@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +126,7 @@ def main() -> None:
         # CPU seconds of this process: less sensitive to other jobs on a shared machine than wall time
         "icsrec_over_sasrec_epoch_cpu": i["epoch_cpu_s_full"] / s["epoch_cpu_s_full"],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(Path(args.out), out, indent=2)
     print(
         f"ICSRec epoch / SASRec epoch = {ratio:.2f} (wall), {out['icsrec_over_sasrec_epoch_cpu']:.2f} (CPU)  -> {args.out}"
     )

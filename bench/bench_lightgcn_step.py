@@ -32,7 +32,6 @@ without it the script prints why and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+from _results import write_json
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -410,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "pass": ratio <= 0.4,
             "rows": rows,
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result, indent=2)
         print(f"wrote {args.out}")
     return 0
 

@@ -10,8 +10,8 @@ metrics, wall time and learning curve (test Recall@20 against cumulative trainin
     .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_dccf.yaml --resume \
         --out bench/results/gowalla_dccf.json
 
-``train_seconds`` sums the trainer's per-epoch times (training and evaluation, over all sessions of a resumed
-run); ``wall_seconds`` is this invocation's wall time.
+``train_seconds`` sums the trainer's per-epoch training times (evaluation excluded; over all sessions of a
+resumed run); ``wall_seconds`` is this invocation's wall time.
 
 Run from the repository root (the configs point at ../shared/data).
 """
@@ -25,6 +25,8 @@ import platform
 import time
 from pathlib import Path
 
+from _results import write_json
+
 
 def machine() -> str:
     import torch
@@ -35,7 +37,9 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", required=True)
-    ap.add_argument("--set", nargs="*", default=[], help="overrides applied to every config")
+    ap.add_argument(
+        "--set", nargs="+", action="extend", default=[], help="overrides applied to every config (repeatable)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--resume",
@@ -92,9 +96,7 @@ def main() -> None:
             f"in {wall:.1f} s",
             flush=True,
         )
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, out)
+        write_json(out, results, indent=2)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from _results import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result, indent=1))
     if args.out:
-        tmp = args.out.with_name(args.out.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
     return result
 
 

@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -64,6 +66,7 @@ PAPER = {
     ("sports", "icsrec"): (0.0403, 0.0283, 0.0794, 0.0393),
 }
 KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
+SPEED_KEYS = ("train.num_threads=", "train.progress=")  # how fast a run goes, not what it computes
 
 
 def parse_run(spec: str) -> tuple[str, str]:
@@ -160,6 +163,10 @@ def summarize(dataset, variant, seed, extra, cfg, history, model, data, test_met
     }
 
 
+class NotNow(Exception):
+    """A run whose interim record cannot be made at this moment (the message says why)."""
+
+
 def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict | None:
     """Test the best-on-validation weights of a run that is still training (or was cut short), without
     touching its folder; None when it has no best weights yet.
@@ -185,7 +192,13 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
             break
         time.sleep(2)
     else:
-        raise SystemExit(f"{folder}: its best weights and checkpoint kept changing; try again")
+        # Not fatal, so that the other runs still get their records. Best weights that stay newer than a
+        # checkpoint that no longer moves come from a run cut between writing the two: its resume redoes
+        # that epoch, and the next interim test finds the pair consistent.
+        raise NotNow(
+            "its best weights are newer than its checkpoint (a run cut between writing the two, or one "
+            "writing them right now); skipped, test it again later"
+        )
     if state["best_epoch"] < 1:
         return None
     data, model = model_for(cfg)
@@ -237,7 +250,14 @@ def table(results: dict) -> str:
     its seeds may stand at different epochs, so its mean is not that of converged runs."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results.values():
-        groups.setdefault((r["dataset"], r["variant"]), []).append(r)
+        # Runs with other --set overrides are another setting, not more seeds of this one.
+        given = r.get("overrides", [])[len(VARIANTS[r["variant"]][1]) :]  # after the variant's own
+        setting = [o for o in given if not o.startswith(SPEED_KEYS)]
+        label = r["variant"] + (f" [{', '.join(setting)}]" if setting else "")
+        group = groups.setdefault((r["dataset"], label), [])
+        if any(g["seed"] == r["seed"] for g in group):
+            raise SystemExit(f"{r['dataset']}:{label}: seed {r['seed']} is in the results twice")
+        group.append(r)
     head = "| dataset | variant | seeds | protocol | " + " | ".join(KEYS) + " | epochs to best | s / epoch |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for (dataset, variant), runs in sorted(groups.items()):
@@ -295,18 +315,32 @@ def save_result(out: Path, key: str, record: dict) -> dict:
     Several drivers may share ``out`` (one per core): the file is re-read under an exclusive lock, so a run
     another driver saved meanwhile is kept, and it is replaced atomically, so a crash never leaves it
     half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(out.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with results_lock(out):
         results = load_results(out)
         results[key] = record
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, out)
+        write_json(out, results)
+        # The run's interim record (its best-so-far weights) has served its purpose.
+        interim = load_results(interim_path(out))
+        if key in interim:
+            del interim[key]
+            write_json(interim_path(out), interim)
     return results
 
 
-def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
+@contextlib.contextmanager
+def results_lock(out: Path):
+    """An exclusive lock on ``out`` and its interim file, shared by every driver writing them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def interim_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_interim.json")
+
+
+def report_interim(runs, seeds, extra, out: Path, results: dict, threads: int = 1) -> dict:
     """Interim records of the unfinished runs, written (atomically) to ``OUT_interim.json``.
 
     The records already in that file for other runs are kept, so that testing one run does not drop
@@ -316,8 +350,8 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
     two are different trajectories when the machine differs (another CPU need not give the same floats)."""
     import torch
 
-    torch.set_num_threads(1)  # beside the training processes
-    path = out.with_name(out.stem + "_interim.json")
+    torch.set_num_threads(threads)  # 1 by default: beside the training processes
+    path = interim_path(out)
     kept = {key: rec for key, rec in load_results(path).items() if key not in results}
     interim = {}
     for seed in seeds:
@@ -325,7 +359,11 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
             key = run_key(dataset, variant, seed, build_config(dataset, variant, seed, extra))
             if key in results:
                 continue
-            record = interim_one(dataset, variant, seed, extra)
+            try:
+                record = interim_one(dataset, variant, seed, extra)
+            except NotNow as why:
+                print(f"{key}: {why}", flush=True)
+                continue
             if record is None:
                 print(f"{key}: no best weights yet", flush=True)
                 continue
@@ -339,9 +377,10 @@ def report_interim(runs, seeds, extra, out: Path, results: dict) -> dict:
                 continue
             interim[key] = record
             print(f"{key}: {record['status']}, best epoch {record['best_epoch']}", flush=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(kept | interim, indent=1))
-    os.replace(tmp, path)
+    with results_lock(out):  # save_result may be dropping a record of this file meanwhile
+        final = load_results(out)
+        merged = {k: r for k, r in (load_results(path) | interim).items() if k not in final}
+        write_json(path, merged)
     if interim:
         print(table(interim))
     return interim
@@ -381,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     runs = [parse_run(spec) for spec in args.runs]
+    if any(o.startswith("seed=") for o in args.overrides):
+        ap.error("--set seed=...: give seeds with --seeds (the results key and the run folder follow them)")
     extra = [*args.overrides, f"train.num_threads={args.threads}", "train.progress=false"]
     if args.curves:  # reads only the runs' checkpoints, never the results file
         print(curves(runs, args.seeds, extra, args.curves))
@@ -393,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table(results))
         return
     if args.interim:
-        report_interim(runs, args.seeds, extra, args.out, results)
+        report_interim(runs, args.seeds, extra, args.out, results, threads=args.threads)
         return
     for seed in args.seeds:  # seeds outermost: a cut-short session has every variant for the first seeds
         for dataset, variant in runs:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -109,6 +111,42 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def refuse_to_replace(ap: argparse.ArgumentParser, out: Path, force: bool) -> None:
+    """Every run writes --out whole: an existing file (other runs' results) is replaced only with --force."""
+    if out.exists() and not force:
+        ap.error(f"{out} exists already; pass another --out, or --force to replace it")
+
+
+def merge(ap: argparse.ArgumentParser, files: list[Path]) -> tuple[list[dict], dict]:
+    """The runs of ``files`` and their sources' commands. Runs must share one setting (config and overrides:
+    a run's own, else its file's) and no (variant, seed) may come twice: their means are seeds of one setting."""
+    runs, sources, settings, seen = [], {}, {}, {}
+    for f in files:
+        data = json.loads(f.read_text())
+        sources[str(f)] = data.get("command")
+        file_setting = (
+            {"config": data["config"], "overrides": data["overrides"]} if "config" in data else None
+        )
+        for r in data["runs"]:
+            setting = r.get("setting", file_setting)
+            if setting is not None:
+                settings.setdefault(json.dumps(setting, sort_keys=True), str(f))
+            key = (r["variant"], r["seed"])
+            if key in seen:
+                ap.error(f"--merge: variant {key[0]} seed {key[1]} is in both {seen[key]} and {f}")
+            seen[key] = str(f)
+            runs.append(r if setting is None else {**r, "setting": setting})
+    if len(settings) > 1:
+        ap.error(
+            f"--merge: the files were run with different settings: {list(settings)} (from {list(settings.values())})"
+        )
+    return runs, sources
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "ml100k_two_tower.yaml")
@@ -123,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="an extra config override for every run (repeatable), e.g. --set train.epochs=10",
     )
+    ap.add_argument("--force", action="store_true", help="replace --out when it exists already")
     ap.add_argument(
         "--merge",
         type=Path,
@@ -133,11 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     if args.merge:
-        runs = [r for f in args.merge for r in json.loads(f.read_text())["runs"]]
         out = args.out or REPO / "bench" / "results" / "two_tower_merged.json"
-        sources = {str(f): json.loads(f.read_text()).get("command") for f in args.merge}
-        out.write_text(
-            json.dumps({"merged_from": sources, "summary": summarise(runs), "runs": runs}, indent=1)
+        refuse_to_replace(ap, out, args.force)
+        runs, sources = merge(ap, args.merge)
+        write_json(
+            out, {"command": command_line(), "merged_from": sources, "summary": summarise(runs), "runs": runs}
         )
         print(table(summarise(runs)))
         print(f"wrote {out}")
@@ -155,11 +194,13 @@ def main(argv: list[str] | None = None) -> None:
 
     base = load_config(args.config, list(args.overrides))
     out = args.out or REPO / "bench" / "results" / f"two_tower_{base.name}.json"
+    refuse_to_replace(ap, out, args.force)
     t0 = time.perf_counter()
     runs = []
     for seed in args.seeds:  # seeds outermost: a cut-short run still has every variant for the first seeds
         for variant in args.variants:
             r = run_one(args.config, variant, seed, list(args.overrides))
+            r["setting"] = {"config": str(args.config), "overrides": list(args.overrides)}  # for --merge
             runs.append(r)
             m = r["metrics"]
             print(
@@ -167,27 +208,23 @@ def main(argv: list[str] | None = None) -> None:
                 f"tail {m.get('tail/recall@50', 0):.4f} cold {m.get('cold/recall@50', 0):.4f} ({r['seconds']} s)",
                 flush=True,
             )
-            summary = summarise(runs)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(
-                json.dumps(
-                    {
-                        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                        "config": str(args.config),
-                        "overrides": args.overrides,
-                        "machine": {
-                            "cpu_count": os.cpu_count(),
-                            "torch_threads": 1,
-                            "platform": platform.platform(),
-                            "load_average_at_end": os.getloadavg(),
-                            "torch": torch.__version__,
-                        },
-                        "wall_seconds": round(time.perf_counter() - t0, 1),
-                        "summary": summary,
-                        "runs": runs,
+            write_json(
+                out,
+                {
+                    "command": command_line(),
+                    "config": str(args.config),
+                    "overrides": args.overrides,
+                    "machine": {
+                        "cpu_count": os.cpu_count(),
+                        "torch_threads": 1,
+                        "platform": platform.platform(),
+                        "load_average_at_end": os.getloadavg(),
+                        "torch": torch.__version__,
                     },
-                    indent=1,
-                )
+                    "wall_seconds": round(time.perf_counter() - t0, 1),
+                    "summary": summarise(runs),
+                    "runs": runs,
+                },
             )
     print(table(summarise(runs)))
     print(f"wrote {out}")

@@ -13,13 +13,14 @@ Recall@50, the metric the issue asks about); the test numbers are recorded besid
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _results import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -32,14 +33,16 @@ def _mean(runs: list[dict], part: str, key: str) -> float:
 def main(argv: list[str] | None = None) -> str:
     """Run the trials; returns the name of the trial chosen on validation."""
     import two_tower_ablation
-    from two_tower_ablation import VARIANTS
+    from two_tower_ablation import KEYS, VARIANTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--variant", required=True, choices=list(VARIANTS))
     ap.add_argument("--trial", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE ...]")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--select", default="tail/recall@50", help="validation metric to rank trials by")
+    ap.add_argument(
+        "--select", default="tail/recall@50", choices=KEYS, help="validation metric to rank trials by"
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -75,28 +78,23 @@ def main(argv: list[str] | None = None) -> str:
             f"{name:24s} valid {args.select} {results[name]['valid']:.4f}   test {results[name]['test']:.4f}",
             flush=True,
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                    "config": str(args.config),
-                    "variant": args.variant,
-                    "overrides": args.overrides,
-                    "select": f"valid {args.select}",
-                    "machine": {
-                        "cpu_count": os.cpu_count(),
-                        "torch_threads": 1,
-                        "platform": platform.platform(),
-                    },
-                    "wall_seconds": round(time.perf_counter() - t0, 1),
-                    "trials": results,
+        write_json(
+            args.out,
+            {
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "config": str(args.config),
+                "variant": args.variant,
+                "overrides": args.overrides,
+                "select": f"valid {args.select}",
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": 1,
+                    "platform": platform.platform(),
                 },
-                indent=1,
-            )
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+                "trials": results,
+            },
         )
-        tmp.replace(args.out)
     best = max(results, key=lambda n: results[n]["valid"])
     print(f"best on validation {args.select}: {best} {trials[best]}")
     print(f"wrote {args.out}")

@@ -80,13 +80,19 @@ def test_runs_record_both_protocols_and_are_not_rerun(tiny_repo, capsys, monkeyp
     assert sum("| ours |" in r for r in rows) == 2 and sum("| reference |" in r for r in rows) == 2
     # other --set overrides make another run: not skipped
     trained = []
-    monkeypatch.setattr(
-        sequential_paper, "train_one", lambda *a: trained.append(a) or dict(sas, variant="sasrec")
-    )
+    shorter = dict(sas, overrides=["train.epochs=2", *sas["overrides"]])
+    monkeypatch.setattr(sequential_paper, "train_one", lambda *a: trained.append(a) or shorter)
     sequential_paper.main(
         ["--runs", "tiny:sasrec", "--seeds", "3", "--set", "train.epochs=2", "--out", str(out)]
     )
     assert len(trained) == 1 and len(json.loads(out.read_text())) == 3
+    # ... and its own row in the table: not a second seed of the first setting
+    rows = capsys.readouterr().out.splitlines()
+    assert any("| tiny | sasrec [train.epochs=2] | 1 | ours |" in r for r in rows)
+    assert any("| tiny | sasrec | 1 | ours |" in r for r in rows)
+    with pytest.raises(SystemExit):
+        sequential_paper.main(["--runs", "tiny:sasrec", "--set", "seed=5", "--out", str(out)])
+    assert "give seeds with --seeds" in capsys.readouterr().err
 
 
 def test_bad_run_names_are_refused():
@@ -115,6 +121,8 @@ def test_table_gives_mean_and_sample_std_over_seeds_per_protocol():
                 "test_reference_protocol": reference, "best_epoch": epoch, "seconds_per_epoch": seconds}  # fmt: skip
 
     results = {"a": run(1, 0.045, 50, 40.0), "b": run(2, 0.055, 70, 60.0)}
+    with pytest.raises(SystemExit, match="seed 2 is in the results twice"):
+        sequential_paper.table({**results, "c": run(2, 0.05, 60, 50.0)})
     rows = sequential_paper.table(results).splitlines()
     ours = next(r for r in rows if "| ours |" in r)
     reference = next(r for r in rows if "| reference |" in r)
@@ -248,6 +256,9 @@ def test_interim_tests_the_best_weights_of_an_unfinished_run_without_recording_i
     out.write_text(json.dumps({finished: record}))
     sequential_paper.main(["--interim", "--runs", "tiny:coarse_only", "--seeds", "3", "--out", str(out)])
     assert json.loads((tiny_repo / "res_interim.json").read_text()) == {key: record}
+    # the final record, when its run finishes, takes the interim one's place at once
+    sequential_paper.save_result(out, key, dict(record, status="finished"))
+    assert json.loads((tiny_repo / "res_interim.json").read_text()) == {}
 
 
 def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_repo, capsys, monkeypatch):
