@@ -30,6 +30,7 @@ def encode_new_items(
     Raises:
         KeyError: a row names a feature the dataset does not have (naming it and the known ones).
         TypeError: a multi-valued feature given as a single string.
+        ValueError: a value that must be an integer (an ``int`` feature, a code without labels) is not.
     """
     known = set(spec)
     columns: dict[str, list[Any]] = {name: [] for name in spec}
@@ -43,28 +44,35 @@ def encode_new_items(
             value = row.get(name)
             kind = s.get("kind")
             labels = s.get("labels")
-            lookup = {lab: j + 1 for j, lab in enumerate(labels)} if labels else None
+            # An empty label list is a codebook too (no item had a value): every label is then unknown.
+            lookup = {lab: j + 1 for j, lab in enumerate(labels)} if labels is not None else None
+            where = f"new item {i}, feature {name!r}"
             if kind == "code":
-                columns[name].append(_code(value, lookup, int(s.get("cardinality", 0))))
+                columns[name].append(_code(value, lookup, int(s.get("cardinality", 0)), where))
             elif kind == "multi_code":
                 if isinstance(value, str):
-                    raise TypeError(
-                        f"new item {i}: feature {name!r} is multi-valued; give a list, not {value!r}"
-                    )
+                    raise TypeError(f"{where} is multi-valued; give a list, not {value!r}")
                 vals = [] if value is None else list(value)
-                columns[name].append([_code(v, lookup, int(s.get("cardinality", 0))) for v in vals])
+                columns[name].append([_code(v, lookup, int(s.get("cardinality", 0)), where) for v in vals])
             else:
-                columns[name].append(None if value is None else int(value))
+                columns[name].append(None if value is None else _integer(value, where))
     schema = {
         name: pl.List(pl.Int64) if s.get("kind") == "multi_code" else pl.Int64 for name, s in spec.items()
     }
     return pl.DataFrame(columns, schema=schema)
 
 
-def _code(value: Any, lookup: dict[str, int] | None, cardinality: int) -> int:
+def _code(value: Any, lookup: dict[str, int] | None, cardinality: int, where: str) -> int:
     if value is None:
         return 0
     if lookup is not None:
-        return lookup.get(str(value), 0)
-    code = int(value)
+        return lookup.get(str(value).strip(), 0)
+    code = _integer(value, where)
     return code if 0 <= code < cardinality else 0
+
+
+def _integer(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected an integer, got {value!r}") from None

@@ -42,9 +42,11 @@ def codebook(values: pl.Series) -> list[str]:
 
 
 def encode(expr: pl.Expr, labels: list[str]) -> pl.Expr:
-    """Map a Utf8 expression to ``Int64`` codes of ``labels`` (1-based); missing or unlisted -> 0."""
+    """Map a Utf8 expression to ``Int64`` codes of ``labels`` (1-based); missing or unlisted -> 0.
+
+    Values are stripped first, as :func:`codebook` strips them to make the labels."""
     mapping = {lab: i + 1 for i, lab in enumerate(labels)}
-    return expr.cast(pl.String).replace_strict(mapping, default=0, return_dtype=pl.Int64)
+    return expr.cast(pl.String).str.strip_chars().replace_strict(mapping, default=0, return_dtype=pl.Int64)
 
 
 def _code_spec(labels: list[str]) -> dict:

@@ -350,6 +350,22 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
         encode_new_items([{"colour": "red"}], spec)
     with pytest.raises(TypeError, match="give a list"):
         encode_new_items([{"genres": "Drama"}], spec)
+    # no item of the dataset had a year: an empty codebook, so any year bucket is unknown (code 0)
+    empty = {**spec, "year_bucket": {"kind": "code", "cardinality": 1, "labels": []}}
+    assert encode_new_items([{"year_bucket": "1990s"}], empty)["year_bucket"].to_list() == [0]
+    with pytest.raises(
+        ValueError, match="new item 0, feature 'release_year': expected an integer, got 'soon'"
+    ):
+        encode_new_items([{"release_year": "soon"}], spec)
+
+
+def test_side_feature_codes_ignore_surrounding_spaces():
+    from features.side_features import codebook, encode
+
+    values = pl.Series([" M", "F ", "M"])
+    labels = codebook(values)
+    codes = pl.DataFrame({"g": values}).select(encode(pl.col("g"), labels))["g"].to_list()
+    assert labels == ["F", "M"] and codes == [2, 1, 2]
 
 
 def test_train_fraction_keeps_a_seeded_share_of_the_samples(tmp_path):
