@@ -280,9 +280,15 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
         )
     length = max_len or model.config.max_len
 
+    n_items = model.n_items
+
     def encoder(sequences: list) -> np.ndarray:
         padded = pad_sequences([np.asarray(s, dtype=np.int64).tolist() for s in sequences], max_len=length)
+        if (padded >= n_items).any():
+            raise ValueError(f"item positions {sorted(set(padded[padded >= n_items].tolist()))[:10]} are beyond "
+                             f"the model's {n_items} items")  # fmt: skip
         with torch.no_grad():
             return encode(padded).detach().cpu().numpy().astype(np.float32)
 
+    encoder.n_items = n_items  # the Retriever refuses ids beyond, by name
     return encoder

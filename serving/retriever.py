@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from serving._topk import check_k
+from serving.errors import UnknownItemError
 from serving.index import ItemIndex
 
 
@@ -42,6 +43,8 @@ class SequenceEncoder(Protocol):
     Serving stays model-agnostic: it maps item ids to positions and back, and the model (through such a
     callable, e.g. ``recsys.pipeline.sequence_query_encoder``) turns positions into query vectors.  Indexes
     built by ``recsys index`` store items in the model's item order, so a position is the model's item index.
+    An encoder may carry ``n_items``, the positions it can encode (``0..n_items-1``): items added to the index
+    after training (:func:`serving.add_items`) lie beyond, and a sequence holding one is refused by name.
     """
 
     def __call__(self, sequences: list[np.ndarray]) -> np.ndarray: ...
@@ -163,7 +166,8 @@ class Retriever:
             B lists of up to k :class:`Recommendation`, best first.
 
         Raises:
-            UnknownItemError (a KeyError): item ids that are not in the index, all named.
+            UnknownItemError (a KeyError): item ids that are not in the index, or that the encoder cannot
+                encode (added after training), all named.
             TypeError: a sequence given as one string instead of a list of ids.
         """
         lists = []
@@ -173,7 +177,14 @@ class Retriever:
             lists.append([str(x) for x in seq])
         if not lists:
             return []
-        flat = self._index.item_positions([x for seq in lists for x in seq])
+        ids = [x for seq in lists for x in seq]
+        flat = self._index.item_positions(ids)
+        known = getattr(encoder, "n_items", None)
+        if known is not None and (flat >= known).any():
+            added = list(dict.fromkeys(x for x, p in zip(ids, flat, strict=True) if p >= known))
+            raise UnknownItemError(
+                added, known, "added to the index after training: the model has no embedding to encode them"
+            )
         bounds = np.cumsum([0] + [len(seq) for seq in lists])
         positions = [flat[bounds[b] : bounds[b + 1]] for b in range(len(lists))]
         query = np.asarray(encoder(positions))

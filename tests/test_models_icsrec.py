@@ -411,6 +411,14 @@ def test_retriever_answers_item_sequences_like_the_model(trained, tmp_path):
         retriever.recommend_for_sequences([["nope"]], encoder)
     with pytest.raises(TypeError, match="list of item ids"):
         retriever.recommend_for_sequences(["abc"], encoder)
+    # an item added to the index after training can be recommended, but the model cannot encode it
+    from serving import add_items
+
+    add_items(tmp_path / "idx", model.item_embeddings().detach().numpy()[:1] * 0.5, ["brand-new"])
+    grown = Retriever.load(tmp_path / "idx")
+    with pytest.raises(UnknownItemError, match="brand-new.*added to the index after training"):
+        grown.recommend_for_sequences([[ids[3], "brand-new"]], encoder)
+    assert len(grown.recommend_for_sequences([[ids[3]]], encoder, k=5)[0]) == 5
     with pytest.raises(ValueError, match="no sequence encoder"):
         sequence_query_encoder(build_model("mf_bpr", 2, 2))
 
