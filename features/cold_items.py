@@ -30,6 +30,10 @@ def choose_cold_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
     n_cold = int(round(fraction * n_items))
+    if n_cold >= n_items:
+        raise ValueError(
+            f"a cold item fraction of {fraction} makes all {n_items} items cold (at least one must stay warm)"
+        )
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_items, size=n_cold, replace=False)).astype(np.int64)
 
@@ -45,7 +49,10 @@ def drop_items(frame: pl.DataFrame, items: np.ndarray, column: str = "item_idx")
 
 def item_counts(frame: pl.DataFrame, n_items: int, column: str = "item_idx") -> np.ndarray:
     """Interactions per item: ``int64[n_items]``."""
-    return np.bincount(frame[column].to_numpy().astype(np.int64), minlength=n_items).astype(np.int64)
+    idx = frame[column].to_numpy().astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_items):
+        raise ValueError(f"{column} must be in [0, {n_items}), got values in [{idx.min()}, {idx.max()}]")
+    return np.bincount(idx, minlength=n_items).astype(np.int64)
 
 
 def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1) -> dict[str, np.ndarray]:
@@ -57,8 +64,11 @@ def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1
         head_fraction: share of the warm items that are head (``ceil``, at least one).
     """
     n = counts.shape[0]
+    cold = np.asarray(cold, dtype=np.int64)
+    if cold.size and (cold.min() < 0 or cold.max() >= n):  # a negative index would wrap around silently
+        raise ValueError(f"cold item indices must be in [0, {n}), got values in [{cold.min()}, {cold.max()}]")
     is_cold = np.zeros(n, dtype=bool)
-    is_cold[np.asarray(cold, dtype=np.int64)] = True
+    is_cold[cold] = True
     warm = np.flatnonzero(~is_cold)
     n_head = max(1, math.ceil(head_fraction * warm.size)) if warm.size else 0
     order = warm[np.lexsort((warm, -counts[warm]))]  # by count descending, then index

@@ -153,7 +153,16 @@ class PreparedDataset:
                 column="schema_version",
                 got=manifest["schema_version"],
             )
-        n_users, n_items = int(manifest["n_users"]), int(manifest["n_items"])
+        for key, kind, what in (
+            ("n_users", int, "an integer"),
+            ("n_items", int, "an integer"),
+            ("counts", dict, "an object of row counts per split"),
+            ("files", list, "a list of file names"),
+        ):
+            value = manifest[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DataValidationError(mpath, what, column=key, got=value)
+        n_users, n_items = manifest["n_users"], manifest["n_items"]
         expected_rows = {
             **{s: manifest["counts"].get(s) for s in SPLITS},
             "user_vocab": n_users,
@@ -210,6 +219,10 @@ def _check_index(path: Path, df: pl.DataFrame, col: str, n: int) -> None:
     if col not in df.columns or df.schema[col] != pl.Int64:
         raise DataValidationError(
             path, f"an Int64 column {col!r}", column=col, got=f"<{df.schema.get(col, 'missing column')}>"
+        )
+    if df[col].null_count():
+        raise DataValidationError(
+            path, f"a {col} in every row", column=col, got=f"<{df[col].null_count()} missing>"
         )
     if df.height and (df[col].min() < 0 or df[col].max() >= n):  # type: ignore[operator]
         raise DataValidationError(

@@ -96,6 +96,12 @@ def feature_arrays(
         table = pl.DataFrame({key: np.arange(n_rows, dtype=np.int64)})
     if key not in table.columns:
         raise DataValidationError("<side-feature table>", f"a key column {key!r}", got=table.columns)
+    if table[key].null_count() or table[key].is_duplicated().any():
+        # a repeated key would multiply its row in the join below and misalign every array
+        dup = table.filter(table[key].is_duplicated())[key].head(1).to_list()
+        raise DataValidationError(
+            "<side-feature table>", f"each {key} once, none missing", column=key, got=f"<{key} {dup or None}>"
+        )
     keys = table[key].to_numpy()
     if keys.size and (keys.min() < 0 or keys.max() >= n_rows):
         raise DataValidationError(
@@ -125,8 +131,11 @@ def feature_arrays(
 
 
 def _padded_lists(col: pl.Series, cardinality: int) -> np.ndarray:
-    """A list column -> ``int64[N, L]`` padded with PAD; empty lists -> ``[0]``; out-of-range codes -> 0."""
+    """A list column -> ``int64[N, L]`` padded with PAD; empty lists -> ``[0]``; out-of-range or missing
+    codes -> 0."""
     lists = col.fill_null(pl.lit([], dtype=pl.List(pl.Int64))).cast(pl.List(pl.Int64))
+    # a null inside a list is an unknown value (code 0); dropping it would misalign rows and columns below
+    lists = lists.list.eval(pl.element().fill_null(0))
     lengths = lists.list.len().to_numpy().astype(np.int64)
     width = max(int(lengths.max()) if lengths.size else 1, 1)
     flat = lists.explode().drop_nulls().to_numpy().astype(np.int64)

@@ -466,6 +466,23 @@ def test_load_reports_row_count_mismatch(tmp_path):
         PreparedDataset.load(broken)
 
 
+def test_load_reports_a_missing_index_and_mistyped_manifest_values(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    train = pl.read_parquet(broken / "train.parquet")
+    train.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("user_idx")).alias(
+        "user_idx")).write_parquet(broken / "train.parquet")  # fmt: skip
+    with pytest.raises(DataValidationError, match=r"train\.parquet, column 'user_idx': .*got <1 missing>"):
+        PreparedDataset.load(broken)
+    train.write_parquet(broken / "train.parquet")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for key, value in (("counts", [3, 1, 1]), ("n_users", "two"), ("files", None), ("n_items", True)):
+        (broken / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(DataValidationError, match=rf"manifest\.json, column '{key}': expected"):
+            PreparedDataset.load(broken)
+
+
 def test_load_reports_missing_file(tmp_path):
     ds = prep_ml(DATA / "ml100k_mini", tmp_path)
     broken = tmp_path / "broken"

@@ -237,6 +237,29 @@ def test_cold_items_are_held_out_and_embedded_from_features_alone(tmp_path):
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(ds.n_items))
 
 
+def test_cold_items_and_feature_arrays_refuse_inputs_they_would_silently_misread():
+    from features.cold_items import item_counts
+    from features.errors import DataValidationError
+    from features.feature_arrays import FeatureField, feature_arrays
+
+    with pytest.raises(ValueError, match="makes all 3 items cold"):
+        choose_cold_items(3, 0.9, 0)
+    with pytest.raises(ValueError, match="cold item indices must be in"):
+        item_slices(np.array([5, 3, 1, 0]), cold=np.array([-1]))
+    with pytest.raises(ValueError, match=r"item_idx must be in \[0, 4\)"):
+        item_counts(pl.DataFrame({"item_idx": [0, 7]}), 4)
+    genres = FeatureField(name="genres", kind="multi_code", cardinality=4)
+    with pytest.raises(DataValidationError, match="each item_idx once"):
+        feature_arrays(
+            pl.DataFrame({"item_idx": [0, 1, 1], "genres": [[1], [2], [3]]}), [genres], "item_idx", 3
+        )
+    # a missing code inside a list is an unknown value, in its place
+    arrays = feature_arrays(
+        pl.DataFrame({"item_idx": [0, 1, 2], "genres": [[1, None, 2], [3], []]}), [genres], "item_idx", 3
+    )
+    np.testing.assert_array_equal(arrays.values["genres"], [[1, 0, 2], [3, -1, -1], [0, -1, -1]])
+
+
 def test_item_slices_partition_the_catalogue_and_restrict_truth():
     counts = np.array([50, 0, 7, 9, 1, 3, 30, 2, 2, 4])
     s = item_slices(counts, cold=np.array([1, 6]), head_fraction=0.25)
