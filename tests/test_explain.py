@@ -98,9 +98,15 @@ def test_explanation_structure(small_model):
         assert [x.item_idx for x in d.aligned_items] == np.argsort(-align, kind="stable")[:4].tolist()
         assert all(r in exp.recommendations for r in d.drives)
         assert d.aligned_items[0].title == titles[d.aligned_items[0].item_idx]
-    # every recommendation is driven by exactly one intent (here: among all K, some may be outside the top 3)
+    # every recommendation is driven by exactly one intent (here: among all K, some may be outside the top 3):
+    # the one with the largest p(k | u) * (c_k . e_i), p the user's layer-averaged intent weights
     driven = [r.item_idx for d in exp.top_intents for r in d.drives]
     assert len(driven) == len(set(driven))
+    with torch.no_grad():
+        p = intent_distributions(model)[0][7]
+        expected_driver = {i: int(torch.argmax(p * (items[i] @ model.user_intent))) for i in recs}
+    for d in exp.top_intents:
+        assert {r.item_idx for r in d.drives} == {i for i, k in expected_driver.items() if k == d.intent}
     text = format_explanation(exp)
     assert "intent" in text and exp.top_intents[0].aligned_items[0].title in text
     users_p, items_p = intent_distributions(model)
