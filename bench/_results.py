@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from recsys.atomic import atomic_write
+
 
 def write_json(path: Path, obj: Any, indent: int = 1) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temp file beside it, flushed to disk, then renamed into
-    place: a crash at any point leaves the previous file whole, or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=indent) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`recsys.atomic.atomic_write`): a crash at any point
+    leaves the previous file whole, or the new one."""
+    atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=indent) + "\n").encode()))

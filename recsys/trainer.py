@@ -15,7 +15,6 @@ fingerprint, or on other data (the dataset's manifest hash), is refused rather t
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from recsys.atomic import atomic_write
 from recsys.config import ExperimentConfig
 from recsys.tracking import RunTracker
 
@@ -73,17 +73,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` via a temp file and rename, so a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 class Trainer:
