@@ -251,12 +251,14 @@ def table(results: dict) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results.values():
         # Runs with other --set overrides are another setting, not more seeds of this one.
-        given = r.get("overrides", [])[len(VARIANTS[r["variant"]][1]) :]  # after the variant's own
+        own = VARIANTS.get(r["variant"], (None, []))[1]
+        given = r.get("overrides", [])[len(own) :]  # after the variant's own
         setting = [o for o in given if not o.startswith(SPEED_KEYS)]
         label = r["variant"] + (f" [{', '.join(setting)}]" if setting else "")
         group = groups.setdefault((r["dataset"], label), [])
         if any(g["seed"] == r["seed"] for g in group):
-            raise SystemExit(f"{r['dataset']}:{label}: seed {r['seed']} is in the results twice")
+            # the same seed and overrides under another config (a YAML edited since): its own row
+            group = groups.setdefault((r["dataset"], f"{label} [config {r.get('fingerprint')}]"), [])
         group.append(r)
     head = "| dataset | variant | seeds | protocol | " + " | ".join(KEYS) + " | epochs to best | s / epoch |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]

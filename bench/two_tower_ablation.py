@@ -133,7 +133,8 @@ def merge(ap: argparse.ArgumentParser, files: list[Path]) -> tuple[list[dict], d
         )
         for r in data["runs"]:
             setting = r.get("setting", file_setting)
-            if setting is not None:
+            if setting is not None:  # one config file however its path was typed
+                setting = {**setting, "config": str(Path(setting["config"]).resolve())}
                 settings.setdefault(json.dumps(setting, sort_keys=True), str(f))
             key = (r["variant"], r["seed"])
             if key in seen:
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:  # seeds outermost: a cut-short run still has every variant for the first seeds
         for variant in args.variants:
             r = run_one(args.config, variant, seed, list(args.overrides))
-            r["setting"] = {"config": str(args.config), "overrides": list(args.overrides)}  # for --merge
+            r["setting"] = {"config": str(args.config.resolve()), "overrides": list(args.overrides)}
             runs.append(r)
             m = r["metrics"]
             print(

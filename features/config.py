@@ -57,7 +57,7 @@ class SplitConfig(_Strict):
     protocol: Protocol = "random_ratio"
     seed: int = 0
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
-    test_ratio: float = Field(0.2, ge=0.0, lt=1.0)
+    test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in test."""
     valid_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in valid (0 = no validation split)."""

@@ -217,11 +217,13 @@ def _require_train_and_test(split: Split, info: dict[str, Any], files: dict[str,
         if getattr(split, name).height:
             continue
         hint = f"split {info}, dropped {split.dropped}"
-        if info["protocol"] == "temporal":
+        if info["protocol"] == "temporal" and name == "train" and info.get("temporal_cut") is not None:
             hint += (
                 "; every interaction at or after the cut timestamp goes to test, so with many equal "
                 "timestamps a quantile cut cannot fall between them (set split.cut_timestamp)"
             )
+        elif info["protocol"] == "temporal":
+            hint += f"; is the cut before the first or after the last timestamp? ({name} gets none)"
         raise DataValidationError(
             files["test" if name == "test" and "test" in files else "interactions"],
             f"interactions in the {name} split",

@@ -223,11 +223,17 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         return Path(
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
         )
-    except MlflowException:
+    except MlflowException as exc:
         shutil.rmtree(dst, ignore_errors=True)
-        raise FileNotFoundError(
-            f"run {run_id} in the store {uri or default_tracking_uri()} has no artifact {artifact_path!r} "
-            "(a run trained with tracking.log_model: false, or stopped before its end, saved no model)"
+        store = uri or default_tracking_uri()
+        top = artifact_path.split("/")[0]
+        if top and top not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
+            raise FileNotFoundError(
+                f"run {run_id} in the store {store} has no artifact {artifact_path!r} "
+                "(a run trained with tracking.log_model: false, or stopped before its end, saved no model)"
+            ) from None
+        raise OSError(
+            f"run {run_id}: downloading {artifact_path!r} from the store {store} failed: {exc}"
         ) from None
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)

@@ -20,6 +20,7 @@ __all__ = [
     "Recommendation",
     "Retriever",
     "UnknownItemError",
+    "UnencodableItemError",
     "UnknownUserError",
     "build_index",
     "load_index",
@@ -29,6 +30,7 @@ _WHERE = {
     "add_items": "serving.add_items",
     "IndexIntegrityError": "serving.errors",
     "UnknownItemError": "serving.errors",
+    "UnencodableItemError": "serving.errors",
     "UnknownUserError": "serving.errors",
     "ItemIndex": "serving.index",
     "build_index": "serving.index",
@@ -39,7 +41,7 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from serving.add_items import add_items
-    from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
+    from serving.errors import IndexIntegrityError, UnencodableItemError, UnknownItemError, UnknownUserError
     from serving.index import ItemIndex, build_index, load_index
     from serving.retriever import Recommendation, Retriever
 

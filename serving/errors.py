@@ -76,3 +76,26 @@ class UnknownItemError(UnknownIdError):
     """An item id that is not in the index's catalogue."""
 
     kind = "item"
+
+
+class UnencodableItemError(KeyError):
+    """Item ids in the index that the query encoder cannot encode: items added after training
+    (:func:`serving.add_items`), which the model has no embedding for. ``str(err)`` names them."""
+
+    def __init__(self, ids: Sequence[str], n_encodable: int) -> None:
+        self.ids = tuple(ids)
+        self.n_encodable = n_encodable
+        shown = ", ".join(repr(i) for i in self.ids[:5]) + (
+            f" and {len(self.ids) - 5} more" if len(self.ids) > 5 else ""
+        )
+        self.message = (
+            f"item id(s) {shown} were added to the index after training: the model encodes only the "
+            f"{n_encodable} items it was trained with, so a sequence cannot hold them"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.ids, self.n_encodable))

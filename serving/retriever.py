@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from serving._topk import check_k
-from serving.errors import UnknownItemError
+from serving.errors import UnencodableItemError
 from serving.index import ItemIndex
 
 
@@ -166,8 +166,9 @@ class Retriever:
             B lists of up to k :class:`Recommendation`, best first.
 
         Raises:
-            UnknownItemError (a KeyError): item ids that are not in the index, or that the encoder cannot
-                encode (added after training), all named.
+            UnknownItemError (a KeyError): item ids that are not in the index, all named.
+            UnencodableItemError (a KeyError): item ids added to the index after training, which the
+                encoder cannot encode, all named.
             TypeError: a sequence given as one string instead of a list of ids.
         """
         lists = []
@@ -182,9 +183,7 @@ class Retriever:
         known = getattr(encoder, "n_items", None)
         if known is not None and (flat >= known).any():
             added = list(dict.fromkeys(x for x, p in zip(ids, flat, strict=True) if p >= known))
-            raise UnknownItemError(
-                added, known, "added to the index after training: the model has no embedding to encode them"
-            )
+            raise UnencodableItemError(added, known)
         bounds = np.cumsum([0] + [len(seq) for seq in lists])
         positions = [flat[bounds[b] : bounds[b + 1]] for b in range(len(lists))]
         query = np.asarray(encoder(positions))

@@ -106,6 +106,12 @@ def test_temporal_cut_among_equal_timestamps_leaves_no_train(tmp_path):
         r"set split\.cut_timestamp",
     ):
         prepare(cfg, cache_dir=tmp_path / "cache")
+    # a cut after the last timestamp leaves test empty; the hint then names that cause
+    late = cfg.model_copy(
+        update={"split": cfg.split.model_copy(update={"temporal_cut": None, "cut_timestamp": 10**6})}
+    )
+    with pytest.raises(DataValidationError, match=r"in the test split.*after the last timestamp"):
+        prepare(late, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
@@ -243,6 +249,9 @@ def test_timestamp_beyond_64_bits(tmp_path):
     pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "ts": [100.0, 1e20]}).write_parquet(pq)
     with pytest.raises(DataValidationError, match=r"r\.parquet, row 2, column 'ts': .*fits in 64 bits"):
         read_interactions(pq, user="u", item="i", timestamp="ts")
+    # the largest 64-bit integer fits, though as a float it rounds up to 2**63
+    edge = write(tmp_path / "edge.csv", "u,i,ts\na,x,9223372036854775807\n")
+    assert read_interactions(edge, user="u", item="i", timestamp="ts")["timestamp"].to_list() == [2**63 - 1]
 
 
 def test_unparseable_datetime_timestamp(tmp_path):

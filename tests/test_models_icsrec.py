@@ -416,7 +416,9 @@ def test_retriever_answers_item_sequences_like_the_model(trained, tmp_path):
 
     add_items(tmp_path / "idx", model.item_embeddings().detach().numpy()[:1] * 0.5, ["brand-new"])
     grown = Retriever.load(tmp_path / "idx")
-    with pytest.raises(UnknownItemError, match="brand-new.*added to the index after training"):
+    from serving import UnencodableItemError
+
+    with pytest.raises(UnencodableItemError, match="'brand-new' were added to the index after training"):
         grown.recommend_for_sequences([[ids[3], "brand-new"]], encoder)
     assert len(grown.recommend_for_sequences([[ids[3]]], encoder, k=5)[0]) == 5
     with pytest.raises(ValueError, match="no sequence encoder"):

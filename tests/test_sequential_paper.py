@@ -121,8 +121,10 @@ def test_table_gives_mean_and_sample_std_over_seeds_per_protocol():
                 "test_reference_protocol": reference, "best_epoch": epoch, "seconds_per_epoch": seconds}  # fmt: skip
 
     results = {"a": run(1, 0.045, 50, 40.0), "b": run(2, 0.055, 70, 60.0)}
-    with pytest.raises(SystemExit, match="seed 2 is in the results twice"):
-        sequential_paper.table({**results, "c": run(2, 0.05, 60, 50.0)})
+    # the same seed again under another config (a YAML edited since) is its own row, never a third seed
+    again = sequential_paper.table({**results, "c": dict(run(2, 0.05, 60, 50.0), fingerprint="abc")})
+    assert "| beauty | sasrec [config abc] | 1 | ours | 0.0500 |" in again
+    assert "| beauty | sasrec | 2 | ours |" in again
     rows = sequential_paper.table(results).splitlines()
     ours = next(r for r in rows if "| ours |" in r)
     reference = next(r for r in rows if "| reference |" in r)
