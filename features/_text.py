@@ -216,7 +216,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
         return raw.cast(pl.Int64)
     text = raw.cast(pl.String).str.strip_chars()
     as_float = text.cast(pl.Float64, strict=False)
-    checked = df.select(where, text.alias("_raw"), as_float.alias("_f"))
+    exact = text.cast(pl.Int64, strict=False)  # integers beyond 2**53 lose precision through Float64
+    checked = df.select(where, text.alias("_raw"), as_float.alias("_f"), exact.alias("_i"))
     bad = checked.filter(pl.col("_raw").is_null() | (pl.col("_raw") == "")).head(1)
     if bad.height:
         r = bad.row(0, named=True)
@@ -245,18 +246,13 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             path, "a timestamp (an integer)", column=col, got=r["_raw"], **_loc(where, r)
         )
     # Out of range when the exact integer cast fails too (2**63 - 1 fits, though as a float it rounds to 2**63).
-    exact = text.cast(pl.Int64, strict=False)
-    bad = checked.with_columns(df.select(exact.alias("_i"))["_i"])
-    bad = bad.filter(pl.col("_i").is_null() & (pl.col("_f").abs() >= 2.0**63)).head(1)
+    bad = checked.filter(pl.col("_i").is_null() & (pl.col("_f").abs() >= 2.0**63)).head(1)
     if bad.height:
         r = bad.row(0, named=True)
         raise DataValidationError(
             path, "a timestamp that fits in 64 bits", column=col, got=r["_raw"], **_loc(where, r)
         )
-    # Integers beyond 2**53 would lose precision through Float64, so cast integers directly when possible.
-    return pl.coalesce(
-        text.cast(pl.Int64, strict=False), as_float.cast(pl.Int64, strict=False)
-    )  # checked above
+    return pl.coalesce(exact, as_float.cast(pl.Int64, strict=False))  # the exact integer when there is one
 
 
 def _loc(where: str, row: dict) -> dict:

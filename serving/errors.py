@@ -48,9 +48,7 @@ class UnknownIdError(KeyError):
 
     def __init__(self, ids: Sequence[str], n_known: int, hint: str | None = None) -> None:
         self.ids = tuple(ids)
-        shown = ", ".join(repr(i) for i in self.ids[:5])
-        if len(self.ids) > 5:
-            shown += f" and {len(self.ids) - 5} more"
+        shown = _shown(self.ids)
         plural = "s" if len(self.ids) != 1 else ""
         self.message = f"unknown {self.kind} id{plural}: {shown} (the index knows {n_known} {self.kind}s)"
         if hint:
@@ -85,11 +83,8 @@ class UnencodableItemError(KeyError):
     def __init__(self, ids: Sequence[str], n_encodable: int) -> None:
         self.ids = tuple(ids)
         self.n_encodable = n_encodable
-        shown = ", ".join(repr(i) for i in self.ids[:5]) + (
-            f" and {len(self.ids) - 5} more" if len(self.ids) > 5 else ""
-        )
         self.message = (
-            f"item id(s) {shown} were added to the index after training: the model encodes only the "
+            f"item id(s) {_shown(self.ids)} were added to the index after training: the model encodes only the "
             f"{n_encodable} items it was trained with, so a sequence cannot hold them"
         )
         super().__init__(self.message)
@@ -99,3 +94,9 @@ class UnencodableItemError(KeyError):
 
     def __reduce__(self):
         return (type(self), (self.ids, self.n_encodable))
+
+
+def _shown(ids: tuple[str, ...]) -> str:
+    """The first five ids, quoted, and how many more."""
+    shown = ", ".join(repr(i) for i in ids[:5])
+    return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
