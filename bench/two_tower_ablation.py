@@ -176,10 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or REPO / "bench" / "results" / "two_tower_merged.json"
         refuse_to_replace(ap, out, args.force)
         runs, sources = merge(ap, args.merge)
-        write_json(
-            out, {"command": command_line(), "merged_from": sources, "summary": summarise(runs), "runs": runs}
-        )
-        print(table(summarise(runs)))
+        summary = summarise(runs)
+        write_json(out, {"command": command_line(), "merged_from": sources, "summary": summary, "runs": runs})
+        print(table(summary))
         print(f"wrote {out}")
         return
     unknown = [v for v in args.variants if v not in VARIANTS]

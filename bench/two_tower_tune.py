@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> str:
         write_json(
             args.out,
             {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "command": two_tower_ablation.command_line(),
                 "config": str(args.config),
                 "variant": args.variant,
                 "overrides": args.overrides,

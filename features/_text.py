@@ -112,10 +112,10 @@ def split_fields(
     )
 
 
-def unique_ids(df: pl.DataFrame, col: str, path: Path, what: str, *, column_label: str) -> pl.DataFrame:
-    """``df`` without its ``_line`` column, once no two lines give the same ``col``.
+def require_one_line_each(df: pl.DataFrame, col: str, path: Path, what: str, *, column_label: str) -> None:
+    """Check that no two lines (``_line``) of ``df`` give the same ``col``.
 
-    A side-feature file (users, items) must list each id once: a repeated id would multiply rows in every
+    A file with one line per user or item must list each id once: a repeated id would multiply rows in every
     join on it and give a model a phantom row. Raises a :class:`DataValidationError` naming the repeat's line
     and the first one.
     """
@@ -130,7 +130,6 @@ def unique_ids(df: pl.DataFrame, col: str, path: Path, what: str, *, column_labe
             column=column_label,
             got=f"<{what} {r[col]} again (first on line {first})>",
         )
-    return df.drop(LINE)
 
 
 def parse_int(

@@ -27,8 +27,8 @@ from features._text import (
     parse_timestamp,
     read_lines,
     require_file,
+    require_one_line_each,
     split_fields,
-    unique_ids,
 )
 from features.errors import DataValidationError
 
@@ -135,7 +135,8 @@ def read_u_user(path: Path) -> pl.DataFrame:
         pl.col("zip").str.strip_chars().alias("zip_code"),
         LINE,
     )
-    return unique_ids(users, "user_id", path, "user id", column_label="id")
+    require_one_line_each(users, "user_id", path, "user id", column_label="id")
+    return users.drop(LINE)
 
 
 def read_u_genre(path: Path) -> list[str]:
@@ -181,7 +182,8 @@ def read_u_item(path: Path, genres: list[str]) -> pl.DataFrame:
         genre_list.list.drop_nulls().alias("genres"),
         LINE,
     )
-    return unique_ids(items, "item_id", path, "item id", column_label="id")
+    require_one_line_each(items, "item_id", path, "item id", column_label="id")
+    return items.drop(LINE)
 
 
 # ---- RecBole atomic layout --------------------------------------------------------------------------------
@@ -244,7 +246,8 @@ def read_atomic_user(path: Path) -> pl.DataFrame:
         pl.col("zip_code").str.strip_chars(),
         LINE,
     )
-    return unique_ids(users, "user_id", path, "user id", column_label="user_id")
+    require_one_line_each(users, "user_id", path, "user id", column_label="user_id")
+    return users.drop(LINE)
 
 
 def read_atomic_item(path: Path) -> pl.DataFrame:
@@ -260,7 +263,8 @@ def read_atomic_item(path: Path) -> pl.DataFrame:
         pl.col("class").str.extract_all(r"\S+").alias("genres"),
         LINE,
     )
-    return unique_ids(items, "item_id", path, "item id", column_label="item_id")
+    require_one_line_each(items, "item_id", path, "item id", column_label="item_id")
+    return items.drop(LINE)
 
 
 def _typed_ratings(df: pl.DataFrame, path: Path) -> pl.DataFrame:

@@ -88,14 +88,9 @@ def prepare(
     key = content_hash(cfg, hashes)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache / f"{_slug(cfg.display_name())}-{key[:16]}"
-    if not force and (folder / MANIFEST).exists():
-        try:
-            ds = PreparedDataset.load(folder)
-        except DataValidationError:
-            ds = None  # damaged: rebuild below
-        if ds is not None and ds.manifest.get("content_hash") == key:
-            ds.cache_hit = True
-            return ds
+    if not force and (ds := _complete_dataset(folder, key)) is not None:
+        ds.cache_hit = True
+        return ds
 
     t0 = time.perf_counter()
     tables, manifest = build_tables(cfg, files)
@@ -336,7 +331,7 @@ def _write_atomically(
         mtmp = tmp / (MANIFEST + ".part")
         mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
         os.replace(mtmp, tmp / MANIFEST)
-        if folder.exists() and not replace_complete and _is_complete(folder, manifest["content_hash"]):
+        if not replace_complete and _complete_dataset(folder, manifest["content_hash"]) is not None:
             return
         if folder.exists():
             # An incomplete/damaged folder or force=True: move it aside first (a rename cannot replace a
@@ -355,12 +350,16 @@ def _write_atomically(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _is_complete(folder: Path, content_hash: str) -> bool:
-    """Whether ``folder`` loads as a prepared dataset of the inputs ``content_hash`` names."""
+def _complete_dataset(folder: Path, content_hash: str) -> PreparedDataset | None:
+    """``folder`` loaded, when it is a complete prepared dataset of the inputs ``content_hash`` names; None
+    when it is missing, damaged (rebuilt by the caller) or of other inputs."""
+    if not (folder / MANIFEST).exists():
+        return None
     try:
-        return PreparedDataset.load(folder).manifest.get("content_hash") == content_hash
+        ds = PreparedDataset.load(folder)
     except DataValidationError:
-        return False
+        return None
+    return ds if ds.manifest.get("content_hash") == content_hash else None
 
 
 def _slug(name: str) -> str:

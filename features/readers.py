@@ -27,6 +27,7 @@ from features._text import (
     parse_timestamp,
     read_lines,
     require_file,
+    require_one_line_each,
 )
 from features.config import DataConfig
 from features.errors import DataValidationError
@@ -242,17 +243,7 @@ def _read_id_lines(path: Path, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     tok = tok.with_columns(pl.col("_t").list.first().alias("_u"))
     uid = parse_int(tok, "_u", path, "the user id as the first token", column_label="token 1")
     tok = tok.with_columns(uid.alias("_uid"))
-    dup = tok.filter(pl.col(LINE) != pl.col(LINE).min().over("_uid")).head(1)
-    if dup.height:
-        r = dup.row(0, named=True)
-        first = tok.filter(pl.col("_uid") == r["_uid"])[LINE].min()
-        raise DataValidationError(
-            path,
-            "each user on one line only",
-            line=r[LINE],
-            column="token 1",
-            got=f"<user {r['_uid']} again (first on line {first})>",
-        )
+    require_one_line_each(tok, "_uid", path, "user", column_label="token 1")
     users = tok.select(pl.col("_uid").cast(pl.String).alias("user_id"), LINE)
     long = (
         tok.select(
@@ -328,11 +319,10 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
             line=1,
             got=f"<JSON {type(obj).__name__}>",
         )
-    keys = [key for key, _ in obj]
-    values = [value for _, value in obj]
+    item_ids, values = [], []
     first_key: dict[int, str] = {}
     # One pass over items (not interactions) in Python: JSON values arrive as Python objects anyway.
-    for key, value in zip(keys, values, strict=True):
+    for key, value in obj:
         digits = key.strip()
         # isdigit() alone also accepts other scripts' digits ("١"), which Polars cannot cast.
         if not (digits.isascii() and digits.isdigit()) or int(digits) >= 2**63:
@@ -343,15 +333,16 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
                 got=key,
                 **_json_pos(text, key),
             )
-        if int(digits) in first_key:
+        item = int(digits)
+        if item in first_key:
             raise DataValidationError(
                 path,
                 "each item id once (as an object key)",
                 column=f"key {key!r}",
-                got=f"<item {int(digits)} again (first as key {first_key[int(digits)]!r})>",
-                **_json_pos(text, key, repeat=key == first_key[int(digits)]),
+                got=f"<item {item} again (first as key {first_key[item]!r})>",
+                **_json_pos(text, key, repeat=key == first_key[item]),
             )
-        first_key[int(digits)] = key
+        first_key[item] = key
         if not isinstance(value, list) or not all(type(a) is int and 0 < a < 2**63 for a in value):
             raise DataValidationError(
                 path,
@@ -360,11 +351,12 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
                 got=value,
                 **_json_pos(text, key),
             )
-    df = pl.DataFrame(
-        {"item_id": keys, "attributes": values},
+        item_ids.append(str(item))  # canonical: "007" -> "7"
+        values.append(value)
+    return pl.DataFrame(
+        {"item_id": item_ids, "attributes": values},
         schema={"item_id": pl.String, "attributes": pl.List(pl.Int64)},
     )
-    return df.with_columns(pl.col("item_id").str.strip_chars().cast(pl.Int64).cast(pl.String))
 
 
 class _JsonPairs(list):

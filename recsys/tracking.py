@@ -210,12 +210,13 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    _use_store(uri or default_tracking_uri())
+    store = uri or default_tracking_uri()
+    _use_store(store)
     try:
         mlflow.get_run(run_id)
     except MlflowException:
         raise SystemExit(
-            f"error: no MLflow run {run_id!r} in the store {uri or default_tracking_uri()} "
+            f"error: no MLflow run {run_id!r} in the store {store} "
             "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"
         ) from None
     dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
@@ -223,9 +224,10 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         return Path(
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
         )
-    except MlflowException as exc:
-        shutil.rmtree(dst, ignore_errors=True)
-        store = uri or default_tracking_uri()
+    except BaseException as exc:
+        shutil.rmtree(dst, ignore_errors=True)  # nothing half-downloaded is left behind
+        if not isinstance(exc, MlflowException):
+            raise
         top = artifact_path.split("/")[0]
         if top and top not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
             raise FileNotFoundError(
@@ -235,6 +237,3 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         raise OSError(
             f"run {run_id}: downloading {artifact_path!r} from the store {store} failed: {exc}"
         ) from None
-    except BaseException:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise

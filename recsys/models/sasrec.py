@@ -456,7 +456,6 @@ class SASRec(HistoryQueries, Recommender):
 
     # ---- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    @torch.no_grad()
     def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
 

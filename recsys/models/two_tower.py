@@ -369,16 +369,14 @@ class TwoTower(HistoryQueries, Recommender):
             self.query_tower = FeatureTower(query_fields, c.emb_dim, c.hidden, c.dim)
             self.item_tower = FeatureTower(item_fields, c.emb_dim, c.hidden, c.dim)
         multi = [f.name for f in item_fields if f.kind == "multi_code"]
-        value_dropout_hint = (
-            "model.masking=none (value dropout only), " if multi and c.value_dropout > 0 else ""
-        )
+        dropout_differs = bool(multi) and c.value_dropout > 0  # value dropout alone can tell two views apart
+        value_dropout_hint = "model.masking=none (value dropout only), " if dropout_differs else ""
         if c.ssl_weight > 0 and c.masking != "none" and len(item_fields) < 2:
             raise ValueError(
                 f"{dataset.root}: feature masking needs at least 2 item features, the dataset has {names}; "
                 f"set {value_dropout_hint}model.ssl_weight=0"
             )
-        if c.ssl_weight > 0 and c.masking == "none" and not (multi and c.value_dropout > 0):
-            # Without masking, only value dropout on multi-valued features tells the two views apart.
+        if c.ssl_weight > 0 and c.masking == "none" and not dropout_differs:
             raise ValueError(
                 f"{dataset.root}: model.ssl_weight > 0 with model.masking=none needs value dropout "
                 f"(model.value_dropout > 0, now {c.value_dropout}) on a multi-valued item feature (the dataset "
