@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import mmap
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,41 +112,34 @@ def read_interactions(
         # The row index is offset so that it equals the file's line number (one record per line assumed).
         # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
         rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
-        lf = pl.scan_csv(
-            path,
-            separator=sep,
-            has_header=has_header,
-            infer_schema=False,
-            row_index_name=LINE,
-            row_index_offset=1 + int(has_header),
-            encoding="utf8",
-            with_column_names=rename,
-        )
+
+        def scan(quote_char: str | None) -> pl.LazyFrame:
+            return pl.scan_csv(
+                path,
+                separator=sep,
+                has_header=has_header,
+                infer_schema=False,
+                row_index_name=LINE,
+                row_index_offset=1 + int(has_header),
+                encoding="utf8",
+                with_column_names=rename,
+                quote_char=quote_char,
+            )
+
+        lf = scan('"')
         where = LINE
+    headerless = not (has_header or is_parquet)
     try:
-        names = [n for n in lf.collect_schema().names() if n != LINE]
-    except (pl.exceptions.ComputeError, OSError) as exc:
-        raise _explain_scan_error(path, exc, is_parquet, separator) from None
-    missing = [c for c in wanted.values() if c not in names]
-    if missing:
-        raise DataValidationError(
-            path,
-            f"column(s) {', '.join(repr(m) for m in missing)}",
-            column=missing[0],
-            got=f"<columns {names}>",
-            hint="set data.columns.user/item/rating/timestamp to the file's names"
-            + (
-                ""
-                if has_header or is_parquet
-                else "; without a header the columns are column_1, column_2, ..."
-            ),
-        )
-    # A line is blank when every field is empty, not only the ones read: `,,,text` is a row with missing ids.
-    blank = pl.all_horizontal([pl.col(n).is_null() for n in names]).alias("_blank")
-    try:
-        df = lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank).collect()
-    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as exc:
-        raise _explain_scan_error(path, exc, is_parquet, separator) from None
+        df = _collect(lf, wanted, path, headerless)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        # Polars takes any `"` for a quote, also inside a field (`12" tv`), and then fails. When no field of
+        # the file starts with one, every quote is text: read it again without quoting (same fields).
+        if is_parquet or not _quotes_are_text(path, sep):
+            raise _explain_scan_error(path, exc, is_parquet, separator) from None
+        try:
+            df = _collect(scan(None), wanted, path, headerless)
+        except (pl.exceptions.PolarsError, OSError) as exc2:
+            raise _explain_scan_error(path, exc2, is_parquet, separator) from None
     if where == "_row":
         df = df.rename({LINE: "_row"})
     # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
@@ -167,6 +162,33 @@ def read_interactions(
         )
     renamed = df.rename({k: v for k, v in wanted.items() if k in ("rating", "timestamp")})
     return renamed.select(*out, pl.col(where).cast(pl.Int64).alias(LINE))
+
+
+def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: bool) -> pl.DataFrame:
+    """The wanted columns of a scan (named by their canonical names), its row index and a ``_blank`` flag."""
+    names = [n for n in lf.collect_schema().names() if n != LINE]
+    missing = [c for c in wanted.values() if c not in names]
+    if missing:
+        raise DataValidationError(
+            path,
+            f"column(s) {', '.join(repr(m) for m in missing)}",
+            column=missing[0],
+            got=f"<columns {names}>",
+            hint="set data.columns.user/item/rating/timestamp to the file's names"
+            + ("; without a header the columns are column_1, column_2, ..." if headerless else ""),
+        )
+    # A line is blank when every field is empty, not only the ones read: `,,,text` is a row with missing ids.
+    blank = pl.all_horizontal([pl.col(n).is_null() for n in names]).alias("_blank")
+    return lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank).collect()
+
+
+def _quotes_are_text(path: Path, sep: str) -> bool:
+    """Whether no field of a delimited text file starts with a ``"`` (then quoting plays no part in it)."""
+    opens_quote = re.compile(rb"(?:^|" + re.escape(sep.encode()) + rb')"', re.MULTILINE)
+    if path.stat().st_size == 0:
+        return False  # nothing to read again (and mmap refuses an empty file)
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return opens_quote.search(data) is None
 
 
 def _id_column(df: pl.DataFrame, col: str, label: str, path: Path, where: str) -> pl.Expr:
@@ -207,23 +229,46 @@ def _explain_scan_error(path: Path, exc: Exception, is_parquet: bool, separator:
     if err is not None:
         return err
     sep = separator or _SEPARATORS.get(path.suffix.lower(), ",")
-    # Polars reports ragged rows without a line number: find the first one with the csv module (error path).
+    # Polars reports ragged rows and broken quoting without a line number: find the first such record with
+    # the csv module (error path). Strict mode fails where Polars does: a field that opens a quote and never
+    # closes it (it would swallow the rest of the file), or text after a closing quote.
     with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=sep)
+        reader = csv.reader(fh, delimiter=sep, strict=True)
         width = None
-        for record in reader:
-            if not record:
-                continue
-            if width is None:
-                width = len(record)
-            elif len(record) > width:
-                return DataValidationError(
-                    path,
-                    f"at most {width} fields per line, like the first line",
-                    line=reader.line_num,
-                    got=f"<{len(record)} fields>",
-                )
-    return DataValidationError(path, "a well-formed delimited text file", got=f"<{str(exc).splitlines()[0]}>")
+        start = 1  # the line the next record starts on
+        try:
+            for record in reader:
+                if record and width is None:
+                    width = len(record)
+                elif record and len(record) > width:
+                    return DataValidationError(
+                        path,
+                        f"at most {width} fields per line, like the first line",
+                        line=reader.line_num,
+                        got=f"<{len(record)} fields>",
+                    )
+                start = reader.line_num + 1
+        except csv.Error as quote_error:
+            return DataValidationError(
+                path,
+                "a field that starts with a quote to end with one, followed by the separator or the line's end",
+                line=start,
+                got=f"<{quote_error}>",
+                hint='a field holding a literal " must be quoted whole, with that quote doubled: "12"" tv"',
+            )
+    with path.open("rb") as fh:
+        has_quote = any(b'"' in block for block in iter(lambda: fh.read(1 << 20), b""))
+    return DataValidationError(
+        path,
+        "a well-formed delimited text file",
+        got=f"<{str(exc).splitlines()[0]}>",
+        hint=(
+            'Polars reads a " inside a field as a quote when other fields of the file are quoted: quote such '
+            'a field whole, with its quotes doubled ("12"" tv")'
+            if has_quote
+            else None
+        ),
+    )
 
 
 # ---- "one line per user" (LightGCN) and Amazon sequences --------------------------------------------------

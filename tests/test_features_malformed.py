@@ -340,6 +340,37 @@ def test_ragged_csv_line_with_extra_fields(tmp_path):
         read_interactions(path, user="u", item="i")
 
 
+@pytest.mark.parametrize(
+    ("content", "line", "got"),
+    [
+        # a quote opened and never closed: Polars would read the rest of the file into one field
+        ('u\ti\ttitle\na\tx\tok\nb\ty\t"big tv\nc\tz\tok\n', 3, "unexpected end of data"),
+        ('u\ti\ttitle\na\tx\t"ok"1\nb\ty\tok\n', 2, "'\t' expected after '\"'"),
+    ],
+)
+def test_broken_quote_names_the_line_it_starts_on(tmp_path, content, line, got):
+    path = write(tmp_path / "q.tsv", content)
+    with pytest.raises(
+        DataValidationError, match=rf"q\.tsv, line {line}: expected a field that starts with a quote"
+    ) as e:
+        read_interactions(path, user="u", item="i")
+    assert got in str(e.value)
+
+
+def test_quote_inside_a_field_is_text(tmp_path):
+    # Polars alone fails on this file ("CSV malformed"); no field starts with a quote, so it is read unquoted
+    path = write(tmp_path / "q.tsv", 'u\ti\ttitle\na\tx\t12" tv\nb"2\ty\tok"\n')
+    df = read_interactions(path, user="u", item="i")
+    assert df.rows() == [("a", "x", 2), ('b"2', "y", 3)]
+
+
+def test_quote_inside_a_field_of_a_quoted_file(tmp_path):
+    path = write(tmp_path / "q.tsv", 'u\ti\ttitle\na\tx\t12" tv\nb\ty\t"ok"\n')
+    with pytest.raises(DataValidationError, match=r"q\.tsv: expected a well-formed delimited text file") as e:
+        read_interactions(path, user="u", item="i")
+    assert "quote such a field whole" in str(e.value)
+
+
 def test_recbole_atomic_bad_header(tmp_path):
     folder = tmp_path / "atomic"
     shutil.copytree(DATA / "ml100k_mini_atomic", folder)
