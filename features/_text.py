@@ -74,9 +74,24 @@ def read_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
         df = pl.DataFrame({"line": [text]}).select(pl.col("line").str.split("\n")).explode("line")
         if text.endswith("\n"):
             df = df.head(df.height - 1)
-    return df.select(
+    df = df.select(
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(LINE),
         pl.col("line").str.strip_suffix("\r"),
+    )
+    # A carriage return left inside a line: old Mac line endings (\r alone), which would make the whole file
+    # one line and merge its users.
+    bad = df.filter(pl.col("line").str.contains("\r", literal=True)).head(1)
+    if bad.height:
+        raise DataValidationError(
+            path,
+            "lines ending in \\n or \\r\\n",
+            line=bad[LINE][0],
+            got="<a carriage return (\\r) inside the line>",
+            hint="the file has old Mac line endings: convert them, e.g. tr '\\r' '\\n'",
+        )
+    # A UTF-8 byte-order mark (Windows editors write one) is not part of the first line's text.
+    return df.with_columns(
+        pl.when(pl.col(LINE) == 1).then(pl.col("line").str.strip_prefix("\ufeff")).otherwise(pl.col("line"))
     )
 
 
@@ -199,6 +214,10 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
     """
     dtype = df.schema[col]
     raw = pl.col(col)
+    if dtype in (pl.Duration, pl.Time):
+        raise DataValidationError(
+            path, "a timestamp (integers, dates or date-times)", column=col, got=f"<dtype {dtype}>"
+        )
     if dtype.is_temporal():
         bad = df.filter(raw.is_null()).head(1)
         if bad.height:
@@ -212,6 +231,12 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             raise DataValidationError(
                 path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
             )
+        bad = df.filter(raw.cast(pl.Int64, strict=False).is_null()).head(1)  # a UInt64 beyond 2**63 - 1
+        if bad.height:
+            r = bad.row(0, named=True)
+            raise DataValidationError(
+                path, "a timestamp that fits in 64 bits", column=col, got=r[col], **_loc(where, r)
+            )
         return raw.cast(pl.Int64)
     text = raw.cast(pl.String).str.strip_chars()
     as_float = text.cast(pl.Float64, strict=False)
@@ -222,7 +247,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
         r = bad.row(0, named=True)
         raise DataValidationError(path, "a timestamp", column=col, got="<empty>", **_loc(where, r))
     if dtype == pl.String and checked["_f"].null_count() == checked.height:
-        as_dt = text.str.to_datetime(strict=False, time_unit="us")
+        as_dt = _iso_datetime(text)
         checked = df.select(where, text.alias("_raw"), as_dt.alias("_dt"))
         bad = checked.filter(pl.col("_dt").is_null()).head(1)
         if bad.height:
@@ -252,6 +277,20 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             path, "a timestamp that fits in 64 bits", column=col, got=r["_raw"], **_loc(where, r)
         )
     return pl.coalesce(exact, as_float.cast(pl.Int64, strict=False))  # the exact integer when there is one
+
+
+# ISO-8601 only: Polars' own inference also takes 01/02/2020, and reads it day first without a word.
+_ISO_NAIVE = ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S%.f")
+_ISO_OFFSET = ("%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M:%S%.f%z")
+
+
+def _iso_datetime(text: pl.Expr) -> pl.Expr:
+    """ISO-8601 dates and date-times (``T`` or a space; optional seconds and fraction; ``Z`` or a UTC
+    offset) -> ``Datetime[us]`` in UTC (a time without an offset is taken as UTC); null where not ISO."""
+    t = text.str.replace(r"Z$", "+00:00").str.replace(" ", "T", literal=True)
+    naive = pl.coalesce(*[t.str.strptime(pl.Datetime("us"), f, strict=False) for f in _ISO_NAIVE])
+    aware = pl.coalesce(*[t.str.strptime(pl.Datetime("us", "UTC"), f, strict=False) for f in _ISO_OFFSET])
+    return pl.coalesce(naive, aware.dt.replace_time_zone(None))
 
 
 def _loc(where: str, row: dict) -> dict:

@@ -38,7 +38,8 @@ class ColumnsConfig(_Strict):
     rating: str | None = None
     """Column holding an explicit rating (a number); ``None``: the file has no ratings."""
     timestamp: str | None = None
-    """Column holding the interaction time (integer, e.g. unix seconds, or an ISO-8601 date-time)."""
+    """Column holding the interaction time: integers (e.g. unix seconds) or ISO-8601 dates / date-times (``T`` or a
+    space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds."""
 
 
 class SplitConfig(_Strict):

@@ -112,6 +112,16 @@ def read_interactions(
         # The row index is offset so that it equals the file's line number (one record per line assumed).
         # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
         rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
+        # Blank lines before the first record: Polars skips them before a header (shifting every line number)
+        # and takes the first for a one-column header-less row, so they are skipped here, and counted.
+        with path.open("rb") as fh:
+            if fh.read(4) == b"PAR1":
+                raise DataValidationError(
+                    path, "a delimited text file", got="<a Parquet file>", hint="name it .parquet"
+                )
+        lead = _leading_blank_lines(path)
+        if has_header:
+            _check_header(path, sep, lead)
 
         def scan(quote_char: str | None) -> pl.LazyFrame:
             return pl.scan_csv(
@@ -119,8 +129,9 @@ def read_interactions(
                 separator=sep,
                 has_header=has_header,
                 infer_schema=False,
+                skip_lines=lead,
                 row_index_name=LINE,
-                row_index_offset=1 + int(has_header),
+                row_index_offset=1 + lead + int(has_header),
                 encoding="utf8",
                 with_column_names=rename,
                 quote_char=quote_char,
@@ -140,6 +151,8 @@ def read_interactions(
             df = _collect(scan(None), wanted, path, headerless)
         except (pl.exceptions.PolarsError, OSError) as exc2:
             raise _explain_scan_error(path, exc2, is_parquet, separator) from None
+    if not is_parquet:
+        _check_one_record_per_line(path, sep, df.height + lead + int(has_header))
     if where == "_row":
         df = df.rename({LINE: "_row"})
     # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
@@ -182,6 +195,66 @@ def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: b
     return lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank).collect()
 
 
+def _leading_blank_lines(path: Path) -> int:
+    """How many empty lines a text file starts with."""
+    n = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.rstrip(b"\r\n"):
+                break
+            n += 1
+    return n
+
+
+def _check_header(path: Path, sep: str, lead: int) -> None:
+    """Refuse a header that names a column twice: Polars would rename the second copy and read the first."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        for _ in range(lead):
+            fh.readline()
+        header = next(csv.reader(fh, delimiter=sep), [])
+    first: dict[str, int] = {}
+    for k, name in enumerate(header, start=1):
+        if name in first:
+            raise DataValidationError(
+                path,
+                "each column name once in the header",
+                line=lead + 1,
+                column=name,
+                got=f"<{name!r} as fields {first[name]} and {k}>",
+            )
+        first[name] = k
+
+
+def _check_one_record_per_line(path: Path, sep: str, records: int) -> None:
+    """Refuse a file whose records do not match its lines one to one (``records`` counts the header and the
+    blank lines): a quoted field that runs over several lines would shift every later line number, and in a
+    TSV file a field that merely starts with ``"`` silently swallows the rows up to the next quote."""
+    lines, last = 0, b""
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            lines += block.count(b"\n")
+            last = block
+    lines += bool(last) and not last.endswith(b"\n")
+    if records == lines:
+        return
+    # Error path: find the first record that spans lines with the csv module.
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        start = 1
+        for _ in reader:
+            if reader.line_num > start:
+                raise DataValidationError(
+                    path,
+                    "one record per line",
+                    line=start,
+                    got=f"<a quoted field running on to line {reader.line_num}>",
+                    hint='a field that starts with " is quoted up to the next lone "; remove such quotes, or '
+                    "put the field's line breaks inside it in another form",
+                )
+            start = reader.line_num + 1
+    raise DataValidationError(path, "one record per line", got=f"<{records} records on {lines} lines>")
+
+
 def _quotes_are_text(path: Path, sep: str) -> bool:
     """Whether no field of a delimited text file starts with a ``"`` (then quoting plays no part in it)."""
     opens_quote = re.compile(rb"(?:^|" + re.escape(sep.encode()) + rb')"', re.MULTILINE)
@@ -194,7 +267,8 @@ def _quotes_are_text(path: Path, sep: str) -> bool:
 def _id_column(df: pl.DataFrame, col: str, label: str, path: Path, where: str) -> pl.Expr:
     """Ids may be text or integers; they must not be empty. Returns a Utf8 expression."""
     dtype = df.schema[col]
-    if not (dtype == pl.String or dtype.is_integer()):
+    # Categorical / Enum: pandas `category` columns and Arrow dictionaries of strings
+    if not (dtype == pl.String or dtype.is_integer() or isinstance(dtype, (pl.Categorical, pl.Enum))):
         raise DataValidationError(path, "ids as text or integers", column=label, got=f"<dtype {dtype}>")
     text = pl.col(col).cast(pl.String).str.strip_chars()
     bad = df.select(where, text.alias("_v")).filter(pl.col("_v").is_null() | (pl.col("_v") == "")).head(1)
@@ -345,7 +419,7 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
     require_file(path, "item attributes file")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark, if any, is not JSON text
     except UnicodeDecodeError:
         err = locate_decode_error(path)
         assert err is not None
@@ -356,6 +430,10 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
     except json.JSONDecodeError as exc:
         raise DataValidationError(
             path, "valid JSON", line=exc.lineno, column=f"char {exc.colno}", got=exc.msg
+        ) from None
+    except RecursionError:
+        raise DataValidationError(
+            path, "a JSON object mapping item id -> list of attribute ids", got="<JSON nested too deeply>"
         ) from None
     if not isinstance(obj, _JsonPairs):
         raise DataValidationError(

@@ -249,6 +249,12 @@ def test_timestamp_beyond_64_bits(tmp_path):
     pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "ts": [100.0, 1e20]}).write_parquet(pq)
     with pytest.raises(DataValidationError, match=r"r\.parquet, row 2, column 'ts': .*fits in 64 bits"):
         read_interactions(pq, user="u", item="i", timestamp="ts")
+    unsigned = tmp_path / "u.parquet"
+    pl.DataFrame(
+        {"u": ["a", "b"], "i": ["x", "y"], "ts": pl.Series([100, 2**64 - 1], dtype=pl.UInt64)}
+    ).write_parquet(unsigned)
+    with pytest.raises(DataValidationError, match=r"u\.parquet, row 2, column 'ts': .*fits in 64 bits"):
+        read_interactions(unsigned, user="u", item="i", timestamp="ts")
     # the largest 64-bit integer fits, though as a float it rounds up to 2**63
     edge = write(tmp_path / "edge.csv", "u,i,ts\na,x,9223372036854775807\n")
     assert read_interactions(edge, user="u", item="i", timestamp="ts")["timestamp"].to_list() == [2**63 - 1]
@@ -539,3 +545,107 @@ def test_load_reports_missing_file(tmp_path):
 def test_corpus_is_large_enough():
     cases = [name for name in globals() if name.startswith("test_") and name != "test_corpus_is_large_enough"]
     assert len(cases) >= 18
+
+
+# ---- messy real-world files: line endings, byte-order marks, headers, records over several lines -----------
+def test_old_mac_line_endings_in_user_lines(tmp_path):
+    # read as one line, user 1 would become an item of user 0
+    path = write(tmp_path / "train.txt", b"0 1 2\r1 3\r")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 1: expected lines ending in \\n or \\r\\n, got <a carriage",
+    ):
+        read_user_lines(path)
+
+
+def test_byte_order_mark_in_line_files_and_json(tmp_path):
+    pairs, _ = read_user_lines(write(tmp_path / "train.txt", "\ufeff0 1 2\r\n1 3\r\n"))
+    assert pairs.select("user_id", "item_id").rows() == [("0", "1"), ("0", "2"), ("1", "3")]
+    seq = read_amazon_seq(write(tmp_path / "Beauty.txt", "\ufeff1 1 2 3\n2 4 5\n"))
+    assert seq["user_id"].unique().sort().to_list() == ["1", "2"]
+    attrs = read_item_attributes(write(tmp_path / "Beauty_item2attributes.json", '\ufeff{"1": [1, 2]}'))
+    assert attrs.height == 1
+
+
+def test_deeply_nested_json(tmp_path):
+    path = write(tmp_path / "Beauty_item2attributes.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataValidationError, match=r"Beauty_item2attributes\.json: expected a JSON object"):
+        read_item_attributes(path)
+
+
+def test_header_naming_a_column_twice(tmp_path):
+    path = write(tmp_path / "d.csv", "user_id,user_id,item_id\n1,9,3\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"d\.csv, line 1, column 'user_id': expected each column name once in the header, "
+        r"got <'user_id' as fields 1 and 2>",
+    ):
+        read_interactions(path)
+
+
+def test_blank_lines_before_the_first_record_keep_line_numbers(tmp_path):
+    path = write(tmp_path / "lb.csv", "\n\nuser_id,item_id,rating\n1,2,3\n1,3,x\n")
+    with pytest.raises(DataValidationError, match=r"lb\.csv, line 5, column 'rating'"):
+        read_interactions(path, rating="rating")
+    headerless = write(tmp_path / "h.csv", "\n1,2\n3,4\n")
+    df = read_interactions(headerless, user="column_1", item="column_2", has_header=False)
+    assert df.rows() == [("1", "2", 2), ("3", "4", 3)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line", "to"),
+    [
+        # TSV: a review that merely starts with a quote would swallow the next two rows
+        ("sw.tsv", 'user_id\titem_id\ttitle\n1\t2\t"Great\n3\t4\tx\n5\t6\tok"\n7\t8\ty\n', 2, 4),
+        # CSV: a quoted line break is valid CSV, but every later line number would be off by one
+        ("emb.csv", 'user_id,item_id,title\n1,2,x\n1,3,"a\nb"\n1,4,y\n', 3, 4),
+    ],
+)
+def test_record_over_several_lines(tmp_path, name, content, line, to):
+    path = write(tmp_path / name, content)
+    with pytest.raises(
+        DataValidationError,
+        match=rf"line {line}: expected one record per line, got <a quoted field running on to line {to}>",
+    ):
+        read_interactions(path)
+
+
+def test_timestamps_iso_only_with_offsets(tmp_path):
+    path = write(
+        tmp_path / "t.csv",
+        "u,i,ts\na,x,2020-01-01T00:00:00Z\na,y,2020-01-01T02:00:00+02:00\nb,x,2020-01-01 00:00:07\n"
+        "b,y,2020-01-01\nc,x,2020-01-01T01:00+0100\n",
+    )
+    ts = read_interactions(path, user="u", item="i", timestamp="ts")["timestamp"].to_list()
+    assert ts == [1577836800, 1577836800, 1577836807, 1577836800, 1577836800]
+    # day and month order is ambiguous outside ISO-8601: Polars would read 01/02/2020 as 1 February
+    us = write(tmp_path / "us.csv", "u,i,ts\na,x,2020-01-01\na,y,01/02/2020\n")
+    with pytest.raises(
+        DataValidationError, match=r"us\.csv, line 3, column 'ts': .*ISO-8601.*got '01/02/2020'"
+    ):
+        read_interactions(us, user="u", item="i", timestamp="ts")
+
+
+@pytest.mark.parametrize("dtype", [pl.Duration("us"), pl.Time])
+def test_parquet_timestamp_of_a_non_instant_type(tmp_path, dtype):
+    pq = tmp_path / "r.parquet"
+    values = pl.Series([1_000_000, 2_000_000]).cast(pl.Int64).cast(dtype)
+    pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "ts": values}).write_parquet(pq)
+    with pytest.raises(
+        DataValidationError, match=r"r\.parquet, column 'ts': expected a timestamp .*got <dtype"
+    ):
+        read_interactions(pq, user="u", item="i", timestamp="ts")
+
+
+def test_parquet_with_categorical_ids_and_parquet_named_csv(tmp_path):
+    frame = pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"]}).with_columns(pl.col("u").cast(pl.Categorical))
+    frame.write_parquet(tmp_path / "c.parquet")
+    assert read_interactions(tmp_path / "c.parquet", user="u", item="i").rows() == [
+        ("a", "x", 1),
+        ("b", "y", 2),
+    ]
+    frame.write_parquet(tmp_path / "c.csv")
+    with pytest.raises(
+        DataValidationError, match=r"c\.csv: expected a delimited text file, got <a Parquet file>"
+    ):
+        read_interactions(tmp_path / "c.csv", user="u", item="i")
