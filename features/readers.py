@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_ROW = "__recsys_row_index__"  # the scans' row index: a name no file uses (a file may have a `_line` column)
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
 
@@ -98,7 +99,7 @@ def read_interactions(
     is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
     if is_parquet:
         _check_parquet_magic(path)
-        lf = pl.scan_parquet(path).with_row_index(LINE, offset=1)
+        lf = pl.scan_parquet(path).with_row_index(_ROW, offset=1)
         where = "_row"
     else:
         sep = separator or _SEPARATORS.get(path.suffix.lower())
@@ -130,7 +131,7 @@ def read_interactions(
                 has_header=has_header,
                 infer_schema=False,
                 skip_lines=lead,
-                row_index_name=LINE,
+                row_index_name=_ROW,
                 row_index_offset=1 + lead + int(has_header),
                 encoding="utf8",
                 with_column_names=rename,
@@ -179,7 +180,7 @@ def read_interactions(
 
 def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: bool) -> pl.DataFrame:
     """The wanted columns of a scan (named by their canonical names), its row index and a ``_blank`` flag."""
-    names = [n for n in lf.collect_schema().names() if n != LINE]
+    names = [n for n in lf.collect_schema().names() if n != _ROW]
     missing = [c for c in wanted.values() if c not in names]
     if missing:
         raise DataValidationError(
@@ -192,7 +193,9 @@ def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: b
         )
     # A line is blank when every field is empty, not only the ones read: `,,,text` is a row with missing ids.
     blank = pl.all_horizontal([pl.col(n).is_null() for n in names]).alias("_blank")
-    return lf.select(LINE, *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank).collect()
+    return lf.select(
+        pl.col(_ROW).alias(LINE), *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank
+    ).collect()
 
 
 def _leading_blank_lines(path: Path) -> int:

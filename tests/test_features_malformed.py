@@ -649,3 +649,10 @@ def test_parquet_with_categorical_ids_and_parquet_named_csv(tmp_path):
         DataValidationError, match=r"c\.csv: expected a delimited text file, got <a Parquet file>"
     ):
         read_interactions(tmp_path / "c.csv", user="u", item="i")
+
+
+def test_file_with_a_column_named_like_the_line_index(tmp_path):
+    path = write(tmp_path / "l.csv", "user_id,item_id,_line\n1,2,99\n")
+    assert read_interactions(path).rows() == [("1", "2", 2)]
+    pl.DataFrame({"user_id": ["1"], "item_id": ["2"], "_line": [99]}).write_parquet(tmp_path / "l.parquet")
+    assert read_interactions(tmp_path / "l.parquet").rows() == [("1", "2", 1)]
