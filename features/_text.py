@@ -169,6 +169,10 @@ def parse_int(
     checked = df.select(where, raw.alias("_raw"), cast.alias("_val"), label.cast(pl.String).alias("_label"))
     problems = [
         (pl.col("_raw").is_null() | (pl.col("_raw").str.strip_chars() == ""), f"{what} (an integer)"),
+        (
+            pl.col("_val").is_null() & pl.col("_raw").str.strip_chars().str.contains(r"^[+-]?[0-9]+$"),
+            f"{what} (an integer that fits in 64 bits)",
+        ),
         (pl.col("_val").is_null(), f"{what} (an integer)"),
     ]
     if nonneg:

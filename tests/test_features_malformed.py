@@ -656,3 +656,13 @@ def test_file_with_a_column_named_like_the_line_index(tmp_path):
     assert read_interactions(path).rows() == [("1", "2", 2)]
     pl.DataFrame({"user_id": ["1"], "item_id": ["2"], "_line": [99]}).write_parquet(tmp_path / "l.parquet")
     assert read_interactions(tmp_path / "l.parquet").rows() == [("1", "2", 1)]
+
+
+def test_user_lines_id_beyond_64_bits(tmp_path):
+    path = write(tmp_path / "train.txt", "0 1 2\n99999999999999999999 3\n")
+    with pytest.raises(
+        DataValidationError,
+        match=r"train\.txt, line 2, column 'token 1': expected the user id as the first token "
+        r"\(an integer that fits in 64 bits\), got '99999999999999999999'",
+    ):
+        read_user_lines(path)
