@@ -5,9 +5,10 @@ by the extension (``.csv``; ``.parquet`` / ``.pq``); other columns are ignored. 
 (surrounding whitespace stripped), so ``7`` in one file matches ``7`` in the other whatever their types.
 
 * A ``(user, item)`` pair listed more than once in RECS counts once, with its highest score.
+* An item scored ``-inf`` is not recommended (as in ``eval.full_ranking_topk``).
 * Each user's recommendations are ranked by score, descending; equal scores rank the lower item id first,
-  comparing ids as integers when every item id in the two files is an integer, as strings otherwise (the same
-  rule as ``eval.full_ranking_topk``, where ids are dense indices).
+  comparing ids as integers when every item id in the two files is an integer (of any size; ``07`` before
+  ``7``), as strings otherwise (the same rule as ``eval.full_ranking_topk``, where ids are dense indices).
 * Users in TRUTH without recommendations count, with zero for every metric; users in RECS that are not in TRUTH
   are ignored; every mean is over the users of TRUTH.
 * ``coverage@k`` divides by ``n_items`` if given, else by the number of distinct items in the two files.
@@ -49,16 +50,22 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         raise ValueError(f"{role} file {path} is empty") from None
     except (pl.exceptions.PolarsError, OSError) as e:
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
+    # Polars renames a repeated header name to `<name>_duplicated_<n>` and reads the first copy.
+    repeated = [c for c in columns if f"{c}_duplicated_0" in df.columns]
+    if repeated:
+        raise ValueError(f"{role} file {path} has the column {repeated[0]!r} twice; expected it once")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(
             f"{role} file {path} lacks column(s) {', '.join(map(repr, missing))}; it has {df.columns} "
             f"(expected {', '.join(columns)})"
         )
-    if df.height == 0:
-        raise ValueError(f"{role} file {path} has a header but no rows")
     # Where each row is, for error messages: its line in a CSV (the header is line 1), its row in a Parquet.
     df = df.select(columns).with_row_index(_AT, offset=2 if suffix in _CSV else 1)
+    if suffix in _CSV:  # a blank line reads as a row of nulls: skip it, as the data readers do
+        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in columns]))
+    if df.height == 0:
+        raise ValueError(f"{role} file {path} has a header but no rows")
     for col in ("user", "item"):
         dtype = df[col].dtype
         if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical or dtype == pl.Enum):
@@ -112,13 +119,19 @@ def read_truth(path: str | Path) -> pl.DataFrame:
 
 
 def _item_codes(items: pl.Series) -> pl.DataFrame:
-    """Dense item codes in id order (integer order when every id is an integer, string order otherwise)."""
-    ids = items.unique()
-    as_int = ids.cast(pl.Int64, strict=False)
+    """Dense item codes in id order: integer order when every id is an integer, string order otherwise; ids
+    of equal value (``07``, ``7``) by their text, so that the order, and the ranking of ties, never varies."""
+    frame = pl.DataFrame({"item": items.unique()})
+    as_int = frame["item"].cast(pl.Int64, strict=False)
     if as_int.null_count() == 0:
-        frame = pl.DataFrame({"item": ids, "_key": as_int}).sort("_key")
+        frame = frame.with_columns(_key=as_int).sort("_key", "item")
+    elif frame["item"].str.contains(r"^[0-9]+$").all():  # beyond 64 bits: by length, then digit by digit
+        digits = pl.col("item").str.strip_chars_start("0")
+        frame = frame.with_columns(_len=digits.str.len_bytes(), _digits=digits).sort(
+            "_len", "_digits", "item"
+        )
     else:
-        frame = pl.DataFrame({"item": ids}).sort("item")
+        frame = frame.sort("item")
     return frame.select("item").with_row_index("i", offset=0).with_columns(pl.col("i").cast(pl.Int64))
 
 
@@ -147,8 +160,12 @@ def evaluate_recs_file(
     ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    kmax = max(ks)
-    recs = read_recs(recs_path).group_by("user", "item").agg(pl.col("score").max())
+    recs = (
+        read_recs(recs_path)
+        .group_by("user", "item")
+        .agg(pl.col("score").max())
+        .filter(pl.col("score") > float("-inf"))
+    )
     truth = read_truth(truth_path)
 
     users = (
@@ -158,15 +175,18 @@ def evaluate_recs_file(
     )
     items = _item_codes(pl.concat([recs["item"], truth["item"]]))
     truth_codes = truth.join(users, on="user").join(items, on="item")
+    n_users, n_codes = users.height, items.height
+    # No list is longer than the n_codes items; past that length every metric but precision stays the same,
+    # so the lists are cut there (a huge k would otherwise allocate users x k slots).
+    width = min(max(ks), n_codes)
     ranked = (
         recs.join(users, on="user", how="inner")  # users without truth are ignored
         .join(items, on="item")
         .sort(["u", "score", "i"], descending=[False, True, False])
         .with_columns(pl.int_range(pl.len()).over("u").alias("rank"))
-        .filter(pl.col("rank") < kmax)
+        .filter(pl.col("rank") < width)
     )
-    n_users, n_codes = users.height, items.height
-    topk = np.full((n_users, kmax), -1, dtype=np.int64)
+    topk = np.full((n_users, width), -1, dtype=np.int64)
     topk[ranked["u"].to_numpy(), ranked["rank"].to_numpy()] = ranked["i"].to_numpy()
     truth_csr = sp.csr_matrix(
         (
@@ -175,4 +195,13 @@ def evaluate_recs_file(
         ),
         shape=(n_users, n_codes),
     )
-    return ranking_metrics(topk, truth_csr, ks, n_items=n_codes if n_items is None else n_items)
+    cut = sorted({min(k, width) for k in ks})
+    at = ranking_metrics(topk, truth_csr, cut, n_items=n_codes if n_items is None else n_items)
+    result: dict[str, float] = {}
+    for k in ks:
+        for key, value in at.items():
+            name, at_k = key.split("@")
+            if int(at_k) == min(k, width):
+                # precision@k counts hits over k slots, the empty ones past the lists included
+                result[f"{name}@{k}"] = value * min(k, width) / k if name == "precision" else value
+    return result

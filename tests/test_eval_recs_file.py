@@ -124,3 +124,41 @@ def test_truth_and_path_errors(tmp_path):
     pl.DataFrame({"user": ["a"], "item": ["x"], "score": [True]}).write_parquet(tmp_path / "b.parquet")
     with pytest.raises(ValueError, match="b.parquet.*score"):
         evaluate_recs_file(tmp_path / "b.parquet", recs, ks=(1,))
+
+
+def test_equal_integer_ids_rank_in_a_fixed_order(tmp_path):
+    # "07" and "7" are the same integer: their tie is broken by their text ("07" first), never at random
+    truth = write(tmp_path, "truth.csv", "user,item\n1,7\n")
+    for rows in ("1,07,1\n1,7,1\n", "1,7,1\n1,07,1\n"):
+        recs = write(tmp_path, "recs.csv", "user,item,score\n" + rows)
+        assert evaluate_recs_file(recs, truth, ks=(1, 2))["hit@1"] == 0.0
+    # ids beyond 64 bits still compare as integers: 9 ranks before 10**22 on a tie
+    recs = write(tmp_path, "big.csv", "user,item,score\n1,10000000000000000000000,1\n1,9,1\n")
+    truth = write(tmp_path, "tb.csv", "user,item\n1,9\n")
+    assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
+
+
+def test_minus_inf_is_never_recommended(tmp_path):
+    recs = write(tmp_path, "recs.csv", "user,item,score\n1,10,0.5\n1,11,-inf\n")
+    truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
+    m = evaluate_recs_file(recs, truth, ks=(2,))
+    assert m["hit@2"] == 0.0 and m["recall@2"] == 0.0
+
+
+def test_repeated_score_column_and_trailing_blank_line(tmp_path):
+    truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
+    recs = write(tmp_path, "recs.csv", "user,item,score,score\n1,10,1,0\n1,11,0,1\n")
+    with pytest.raises(ValueError, match=r"recs\.csv has the column 'score' twice"):
+        evaluate_recs_file(recs, truth, ks=(1,))
+    recs = write(tmp_path, "blank.csv", "user,item,score\n1,11,1\n\n")
+    assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
+
+
+def test_k_beyond_every_list(tmp_path):
+    recs, truth = write(tmp_path, "recs.csv", RECS), write(tmp_path, "truth.csv", TRUTH)
+    small = evaluate_recs_file(recs, truth, ks=(3,))
+    huge = evaluate_recs_file(recs, truth, ks=(3, 10**11))  # would need users x 10**11 slots uncut
+    for name in ("recall", "ndcg", "hit", "mrr", "map", "coverage"):
+        assert huge[f"{name}@{10**11}"] == pytest.approx(small[f"{name}@3"])
+    assert huge[f"precision@{10**11}"] == pytest.approx(small["precision@3"] * 3 / 10**11)
+    assert huge["precision@3"] == small["precision@3"]
