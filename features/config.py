@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Source = Literal["interactions", "movielens_100k", "user_lines", "amazon_seq"]
 Protocol = Literal["random_ratio", "leave_one_out", "temporal", "presplit"]
@@ -23,7 +23,22 @@ _DEFAULT_PROTOCOL: dict[str, Protocol] = {
 }
 
 
-class _Strict(BaseModel):
+class NoBooleanNumbers(BaseModel):
+    """Refuses ``true`` / ``false`` for a number field: pydantic's lax mode would read ``epochs: true`` as 1.
+    Base of every config model (data, experiment, models)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            ann = cls.model_fields[info.field_name].annotation
+            wanted = {ann, *getattr(ann, "__args__", ())}
+            if wanted & {int, float} and bool not in wanted:
+                raise ValueError(f"expected a number, got the boolean {value}")
+        return value
+
+
+class _Strict(NoBooleanNumbers):
     # Attribute docstrings become field descriptions (shown in the JSON schema).
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -56,7 +71,7 @@ class SplitConfig(_Strict):
     """
 
     protocol: Protocol = "random_ratio"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
     test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in test."""

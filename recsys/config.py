@@ -20,20 +20,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.config import DataConfig
+from features.config import DataConfig, NoBooleanNumbers
 
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key."""
 
 
-class _Strict(BaseModel):
+class _Strict(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -56,8 +57,8 @@ class TrainConfig(_Strict):
     steps_per_epoch: int | None = Field(None, ge=1)
     """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples)."""
     batch_size: int = Field(2048, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Decoupled from the models' own L2 terms, which are part of their losses."""
     sampler: Literal["interactions", "users"] = "interactions"
     """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly.  Models
@@ -114,14 +115,30 @@ class ExperimentConfig(_Strict):
 
     name: str = "experiment"
     seed: int = 0
-    device: str = "auto"
-    """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
+    """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     data: DataConfig
     model: dict[str, Any]
     """The model's config; ``name`` picks the class in ``recsys.models.REGISTRY``, which validates the rest."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _monitored_metric_is_computed(self) -> ExperimentConfig:
+        # checked here, not after the first (possibly hour-long) epoch
+        es = self.train.early_stopping
+        if es is not None:
+            from eval.metrics import METRICS
+
+            name, _, k = es.metric.partition("@")
+            known = (*METRICS, "coverage")
+            if name not in known or not k.isdigit() or int(k) not in self.eval.ks:
+                raise ValueError(
+                    f"train.early_stopping.metric {es.metric!r} is not computed: expected NAME@K with NAME one of "
+                    f"{', '.join(known)} and K one of eval.ks {self.eval.ks}"
+                )
+        return self
 
     def model_config_obj(self):
         """The model section validated by the chosen model's own config class."""
@@ -148,6 +165,66 @@ class ExperimentConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 scalars and no repeated keys.
+
+    YAML 1.1 (PyYAML's default) reads ``010`` as octal 8, ``1:30`` as 90 (base 60) and ``on`` / ``no`` as
+    booleans, and lets a repeated key replace the first silently (a second ``train:`` section would drop
+    every key of the first).  Here ``010`` is 10, ``1:30`` and ``on`` are text (pydantic still reads ``on``
+    as true for a boolean field), ``1e-3`` is a number, and a repeated key is an error naming its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} repeated (first on line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML11_SCALARS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_SCALARS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _int_1_2(loader: _Loader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_1_2)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML with :class:`_Loader`; a syntax error is a one-line :class:`ConfigError` naming the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Set ``a.b.c=value`` overrides (value parsed as YAML) into a nested dict, returning a new dict."""
     import copy
@@ -157,13 +234,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=0.001")
         key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {key}: value {text!r} is not valid YAML ({exc})") from None
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected a key like train.lr (no empty part)")
+        if "#" in text:  # YAML would read the rest as a comment: data.separator=# is the text "#"
+            value: Any = text
+        else:
+            value = parse_yaml(text, f"override {key}") if text.strip() else None
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -238,13 +315,14 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> Experiment
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (" (a folder)" if path.is_dir() else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x}") from None
+    raw = parse_yaml(text, str(path)) or {}
     return validate_config(apply_overrides(raw, overrides), source=str(path))
 
 

@@ -77,8 +77,66 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml, line 2, column 1: not valid YAML: expected ',' or ']'"
+    ):
         load_config(bad)
+    with pytest.raises(ConfigError, match=r"config file not found: .* \(a folder\)"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml: expected UTF-8 text, got byte 0xe9"):
+        load_config(latin)
+
+
+def test_repeated_key_is_an_error(tmp_path):
+    # a second train section would otherwise replace the first, every key of it
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(BASE + "train: {epochs: 7}\n")
+    with pytest.raises(
+        ConfigError, match=r"twice\.yaml, line 12, column 1: .*key 'train' repeated \(first on line 10\)"
+    ):
+        load_config(twice)
+    inline = tmp_path / "inline.yaml"
+    inline.write_text(BASE.replace("model: {name: mf_bpr, dim: 8}", "model: {name: mf_bpr, name: lightgcn}"))
+    with pytest.raises(ConfigError, match=r"key 'name' repeated"):
+        load_config(inline)
+
+
+def test_yaml_1_2_numbers_and_words(cfg_file):
+    # YAML 1.1 reads 010 as octal 8 and 1:30 as 90; "on" as a boolean, refused for a text field
+    cfg = load_config(cfg_file, ["seed=010", "name=on", "train.progress=off", "train.lr=1e-3"])
+    assert cfg.seed == 10 and cfg.name == "on" and cfg.train.progress is False and cfg.train.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*got '1:30'"):
+        load_config(cfg_file, ["train.epochs=1:30"])
+
+
+def test_hash_in_an_override_is_text(cfg_file):
+    cfg = load_config(cfg_file, ["data.separator=#", "name=my run #1"])
+    assert cfg.data.separator == "#" and cfg.name == "my run #1"
+
+
+def test_booleans_are_not_numbers(cfg_file):
+    for override in ("train.epochs=true", "train.lr=true", "seed=false"):
+        with pytest.raises(ConfigError, match=r"expected a number, got the boolean"):
+            load_config(cfg_file, [override])
+
+
+def test_checked_before_training(cfg_file):
+    with pytest.raises(ConfigError, match=r"train\.lr: .*finite"):
+        load_config(cfg_file, ["train.lr=.inf"])
+    with pytest.raises(ConfigError, match=r"device: String should match pattern"):
+        load_config(cfg_file, ["device=gpu"])
+    assert load_config(cfg_file, ["device=cuda:1"]).device == "cuda:1"
+    for metric in ("foo@20", "ndcg@50", "ndcg"):
+        with pytest.raises(ConfigError, match=rf"early_stopping\.metric '{metric}' is not computed"):
+            load_config(cfg_file, [f"train.early_stopping.metric={metric}"])
+    assert (
+        load_config(cfg_file, ["train.early_stopping.metric=recall@5"]).train.early_stopping.metric
+        == "recall@5"
+    )
+    with pytest.raises(ConfigError, match=r"override 'train\.\.lr=0\.1': expected a key like train\.lr"):
+        load_config(cfg_file, ["train..lr=0.1"])
 
 
 def test_override_into_scalar_is_an_error():

@@ -22,15 +22,17 @@ from typing import Any, ClassVar, Literal
 
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
+
+from features.config import NoBooleanNumbers
 
 # A score function maps a block of dense user indices LongTensor[B] to scores Tensor[B, I] (higher = better).
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class ModelConfig(BaseModel):
-    """Base of every model's typed config. Unknown keys are errors."""
+class ModelConfig(NoBooleanNumbers):
+    """Base of every model's typed config. Unknown keys are errors; so is a boolean for a number."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
