@@ -35,7 +35,9 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
     """Read ``columns`` of a CSV/Parquet file; ids as stripped strings.  Errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{role} file {path} does not exist")
+        raise FileNotFoundError(
+            f"{role} file {path} " + ("is a folder" if path.is_dir() else "does not exist")
+        )
     suffix = path.suffix.lower()
     try:
         if suffix in _CSV:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _parse_ks(text: str) -> list[int]:
     try:
-        ks = sorted({int(x) for x in text.split(",") if x.strip()})
+        ks = sorted({int(x) for x in text.split(",")})  # an empty part ("5,,10") is an error too
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--k expects comma-separated integers like 5,10,20, got {text!r}"
@@ -105,6 +105,9 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     if args.run:
+        if args.recs or args.truth:
+            print("error: give either --run RUN_ID or --recs and --truth, not both", file=sys.stderr)
+            return 2
         from eval import evaluate_model
         from recsys.pipeline import load_run
 
@@ -113,7 +116,7 @@ def cmd_evaluate(args) -> int:
         metrics = evaluate_model(
             run.model,
             run.dataset,
-            split=args.split,
+            split=args.split or "test",
             ks=ks,
             block_size=run.config.eval.block_size,
             excluded_score=args.excluded_score,
@@ -123,8 +126,10 @@ def cmd_evaluate(args) -> int:
         if not (args.recs and args.truth):
             print("error: give either --run RUN_ID or both --recs and --truth", file=sys.stderr)
             return 2
-        if args.excluded_score is not None or args.zero_score_items:
-            print("error: --excluded-score and --zero-score-items apply to --run only", file=sys.stderr)
+        if args.excluded_score is not None or args.zero_score_items or args.split is not None:
+            print(
+                "error: --split, --excluded-score and --zero-score-items apply to --run only", file=sys.stderr
+            )
             return 2
         from eval import evaluate_recs_file
 
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--recs", help="CSV or Parquet with columns user,item,score (higher is better)")
     ev.add_argument("--truth", help="CSV or Parquet with columns user,item")
     ev.add_argument("--run", help="an MLflow run id of `recsys train`")
-    ev.add_argument("--split", default="test", choices=["valid", "test"], help="split to evaluate with --run")
+    ev.add_argument("--split", choices=["valid", "test"], help="split to evaluate with --run (default: test)")
     ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(

@@ -54,10 +54,20 @@ class TrainState:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``, after checking
+    that this machine has it (a ValueError naming the device, not torch's assertion in the first batch)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not (
+        torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) usable by torch; use device=cpu or auto"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use device=cpu or auto")
+    return device
 
 
 def seed_everything(seed: int) -> None:

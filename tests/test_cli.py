@@ -122,6 +122,35 @@ def test_evaluate_recs_files_json(tmp_path, capsys):
     assert m["recall@2"] == pytest.approx(0.5)
 
 
+def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
+    recs = tmp_path / "recs.csv"
+    truth = tmp_path / "truth.csv"
+    recs.write_text("user,item,score\na,x,3\n")
+    truth.write_text("user,item\na,x\n")
+    files = ["--recs", str(recs), "--truth", str(truth)]
+    assert main(["evaluate", "--run", "0123", *files]) == 2  # the files were ignored before
+    assert "not both" in capsys.readouterr().err
+    assert main(["evaluate", *files, "--split", "valid"]) == 2
+    assert "--split, --excluded-score and --zero-score-items apply to --run only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", *files, "--k", "5,,10"])
+    assert "--k expects comma-separated integers" in capsys.readouterr().err
+    assert main(["evaluate", "--recs", str(tmp_path), "--truth", str(truth)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_device_this_machine_lacks(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(csv)))
+    assert main(["train", "-c", str(cfg), "device=cuda"]) == 2
+    assert "device 'cuda': this machine has 0 CUDA device(s)" in capsys.readouterr().err
+
+
 def test_config_errors_are_reported_with_the_key(tmp_path, capsys):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     cfg = tmp_path / "cfg.yaml"
