@@ -107,6 +107,7 @@ def test_yaml_1_2_numbers_and_words(cfg_file):
     # YAML 1.1 reads 010 as octal 8 and 1:30 as 90; "on" as a boolean, refused for a text field
     cfg = load_config(cfg_file, ["seed=010", "name=on", "train.progress=off", "train.lr=1e-3"])
     assert cfg.seed == 10 and cfg.name == "on" and cfg.train.progress is False and cfg.train.lr == 1e-3
+    assert load_config(cfg_file, ["name=2020"]).name == "2020"
     with pytest.raises(ConfigError, match=r"train\.epochs: .*got '1:30'"):
         load_config(cfg_file, ["train.epochs=1:30"])
 
