@@ -60,6 +60,19 @@ class ColumnsConfig(_Strict):
     space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds."""
 
 
+# The split keys each protocol reads; written for another protocol, a key would be ignored without a word.
+PROTOCOL_OF_KEY = {
+    "test_ratio": "random_ratio",
+    "valid_ratio": "random_ratio",
+    "temporal_cut": "temporal",
+    "cut_timestamp": "temporal",
+    "valid_temporal_cut": "temporal",
+    "valid_cut_timestamp": "temporal",
+    "valid_from_train_ratio": "presplit",
+    "presplit_unseen": "presplit",
+}
+
+
 class SplitConfig(_Strict):
     """How interactions are divided into train / valid / test.
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.config import DataConfig, NoBooleanNumbers
+from features.config import PROTOCOL_OF_KEY, DataConfig, NoBooleanNumbers
 
 
 class ConfigError(ValueError):
@@ -322,8 +322,23 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x}") from None
-    raw = parse_yaml(text, str(path)) or {}
-    return validate_config(apply_overrides(raw, overrides), source=str(path))
+    raw = apply_overrides(parse_yaml(text, str(path)) or {}, overrides)
+    cfg = validate_config(raw, source=str(path))
+    _refuse_other_protocols_keys(raw, cfg, str(path))
+    return cfg
+
+
+def _refuse_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, source: str) -> None:
+    """A split key of another protocol (``test_ratio`` under ``leave_one_out``) would be ignored without a word.
+    Checked on what the user wrote, not on stored configs, which list every key with its default."""
+    written = (raw.get("data") or {}).get("split") or {}
+    protocol = cfg.data.split.protocol
+    for key in written if isinstance(written, dict) else ():
+        if PROTOCOL_OF_KEY.get(key, protocol) != protocol:
+            raise ConfigError(
+                f"invalid config ({source}):\n  data.split.{key}: applies to split.protocol "
+                f"{PROTOCOL_OF_KEY[key]!r} only, not {protocol!r}; remove it"
+            )
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

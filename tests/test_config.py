@@ -178,3 +178,16 @@ def test_readme_own_data_example_validates():
     block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
     cfg = validate_config(yaml.safe_load(block), source="README.md")
     assert cfg.data.split.protocol == "temporal" and cfg.model["name"] == "lightgcn"
+
+
+def test_split_key_of_another_protocol(cfg_file):
+    # under random_ratio, a temporal cut would be ignored without a word
+    for override in ("data.split.temporal_cut=0.5", "data.split.valid_from_train_ratio=0.5"):
+        with pytest.raises(
+            ConfigError, match=r"data\.split\.\w+: applies to split\.protocol '\w+' only, not 'random_ratio'"
+        ):
+            load_config(cfg_file, [override])
+    cfg = load_config(cfg_file, ["data.split={protocol: leave_one_out}"])
+    assert cfg.data.split.protocol == "leave_one_out"
+    # a stored config lists every key with its default: it validates as before
+    assert validate_config(cfg.to_dict()).data.split == cfg.data.split
