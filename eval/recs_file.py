@@ -24,6 +24,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import ranking_metrics
+from features.readers import check_header
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
 
@@ -41,6 +42,7 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
     suffix = path.suffix.lower()
     try:
         if suffix in _CSV:
+            check_header(path, ",")  # a repeated column: Polars would read the first copy without a word
             df = pl.read_csv(path, infer_schema=False)
         elif suffix in _PARQUET:
             df = pl.read_parquet(path)
@@ -52,10 +54,6 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         raise ValueError(f"{role} file {path} is empty") from None
     except (pl.exceptions.PolarsError, OSError) as e:
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
-    # Polars renames a repeated header name to `<name>_duplicated_<n>` and reads the first copy.
-    repeated = [c for c in columns if f"{c}_duplicated_0" in df.columns]
-    if repeated:
-        raise ValueError(f"{role} file {path} has the column {repeated[0]!r} twice; expected it once")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(

@@ -122,7 +122,7 @@ def read_interactions(
                 )
         lead = _leading_blank_lines(path)
         if has_header:
-            _check_header(path, sep, lead)
+            check_header(path, sep, lead)
 
         def scan(quote_char: str | None) -> pl.LazyFrame:
             return pl.scan_csv(
@@ -209,8 +209,9 @@ def _leading_blank_lines(path: Path) -> int:
     return n
 
 
-def _check_header(path: Path, sep: str, lead: int) -> None:
-    """Refuse a header that names a column twice: Polars would rename the second copy and read the first."""
+def check_header(path: Path, sep: str, lead: int = 0) -> None:
+    """Refuse a header (on line ``lead + 1``) that names a column twice: Polars would rename the second copy
+    and read the first."""
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         for _ in range(lead):
             fh.readline()

@@ -148,7 +148,9 @@ def test_minus_inf_is_never_recommended(tmp_path):
 def test_repeated_score_column_and_trailing_blank_line(tmp_path):
     truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
     recs = write(tmp_path, "recs.csv", "user,item,score,score\n1,10,1,0\n1,11,0,1\n")
-    with pytest.raises(ValueError, match=r"recs\.csv has the column 'score' twice"):
+    with pytest.raises(
+        ValueError, match=r"recs\.csv, line 1, column 'score': expected each column name once"
+    ):
         evaluate_recs_file(recs, truth, ks=(1,))
     recs = write(tmp_path, "blank.csv", "user,item,score\n1,11,1\n\n")
     assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
