@@ -113,13 +113,13 @@ def read_interactions(
         # The row index is offset so that it equals the file's line number (one record per line assumed).
         # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
         rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
-        # Blank lines before the first record: Polars skips them before a header (shifting every line number)
-        # and takes the first for a one-column header-less row, so they are skipped here, and counted.
         with path.open("rb") as fh:
             if fh.read(4) == b"PAR1":
                 raise DataValidationError(
                     path, "a delimited text file", got="<a Parquet file>", hint="name it .parquet"
                 )
+        # Blank lines before the first record: Polars skips them before a header (shifting every line number)
+        # and takes the first for a one-column header-less row, so they are skipped here, and counted.
         lead = _leading_blank_lines(path)
         if has_header:
             check_header(path, sep, lead)
