@@ -16,6 +16,7 @@ import csv
 import json
 import mmap
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,29 +235,42 @@ def _check_one_record_per_line(path: Path, sep: str, records: int) -> None:
     blank lines): a quoted field that runs over several lines would shift every later line number, and in a
     TSV file a field that merely starts with ``"`` silently swallows the rows up to the next quote."""
     lines, last = 0, b""
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            lines += block.count(b"\n")
-            last = block
+    for block in _blocks(path):
+        lines += block.count(b"\n")
+        last = block
     lines += bool(last) and not last.endswith(b"\n")
     if records == lines:
         return
     # Error path: find the first record that spans lines with the csv module.
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=sep)
-        start = 1
-        for _ in reader:
-            if reader.line_num > start:
-                raise DataValidationError(
-                    path,
-                    "one record per line",
-                    line=start,
-                    got=f"<a quoted field running on to line {reader.line_num}>",
-                    hint='a field that starts with " is quoted up to the next lone "; remove such quotes, or '
-                    "put the field's line breaks inside it in another form",
-                )
-            start = reader.line_num + 1
+    for start, end, _ in _records(path, sep):
+        if end > start:
+            raise DataValidationError(
+                path,
+                "one record per line",
+                line=start,
+                got=f"<a quoted field running on to line {end}>",
+                hint='a field that starts with " is quoted up to the next lone "; remove such quotes, or '
+                "put the field's line breaks inside it in another form",
+            )
     raise DataValidationError(path, "one record per line", got=f"<{records} records on {lines} lines>")
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in 1 MiB blocks."""
+    with path.open("rb") as fh:
+        yield from iter(lambda: fh.read(1 << 20), b"")
+
+
+def _records(path: Path, sep: str, strict: bool = False) -> Iterator[tuple[int, int, list[str]]]:
+    """``(first line, last line, fields)`` of each record of a delimited UTF-8 file, by Python's csv module
+    (error paths only: it is slow).  ``strict`` raises ``csv.Error`` where Polars fails too: a quote that never
+    closes, or text after a closing quote; the record then starts on the line after the last one yielded."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter=sep, strict=strict)
+        start = 1
+        for record in reader:
+            yield start, reader.line_num, record
+            start = reader.line_num + 1
 
 
 def _quotes_are_text(path: Path, sep: str) -> bool:
@@ -310,32 +324,28 @@ def _explain_scan_error(path: Path, exc: Exception, is_parquet: bool, separator:
     # Polars reports ragged rows and broken quoting without a line number: find the first such record with
     # the csv module (error path). Strict mode fails where Polars does: a field that opens a quote and never
     # closes it (it would swallow the rest of the file), or text after a closing quote.
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=sep, strict=True)
-        width = None
-        start = 1  # the line the next record starts on
-        try:
-            for record in reader:
-                if record and width is None:
-                    width = len(record)
-                elif record and len(record) > width:
-                    return DataValidationError(
-                        path,
-                        f"at most {width} fields per line, like the first line",
-                        line=reader.line_num,
-                        got=f"<{len(record)} fields>",
-                    )
-                start = reader.line_num + 1
-        except csv.Error as quote_error:
-            return DataValidationError(
-                path,
-                "a field that starts with a quote to end with one, followed by the separator or the line's end",
-                line=start,
-                got=f"<{quote_error}>",
-                hint='a field holding a literal " must be quoted whole, with that quote doubled: "12"" tv"',
-            )
-    with path.open("rb") as fh:
-        has_quote = any(b'"' in block for block in iter(lambda: fh.read(1 << 20), b""))
+    width, start = None, 1  # start: the line the next record starts on
+    try:
+        for _, end, record in _records(path, sep, strict=True):
+            if record and width is None:
+                width = len(record)
+            elif record and len(record) > width:
+                return DataValidationError(
+                    path,
+                    f"at most {width} fields per line, like the first line",
+                    line=end,
+                    got=f"<{len(record)} fields>",
+                )
+            start = end + 1
+    except csv.Error as quote_error:
+        return DataValidationError(
+            path,
+            "a field that starts with a quote to end with one, followed by the separator or the line's end",
+            line=start,
+            got=f"<{quote_error}>",
+            hint='a field holding a literal " must be quoted whole, with that quote doubled: "12"" tv"',
+        )
+    has_quote = any(b'"' in block for block in _blocks(path))
     return DataValidationError(
         path,
         "a well-formed delimited text file",
