@@ -251,8 +251,8 @@ def cmd_explain(args) -> int:
     from recsys.explain import explain_user, format_explanation
     from recsys.pipeline import load_run
 
-    if not (args.user or args.sequence):
-        print("error: give --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
+    if bool(args.user) == bool(args.sequence):
+        print("error: give either --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
         return 2
     run = load_run(args.run)
     if getattr(run.model, "intent_centroids", None) is not None:

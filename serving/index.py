@@ -325,7 +325,7 @@ def _check_replaceable(out_dir: Path) -> None:
         # Many folders hold a manifest.json (prepared datasets, web apps): only our format marks an index.
         raise FileExistsError(
             f"{out_dir} is a non-empty folder without a {MANIFEST} of format {FORMAT!r}, so it is not a "
-            "serving index; refusing to replace it (choose another out_dir or empty it)"
+            "serving index (or a damaged one); refusing to replace it: choose another folder, or remove this one"
         )
 
 
@@ -608,9 +608,10 @@ class ItemIndex:
             exclude: optional sparse [B, I]; every stored entry (b, j) removes item position j from row b.
 
         Returns:
-            ``(scores, positions)``: float32 [B, k] and int64 [B, k], best first, equal scores by lower
-            position. A row with fewer than k items left after exclusion holds all of them, then is padded
-            with ``(-inf, -1)``; otherwise it holds exactly k items.
+            ``(scores, positions)``: float32 [B, K] and int64 [B, K] with ``K = min(k, I)`` (no list is longer
+            than the catalogue, whatever k a client asks for), best first, equal scores by lower position. A
+            row with fewer than K items left after exclusion holds all of them, then is padded with
+            ``(-inf, -1)``; otherwise it holds exactly K items.
 
         One FAISS search serves the whole batch (row blocks only beyond ~16M candidates): it asks for
         ``k + max_b |exclude_b| + 1`` candidates, so after exclusion at least k remain per row. A row is
@@ -620,8 +621,8 @@ class ItemIndex:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape [B, {self.dim}], got {q.shape}")
-        k = check_k(k)
         n_rows, n_items = q.shape[0], self.n_items
+        k = min(check_k(k), n_items)
         out_scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
         out_pos = np.full((n_rows, k), -1, dtype=np.int64)
         if n_rows == 0:

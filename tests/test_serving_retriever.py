@@ -84,6 +84,15 @@ def test_recommend_equals_brute_force_excluding_seen(retriever, world, k):
     assert as_pairs(got) == brute_force(users, items, k, seen_sets(seen))
 
 
+def test_a_huge_k_is_the_whole_catalogue(retriever, world):
+    # the result arrays were [B, k]: 10**12 slots per user before anything cut them
+    items, users, seen = world
+    got = retriever.recommend(USER_IDS, k=10**12)
+    assert as_pairs(got) == brute_force(users, items, N_ITEMS, seen_sets(seen))
+    scores, positions = retriever.index.search(users[:2].astype(np.float32), 10**12)
+    assert scores.shape == positions.shape == (2, N_ITEMS)
+
+
 @pytest.mark.parametrize("k", [1, 4, 10, 33])
 def test_partial_candidate_lists_break_ties_at_the_cut_exactly(retriever, world, k):
     """Without the heavy users in the batch FAISS is asked for fewer candidates than items, so the k-th place
