@@ -77,6 +77,8 @@ def _require_intents(model: torch.nn.Module) -> None:
             f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true has)"
         )
     if not getattr(model, "has_intents", False):
+        if getattr(getattr(model, "config", None), "fine_loss", True) is False:
+            raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
         raise ValueError("the model's intents were never fitted (train it, or call fit_intents())")
 
 

@@ -446,3 +446,16 @@ def test_intent_view_of_a_sequence(trained):
     assert "intent" in format_sequence_explanation(exp)
     with pytest.raises(KeyError, match="out of range"):
         explain_sequence(model, [10_000], membership=members)
+
+
+def test_intent_view_of_a_model_without_intents():
+    from recsys.explain_sequence import explain_sequence
+
+    untrained = build_model({"name": "icsrec", "dim": 8, "max_len": 6, "ffn_dim": 16, "intents": 4}, 3, 20)
+    with pytest.raises(ValueError, match="never fitted"):
+        explain_sequence(untrained, [3, 4])
+    fine_off = build_model(
+        {"name": "icsrec", "dim": 8, "max_len": 6, "ffn_dim": 16, "intents": 4, "fine_loss": False}, 3, 20
+    )
+    with pytest.raises(ValueError, match="trained with model.fine_loss=false, which fits no intents"):
+        explain_sequence(fine_off, [3, 4])
