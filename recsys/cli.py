@@ -148,6 +148,9 @@ def cmd_evaluate(args) -> int:
 def cmd_index(args) -> int:
     from recsys.pipeline import build_run_index, load_run
 
+    if args.out is not None and not args.out.strip():
+        print("error: --out needs a folder (omit it for $RECSYS_HOME/indexes/RUN_ID)", file=sys.stderr)
+        return 2
     path = build_run_index(load_run(args.run), Path(args.out) if args.out else None)
     print(f"index written to {path}")
     return 0
@@ -159,7 +162,7 @@ def print_recommendations(retriever, user: str, k: int, history_titles: list[str
         print(f"\nuser {user} has seen {len(history_titles)} items, e.g.:")
         for t in history_titles[:10]:
             print(f"  - {t}")
-    print(f"\ntop-{k} for user {user}:")
+    print(f"\ntop-{len(recs)} for user {user}:")  # fewer than k when the catalogue runs out
     for rank, rec in enumerate(recs, 1):
         label = rec.title or rec.item_id
         print(f"  {rank:>2}. {label}  (item {rec.item_id}, score {rec.score:.3f})")
@@ -192,7 +195,7 @@ def cmd_recommend(args) -> int:
 
             encoder = sequence_query_encoder((run or load_run(args.run)).model)
             recs = retriever.recommend_for_sequences([args.sequence], encoder, k=args.k)[0]
-            print(f"\ntop-{args.k} next items after {len(args.sequence)} items:")
+            print(f"\ntop-{len(recs)} next items after {len(args.sequence)} items:")
             for rank, rec in enumerate(recs, 1):
                 print(f"  {rank:>2}. {rec.title or rec.item_id}  (item {rec.item_id}, score {rec.score:.3f})")
         else:

@@ -256,4 +256,4 @@ def _as_id_list(ids: Any, name: str) -> list[str]:
         return [ids]
     if isinstance(ids, bytes):
         raise TypeError(f"{name} must be a str or a sequence of str, not bytes")
-    return list(ids)
+    return [str(x) for x in ids]  # ids are text; 7 is "7" (as in recommend_for_sequences)

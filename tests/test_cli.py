@@ -139,6 +139,11 @@ def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_index_out_must_name_a_folder(capsys):
+    assert main(["index", "--run", "0123", "--out", " "]) == 2
+    assert "--out needs a folder" in capsys.readouterr().err
+
+
 def test_device_this_machine_lacks(tmp_path, capsys, monkeypatch):
     import torch
 

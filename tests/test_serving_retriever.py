@@ -84,6 +84,13 @@ def test_recommend_equals_brute_force_excluding_seen(retriever, world, k):
     assert as_pairs(got) == brute_force(users, items, k, seen_sets(seen))
 
 
+def test_integer_ids_are_their_text():
+    from serving.retriever import _as_id_list
+
+    # recommend([7]) said "unknown user id: 7" for a user "7"; sequences already took integers
+    assert _as_id_list([7, np.int64(8), "9"], "user_ids") == ["7", "8", "9"]
+
+
 def test_a_huge_k_is_the_whole_catalogue(retriever, world):
     # the result arrays were [B, k]: 10**12 slots per user before anything cut them
     items, users, seen = world
