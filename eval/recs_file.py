@@ -24,7 +24,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import ranking_metrics
-from features.readers import check_header
+from features.readers import check_header, explain_scan_error
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
 
@@ -53,7 +53,13 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
     except pl.exceptions.NoDataError:
         raise ValueError(f"{role} file {path} is empty") from None
     except (pl.exceptions.PolarsError, OSError) as e:
+        if suffix in _CSV:  # ragged rows and broken quotes, named by line
+            raise explain_scan_error(path, e, separator=",") from None
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
+    if any("\r" in c for c in df.columns):
+        raise ValueError(
+            f"{role} file {path}: expected lines ending in \\n or \\r\\n, got old Mac line endings"
+        )
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(

@@ -148,11 +148,11 @@ def read_interactions(
         # Polars takes any `"` for a quote, also inside a field (`12" tv`), and then fails. When no field of
         # the file starts with one, every quote is text: read it again without quoting (same fields).
         if is_parquet or not _quotes_are_text(path, sep):
-            raise _explain_scan_error(path, exc, is_parquet, separator) from None
+            raise explain_scan_error(path, exc, is_parquet, separator) from None
         try:
             df = _collect(scan(None), wanted, path, headerless)
         except (pl.exceptions.PolarsError, OSError) as exc2:
-            raise _explain_scan_error(path, exc2, is_parquet, separator) from None
+            raise explain_scan_error(path, exc2, is_parquet, separator) from None
     if not is_parquet:
         _check_one_record_per_line(path, sep, df.height + lead + int(has_header))
     if where == "_row":
@@ -313,7 +313,9 @@ def _check_parquet_magic(path: Path) -> None:
         )
 
 
-def _explain_scan_error(path: Path, exc: Exception, is_parquet: bool, separator: str | None) -> Exception:
+def explain_scan_error(
+    path: Path, exc: Exception, is_parquet: bool = False, separator: str | None = None
+) -> Exception:
     """Turn a Polars scan error into a DataValidationError naming the line, by re-reading the file."""
     if is_parquet:
         return DataValidationError(path, "a readable Parquet file", got=f"<{type(exc).__name__}: {exc}>")

@@ -164,3 +164,14 @@ def test_k_beyond_every_list(tmp_path):
         assert huge[f"{name}@{10**11}"] == pytest.approx(small[f"{name}@3"])
     assert huge[f"precision@{10**11}"] == pytest.approx(small["precision@3"] * 3 / 10**11)
     assert huge["precision@3"] == small["precision@3"]
+
+
+def test_ragged_line_and_old_mac_line_endings(tmp_path):
+    truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
+    ragged = write(tmp_path, "ragged.csv", "user,item,score\n1,11,1\n1,12,2,extra\n")
+    with pytest.raises(ValueError, match=r"ragged\.csv, line 3: expected at most 3 fields per line"):
+        evaluate_recs_file(ragged, truth, ks=(1,))
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes(b"user,item,score\r1,11,1\r")
+    with pytest.raises(ValueError, match=r"mac\.csv: expected lines ending in .*old Mac line endings"):
+        evaluate_recs_file(mac, truth, ks=(1,))
