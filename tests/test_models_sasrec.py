@@ -341,18 +341,3 @@ def test_resume_after_crash_is_exact(tmp_path):
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k
 
-
-def test_threads_encoding_a_model_in_training_mode():
-    """A model in training mode served from threads: each call switches it to eval and back, so without a
-    guard one thread could run with dropout while another had switched the mode back."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    model = tiny(dropout=0.5, attn_dropout=0.5)
-    seqs = torch.randint(1, 20, (64, 6))
-    model.eval()
-    expected = model.encode_sequences(seqs, batch_size=8)
-    model.train()
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: model.encode_sequences(seqs, batch_size=8), range(200)))
-    assert all(torch.equal(r, expected) for r in results)
-    assert model.training

@@ -43,9 +43,6 @@ representation.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -369,44 +366,6 @@ class SASRecEncoder(nn.Module):
 
 
 # ---- the model --------------------------------------------------------------------------------------------
-class _ModeGuard:
-    """Lets encodes share a model in eval mode, and lets one switch a model in training mode to eval (and back)
-    only while no other encode runs: otherwise a thread serving the model could run part of its batches with
-    dropout, and the model could be left in the wrong mode."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._sharing = 0
-        self._switching = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._switching)
-            self._sharing += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._sharing -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._switching and not self._sharing)
-            self._switching = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._switching = False
-                self._cond.notify_all()
-
-
-_MODE_GUARD = _ModeGuard()  # one for all models: switches are rare (serving uses models in eval mode)
-
-
 class SASRec(HistoryQueries, Recommender):
     """SASRec (Kang & McAuley, ICDM 2018) trained with cross-entropy over all items.
 
@@ -501,27 +460,21 @@ class SASRec(HistoryQueries, Recommender):
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
 
         Inference: in evaluation mode (no dropout, whatever mode the model is in; that mode is restored) and
-        without gradients. Rows are encoded in order of length, so that each block is trimmed to its longest
+        without gradients. A model in training mode is switched to eval and back, which other threads would
+        see: serve from several threads only a model in eval mode (``load_run`` and training return it so). Rows are encoded in order of length, so that each block is trimmed to its longest
         row (most histories are short), and returned in the input order."""
         seqs = torch.as_tensor(seqs, dtype=torch.long)
-        with _MODE_GUARD.shared():  # the usual case: a model in eval mode, encodes from many threads at once
-            if not self.training:
-                return self._encode_blocks(seqs, batch_size)
-        with _MODE_GUARD.exclusive():  # a model in training mode: switched to eval while no encode runs
-            was_training = self.training
-            self.eval()
-            try:
-                return self._encode_blocks(seqs, batch_size)
-            finally:
-                self.train(was_training)
-
-    def _encode_blocks(self, seqs: torch.Tensor, batch_size: int) -> torch.Tensor:
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
         out = torch.empty(seqs.shape[0], self.config.dim, device=device)
-        for i in range(0, seqs.shape[0], batch_size):
-            rows = order[i : i + batch_size]
-            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, seqs.shape[0], batch_size):
+                rows = order[i : i + batch_size]
+                out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
+        finally:
+            self.train(was_training)
         return out
 
     @torch.no_grad()
