@@ -25,10 +25,7 @@ _DEFAULT_PROTOCOL: dict[str, Protocol] = {
 
 class NoBooleanNumbers(BaseModel):
     """Refuses ``true`` / ``false`` for a number field: pydantic's lax mode would read ``epochs: true`` as 1.
-    Base of every config model (data, experiment, models).  A number given for a text field is that text
-    (``name=2020``, a column named ``1``)."""
-
-    model_config = ConfigDict(coerce_numbers_to_str=True)
+    Base of every config model (data, experiment, models)."""
 
     @field_validator("*", mode="before")
     @classmethod

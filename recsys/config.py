@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,7 +134,7 @@ class ExperimentConfig(_Strict):
 
             name, _, k = es.metric.partition("@")
             known = (*METRICS, "coverage")
-            if name not in known or not k.isdigit() or int(k) not in self.eval.ks:
+            if name not in known or not k.isdigit() or str(int(k)) != k or int(k) not in self.eval.ks:
                 raise ValueError(
                     f"train.early_stopping.metric {es.metric!r} is not computed: expected NAME@K with NAME one of "
                     f"{', '.join(known)} and K one of eval.ks {self.eval.ks}"
@@ -174,19 +175,27 @@ class _Loader(yaml.SafeLoader):
     as true for a boolean field), ``1e-3`` is a number, and a repeated key is an error naming its line."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # resolve merge keys (<<: *anchor) first, as the safe loader does
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or mapping as a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a single value, got {key!r}", key_node.start_mark
+                ) from None
+            if repeated:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} repeated (first on line {seen[key]})", key_node.start_mark
                 )
-            seen[key] = line
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
-_YAML11_SCALARS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+# Booleans and integers as in YAML 1.2; floats as PyYAML reads them (a dot needed: 1e3 stays the text "1e3",
+# which a number field still reads as 1000.0, and a text field keeps as written).
+_YAML11_SCALARS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"}
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_SCALARS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -196,13 +205,6 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+.0123456789"),
 )
 
 
@@ -225,6 +227,9 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
 
 
+_YAML_COMMENT = re.compile(r"(?:^|\s)#")  # where YAML starts a comment: at the start or after a blank
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Set ``a.b.c=value`` overrides (value parsed as YAML) into a nested dict, returning a new dict."""
     import copy
@@ -237,8 +242,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r}: expected a key like train.lr (no empty part)")
-        if "#" in text:  # YAML would read the rest as a comment: data.separator=# is the text "#"
-            value: Any = text
+        if _YAML_COMMENT.search(text) and not text.lstrip().startswith(("'", '"')):
+            value: Any = text  # YAML would drop the rest as a comment: data.separator=# is the text "#"
         else:
             value = parse_yaml(text, f"override {key}") if text.strip() else None
         node = out
@@ -324,20 +329,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x}") from None
     raw = apply_overrides(parse_yaml(text, str(path)) or {}, overrides)
     cfg = validate_config(raw, source=str(path))
-    _refuse_other_protocols_keys(raw, cfg, str(path))
+    _warn_other_protocols_keys(raw, cfg, str(path))
     return cfg
 
 
-def _refuse_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, source: str) -> None:
-    """A split key of another protocol (``test_ratio`` under ``leave_one_out``) would be ignored without a word.
-    Checked on what the user wrote, not on stored configs, which list every key with its default."""
+def _warn_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, source: str) -> None:
+    """Warn about a split key of another protocol set to a value of its own (``test_ratio: 0.1`` under
+    ``leave_one_out``): it is ignored.  A warning, not an error, so that a file can switch protocols with an
+    override; keys at their defaults (a dumped config lists them all) pass quietly."""
     written = (raw.get("data") or {}).get("split") or {}
     protocol = cfg.data.split.protocol
-    for key in written if isinstance(written, dict) else ():
-        if PROTOCOL_OF_KEY.get(key, protocol) != protocol:
-            raise ConfigError(
-                f"invalid config ({source}):\n  data.split.{key}: applies to split.protocol "
-                f"{PROTOCOL_OF_KEY[key]!r} only, not {protocol!r}; remove it"
+    defaults = type(cfg.data.split).model_fields
+    for key, value in written.items() if isinstance(written, dict) else ():
+        owner = PROTOCOL_OF_KEY.get(key, protocol)
+        if owner != protocol and value is not None and value != defaults[key].default:
+            warnings.warn(
+                f"{source}: data.split.{key}={value!r} applies to split.protocol {owner!r} only; "
+                f"ignored under {protocol!r}",
+                stacklevel=3,
             )
 
 
