@@ -42,7 +42,7 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
     suffix = path.suffix.lower()
     try:
         if suffix in _CSV:
-            check_header(path, ",")  # a repeated column: Polars would read the first copy without a word
+            check_header(path, ",", columns)  # repeated: Polars would read the first copy without a word
             df = pl.read_csv(path, infer_schema=False)
         elif suffix in _PARQUET:
             df = pl.read_parquet(path)
@@ -67,9 +67,10 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
             f"(expected {', '.join(columns)})"
         )
     # Where each row is, for error messages: its line in a CSV (the header is line 1), its row in a Parquet.
-    df = df.select(columns).with_row_index(_AT, offset=2 if suffix in _CSV else 1)
-    if suffix in _CSV:  # a blank line reads as a row of nulls: skip it, as the data readers do
-        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in columns]))
+    df = df.with_row_index(_AT, offset=2 if suffix in _CSV else 1)
+    if suffix in _CSV:  # a blank line (every field empty) reads as a row of nulls: skip it, as the readers do
+        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in df.columns if c != _AT]))
+    df = df.select(_AT, *columns)
     if df.height == 0:
         raise ValueError(f"{role} file {path} has a header but no rows")
     for col in ("user", "item"):
@@ -203,11 +204,11 @@ def evaluate_recs_file(
     )
     cut = sorted({min(k, width) for k in ks})
     at = ranking_metrics(topk, truth_csr, cut, n_items=n_codes if n_items is None else n_items)
+    names = [key.split("@")[0] for key in at if key.endswith(f"@{cut[0]}")]
     result: dict[str, float] = {}
     for k in ks:
-        for key, value in at.items():
-            name, at_k = key.split("@")
-            if int(at_k) == min(k, width):
-                # precision@k counts hits over k slots, the empty ones past the lists included
-                result[f"{name}@{k}"] = value * min(k, width) / k if name == "precision" else value
+        for name in names:
+            value = at[f"{name}@{min(k, width)}"]
+            # precision@k counts hits over k slots, the empty ones past the lists included
+            result[f"{name}@{k}"] = value * min(k, width) / k if name == "precision" else value
     return result

@@ -16,7 +16,7 @@ import csv
 import json
 import mmap
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def read_interactions(
         # and takes the first for a one-column header-less row, so they are skipped here, and counted.
         lead = _leading_blank_lines(path)
         if has_header:
-            check_header(path, sep, lead)
+            check_header(path, sep, wanted.values(), lead)
 
         def scan(quote_char: str | None) -> pl.LazyFrame:
             return pl.scan_csv(
@@ -210,16 +210,18 @@ def _leading_blank_lines(path: Path) -> int:
     return n
 
 
-def check_header(path: Path, sep: str, lead: int = 0) -> None:
-    """Refuse a header (on line ``lead + 1``) that names a column twice: Polars would rename the second copy
-    and read the first."""
+def check_header(path: Path, sep: str, read: Iterable[str], lead: int = 0) -> None:
+    """Refuse a header (on line ``lead + 1``) that names a column to ``read`` twice: Polars would rename the
+    second copy and read the first.  Other repeated names (``note,note``, empty names of trailing
+    separators) are columns nobody reads, and pass."""
+    read = set(read)
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         for _ in range(lead):
             fh.readline()
         header = next(csv.reader(fh, delimiter=sep), [])
     first: dict[str, int] = {}
     for k, name in enumerate(header, start=1):
-        if name in first:
+        if name in first and name in read:
             raise DataValidationError(
                 path,
                 "each column name once in the header",

@@ -167,12 +167,12 @@ class ExperimentConfig(_Strict):
 
 # ---------------------------------------------------------------------------------------------------------
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 scalars and no repeated keys.
+    """PyYAML's safe loader with YAML 1.2 integers and booleans, and no repeated keys.
 
     YAML 1.1 (PyYAML's default) reads ``010`` as octal 8, ``1:30`` as 90 (base 60) and ``on`` / ``no`` as
     booleans, and lets a repeated key replace the first silently (a second ``train:`` section would drop
     every key of the first).  Here ``010`` is 10, ``1:30`` and ``on`` are text (pydantic still reads ``on``
-    as true for a boolean field), ``1e-3`` is a number, and a repeated key is an error naming its line."""
+    as true for a boolean field), and a repeated key is an error naming its line."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)  # resolve merge keys (<<: *anchor) first, as the safe loader does

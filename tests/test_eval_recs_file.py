@@ -154,6 +154,10 @@ def test_repeated_score_column_and_trailing_blank_line(tmp_path):
         evaluate_recs_file(recs, truth, ks=(1,))
     recs = write(tmp_path, "blank.csv", "user,item,score\n1,11,1\n\n")
     assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
+    # a row with only an unread field filled is not blank: its empty user is an error, with its line
+    recs = write(tmp_path, "note.csv", "user,item,score,note\n1,11,1,\n,,,y\n")
+    with pytest.raises(ValueError, match=r"empty 'user', first at line 3"):
+        evaluate_recs_file(recs, truth, ks=(1,))
 
 
 def test_k_beyond_every_list(tmp_path):

@@ -574,6 +574,9 @@ def test_deeply_nested_json(tmp_path):
 
 
 def test_header_naming_a_column_twice(tmp_path):
+    # a column nobody reads may repeat (Excel's trailing separators give empty names)
+    unread = write(tmp_path / "u.csv", "user_id,item_id,note,note,,\n1,3,a,b,,\n")
+    assert read_interactions(unread).rows() == [("1", "3", 2)]
     path = write(tmp_path / "d.csv", "user_id,user_id,item_id\n1,9,3\n")
     with pytest.raises(
         DataValidationError,

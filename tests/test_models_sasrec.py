@@ -340,4 +340,3 @@ def test_resume_after_crash_is_exact(tmp_path):
     assert resumed.state.step == straight.state.step
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k
-
