@@ -93,6 +93,13 @@ class EvalConfig(_Strict):
     block_size: int = Field(4096, ge=1)
     """Users scored per block."""
 
+    @field_validator("ks", mode="before")
+    @classmethod
+    def _no_booleans(cls, ks: Any) -> Any:
+        if isinstance(ks, list) and any(isinstance(k, bool) for k in ks):
+            raise ValueError("expected a number, got the boolean in a list of numbers")  # [true, 10]: [1, 10]
+        return ks
+
     @field_validator("ks")
     @classmethod
     def _positive_sorted(cls, ks: list[int]) -> list[int]:

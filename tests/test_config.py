@@ -138,7 +138,7 @@ def test_yaml_merge_keys_and_list_keys(tmp_path, cfg_file):
 
 
 def test_booleans_are_not_numbers(cfg_file):
-    for override in ("train.epochs=true", "train.lr=true", "seed=false"):
+    for override in ("train.epochs=true", "train.lr=true", "seed=false", "eval.ks=[true,10]"):
         with pytest.raises(ConfigError, match=r"expected a number, got the boolean"):
             load_config(cfg_file, [override])
 
