@@ -30,11 +30,14 @@ class NoBooleanNumbers(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None:
+        # a list of numbers is checked item by item: eval.ks=[true, 10] would read as [1, 10]
+        items = value if isinstance(value, list) else [value]
+        flag = next((v for v in items if isinstance(v, bool)), None)
+        if flag is not None and info.field_name is not None:
             ann = cls.model_fields[info.field_name].annotation
             wanted = {ann, *getattr(ann, "__args__", ())}
             if wanted & {int, float} and bool not in wanted:
-                raise ValueError(f"expected a number, got the boolean {value}")
+                raise ValueError(f"expected a number, got the boolean {flag}")
         return value
 
 
@@ -53,8 +56,8 @@ class ColumnsConfig(_Strict):
     rating: str | None = None
     """Column holding an explicit rating (a number); ``None``: the file has no ratings."""
     timestamp: str | None = None
-    """Column holding the interaction time: integers (e.g. unix seconds) or ISO-8601 dates / date-times (``T`` or a
-    space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds."""
+    """Column holding the interaction time: integers (e.g. unix seconds) or ISO-8601 dates / date-times
+    (``T`` or a space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds."""
 
 
 # The split keys each protocol reads; written for another protocol, a key would be ignored without a word.

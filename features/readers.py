@@ -114,11 +114,6 @@ def read_interactions(
         # The row index is offset so that it equals the file's line number (one record per line assumed).
         # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
         rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
-        with path.open("rb") as fh:
-            if fh.read(4) == b"PAR1":
-                raise DataValidationError(
-                    path, "a delimited text file", got="<a Parquet file>", hint="name it .parquet"
-                )
         # Blank lines before the first record: Polars skips them before a header (shifting every line number)
         # and takes the first for a one-column header-less row, so they are skipped here, and counted.
         lead = _leading_blank_lines(path)
@@ -200,9 +195,14 @@ def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: b
 
 
 def _leading_blank_lines(path: Path) -> int:
-    """How many empty lines a text file starts with."""
+    """How many empty lines a delimited text file starts with; a Parquet file under a text name is an error."""
     n = 0
     with path.open("rb") as fh:
+        if fh.read(4) == b"PAR1":
+            raise DataValidationError(
+                path, "a delimited text file", got="<a Parquet file>", hint="name it .parquet"
+            )
+        fh.seek(0)
         for raw in fh:
             if raw.rstrip(b"\r\n"):
                 break

@@ -93,13 +93,6 @@ class EvalConfig(_Strict):
     block_size: int = Field(4096, ge=1)
     """Users scored per block."""
 
-    @field_validator("ks", mode="before")
-    @classmethod
-    def _no_booleans(cls, ks: Any) -> Any:
-        if isinstance(ks, list) and any(isinstance(k, bool) for k in ks):
-            raise ValueError("expected a number, got the boolean in a list of numbers")  # [true, 10]: [1, 10]
-        return ks
-
     @field_validator("ks")
     @classmethod
     def _positive_sorted(cls, ks: list[int]) -> list[int]:
@@ -143,8 +136,8 @@ class ExperimentConfig(_Strict):
             known = (*METRICS, "coverage")
             if name not in known or not k.isdigit() or str(int(k)) != k or int(k) not in self.eval.ks:
                 raise ValueError(
-                    f"train.early_stopping.metric {es.metric!r} is not computed: expected NAME@K with NAME one of "
-                    f"{', '.join(known)} and K one of eval.ks {self.eval.ks}"
+                    f"train.early_stopping.metric {es.metric!r} is not computed: expected NAME@K with NAME "
+                    f"one of {', '.join(known)} and K one of eval.ks {self.eval.ks}"
                 )
         return self
 

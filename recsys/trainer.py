@@ -63,7 +63,8 @@ def resolve_device(name: str) -> torch.device:
         torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
     ):
         raise ValueError(
-            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) usable by torch; use device=cpu or auto"
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) usable by torch; "
+            "use device=cpu or auto"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r}: MPS is not available here; use device=cpu or auto")

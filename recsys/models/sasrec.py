@@ -461,8 +461,9 @@ class SASRec(HistoryQueries, Recommender):
 
         Inference: in evaluation mode (no dropout, whatever mode the model is in; that mode is restored) and
         without gradients. A model in training mode is switched to eval and back, which other threads would
-        see: serve from several threads only a model in eval mode (``load_run`` and training return it so). Rows are encoded in order of length, so that each block is trimmed to its longest
-        row (most histories are short), and returned in the input order."""
+        see: serve from several threads only a model in eval mode (``load_run`` and training return it so).
+        Rows are encoded in order of length, so that each block is trimmed to its longest row (most histories
+        are short), and returned in the input order."""
         seqs = torch.as_tensor(seqs, dtype=torch.long)
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
