@@ -97,7 +97,7 @@ class IntentMembership:
     @classmethod
     @torch.no_grad()
     def of(cls, model: torch.nn.Module) -> IntentMembership:
-        """One encoding pass over ``model.train_samples`` (evaluation mode)."""
+        """One encoding pass over ``model.train_samples`` (without dropout)."""
         _require_intents(model)
         reps = model.encode_samples()  # [N, d]
         centroids = model.intent_centroids
@@ -152,12 +152,7 @@ def explain_sequence(
             titles[i] if titles is not None else None,
         )
 
-    was_training = model.training
-    model.eval()
-    try:
-        rep = model.encode_sequences(pad_sequences([seq], max_len=model.config.max_len))[0]  # [d]
-    finally:
-        model.train(was_training)
+    rep = model.encode_sequences(pad_sequences([seq], max_len=model.config.max_len))[0]  # [d], no dropout
     centroids = model.intent_centroids  # [K, d]
     unit = torch.nn.functional.normalize(centroids, dim=1)
     table = model.item_embeddings()  # [I, d]

@@ -340,3 +340,33 @@ def test_resume_after_crash_is_exact(tmp_path):
     assert resumed.state.step == straight.state.step
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k
+
+
+def test_encoder_dropout_flag_overrides_the_mode_without_touching_it():
+    model = tiny(dropout=0.5, attn_dropout=0.5)
+    seqs = torch.randint(0, 20, (6, 7))
+    model.eval()
+    plain = model.encoder.encode(seqs)
+    model.train()
+    torch.testing.assert_close(model.encoder.encode(seqs, dropout=False), plain, rtol=0, atol=0)
+    torch.testing.assert_close(model.encoder(seqs, dropout=False)[:, -1], plain, rtol=0, atol=0)
+    assert model.training
+    model.eval()
+    assert not torch.equal(model.encoder.encode(seqs, dropout=True), plain)
+    assert not model.training
+
+
+def test_threads_encoding_a_model_in_training_mode():
+    """A model in training mode served from threads: encoding must neither run with dropout nor change the
+    mode, which the other threads would see."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny(dropout=0.5, attn_dropout=0.5)
+    seqs = torch.randint(1, 20, (64, 6))
+    model.eval()
+    expected = model.encode_sequences(seqs, batch_size=8)
+    model.train()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: model.encode_sequences(seqs, batch_size=8), range(200)))
+    assert all(torch.equal(r, expected) for r in results)
+    assert model.training

@@ -303,27 +303,22 @@ class ICSRec(SASRec):
     # ---- intents --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_samples(self, samples: SubsequenceSamples | None = None) -> torch.Tensor:
-        """Representations of all training subsequences ``[N, d]`` (sample order), in evaluation mode.
+        """Representations of all training subsequences ``[N, d]`` (sample order), without dropout.
 
         Samples are encoded in blocks of similar length (sorted by input length), so each block is trimmed
         to its longest input by the encoder: most Amazon subsequences are far shorter than L."""
         samples = self.train_samples if samples is None else samples
         if samples is None:
             raise RuntimeError("ICSRec.prepare_dataset(dataset) must be called before encoding samples")
-        was_training = self.training
-        self.eval()
-        try:
-            device = self._device()
-            order = np.argsort(samples.ends - samples.starts, kind="stable")
-            out = torch.empty(len(samples), self.config.dim, device=device)
-            step = self.config.encode_batch_size
-            for i in range(0, order.size, step):
-                idx = order[i : i + step]
-                inputs = torch.from_numpy(samples.inputs(idx)).to(device)
-                out[torch.from_numpy(idx).to(device)] = self.encoder.encode(inputs)
-            return out
-        finally:
-            self.train(was_training)
+        device = self._device()
+        order = np.argsort(samples.ends - samples.starts, kind="stable")
+        out = torch.empty(len(samples), self.config.dim, device=device)
+        step = self.config.encode_batch_size
+        for i in range(0, order.size, step):
+            idx = order[i : i + step]
+            inputs = torch.from_numpy(samples.inputs(idx)).to(device)
+            out[torch.from_numpy(idx).to(device)] = self.encoder.encode(inputs, dropout=False)
+        return out
 
     @torch.no_grad()
     def fit_intents(self, seed: int = 0) -> torch.Tensor:

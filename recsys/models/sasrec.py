@@ -218,10 +218,14 @@ class SelfAttentionLayer(nn.Module):
         b, t, d = x.shape
         return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
-    def forward(self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False, dropout: bool | None = None
+    ) -> torch.Tensor:
         """Packed hidden states ``[N, d]`` -> ``[N, d]``, or ``[B, d]`` for each row's last cell only
-        (``last_only``: the last block of :meth:`SASRecEncoder.encode`, whose other outputs are unused)."""
-        p = self.attn_dropout if self.training else 0.0
+        (``last_only``: the last block of :meth:`SASRecEncoder.encode`, whose other outputs are unused).
+        ``dropout``: apply dropout; ``None`` follows the module's mode."""
+        active = self.training if dropout is None else dropout
+        p = self.attn_dropout if active else 0.0
         keys, values = self.key(h), self.value(h)
         if last_only:
             h = h[layout.last]  # [B, d]
@@ -241,7 +245,7 @@ class SelfAttentionLayer(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask, dropout_p=p)
                 parts.append(out.transpose(1, 2).reshape(bucket.rows * bucket.width, -1)[bucket.cells])
             ctx = torch.cat(parts)[layout.unbucket]
-        return self.norm(h + self.dropout(self.out(ctx)))
+        return self.norm(h + F.dropout(self.out(ctx), self.dropout.p, active))
 
 
 class FeedForwardLayer(nn.Module):
@@ -254,9 +258,10 @@ class FeedForwardLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., d]`` -> ``[..., d]``."""
-        return self.norm(x + self.dropout(self.outer(F.gelu(self.inner(x)))))
+    def forward(self, x: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
+        """``[..., d]`` -> ``[..., d]``; ``dropout``: apply dropout (``None``: as the module's mode)."""
+        active = self.training if dropout is None else dropout
+        return self.norm(x + F.dropout(self.outer(F.gelu(self.inner(x))), self.dropout.p, active))
 
 
 class TransformerBlock(nn.Module):
@@ -268,9 +273,11 @@ class TransformerBlock(nn.Module):
         self.attention = SelfAttentionLayer(c.dim, c.heads, c.dropout, c.attn_dropout, c.layer_norm_eps)
         self.feed_forward = FeedForwardLayer(c.dim, c.ffn_dim, c.dropout, c.layer_norm_eps)
 
-    def forward(self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, layout: PackedLayout, last_only: bool = False, dropout: bool | None = None
+    ) -> torch.Tensor:
         """Packed ``[N, d]`` -> ``[N, d]`` (or ``[B, d]`` with ``last_only``)."""
-        return self.feed_forward(self.attention(h, layout, last_only))
+        return self.feed_forward(self.attention(h, layout, last_only, dropout), dropout)
 
 
 class SASRecEncoder(nn.Module):
@@ -318,7 +325,7 @@ class SASRecEncoder(nn.Module):
             return seqs[:, -length:]
         return F.pad(seqs, (length - seqs.shape[1], 0), value=PAD)
 
-    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, PackedLayout, int]:
+    def _embed(self, seqs: torch.Tensor, dropout: bool | None) -> tuple[torch.Tensor, PackedLayout, int]:
         """Packed input states ``[N, d]``, their layout, and the first column kept of the padded window.
 
         Leading columns that are padding in every row are dropped first (position ids stay absolute), which
@@ -338,26 +345,30 @@ class SASRecEncoder(nn.Module):
         # Padding (only ever an empty row's last cell here) is embedded as zeros: no padding row in the table.
         tokens = seqs.flatten()[flat]
         items = self.item_emb(tokens.clamp(min=0)) * (tokens != PAD)[:, None]
-        h = self.emb_dropout(self.emb_norm(items + self.pos_emb(cols + start)))
+        active = self.training if dropout is None else dropout
+        h = F.dropout(self.emb_norm(items + self.pos_emb(cols + start)), self.emb_dropout.p, active)
         buckets, unbucket = attention_buckets(seqs, computed, flat)
         return h, PackedLayout(b, t, flat, last, computed[:, None, None, :], buckets, unbucket), start
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+    def forward(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
         """Hidden states of every position: ``LongTensor[B, T]`` (left-padded with PAD) -> ``[B, L, d]``;
-        padded positions (except an empty row's last one) are not computed and hold zeros."""
-        h, layout, start = self._embed(seqs)
+        padded positions (except an empty row's last one) are not computed and hold zeros.
+
+        ``dropout``: apply dropout; ``None`` (the default) follows the module's mode, ``False`` is
+        inference without touching the mode, so other threads using the module are not affected."""
+        h, layout, start = self._embed(seqs, dropout)
         for block in self.blocks:
-            h = block(h, layout)
+            h = block(h, layout, dropout=dropout)
         out = layout.scatter(h)
         return F.pad(out, (0, 0, start, 0)) if start else out
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
         """Sequence representations, the hidden state of the last position: ``LongTensor[B, T]`` -> ``[B, d]``.
 
-        Equal to ``forward(seqs)[:, -1]``; the last block is computed at the last position only."""
-        h, layout, _ = self._embed(seqs)
+        Equal to ``forward(seqs, dropout)[:, -1]``; the last block is computed at the last position only."""
+        h, layout, _ = self._embed(seqs, dropout)
         for i, block in enumerate(self.blocks):
-            h = block(h, layout, last_only=i == len(self.blocks) - 1)
+            h = block(h, layout, last_only=i == len(self.blocks) - 1, dropout=dropout)
         return h
 
     def item_embeddings(self) -> torch.Tensor:
@@ -459,23 +470,16 @@ class SASRec(HistoryQueries, Recommender):
     def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
 
-        Inference: in evaluation mode (no dropout, whatever mode the model is in; that mode is restored) and
-        without gradients. A model in training mode is switched to eval and back, which other threads would
-        see: serve from several threads only a model in eval mode (``load_run`` and training return it so).
-        Rows are encoded in order of length, so that each block is trimmed to its longest row (most histories
+        Inference: without dropout and without gradients, whatever mode the model is in. The mode is not
+        touched, so threads may share the model, even one in training mode. Rows are encoded in order of length, so that each block is trimmed to its longest row (most histories
         are short), and returned in the input order."""
         seqs = torch.as_tensor(seqs, dtype=torch.long)
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
         out = torch.empty(seqs.shape[0], self.config.dim, device=device)
-        was_training = self.training
-        self.eval()
-        try:
-            for i in range(0, seqs.shape[0], batch_size):
-                rows = order[i : i + batch_size]
-                out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device))
-        finally:
-            self.train(was_training)
+        for i in range(0, seqs.shape[0], batch_size):
+            rows = order[i : i + batch_size]
+            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device), dropout=False)
         return out
 
     @torch.no_grad()
