@@ -171,6 +171,7 @@ def print_recommendations(retriever, user: str, k: int, history_titles: list[str
 def cmd_recommend(args) -> int:
     from recsys.pipeline import build_run_index, default_index_dir, load_run
     from serving import Retriever
+    from serving.errors import UnknownUserError
 
     if (args.user is None) == (args.sequence is None):
         print("error: give exactly one of --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
@@ -200,6 +201,16 @@ def cmd_recommend(args) -> int:
                 print(f"  {rank:>2}. {rec.title or rec.item_id}  (item {rec.item_id}, score {rec.score:.3f})")
         else:
             print_recommendations(retriever, args.user, args.k)
+    except UnknownUserError as exc:
+        # The library's hint names a Python API; on the command line the way in is --sequence, if any.
+        sequences = retriever.index.manifest.get("metadata", {}).get("sequence_queries", False)
+        hint = (
+            "for a user the run does not know, give their items with --sequence ITEM [ITEM ...]"
+            if sequences
+            else "this model recommends only for the users it was trained on"
+        )
+        print(f"error: {UnknownUserError(exc.ids, exc.n_known, hint)}", file=sys.stderr)
+        return 2
     except KeyError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

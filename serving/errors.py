@@ -53,7 +53,7 @@ class UnknownIdError(KeyError):
         self.message = f"unknown {self.kind} id{plural}: {shown} (the index knows {n_known} {self.kind}s)"
         if hint:
             self.message += f"; {hint}"
-        self._n_known = n_known
+        self.n_known = n_known
         self._hint = hint
         super().__init__(self.message)
 
@@ -61,7 +61,7 @@ class UnknownIdError(KeyError):
         return self.message
 
     def __reduce__(self):
-        return (type(self), (self.ids, self._n_known, self._hint))
+        return (type(self), (self.ids, self.n_known, self._hint))
 
 
 class UnknownUserError(UnknownIdError):

@@ -64,7 +64,9 @@ def test_train_evaluate_index_recommend(trained_run, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("1.", "5."))]
     assert len(lines) == 2
     assert main(["recommend", "--run", run_id, "--user", "nobody", "--index", str(out_dir)]) == 2
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "unknown user id: 'nobody'" in err and "only for the users it was trained on" in err
+    assert "recommend_for_vector" not in err  # a Python API name means nothing on the command line
     # Another run's index (its item embeddings) must not answer for this run.
     assert main(["recommend", "--run", "f" * 32, "--user", "u3", "--index", str(out_dir)]) == 2
     assert f"was built from run {run_id}, not from run {'f' * 32}" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert cli_seq == user_recs
     assert main([*args, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
+    assert main([*args, "--user", "no-such-user"]) == 2
+    assert "give their items with --sequence" in capsys.readouterr().err
     assert main(args) == 2  # neither --user nor --sequence
 
     assert main(["explain", "--run", run_id, "--sequence", *history[-3:], "--k", "4", "--json"]) == 0
