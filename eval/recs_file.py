@@ -24,7 +24,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import ranking_metrics
-from features.readers import check_header, explain_scan_error
+from features.readers import check_header, explain_scan_error, leading_blank_lines
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
 
@@ -40,9 +40,14 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
             f"{role} file {path} " + ("is a folder" if path.is_dir() else "does not exist")
         )
     suffix = path.suffix.lower()
+    # Polars skips blank lines before the header: count them, so that line numbers stay the file's. This
+    # also refuses old Mac line endings (read as one header line) and a Parquet file named .csv, by line.
+    lead = leading_blank_lines(path) if suffix in _CSV else 0
     try:
         if suffix in _CSV:
-            check_header(path, ",", columns)  # repeated: Polars would read the first copy without a word
+            check_header(
+                path, ",", columns, lead
+            )  # repeated: Polars would read the first copy without a word
             df = pl.read_csv(path, infer_schema=False)
         elif suffix in _PARQUET:
             df = pl.read_parquet(path)
@@ -56,10 +61,6 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         if suffix in _CSV:  # ragged rows and broken quotes, named by line
             raise explain_scan_error(path, e, separator=",") from None
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
-    if any("\r" in c for c in df.columns):
-        raise ValueError(
-            f"{role} file {path}: expected lines ending in \\n or \\r\\n, got old Mac line endings"
-        )
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(
@@ -67,7 +68,7 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
             f"(expected {', '.join(columns)})"
         )
     # Where each row is, for error messages: its line in a CSV (the header is line 1), its row in a Parquet.
-    df = df.with_row_index(_AT, offset=2 if suffix in _CSV else 1)
+    df = df.with_row_index(_AT, offset=2 + lead if suffix in _CSV else 1)
     if suffix in _CSV:  # a blank line (every field empty) reads as a row of nulls: skip it, as the readers do
         df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in df.columns if c != _AT]))
     df = df.select(_AT, *columns)

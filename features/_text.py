@@ -15,8 +15,9 @@ from features.errors import DataValidationError
 LINE = "_line"  # 1-based line number in the source file, carried until the data is validated
 
 
-def require_file(path: Path, what: str = "file") -> Path:
-    """Check that ``path`` is an existing, non-empty regular file."""
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Check that ``path`` is an existing, non-empty regular file; returns it as a ``Path``."""
+    path = Path(path)
     if not path.exists():
         parent = path.parent
         listing = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
@@ -47,14 +48,25 @@ def locate_decode_error(path: Path, encoding: str = "utf-8") -> DataValidationEr
     return None
 
 
-def read_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
+def old_mac_line_endings(path: Path, line: int) -> DataValidationError:
+    """The error for a carriage return inside a line (``\\r`` alone ends the lines: old Mac endings)."""
+    return DataValidationError(
+        path,
+        "lines ending in \\n or \\r\\n",
+        line=line,
+        got="<a carriage return (\\r) inside the line>",
+        hint="the file has old Mac line endings: convert them, e.g. tr '\\r' '\\n'",
+    )
+
+
+def read_lines(path: str | Path, encoding: str = "utf-8") -> pl.DataFrame:
     """All lines of a text file as ``[_line: Int64 (1-based), line: Utf8]`` (``\\r\\n`` endings stripped).
 
     UTF-8 files go through Polars' own line scanner; other encodings (MovieLens' Latin-1 ``u.item``) are
     decoded in Python first, since Polars only reads UTF-8.  Undecodable bytes raise a
     :class:`DataValidationError` naming the line.
     """
-    require_file(path)
+    path = require_file(path)
     if encoding.lower().replace("-", "") == "utf8" and hasattr(pl, "scan_lines"):
         try:
             df = pl.scan_lines(path, name="line").collect()
@@ -82,13 +94,7 @@ def read_lines(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
     # one line and merge its users.
     bad = df.filter(pl.col("line").str.contains("\r", literal=True)).head(1)
     if bad.height:
-        raise DataValidationError(
-            path,
-            "lines ending in \\n or \\r\\n",
-            line=bad[LINE][0],
-            got="<a carriage return (\\r) inside the line>",
-            hint="the file has old Mac line endings: convert them, e.g. tr '\\r' '\\n'",
-        )
+        raise old_mac_line_endings(path, bad[LINE][0])
     # A UTF-8 byte-order mark (Windows editors write one) is not part of the first line's text.
     return df.with_columns(
         pl.when(pl.col(LINE) == 1).then(pl.col("line").str.strip_prefix("\ufeff")).otherwise(pl.col("line"))

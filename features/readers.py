@@ -25,6 +25,7 @@ import polars as pl
 from features._text import (
     LINE,
     locate_decode_error,
+    old_mac_line_endings,
     parse_float,
     parse_int,
     parse_timestamp,
@@ -73,7 +74,7 @@ class RawData:
 
 # ---- generic CSV / TSV / Parquet --------------------------------------------------------------------------
 def read_interactions(
-    path: Path,
+    path: str | Path,
     *,
     user: str = "user_id",
     item: str = "item_id",
@@ -91,7 +92,7 @@ def read_interactions(
         ``[user_id: Utf8, item_id: Utf8, rating: Float64?, timestamp: Int64?, _line: Int64]``; for Parquet
         ``_line`` is the 1-based row number.
     """
-    require_file(path, "interactions file")
+    path = require_file(path, "interactions file")
     wanted = {"user_id": user, "item_id": item}
     if rating is not None:
         wanted["rating"] = rating
@@ -116,7 +117,7 @@ def read_interactions(
         rename = None if has_header else (lambda cols: [f"column_{k + 1}" for k in range(len(cols))])
         # Blank lines before the first record: Polars skips them before a header (shifting every line number)
         # and takes the first for a one-column header-less row, so they are skipped here, and counted.
-        lead = _leading_blank_lines(path)
+        lead = leading_blank_lines(path)
         if has_header:
             check_header(path, sep, wanted.values(), lead)
 
@@ -194,8 +195,11 @@ def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: b
     ).collect()
 
 
-def _leading_blank_lines(path: Path) -> int:
-    """How many empty lines a delimited text file starts with; a Parquet file under a text name is an error."""
+def leading_blank_lines(path: Path) -> int:
+    """How many empty lines a delimited text file starts with.
+
+    Refuses, naming the line, a Parquet file under a text name and a first record with a carriage return
+    inside it: old Mac line endings (``\\r`` alone), which Polars reads as one line (the header) and no rows."""
     n = 0
     with path.open("rb") as fh:
         if fh.read(4) == b"PAR1":
@@ -203,8 +207,10 @@ def _leading_blank_lines(path: Path) -> int:
                 path, "a delimited text file", got="<a Parquet file>", hint="name it .parquet"
             )
         fh.seek(0)
-        for raw in fh:
+        while raw := fh.readline(1 << 20):  # bounded: a file without \n would otherwise be read whole
             if raw.rstrip(b"\r\n"):
+                if b"\r" in raw.rstrip(b"\r\n"):
+                    raise old_mac_line_endings(path, n + 1)
                 break
             n += 1
     return n
@@ -364,7 +370,7 @@ def explain_scan_error(
 
 
 # ---- "one line per user" (LightGCN) and Amazon sequences --------------------------------------------------
-def _read_id_lines(path: Path, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _read_id_lines(path: str | Path, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Parse ``uid iid iid ...`` lines (whitespace-separated non-negative integers).
 
     Returns:
@@ -402,7 +408,7 @@ def _read_id_lines(path: Path, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     return inter, users
 
 
-def read_user_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def read_user_lines(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """LightGCN's ``uid iid iid ...`` format (one line per user, no timestamps, order not meaningful).
 
     Returns:
@@ -413,7 +419,7 @@ def read_user_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return inter.drop("_pos"), users
 
 
-def read_amazon_seq(path: Path) -> pl.DataFrame:
+def read_amazon_seq(path: str | Path) -> pl.DataFrame:
     """S3-Rec's Amazon ``uid i1 i2 ... in`` sequences (time order, no timestamps).
 
     The position of an item in its line becomes its ``timestamp`` (0, 1, 2, ...), so that time-ordered
@@ -426,7 +432,7 @@ def read_amazon_seq(path: Path) -> pl.DataFrame:
     return inter.select("user_id", "item_id", pl.col("_pos").alias("timestamp"), LINE)
 
 
-def read_item_attributes(path: Path) -> pl.DataFrame:
+def read_item_attributes(path: str | Path) -> pl.DataFrame:
     """``<name>_item2attributes.json``: ``{"item id": [attribute id, ...], ...}``.
 
     Attribute ids must be positive integers (0 is reserved for "unknown / padding").
@@ -434,7 +440,7 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
     Returns:
         ``[item_id: Utf8, attributes: List[Int64]]``.
     """
-    require_file(path, "item attributes file")
+    path = require_file(path, "item attributes file")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # a byte-order mark, if any, is not JSON text

@@ -170,6 +170,13 @@ def test_k_beyond_every_list(tmp_path):
     assert huge["precision@3"] == small["precision@3"]
 
 
+def test_line_numbers_count_blank_lines_before_the_header(tmp_path):
+    truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
+    recs = write(tmp_path, "recs.csv", "\n\nuser,item,score\n1,11,1\n1,12,abc\n")
+    with pytest.raises(ValueError, match=r"non-numeric score value\(s\), e\.g\. 'abc', first at line 5"):
+        evaluate_recs_file(recs, truth, ks=(1,))
+
+
 def test_ragged_line_and_old_mac_line_endings(tmp_path):
     truth = write(tmp_path, "truth.csv", "user,item\n1,11\n")
     ragged = write(tmp_path, "ragged.csv", "user,item,score\n1,11,1\n1,12,2,extra\n")
@@ -177,5 +184,7 @@ def test_ragged_line_and_old_mac_line_endings(tmp_path):
         evaluate_recs_file(ragged, truth, ks=(1,))
     mac = tmp_path / "mac.csv"
     mac.write_bytes(b"user,item,score\r1,11,1\r")
-    with pytest.raises(ValueError, match=r"mac\.csv: expected lines ending in .*old Mac line endings"):
+    with pytest.raises(
+        ValueError, match=r"mac\.csv, line 1: expected lines ending in .*old Mac line endings"
+    ):
         evaluate_recs_file(mac, truth, ks=(1,))

@@ -558,6 +558,24 @@ def test_old_mac_line_endings_in_user_lines(tmp_path):
         read_user_lines(path)
 
 
+def test_old_mac_line_endings_in_a_csv(tmp_path):
+    # Polars reads the whole file as the header line: it used to end in "expected at least one interaction"
+    for name, content, line in [("mac.csv", b"u,i\r1,10\r2,11\r", 1), ("lead.csv", b"\n\nu,i\r1,10\r", 3)]:
+        with pytest.raises(
+            DataValidationError,
+            match=rf"{name}, line {line}: expected lines ending in .*old Mac line endings",
+        ):
+            read_interactions(write(tmp_path / name, content), user="u", item="i")
+
+
+def test_readers_take_text_paths(tmp_path):
+    csv_path = write(tmp_path / "i.csv", "u,i\n1,10\n")
+    assert read_interactions(str(csv_path), user="u", item="i").rows() == [("1", "10", 2)]
+    assert read_user_lines(str(write(tmp_path / "train.txt", "0 1 2\n")))[0].height == 2
+    assert read_amazon_seq(str(write(tmp_path / "Beauty.txt", "1 1 2\n"))).height == 2
+    assert read_item_attributes(str(write(tmp_path / "a.json", '{"1": [1]}'))).height == 1
+
+
 def test_byte_order_mark_in_line_files_and_json(tmp_path):
     pairs, _ = read_user_lines(write(tmp_path / "train.txt", "\ufeff0 1 2\r\n1 3\r\n"))
     assert pairs.select("user_id", "item_id").rows() == [("0", "1"), ("0", "2"), ("1", "3")]
