@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["METRICS", "hit_matrix", "per_user_metrics", "ranking_metrics"]
+__all__ = ["METRICS", "check_ks", "hit_matrix", "per_user_metrics", "ranking_metrics"]
 
 #: Metrics with one value per user (``coverage`` is a property of the whole set of lists).
 METRICS = ("recall", "ndcg", "hit", "precision", "mrr", "map")
@@ -41,18 +41,34 @@ def _as_topk_array(topk: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _check_ks(ks: Sequence[int], width: int) -> tuple[int, ...]:
-    if isinstance(ks, int | np.integer):
-        ks = (int(ks),)
-    out = tuple(int(k) for k in ks)
+def check_ks(ks: int | Sequence[int]) -> tuple[int, ...]:
+    """Cut-offs as unique positive ints, in the given order: one int or a sequence of them.
+
+    Integral floats (``10.0``) are taken; fractions, booleans (``True`` is not the cut-off 1), text and
+    non-finite values are refused with a ``ValueError`` naming the value."""
+    if isinstance(ks, int | np.integer) and not isinstance(ks, bool | np.bool_):
+        ks = (ks,)
+    if isinstance(ks, str | bytes) or not isinstance(ks, Sequence | np.ndarray):
+        raise ValueError(f"ks must be a positive integer or a sequence of them, got {ks!r}")
+    out = []
+    for given in ks:
+        integral = isinstance(given, int | np.integer) or (
+            isinstance(given, float | np.floating) and float(given).is_integer()
+        )
+        if isinstance(given, bool | np.bool_) or not integral or given < 1:
+            raise ValueError(f"cut-offs must be positive integers, got {given!r}")
+        out.append(int(given))
     if not out:
         raise ValueError("ks must name at least one cut-off")
-    for k, given in zip(out, ks, strict=True):
-        if k != given or k < 1:
-            raise ValueError(f"cut-offs must be positive integers, got {given!r}")
+    return tuple(dict.fromkeys(out))  # unique, in the given order
+
+
+def _check_ks(ks: int | Sequence[int], width: int) -> tuple[int, ...]:
+    out = check_ks(ks)
+    for k in out:
         if k > width:
             raise ValueError(f"cut-off {k} exceeds the {width} columns of topk")
-    return tuple(dict.fromkeys(out))  # unique, in the given order
+    return out
 
 
 def _binary_truth(truth: sp.spmatrix | sp.sparray, n_rows: int) -> sp.csr_matrix:

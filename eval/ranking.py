@@ -428,7 +428,8 @@ def full_ranking_topk(
     if first.ndim != 2:
         raise ValueError(f"score_fn must return a [B, I] tensor, got shape {tuple(first.shape)}")
     n_items = first.shape[1]
-    dtype = first.dtype if first.is_floating_point() else torch.float32
+    # Integer scores are ranked in float64: exact up to 2**53, where float32 would merge e.g. timestamps.
+    dtype = first.dtype if first.is_floating_point() else torch.float64
     layout = _Layout(n_items, k, dtype, first.device, None)
     exclusion = _Exclusion(exclude, users_np, n_items, _exclusion_value(excluded_score))
     scores: torch.Tensor | None = first
@@ -587,11 +588,9 @@ def evaluate_model(
     Raises:
         ValueError: no user has an item in ``split``, or bad arguments.
     """
-    from eval.metrics import ranking_metrics
+    from eval.metrics import check_ks, ranking_metrics
 
-    ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    ks = check_ks(ks)
     topk, users_np, truth = model_topk(
         model, dataset, split, max(ks), block_size=block_size, users=users,
         excluded_score=excluded_score, zero_score_items=zero_score_items,

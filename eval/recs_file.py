@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from eval.metrics import ranking_metrics
+from eval.metrics import check_ks, ranking_metrics
 from features.readers import check_header, explain_scan_error, leading_blank_lines
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
@@ -165,9 +165,7 @@ def evaluate_recs_file(
         FileNotFoundError: a file does not exist.
         ValueError: a file is empty or unreadable, lacks a column, or has a non-numeric, missing or NaN score.
     """
-    ks = (int(ks),) if isinstance(ks, int | np.integer) else tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    ks = check_ks(ks)
     recs = (
         read_recs(recs_path)
         .group_by("user", "item")

@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from eval.metrics import check_ks
+
 __all__ = ["slice_metrics", "evaluate_item_slices"]
 
 
@@ -65,7 +67,7 @@ def evaluate_item_slices(
     the overall values equal :func:`eval.evaluate_model`'s."""
     from eval.ranking import model_topk
 
-    ks = tuple(sorted(set(int(k) for k in ks)))
+    ks = tuple(sorted(check_ks(ks)))
     topk, _, truth = model_topk(model, dataset, split, max(ks), block_size=block_size)
     everything = {"all": np.ones(truth.shape[1], dtype=bool), **slices}
     return slice_metrics(topk, truth, everything, ks)

@@ -94,7 +94,9 @@ class SplitConfig(_Strict):
     valid_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in valid (0 = no validation split)."""
     temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
-    """temporal: the cut as a quantile of all timestamps (0.8 = the last 20% of time-ordered events are test)."""
+    """temporal: the cut as a quantile of all timestamps. Test holds the events at or after the quantile's
+    timestamp, an actual one (the lower neighbour), so 0.8 puts at least the last 20% of time-ordered events in
+    test: 3 of 10 events with distinct timestamps, 21 of 100, and every event that shares the cut's time."""
     cut_timestamp: int | None = None
     """temporal: the cut as an absolute timestamp (same unit as the data); alternative to ``temporal_cut``."""
     valid_temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)

@@ -106,6 +106,9 @@ def test_input_errors():
         ranking_metrics(TOPK, TRUTH, ks=(5,))
     with pytest.raises(ValueError, match="positive"):
         ranking_metrics(TOPK, TRUTH, ks=(0,))
+    for bad in ((True,), (1.5,), ("1",), (float("nan"),), "1", (None,)):
+        with pytest.raises(ValueError, match="positive integer"):
+            ranking_metrics(TOPK, TRUTH, ks=bad)
     with pytest.raises(ValueError, match="more than once"):
         ranking_metrics(np.array([[1, 1]]), _truth([[1]], 3), ks=(2,))
     with pytest.raises(ValueError, match="outside"):

@@ -216,6 +216,12 @@ def test_argument_errors():
     assert full_ranking_topk(lambda u: torch.zeros(len(u), 5), torch.arange(0), None, 3).shape == (0, 3)
 
 
+def test_integer_scores_keep_their_order():
+    # float32 holds integers exactly only up to 2**24: these last-seen timestamps would all tie
+    scores = torch.tensor([[1_577_836_800, 1_577_836_801, 1_577_836_850, 5]])
+    assert full_ranking_topk(lambda u: scores[u], torch.arange(1), None, 3).tolist() == [[2, 1, 0]]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # evaluate_model
 # ---------------------------------------------------------------------------------------------------------
@@ -266,6 +272,11 @@ def test_evaluate_model_excludes_train_and_valid_and_restores_mode():
     assert valid["hit@1"] == 1.0  # valid: only train excluded, item 8 ranks first
     with pytest.raises(ValueError, match="no user"):
         evaluate_model(model, FakeDataset(m([0], [1]), m([], []), m([], [])), split="test")
+    # cut-offs: the same rule as ranking_metrics, not int() (2.9 was read as 2, True as 1)
+    for bad in ([2.9], [True], ["3"], [0], [], 2.5):
+        with pytest.raises(ValueError, match="cut-off|ks must"):
+            evaluate_model(model, data, split="test", ks=bad)
+    assert set(evaluate_model(model, data, split="test", ks=[1.0, np.int64(2), 2])) >= {"hit@1", "hit@2"}
 
 
 def test_evaluate_model_paths_agree_with_reference():

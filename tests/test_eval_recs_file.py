@@ -30,6 +30,8 @@ def write(tmp_path, name, text):
 def test_csv_rules_and_parquet_equivalence(tmp_path):
     recs, truth = write(tmp_path, "recs.csv", RECS), write(tmp_path, "truth.csv", TRUTH)
     m = evaluate_recs_file(recs, truth, ks=(1, 2))
+    with pytest.raises(ValueError, match="positive integers, got 2.9"):
+        evaluate_recs_file(recs, truth, ks=(2.9,))  # was read as 2
     # users a, b, d (truth); c has no truth: ignored; d has no recs: zeros; duplicate (a, y) keeps score 2
     # a: x, y, z -> y at rank 2; b: y, x -> z missing
     assert m["hit@1"] == 0.0

@@ -143,6 +143,13 @@ def test_temporal_train_before_test_and_unseen_dropped():
     assert s.dropped["test_unseen"] > 0  # this synthetic log has unseen items after the cut
 
 
+def test_temporal_cut_quantile_as_documented():
+    # SplitConfig.temporal_cut: at or after an actual timestamp (the lower neighbour), so at least 1 - q
+    for n, in_test in ((10, 3), (100, 21)):
+        df = pl.DataFrame({"timestamp": list(range(1, n + 1))})
+        assert df.filter(pl.col("timestamp") >= temporal_cut_value(df, 0.8)).height == in_test
+
+
 def test_temporal_with_validation_window():
     df = synthetic(seed=2)
     cut, vcut = temporal_cut_value(df, 0.8), temporal_cut_value(df, 0.6)
