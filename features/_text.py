@@ -220,7 +220,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
 
     Accepted: integers (any unit; unix seconds in the benchmark files), integral floats (RecBole writes
     ``timestamp:float``), Polars Datetime/Date columns (-> unix seconds), and, when *no* value of a text
-    column is numeric, ISO-8601 date-times (-> unix seconds).
+    column is numeric, ISO-8601 date-times (-> unix seconds). Date-times with a fraction of a second are
+    refused (cutting it could reorder events).
     """
     dtype = df.schema[col]
     raw = pl.col(col)
@@ -234,6 +235,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             raise DataValidationError(
                 path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
             )
+        if isinstance(dtype, pl.Datetime):
+            _require_whole_seconds(df, raw, raw.cast(pl.String), path, col, where)
         return raw.dt.epoch("s").cast(pl.Int64)
     if dtype.is_integer():
         bad = df.filter(raw.is_null()).head(1)
@@ -269,6 +272,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
                 got=r["_raw"],
                 **_loc(where, r),
             )
+        _require_whole_seconds(df, as_dt, text, path, col, where)
         return as_dt.dt.epoch("s").cast(pl.Int64)
     bad = checked.filter(
         pl.col("_f").is_null() | ~pl.col("_f").is_finite() | (pl.col("_f") != pl.col("_f").floor())
@@ -301,6 +305,28 @@ def _iso_datetime(text: pl.Expr) -> pl.Expr:
     naive = pl.coalesce(*[t.str.strptime(pl.Datetime("us"), f, strict=False) for f in _ISO_NAIVE])
     aware = pl.coalesce(*[t.str.strptime(pl.Datetime("us", "UTC"), f, strict=False) for f in _ISO_OFFSET])
     return pl.coalesce(naive, aware.dt.replace_time_zone(None))
+
+
+def _require_whole_seconds(
+    df: pl.DataFrame, when: pl.Expr, shown: pl.Expr, path: Path, col: str, where: str
+) -> None:
+    """Refuse date-times with a fraction of a second (``when``: Datetime; ``shown``: the text to quote).
+
+    Timestamps are stored as unix seconds: cutting the fraction would merge events of one second and could
+    put a user's latest event before an earlier one (leave-one-out would test the wrong item)."""
+    bad = df.select(where, shown.alias("_raw"), when.alias("_dt"))
+    bad = bad.filter(pl.col("_dt").dt.truncate("1s") != pl.col("_dt")).head(1)
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise DataValidationError(
+            path,
+            "a date-time in whole seconds",
+            column=col,
+            got=r["_raw"],
+            hint="date-times are stored as unix seconds, and cutting the fraction can reorder events; give the "
+            "time as integers instead, e.g. unix milliseconds: integers are kept as they are",
+            **_loc(where, r),
+        )
 
 
 def _loc(where: str, row: dict) -> dict:

@@ -57,7 +57,8 @@ class ColumnsConfig(_Strict):
     """Column holding an explicit rating (a number); ``None``: the file has no ratings."""
     timestamp: str | None = None
     """Column holding the interaction time: integers (e.g. unix seconds) or ISO-8601 dates / date-times
-    (``T`` or a space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds."""
+    (``T`` or a space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds (a date-time with a fraction
+    of a second is refused: give such times as integers, e.g. unix milliseconds)."""
 
 
 # The split keys each protocol reads; written for another protocol, a key would be ignored without a word.

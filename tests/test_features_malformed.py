@@ -647,6 +647,28 @@ def test_timestamps_iso_only_with_offsets(tmp_path):
         read_interactions(us, user="u", item="i", timestamp="ts")
 
 
+def test_date_times_with_a_fraction_of_a_second_are_refused(tmp_path):
+    # cut to seconds, a user's latest event (.9 s) tied with an earlier one and leave-one-out tested the wrong item
+    from datetime import datetime
+
+    times = [datetime(2020, 1, 1, 0, 0, 0, 900_000), datetime(2020, 1, 1)]
+    pl.DataFrame({"u": ["a", "a"], "i": ["x", "y"], "ts": times}).write_parquet(tmp_path / "r.parquet")
+    with pytest.raises(
+        DataValidationError,
+        match=r"r\.parquet, row 1, column 'ts': expected a date-time in whole seconds, got '2020-01-01 00:00:00\.9",
+    ):
+        read_interactions(tmp_path / "r.parquet", user="u", item="i", timestamp="ts")
+    iso = write(tmp_path / "t.csv", "u,i,ts\na,x,2020-01-01T00:00:00Z\na,y,2020-01-01T00:00:00.900Z\n")
+    with pytest.raises(DataValidationError, match=r"t\.csv, line 3, .*whole seconds.*unix milliseconds"):
+        read_interactions(iso, user="u", item="i", timestamp="ts")
+    # whole seconds in a finer unit are fine
+    pl.DataFrame({"u": ["a"], "i": ["x"], "ts": [datetime(2020, 1, 1, 0, 0, 7)]}).with_columns(
+        pl.col("ts").cast(pl.Datetime("ns"))
+    ).write_parquet(tmp_path / "ns.parquet")
+    ts = read_interactions(tmp_path / "ns.parquet", user="u", item="i", timestamp="ts")["timestamp"]
+    assert ts.to_list() == [1577836807]
+
+
 @pytest.mark.parametrize("dtype", [pl.Duration("us"), pl.Time])
 def test_parquet_timestamp_of_a_non_instant_type(tmp_path, dtype):
     pq = tmp_path / "r.parquet"
