@@ -4,15 +4,18 @@ A prepared dataset's manifest holds, per item feature, its kind and labels (``si
 :mod:`features.side_features`).  A new item arrives with readable values — ``{"genres": ["Comedy", "Drama"],
 "year_bucket": "1990s", "release_year": 1997}`` — and is turned into the same codes, so a trained item tower
 can embed it.  A label the dataset never had gets code 0 (unknown), as a missing value does; features whose
-labels are not stored (Amazon attribute ids) take integer codes as they are.
+labels are not stored (Amazon attribute ids) take integer codes as they are. A derived feature that is not
+given (``year_bucket``) is derived from its source (``release_year``), as the pipeline derives it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
+
+from features.side_features import DERIVED_ITEM_FEATURES
 
 __all__ = ["encode_new_items"]
 
@@ -29,8 +32,9 @@ def encode_new_items(
 
     Raises:
         KeyError: a row names a feature the dataset does not have (naming it and the known ones).
-        TypeError: a multi-valued feature given as a single string.
-        ValueError: a value that must be an integer (an ``int`` feature, a code without labels) is not.
+        TypeError: a multi-valued feature given as a single string or a non-list.
+        ValueError: a value that must be an integer (an ``int`` feature, a code without labels) is not
+            (a fraction or a boolean is not an integer).
     """
     known = set(spec)
     columns: dict[str, list[Any]] = {name: [] for name in spec}
@@ -40,6 +44,7 @@ def encode_new_items(
             raise KeyError(
                 f"new item {i}: unknown feature(s) {unknown}; the dataset's item features are {sorted(known)}"
             )
+        row = _with_derived(row, spec, i)
         for name, s in spec.items():
             value = row.get(name)
             kind = s.get("kind")
@@ -50,7 +55,9 @@ def encode_new_items(
             if kind == "code":
                 columns[name].append(_code(value, lookup, int(s.get("cardinality", 0)), where))
             elif kind == "multi_code":
-                if isinstance(value, str):
+                if isinstance(value, str | bytes | Mapping) or not (
+                    value is None or isinstance(value, Iterable)
+                ):
                     raise TypeError(f"{where} is multi-valued; give a list, not {value!r}")
                 vals = [] if value is None else list(value)
                 columns[name].append([_code(v, lookup, int(s.get("cardinality", 0)), where) for v in vals])
@@ -71,8 +78,20 @@ def _code(value: Any, lookup: dict[str, int] | None, cardinality: int, where: st
     return code if 0 <= code < cardinality else 0
 
 
+def _with_derived(row: Mapping[str, Any], spec: Mapping[str, Any], i: int) -> Mapping[str, Any]:
+    """``row`` plus the derived features of ``spec`` it lacks, computed from their given sources."""
+    for name, (source, derive) in DERIVED_ITEM_FEATURES.items():
+        if name in spec and row.get(name) is None and row.get(source) is not None:
+            value = _integer(row[source], f"new item {i}, feature {source!r}")
+            row = {**row, name: pl.select(derive(pl.lit(value, dtype=pl.Int64))).item()}
+    return row
+
+
 def _integer(value: Any, where: str) -> int:
+    """An int from an int, an integral float or integer text; booleans and fractions are refused."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
     try:
-        return int(value)
+        return int(value if not isinstance(value, str) else value.strip())
     except (TypeError, ValueError):
         raise ValueError(f"{where}: expected an integer, got {value!r}") from None

@@ -15,7 +15,9 @@ from __future__ import annotations
 import polars as pl
 
 __all__ = [
+    "DERIVED_ITEM_FEATURES",
     "codebook",
+    "decade",
     "encode",
     "movielens_user_features",
     "movielens_item_features",
@@ -33,6 +35,16 @@ AGE_BUCKETS: list[tuple[int, str]] = [
     (56, "50-55"),
     (10**9, "56+"),
 ]
+
+
+def decade(year: pl.Expr) -> pl.Expr:
+    """Release year -> its decade's label (1997 -> ``"1990s"``): MovieLens' ``year_bucket``."""
+    return (year // 10 * 10).cast(pl.String) + pl.lit("s")
+
+
+#: Item features derived from another one: name -> (source feature, Polars expression of the source).
+#: New items (:func:`features.new_items.encode_new_items`) get them from their source, as the pipeline does.
+DERIVED_ITEM_FEATURES = {"year_bucket": ("release_year", decade)}
 
 
 def codebook(values: pl.Series) -> list[str]:
@@ -104,11 +116,10 @@ def movielens_item_features(
     """
     extra = sorted(set(items["genres"].explode().drop_nulls().to_list()) - set(genres))
     labels = list(genres) + extra
-    decade = (pl.col("release_year") // 10 * 10).cast(pl.String) + pl.lit("s")
     raw = item_vocab.select("item_idx", "item_id").join(
         items, on="item_id", how="left", maintain_order="left"
     )
-    decades = codebook(raw.select(decade.alias("d"))["d"])
+    decades = codebook(raw.select(decade(pl.col("release_year")).alias("d"))["d"])
     mapping = {g: i + 1 for i, g in enumerate(labels)}
     table = raw.select(
         "item_idx",
@@ -117,7 +128,7 @@ def movielens_item_features(
         .fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
         .alias("genres"),
         pl.col("release_year").cast(pl.Int64),
-        encode(decade, decades).alias("year_bucket"),
+        encode(decade(pl.col("release_year")), decades).alias("year_bucket"),
     ).sort("item_idx")
     spec = {
         "genres": {"kind": "multi_code", "cardinality": len(labels) + 1, "labels": labels},

@@ -380,6 +380,14 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
         ValueError, match="new item 0, feature 'release_year': expected an integer, got 'soon'"
     ):
         encode_new_items([{"release_year": "soon"}], spec)
+    for bad in (1997.9, True, float("nan")):  # 1997.9 and True were read as 1997 and 1
+        with pytest.raises(ValueError, match="expected an integer"):
+            encode_new_items([{"release_year": bad}], spec)
+    with pytest.raises(TypeError, match="feature 'genres' is multi-valued; give a list, not 5"):
+        encode_new_items([{"genres": 5}], spec)
+    # a derived feature left out is derived from its source, as the pipeline does (it used to be unknown)
+    assert encode_new_items([{"release_year": 1995.0}], spec)["year_bucket"].to_list() == [2]
+    assert encode_new_items([{"release_year": 1975}], spec)["year_bucket"].to_list() == [0]
 
 
 def test_side_feature_codes_ignore_surrounding_spaces():
