@@ -420,6 +420,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # The tracking store's own errors (a store MLflow refuses, a deleted experiment, a server that does
+        # not answer): one line naming MLflow, not a traceback. mlflow is not imported here to test the type.
+        if os.environ.get("RECSYS_DEBUG") or not type(exc).__module__.startswith("mlflow"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: MLflow ({os.environ.get('MLFLOW_TRACKING_URI') or 'embedded store'}): {first}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,5 +18,10 @@ def default_tracking_uri() -> str:
 
 
 def embedded_tracking_uri() -> str:
-    """The embedded SQLite store, ``sqlite:///$RECSYS_HOME/mlflow.db``."""
-    return f"sqlite:///{recsys_home() / 'mlflow.db'}"
+    """The embedded SQLite store, ``sqlite:///$RECSYS_HOME/mlflow.db``.
+
+    SQLAlchemy percent-decodes the path and reads a ``?`` as the start of the URI's options, so ``%`` and ``?``
+    are encoded (a home ``/x/a?b`` put the store at ``/x/a``). Only those: MLflow creates the folder from the
+    raw text, so encoding spaces or accents would leave a stray ``%20`` folder beside the home."""
+    path = str(recsys_home() / "mlflow.db").replace("%", "%25").replace("?", "%3F")
+    return f"sqlite:///{path}"

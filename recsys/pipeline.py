@@ -3,10 +3,12 @@ an MLflow run id to a usable (config, dataset, model) for evaluation, indexing a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import torch
 
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
-from recsys.tracking import RunTracker, download_run_artifacts, git_commit
+from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit
 
 MODEL_ARTIFACT = "model"
 
@@ -36,6 +38,43 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     """Checkpoints of a config live in one folder named by the config's fingerprint, so that ``--resume``
     finds them again."""
     return recsys_home() / "runs" / f"{cfg.name}-{cfg.fingerprint()}"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for one training, so that a second training of the same config
+    (which would share its checkpoint, and without ``--resume`` delete it) stops with an error instead.
+
+    The lock is ``runs/.<folder>.lock`` beside the folder, since a fresh run deletes the folder itself; the
+    operating system releases it when the process ends, however it ends. Without ``fcntl`` (Windows) no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir.parent / f".{run_dir.name}.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{run_dir}: another training of this config is running (it holds {lock_path}); wait for it "
+                "to end, or give this one another name or seed"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _other_checkpoints(run_dir: Path, name: str) -> list[Path]:
+    """Run folders of other configs with the same experiment name that hold a checkpoint."""
+    return sorted(
+        p.parent
+        for p in run_dir.parent.glob(f"{name}-*/checkpoint.pt")
+        if p.parent != run_dir and p.parent.name[len(name) + 1 :].isalnum()
+    )
 
 
 def _plot_history(history: list[dict[str, float]], title: str):
@@ -100,11 +139,19 @@ def prepare_model(model: torch.nn.Module, dataset: Any) -> None:
 
 
 def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print) -> RunResult:
-    """Prepare the data, train, test and track one experiment. Returns the trained model and its metrics."""
+    """Prepare the data, train, test and track one experiment. Returns the trained model and its metrics.
+
+    ``resume``: continue from the checkpoint of this exact config (its run folder) when there is one, else
+    train from the start; either way it says which. Without it, the folder's checkpoint is deleted."""
+    with run_folder_lock(run_dir_for(cfg)):
+        return _train_experiment(cfg, resume=resume, echo=echo)
+
+
+def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult:
     from eval import evaluate_model
     from features import prepare
     from recsys.models import build_model
-    from recsys.trainer import CHECKPOINT, Trainer, resolve_device, seed_everything
+    from recsys.trainer import Trainer, resolve_device, seed_everything
 
     t_start = time.perf_counter()
     dataset = prepare(cfg.data)
@@ -120,19 +167,42 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, dataset, cfg, run_dir, device=device)
+    # Read and check the checkpoint before the MLflow run is reopened: a refusal must not mark that run failed.
+    checkpoint = trainer.read_checkpoint() if resume else None
     run_id_file = run_dir / "mlflow_run_id"
     resume_run_id = None
-    if resume and (run_dir / CHECKPOINT).exists() and run_id_file.exists():
-        resume_run_id = run_id_file.read_text().strip() or None
+    if checkpoint is not None:
+        echo(f"resuming {run_dir} after epoch {checkpoint['state']['epoch']}")
+        if run_id_file.exists():
+            resume_run_id = run_id_file.read_text().strip() or None
+    elif resume:
+        others = _other_checkpoints(run_dir, cfg.name)
+        echo(
+            f"--resume: no checkpoint of this config in {run_dir}; training from the start"
+            + (
+                f" (checkpoints of other {cfg.name!r} configs, which a changed key sends to another folder: "
+                + ", ".join(p.name for p in others[:5])
+                + ")"
+                if others
+                else ""
+            )
+        )
 
     tc = cfg.tracking
-    tracker = RunTracker.start(
-        enabled=tc.enabled,
-        experiment=tc.experiment,
-        uri=tc.uri,
-        run_name=cfg.name,
-        resume_run_id=resume_run_id,
-    )
+    try:
+        tracker = RunTracker.start(
+            enabled=tc.enabled,
+            experiment=tc.experiment,
+            uri=tc.uri,
+            run_name=cfg.name,
+            resume_run_id=resume_run_id,
+        )
+    except ResumeRunError as exc:
+        raise ValueError(
+            f"{run_id_file}: {exc}. Point MLFLOW_TRACKING_URI (or tracking.uri) at the store that has it, or "
+            "delete this file to log the rest of the training as a new run"
+        ) from None
     with tracker:
         if tracker.run_id:
             run_id_file.write_text(tracker.run_id)
@@ -149,8 +219,8 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
                     "device": str(device),
                 }
             )
-        trainer = Trainer(model, dataset, cfg, run_dir, tracker=tracker, device=device)
-        state = trainer.fit(resume=resume)
+        trainer.tracker = tracker
+        state = trainer.fit(resume=resume, checkpoint=checkpoint)
         train_seconds = time.perf_counter() - t_start
         test_metrics = evaluate_model(
             model, dataset, split="test", ks=cfg.eval.ks, block_size=cfg.eval.block_size
@@ -198,23 +268,35 @@ def load_run(run_id: str, uri: str | None = None) -> LoadedRun:
 
 
 def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
+    import yaml
+
     from features import PreparedDataset, prepare
     from recsys.models import build_model
+    from recsys.trainer import load_torch_file
 
-    cfg = validate_config(
-        __import__("yaml").safe_load((folder / "config.yaml").read_text()), source=f"run {run_id} config.yaml"
-    )
-    info = json.loads((folder / "dataset.json").read_text())
-    root = Path(info["root"])
+    damaged = f"the run's {MODEL_ARTIFACT!r} artifact is damaged; train the run again"
+    try:
+        cfg = validate_config(
+            yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")),
+            source=f"run {run_id} config.yaml",
+        )
+        info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        root, manifest_hash = Path(info["root"]), str(info["manifest_hash"])
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"run {run_id}: cannot read its config.yaml / dataset.json ({exc}); {damaged}"
+        ) from None
     dataset = PreparedDataset.load(root) if (root / "manifest.json").exists() else prepare(cfg.data)
-    if dataset.manifest_hash != info["manifest_hash"]:
+    if dataset.manifest_hash != manifest_hash:
         raise SystemExit(
-            f"error: run {run_id} was trained on dataset {info['manifest_hash'][:12]} but preparing its data "
+            f"error: run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "
             f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed"
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     prepare_model(model, dataset)
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = load_torch_file(
+        folder / "model.pt", f"weights of run {run_id}", damaged, map_location="cpu", weights_only=True
+    )
     model.load_state_dict(state)
     model.eval()
     return LoadedRun(run_id, cfg, dataset, model)

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from recsys.paths import default_tracking_uri, embedded_tracking_uri, recsys_home
 
@@ -36,6 +37,9 @@ def _use_store(uri: str) -> None:
     pin this process to the first store it used, whatever ``RECSYS_HOME`` says afterwards."""
     import mlflow
 
+    if (db := _sqlite_file(uri)) is not None:
+        # MLflow creates the folder from the URI's raw text, which is not the path for an encoded ``%3F``.
+        db.parent.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if before is None:
@@ -48,7 +52,7 @@ def _sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///PATH`` URI (absolute), or None (another store, in-memory SQLite)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    path = unquote(uri[len("sqlite:///") :].split("?", 1)[0])  # as SQLAlchemy reads it
     return Path(path).absolute() if path and path != ":memory:" else None
 
 
@@ -86,6 +90,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _metric_key(name: str) -> str:
     # MLflow metric names allow letters, digits, _ - . / and spaces; '@' is not allowed.
     return name.replace("@", "_at_")
+
+
+class ResumeRunError(ValueError):
+    """The MLflow run to continue is not in the store, or cannot be continued (deleted)."""
+
+    def __init__(self, run_id: str, store: str, cause: Exception) -> None:
+        self.run_id, self.store = run_id, store
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"MLflow run {run_id} cannot be continued in the store {store}: {reason}")
 
 
 class RunTracker:
@@ -127,7 +140,12 @@ class RunTracker:
         else:
             exp_id = exp.experiment_id
         if resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = mlflow.start_run(run_id=resume_run_id)
+            except MlflowException as exc:
+                raise ResumeRunError(resume_run_id, uri, exc) from None
         else:
             run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
         return cls(run.info.run_id, True, uri)
@@ -214,7 +232,9 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     _use_store(store)
     try:
         mlflow.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store itself failed: say so, not "no run"
+            raise OSError(f"MLflow store {store}: {str(exc).strip().splitlines()[0]}") from None
         raise SystemExit(
             f"error: no MLflow run {run_id!r} in the store {store} "
             "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"

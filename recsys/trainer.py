@@ -15,6 +15,7 @@ fingerprint, or on other data (the dataset's manifest hash), is refused rather t
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,19 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` via a temp file and rename, so a crash never leaves a torn checkpoint."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
+    """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when it
+    cannot be read (truncated or damaged: torch raises EOFError, RuntimeError, OSError or an unpickling error
+    that names neither), and says what to do (``remedy``)."""
+    try:
+        return torch.load(path, **kwargs)
+    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{path}: cannot read the {what}: the file is damaged or truncated ({type(exc).__name__}: {exc}); "
+            f"{remedy}"
+        ) from exc
 
 
 class Trainer:
@@ -187,12 +201,21 @@ class Trainer:
     def save_checkpoint(self) -> None:
         atomic_torch_save(self._checkpoint(), self.run_dir / CHECKPOINT)
 
-    def load_checkpoint(self) -> bool:
-        """Restore from ``run_dir/checkpoint.pt`` if present; returns whether it resumed."""
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint in ``run_dir``, checked against this config and data (a ``ValueError`` names the file
+        and the reason), or None when there is none. Nothing is restored yet (see :meth:`load_checkpoint`)."""
         path = self.run_dir / CHECKPOINT
         if not path.exists():
-            return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+            return None
+        ckpt = load_torch_file(
+            path,
+            "training checkpoint",
+            "remove it to train from the start",
+            map_location=self.device,
+            weights_only=False,
+        )
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "state", "rng"} <= set(ckpt):
+            raise ValueError(f"{path}: expected a training checkpoint, got another file; remove it")
         if ckpt.get("fingerprint") != self.cfg.fingerprint():
             raise ValueError(
                 f"{path}: checkpoint was written by a different config "
@@ -206,6 +229,15 @@ class Trainer:
                 f"{current[:12]} ({self.dataset.root}): the source files changed since. Remove the checkpoint "
                 "to train afresh on the new data"
             )
+        return ckpt
+
+    def load_checkpoint(self, ckpt: dict[str, Any] | None = None) -> bool:
+        """Restore from ``ckpt`` (from :meth:`read_checkpoint`), else from ``run_dir/checkpoint.pt`` if
+        present; returns whether it resumed."""
+        if ckpt is None:
+            ckpt = self.read_checkpoint()
+        if ckpt is None:
+            return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer = self._make_optimizer()
         if ckpt["optimizer"] is not None:
@@ -220,8 +252,11 @@ class Trainer:
         return True
 
     # ---- the loop -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainState:
-        """Train until the epoch/step budget is spent or early stopping fires. Returns the final state."""
+    def fit(self, resume: bool = False, checkpoint: dict[str, Any] | None = None) -> TrainState:
+        """Train until the epoch/step budget is spent or early stopping fires. Returns the final state.
+
+        ``resume``: continue from the run folder's checkpoint when there is one (``checkpoint``: that
+        checkpoint, already read by :meth:`read_checkpoint`)."""
         if self.tc.num_threads:
             torch.set_num_threads(self.tc.num_threads)
         self._train_csr = self.dataset.matrix("train")
@@ -230,7 +265,7 @@ class Trainer:
             # Closed-form models were fitted in ``prepare``: nothing to optimise.
             self.state = TrainState(finished=True)
             return self.state
-        if not (resume and self.load_checkpoint()):
+        if not (resume and self.load_checkpoint(checkpoint)):
             seed_everything(self.cfg.seed)
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
@@ -286,7 +321,13 @@ class Trainer:
         self.save_checkpoint()
         if self.monitor_split == "valid" and (self.run_dir / BEST).exists():
             # Test the weights that were best on validation, never a choice made on the test split.
-            self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device))
+            best = load_torch_file(
+                self.run_dir / BEST,
+                "best weights on validation",
+                f"train again: remove {self.run_dir}, or its {BEST} and {CHECKPOINT}",
+                map_location=self.device,
+            )
+            self.model.load_state_dict(best)
         # Training is over: whoever uses the model next (export, serving) gets it without dropout.
         self.model.eval()
         return self.state

@@ -1,0 +1,132 @@
+"""A run's life around the trainer: resume messages, refusals that leave the MLflow run alone, damaged files,
+one training per run folder, tracking-store errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys.cli import main
+from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+
+def _config(tmp_path: Path, epochs: int = 2, **tracking) -> Path:
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=epochs)
+    raw["tracking"] = {"experiment": "lifecycle", **tracking}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run_dir(cfg_path: Path) -> Path:
+    from recsys.config import load_config
+    from recsys.pipeline import run_dir_for
+
+    return run_dir_for(load_config(cfg_path))
+
+
+def _status(run_id: str) -> str:
+    import mlflow
+
+    from recsys.paths import default_tracking_uri
+
+    mlflow.set_tracking_uri(default_tracking_uri())
+    return mlflow.get_run(run_id).info.status
+
+
+def test_resume_says_what_it_resumes(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume: no checkpoint of this config in {_run_dir(cfg)}; training from the start" in out
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    assert f"resuming {_run_dir(cfg)} after epoch 2" in capsys.readouterr().out
+    # a changed key sends the config to another folder: the old checkpoint is named, not silently ignored
+    assert main(["train", "-c", str(cfg), "--resume", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint of this config" in out and "configs, which a changed key" in out
+    assert _run_dir(cfg).name in out
+
+
+def test_a_refused_resume_leaves_the_finished_run_alone(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    checkpoint = _run_dir(cfg) / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+    for damaged in (b"", good[: len(good) // 2]):
+        checkpoint.write_bytes(damaged)
+        assert main(["train", "-c", str(cfg), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"{checkpoint}: cannot read the training checkpoint: the file is damaged or truncated" in err
+        assert "remove it to train from the start" in err
+        assert _status(run_id) == "FINISHED"  # the refusal came before the MLflow run was reopened
+
+
+def test_damaged_best_weights_and_model_artifact_are_named(tmp_path, capsys):
+    from recsys.trainer import BEST, load_torch_file
+
+    cfg = _config(tmp_path)
+    best = tmp_path / BEST
+    best.write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(
+        ValueError, match=r"best_model\.pt: cannot read the best weights.*damaged or truncated"
+    ):
+        load_torch_file(best, "best weights", "train again")
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    from recsys.paths import recsys_home
+
+    (weights,) = (p for p in (recsys_home() / "mlartifacts").rglob("model.pt") if run_id in p.parts)
+    weights.write_bytes(weights.read_bytes()[:3000])
+    assert main(["evaluate", "--run", run_id]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read the weights of run {run_id}: the file is damaged or truncated" in err
+    assert "artifact is damaged; train the run again" in err
+
+
+def test_one_training_per_run_folder(tmp_path, capsys):
+    from recsys.pipeline import run_folder_lock
+
+    cfg = _config(tmp_path)
+    with run_folder_lock(_run_dir(cfg)):
+        assert main(["train", "-c", str(cfg)]) == 2
+        assert "another training of this config is running" in capsys.readouterr().err
+    assert main(["train", "-c", str(cfg)]) == 0  # released
+
+
+def test_resume_of_a_run_the_store_does_not_have(tmp_path, capsys):
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    run_id_file = _run_dir(cfg) / "mlflow_run_id"
+    run_id_file.write_text("f" * 32)
+    assert main(["train", "-c", str(cfg), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_id_file}: MLflow run {'f' * 32} cannot be continued in the store" in err
+    assert "delete this file" in err
+
+
+def test_a_store_mlflow_refuses_is_one_error_line(tmp_path, capsys, monkeypatch):
+    # MLflow 3 refuses plain-folder stores; the error is a line naming MLflow, not a traceback, and evaluate
+    # does not report it as a missing run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "afile"))
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: MLflow ({tmp_path / 'afile'}): ")
+    assert main(["evaluate", "--run", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: MLflow store {tmp_path / 'afile'}: ") and "no MLflow run" not in err
+
+
+def test_a_home_with_a_question_mark_keeps_its_store(tmp_path, monkeypatch):
+    from recsys.tracking import RunTracker
+
+    home = tmp_path / "exp?1"
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    with RunTracker.start(experiment="q", run_name="r") as tracker:
+        tracker.log_metrics({"a": 1.0})
+    assert (home / "mlflow.db").is_file()  # SQLAlchemy read "?1/mlflow.db" as options of the store "exp"
+    assert not (tmp_path / "exp").exists()
