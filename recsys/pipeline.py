@@ -203,6 +203,11 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
             f"{run_id_file}: {exc}. Point MLFLOW_TRACKING_URI (or tracking.uri) at the store that has it, or "
             "delete this file to log the rest of the training as a new run"
         ) from None
+    if tracker.enabled and tracker.experiment != tc.experiment:
+        echo(
+            f"note: continuing MLflow run {tracker.run_id} in its experiment {tracker.experiment!r}, not in "
+            f"tracking.experiment {tc.experiment!r}: MLflow cannot move a run"
+        )
     with tracker:
         if tracker.run_id:
             run_id_file.write_text(tracker.run_id)

@@ -104,10 +104,13 @@ class ResumeRunError(ValueError):
 class RunTracker:
     """One MLflow run. ``RunTracker.start(...)`` creates or resumes a run; use as a context manager."""
 
-    def __init__(self, run_id: str | None, enabled: bool, uri: str | None) -> None:
+    def __init__(
+        self, run_id: str | None, enabled: bool, uri: str | None, experiment: str | None = None
+    ) -> None:
         self.run_id = run_id
         self.enabled = enabled
         self.uri = uri
+        self.experiment = experiment  # the name of the run's experiment (a resumed run keeps its own)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     @classmethod
@@ -120,6 +123,9 @@ class RunTracker:
         run_name: str | None = None,
         resume_run_id: str | None = None,
     ) -> RunTracker:
+        """Start a new run in ``experiment``, or continue ``resume_run_id`` (raises :class:`ResumeRunError`
+        when the store cannot). A continued run stays in its own experiment, which MLflow cannot change:
+        compare :attr:`experiment` with the one asked for."""
         if not enabled:
             return cls(None, False, None)
         _quiet_mlflow()
@@ -127,6 +133,14 @@ class RunTracker:
 
         uri = uri or default_tracking_uri()
         _use_store(uri)
+        if resume_run_id:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = mlflow.start_run(run_id=resume_run_id)
+            except MlflowException as exc:
+                raise ResumeRunError(resume_run_id, uri, exc) from None
+            return cls(run.info.run_id, True, uri, mlflow.get_experiment(run.info.experiment_id).name)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the
@@ -139,16 +153,8 @@ class RunTracker:
             exp_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        if resume_run_id:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                run = mlflow.start_run(run_id=resume_run_id)
-            except MlflowException as exc:
-                raise ResumeRunError(resume_run_id, uri, exc) from None
-        else:
-            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
-        return cls(run.info.run_id, True, uri)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+        return cls(run.info.run_id, True, uri, experiment)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled:

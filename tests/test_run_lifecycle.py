@@ -50,6 +50,21 @@ def test_resume_says_what_it_resumes(tmp_path, capsys):
     assert _run_dir(cfg).name in out
 
 
+def test_a_resumed_run_stays_in_its_experiment_and_says_so(tmp_path, capsys):
+    import mlflow
+
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["train", "-c", str(cfg), "--resume", "tracking.experiment=other"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"continuing MLflow run {run_id} in its experiment 'lifecycle', not in tracking.experiment 'other'"
+        in out
+    )
+    assert mlflow.get_experiment_by_name("other") is None  # no empty experiment made on the way
+
+
 def test_a_refused_resume_leaves_the_finished_run_alone(tmp_path, capsys):
     cfg = _config(tmp_path)
     assert main(["train", "-c", str(cfg)]) == 0
