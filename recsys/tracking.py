@@ -184,6 +184,15 @@ class RunTracker:
         for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
             mlflow.log_params(dict(items[i : i + 90]))
 
+    def last_step(self, key: str) -> int | None:
+        """The highest step at which the run logged metric ``key`` (``@`` written as in MLflow), or None."""
+        if not self.enabled or self.run_id is None:
+            return None
+        import mlflow
+
+        history = mlflow.MlflowClient().get_metric_history(self.run_id, _metric_key(key))
+        return max((m.step for m in history), default=None)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled:
             import mlflow

@@ -265,7 +265,12 @@ class Trainer:
             # Closed-form models were fitted in ``prepare``: nothing to optimise.
             self.state = TrainState(finished=True)
             return self.state
-        if not (resume and self.load_checkpoint(checkpoint)):
+        # Epochs after the checkpoint that the run logged before it stopped are replayed (the same numbers on
+        # CPU); they are not logged again, so each epoch has one point per metric.
+        logged_until = 0
+        if resume and self.load_checkpoint(checkpoint):
+            logged_until = self.tracker.last_step("epoch_time_s") or 0
+        else:
             seed_everything(self.cfg.seed)
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
@@ -313,7 +318,8 @@ class Trainer:
                 self._track_best(metrics)
             record["step"] = float(self.state.step)
             self.state.history.append({"epoch": float(self.state.epoch), **record})
-            self.tracker.log_metrics(record, step=self.state.epoch)
+            if self.state.epoch > logged_until:
+                self.tracker.log_metrics(record, step=self.state.epoch)
             self._call_hooks("on_epoch_end", epoch, record)
             if self.state.epoch % self.tc.checkpoint_every == 0 or self._done():
                 self.save_checkpoint()

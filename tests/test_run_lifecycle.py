@@ -145,3 +145,34 @@ def test_a_home_with_a_question_mark_keeps_its_store(tmp_path, monkeypatch):
         tracker.log_metrics({"a": 1.0})
     assert (home / "mlflow.db").is_file()  # SQLAlchemy read "?1/mlflow.db" as options of the store "exp"
     assert not (tmp_path / "exp").exists()
+
+
+def test_replayed_epochs_are_logged_once(tmp_path):
+    """Killed after epoch 3 with a checkpoint every 2 epochs: the resume replays epoch 3 and must not log it
+    a second time."""
+    import mlflow
+
+    from recsys.tracking import RunTracker
+    from tests.test_trainer import build
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterEpoch3:
+        def on_epoch_end(self, trainer, epoch, record):
+            if epoch == 2:
+                raise Crash
+
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=4, checkpoint_every=2)
+    with pytest.raises(Crash), RunTracker.start(experiment="replay") as tracker:
+        trainer = build(raw, tmp_path / "run")
+        trainer.tracker, run_id = tracker, tracker.run_id
+        trainer.hooks.append(CrashAfterEpoch3())
+        trainer.fit()
+    with RunTracker.start(experiment="replay", resume_run_id=run_id) as tracker:
+        trainer = build(raw, tmp_path / "run")
+        trainer.tracker = tracker
+        assert trainer.fit(resume=True).epoch == 4
+    for key in ("epoch_time_s", "train/loss"):
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+        assert sorted(steps) == [1, 2, 3, 4], key
