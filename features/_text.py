@@ -162,8 +162,9 @@ def parse_int(
     nonneg: bool = True,
     where: str = LINE,
     column_label: str | pl.Expr | None = None,
-) -> pl.Expr:
-    """Validate that Utf8 column ``col`` holds integers (``>= 0`` when ``nonneg``); return the cast expr.
+) -> pl.Series:
+    """Validate that Utf8 column ``col`` holds integers (``>= 0`` when ``nonneg``); return them (Int64, one
+    per row of ``df``: computed once here, not again by the caller).
 
     Raises a :class:`DataValidationError` naming the first bad line (``where`` is the column with 1-based
     line numbers, or ``_row`` for row numbers) and the column (``column_label``: a fixed name, or an
@@ -189,11 +190,11 @@ def parse_int(
             r = bad.row(0, named=True)
             got = "<empty>" if r["_raw"] is None or not r["_raw"].strip() else r["_raw"]
             raise DataValidationError(path, expected, column=r["_label"], got=got, **_loc(where, r))
-    return cast
+    return checked["_val"].alias(col)
 
 
-def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Expr:
-    """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return the Float64 expr."""
+def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Series:
+    """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64)."""
     dtype = df.schema[col]
     raw = pl.col(col)
     cast = (raw.str.strip_chars() if dtype == pl.String else raw).cast(pl.Float64, strict=False)
@@ -212,11 +213,11 @@ def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str
         raise DataValidationError(
             path, f"{what} (a finite number)", column=col, got=r["_raw"], **_loc(where, r)
         )
-    return cast
+    return checked["_val"].alias(col)
 
 
-def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE) -> pl.Expr:
-    """Validate a timestamp column and return an Int64 expression.
+def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE) -> pl.Series:
+    """Validate a timestamp column and return its values as Int64.
 
     Accepted: integers (any unit; unix seconds in the benchmark files), integral floats (RecBole writes
     ``timestamp:float``), Polars Datetime/Date columns (-> unix seconds), and, when *no* value of a text
@@ -237,7 +238,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             )
         if isinstance(dtype, pl.Datetime):
             _require_whole_seconds(df, raw, raw.cast(pl.String), path, col, where)
-        return raw.dt.epoch("s").cast(pl.Int64)
+        return df.select(raw.dt.epoch("s").cast(pl.Int64)).to_series()
     if dtype.is_integer():
         bad = df.filter(raw.is_null()).head(1)
         if bad.height:
@@ -250,7 +251,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
             raise DataValidationError(
                 path, "a timestamp that fits in 64 bits", column=col, got=r[col], **_loc(where, r)
             )
-        return raw.cast(pl.Int64)
+        return df.select(raw.cast(pl.Int64)).to_series()
     text = raw.cast(pl.String).str.strip_chars()
     as_float = text.cast(pl.Float64, strict=False)
     exact = text.cast(pl.Int64, strict=False)  # integers beyond 2**53 lose precision through Float64
@@ -273,7 +274,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
                 **_loc(where, r),
             )
         _require_whole_seconds(df, as_dt, text, path, col, where)
-        return as_dt.dt.epoch("s").cast(pl.Int64)
+        return df.select(as_dt.dt.epoch("s").cast(pl.Int64)).to_series()
     bad = checked.filter(
         pl.col("_f").is_null() | ~pl.col("_f").is_finite() | (pl.col("_f") != pl.col("_f").floor())
     )
@@ -290,7 +291,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
         raise DataValidationError(
             path, "a timestamp that fits in 64 bits", column=col, got=r["_raw"], **_loc(where, r)
         )
-    return pl.coalesce(exact, as_float.cast(pl.Int64, strict=False))  # the exact integer when there is one
+    # The exact integer when there is one.
+    return checked.select(pl.coalesce("_i", pl.col("_f").cast(pl.Int64, strict=False))).to_series().alias(col)
 
 
 # ISO-8601 only: Polars' own inference also takes 01/02/2020, and reads it day first without a word.

@@ -290,21 +290,21 @@ def _quotes_are_text(path: Path, sep: str) -> bool:
         return opens_quote.search(data) is None
 
 
-def _id_column(df: pl.DataFrame, col: str, label: str, path: Path, where: str) -> pl.Expr:
-    """Ids may be text or integers; they must not be empty. Returns a Utf8 expression."""
+def _id_column(df: pl.DataFrame, col: str, label: str, path: Path, where: str) -> pl.Series:
+    """Ids may be text or integers; they must not be empty. Returns them as Utf8, named ``col``."""
     dtype = df.schema[col]
     # Categorical / Enum: pandas `category` columns and Arrow dictionaries of strings
     if not (dtype == pl.String or dtype.is_integer() or isinstance(dtype, (pl.Categorical, pl.Enum))):
         raise DataValidationError(path, "ids as text or integers", column=label, got=f"<dtype {dtype}>")
-    text = pl.col(col).cast(pl.String).str.strip_chars()
-    bad = df.select(where, text.alias("_v")).filter(pl.col("_v").is_null() | (pl.col("_v") == "")).head(1)
+    text = df.select(where, pl.col(col).cast(pl.String).str.strip_chars().alias("_v"))
+    bad = text.filter(pl.col("_v").is_null() | (pl.col("_v") == "")).head(1)
     if bad.height:
         r = bad.row(0, named=True)
         loc = {"row": r[where]} if where == "_row" else {"line": r[where]}
         raise DataValidationError(
             path, "a user id" if col == "user_id" else "an item id", column=label, got="<empty>", **loc
         )
-    return text.alias(col)
+    return text["_v"].alias(col)
 
 
 def _check_parquet_magic(path: Path) -> None:
