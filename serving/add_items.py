@@ -40,10 +40,12 @@ def add_items(
 
     Raises:
         ValueError: a dimension mismatch, an id already in the index, or misaligned inputs.
+        TypeError: as :func:`serving.build_index`: ids that are not str (or one str), embeddings that are not
+            floating-point.
     """
     import scipy.sparse as sp
 
-    from serving.index import ItemIndex, build_index
+    from serving.index import ItemIndex, _as_embeddings, _as_ids, build_index
 
     index = ItemIndex.load(index_dir)
     new = np.asarray(item_emb)
@@ -51,9 +53,9 @@ def add_items(
         raise ValueError(
             f"item_emb must have shape [n, {index.dim}] (d of the index at {index_dir}), got {new.shape}"
         )
-    ids = [str(x) if not isinstance(x, str) else x for x in item_ids]
-    if len(ids) != new.shape[0]:
-        raise ValueError(f"item_ids has {len(ids)} entries but item_emb has {new.shape[0]} rows")
+    # The checks build_index makes: a str is not a list of one-letter ids, None is not the id "None".
+    new = _as_embeddings(new, "item_emb")
+    ids = _as_ids(item_ids, new.shape[0], "item_ids", "item_emb")
     clash = sorted(set(ids) & set(index.item_ids))
     if clash:
         raise ValueError(f"item ids already in the index at {index_dir}: {clash[:5]}")

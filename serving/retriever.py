@@ -234,7 +234,7 @@ class Retriever:
                 raise TypeError(
                     f"each exclude_items entry must be a list of item ids, not the string {row!r}"
                 )
-            lists.append(list(row))
+            lists.append([str(x) for x in row])  # ids are text: 5 is "5", as everywhere in the Retriever
         flat = [x for row in lists for x in row]
         cols = self._index.item_positions(flat)
         rows = np.repeat(np.arange(n_rows, dtype=np.int64), [len(row) for row in lists])

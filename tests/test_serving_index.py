@@ -368,3 +368,24 @@ def test_importing_serving_does_not_import_faiss():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_add_items_checks_its_input_like_build_index(tmp_path):
+    from serving import Retriever, add_items
+
+    out = build_index(np.eye(4, dtype=np.float32), ["0", "1", "2", "3"], tmp_path / "idx")
+    rng = np.random.default_rng(0)
+    with pytest.raises(TypeError, match="not a single str"):
+        add_items(out, rng.normal(size=(3, 4)), "abc")  # was added as the ids "a", "b", "c"
+    with pytest.raises(TypeError, match="entry 0 is None"):
+        add_items(out, np.ones((1, 4)), [None])  # was the id "None"
+    with pytest.raises(TypeError, match="floating-point"):
+        add_items(out, np.ones((1, 4), dtype=np.int64), ["x"])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        add_items(out, np.full((1, 4), np.nan), ["x"])
+    add_items(out, np.array([[0.0, 0.0, 0.0, 2.0]]), ["x"])
+    retriever = Retriever.load(out)
+    assert retriever.index.item_ids == ("0", "1", "2", "3", "x")
+    # ids given as ints are the same text ids in exclusions, as everywhere in the Retriever
+    recs = retriever.recommend_for_vector(np.array([[0.0, 0.0, 1.0, 1.0]]), k=2, exclude_items=[[3]])
+    assert [r.item_id for r in recs[0]] == ["x", "2"]
