@@ -46,3 +46,25 @@ def test_id_embedding():
     assert "xavier_uniform" in repr(emb)
     with pytest.raises(ValueError):
         IdEmbedding(0, 4)
+
+
+@pytest.mark.parametrize("name", ["popularity", "mf_bpr", "lightgcn", "dccf", "sasrec"])
+def test_inference_embeddings_are_copies_without_gradient(name):
+    """Evaluation and serving take these tensors: they must not carry the graph (``.numpy()`` failed on
+    MF-BPR's) nor alias the trained table (normalising them in place changed MF-BPR, SASRec and popularity)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    train = sp.csr_matrix(
+        np.array([[1, 1, 0, 0, 0, 1], [0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1]])
+    )
+    model = build_model({"name": name, "dim": 4} if name != "popularity" else name, 4, 6)
+    model.prepare(train.astype(np.float32))
+    model.eval()
+    before = model.item_embeddings().clone()
+    items = model.item_embeddings()
+    assert not items.requires_grad
+    items.mul_(0.0)
+    torch.testing.assert_close(model.item_embeddings(), before, rtol=0, atol=0)
+    if name != "sasrec":  # its queries need histories (tested with the model)
+        assert not model.scorer()(torch.arange(2)).requires_grad

@@ -68,13 +68,15 @@ class MFBPR(Recommender):
         reg = self.config.reg * 0.5 * sq / users.numel()
         return bpr + reg, {"bpr": bpr, "reg": reg}
 
+    @torch.no_grad()
     def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        """``LongTensor[B]`` -> ``[B, d]``."""
+        """``LongTensor[B]`` -> ``[B, d]`` (a new tensor without gradient)."""
         return self.user_emb(users)
 
+    @torch.no_grad()
     def item_embeddings(self) -> torch.Tensor:
-        """``[I, d]``."""
-        return self.item_emb.all()
+        """``[I, d]``: a copy without gradient, so a caller that normalises it in place leaves the model be."""
+        return self.item_emb.all().clone()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dim={self.config.dim}, reg={self.config.reg:g}"

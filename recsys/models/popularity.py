@@ -63,5 +63,5 @@ class MostPopular(Recommender):
         return torch.ones(users.numel(), 1, dtype=self.counts.dtype, device=self.counts.device)
 
     def item_embeddings(self) -> torch.Tensor:
-        """Counts ``[I, 1]``."""
-        return self.counts.unsqueeze(1)
+        """Counts ``[I, 1]`` (a copy: the fitted counts stay as they are whatever the caller does)."""
+        return self.counts.unsqueeze(1).clone()

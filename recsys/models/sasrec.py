@@ -493,9 +493,11 @@ class SASRec(HistoryQueries, Recommender):
         padded = history.padded(users.detach().cpu().numpy(), max_len=self.config.max_len)
         return self.encode_sequences(padded)
 
+    @torch.no_grad()
     def item_embeddings(self) -> torch.Tensor:
-        """``[I, d]``: real items only, so padding is never ranked."""
-        return self.encoder.item_embeddings()
+        """``[I, d]``: real items only, so padding is never ranked; a copy without gradient (the encoder's
+        :meth:`SASRecEncoder.item_embeddings` is the trained table itself)."""
+        return self.encoder.item_embeddings().clone()
 
     def extra_repr(self) -> str:
         c = self.config
