@@ -68,3 +68,12 @@ def test_inference_embeddings_are_copies_without_gradient(name):
     torch.testing.assert_close(model.item_embeddings(), before, rtol=0, atol=0)
     if name != "sasrec":  # its queries need histories (tested with the model)
         assert not model.scorer()(torch.arange(2)).requires_grad
+
+
+def test_model_configs_refuse_infinite_numbers_and_empty_layers():
+    for raw in ({"name": "mf_bpr", "init_std": float("inf")}, {"name": "lightgcn", "reg": float("nan")}):
+        with pytest.raises(pydantic.ValidationError, match="finite number"):
+            build_model(raw, 3, 4)  # init_std: .inf gave NaN scores
+    for hidden in ([0], [-3], [64, 0]):
+        with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
+            build_model({"name": "two_tower", "hidden": hidden}, 3, 4)  # [0] was a constant model

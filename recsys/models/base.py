@@ -32,9 +32,10 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ModelConfig(NoBooleanNumbers):
-    """Base of every model's typed config. Unknown keys are errors; so is a boolean for a number."""
+    """Base of every model's typed config. Unknown keys are errors; so is a boolean for a number, and so are
+    infinite and NaN numbers (``init_std: .inf`` gave NaN scores)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
 
 

@@ -55,7 +55,7 @@ interaction after a user's first, with the user's preceding ``history_len`` item
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -92,7 +92,7 @@ class TwoTowerConfig(ModelConfig):
     name: Literal["two_tower"] = "two_tower"
     emb_dim: int = Field(32, ge=1)
     """Embedding size of every input feature."""
-    hidden: list[int] = Field(default_factory=lambda: [128])
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128])
     """Hidden layer widths of both towers' MLPs (ReLU)."""
     dim: int = Field(64, ge=1)
     """Output size d of both towers (unit vectors)."""
