@@ -451,7 +451,15 @@ def main(argv: list[str] | None = None) -> None:
                 if not claimed:
                     print(f"{key}: being trained by another driver, skipped", flush=True)
                     continue
-                r = train_one(dataset, variant, seed, extra)
+                from recsys.pipeline import RunFolderBusy
+
+                try:
+                    r = train_one(dataset, variant, seed, extra)
+                except (
+                    RunFolderBusy
+                ):  # e.g. `recsys train` of the same config (same fingerprint, same folder)
+                    print(f"{key}: its run folder is in use by another training, skipped", flush=True)
+                    continue
             print(
                 f"{key}: test HR@20 {r['test']['hit@20']:.4f} NDCG@20 {r['test']['ndcg@20']:.4f} "
                 f"(reference protocol {r['test_reference_protocol']['hit@20']:.4f} / "

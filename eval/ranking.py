@@ -428,8 +428,10 @@ def full_ranking_topk(
     if first.ndim != 2:
         raise ValueError(f"score_fn must return a [B, I] tensor, got shape {tuple(first.shape)}")
     n_items = first.shape[1]
-    # Integer scores are ranked in float64: exact up to 2**53, where float32 would merge e.g. timestamps.
-    dtype = first.dtype if first.is_floating_point() else torch.float64
+    # Integer scores are ranked in float64: exact up to 2**53, where float32 would merge e.g. timestamps
+    # (MPS has no float64: float32 there).
+    wide = torch.float32 if first.device.type == "mps" else torch.float64
+    dtype = first.dtype if first.is_floating_point() else wide
     layout = _Layout(n_items, k, dtype, first.device, None)
     exclusion = _Exclusion(exclude, users_np, n_items, _exclusion_value(excluded_score))
     scores: torch.Tensor | None = first

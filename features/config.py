@@ -97,7 +97,8 @@ class SplitConfig(_Strict):
     temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
     """temporal: the cut as a quantile of all timestamps. Test holds the events at or after the quantile's
     timestamp, an actual one (the lower neighbour), so 0.8 puts at least the last 20% of time-ordered events in
-    test: 3 of 10 events with distinct timestamps, 21 of 100, and every event that shares the cut's time."""
+    test: 3 of 10 events with distinct timestamps, 21 of 100, and every event that shares the cut's time (before
+    test events of users or items unseen in training are dropped)."""
     cut_timestamp: int | None = None
     """temporal: the cut as an absolute timestamp (same unit as the data); alternative to ``temporal_cut``."""
     valid_temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)

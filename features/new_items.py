@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from features.side_features import DERIVED_ITEM_FEATURES
@@ -89,7 +90,9 @@ def _with_derived(row: Mapping[str, Any], spec: Mapping[str, Any], i: int) -> Ma
 
 def _integer(value: Any, where: str) -> int:
     """An int from an int, an integral float or integer text; booleans and fractions are refused."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    if isinstance(value, bool | np.bool_) or (
+        isinstance(value, float | np.floating) and not float(value).is_integer()
+    ):
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     try:
         return int(value if not isinstance(value, str) else value.strip())

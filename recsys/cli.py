@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
-            f"error: MLflow ({os.environ.get('MLFLOW_TRACKING_URI') or 'embedded store'}): {first}",
+            f"error: MLflow: {first}",
             file=sys.stderr,
         )
         return 2

@@ -22,6 +22,7 @@ def embedded_tracking_uri() -> str:
 
     SQLAlchemy percent-decodes the path and reads a ``?`` as the start of the URI's options, so ``%`` and ``?``
     are encoded (a home ``/x/a?b`` put the store at ``/x/a``). Only those: MLflow creates the folder from the
-    raw text, so encoding spaces or accents would leave a stray ``%20`` folder beside the home."""
+    raw text, so an encoded character leaves an empty folder beside the home (``/x/a%3Fb``), which encoding
+    spaces or accents too would do for far more homes."""
     path = str(recsys_home() / "mlflow.db").replace("%", "%25").replace("?", "%3F")
     return f"sqlite:///{path}"

@@ -40,6 +40,10 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return recsys_home() / "runs" / f"{cfg.name}-{cfg.fingerprint()}"
 
 
+class RunFolderBusy(ValueError):
+    """Another training of the same config holds its run folder."""
+
+
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` for one training, so that a second training of the same config
@@ -58,7 +62,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
+            raise RunFolderBusy(
                 f"{run_dir}: another training of this config is running (it holds {lock_path}); wait for it "
                 "to end, or give this one another name or seed"
             ) from None
@@ -226,6 +230,7 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
             )
         trainer.tracker = tracker
         state = trainer.fit(resume=resume, checkpoint=checkpoint)
+        checkpoint = None  # its tensors (on the device) are in the model now: do not hold a second copy
         train_seconds = time.perf_counter() - t_start
         test_metrics = evaluate_model(
             model, dataset, split="test", ks=cfg.eval.ks, block_size=cfg.eval.block_size

@@ -92,6 +92,18 @@ def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def _no_such_run(exc: Exception) -> bool:
+    """Whether an MLflow error says the run is not there to use (no such id, a malformed id, a deleted run),
+    rather than that the store failed (locked, unreachable), which a retry may cure."""
+    code, text = getattr(exc, "error_code", None), str(exc)
+    # A refused store (MLflow 3's file stores) is an INVALID_PARAMETER_VALUE too: only a bad run id counts.
+    return (
+        code == "RESOURCE_DOES_NOT_EXIST"
+        or (code == "INVALID_PARAMETER_VALUE" and "parameter 'run_id'" in text)
+        or "deleted state" in text
+    )
+
+
 class ResumeRunError(ValueError):
     """The MLflow run to continue is not in the store, or cannot be continued (deleted)."""
 
@@ -139,6 +151,8 @@ class RunTracker:
             try:
                 run = mlflow.start_run(run_id=resume_run_id)
             except MlflowException as exc:
+                if not _no_such_run(exc):
+                    raise
                 raise ResumeRunError(resume_run_id, uri, exc) from None
             return cls(run.info.run_id, True, uri, mlflow.get_experiment(run.info.experiment_id).name)
         exp = mlflow.get_experiment_by_name(experiment)
@@ -248,7 +262,7 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     try:
         mlflow.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # the store itself failed: say so, not "no run"
+        if not _no_such_run(exc):  # the store itself failed: say so, not "no run"
             raise OSError(f"MLflow store {store}: {str(exc).strip().splitlines()[0]}") from None
         raise SystemExit(
             f"error: no MLflow run {run_id!r} in the store {store} "

@@ -14,6 +14,7 @@ fingerprint, or on other data (the dataset's manifest hash), is refused rather t
 
 from __future__ import annotations
 
+import errno
 import math
 import pickle
 import random
@@ -89,12 +90,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
-    """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when it
-    cannot be read (truncated or damaged: torch raises EOFError, RuntimeError, OSError or an unpickling error
-    that names neither), and says what to do (``remedy``)."""
+    """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when the
+    file is damaged or truncated (torch then raises an EOFError, an unpickling error, a zip-reader RuntimeError
+    or ``OSError(EINVAL)``, naming neither), and says what to do (``remedy``). Other failures (memory, a
+    permission) are not the file's fault and pass unchanged: the advice to remove it would lose a good run."""
     try:
         return torch.load(path, **kwargs)
-    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+        damaged = (
+            isinstance(exc, EOFError | pickle.UnpicklingError)
+            or (type(exc) is RuntimeError and "PytorchStreamReader" in str(exc))
+            or (type(exc) is OSError and exc.errno == errno.EINVAL)
+        )
+        if not damaged:
+            raise
         raise ValueError(
             f"{path}: cannot read the {what}: the file is damaged or truncated ({type(exc).__name__}: {exc}); "
             f"{remedy}"

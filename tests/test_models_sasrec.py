@@ -356,6 +356,16 @@ def test_encoder_dropout_flag_overrides_the_mode_without_touching_it():
     assert not model.training
 
 
+def test_encode_sequences_refuses_indices_outside_the_catalogue():
+    model = tiny(n_items=20)
+    for bad in (-7, 20):  # -7 was read as item 0; 20 failed inside torch's embedding lookup
+        with pytest.raises(
+            ValueError, match=rf"item indices must be in 0\.\.19 \(or -1 for padding\), got {bad}"
+        ):
+            model.encode_sequences(torch.tensor([[PAD, bad, 3]]))
+    assert model.encode_sequences(torch.tensor([[PAD, 19, 3]])).shape == (1, model.config.dim)
+
+
 def test_threads_encoding_a_model_in_training_mode():
     """A model in training mode served from threads: encoding must neither run with dropout nor change the
     mode, which the other threads would see."""

@@ -292,3 +292,16 @@ def test_curves_show_the_validation_metric_of_finished_and_unfinished_runs(tiny_
     with pytest.raises(SystemExit):  # every other mode still needs the results file
         sequential_paper.main(["--table"])
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_a_run_folder_in_use_by_a_cli_training_is_skipped(tiny_repo, capsys, tmp_path):
+    """`recsys train` of the same config trains the same folder: the driver skips the run and goes on."""
+    from recsys.pipeline import run_dir_for, run_folder_lock
+
+    out = tiny_repo / "res.json"
+    extra = ["train.num_threads=1", "train.progress=false"]
+    cfg = sequential_paper.build_config("tiny", "sasrec", 3, extra)
+    with run_folder_lock(run_dir_for(cfg)):
+        sequential_paper.main(["--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
+    assert "its run folder is in use by another training, skipped" in capsys.readouterr().out
+    assert not out.exists()

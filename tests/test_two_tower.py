@@ -380,7 +380,7 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
         ValueError, match="new item 0, feature 'release_year': expected an integer, got 'soon'"
     ):
         encode_new_items([{"release_year": "soon"}], spec)
-    for bad in (1997.9, True, float("nan")):  # 1997.9 and True were read as 1997 and 1
+    for bad in (1997.9, True, float("nan"), np.float32(1997.9), np.bool_(True)):  # 1997.9 was 1997, True 1
         with pytest.raises(ValueError, match="expected an integer"):
             encode_new_items([{"release_year": bad}], spec)
     with pytest.raises(TypeError, match="feature 'genres' is multi-valued; give a list, not 5"):

@@ -26,7 +26,7 @@ dot similarity, the 2n rows of both views as in-batch negatives):
 
     L = L_{rec} + \lambda L_{coarse} + \beta L_{fine}.
 
-Intents.  At the start of every epoch all N training subsequences are encoded (evaluation mode, no gradient)
+Intents.  At the start of every epoch all N training subsequences are encoded (no dropout, no gradient)
 and clustered by k-means into K intents :math:`c_1..c_K` (faiss, on the CPU, ``kmeans_redo`` rounds of
 ``kmeans_iters`` Lloyd iterations warm-started from the previous epoch's centroids).  A view is assigned its
 nearest centroid in L2 distance, :math:`k(h) = \arg\min_k \lVert h - c_k \rVert`, and contrasted with that

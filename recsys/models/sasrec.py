@@ -471,9 +471,16 @@ class SASRec(HistoryQueries, Recommender):
         """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
 
         Inference: without dropout and without gradients, whatever mode the model is in. The mode is not
-        touched, so threads may share the model, even one in training mode. Rows are encoded in order of length, so that each block is trimmed to its longest row (most histories
-        are short), and returned in the input order."""
+        touched, so threads may share the model, even one in training mode. Rows are encoded in order of
+        length, so that each block is trimmed to its longest row (most histories are short), and returned in
+        the input order. Item indices must be in ``0..I-1`` (or PAD): a ValueError names any other."""
         seqs = torch.as_tensor(seqs, dtype=torch.long)
+        bad = seqs[(seqs != PAD) & ((seqs < 0) | (seqs >= self.n_items))]
+        if bad.numel():
+            # -7 used to be read as item 0 (the embedding lookup clamps), I or more failed deep in torch
+            raise ValueError(
+                f"item indices must be in 0..{self.n_items - 1} (or {PAD} for padding), got {bad[0].item()}"
+            )
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
         out = torch.empty(seqs.shape[0], self.config.dim, device=device)
