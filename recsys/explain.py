@@ -75,6 +75,14 @@ def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
+def check_counts(**counts: int) -> None:
+    """Each count (``k``, ``top_intents``, ...) must be a positive integer: a ValueError names the first that
+    is not (``top_intents=-1`` sliced off the last intent, ``k=-1`` failed inside ``torch.topk``)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def explain_user(
     model: torch.nn.Module,
     user_idx: int,
@@ -99,8 +107,12 @@ def explain_user(
         k: recommendations to attribute.
     """
     _require_intents(model)
+    check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
     if not 0 <= user_idx < model.n_users:
         raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
+    if train.shape != (model.n_users, model.n_items):
+        # another shape would exclude the wrong items, or none, without a word
+        raise ValueError(f"train has shape {train.shape}, the model expects {(model.n_users, model.n_items)}")
     users_final, items_final = model.embeddings()
     dist_u, _ = intent_distributions(model)
     p = dist_u[user_idx]  # [K]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from features.sequences import pad_sequences
-from recsys.explain import ItemScore
+from recsys.explain import ItemScore, check_counts
 
 
 @dataclass
@@ -136,6 +136,7 @@ def explain_sequence(
         items_per_intent: top and frequent items per intent; k: recommendations.
     """
     _require_intents(model)
+    check_counts(top_intents=top_intents, examples=examples, items_per_intent=items_per_intent, k=k)
     n_items = model.n_items
     seq = [int(i) for i in items]
     bad = [i for i in seq if not 0 <= i < n_items]

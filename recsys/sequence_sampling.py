@@ -26,6 +26,12 @@ import torch
 from features.sequences import SubsequenceSamples
 
 
+def require_samples(samples: SubsequenceSamples) -> None:
+    """A ValueError when there is nothing to train on, before anything indexes into the samples."""
+    if len(samples) == 0:
+        raise ValueError("there are no training samples (every user's training sequence has < 2 items)")
+
+
 class SequenceSampler:
     """Shuffled mini-batches of next-item samples.
 
@@ -46,8 +52,7 @@ class SequenceSampler:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(samples) == 0:
-            raise ValueError("there are no training samples (every user's training sequence has < 2 items)")
+        require_samples(samples)
         self.samples = samples
         self.batch_size = batch_size
         self.generator = generator

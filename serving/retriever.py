@@ -171,6 +171,7 @@ class Retriever:
                 encoder cannot encode, all named.
             TypeError: a sequence given as one string instead of a list of ids.
         """
+        k = check_k(k)  # before the encoder runs: a bad k is the caller's error, not worth a forward pass
         lists = []
         for seq in sequences if not isinstance(sequences, str) else [sequences]:
             if isinstance(seq, str):

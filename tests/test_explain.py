@@ -126,6 +126,15 @@ def test_models_without_intents_are_refused(small_model):
         explain_user(no_disen, 0, train)
 
 
+def test_argument_errors(small_model):
+    model, train = small_model
+    for kwargs in ({"top_intents": -1}, {"k": -1}, {"items_per_intent": 0}, {"k": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be a positive integer"):
+            explain_user(model, 0, train, **kwargs)  # top_intents=-1 dropped an intent; k=-1 failed in topk
+    with pytest.raises(ValueError, match=r"train has shape \(2, 3\), the model expects \(40, 30\)"):
+        explain_user(model, 0, train[:2, :3])  # excluded nothing, without a word
+
+
 def test_unknown_user_index(small_model):
     model, train = small_model
     with pytest.raises(KeyError, match="out of range"):

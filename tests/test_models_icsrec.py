@@ -446,6 +446,8 @@ def test_intent_view_of_a_sequence(trained):
     assert "intent" in format_sequence_explanation(exp)
     with pytest.raises(KeyError, match="out of range"):
         explain_sequence(model, [10_000], membership=members)
+    with pytest.raises(ValueError, match="examples must be a positive integer, got -1"):
+        explain_sequence(model, [3, 4], membership=members, examples=-1)
 
 
 def test_intent_view_of_a_model_without_intents():
@@ -459,3 +461,9 @@ def test_intent_view_of_a_model_without_intents():
     )
     with pytest.raises(ValueError, match="trained with model.fine_loss=false, which fits no intents"):
         explain_sequence(fine_off, [3, 4])
+
+
+def test_no_training_samples_is_the_sasrec_error():
+    model = tiny(n_users=2)
+    with pytest.raises(ValueError, match="there are no training samples"):
+        model.set_sequences(UserSequences.from_lists([[1], [2]]))  # was numpy's IndexError in reduceat

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from features.sequences import SubsequenceSamples, UserSequences
 from recsys.contrastive import paired_info_nce
 from recsys.models.sasrec import SASRec, SASRecConfig
-from recsys.sequence_sampling import SequenceSampler
+from recsys.sequence_sampling import SequenceSampler, require_samples
 
 
 class ICSRecConfig(SASRecConfig):
@@ -106,6 +106,7 @@ class CrossSubsequences:
     """
 
     def __init__(self, samples: SubsequenceSamples) -> None:
+        require_samples(samples)  # an empty set used to end in numpy's "index 0 out-of-bounds in reduceat"
         n = len(samples)
         targets = samples.targets
         inputs = samples.inputs()  # [N, L]; rows are equal iff the subsequences are
