@@ -108,7 +108,8 @@ class SplitConfig(_Strict):
     valid_from_train_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """presplit: share of each user's train interactions moved to valid (0 = no validation split)."""
     presplit_unseen: Literal["error", "drop"] = "error"
-    """presplit: what to do with test items that never occur in train: an error naming the line, or drop."""
+    """presplit: what to do with test items that never occur in train: an error naming the line, or drop. Test
+    users without training interactions are kept (and evaluated without a history)."""
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -178,7 +179,9 @@ class DataConfig(_Strict):
     dedup: bool = True
     """Keep only the earliest interaction of each (user, item) pair."""
     min_user_interactions: int = Field(0, ge=0)
-    """k-core: drop users with fewer interactions, iterated with the item rule until stable (0 = off)."""
+    """k-core: drop users with fewer interactions, iterated with the item rule until stable (0 = off). It runs on
+    the whole log before the split, as benchmark preparations do: under ``temporal`` a user's later (test-period)
+    interactions count towards keeping them."""
     min_item_interactions: int = Field(0, ge=0)
     """k-core: drop items with fewer interactions (0 = off)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
