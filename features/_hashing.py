@@ -1,7 +1,9 @@
 """SHA256 of files, memoised per process.
 
-Files are keyed by (path, size, mtime, inode), so a file that is replaced or rewritten is hashed again while
-repeated ``prepare()`` calls in one process (a test session, a sweep) hash each source file once.
+Files are keyed by (path, size, mtime, inode, ctime), so a file that is replaced or rewritten is hashed again
+while repeated ``prepare()`` calls in one process (a test session, a sweep) hash each source file once. The
+change time is in the key because a rewrite can restore the size and mtime (``cp -p``, ``rsync -a``, ``tar x``),
+and nothing but the file system sets ``ctime``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-_MEMO: dict[tuple[str, int, int, int], str] = {}
+_MEMO: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA256 of a file's bytes."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     hit = _MEMO.get(key)
     if hit is not None:
         return hit

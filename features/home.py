@@ -8,4 +8,6 @@ from pathlib import Path
 
 
 def recsys_home() -> Path:
-    return Path(os.environ.get("RECSYS_HOME", Path.home() / ".cache" / "recsys")).expanduser().resolve()
+    """``$RECSYS_HOME``, or ``~/.cache/recsys`` when it is unset or empty (an empty value used to mean the
+    current folder)."""
+    return Path(os.environ.get("RECSYS_HOME") or Path.home() / ".cache" / "recsys").expanduser().resolve()

@@ -106,6 +106,12 @@ def prepare(
         "polars_version": pl.__version__,
     }
     _write_atomically(folder, tables, manifest, replace_complete=force)
+    # Another process may be replacing the folder right now (prepare(force=True)): its files vanish for a
+    # moment. Wait for the complete folder it publishes; the last load names what is wrong if none comes.
+    for attempt in range(5):
+        if (ds := _complete_dataset(folder, key)) is not None:
+            return ds
+        time.sleep(0.1 * (attempt + 1))
     return PreparedDataset.load(folder)
 
 

@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from features.errors import DataSourceError
     from recsys.config import ConfigError
 
     try:
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, DataSourceError) as exc:
         # Data validation and integrity errors carry the file/line/key in their message, as do file errors
         # (a missing file, an --out folder that is not ours to replace); set RECSYS_DEBUG=1 for the traceback.
         if os.environ.get("RECSYS_DEBUG"):

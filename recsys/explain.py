@@ -74,15 +74,15 @@ def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
     return users, items
 
 
-@torch.no_grad()
 def check_counts(**counts: int) -> None:
     """Each count (``k``, ``top_intents``, ...) must be a positive integer: a ValueError names the first that
     is not (``top_intents=-1`` sliced off the last intent, ``k=-1`` failed inside ``torch.topk``)."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+@torch.no_grad()
 def explain_user(
     model: torch.nn.Module,
     user_idx: int,

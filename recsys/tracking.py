@@ -204,7 +204,7 @@ class RunTracker:
             return None
         import mlflow
 
-        history = mlflow.MlflowClient().get_metric_history(self.run_id, _metric_key(key))
+        history = mlflow.MlflowClient(self.uri).get_metric_history(self.run_id, _metric_key(key))
         return max((m.step for m in history), default=None)
 
     def set_tags(self, tags: dict[str, str]) -> None:

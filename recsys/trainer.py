@@ -14,7 +14,6 @@ fingerprint, or on other data (the dataset's manifest hash), is refused rather t
 
 from __future__ import annotations
 
-import errno
 import math
 import pickle
 import random
@@ -91,18 +90,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
     """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when the
-    file is damaged or truncated (torch then raises an EOFError, an unpickling error, a zip-reader RuntimeError
-    or ``OSError(EINVAL)``, naming neither), and says what to do (``remedy``). Other failures (memory, a
-    permission) are not the file's fault and pass unchanged: the advice to remove it would lose a good run."""
+    file is damaged or truncated (torch then raises anything from EOFError to a zip-reader RuntimeError or a
+    UnicodeDecodeError, naming neither), and says what to do (``remedy``). Failures that are not the file's
+    fault (out of memory, a permission, a missing file) pass unchanged: the advice to remove it would lose a
+    good run."""
     try:
         return torch.load(path, **kwargs)
-    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
-        damaged = (
-            isinstance(exc, EOFError | pickle.UnpicklingError)
-            or (type(exc) is RuntimeError and "PytorchStreamReader" in str(exc))
-            or (type(exc) is OSError and exc.errno == errno.EINVAL)
-        )
-        if not damaged:
+    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        not_the_file = (torch.OutOfMemoryError, PermissionError, FileNotFoundError, IsADirectoryError)
+        if isinstance(exc, not_the_file):
             raise
         raise ValueError(
             f"{path}: cannot read the {what}: the file is damaged or truncated ({type(exc).__name__}: {exc}); "

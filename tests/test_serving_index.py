@@ -389,3 +389,21 @@ def test_add_items_checks_its_input_like_build_index(tmp_path):
     # ids given as ints are the same text ids in exclusions, as everywhere in the Retriever
     recs = retriever.recommend_for_vector(np.array([[0.0, 0.0, 1.0, 1.0]]), k=2, exclude_items=[[3]])
     assert [r.item_id for r in recs[0]] == ["x", "2"]
+
+
+def test_add_items_edge_cases(tmp_path):
+    from serving import Retriever, add_items
+
+    out = build_index(np.eye(4, dtype=np.float32), ["0", "1", "2", "3"], tmp_path / "idx")
+    assert add_items(out, np.zeros((0, 4)), []) == out  # an empty batch is a no-op
+    copy = add_items(out, np.zeros((0, 4)), [], out_dir=tmp_path / "copy")
+    assert Retriever.load(copy).index.item_ids == ("0", "1", "2", "3")
+    with pytest.raises(TypeError, match="item_ids must be str"):
+        add_items(out, np.ones((1, 4)), [7])  # written ids are text, as build_index writes them
+    retriever = Retriever.load(out)
+    q = np.array([[0.0, 0.0, 1.0, 1.0]])
+    for bad in ([b"2"], [None], [1.0]):  # were turned into the ids "b'2'", "None", "1.0"
+        with pytest.raises(TypeError, match="item ids are text"):
+            retriever.recommend_for_vector(q, k=2, exclude_items=[bad])
+    with pytest.raises(TypeError, match="not the string"):
+        retriever.recommend_for_vector(q, k=2, exclude_items=[b"12"])
