@@ -364,3 +364,22 @@ def test_a_rewrite_that_restores_size_and_mtime_is_hashed_again(tmp_path):
     path.write_text("u,i\n1,b\n")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert sha256_file(path) != first  # the memo used to answer with the old file's hash
+
+
+def test_prepare_waits_for_a_folder_another_process_is_replacing(monkeypatch):
+    """A concurrent prepare(force=True) moves the folder aside for a moment: the final load retries instead
+    of failing with "a folder without a manifest is incomplete"."""
+    from features.dataset import PreparedDataset
+    from features.errors import DataValidationError
+
+    real, calls = PreparedDataset.load.__func__, []
+
+    def flaky(cls, root):
+        calls.append(root)
+        if len(calls) == 1:
+            raise DataValidationError(root / "manifest.json", "a manifest.json", got="<missing file>")
+        return real(cls, root)
+
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(flaky))
+    ds = prepare(ml_mini(), force=True)
+    assert ds.n_users > 0 and len(calls) == 2
