@@ -14,6 +14,7 @@ Models see only dense indices; ``user_vocab`` / ``item_vocab`` map them back to 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,9 @@ class PreparedDataset:
 
         Raises :class:`DataValidationError` (naming the file and the key) when ``manifest.json`` is missing
         or lacks a key, a listed file is missing, or a file's row count or index range disagrees with it.
+        Folders written since 2026-12-02 also record, in ``provenance``, the sha256 of every file and of the
+        manifest's own body: a changed byte anywhere (a flipped bit in a Parquet page, an edited manifest) is
+        refused. Older folders, which lack them, are checked as before.
         """
         root = Path(root)
         mpath = root / MANIFEST
@@ -162,6 +166,20 @@ class PreparedDataset:
             value = manifest[key]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise DataValidationError(mpath, what, column=key, got=value)
+        sealed = _seal(manifest)
+        if sealed is not None:
+            digest, file_sha = sealed
+            if manifest_digest(manifest) != digest:
+                raise DataValidationError(
+                    mpath, "the manifest as prepare() wrote it", column="provenance.manifest_sha256",
+                    got="<an edited manifest: its sha256 differs from the one recorded>",
+                    hint="prepare() rebuilds the folder",
+                )  # fmt: skip
+            if sorted(file_sha) != sorted(manifest["files"]):
+                raise DataValidationError(
+                    mpath, f"the files {sorted(file_sha)} recorded when it was written", column="files",
+                    got=f"<files {manifest['files']}>",
+                )  # fmt: skip
         n_users, n_items = manifest["n_users"], manifest["n_items"]
         expected_rows = {
             **{s: manifest["counts"].get(s) for s in SPLITS},
@@ -177,8 +195,14 @@ class PreparedDataset:
                 raise DataValidationError(
                     path, f"the file listed in {MANIFEST} under 'files'", got="<missing file>"
                 )
+            data = path.read_bytes()
+            if sealed is not None and sha256_bytes(data) != sealed[1][name]:
+                raise DataValidationError(
+                    path, f"the sha256 recorded in {MANIFEST}", got="<other bytes: the file is damaged>",
+                    hint="prepare() rebuilds the folder",
+                )  # fmt: skip
             try:
-                df = pl.read_parquet(path)
+                df = pl.read_parquet(io.BytesIO(data))
             except Exception as exc:  # noqa: BLE001 - any decoder error means the file is damaged
                 raise DataValidationError(path, "a readable Parquet file", got=f"<{exc}>") from None
             want = expected_rows.get(name)
@@ -207,6 +231,26 @@ class PreparedDataset:
             f"train={c['train']:,} valid={c['valid']:,} test={c['test']:,}, "
             f"split={self.manifest['split']['protocol']!r}, root={str(self.root)!r})"
         )
+
+
+def seal_manifest(manifest: dict[str, Any], folder: Path) -> None:
+    """Record in ``manifest["provenance"]`` the sha256 of each listed file in ``folder`` and of the manifest's
+    body (all but ``provenance``), for :meth:`PreparedDataset.load` to verify. ``manifest_hash`` is unchanged,
+    since it leaves ``provenance`` out."""
+    files = {name: sha256_bytes((folder / f"{name}.parquet").read_bytes()) for name in manifest["files"]}
+    # the digest of the body as it will read back from the JSON file (prepare writes it with default=str)
+    written = json.loads(json.dumps(manifest, default=str))
+    manifest.setdefault("provenance", {}).update(
+        {"file_sha256": files, "manifest_sha256": manifest_digest(written)}
+    )
+
+
+def _seal(manifest: dict[str, Any]) -> tuple[str, dict[str, str]] | None:
+    """``(manifest digest, {file: sha256})`` recorded by :func:`seal_manifest`, or None (an older folder)."""
+    prov = manifest.get("provenance")
+    if not isinstance(prov, dict) or "manifest_sha256" not in prov or "file_sha256" not in prov:
+        return None
+    return str(prov["manifest_sha256"]), dict(prov["file_sha256"])
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import polars as pl
 from features._hashing import sha256_bytes, sha256_file
 from features._text import LINE
 from features.config import DataConfig
-from features.dataset import MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset
+from features.dataset import MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset, seal_manifest
 from features.errors import DataValidationError
 from features.movielens import ML100K_GENRES
 from features.readers import read_source, source_files
@@ -334,6 +334,7 @@ def _write_atomically(
     try:
         for name, df in tables.items():
             df.write_parquet(tmp / f"{name}.parquet")
+        seal_manifest(manifest, tmp)  # the files' and the manifest's sha256, checked by every load
         mtmp = tmp / (MANIFEST + ".part")
         mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
         os.replace(mtmp, tmp / MANIFEST)

@@ -499,10 +499,43 @@ def test_load_reports_missing_manifest_key(tmp_path):
         PreparedDataset.load(broken)
 
 
+def unseal(folder: Path) -> None:
+    """Drop the recorded sha256s, as in a folder written before they existed, to reach the checks below them."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("file_sha256", "manifest_sha256"):
+        manifest["provenance"].pop(key)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_load_refuses_changed_bytes_and_an_edited_manifest(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    for damage in ("bit", "config", "files"):
+        broken = tmp_path / damage
+        shutil.copytree(ds.root, broken)
+        manifest = json.loads((broken / "manifest.json").read_text())
+        if damage == "bit":  # one flipped bit in a Parquet page: it used to load, with other numbers
+            data = bytearray((broken / "train.parquet").read_bytes())
+            data[len(data) // 2] ^= 1
+            (broken / "train.parquet").write_bytes(bytes(data))
+            match = r"train\.parquet: expected the sha256 recorded in manifest\.json"
+        else:  # an edited config, or a file dropped from the list (its side features silently gone)
+            if damage == "config":
+                manifest["config"]["min_user_interactions"] = 3
+            else:
+                manifest["files"].remove("items")
+            (broken / "manifest.json").write_text(json.dumps(manifest))
+            match = r"manifest\.json, column 'provenance\.manifest_sha256': expected the manifest as prepare"
+        with pytest.raises(DataValidationError, match=match):
+            PreparedDataset.load(broken)
+    unseal(broken)  # a folder from before the sha256s loads as before
+    assert PreparedDataset.load(broken).n_users == ds.n_users
+
+
 def test_load_reports_row_count_mismatch(tmp_path):
     ds = prep_ml(DATA / "ml100k_mini", tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(ds.root, broken)
+    unseal(broken)
     pl.read_parquet(broken / "test.parquet").head(1).write_parquet(broken / "test.parquet")
     with pytest.raises(
         DataValidationError,
@@ -516,6 +549,7 @@ def test_load_reports_a_missing_index_and_mistyped_manifest_values(tmp_path):
     ds = prep_ml(DATA / "ml100k_mini", tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(ds.root, broken)
+    unseal(broken)
     train = pl.read_parquet(broken / "train.parquet")
     train.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("user_idx")).alias(
         "user_idx")).write_parquet(broken / "train.parquet")  # fmt: skip
