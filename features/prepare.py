@@ -1,7 +1,9 @@
 """``prepare(cfg)``: raw files -> validated, filtered, split, id-mapped, feature-encoded folder, cached.
 
 The cache key is the SHA256 of (config without ``path``, the SHA256 of every source file read, schema
-version): the same data at another path reuses the folder, and an edited file or config builds a new one.
+version): the same data at another path reuses the folder when the file keeps its name (the name is part of
+the folder's name and of the manifest, so a copy or link under another name is a second folder), and an
+edited file or config builds a new one.
 The folder is written under a temporary name and moved into place with one ``os.replace``, with
 ``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete.
 
