@@ -383,3 +383,13 @@ def test_prepare_waits_for_a_folder_another_process_is_replacing(monkeypatch):
     monkeypatch.setattr(PreparedDataset, "load", classmethod(flaky))
     ds = prepare(ml_mini(), force=True)
     assert ds.n_users > 0 and len(calls) == 2
+
+
+def test_a_damaged_cached_folder_is_rebuilt():
+    first = prepare(ml_mini())
+    data = bytearray((first.root / "train.parquet").read_bytes())
+    data[len(data) // 2] ^= 1  # it used to be a cache hit, with other numbers
+    (first.root / "train.parquet").write_bytes(bytes(data))
+    again = prepare(ml_mini())
+    assert not again.cache_hit and again.root == first.root
+    assert again.manifest_hash == first.manifest_hash and again.train.equals(first.train)
