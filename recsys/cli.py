@@ -111,7 +111,7 @@ def cmd_evaluate(args) -> int:
         from eval import evaluate_model
         from recsys.pipeline import load_run
 
-        run = load_run(args.run)
+        run = load_run(args.run, uri=args.tracking_uri)
         ks = args.k or run.config.eval.ks
         metrics = evaluate_model(
             run.model,
@@ -126,9 +126,15 @@ def cmd_evaluate(args) -> int:
         if not (args.recs and args.truth):
             print("error: give either --run RUN_ID or both --recs and --truth", file=sys.stderr)
             return 2
-        if args.excluded_score is not None or args.zero_score_items or args.split is not None:
+        if (
+            args.excluded_score is not None
+            or args.zero_score_items
+            or args.split is not None
+            or args.tracking_uri is not None
+        ):
             print(
-                "error: --split, --excluded-score and --zero-score-items apply to --run only", file=sys.stderr
+                "error: --split, --excluded-score, --zero-score-items and --tracking-uri apply to --run only",
+                file=sys.stderr,
             )
             return 2
         from eval import evaluate_recs_file
@@ -151,7 +157,7 @@ def cmd_index(args) -> int:
     if args.out is not None and not args.out.strip():
         print("error: --out needs a folder (omit it for $RECSYS_HOME/indexes/RUN_ID)", file=sys.stderr)
         return 2
-    path = build_run_index(load_run(args.run), Path(args.out) if args.out else None)
+    path = build_run_index(load_run(args.run, uri=args.tracking_uri), Path(args.out) if args.out else None)
     print(f"index written to {path}")
     return 0
 
@@ -179,7 +185,7 @@ def cmd_recommend(args) -> int:
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
     run = None
     if not (index_dir / "manifest.json").exists():
-        run = load_run(args.run)
+        run = load_run(args.run, uri=args.tracking_uri)
         build_run_index(run, index_dir)
     retriever = Retriever.load(index_dir)
     built_by = retriever.index.run_id
@@ -194,7 +200,7 @@ def cmd_recommend(args) -> int:
         if args.sequence is not None:
             from recsys.pipeline import sequence_query_encoder
 
-            encoder = sequence_query_encoder((run or load_run(args.run)).model)
+            encoder = sequence_query_encoder((run or load_run(args.run, uri=args.tracking_uri)).model)
             recs = retriever.recommend_for_sequences([args.sequence], encoder, k=args.k)[0]
             print(f"\ntop-{len(recs)} next items after {len(args.sequence)} items:")
             for rank, rec in enumerate(recs, 1):
@@ -268,7 +274,7 @@ def cmd_explain(args) -> int:
     if bool(args.user) == bool(args.sequence):
         print("error: give either --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
         return 2
-    run = load_run(args.run)
+    run = load_run(args.run, uri=args.tracking_uri)
     if getattr(run.model, "intent_centroids", None) is not None:
         return cmd_explain_sequence(args, run)
     if args.sequence:
@@ -309,6 +315,15 @@ def cmd_quickstart(args) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
+def _tracking_uri_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="the MLflow store that holds the run (default: MLFLOW_TRACKING_URI, else the embedded store under "
+        "$RECSYS_HOME); a run trained with tracking.uri is found there",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recsys",
@@ -342,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--recs", help="CSV or Parquet with columns user,item,score (higher is better)")
     ev.add_argument("--truth", help="CSV or Parquet with columns user,item")
     ev.add_argument("--run", help="an MLflow run id of `recsys train`")
+    _tracking_uri_option(ev)
     ev.add_argument("--split", choices=["valid", "test"], help="split to evaluate with --run (default: test)")
     ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -365,11 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ix = sub.add_parser("index", help="build a FAISS index folder from a trained run")
     ix.add_argument("--run", required=True)
+    _tracking_uri_option(ix)
     ix.add_argument("--out", help="output folder (default: $RECSYS_HOME/indexes/RUN_ID)")
     ix.set_defaults(func=cmd_index)
 
     rc = sub.add_parser("recommend", help="top-k items for a user, or next items for an item sequence")
     rc.add_argument("--run", required=True)
+    _tracking_uri_option(rc)
     rc.add_argument("--user", help="original user id")
     rc.add_argument(
         "--sequence",
@@ -383,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")
     xp.add_argument("--run", required=True)
+    _tracking_uri_option(xp)
     xp.add_argument("--user", help="original user id")
     xp.add_argument(
         "--sequence",

@@ -266,7 +266,7 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
             raise OSError(f"MLflow store {store}: {str(exc).strip().splitlines()[0]}") from None
         raise SystemExit(
             f"error: no MLflow run {run_id!r} in the store {store} "
-            "(set MLFLOW_TRACKING_URI or RECSYS_HOME to the store that has it)"
+            "(point --tracking-uri, load_run(uri=...), MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has it)"
         ) from None
     dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
     try:

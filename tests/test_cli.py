@@ -259,3 +259,24 @@ def test_an_empty_recsys_home_is_the_default(monkeypatch):
 
     monkeypatch.setenv("RECSYS_HOME", "")
     assert recsys_home() == (Path.home() / ".cache" / "recsys").resolve()  # was the current folder
+
+
+def test_a_run_trained_with_tracking_uri_is_found_with_tracking_uri(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=1)
+    store = f"sqlite:///{tmp_path / 'team.db'}"
+    raw["tracking"] = {"experiment": "team", "uri": store}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    with pytest.raises(SystemExit, match="point --tracking-uri"):
+        main(["evaluate", "--run", run_id])  # not in the default store
+    assert main(["evaluate", "--run", run_id, "--tracking-uri", store, "--json"]) == 0
+    assert "ndcg@10" in json.loads(capsys.readouterr().out)
+    out = tmp_path / "idx"
+    assert main(["index", "--run", run_id, "--tracking-uri", store, "--out", str(out)]) == 0
+    args = ["recommend", "--run", run_id, "--tracking-uri", store, "--index", str(out), "--user", "u3"]
+    assert main(args) == 0
+    assert main(["evaluate", "--recs", "r.csv", "--truth", "t.csv", "--tracking-uri", store]) == 2
+    assert "apply to --run only" in capsys.readouterr().err
