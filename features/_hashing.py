@@ -9,9 +9,11 @@ and nothing but the file system sets ``ctime``.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 _MEMO: dict[tuple[str, int, int, int, int], str] = {}
+_RACY_NS = 2_000_000_000
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -26,7 +28,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     digest = h.hexdigest()
-    _MEMO[key] = digest
+    # A file changed within the file system's timestamp resolution of now (a second on some) could change
+    # again with the same key: remember only files that have been still for a while (git's "racily clean").
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        _MEMO[key] = digest
     return digest
 
 

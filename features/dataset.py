@@ -166,7 +166,7 @@ class PreparedDataset:
             value = manifest[key]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise DataValidationError(mpath, what, column=key, got=value)
-        sealed = _seal(manifest)
+        sealed = _seal(manifest, mpath)
         if sealed is not None:
             digest, file_sha = sealed
             if manifest_digest(manifest) != digest:
@@ -195,7 +195,10 @@ class PreparedDataset:
                 raise DataValidationError(
                     path, f"the file listed in {MANIFEST} under 'files'", got="<missing file>"
                 )
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # e.g. removed meanwhile by a concurrent prepare(force=True)
+                raise DataValidationError(path, "a readable file", got=f"<{exc}>") from None
             if sealed is not None and sha256_bytes(data) != sealed[1][name]:
                 raise DataValidationError(
                     path, f"the sha256 recorded in {MANIFEST}", got="<other bytes: the file is damaged>",
@@ -245,12 +248,25 @@ def seal_manifest(manifest: dict[str, Any], folder: Path) -> None:
     )
 
 
-def _seal(manifest: dict[str, Any]) -> tuple[str, dict[str, str]] | None:
-    """``(manifest digest, {file: sha256})`` recorded by :func:`seal_manifest`, or None (an older folder)."""
+def _seal(manifest: dict[str, Any], mpath: Path) -> tuple[str, dict[str, str]] | None:
+    """``(manifest digest, {file: sha256})`` recorded by :func:`seal_manifest`, or None (an older folder).
+    A malformed record (``provenance`` is outside the digest) is a DataValidationError, so prepare rebuilds."""
     prov = manifest.get("provenance")
-    if not isinstance(prov, dict) or "manifest_sha256" not in prov or "file_sha256" not in prov:
+    if not isinstance(prov, dict) or ("manifest_sha256" not in prov and "file_sha256" not in prov):
         return None
-    return str(prov["manifest_sha256"]), dict(prov["file_sha256"])
+    digest, files = prov.get("manifest_sha256"), prov.get("file_sha256")
+    if not (
+        isinstance(digest, str)
+        and isinstance(files, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    ):
+        raise DataValidationError(
+            mpath,
+            "provenance.manifest_sha256 (a string) and provenance.file_sha256 (file -> sha256)",
+            column="provenance",
+            got=f"<{str({'manifest_sha256': digest, 'file_sha256': files})[:80]}>",
+        )
+    return digest, files
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

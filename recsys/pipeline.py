@@ -280,7 +280,7 @@ def load_run(run_id: str, uri: str | None = None) -> LoadedRun:
 def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
     import yaml
 
-    from features import PreparedDataset, prepare
+    from features import DataValidationError, PreparedDataset, prepare
     from recsys.models import build_model
     from recsys.trainer import load_torch_file
 
@@ -296,7 +296,10 @@ def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
         raise ValueError(
             f"run {run_id}: cannot read its config.yaml / dataset.json ({exc}); {damaged}"
         ) from None
-    dataset = PreparedDataset.load(root) if (root / "manifest.json").exists() else prepare(cfg.data)
+    try:
+        dataset = PreparedDataset.load(root)
+    except DataValidationError:  # missing or damaged: prepare rebuilds it (the hash check below still holds)
+        dataset = prepare(cfg.data)
     if dataset.manifest_hash != manifest_hash:
         raise SystemExit(
             f"error: run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "

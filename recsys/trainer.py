@@ -14,6 +14,7 @@ fingerprint, or on other data (the dataset's manifest hash), is refused rather t
 
 from __future__ import annotations
 
+import errno
 import math
 import pickle
 import random
@@ -96,14 +97,32 @@ def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
     good run."""
     try:
         return torch.load(path, **kwargs)
-    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        not_the_file = (torch.OutOfMemoryError, PermissionError, FileNotFoundError, IsADirectoryError)
-        if isinstance(exc, not_the_file):
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        if not _damaged_file_error(exc):
             raise
         raise ValueError(
             f"{path}: cannot read the {what}: the file is damaged or truncated ({type(exc).__name__}: {exc}); "
             f"{remedy}"
         ) from exc
+
+
+# torch's RuntimeErrors that are about this machine, not the file: memory, and the device to map onto.
+_NOT_THE_FILE = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "CUDA", "device")
+
+
+def _damaged_file_error(exc: BaseException) -> bool:
+    """Whether ``torch.load`` failed because of the file's bytes. A damaged file raises anything from EOFError
+    to a zip-reader RuntimeError, a UnicodeDecodeError or ``OSError(EINVAL)``; memory, device, permission and
+    other operating-system errors are not the file's fault."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    if isinstance(exc, OSError):
+        return type(exc) is OSError and exc.errno == errno.EINVAL  # a truncated zip, as torch reads it
+    if isinstance(exc, RuntimeError):
+        return not any(s in str(exc) for s in _NOT_THE_FILE)
+    return (
+        True  # EOFError, ValueError (UnicodeDecodeError too), KeyError (old pickle format), UnpicklingError
+    )
 
 
 class Trainer:

@@ -58,7 +58,7 @@ def add_items(
         )
     # The checks build_index makes: a str is not a list of one-letter ids, None is not the id "None".
     ids = _as_ids(item_ids, new.shape[0], "item_ids", "item_emb")
-    if not ids and out_dir is None:
+    if not ids and out_dir is None and not item_titles and not metadata:
         return Path(index_dir)  # nothing new (a periodic job with no new items)
     new = _as_embeddings(new, "item_emb") if ids else new.astype(np.float32)
     clash = sorted(set(ids) & set(index.item_ids))

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -393,3 +394,26 @@ def test_a_damaged_cached_folder_is_rebuilt():
     again = prepare(ml_mini())
     assert not again.cache_hit and again.root == first.root
     assert again.manifest_hash == first.manifest_hash and again.train.equals(first.train)
+
+
+def test_a_malformed_seal_or_a_vanishing_file_means_rebuild(monkeypatch):
+    first = prepare(ml_mini())
+    manifest = json.loads((first.root / "manifest.json").read_text())
+    manifest["provenance"]["file_sha256"] = None  # outside the digest: it used to crash prepare
+    (first.root / "manifest.json").write_text(json.dumps(manifest))
+    again = prepare(ml_mini())
+    assert not again.cache_hit and again.manifest_hash == first.manifest_hash
+    # a file removed between the listing and the read (a concurrent rebuild): a DataValidationError, which
+    # prepare() answers by rebuilding, not a raw FileNotFoundError
+    from features.errors import DataValidationError
+
+    real = Path.read_bytes
+
+    def vanished(self):
+        if self.name == "train.parquet":
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", vanished)
+    with pytest.raises(DataValidationError, match=r"train\.parquet: expected a readable file"):
+        PreparedDataset.load(again.root)

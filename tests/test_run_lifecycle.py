@@ -178,3 +178,50 @@ def test_replayed_epochs_are_logged_once(tmp_path):
     for key in ("epoch_time_s", "train/loss"):
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
         assert sorted(steps) == [1, 2, 3, 4], key
+
+
+def test_only_damaged_files_are_called_damaged(tmp_path, monkeypatch):
+    """Memory, device and permission errors while loading a good checkpoint must not advise removing it."""
+    import torch
+
+    from recsys.trainer import atomic_torch_save, load_torch_file
+
+    path = tmp_path / "w.pt"
+    atomic_torch_save({"weight": torch.ones(400, 2)}, path)
+    good = path.read_bytes()
+    for damaged in (b"", good[:1500], b"\0" * len(good), good.replace(b"weight", b"weig\xfft"), b"hello"):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match="damaged or truncated"):
+            load_torch_file(path, "weights", "remove it", map_location="cpu")
+    path.write_bytes(good)
+    for error in (
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+        RuntimeError(
+            "Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False"
+        ),
+        PermissionError(13, "Permission denied"),
+        OSError(5, "Input/output error"),
+    ):
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(torch, "load", fail)
+        with pytest.raises(type(error)):
+            load_torch_file(path, "weights", "remove it")
+
+
+def test_a_run_whose_prepared_data_was_damaged_is_evaluated_after_a_rebuild(tmp_path, capsys):
+    from recsys.paths import recsys_home
+
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    before = capsys.readouterr().out
+    (train,) = (recsys_home() / "prepared").glob("*/train.parquet")
+    data = bytearray(train.read_bytes())
+    data[len(data) // 2] ^= 1
+    train.write_bytes(bytes(data))
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0  # refused by the seal, rebuilt by prepare
+    assert capsys.readouterr().out == before
