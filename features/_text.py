@@ -237,7 +237,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
                 path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
             )
         if isinstance(dtype, pl.Datetime):
-            _require_whole_seconds(df, raw, raw.cast(pl.String), path, col, where)
+            seen = df.select(where, raw.cast(pl.String).alias("_raw"), raw.alias("_dt"))
+            _require_whole_seconds(seen, path, col, where)
         return df.select(raw.dt.epoch("s").cast(pl.Int64)).to_series()
     if dtype.is_integer():
         bad = df.filter(raw.is_null()).head(1)
@@ -261,11 +262,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
         r = bad.row(0, named=True)
         raise DataValidationError(path, "a timestamp", column=col, got="<empty>", **_loc(where, r))
     if dtype == pl.String and checked["_f"].null_count() == checked.height:
-        as_dt = _iso_datetime(text)
-        checked = df.select(where, text.alias("_raw"), as_dt.alias("_dt"))
-        bad = checked.filter(pl.col("_dt").is_null()).head(1)
-        if bad.height:
-            r = bad.row(0, named=True)
+        checked = df.select(where, text.alias("_raw"), _iso_datetime(text).alias("_dt"))  # parsed once
+        if (r := _first(checked, pl.col("_dt").is_null())) is not None:
             raise DataValidationError(
                 path,
                 "a timestamp (an integer or an ISO-8601 date-time)",
@@ -273,8 +271,8 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
                 got=r["_raw"],
                 **_loc(where, r),
             )
-        _require_whole_seconds(df, as_dt, text, path, col, where)
-        return df.select(as_dt.dt.epoch("s").cast(pl.Int64)).to_series()
+        _require_whole_seconds(checked, path, col, where)
+        return checked["_dt"].dt.epoch("s").cast(pl.Int64).alias(col)
     bad = checked.filter(
         pl.col("_f").is_null() | ~pl.col("_f").is_finite() | (pl.col("_f") != pl.col("_f").floor())
     )
@@ -309,17 +307,13 @@ def _iso_datetime(text: pl.Expr) -> pl.Expr:
     return pl.coalesce(naive, aware.dt.replace_time_zone(None))
 
 
-def _require_whole_seconds(
-    df: pl.DataFrame, when: pl.Expr, shown: pl.Expr, path: Path, col: str, where: str
-) -> None:
-    """Refuse date-times with a fraction of a second (``when``: Datetime; ``shown``: the text to quote).
+def _require_whole_seconds(checked: pl.DataFrame, path: Path, col: str, where: str) -> None:
+    """Refuse date-times with a fraction of a second (``checked``: ``where``, the text ``_raw``, the Datetime
+    ``_dt``).
 
     Timestamps are stored as unix seconds: cutting the fraction would merge events of one second and could
     put a user's latest event before an earlier one (leave-one-out would test the wrong item)."""
-    bad = df.select(where, shown.alias("_raw"), when.alias("_dt"))
-    bad = bad.filter(pl.col("_dt").dt.truncate("1s") != pl.col("_dt")).head(1)
-    if bad.height:
-        r = bad.row(0, named=True)
+    if (r := _first(checked, pl.col("_dt").dt.truncate("1s") != pl.col("_dt"))) is not None:
         raise DataValidationError(
             path,
             "a date-time in whole seconds",
@@ -329,6 +323,12 @@ def _require_whole_seconds(
             "time as integers instead, e.g. unix milliseconds: integers are kept as they are",
             **_loc(where, r),
         )
+
+
+def _first(frame: pl.DataFrame, mask: pl.Expr) -> dict | None:
+    """The first row of ``frame`` where ``mask`` holds, as a dict, or None."""
+    bad = frame.filter(mask).head(1)
+    return bad.row(0, named=True) if bad.height else None
 
 
 def _loc(where: str, row: dict) -> dict:
