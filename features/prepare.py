@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -331,7 +332,8 @@ def _write_atomically(
     is kept, and this copy dropped: another reader may be loading it. ``replace_complete`` (``force``)
     replaces it all the same."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    _remove_leftovers(folder)
+    tmp = folder.parent / f".tmp-{folder.name}-{_owner()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         for name, df in tables.items():
@@ -345,7 +347,7 @@ def _write_atomically(
         if folder.exists():
             # An incomplete/damaged folder or force=True: move it aside first (a rename cannot replace a
             # non-empty folder), then delete it.
-            trash = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+            trash = folder.parent / f".old-{folder.name}-{_owner()}-{uuid.uuid4().hex[:8]}"
             os.replace(folder, trash)
             shutil.rmtree(trash, ignore_errors=True)
         try:
@@ -357,6 +359,29 @@ def _write_atomically(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _owner() -> str:
+    """``<host>-<pid>``: who writes a temporary folder, so that a later prepare can tell a dead writer's."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete the ``.tmp-`` / ``.old-`` copies of ``folder`` that a killed prepare left behind: those written on
+    this host by a process that no longer runs. Others' (another host sharing the cache, a live process, or
+    an older version's names without an owner) are left alone: they may be in use."""
+    host = socket.gethostname()
+    for prefix in (".tmp-", ".old-"):
+        for path in folder.parent.glob(f"{prefix}{folder.name}-*"):
+            parts = path.name[len(prefix) + len(folder.name) + 1 :].rsplit("-", 2)
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            try:
+                os.kill(int(parts[1]), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except (PermissionError, OverflowError):
+                pass  # alive (another user's), or not a pid
 
 
 def _complete_dataset(folder: Path, content_hash: str) -> PreparedDataset | None:

@@ -417,3 +417,27 @@ def test_a_malformed_seal_or_a_vanishing_file_means_rebuild(monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", vanished)
     with pytest.raises(DataValidationError, match=r"train\.parquet: expected a readable file"):
         PreparedDataset.load(again.root)
+
+
+def test_leftovers_of_a_killed_prepare_are_removed():
+    """A prepare killed mid-write leaves .tmp-/.old- copies; the next write of that folder removes those of
+    dead processes on this host, and keeps any other."""
+    import socket
+    import subprocess
+    import sys
+
+    first = prepare(ml_mini())
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid, host, name = int(gone.stdout), socket.gethostname(), first.root.name
+    parent = first.root.parent
+    stale = [parent / f".tmp-{name}-{host}-{dead_pid}-aa", parent / f".old-{name}-{host}-{dead_pid}-bb"]
+    kept = [parent / f".tmp-{name}-{host}-{os.getpid()}-cc", parent / f".tmp-{name}-otherhost-{dead_pid}-dd"]
+    kept.append(parent / f".tmp-{name}-0123abcd")  # an older version's name: no owner, left alone
+    for path in (*stale, *kept):
+        path.mkdir()
+        (path / "train.parquet").write_bytes(b"x" * 100)
+    prepare(ml_mini(), force=True)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
