@@ -5,7 +5,8 @@ version): the same data at another path reuses the folder when the file keeps it
 the folder's name and of the manifest, so a copy or link under another name is a second folder), and an
 edited file or config builds a new one.
 The folder is written under a temporary name and moved into place with one ``os.replace``, with
-``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete.
+``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete; the next
+write of that folder removes the temporary copies a killed run left (named by host and process).
 
 Pipeline (each step a function of :mod:`features.transforms` / :mod:`features.splits`)::
 
