@@ -133,7 +133,9 @@ def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
     assert main(["evaluate", "--run", "0123", *files]) == 2  # the files were ignored before
     assert "not both" in capsys.readouterr().err
     assert main(["evaluate", *files, "--split", "valid"]) == 2
-    assert "--split, --excluded-score and --zero-score-items apply to --run only" in capsys.readouterr().err
+    assert "--split, --excluded-score, --zero-score-items and --tracking-uri apply to --run only" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["evaluate", *files, "--k", "5,,10"])
     assert "--k expects comma-separated integers" in capsys.readouterr().err
