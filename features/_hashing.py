@@ -18,6 +18,7 @@ _RACY_NS = 2_000_000_000
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA256 of a file's bytes."""
+    now = time.time_ns()  # before the stat: the file may change while it is read
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     hit = _MEMO.get(key)
@@ -30,7 +31,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = h.hexdigest()
     # A file changed within the file system's timestamp resolution of now (a second on some) could change
     # again with the same key: remember only files that have been still for a while (git's "racily clean").
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+    if now - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
         _MEMO[key] = digest
     return digest
 

@@ -138,7 +138,10 @@ class PreparedDataset:
                 "a manifest.json (a folder without one is incomplete; prepare() rebuilds it)",
                 got="<missing file>",
             )
-        raw = mpath.read_bytes()
+        try:
+            raw = mpath.read_bytes()
+        except OSError as exc:  # e.g. moved away meanwhile by a concurrent prepare(force=True)
+            raise DataValidationError(mpath, "a readable manifest.json", got=f"<{exc}>") from None
         try:
             manifest = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -6,7 +6,7 @@ the folder's name and of the manifest, so a copy or link under another name is a
 edited file or config builds a new one.
 The folder is written under a temporary name and moved into place with one ``os.replace``, with
 ``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete; the next
-write of that folder removes the temporary copies a killed run left (named by host and process).
+write of that folder removes the temporary copies a killed run left (a lock held by the writer tells them).
 
 Pipeline (each step a function of :mod:`features.transforms` / :mod:`features.splits`)::
 
@@ -16,13 +16,14 @@ Pipeline (each step a function of :mod:`features.transforms` / :mod:`features.sp
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ from features.splits import (
     temporal_split,
 )
 from features.transforms import binarize, deduplicate, id_vocab, k_core
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no leftover cleanup of temporary folders
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["prepare", "default_cache_dir", "content_hash"]
 
@@ -327,16 +333,15 @@ def _split(
 def _write_atomically(
     folder: Path, tables: dict[str, pl.DataFrame], manifest: dict[str, Any], *, replace_complete: bool = False
 ) -> None:
-    """Write into ``.tmp-<name>-<random>`` beside ``folder``, manifest last, then rename into place.
+    """Write into a temporary folder beside ``folder`` (:func:`_temp_folder`), manifest last, then rename it
+    into place.
 
     A complete folder for the same inputs that appeared meanwhile (another process preparing the same data)
     is kept, and this copy dropped: another reader may be loading it. ``replace_complete`` (``force``)
     replaces it all the same."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(folder)
-    tmp = folder.parent / f".tmp-{folder.name}-{_owner()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with _temp_folder(folder) as tmp:
         for name, df in tables.items():
             df.write_parquet(tmp / f"{name}.parquet")
         seal_manifest(manifest, tmp)  # the files' and the manifest's sha256, checked by every load
@@ -348,7 +353,7 @@ def _write_atomically(
         if folder.exists():
             # An incomplete/damaged folder or force=True: move it aside first (a rename cannot replace a
             # non-empty folder), then delete it.
-            trash = folder.parent / f".old-{folder.name}-{_owner()}-{uuid.uuid4().hex[:8]}"
+            trash = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
             os.replace(folder, trash)
             shutil.rmtree(trash, ignore_errors=True)
         try:
@@ -357,32 +362,46 @@ def _write_atomically(
             # Another process finished the same dataset first: keep theirs when complete.
             if not (folder / MANIFEST).exists():
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _owner() -> str:
-    """``<host>-<pid>``: who writes a temporary folder, so that a later prepare can tell a dead writer's."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+@contextlib.contextmanager
+def _temp_folder(folder: Path) -> Iterator[Path]:
+    """A new ``.tmp-<name>-<random>`` folder beside ``folder``, removed at the end unless renamed away.
+
+    Beside it, ``<that name>.lock`` is locked (``flock``) before the folder is made and until it is gone, so
+    that :func:`_remove_leftovers` can tell a live writer's folder from one whose writer was killed: the
+    operating system drops the lock when the process ends, however it ends, whatever its pid namespace."""
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    lock_path = tmp.with_name(tmp.name + ".lock")
+    with open(lock_path, "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            tmp.mkdir()
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def _remove_leftovers(folder: Path) -> None:
-    """Delete the ``.tmp-`` / ``.old-`` copies of ``folder`` that a killed prepare left behind: those written on
-    this host by a process that no longer runs. Others' (another host sharing the cache, a live process, or
-    an older version's names without an owner) are left alone: they may be in use."""
-    host = socket.gethostname()
-    for prefix in (".tmp-", ".old-"):
-        for path in folder.parent.glob(f"{prefix}{folder.name}-*"):
-            parts = path.name[len(prefix) + len(folder.name) + 1 :].rsplit("-", 2)
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-                continue
+    """Delete what a killed prepare of ``folder`` left behind: ``.old-`` copies (garbage from the moment they
+    are made: a folder moved aside to be deleted) and ``.tmp-`` folders whose lock nobody holds. A temporary
+    folder without a lock file (an older version's) is left alone; without ``fcntl`` (Windows) only the
+    ``.old-`` copies go."""
+    for old in folder.parent.glob(f".old-{folder.name}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if fcntl is None:
+        return
+    for lock_path in folder.parent.glob(f".tmp-{folder.name}-*.lock"):
+        with open(lock_path, "a") as lock:
             try:
-                os.kill(int(parts[1]), 0)  # signal 0: only asks whether the process exists
-            except ProcessLookupError:
-                shutil.rmtree(path, ignore_errors=True)
-            except (PermissionError, OverflowError):
-                pass  # alive (another user's), or not a pid
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is alive
+            shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
 
 
 def _complete_dataset(folder: Path, content_hash: str) -> PreparedDataset | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import math
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,13 +90,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
     """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when the
-    file is damaged or truncated (torch then raises anything from EOFError to a zip-reader RuntimeError or a
-    UnicodeDecodeError, naming neither), and says what to do (``remedy``). Failures that are not the file's
-    fault (out of memory, a permission, a missing file) pass unchanged: the advice to remove it would lose a
-    good run."""
+    file is damaged or truncated (torch then raises nearly anything, naming neither), and says what to do
+    (``remedy``). Failures that are not the file's fault (memory, the device, a permission, a missing file)
+    pass unchanged: the advice to remove it would lose a good run."""
     try:
         return torch.load(path, **kwargs)
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling damaged bytes raises nearly anything; sorted below
         if not _damaged_file_error(exc):
             raise
         raise ValueError(
@@ -107,22 +105,28 @@ def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
 
 
 # torch's RuntimeErrors that are about this machine, not the file: memory, and the device to map onto.
-_NOT_THE_FILE = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "CUDA", "device")
+_NOT_THE_FILE = (
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "DefaultCPUAllocator",
+    "out of memory",
+    "CUDA",
+    "device",
+)
 
 
 def _damaged_file_error(exc: BaseException) -> bool:
     """Whether ``torch.load`` failed because of the file's bytes. A damaged file raises anything from EOFError
-    to a zip-reader RuntimeError, a UnicodeDecodeError or ``OSError(EINVAL)``; memory, device, permission and
-    other operating-system errors are not the file's fault."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    to a zip-reader RuntimeError, a UnicodeDecodeError, an AttributeError, ``struct.error`` or
+    ``OSError(EINVAL)``; memory, device, permission and other operating-system errors are not the file's
+    fault."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return False
     if isinstance(exc, OSError):
         return type(exc) is OSError and exc.errno == errno.EINVAL  # a truncated zip, as torch reads it
     if isinstance(exc, RuntimeError):
         return not any(s in str(exc) for s in _NOT_THE_FILE)
-    return (
-        True  # EOFError, ValueError (UnicodeDecodeError too), KeyError (old pickle format), UnpicklingError
-    )
+    return True
 
 
 class Trainer:

@@ -44,7 +44,8 @@ def add_items(
             refused here, where the Retriever's queries read it as its text), one str for a list, embeddings
             that are not floating-point.
 
-    An empty batch (no rows, no ids) changes nothing (with ``out_dir``: an identical copy).
+    An empty batch (no rows, no ids, no titles) changes nothing, unless ``metadata`` is given (then only the
+    manifest's metadata changes); with ``out_dir`` it is a copy.
     """
     import scipy.sparse as sp
 
@@ -58,7 +59,7 @@ def add_items(
         )
     # The checks build_index makes: a str is not a list of one-letter ids, None is not the id "None".
     ids = _as_ids(item_ids, new.shape[0], "item_ids", "item_emb")
-    if not ids and out_dir is None and not item_titles and not metadata:
+    if not ids and out_dir is None and (item_titles is None or len(item_titles) == 0) and not metadata:
         return Path(index_dir)  # nothing new (a periodic job with no new items)
     new = _as_embeddings(new, "item_emb") if ids else new.astype(np.float32)
     clash = sorted(set(ids) & set(index.item_ids))

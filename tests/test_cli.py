@@ -280,5 +280,7 @@ def test_a_run_trained_with_tracking_uri_is_found_with_tracking_uri(tmp_path, ca
     assert main(["index", "--run", run_id, "--tracking-uri", store, "--out", str(out)]) == 0
     args = ["recommend", "--run", run_id, "--tracking-uri", store, "--index", str(out), "--user", "u3"]
     assert main(args) == 0
+    # without --index the run itself is loaded (to build its index): from the store --tracking-uri names
+    assert main(["recommend", "--run", run_id, "--tracking-uri", store, "--user", "u3"]) == 0
     assert main(["evaluate", "--recs", "r.csv", "--truth", "t.csv", "--tracking-uri", store]) == 2
     assert "apply to --run only" in capsys.readouterr().err

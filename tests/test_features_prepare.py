@@ -420,24 +420,23 @@ def test_a_malformed_seal_or_a_vanishing_file_means_rebuild(monkeypatch):
 
 
 def test_leftovers_of_a_killed_prepare_are_removed():
-    """A prepare killed mid-write leaves .tmp-/.old- copies; the next write of that folder removes those of
-    dead processes on this host, and keeps any other."""
-    import socket
-    import subprocess
-    import sys
+    """A prepare killed mid-write leaves .tmp-/.old- folders; the next write of that folder removes a temporary
+    folder whose lock nobody holds, and every .old- copy, and keeps a live writer's (its lock is held, in
+    whatever pid namespace) and an older version's (no lock file)."""
+    import fcntl
 
     first = prepare(ml_mini())
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    dead_pid, host, name = int(gone.stdout), socket.gethostname(), first.root.name
-    parent = first.root.parent
-    stale = [parent / f".tmp-{name}-{host}-{dead_pid}-aa", parent / f".old-{name}-{host}-{dead_pid}-bb"]
-    kept = [parent / f".tmp-{name}-{host}-{os.getpid()}-cc", parent / f".tmp-{name}-otherhost-{dead_pid}-dd"]
-    kept.append(parent / f".tmp-{name}-0123abcd")  # an older version's name: no owner, left alone
-    for path in (*stale, *kept):
+    parent, name = first.root.parent, first.root.name
+    dead, live, old_format = (parent / f".tmp-{name}-{t}" for t in ("dead0001", "live0002", "0123abcd"))
+    trash = parent / f".old-{name}-feed0003"
+    for path in (dead, live, old_format, trash):
         path.mkdir()
         (path / "train.parquet").write_bytes(b"x" * 100)
-    prepare(ml_mini(), force=True)
-    assert not any(p.exists() for p in stale)
-    assert all(p.exists() for p in kept)
+    for path in (dead, live):
+        path.with_name(path.name + ".lock").touch()
+    with open(live.with_name(live.name + ".lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live writer
+        prepare(ml_mini(), force=True)
+    assert not dead.exists() and not trash.exists() and not dead.with_name(dead.name + ".lock").exists()
+    assert live.exists() and old_format.exists()
+    assert set(parent.glob(f".tmp-{name}-*.lock")) == {live.with_name(live.name + ".lock")}

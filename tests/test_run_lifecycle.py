@@ -201,6 +201,7 @@ def test_only_damaged_files_are_called_damaged(tmp_path, monkeypatch):
         ),
         PermissionError(13, "Permission denied"),
         OSError(5, "Input/output error"),
+        MemoryError(),
     ):
 
         def fail(*args, error=error, **kwargs):
