@@ -371,11 +371,15 @@ def _temp_folder(folder: Path) -> Iterator[Path]:
     Beside it, ``<that name>.lock`` is locked (``flock``) before the folder is made and until it is gone, so
     that :func:`_remove_leftovers` can tell a live writer's folder from one whose writer was killed: the
     operating system drops the lock when the process ends, however it ends, whatever its pid namespace."""
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    token = uuid.uuid4().hex[:8]
+    tmp = folder.parent / f".tmp-{folder.name}-{token}"
     lock_path = tmp.with_name(tmp.name + ".lock")
-    with open(lock_path, "w") as lock:
+    # Locked under a name the cleaner does not look at, then renamed: a lock file it can see is always held.
+    hidden = folder.parent / f".lck-{folder.name}-{token}"
+    with open(hidden, "w") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
+        os.replace(hidden, lock_path)
         try:
             tmp.mkdir()
             yield tmp
@@ -395,13 +399,19 @@ def _remove_leftovers(folder: Path) -> None:
     if fcntl is None:
         return
     for lock_path in folder.parent.glob(f".tmp-{folder.name}-*.lock"):
-        with open(lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its writer is alive
+        try:  # read-only: flock needs no write access (another user's lock file), and nothing is created
+            fd = os.open(lock_path, os.O_RDONLY)
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its writer is alive
+        else:
             shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
             lock_path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _complete_dataset(folder: Path, content_hash: str) -> PreparedDataset | None:

@@ -118,10 +118,12 @@ _NOT_THE_FILE = (
 def _damaged_file_error(exc: BaseException) -> bool:
     """Whether ``torch.load`` failed because of the file's bytes. A damaged file raises anything from EOFError
     to a zip-reader RuntimeError, a UnicodeDecodeError, an AttributeError, ``struct.error`` or
-    ``OSError(EINVAL)``; memory, device, permission and other operating-system errors are not the file's
-    fault."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return False
+    ``OSError(EINVAL)``; memory, device, permission, other operating-system errors and a module missing from
+    this environment are not the file's fault."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError | ImportError):
+        return (
+            False  # ImportError: a module the pickle names is missing here (e.g. another NumPy), not damage
+        )
     if isinstance(exc, OSError):
         return type(exc) is OSError and exc.errno == errno.EINVAL  # a truncated zip, as torch reads it
     if isinstance(exc, RuntimeError):

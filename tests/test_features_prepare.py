@@ -434,9 +434,11 @@ def test_leftovers_of_a_killed_prepare_are_removed():
         (path / "train.parquet").write_bytes(b"x" * 100)
     for path in (dead, live):
         path.with_name(path.name + ".lock").touch()
+    dead.with_name(dead.name + ".lock").chmod(0o444)  # another user's: the cleaner must not need to write it
     with open(live.with_name(live.name + ".lock"), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # a live writer
         prepare(ml_mini(), force=True)
     assert not dead.exists() and not trash.exists() and not dead.with_name(dead.name + ".lock").exists()
     assert live.exists() and old_format.exists()
     assert set(parent.glob(f".tmp-{name}-*.lock")) == {live.with_name(live.name + ".lock")}
+    assert not list(parent.glob(".lck-*"))  # the writer's lock file is renamed into place, then removed
