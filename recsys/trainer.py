@@ -120,10 +120,9 @@ def _damaged_file_error(exc: BaseException) -> bool:
     to a zip-reader RuntimeError, a UnicodeDecodeError, an AttributeError, ``struct.error`` or
     ``OSError(EINVAL)``; memory, device, permission, other operating-system errors and a module missing from
     this environment are not the file's fault."""
+    # ImportError: a module the pickle names is missing here (e.g. another NumPy version), not damage
     if isinstance(exc, torch.OutOfMemoryError | MemoryError | ImportError):
-        return (
-            False  # ImportError: a module the pickle names is missing here (e.g. another NumPy), not damage
-        )
+        return False
     if isinstance(exc, OSError):
         return type(exc) is OSError and exc.errno == errno.EINVAL  # a truncated zip, as torch reads it
     if isinstance(exc, RuntimeError):
