@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from features._hashing import sha256_bytes
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
 from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit
@@ -116,8 +117,14 @@ def _plot_history(history: list[dict[str, float]], title: str):
     return fig
 
 
+MODEL_FILES = ("model.pt", "config.yaml", "dataset.json")
+CHECKSUMS = "checksums.json"
+
+
 def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Module, dataset: Any) -> Path:
-    """The model artifact: weights, resolved config and the dataset's manifest (to find and check the data)."""
+    """The model artifact: weights, resolved config and the dataset's manifest (to find and check the data),
+    and ``checksums.json``, the sha256 of each, which :func:`load_run` verifies (torch checks no CRC: a
+    flipped byte in a weight would load without a word)."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
     (folder / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
@@ -129,7 +136,25 @@ def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Modul
         ),
         encoding="utf-8",
     )
+    sums = {name: sha256_bytes((folder / name).read_bytes()) for name in MODEL_FILES}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2), encoding="utf-8")
     return folder
+
+
+def _verify_model_folder(run_id: str, folder: Path, damaged: str) -> None:
+    """Check the model artifact's files against its ``checksums.json`` (runs logged before it existed have none
+    and are not checked); a ValueError names the file."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))
+        expected = {name: str(sums[name]) for name in MODEL_FILES}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"run {run_id}: {CHECKSUMS} cannot be read ({exc}); {damaged}") from None
+    for name, digest in expected.items():
+        if sha256_bytes((folder / name).read_bytes()) != digest:
+            raise ValueError(f"run {run_id}: {name} differs from its sha256 in {CHECKSUMS}; {damaged}")
 
 
 def prepare_model(model: torch.nn.Module, dataset: Any) -> None:
@@ -285,6 +310,7 @@ def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
     from recsys.trainer import load_torch_file
 
     damaged = f"the run's {MODEL_ARTIFACT!r} artifact is damaged; train the run again"
+    _verify_model_folder(run_id, folder, damaged)
     try:
         cfg = validate_config(
             yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")),

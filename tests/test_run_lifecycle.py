@@ -95,11 +95,20 @@ def test_damaged_best_weights_and_model_artifact_are_named(tmp_path, capsys):
     from recsys.paths import recsys_home
 
     (weights,) = (p for p in (recsys_home() / "mlartifacts").rglob("model.pt") if run_id in p.parts)
-    weights.write_bytes(weights.read_bytes()[:3000])
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[-2000] ^= 1  # inside the tensor data: torch checks no CRC, so this loaded with one weight changed
+    weights.write_bytes(bytes(flipped))
+    assert main(["evaluate", "--run", run_id]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id}: model.pt differs from its sha256 in checksums.json" in err
+    assert "artifact is damaged; train the run again" in err
+    # a run logged before the checksums existed: a truncated file is still named
+    (weights.parent / "checksums.json").unlink()
+    weights.write_bytes(good[:3000])
     assert main(["evaluate", "--run", run_id]) == 2
     err = capsys.readouterr().err
     assert f"cannot read the weights of run {run_id}: the file is damaged or truncated" in err
-    assert "artifact is damaged; train the run again" in err
 
 
 def test_one_training_per_run_folder(tmp_path, capsys):
