@@ -455,9 +455,8 @@ def main(argv: list[str] | None = None) -> None:
 
                 try:
                     r = train_one(dataset, variant, seed, extra)
-                except (
-                    RunFolderBusy
-                ):  # e.g. `recsys train` of the same config (same fingerprint, same folder)
+                # e.g. `recsys train` of the same config (same fingerprint, same folder)
+                except RunFolderBusy:
                     print(f"{key}: its run folder is in use by another training, skipped", flush=True)
                     continue
             print(

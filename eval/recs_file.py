@@ -45,9 +45,8 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
     lead = leading_blank_lines(path) if suffix in _CSV else 0
     try:
         if suffix in _CSV:
-            check_header(
-                path, ",", columns, lead
-            )  # repeated: Polars would read the first copy without a word
+            # a repeated column: Polars would read the first copy without a word
+            check_header(path, ",", columns, lead)
             df = pl.read_csv(path, infer_schema=False)
         elif suffix in _PARQUET:
             df = pl.read_parquet(path)

@@ -445,11 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         # not answer): one line naming MLflow, not a traceback. mlflow is not imported here to test the type.
         if os.environ.get("RECSYS_DEBUG") or not type(exc).__module__.startswith("mlflow"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"error: MLflow: {first}",
-            file=sys.stderr,
-        )
+        from recsys.tracking import first_line
+
+        print(f"error: MLflow: {first_line(exc)}", file=sys.stderr)
         return 2
 
 

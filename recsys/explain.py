@@ -75,11 +75,13 @@ def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
 
 
 def check_counts(**counts: int) -> None:
-    """Each count (``k``, ``top_intents``, ...) must be a positive integer: a ValueError names the first that
-    is not (``top_intents=-1`` sliced off the last intent, ``k=-1`` failed inside ``torch.topk``)."""
+    """Each count (``k``, ``top_intents``, ...) must be a positive integer (the serving layer's ``check_k``
+    rule): a ValueError names the first that is not (``top_intents=-1`` sliced off the last intent, ``k=-1``
+    failed inside ``torch.topk``)."""
+    from serving._topk import check_k
+
     for name, value in counts.items():
-        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_k(value, name)
 
 
 @torch.no_grad()

@@ -92,6 +92,12 @@ def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (MLflow's run on over many lines), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _no_such_run(exc: Exception) -> bool:
     """Whether an MLflow error says the run is not there to use (no such id, a malformed id, a deleted run),
     rather than that the store failed (locked, unreachable), which a retry may cure."""
@@ -109,8 +115,7 @@ class ResumeRunError(ValueError):
 
     def __init__(self, run_id: str, store: str, cause: Exception) -> None:
         self.run_id, self.store = run_id, store
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        super().__init__(f"MLflow run {run_id} cannot be continued in the store {store}: {reason}")
+        super().__init__(f"MLflow run {run_id} cannot be continued in the store {store}: {first_line(cause)}")
 
 
 class RunTracker:
@@ -263,7 +268,7 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         mlflow.get_run(run_id)
     except MlflowException as exc:
         if not _no_such_run(exc):  # the store itself failed: say so, not "no run"
-            raise OSError(f"MLflow store {store}: {str(exc).strip().splitlines()[0]}") from None
+            raise OSError(f"MLflow store {store}: {first_line(exc)}") from None
         raise SystemExit(
             f"error: no MLflow run {run_id!r} in the store {store} "
             "(point --tracking-uri, load_run(uri=...), MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has it)"

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 
-def check_k(k: Any) -> int:
-    """``k`` as a positive Python int; anything else (0, negatives, floats, bools, None) is a ValueError."""
+def check_k(k: Any, name: str = "k") -> int:
+    """``k`` as a positive Python int; anything else (0, negatives, floats, bools, None) is a ValueError
+    naming it as ``name``."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
     return int(k)
 
 
