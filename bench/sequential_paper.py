@@ -173,11 +173,10 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
 
     Not a final result: early stopping has not fired, so a later epoch may still become the best one.  The
     record says how far the run got (``epochs_run``, ``status``)."""
-    import torch
     from eval_protocols import model_for
 
     from recsys.pipeline import run_dir_for
-    from recsys.trainer import BEST, CHECKPOINT
+    from recsys.trainer import BEST, CHECKPOINT, load_torch_file
 
     cfg = build_config(dataset, variant, seed, extra)
     folder = run_dir_for(cfg)
@@ -186,8 +185,16 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
         if not (ckpt_path.exists() and best_path.exists()):
             return None
         before = ckpt_path.stat().st_mtime_ns
-        weights = torch.load(best_path, map_location="cpu", weights_only=True)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state"]
+        weights = load_torch_file(
+            best_path, "best weights", "remove the run folder to train it again", map_location="cpu"
+        )
+        state = load_torch_file(
+            ckpt_path,
+            "training checkpoint",
+            "remove the run folder to train it again",
+            map_location="cpu",
+            weights_only=False,
+        )["state"]
         if ckpt_path.stat().st_mtime_ns == before and best_path.stat().st_mtime_ns <= before:
             break
         time.sleep(2)
@@ -217,10 +224,8 @@ def curves(runs, seeds, extra, epochs: list[int]) -> str:
 
     Runs at different stages compare fairly only at equal epochs: the best-so-far test numbers of a run that
     is still rising (``--interim``) are not those of a converged one."""
-    import torch
-
     from recsys.pipeline import run_dir_for
-    from recsys.trainer import CHECKPOINT
+    from recsys.trainer import CHECKPOINT, load_torch_file
 
     columns = []  # (label, {epoch: value}, best epoch, last epoch): the trainer's own record of the latter two
     for seed in seeds:
@@ -229,7 +234,13 @@ def curves(runs, seeds, extra, epochs: list[int]) -> str:
             path = run_dir_for(cfg) / CHECKPOINT
             if not path.exists():
                 continue
-            state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+            state = load_torch_file(
+                path,
+                "training checkpoint",
+                "remove the run folder to train it again",
+                map_location="cpu",
+                weights_only=False,
+            )["state"]
             monitor = monitor_key(cfg)
             curve = {int(h["epoch"]): h[monitor] for h in state["history"] if monitor in h}
             columns.append((f"{dataset}:{variant}:s{seed}", curve, state["best_epoch"], state["epoch"]))

@@ -9,7 +9,8 @@ Exact resume: a checkpoint is written atomically (temp file, then ``os.replace``
 sampler of epoch ``e`` draws from a generator seeded by ``(seed, e)`` alone, so an epoch interrupted
 mid-way is replayed from its start with exactly the same batches; a run killed and resumed ends bit-for-bit
 where an uninterrupted run with the same seed ends (on CPU). A checkpoint written under another config
-fingerprint, or on other data (the dataset's manifest hash), is refused rather than resumed.
+fingerprint, or on other data (the dataset's manifest hash), is refused rather than resumed, and so is one
+whose zip records fail their CRC-32 (:func:`load_torch_file`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import errno
 import math
 import random
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,7 +95,16 @@ def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
     """``torch.load(path, **kwargs)``, with a ``ValueError`` that names the file and ``what`` it holds when the
     file is damaged or truncated (torch then raises nearly anything, naming neither), and says what to do
     (``remedy``). Failures that are not the file's fault (memory, the device, a permission, a missing file)
-    pass unchanged: the advice to remove it would lose a good run."""
+    pass unchanged: the advice to remove it would lose a good run.
+
+    torch reads its zip archives without checking their CRC-32s, so a flipped byte inside tensor data used to
+    load as a changed weight; every record's CRC is checked here first (about 20 ms for a 15 MB checkpoint)."""
+    bad = _failed_zip_record(path)
+    if bad is not None:
+        raise ValueError(
+            f"{path}: cannot read the {what}: the file is damaged or truncated (its zip record {bad!r} fails "
+            f"its CRC-32 check); {remedy}"
+        )
     try:
         return torch.load(path, **kwargs)
     except Exception as exc:  # noqa: BLE001 - unpickling damaged bytes raises nearly anything; sorted below
@@ -102,6 +114,17 @@ def load_torch_file(path: Path, what: str, remedy: str, **kwargs: Any) -> Any:
             f"{path}: cannot read the {what}: the file is damaged or truncated ({type(exc).__name__}: {exc}); "
             f"{remedy}"
         ) from exc
+
+
+def _failed_zip_record(path: Path) -> str | None:
+    """The name of the first record of the zip archive ``path`` whose bytes fail their CRC-32, or None when
+    all pass. Files that do not read as a whole zip archive (torch's legacy format, or a truncated file)
+    are left to ``torch.load``, which tells those apart."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError):
+        return None  # not a whole zip archive (or one using a feature zipfile lacks): torch.load decides
 
 
 # torch's RuntimeErrors that are about this machine, not the file: memory, and the device to map onto.

@@ -80,6 +80,42 @@ def test_a_refused_resume_leaves_the_finished_run_alone(tmp_path, capsys):
         assert _status(run_id) == "FINISHED"  # the refusal came before the MLflow run was reopened
 
 
+def test_a_flipped_byte_in_a_checkpoint_or_best_weights_is_refused(tmp_path, capsys):
+    """torch checks no CRC: a flipped bit inside tensor data used to resume (or be tested) with one weight
+    changed. The zip records' CRC-32s are checked before loading."""
+    import torch
+
+    from recsys.trainer import BEST, CHECKPOINT
+
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    run_dir = _run_dir(cfg)
+    for name, what in ((CHECKPOINT, "training checkpoint"), (BEST, "best weights on validation")):
+        path = run_dir / name
+        good = path.read_bytes()
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        weights = state["model"] if name == CHECKPOINT else state
+        tensor = max(weights.values(), key=lambda t: t.numel())
+        at = good.index(tensor.numpy().tobytes())  # the tensor's own bytes, stored uncompressed
+        flipped = bytearray(good)
+        flipped[at + 5] ^= 0x10
+        path.write_bytes(bytes(flipped))
+        assert torch.load(path, map_location="cpu", weights_only=False) is not None  # torch alone loads it
+        if name == CHECKPOINT:
+            assert main(["train", "-c", str(cfg), "--resume"]) == 2
+            err = capsys.readouterr().err
+        else:
+            from recsys.trainer import load_torch_file
+
+            with pytest.raises(ValueError) as info:
+                load_torch_file(path, what, "train again")
+            err = str(info.value)
+        assert f"{path}: cannot read the {what}: the file is damaged or truncated" in err
+        assert "fails its CRC-32 check" in err
+        path.write_bytes(good)
+
+
 def test_damaged_best_weights_and_model_artifact_are_named(tmp_path, capsys):
     from recsys.trainer import BEST, load_torch_file
 
