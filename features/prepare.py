@@ -3,7 +3,9 @@
 The cache key is the SHA256 of (config without ``path``, the SHA256 of every source file read, schema
 version): the same data at another path reuses the folder when the file keeps its name (the name is part of
 the folder's name and of the manifest, so a copy or link under another name is a second folder), and an
-edited file or config builds a new one.
+edited file or config builds a new one. A source file that changes between its hashing and its parsing
+(size, modification or change time, inode) is refused, so one file's tables are never cached under another's
+hash.
 The folder is written under a temporary name and moved into place with one ``os.replace``, with
 ``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete; the next
 write of that folder removes the temporary copies a killed run left (a lock held by the writer tells them).
@@ -94,6 +96,7 @@ def prepare(
     else:
         root = Path(cfg.path).expanduser()
     files = source_files(cfg, root)
+    before = _file_states(files)
     hashes = {role: sha256_file(path) for role, path in files.items()}
     key = content_hash(cfg, hashes)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -104,6 +107,16 @@ def prepare(
 
     t0 = time.perf_counter()
     tables, manifest = build_tables(cfg, files)
+    # The key hashes the bytes read first; the tables come from a second read. A file rewritten or replaced
+    # in between would cache one file's tables under the other's hash, so the two reads must see one file.
+    for role, state in _file_states(files).items():
+        if state != before[role]:
+            raise DataValidationError(
+                files[role],
+                "a file that stays the same while it is read",
+                got="<changed or replaced during prepare>",
+                hint="prepare again once it is written; nothing was cached",
+            )
     manifest["content_hash"] = key
     manifest["source_files"] = {role: {"name": files[role].name, "sha256": hashes[role]} for role in files}
     # Where and when it was built: kept out of `manifest_hash`, so that rebuilding the same inputs (or
@@ -123,6 +136,15 @@ def prepare(
             return ds
         time.sleep(0.1 * (attempt + 1))
     return PreparedDataset.load(folder)
+
+
+def _file_states(files: dict[str, Path]) -> dict[str, tuple[int, int, int, int]]:
+    """Per role, what changes when a file is rewritten or replaced: (size, mtime, inode, ctime)."""
+    states = {}
+    for role, path in files.items():
+        st = path.stat()
+        states[role] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return states
 
 
 def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:

@@ -367,6 +367,36 @@ def test_a_rewrite_that_restores_size_and_mtime_is_hashed_again(tmp_path):
     assert sha256_file(path) != first  # the memo used to answer with the old file's hash
 
 
+def test_a_source_rewritten_during_prepare_is_refused_and_nothing_cached(tmp_path, monkeypatch):
+    """The cache key hashes the first read and the tables come from a second one: a file changed between
+    the two used to be cached under the other content's key, answering later calls with the wrong data."""
+    import shutil
+
+    from features.errors import DataValidationError
+
+    prep = importlib.import_module("features.prepare")
+    src = tmp_path / "ml"
+    shutil.copytree(DATA / "ml100k_mini", src)
+    cfg = ml_mini(path=str(src))
+    ratings = src / "u.data"
+    first_line, rest = ratings.read_text().split("\n", 1)
+    real = prep.build_tables
+
+    def build_while_the_file_is_rewritten(*args, **kwargs):
+        out = real(*args, **kwargs)
+        ratings.write_text(rest)  # the same file without its first rating
+        return out
+
+    monkeypatch.setattr(prep, "build_tables", build_while_the_file_is_rewritten)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataValidationError, match=r"u\.data: expected a file that stays the same while"):
+        prepare(cfg, cache_dir=cache)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    monkeypatch.setattr(prep, "build_tables", real)
+    ds = prepare(cfg, cache_dir=cache)  # now one file throughout: its own tables under its own key
+    assert not ds.cache_hit and ds.train.height + ds.valid.height + ds.test.height == len(rest.splitlines())
+
+
 def test_prepare_waits_for_a_folder_another_process_is_replacing(monkeypatch):
     """A concurrent prepare(force=True) moves the folder aside for a moment: the final load retries instead
     of failing with "a folder without a manifest is incomplete"."""
