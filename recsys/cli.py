@@ -427,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from features.errors import DataSourceError
     from recsys.config import ConfigError
+    from recsys.tracking import RunNotFoundError
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, DataSourceError) as exc:
+    except (ValueError, RunNotFoundError, OSError, DataSourceError) as exc:
         # Data validation and integrity errors carry the file/line/key in their message, as do file errors
         # (a missing file, an --out folder that is not ours to replace); set RECSYS_DEBUG=1 for the traceback.
         if os.environ.get("RECSYS_DEBUG"):

@@ -327,8 +327,8 @@ def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
     except DataValidationError:  # missing or damaged: prepare rebuilds it (the hash check below still holds)
         dataset = prepare(cfg.data)
     if dataset.manifest_hash != manifest_hash:
-        raise SystemExit(
-            f"error: run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "
+        raise ValueError(
+            f"run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "
             f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed"
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
@@ -358,7 +358,7 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
         with torch.no_grad():
             users, items = model.embeddings()
     except NotImplementedError as exc:  # e.g. RP3beta: scores are not inner products of dense vectors
-        raise SystemExit(f"error: model {run.config.model['name']!r} cannot be indexed: {exc}") from None
+        raise ValueError(f"model {run.config.model['name']!r} cannot be indexed: {exc}") from None
     seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))
     seen.data[:] = 1.0
     vocab_items = ds.item_vocab.sort("item_idx")

@@ -49,11 +49,12 @@ def _use_store(uri: str) -> None:
 
 
 def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///PATH`` URI (absolute), or None (another store, in-memory SQLite)."""
+    """The database file of a ``sqlite:///PATH`` URI (absolute), or None (another store, in-memory SQLite, a
+    SQLite ``file:`` URI filename)."""
     if not uri.startswith("sqlite:///"):
         return None
     path = unquote(uri[len("sqlite:///") :].split("?", 1)[0])  # as SQLAlchemy reads it
-    return Path(path).absolute() if path and path != ":memory:" else None
+    return Path(path).absolute() if path and path != ":memory:" and not path.startswith("file:") else None
 
 
 def git_commit() -> str:
@@ -108,6 +109,10 @@ def _no_such_run(exc: Exception) -> bool:
         or (code == "INVALID_PARAMETER_VALUE" and "parameter 'run_id'" in text)
         or "deleted state" in text
     )
+
+
+class RunNotFoundError(LookupError):
+    """No MLflow run with this id in the store (or no store at the path a ``sqlite:///`` URI names)."""
 
 
 class ResumeRunError(ValueError):
@@ -263,16 +268,20 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     from mlflow.exceptions import MlflowException
 
     store = uri or default_tracking_uri()
+    where = (
+        "point --tracking-uri, load_run(uri=...), MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has it"
+    )
+    db = _sqlite_file(store)
+    if db is not None and not db.exists():
+        # Reading a run must not create a store: a mistyped path used to leave an empty database behind.
+        raise RunNotFoundError(f"no MLflow run {run_id!r}: there is no MLflow store at {db} ({where})")
     _use_store(store)
     try:
         mlflow.get_run(run_id)
     except MlflowException as exc:
         if not _no_such_run(exc):  # the store itself failed: say so, not "no run"
             raise OSError(f"MLflow store {store}: {first_line(exc)}") from None
-        raise SystemExit(
-            f"error: no MLflow run {run_id!r} in the store {store} "
-            "(point --tracking-uri, load_run(uri=...), MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has it)"
-        ) from None
+        raise RunNotFoundError(f"no MLflow run {run_id!r} in the store {store} ({where})") from None
     dst = Path(tempfile.mkdtemp(prefix=f"recsys-run-{run_id[:8]}-"))
     try:
         return Path(

@@ -263,6 +263,22 @@ def test_an_empty_recsys_home_is_the_default(monkeypatch):
     assert recsys_home() == (Path.home() / ".cache" / "recsys").resolve()  # was the current folder
 
 
+def test_reading_a_run_from_a_mistyped_store_creates_nothing(tmp_path, capsys):
+    """A library call must not exit the process, and a read must not create a store where a typo points."""
+    from recsys.pipeline import load_run
+    from recsys.tracking import RunNotFoundError
+
+    typo = tmp_path / "tpyo" / "team.db"
+    for command in ("evaluate", "index", "recommend", "explain"):
+        extra = {"recommend": ["--user", "1"], "explain": ["--user", "1"]}.get(command, [])
+        assert main([command, "--run", "abc", "--tracking-uri", f"sqlite:///{typo}", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"no MLflow run 'abc': there is no MLflow store at {typo}" in err, command
+    with pytest.raises(RunNotFoundError, match="no MLflow store at"):
+        load_run("abc", uri=f"sqlite:///{typo}")
+    assert not typo.parent.exists()  # MLflow used to create the folder and an empty database there
+
+
 def test_a_run_trained_with_tracking_uri_is_found_with_tracking_uri(tmp_path, capsys):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     raw = make_cfg(csv, epochs=1)
@@ -272,8 +288,8 @@ def test_a_run_trained_with_tracking_uri_is_found_with_tracking_uri(tmp_path, ca
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
-    with pytest.raises(SystemExit, match="point --tracking-uri"):
-        main(["evaluate", "--run", run_id])  # not in the default store
+    assert main(["evaluate", "--run", run_id]) == 2  # not in the default store
+    assert "point --tracking-uri" in capsys.readouterr().err
     assert main(["evaluate", "--run", run_id, "--tracking-uri", store, "--json"]) == 0
     assert "ndcg@10" in json.loads(capsys.readouterr().out)
     out = tmp_path / "idx"

@@ -272,3 +272,36 @@ def test_a_run_whose_prepared_data_was_damaged_is_evaluated_after_a_rebuild(tmp_
     train.write_bytes(bytes(data))
     assert main(["evaluate", "--run", run_id, "--json"]) == 0  # refused by the seal, rebuilt by prepare
     assert capsys.readouterr().out == before
+
+
+def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
+    """load_run and build_run_index are embedded in services: a refusal raised SystemExit, which a service's
+    `except Exception` does not catch, so the process ended."""
+    from recsys.pipeline import build_run_index, load_run
+
+    cfg = _config(tmp_path, epochs=1)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["model"] = {"name": "rp3beta"}  # scores are not inner products: there is no index to build
+    rp3 = tmp_path / "rp3.yaml"
+    rp3.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(rp3)]) == 0
+    rp3_run = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    with pytest.raises(ValueError, match="model 'rp3beta' cannot be indexed"):
+        build_run_index(load_run(rp3_run), tmp_path / "idx")
+    assert main(["index", "--run", rp3_run, "--out", str(tmp_path / "idx")]) == 2
+    assert "error: model 'rp3beta' cannot be indexed" in capsys.readouterr().err
+
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    csv = tmp_path / "x.csv"
+    csv.write_text(csv.read_text().replace("u0,", "u1000,", 1))  # the source data changed since training
+    import shutil
+
+    from recsys.paths import recsys_home
+
+    for folder in (recsys_home() / "prepared").iterdir():
+        shutil.rmtree(folder)  # and the run's prepared folder is gone, so it is prepared again
+    with pytest.raises(ValueError, match=f"run {run_id} was trained on dataset .* the source files changed"):
+        load_run(run_id)
+    assert main(["evaluate", "--run", run_id]) == 2
+    assert "the source files changed" in capsys.readouterr().err
