@@ -191,11 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     from recsys.config import load_config
+    from recsys.tracking import git_commit
 
     base = load_config(args.config, list(args.overrides))
     out = args.out or REPO / "bench" / "results" / f"two_tower_{base.name}.json"
     refuse_to_replace(ap, out, args.force)
     t0 = time.perf_counter()
+    commit = git_commit()  # the code the numbers come from
     runs = []
     for seed in args.seeds:  # seeds outermost: a cut-short run still has every variant for the first seeds
         for variant in args.variants:
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                 out,
                 {
                     "command": command_line(),
+                    "git_commit": commit,
                     "config": str(args.config),
                     "overrides": args.overrides,
                     "machine": {

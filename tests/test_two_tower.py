@@ -158,6 +158,28 @@ def test_logq_shifts_each_items_logit_by_exactly_log_p(tmp_path):
     torch.testing.assert_close(without.diagonal(), (q * v).sum(1) / model.config.temperature)
 
 
+def test_ssl_loss_does_not_treat_a_repeated_item_as_a_negative(tmp_path):
+    """The SSL batch is drawn with replacement: a row repeating item i is not a negative of i. With shared
+    masks and no value dropout its second view equals the positive, so as a negative it kept that row's loss
+    above log 2 and pushed the item away from itself."""
+    _, model = prepared_model(
+        write_category_data(tmp_path / "d"), masking="correlated", value_dropout=0.0, ssl_temperature=0.5
+    )
+    model.train()
+    items = torch.tensor([3, 3, 5, 7, 3, 9])
+    torch.manual_seed(1)
+    loss = model.ssl_loss(items)
+    torch.manual_seed(1)  # the same masks again, to compute the expected value by hand
+    z1, z2 = (z.detach().numpy().astype(np.float64) for z in model.augmented_views(items))
+    logits = z1 @ z2.T / 0.5
+    assert np.allclose(z2[0], z2[1])  # a repeat's view is the positive itself
+    expected = []
+    for i, item in enumerate(items.tolist()):
+        keep = [j for j, other in enumerate(items.tolist()) if j == i or other != item]
+        expected.append(np.log(np.exp(logits[i, keep]).sum()) - logits[i, i])
+    assert loss.item() == pytest.approx(float(np.mean(expected)), rel=1e-5)
+
+
 def test_streaming_estimator_tracks_sampling_frequency():
     from recsys.models.two_tower import StreamingFrequency
 

@@ -36,6 +36,10 @@ in-batch negatives at temperature :math:`\tau_{ssl}`:
 .. math::  L_{ssl} = -\frac{1}{N} \sum_i \log \frac{e^{z_i^\top z'_i / \tau_{ssl}}}{\sum_j e^{z_i^\top z'_j / \tau_{ssl}}},
            \qquad L = L_{main} + \alpha L_{ssl}.
 
+As in the main task, other rows holding row i's own item are left out of its sum: the batch is drawn with
+replacement, and on a small catalogue a third of its rows can repeat an item, whose second view (identical to
+the positive when the masks are shared and nothing is dropped) would be pushed away from the item itself.
+
 Baselines in the same model: ``ssl_weight: 0`` (no SSL); ``feature_dropout`` (each item feature masked
 with that probability in the main task); ``spread_out`` (the regulariser of Zhang et al., ICCV 2017, on the
 non-matching in-batch item pairs: :math:`M_1^2 + \max(0, M_2 - 1/d)` with :math:`M_1, M_2` the mean and the
@@ -72,7 +76,6 @@ from features.sequences import (
     UserSequences,
     dynamic_sliding_samples,
 )
-from recsys.contrastive import info_nce
 from recsys.embedding import IdEmbedding
 from recsys.feature_masking import (
     correlated_masks,
@@ -528,9 +531,14 @@ class TwoTower(HistoryQueries, Recommender):
         return views[0], views[1]
 
     def ssl_loss(self, items: torch.Tensor) -> torch.Tensor:
-        """InfoNCE between the two views of ``items``, in-batch negatives, temperature ``ssl_temperature``."""
+        """InfoNCE between the two views of ``items`` ``LongTensor[N]``, temperature ``ssl_temperature``, with
+        the other in-batch rows as negatives except those holding the same item (they are not negatives)."""
         z1, z2 = self.augmented_views(items)
-        return info_nce(z1, z2, self.config.ssl_temperature)
+        logits = z1 @ z2.T / self.config.ssl_temperature  # [N, N]; N is a mini-batch, plain autograd
+        same = items.unsqueeze(0) == items.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(len(items), device=logits.device))
 
     # ---- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
