@@ -4,7 +4,7 @@ A prepared dataset's manifest holds, per item feature, its kind and labels (``si
 :mod:`features.side_features`).  A new item arrives with readable values — ``{"genres": ["Comedy", "Drama"],
 "year_bucket": "1990s", "release_year": 1997}`` — and is turned into the same codes, so a trained item tower
 can embed it.  A label the dataset never had gets code 0 (unknown), as a missing value does; features whose
-labels are not stored (Amazon attribute ids) take integer codes as they are. A derived feature that is not
+labels are not stored (compact Amazon attribute ids) take integer codes as they are. A derived feature that is not
 given (``year_bucket``) is derived from its source (``release_year``), as the pipeline derives it.
 """
 
@@ -33,10 +33,17 @@ def encode_new_items(
 
     Raises:
         KeyError: a row names a feature the dataset does not have (naming it and the known ones).
-        TypeError: a multi-valued feature given as a single string or a non-list.
+        TypeError: a multi-valued feature given as a single string or a non-list, or a single-valued one
+            given as a list.
+        ValueError: ``spec`` is empty (the dataset has no item features) and there are rows.
         ValueError: a value that must be an integer (an ``int`` feature, a code without labels) is not
             (a fraction or a boolean is not an integer).
     """
+    if not spec and len(rows):
+        # A frame without columns has no rows: the items would vanish without a word.
+        raise ValueError(
+            "the dataset has no item side features: new items have nothing to be encoded (and embedded) from"
+        )
     known = set(spec)
     columns: dict[str, list[Any]] = {name: [] for name in spec}
     for i, row in enumerate(rows):
@@ -54,6 +61,9 @@ def encode_new_items(
             lookup = {lab: j + 1 for j, lab in enumerate(labels)} if labels is not None else None
             where = f"new item {i}, feature {name!r}"
             if kind == "code":
+                if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+                    # a list's text is no label: it used to be coded as unknown without a word
+                    raise TypeError(f"{where} is single-valued; give one label, not {value!r}")
                 columns[name].append(_code(value, lookup, int(s.get("cardinality", 0)), where))
             elif kind == "multi_code":
                 if isinstance(value, str | bytes | Mapping) or not (

@@ -141,8 +141,11 @@ def movielens_item_features(
 def attribute_item_features(attrs: pl.DataFrame, item_vocab: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Amazon item attributes (category, brand ids) -> ``[item_idx, attributes: List[Int64]]``.
 
-    The file's attribute ids are already positive integers, so they are used as codes unchanged (0 stays
-    free); items without an entry get an empty list.
+    The file's attribute ids are positive integers. Compact ids (as in the benchmark files: the largest is
+    below twice their number plus 1024) are used as codes unchanged (0 stays free; ``labels`` null). Sparse
+    ids are mapped to dense codes 1..n in id order, with the ids as ``labels``: each code is a row of an
+    embedding table, and one id of 10**12 used as a row asked for terabytes. Items without an entry get an
+    empty list.
     """
     table = (
         item_vocab.select("item_idx", "item_id")
@@ -150,6 +153,18 @@ def attribute_item_features(attrs: pl.DataFrame, item_vocab: pl.DataFrame) -> tu
         .select("item_idx", pl.col("attributes").fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
         .sort("item_idx")
     )
-    top = attrs["attributes"].explode().max() if attrs.height else None
-    cardinality = int(top) + 1 if top is not None else 1
-    return table, {"attributes": {"kind": "multi_code", "cardinality": cardinality, "labels": None}}
+    ids = (
+        attrs["attributes"].explode().drop_nulls().unique().sort()
+        if attrs.height
+        else pl.Series([], dtype=pl.Int64)
+    )
+    top = ids.max() if ids.len() else None
+    if top is None or int(top) < 2 * ids.len() + 1024:
+        cardinality = int(top) + 1 if top is not None else 1
+        return table, {"attributes": {"kind": "multi_code", "cardinality": cardinality, "labels": None}}
+    codes = pl.DataFrame({"id": ids, "code": pl.int_range(1, ids.len() + 1, eager=True, dtype=pl.Int64)})
+    table = table.with_columns(
+        pl.col("attributes").list.eval(pl.element().replace_strict(codes["id"], codes["code"]))
+    )
+    labels = [str(i) for i in ids.to_list()]
+    return table, {"attributes": {"kind": "multi_code", "cardinality": ids.len() + 1, "labels": labels}}

@@ -395,6 +395,8 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
         encode_new_items([{"colour": "red"}], spec)
     with pytest.raises(TypeError, match="give a list"):
         encode_new_items([{"genres": "Drama"}], spec)
+    with pytest.raises(TypeError, match="'year_bucket' is single-valued; give one label, not \\['1990s'\\]"):
+        encode_new_items([{"year_bucket": ["1990s"]}], spec)  # it was coded as unknown without a word
     # no item of the dataset had a year: an empty codebook, so any year bucket is unknown (code 0)
     empty = {**spec, "year_bucket": {"kind": "code", "cardinality": 1, "labels": []}}
     assert encode_new_items([{"year_bucket": "1990s"}], empty)["year_bucket"].to_list() == [0]
@@ -410,6 +412,46 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
     # a derived feature left out is derived from its source, as the pipeline does (it used to be unknown)
     assert encode_new_items([{"release_year": 1995.0}], spec)["year_bucket"].to_list() == [2]
     assert encode_new_items([{"release_year": 1975}], spec)["year_bucket"].to_list() == [0]
+
+
+def test_sparse_attribute_ids_get_dense_codes(tmp_path):
+    """Attribute ids were embedding rows as they are: one id of 10**12 asked for a 32 TB table."""
+    folder = write_category_data(tmp_path / "d")
+    attrs = json.loads((folder / "Cat_item2attributes.json").read_text())
+    sparse = {item: [a if a <= 5 else a * 10**11 for a in values] for item, values in attrs.items()}
+    (folder / "Cat_item2attributes.json").write_text(json.dumps(sparse))
+    ds, model = prepared_model(folder)
+    spec = ds.manifest["side_features"]["items"]["attributes"]
+    ids = sorted({a for values in sparse.values() for a in values})
+    assert spec["cardinality"] == len(ids) + 1 == 16 and spec["labels"] == [str(i) for i in ids]
+    row = ds.items.filter(pl.col("item_idx") == 0)["attributes"].to_list()[0]
+    first_item = ds.item_vocab.filter(pl.col("item_idx") == 0)["item_id"].item()
+    assert [spec["labels"][code - 1] for code in row] == [str(a) for a in sparse[first_item]]
+    new = encode_new_items([{"attributes": sparse[first_item]}], {"attributes": spec})
+    assert new["attributes"].to_list() == [row]  # a new item is coded as the catalogue's items are
+    assert max(p.shape[0] for p in model.item_tower.parameters()) < 100  # no table of 10**12 rows
+    # compact ids (the benchmark files': 1..n) are still used as they are, so their datasets are unchanged
+    plain, _ = prepared_model(write_category_data(tmp_path / "plain"))
+    assert plain.manifest["side_features"]["items"]["attributes"] == {
+        "kind": "multi_code",
+        "cardinality": 16,
+        "labels": None,
+    }
+
+
+def test_new_items_of_a_dataset_without_item_features_are_refused(tmp_path):
+    """Without item features a new item has nothing to be embedded from: three rows used to become a frame of
+    none (encode_new_items) and a polars ShapeError (embed_new_items)."""
+    folder = write_category_data(tmp_path / "d")
+    (folder / "Cat_item2attributes.json").unlink()
+    ds, model = prepared_model(folder, ssl_weight=0.0)
+    spec = ds.manifest["side_features"].get("items", {})
+    assert spec == {}
+    with pytest.raises(ValueError, match="the dataset has no item side features"):
+        encode_new_items([{}, {}, {}], spec)
+    assert encode_new_items([], spec).height == 0
+    with pytest.raises(ValueError, match="this model has no item side features"):
+        model.embed_new_items(pl.DataFrame({"x": [1, 2, 3]}))
 
 
 def test_side_feature_codes_ignore_surrounding_spaces():

@@ -567,6 +567,13 @@ class TwoTower(HistoryQueries, Recommender):
         dataset's item feature columns (codes, as :func:`features.new_items.encode_new_items` makes them; an
         unknown code is 0).  The id feature is masked.  Returns ``[n, d]`` unit vectors."""
         self._require_prepared()
+        if len(self.item_tower.fields) == 1:
+            # Only the id, masked: every new item would get the same vector, and a frame without feature
+            # columns has no rows to count them by.
+            raise ValueError(
+                "this model has no item side features (only the id): new items cannot be embedded from "
+                "their features; train on data with item features"
+            )
         n = table.height
         missing = [f.name for f in self.item_tower.fields[1:] if f.name not in table.columns]
         if missing:
