@@ -98,7 +98,8 @@ def mutual_information_matrix(
         bins: quantile bins for numeric features.
 
     Raises:
-        KeyError: a feature or the key is not a column (naming it); ValueError: no rows, or zero total weight.
+        KeyError: a feature or the key is not a column (naming it); ValueError: no rows, a key on several
+            rows, or zero total weight.
     """
     if key not in table.columns:
         raise KeyError(f"key column {key!r} is not in the table; columns: {table.columns}")
@@ -106,6 +107,13 @@ def mutual_information_matrix(
         raise ValueError("mutual_information_matrix: the feature table has no rows")
     if not features:
         raise ValueError("mutual_information_matrix: no features given")
+    repeated = table.filter(pl.col(key).is_duplicated())[key]
+    if repeated.len():
+        # the joins on the key would multiply such an item's rows: the joint mass would not sum to 1
+        raise ValueError(
+            f"mutual_information_matrix: key {key!r} must be unique (one row per item); "
+            f"{repeated[0]!r} is on {int((table[key] == repeated[0]).sum())} rows"
+        )
     base = table.select(key)
     if weights is None:
         base = base.with_columns(pl.lit(1.0).alias("__iw"))

@@ -112,6 +112,7 @@ def explain_user(
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
     if not 0 <= user_idx < model.n_users:
         raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
+    train = sp.csr_matrix(train)  # the rows are sliced below; CSC or COO indices mean something else
     if train.shape != (model.n_users, model.n_items):
         # another shape would exclude the wrong items, or none, without a word
         raise ValueError(f"train has shape {train.shape}, the model expects {(model.n_users, model.n_items)}")

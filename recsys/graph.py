@@ -43,7 +43,8 @@ import torch
 
 # ---- construction ---------------------------------------------------------------------------------------
 def _binary_csr(train: sp.spmatrix) -> sp.csr_matrix:
-    """A deduplicated, row-sorted, binary float32 copy of ``train`` (values ignored; stored entries count)."""
+    """A deduplicated, row-sorted, binary float32 copy of ``train``: a pair counts once when its summed value
+    is non-zero (explicit zeros, and duplicates that cancel, do not count); its value is ignored."""
     csr = sp.csr_matrix(train, copy=True)
     csr.sum_duplicates()
     csr.eliminate_zeros()
@@ -90,7 +91,7 @@ def normalized_adjacency(train: sp.spmatrix, device: torch.device | str | None =
     """``Â = D^{-1/2} A D^{-1/2}`` of the bipartite graph (users ``0..U-1``, items ``U..U+I-1``), no self loops.
 
     Args:
-        train: ``U x I`` training interactions (stored entries count, values ignored).
+        train: ``U x I`` training interactions (a pair with a non-zero summed value counts; values ignored).
     Returns:
         ``torch.sparse_csr`` tensor of shape ``(U+I, U+I)``, float32, symmetric.
     """
@@ -152,6 +153,17 @@ class NormalizedBipartite:
     def item_rows(self, items: torch.Tensor) -> torch.Tensor:
         """``R̃^T[items]``: the ``B x U`` rows of ``R̃^T`` (CSR) for ``items`` LongTensor[B]."""
         return csr_rows(self.rt, items)
+
+
+def check_graph_dtype(graph: NormalizedBipartite, weight: torch.Tensor, model: str) -> None:
+    """A graph is built in its model's float type (``prepare``); casting the model afterwards (``.double()``)
+    would meet it in ``sparse_mm`` with a bare dtype error. Moving it is cheap, but casting the float32
+    normalisation would not give float64 values, so ``prepare`` must build it again."""
+    if graph.r.dtype != weight.dtype:
+        raise RuntimeError(
+            f"{model}: the parameters are {weight.dtype} but the graph was built in {graph.r.dtype}: call "
+            "prepare(train) again after changing the model's dtype"
+        )
 
 
 # ---- products -------------------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ class BPRSampler:
     """Uniform BPR triples from a user x item training matrix.
 
     Args:
-        train: ``n_users x n_items`` scipy sparse matrix of training interactions (stored entries count as
-            interactions; values are ignored).
+        train: ``n_users x n_items`` scipy sparse matrix of training interactions (a pair with a non-zero
+            summed value is an interaction; its value is ignored).
         mode: ``"interactions"``: an epoch visits a random permutation of all training pairs ``(u, i)`` once,
             in batches (every pair is a positive exactly once per epoch); ``"users"``: each triple draws a
             user uniformly (with replacement) among the users with at least one training item, then one of

@@ -114,6 +114,16 @@ def test_explanation_structure(small_model):
     torch.testing.assert_close(items_p.sum(1), torch.ones(30))
 
 
+def test_any_sparse_format_excludes_the_users_items(small_model):
+    """The user's row was sliced out of indptr/indices as if CSR: a CSC matrix excluded other items, a COO
+    matrix raised AttributeError."""
+    model, train = small_model
+    expected = explain_user(model, 7, train, k=6)
+    for other in (train.tocsc(), train.tocoo(), sp.csr_array(train)):
+        got = explain_user(model, 7, other, k=6)
+        assert [r.item_idx for r in got.recommendations] == [r.item_idx for r in expected.recommendations]
+
+
 def test_models_without_intents_are_refused(small_model):
     _, train = small_model
     lightgcn = build_model({"name": "lightgcn", "dim": 4, "layers": 1}, 40, 30)

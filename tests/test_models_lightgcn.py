@@ -182,3 +182,21 @@ def test_deepcopy_and_pickle_keep_a_working_model():
     torch.save(model, buf)
     buf.seek(0)
     torch.testing.assert_close(torch.load(buf, weights_only=False).scorer()(users), expected)
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "dccf"])
+def test_the_graph_follows_the_parameters_dtype(name):
+    """Cast before prepare: a float64 graph (LightGCN's was float32 whatever the parameters). Cast after: a
+    message saying what to do, not sparse_mm's bare dtype error."""
+    train = small_train()
+    model = build_model({"name": name, "dim": 4}, *train.shape).double()
+    model.prepare(train)
+    users, items = model.embeddings()
+    assert users.dtype == items.dtype == torch.float64
+    model = build_model({"name": name, "dim": 4}, *train.shape)
+    model.prepare(train)
+    model.double()
+    with pytest.raises(RuntimeError, match="graph was built in torch.float32: call prepare\\(train\\) again"):
+        model.embeddings()
+    model.prepare(train)
+    assert model.embeddings()[0].dtype == torch.float64

@@ -70,6 +70,27 @@ def test_w_matches_numpy_definition(alpha, beta, topk, normalize):
     assert w.dtype == np.float32 and w.has_sorted_indices
 
 
+@pytest.mark.parametrize(
+    "r",
+    [
+        [[1, 1, 0, 0], [0, 1, 1, 1], [0, 1, 0, 0]],
+        [[0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [1, 0, 0, 1, 0, 0]],
+    ],
+)
+def test_rows_with_fewer_than_k_positive_entries_keep_only_their_own(r):
+    """beta=100 underflows popular items' float32 weights to 0, so a long row has fewer than k entries left;
+    top-k then picked padding cells, which pointed into the next row (an entry leaked there) or past the end
+    (an IndexError)."""
+    r = np.array(r, dtype=np.float32)
+    w = rp3beta_similarity(sp.csr_matrix(r), alpha=1.0, beta=100.0, topk=2, normalize=False)
+    assert np.all(np.diff(w.indptr) <= 2)
+    ref = numpy_rp3beta(r, 1.0, 100.0, 2, False)
+    rows, cols = w.nonzero()
+    np.testing.assert_allclose(w.toarray()[rows, cols], ref[rows, cols], rtol=1e-5)
+    kept = ref.astype(np.float32) > 0  # what survives W's float32: exactly those entries are there
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == set(zip(*np.nonzero(kept), strict=True))
+
+
 def test_scorer_is_user_rows_times_w():
     model = build_model({"name": "rp3beta", "alpha": 0.8, "beta": 0.4, "topk": 3}, 5, 5)
     assert isinstance(model, RP3beta) and not model.trainable

@@ -64,7 +64,7 @@ from torch.nn import functional as F
 
 from recsys.contrastive import info_nce
 from recsys.embedding import IdEmbedding
-from recsys.graph import CSRPattern, NormalizedBipartite, sparse_matmul
+from recsys.graph import CSRPattern, NormalizedBipartite, check_graph_dtype, sparse_matmul
 from recsys.models.base import ModelConfig, PropagatedEmbeddings, Recommender
 
 
@@ -171,6 +171,7 @@ class DCCF(PropagatedEmbeddings, Recommender):
     def _structures(self) -> tuple[NormalizedBipartite, CSRPattern]:
         if self._graph is None or self._pattern is None:
             raise RuntimeError("DCCF.prepare(train) must be called before training or scoring")
+        check_graph_dtype(self._graph, self.user_emb.weight, "DCCF")
         device = self.user_emb.weight.device
         if self._graph.device != device:
             self._graph, self._pattern = self._graph.to(device), self._pattern.to(device)

@@ -45,7 +45,7 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from recsys.embedding import IdEmbedding
-from recsys.graph import NormalizedBipartite, layer_mean_at_rows
+from recsys.graph import NormalizedBipartite, check_graph_dtype, layer_mean_at_rows
 from recsys.models.base import ModelConfig, PropagatedEmbeddings, Recommender
 
 
@@ -99,12 +99,14 @@ class LightGCN(PropagatedEmbeddings, Recommender):
             raise ValueError(
                 f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
             )
-        self._graph = NormalizedBipartite.from_train(train, device=self.user_emb.weight.device)
+        w = self.user_emb.weight
+        self._graph = NormalizedBipartite.from_train(train, device=w.device, dtype=w.dtype)
 
     def graph(self) -> NormalizedBipartite:
         """The normalised graph, on the parameters' device (moved lazily after ``model.to(device)``)."""
         if self._graph is None:
             raise RuntimeError("LightGCN.prepare(train) must be called before training or scoring")
+        check_graph_dtype(self._graph, self.user_emb.weight, "LightGCN")
         device = self.user_emb.weight.device
         if self._graph.device != device:
             self._graph = self._graph.to(device)

@@ -88,7 +88,7 @@ class RP3beta(Recommender):
 
     # ---- fit ----------------------------------------------------------------------------------------------
     def prepare(self, train: sp.csr_matrix) -> None:
-        """Compute W from the ``U x I`` training matrix (stored entries count; values ignored)."""
+        """Compute W from the ``U x I`` training matrix (a pair with a non-zero summed value counts; values ignored)."""
         if train.shape != (self.n_users, self.n_items):
             raise ValueError(
                 f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
@@ -221,8 +221,10 @@ def _top_k_per_row(
             start = torch.from_numpy(indptr[group]).unsqueeze(1)
             valid = offset < torch.from_numpy(lengths[group]).unsqueeze(1)
             slab = torch.where(valid, key_t[torch.where(valid, start + offset, 0)], -1)  # [rows, width]
-            top_pos = torch.topk(slab, k, dim=1, sorted=False).indices
-            take.append((start + top_pos).flatten().numpy())
+            top = torch.topk(slab, k, dim=1, sorted=False)
+            # A row with fewer than k kept entries (e.g. popularity**-beta underflowing to 0) picks padding
+            # cells too, whose positions point into the next row or past the end: only real picks count.
+            take.append((start + top.indices)[top.values >= 0].numpy())
     entries = np.concatenate(take)
     entries = entries[~drop[entries]]
     return rows[entries], cols[entries], vals[entries]
