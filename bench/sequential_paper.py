@@ -67,6 +67,8 @@ PAPER = {
 }
 KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
 SPEED_KEYS = ("train.num_threads=", "train.progress=")  # how fast a run goes, not what it computes
+# what to do about a damaged checkpoint or best-weights file of a run
+RETRAIN = "remove the run folder to train it again"
 
 
 def parse_run(spec: str) -> tuple[str, str]:
@@ -186,14 +188,10 @@ def interim_one(dataset: str, variant: str, seed: int, extra: list[str]) -> dict
             return None
         before = ckpt_path.stat().st_mtime_ns
         weights = load_torch_file(
-            best_path, "best weights", "remove the run folder to train it again", map_location="cpu"
+            best_path, "best weights on validation", RETRAIN, map_location="cpu", weights_only=True
         )
         state = load_torch_file(
-            ckpt_path,
-            "training checkpoint",
-            "remove the run folder to train it again",
-            map_location="cpu",
-            weights_only=False,
+            ckpt_path, "training checkpoint", RETRAIN, map_location="cpu", weights_only=False
         )["state"]
         if ckpt_path.stat().st_mtime_ns == before and best_path.stat().st_mtime_ns <= before:
             break
@@ -235,11 +233,7 @@ def curves(runs, seeds, extra, epochs: list[int]) -> str:
             if not path.exists():
                 continue
             state = load_torch_file(
-                path,
-                "training checkpoint",
-                "remove the run folder to train it again",
-                map_location="cpu",
-                weights_only=False,
+                path, "training checkpoint", RETRAIN, map_location="cpu", weights_only=False
             )["state"]
             monitor = monitor_key(cfg)
             curve = {int(h["epoch"]): h[monitor] for h in state["history"] if monitor in h}

@@ -107,12 +107,13 @@ def mutual_information_matrix(
         raise ValueError("mutual_information_matrix: the feature table has no rows")
     if not features:
         raise ValueError("mutual_information_matrix: no features given")
-    repeated = table.filter(pl.col(key).is_duplicated())[key]
-    if repeated.len():
+    repeated = table.group_by(key, maintain_order=True).len().filter(pl.col("len") > 1)
+    if repeated.height:
         # the joins on the key would multiply such an item's rows: the joint mass would not sum to 1
+        value, rows = repeated.row(0)
         raise ValueError(
             f"mutual_information_matrix: key {key!r} must be unique (one row per item); "
-            f"{repeated[0]!r} is on {int((table[key] == repeated[0]).sum())} rows"
+            f"{value!r} is on {rows} rows"
         )
     base = table.select(key)
     if weights is None:

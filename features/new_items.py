@@ -4,8 +4,9 @@ A prepared dataset's manifest holds, per item feature, its kind and labels (``si
 :mod:`features.side_features`).  A new item arrives with readable values — ``{"genres": ["Comedy", "Drama"],
 "year_bucket": "1990s", "release_year": 1997}`` — and is turned into the same codes, so a trained item tower
 can embed it.  A label the dataset never had gets code 0 (unknown), as a missing value does; features whose
-labels are not stored (compact Amazon attribute ids) take integer codes as they are. A derived feature that is not
-given (``year_bucket``) is derived from its source (``release_year``), as the pipeline derives it.
+labels are not stored (compact Amazon attribute ids) take integer codes as they are, and ids stored as
+labels (sparse attribute ids) are read as integers too. A derived feature that is not given
+(``year_bucket``) is derived from its source (``release_year``), as the pipeline derives it.
 """
 
 from __future__ import annotations
@@ -39,13 +40,24 @@ def encode_new_items(
         ValueError: a value that must be an integer (an ``int`` feature, a code without labels) is not
             (a fraction or a boolean is not an integer).
     """
-    if not spec and len(rows):
+    rows = list(rows)  # any iterable of mappings; counted below
+    if not spec and rows:
         # A frame without columns has no rows: the items would vanish without a word.
         raise ValueError(
             "the dataset has no item side features: new items have nothing to be encoded (and embedded) from"
         )
     known = set(spec)
     columns: dict[str, list[Any]] = {name: [] for name in spec}
+    # An empty label list is a codebook too (no item had a value): every label is then unknown.
+    lookups = {
+        name: {lab: j + 1 for j, lab in enumerate(s["labels"])} if s.get("labels") is not None else None
+        for name, s in spec.items()
+    }
+    # Labels that are all integer text are ids (sparse attribute ids): read values as integers, as compact
+    # ids without labels are, so that 5000.0 or "05000" is id 5000 and True is refused, not unknown.
+    id_labels = {
+        name for name, lookup in lookups.items() if lookup and all(lab == str(_as_int(lab)) for lab in lookup)
+    }
     for i, row in enumerate(rows):
         unknown = sorted(set(row) - known)
         if unknown:
@@ -56,10 +68,9 @@ def encode_new_items(
         for name, s in spec.items():
             value = row.get(name)
             kind = s.get("kind")
-            labels = s.get("labels")
-            # An empty label list is a codebook too (no item had a value): every label is then unknown.
-            lookup = {lab: j + 1 for j, lab in enumerate(labels)} if labels is not None else None
-            where = f"new item {i}, feature {name!r}"
+            lookup, where = lookups[name], f"new item {i}, feature {name!r}"
+            if name in id_labels:
+                value = _id_text(value, where)
             if kind == "code":
                 if isinstance(value, Iterable) and not isinstance(value, str | bytes):
                     # a list's text is no label: it used to be coded as unknown without a word
@@ -71,6 +82,8 @@ def encode_new_items(
                 ):
                     raise TypeError(f"{where} is multi-valued; give a list, not {value!r}")
                 vals = [] if value is None else list(value)
+                if name in id_labels:
+                    vals = [_id_text(v, where) for v in vals]
                 columns[name].append([_code(v, lookup, int(s.get("cardinality", 0)), where) for v in vals])
             else:
                 columns[name].append(None if value is None else _integer(value, where))
@@ -96,6 +109,20 @@ def _with_derived(row: Mapping[str, Any], spec: Mapping[str, Any], i: int) -> Ma
             value = _integer(row[source], f"new item {i}, feature {source!r}")
             row = {**row, name: pl.select(derive(pl.lit(value, dtype=pl.Int64))).item()}
     return row
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _id_text(value: Any, where: str) -> Any:
+    """An id value (a number or integer text) as its canonical text; None and lists pass (checked later)."""
+    if value is None or (isinstance(value, Iterable) and not isinstance(value, str | bytes)):
+        return value
+    return str(_integer(value, where))
 
 
 def _integer(value: Any, where: str) -> int:

@@ -4,8 +4,8 @@ The cache key is the SHA256 of (config without ``path``, the SHA256 of every sou
 version): the same data at another path reuses the folder when the file keeps its name (the name is part of
 the folder's name and of the manifest, so a copy or link under another name is a second folder), and an
 edited file or config builds a new one. A source file that changes between its hashing and its parsing
-(size, modification or change time, inode) is refused, so one file's tables are never cached under another's
-hash.
+(its size, modification or change time, or inode; a same-size rewrite within one tick of the file system's
+clock is not seen) is refused, so that one file's tables are not cached under another's hash.
 The folder is written under a temporary name and moved into place with one ``os.replace``, with
 ``manifest.json`` written last, so an interrupted run never leaves a folder that looks complete; the next
 write of that folder removes the temporary copies a killed run left (a lock held by the writer tells them).

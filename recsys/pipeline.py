@@ -329,7 +329,8 @@ def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
     if dataset.manifest_hash != manifest_hash:
         raise ValueError(
             f"run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "
-            f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed"
+            f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed (or the "
+            "code that prepares them)"
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     prepare_model(model, dataset)

@@ -50,11 +50,14 @@ def _use_store(uri: str) -> None:
 
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///PATH`` URI (absolute), or None (another store, in-memory SQLite, a
-    SQLite ``file:`` URI filename)."""
+    SQLite URI filename ``file:...?uri=true``, whose path SQLite itself parses)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = unquote(uri[len("sqlite:///") :].split("?", 1)[0])  # as SQLAlchemy reads it
-    return Path(path).absolute() if path and path != ":memory:" and not path.startswith("file:") else None
+    path, _, query = uri[len("sqlite:///") :].partition("?")
+    path = unquote(path)  # as SQLAlchemy reads it
+    if not path or path == ":memory:" or (path.startswith("file:") and "uri=true" in query.lower()):
+        return None
+    return Path(path).absolute()
 
 
 def git_commit() -> str:

@@ -89,3 +89,6 @@ def test_a_key_on_several_rows_is_refused():
     with pytest.raises(ValueError, match="key 'item_idx' must be unique .* 2 is on 2 rows"):
         mutual_information_matrix(t, ["a"])
     assert mutual_information_matrix(t.unique("item_idx"), ["a"])[0, 0] == pytest.approx(math.log(3))
+    nulls = pl.DataFrame({"item_idx": [0, None, None], "a": [1, 2, 3]})
+    with pytest.raises(ValueError, match="None is on 2 rows"):  # the message itself once raised TypeError
+        mutual_information_matrix(nulls, ["a"])

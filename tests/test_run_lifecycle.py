@@ -116,6 +116,35 @@ def test_a_flipped_byte_in_a_checkpoint_or_best_weights_is_refused(tmp_path, cap
         path.write_bytes(good)
 
 
+def test_the_crc_checked_file_is_the_one_loaded_and_crc_less_files_load(tmp_path, monkeypatch):
+    import torch
+
+    import recsys.trainer as trainer
+    from recsys.trainer import atomic_torch_save, load_torch_file
+
+    path = tmp_path / "w.pt"
+    atomic_torch_save({"w": torch.ones(3)}, path)
+    real = trainer._failed_zip_record
+
+    def check_then_replace(fh):
+        out = real(fh)
+        atomic_torch_save(
+            {"w": torch.zeros(3)}, path
+        )  # another writer replaces the file right after the check
+        return out
+
+    monkeypatch.setattr(trainer, "_failed_zip_record", check_then_replace)
+    assert torch.equal(load_torch_file(path, "weights", "remove it")["w"], torch.ones(3))  # the checked file
+    monkeypatch.setattr(trainer, "_failed_zip_record", real)
+    # torch may be told to write no CRCs (0 for every record): such a file is good, not "damaged"
+    torch.serialization.set_crc32_options(False)
+    try:
+        atomic_torch_save({"w": torch.full((3,), 2.0)}, path)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(load_torch_file(path, "weights", "remove it")["w"], torch.full((3,), 2.0))
+
+
 def test_damaged_best_weights_and_model_artifact_are_named(tmp_path, capsys):
     from recsys.trainer import BEST, load_torch_file
 

@@ -429,6 +429,12 @@ def test_sparse_attribute_ids_get_dense_codes(tmp_path):
     assert [spec["labels"][code - 1] for code in row] == [str(a) for a in sparse[first_item]]
     new = encode_new_items([{"attributes": sparse[first_item]}], {"attributes": spec})
     assert new["attributes"].to_list() == [row]  # a new item is coded as the catalogue's items are
+    as_numbers = encode_new_items(
+        [{"attributes": [float(a) for a in sparse[first_item]]}], {"attributes": spec}
+    )
+    assert as_numbers["attributes"].to_list() == [row]  # 6e11 as a float is the id 600000000000, not unknown
+    with pytest.raises(ValueError, match="expected an integer, got True"):  # as compact ids refuse it
+        encode_new_items([{"attributes": [True]}], {"attributes": spec})
     assert max(p.shape[0] for p in model.item_tower.parameters()) < 100  # no table of 10**12 rows
     # compact ids (the benchmark files': 1..n) are still used as they are, so their datasets are unchanged
     plain, _ = prepared_model(write_category_data(tmp_path / "plain"))

@@ -47,7 +47,8 @@ class MostPopular(Recommender):
         self.counts.zero_()
 
     def prepare(self, train: sp.csr_matrix) -> None:
-        """Count distinct training users per item (a pair with a non-zero summed value counts; values ignored)."""
+        """Count distinct training users per item (a pair with a non-zero summed value counts; values
+        ignored)."""
         if train.shape != (self.n_users, self.n_items):
             raise ValueError(
                 f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"

@@ -88,7 +88,8 @@ class RP3beta(Recommender):
 
     # ---- fit ----------------------------------------------------------------------------------------------
     def prepare(self, train: sp.csr_matrix) -> None:
-        """Compute W from the ``U x I`` training matrix (a pair with a non-zero summed value counts; values ignored)."""
+        """Compute W from the ``U x I`` training matrix (a pair with a non-zero summed value counts; values
+        ignored)."""
         if train.shape != (self.n_users, self.n_items):
             raise ValueError(
                 f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"

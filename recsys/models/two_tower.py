@@ -480,9 +480,7 @@ class TwoTower(HistoryQueries, Recommender):
             logits = logits - self.log_freq[targets].unsqueeze(0)
         elif self.config.logq == "streaming":
             logits = logits - self.streaming.log_probability(targets).unsqueeze(0)
-        same = targets.unsqueeze(0) == targets.unsqueeze(1)
-        same.fill_diagonal_(False)
-        return logits.masked_fill(same, float("-inf"))
+        return logits.masked_fill(_other_rows_with_the_same_item(targets), float("-inf"))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Parts: ``main``, and ``ssl`` (alpha-weighted) / ``spread_out`` (weighted) when switched on."""
@@ -535,9 +533,7 @@ class TwoTower(HistoryQueries, Recommender):
         the other in-batch rows as negatives except those holding the same item (they are not negatives)."""
         z1, z2 = self.augmented_views(items)
         logits = z1 @ z2.T / self.config.ssl_temperature  # [N, N]; N is a mini-batch, plain autograd
-        same = items.unsqueeze(0) == items.unsqueeze(1)
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, float("-inf"))
+        logits = logits.masked_fill(_other_rows_with_the_same_item(items), float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(items), device=logits.device))
 
     # ---- inference ----------------------------------------------------------------------------------------
@@ -598,6 +594,15 @@ class TwoTower(HistoryQueries, Recommender):
             f"{super().extra_repr()}, dim={c.dim}, tau={c.temperature:g}, logq={c.logq}, ssl_weight={c.ssl_weight:g}, "
             f"masking={c.masking}, cold_items={len(self.cold_items)}"
         )
+
+
+def _other_rows_with_the_same_item(items: torch.Tensor) -> torch.Tensor:
+    """``BoolTensor[B, B]``: entry (i, j) is whether row j holds row i's item and j != i. In an in-batch
+    softmax such a row is no negative of row i (the main task's targets, and the SSL batch drawn with
+    replacement, repeat items)."""
+    same = items.unsqueeze(0) == items.unsqueeze(1)
+    same.fill_diagonal_(False)
+    return same
 
 
 def spread_out_loss(v: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
