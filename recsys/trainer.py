@@ -55,6 +55,9 @@ class TrainState:
     stopped_early: bool = False
     finished: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    # Wall seconds spent in fit() up to the last checkpoint, summed over every process of a resumed run
+    # (checkpoints written before this field existed count from their resume on).
+    train_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,6 +195,7 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.hooks = [model, *hooks]
         self.state = TrainState()
+        self._clock: float | None = None  # when state.train_seconds was last brought up to date
         self.optimizer: torch.optim.Optimizer | None = None
         if self.tc.steps_per_epoch is not None and callable(getattr(model, "make_sampler", None)):
             raise ValueError(
@@ -258,6 +262,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.state.train_seconds += now - self._clock
+        self._clock = now
         atomic_torch_save(self._checkpoint(), self.run_dir / CHECKPOINT)
 
     def read_checkpoint(self) -> dict[str, Any] | None:
@@ -333,6 +341,7 @@ class Trainer:
             seed_everything(self.cfg.seed)
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
+        self._clock = time.perf_counter()  # this process's share of state.train_seconds starts here
 
         from tqdm.auto import tqdm
 

@@ -334,3 +334,29 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
         load_run(run_id)
     assert main(["evaluate", "--run", run_id]) == 2
     assert "the source files changed" in capsys.readouterr().err
+
+
+def test_train_seconds_add_up_over_resumes(tmp_path, capsys, monkeypatch):
+    """A finished run resumed again logged the few seconds of the no-op resume as its train_seconds."""
+    import time
+
+    import mlflow
+
+    from recsys.trainer import Trainer
+
+    cfg = _config(tmp_path)
+    real = Trainer.evaluate
+
+    def slow_evaluate(self, split):
+        time.sleep(0.5)  # two evaluations: at least a second of training
+        return real(self, split)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    monkeypatch.setattr(Trainer, "evaluate", real)
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    _status(run_id)  # points MLflow at the store
+    history = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "train_seconds")]
+    assert len(history) == 2 and history[0] >= 1.0
+    assert history[1] == pytest.approx(history[0], abs=0.5)  # the same training, not the resume's seconds
