@@ -359,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", help="an MLflow run id of `recsys train`")
     _tracking_uri_option(ev)
     ev.add_argument("--split", choices=["valid", "test"], help="split to evaluate with --run (default: test)")
-    ev.add_argument("--k", type=_parse_ks, default=None, help="cut-offs, e.g. 5,10,20")
+    ev.add_argument(
+        "--k",
+        type=_parse_ks,
+        default=None,
+        help="cut-offs, e.g. 5,10,20 (default: 10,20; a run's eval.ks with --run)",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
         "--excluded-score",

@@ -1,10 +1,10 @@
 """Experiment configuration: YAML validated by pydantic, every key overridable from the command line.
 
-A config file has six sections (see ``configs/*.yaml``)::
+A config file has five sections plus ``name``, ``seed`` and ``device`` (see ``configs/*.yaml``)::
 
     name: gowalla-lightgcn        # run name
     seed: 2020
-    device: auto                  # auto | cpu | cuda | cuda:N
+    device: auto                  # auto | cpu | cuda | cuda:N | mps
     data: {...}                   # features.DataConfig
     model: {name: lightgcn, ...}  # the model's own config class, chosen by ``name``
     train: {...}                  # TrainConfig
@@ -60,7 +60,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    """Decoupled from the models' own L2 terms, which are part of their losses."""
+    """Adam's L2 weight decay (added to the gradient, not AdamW's decoupled decay), on top of the models'
+    own L2 terms, which are part of their losses."""
     sampler: Literal["interactions", "users"] = "interactions"
     """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly.  Models
     that bring their own sampler (``make_sampler``: sequence models such as ``sasrec``) do not use it."""
