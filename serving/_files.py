@@ -5,15 +5,23 @@ Kept apart from the index format so that the "how do we put a folder in place sa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import os
 import shutil
 import sys
+import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: writers are not serialised, leftovers not cleaned
+    fcntl = None  # type: ignore[assignment]
 
 _CHUNK = 1 << 20
 
@@ -77,6 +85,43 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+_HELD = threading.local()  # the folders whose write lock this thread holds (the lock is reentrant)
+
+
+@contextlib.contextmanager
+def write_lock(final: Path) -> Iterator[None]:
+    """Hold the exclusive write lock of the folder ``final`` (an OS lock on the sibling file
+    ``.<name>.lock``, released when the process ends), so that writers of one folder take turns: a
+    read-modify-write such as :func:`serving.add_items` must not lose another writer's update, and a writer
+    that holds the lock knows that every temporary sibling it finds was left by a writer that died.
+    Reentrant within a thread (``add_items`` holds it while ``build_index`` writes)."""
+    held = getattr(_HELD, "folders", None)
+    if held is None:
+        held = _HELD.folders = set()
+    key = str(final)
+    if key in held or fcntl is None:
+        yield
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            _remove_leftovers(final)
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Remove the temporary siblings of ``final`` (``.<name>.building-*``, ``.<name>.replaced-*``) that a
+    killed writer left; called with the write lock held, so none belongs to a live writer of this version."""
+    for leftover in final.parent.glob(f".{final.name}.*-*"):
+        if leftover.is_dir() and leftover.name.split(".")[-1].startswith(("building-", "replaced-")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def publish_folder(tmp: Path, final: Path) -> None:
     """Move the complete folder ``tmp`` to ``final``, replacing a previous ``final`` only once ``tmp`` is done.
 
@@ -87,9 +132,15 @@ def publish_folder(tmp: Path, final: Path) -> None:
       fails the old folder is put back. ``final`` is briefly absent, but never half-written.
     """
     if not final.exists() and not final.is_symlink():
-        os.rename(tmp, final)
-        fsync_path(final.parent)
-        return
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            # Another writer (one without the lock: an older version) published first: replace its folder.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        else:
+            fsync_path(final.parent)
+            return
     if _exchange(tmp, final):
         fsync_path(final.parent)
         _remove_old(tmp)
@@ -132,6 +183,18 @@ class FolderSnapshot:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def replaced(self) -> bool:
+        """Whether the path now names another folder than the one this snapshot reads (a writer swapped a
+        new one in and may be deleting the old one's files)."""
+        if self._fd is None:
+            return False
+        try:
+            now = os.stat(self.folder)
+        except FileNotFoundError:
+            return True
+        then = os.fstat(self._fd)
+        return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
     def read(self, name: str) -> bytes | None:
         try:

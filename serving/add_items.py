@@ -47,9 +47,29 @@ def add_items(
     An empty batch (no rows, no ids, no titles) changes nothing, unless ``metadata`` is given (then only the
     manifest's metadata changes); with ``out_dir`` it is a copy.
     """
+    from serving._files import write_lock
+
+    target = Path(out_dir if out_dir is not None else index_dir).absolute()
+    # Load, extend and publish under the target's write lock: two add_items at once each published the
+    # index plus its own items, and the second publication dropped the first one's items.
+    with write_lock(target):
+        return _add_items(index_dir, item_emb, item_ids, item_titles, out_dir, metadata, target)
+
+
+def _add_items(index_dir, item_emb, item_ids, item_titles, out_dir, metadata, target: Path) -> Path:
     import scipy.sparse as sp
 
-    from serving.index import ItemIndex, _as_embeddings, _as_ids, build_index
+    from serving.index import (
+        ItemIndex,
+        _as_embeddings,
+        _as_ids,
+        _as_metadata,
+        _as_seen,
+        _as_titles,
+        _check_replaceable,
+        _publish_index,
+        l2_normalize,
+    )
 
     index = ItemIndex.load(index_dir)
     new = np.asarray(item_emb)
@@ -65,26 +85,30 @@ def add_items(
     clash = sorted(set(ids) & set(index.item_ids))
     if clash:
         raise ValueError(f"item ids already in the index at {index_dir}: {clash[:5]}")
-    titles = list(item_titles) if item_titles is not None else [None] * len(ids)
-    old = index.item_vectors(np.arange(index.n_items))
+    titles = _as_titles(item_titles, len(ids))
+    if index.normalized and ids:
+        # Only the new rows: normalising the stored unit vectors again moved their last bits (and scores).
+        new = l2_normalize(new, "item_emb")
     manifest = index.manifest
     meta = dict(manifest.get("metadata") or {})
     meta.update(metadata or {})
     meta["added_items"] = int(meta.get("added_items", 0)) + len(ids)
+    meta = _as_metadata(meta)
     seen = None
     if index.has_seen:
-        seen = sp.hstack(
-            [index.seen, sp.csr_matrix((index.n_users, len(ids)), dtype=index.seen.dtype)]
-        ).tocsr()
-    return build_index(
-        np.concatenate([old, new.astype(np.float32)]),
+        widened = sp.hstack([index.seen, sp.csr_matrix((index.n_users, len(ids)), dtype=index.seen.dtype)])
+        seen = _as_seen(widened, index.n_users, index.n_items + len(ids))
+    _check_replaceable(target)
+    _publish_index(
+        target,
+        np.ascontiguousarray(np.concatenate([index.item_vectors(np.arange(index.n_items)), new]), np.float32),
         [*index.item_ids, *ids],
-        out_dir if out_dir is not None else index_dir,
-        user_emb=index.user_emb if index.has_users else None,
-        user_ids=list(index.user_ids) if index.has_users else None,
-        seen=seen,
-        item_titles=[*index.item_titles, *titles],
-        run_id=index.run_id,
-        metadata=meta,
-        normalize=index.normalized,
+        [*index.item_titles, *titles],
+        np.ascontiguousarray(index.user_emb, np.float32) if index.has_users else None,
+        list(index.user_ids) if index.has_users else None,
+        seen,
+        index.run_id,
+        meta,
+        normalized=index.normalized,
     )
+    return Path(out_dir if out_dir is not None else index_dir)

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving._files import FolderSnapshot, fsync_path, new_sibling, publish_folder, sha256_bytes, sha256_file
+from serving._files import (
+    FolderSnapshot,
+    fsync_path,
+    new_sibling,
+    publish_folder,
+    sha256_bytes,
+    sha256_file,
+    write_lock,
+)
 from serving._topk import as_exclusion, check_k, select_topk
 from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
 
@@ -126,12 +135,34 @@ def build_index(
         items = l2_normalize(items, "item_emb")
         if users is not None:
             users = l2_normalize(users, "user_emb")
-    _check_replaceable(out_dir)
+    with write_lock(out_dir.absolute()):
+        _check_replaceable(out_dir)
+        _publish_index(
+            out_dir.absolute(), items, ids, titles, users, uids, seen_csr, run_id, meta, normalized=normalize
+        )
+    return out_dir
 
+
+def _publish_index(
+    final: Path,
+    items: np.ndarray,
+    ids: list[str],
+    titles: list[str | None],
+    users: np.ndarray | None,
+    uids: list[str] | None,
+    seen_csr: sp.csr_matrix | None,
+    run_id: str | None,
+    meta: dict[str, Any],
+    *,
+    normalized: bool,
+) -> None:
+    """Write checked inputs (float32 ``items`` [I, d], their ids and titles, optional ``users`` [U, d] with
+    ids and the seen matrix [U, I]) as the index folder ``final``: a temporary sibling, then
+    :func:`serving._files.publish_folder`. The caller holds ``final``'s write lock."""
     import faiss
     import pyarrow as pa
 
-    final = out_dir.absolute()
+    n_items, dim = items.shape
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_sibling(final, "building")
     tmp.mkdir()
@@ -183,7 +214,7 @@ def build_index(
             "run_id": run_id,
             "metric": METRIC,
             "index_type": INDEX_TYPE,
-            "normalized": bool(normalize),
+            "normalized": bool(normalized),
             "dim": int(dim),
             "n_items": int(n_items),
             "n_users": len(uids) if uids is not None else 0,
@@ -203,7 +234,6 @@ def build_index(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _write_parquet(path: Path, table) -> None:
@@ -339,6 +369,13 @@ def _manifest_format(path: Path) -> object:
 
 
 # ---- load --------------------------------------------------------------------------------------------------
+_LOAD_ATTEMPTS = 5
+
+
+class _Swapped(Exception):
+    """The folder being read was replaced by a writer meanwhile (read the new one)."""
+
+
 def load_index(path: str | Path, *, verify: bool = True) -> ItemIndex:
     """Load and check a folder written by :func:`build_index`. Same as :meth:`ItemIndex.load`."""
     return ItemIndex.load(path, verify=verify)
@@ -399,10 +436,24 @@ class ItemIndex:
                 schema version; the message names the folder, the file, and what was expected vs found.
         """
         folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"serving index folder {str(folder)!r} does not exist or is not a folder")
+        for attempt in range(_LOAD_ATTEMPTS):
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"serving index folder {str(folder)!r} does not exist or is not a folder"
+                )
+            try:
+                return cls._load_once(folder, verify)
+            except _Swapped:
+                # A writer swapped a new folder in and is deleting the old one's files: read the new one.
+                time.sleep(0.01 * attempt)
+        return cls._load_once(folder, verify, last=True)
+
+    @classmethod
+    def _load_once(cls, folder: Path, verify: bool, last: bool = False) -> ItemIndex:
         with FolderSnapshot(folder) as snap:
             raw = snap.read(MANIFEST)
+            if raw is None and not last and snap.replaced():
+                raise _Swapped
             if raw is None:
                 raise IndexIntegrityError(
                     folder, MANIFEST, "a manifest written by build_index", "no such file",
@@ -412,6 +463,8 @@ class ItemIndex:
             blobs: dict[str, bytes] = {}
             for name, record in manifest["files"].items():
                 data = snap.read(name)
+                if data is None and not last and snap.replaced():
+                    raise _Swapped
                 if data is None:
                     raise IndexIntegrityError(folder, name, "a file listed in manifest.json", "no such file")
                 if len(data) != record["bytes"]:

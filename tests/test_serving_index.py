@@ -18,6 +18,13 @@ from serving import IndexIntegrityError, ItemIndex, Retriever, build_index, load
 N_ITEMS, N_USERS, DIM = 40, 12, 6
 
 
+def _beside(folder: Path) -> list[str]:
+    """What lies in ``folder`` besides the write-lock files (``.<name>.lock``, kept for the next writer)."""
+    return sorted(
+        p.name for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(".lock"))
+    )
+
+
 def make_data(seed: int = 0, n_items: int = N_ITEMS, n_users: int = N_USERS, dim: int = DIM) -> dict:
     rng = np.random.default_rng(seed)
     seen = sp.random(n_users, n_items, density=0.2, random_state=seed, format="csr", dtype=np.float32)
@@ -68,7 +75,7 @@ def test_folder_layout_and_manifest(built, data):
         assert rec == {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
     assert set(m["files"]) == set(names) - {"manifest.json"}
     # nothing but the index folder next to it: the temporary build folder is gone
-    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+    assert _beside(built.parent) == ["idx"]
 
 
 def test_load_round_trip(built, data):
@@ -282,7 +289,7 @@ def test_failed_rebuild_leaves_previous_folder_intact(built, data, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         build_index(data["item_emb"][:10], data["item_ids"][:10], built)
     assert _snapshot(built) == before
-    assert [p.name for p in built.parent.iterdir()] == ["idx"]  # no temporary folder left behind
+    assert _beside(built.parent) == ["idx"]  # no temporary folder left behind
     assert load_index(built).n_items == N_ITEMS
 
 
@@ -292,7 +299,7 @@ def test_failed_first_build_leaves_nothing(tmp_path, data, monkeypatch):
     monkeypatch.setattr(faiss, "write_index", lambda *a, **k: (_ for _ in ()).throw(OSError("simulated")))
     with pytest.raises(OSError):
         build_index(data["item_emb"], data["item_ids"], tmp_path / "idx")
-    assert list(tmp_path.iterdir()) == []
+    assert _beside(tmp_path) == []  # the lock file stays
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
@@ -306,7 +313,7 @@ def test_rebuild_replaces_folder_completely(built, data, monkeypatch, exchange):
     idx = load_index(built)
     assert idx.n_items == 10 and idx.run_id == "new" and not idx.has_users
     assert not (built / "stale-note.txt").exists()
-    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+    assert _beside(built.parent) == ["idx"]
 
 
 def test_failed_swap_restores_previous_folder(built, data, monkeypatch):
@@ -328,7 +335,7 @@ def test_failed_swap_restores_previous_folder(built, data, monkeypatch):
         build_index(data["item_emb"][:10], data["item_ids"][:10], built)
     monkeypatch.undo()
     assert _snapshot(built) == before
-    assert [p.name for p in built.parent.iterdir()] == ["idx"]
+    assert _beside(built.parent) == ["idx"]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_an_index(tmp_path, data):
@@ -407,3 +414,112 @@ def test_add_items_edge_cases(tmp_path):
             retriever.recommend_for_vector(q, k=2, exclude_items=[bad])
     with pytest.raises(TypeError, match="not the string"):
         retriever.recommend_for_vector(q, k=2, exclude_items=[b"12"])
+
+
+# ---- writers and readers of one folder at once ------------------------------------------------------------
+def test_a_reader_of_a_folder_swapped_meanwhile_reads_the_new_one(built, data, monkeypatch):
+    """The writer deletes the replaced folder's files right after the swap: a reader holding the old folder
+    failed with "items.faiss: no such file" on a good index."""
+    from serving import _files
+
+    real, swapped = _files.FolderSnapshot.read, []
+
+    def read_then_swap(self, name):
+        out = real(self, name)
+        if name == "manifest.json" and not swapped:
+            swapped.append(True)  # another process republishes the index right after the manifest was read
+            build_index(data["item_emb"][:10], data["item_ids"][:10], built)
+        return out
+
+    monkeypatch.setattr(_files.FolderSnapshot, "read", read_then_swap)
+    index = load_index(built)
+    assert swapped and index.n_items == 10  # the new folder, whole
+
+
+def test_concurrent_add_items_keep_both_batches(built, data, monkeypatch):
+    """Each add_items loads, extends and publishes: two at once used to publish the index plus their own
+    item, and the second publication dropped the first one's item."""
+    import threading
+    import time
+
+    import serving.index as index_module
+    from serving import add_items
+
+    real = index_module.publish_folder
+
+    def slow_publish(tmp, final):
+        time.sleep(0.3)  # the other writer loads the index meanwhile
+        real(tmp, final)
+
+    monkeypatch.setattr(index_module, "publish_folder", slow_publish)
+    vector = data["item_emb"][:1]
+    errors = []
+
+    def add(item_id):
+        try:
+            add_items(built, vector, [item_id])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(f"new-{c}",)) for c in "AB"]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert errors == []
+    index = load_index(built)
+    assert index.item_ids[-2:] and {"new-A", "new-B"} <= set(index.item_ids)
+    assert index.manifest["metadata"]["added_items"] == 2
+
+
+def test_a_killed_writers_temporary_folders_are_removed(built, data):
+    leftover = built.parent / ".idx.building-99999-0123456789"
+    leftover.mkdir()
+    (leftover / "items.faiss").write_bytes(b"x" * 1000)  # a killed build's half-written copy
+    replaced = built.parent / ".idx.replaced-99999-0123456789"
+    replaced.mkdir()
+    build_index(data["item_emb"], data["item_ids"], built)
+    assert _beside(built.parent) == ["idx"]
+
+
+def test_add_items_leaves_a_normalised_index_s_vectors_as_they_are(tmp_path, data):
+    """The stored unit vectors were normalised again: a third of them changed in their last bits, and
+    scores with them."""
+    from serving import add_items
+
+    folder = build_index(
+        data["item_emb"], data["item_ids"], tmp_path / "idx", user_emb=data["user_emb"],
+        user_ids=data["user_ids"], normalize=True,
+    )  # fmt: skip
+    before = load_index(folder)
+    items, users = before.item_vectors(np.arange(before.n_items)), before.user_emb.copy()
+    for k in range(5):
+        add_items(folder, data["item_emb"][:1] * (k + 2), [f"new-{k}"])
+    after = load_index(folder)
+    assert np.array_equal(after.item_vectors(np.arange(before.n_items)), items)
+    assert np.array_equal(after.user_emb, users)
+    new = after.item_vectors(np.arange(before.n_items, after.n_items))
+    np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, rtol=1e-6)
+    assert after.normalized
+
+
+def test_a_first_publication_that_loses_the_race_replaces_the_winner(tmp_path, monkeypatch):
+    """Two writers of a new folder (one without the lock, e.g. an older version): the second rename met a
+    folder that was not there a moment before, and failed with a raw 'Directory not empty'."""
+    from serving import _files
+
+    final, mine = tmp_path / "idx", tmp_path / ".idx.building-1-a"
+    mine.mkdir()
+    (mine / "f").write_text("mine")
+    real = os.rename
+
+    def other_writer_first(src, dst):
+        if Path(dst) == final and not final.exists():
+            final.mkdir()
+            (final / "f").write_text("theirs")
+        return real(src, dst)
+
+    monkeypatch.setattr(_files.os, "rename", other_writer_first)
+    _files.publish_folder(mine, final)
+    assert (final / "f").read_text() == "mine" and not mine.exists()
