@@ -16,6 +16,7 @@ enters the final embedding through later layers as well.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,11 +68,14 @@ def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Te
     """Layer-averaged intent weights of all users ``[U, K]`` and all items ``[I, K]`` (rows sum to 1)."""
     _require_intents(model)
     views = model.forward_views()
+    return _layer_mean_intents(model, views, "user"), _layer_mean_intents(model, views, "item")
+
+
+def _layer_mean_intents(model: torch.nn.Module, views: Any, side: str) -> torch.Tensor:
+    """``p(k | node)`` of one side, averaged over the layers the intent messages read (``E^(0)..E^(L-1)``)."""
     n_u = model.n_users
-    hidden = views.layers[:-1]  # the layers the intent messages read: E^(0) .. E^(L-1)
-    users = torch.stack([model.intent_weights(e[:n_u], "user") for e in hidden]).mean(0)
-    items = torch.stack([model.intent_weights(e[n_u:], "item") for e in hidden]).mean(0)
-    return users, items
+    rows = slice(None, n_u) if side == "user" else slice(n_u, None)
+    return torch.stack([model.intent_weights(e[rows], side) for e in views.layers[:-1]]).mean(0)
 
 
 def check_counts(**counts: int) -> None:
@@ -108,25 +112,44 @@ def explain_user(
         top_intents: how many intents to detail; items_per_intent: aligned items listed per intent;
         k: recommendations to attribute.
     """
+    return explain_users(
+        model, [user_idx], train, user_ids=user_ids, item_ids=item_ids, titles=titles,
+        top_intents=top_intents, items_per_intent=items_per_intent, k=k,
+    )[0]  # fmt: skip
+
+
+@torch.no_grad()
+def explain_users(
+    model: torch.nn.Module,
+    user_idxs: Sequence[int],
+    train: sp.csr_matrix,
+    *,
+    user_ids: list[str] | None = None,
+    item_ids: list[str] | None = None,
+    titles: list[str | None] | None = None,
+    top_intents: int = 3,
+    items_per_intent: int = 5,
+    k: int = 10,
+) -> list[UserExplanation]:
+    """:func:`explain_user` for many users (dense indices ``user_idxs``), one explanation each, in order.
+
+    The model's propagation (one full graph pass), the intent weights and the items aligned with each intent
+    are computed once for all of them; only the top-k and its attribution are per user."""
     _require_intents(model)
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
-    if not 0 <= user_idx < model.n_users:
-        raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
+    user_idxs = [int(u) for u in user_idxs]
+    for user_idx in user_idxs:
+        if not 0 <= user_idx < model.n_users:
+            raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
     train = sp.csr_matrix(train)  # the rows are sliced below; CSC or COO indices mean something else
     if train.shape != (model.n_users, model.n_items):
         # another shape would exclude the wrong items, or none, without a word
         raise ValueError(f"train has shape {train.shape}, the model expects {(model.n_users, model.n_items)}")
-    users_final, items_final = model.embeddings()
-    dist_u, _ = intent_distributions(model)
-    p = dist_u[user_idx]  # [K]
+    views = model.forward_views()  # one propagation for the embeddings and the intent weights
+    users_final, items_final = views.final[: model.n_users], views.final[model.n_users :]
+    dist_u = _layer_mean_intents(model, views, "user")  # [U, K]
     prototypes = model.user_intent  # [d, K]: user intents live in the user embedding space
     affinity = items_final @ prototypes  # [I, K]: c_k . e_i
-
-    scores = items_final @ users_final[user_idx]  # [I]
-    seen = train.indices[train.indptr[user_idx] : train.indptr[user_idx + 1]]
-    scores[torch.as_tensor(seen, dtype=torch.long)] = -torch.inf
-    k = min(k, int(torch.isfinite(scores).sum()))
-    rec_scores, rec_items = torch.topk(scores, k)
 
     def item(i: int, s: float) -> ItemScore:
         return ItemScore(
@@ -136,29 +159,44 @@ def explain_user(
             titles[i] if titles is not None else None,
         )
 
-    recommendations = [item(int(i), float(s)) for i, s in zip(rec_items, rec_scores, strict=True)]
-    driver = (p[None, :] * affinity[rec_items]).argmax(1)  # [k] intent attributed to each recommendation
-    order = torch.argsort(p, descending=True)[:top_intents]
-    details = []
-    for intent in order.tolist():
-        col = affinity[:, intent]
-        top_s, top_i = torch.topk(col, min(items_per_intent, col.numel()))
-        drives = [recommendations[r] for r in range(k) if int(driver[r]) == intent]
-        details.append(
+    aligned: dict[int, list[ItemScore]] = {}  # per intent, shared by the users
+
+    def aligned_items(intent: int) -> list[ItemScore]:
+        if intent not in aligned:
+            col = affinity[:, intent]
+            top_s, top_i = torch.topk(col, min(items_per_intent, col.numel()))
+            aligned[intent] = [item(int(i), float(s)) for i, s in zip(top_i, top_s, strict=True)]
+        return aligned[intent]
+
+    out = []
+    for user_idx in user_idxs:
+        p = dist_u[user_idx]  # [K]
+        scores = items_final @ users_final[user_idx]  # [I]
+        seen = train.indices[train.indptr[user_idx] : train.indptr[user_idx + 1]]
+        scores[torch.as_tensor(seen, dtype=torch.long)] = -torch.inf
+        n_recs = min(k, int(torch.isfinite(scores).sum()))
+        rec_scores, rec_items = torch.topk(scores, n_recs)
+        recommendations = [item(int(i), float(s)) for i, s in zip(rec_items, rec_scores, strict=True)]
+        driver = (p[None, :] * affinity[rec_items]).argmax(1)  # [k] intent attributed to each recommendation
+        details = [
             IntentDetail(
                 intent,
                 float(p[intent]),
-                [item(int(i), float(s)) for i, s in zip(top_i, top_s, strict=True)],
-                drives,
+                list(aligned_items(intent)),
+                [recommendations[r] for r in range(n_recs) if int(driver[r]) == intent],
+            )
+            for intent in torch.argsort(p, descending=True)[:top_intents].tolist()
+        ]
+        out.append(
+            UserExplanation(
+                user_idx,
+                user_ids[user_idx] if user_ids is not None else str(user_idx),
+                [float(x) for x in p],
+                details,
+                recommendations,
             )
         )
-    return UserExplanation(
-        user_idx,
-        user_ids[user_idx] if user_ids is not None else str(user_idx),
-        [float(x) for x in p],
-        details,
-        recommendations,
-    )
+    return out
 
 
 def dominant_intents(model: torch.nn.Module) -> np.ndarray:

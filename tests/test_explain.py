@@ -124,6 +124,29 @@ def test_any_sparse_format_excludes_the_users_items(small_model):
         assert [r.item_idx for r in got.recommendations] == [r.item_idx for r in expected.recommendations]
 
 
+def test_many_users_share_one_propagation(small_model, monkeypatch):
+    """explain_user ran the full graph propagation twice per user (embeddings, then intent weights): 100x a
+    batched computation for 1,000 users."""
+    from recsys.explain import explain_users
+
+    model, train = small_model
+    users = [7, 0, 7, 19]
+    one_by_one = [explain_user(model, u, train, k=6, top_intents=2).to_dict() for u in users]
+    real, calls = model.forward_views, []
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(model, "forward_views", counted)
+    batched = explain_users(model, users, train, k=6, top_intents=2)
+    assert [e.to_dict() for e in batched] == one_by_one
+    assert len(calls) == 1
+    calls.clear()
+    explain_user(model, 7, train, k=6)
+    assert len(calls) == 1
+
+
 def test_models_without_intents_are_refused(small_model):
     _, train = small_model
     lightgcn = build_model({"name": "lightgcn", "dim": 4, "layers": 1}, 40, 30)
