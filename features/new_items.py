@@ -64,7 +64,8 @@ def encode_new_items(
             raise KeyError(
                 f"new item {i}: unknown feature(s) {unknown}; the dataset's item features are {sorted(known)}"
             )
-        row = _with_derived(row, spec, i)
+    rows = _with_derived(rows, spec)
+    for i, row in enumerate(rows):
         for name, s in spec.items():
             value = row.get(name)
             kind = s.get("kind")
@@ -102,13 +103,21 @@ def _code(value: Any, lookup: dict[str, int] | None, cardinality: int, where: st
     return code if 0 <= code < cardinality else 0
 
 
-def _with_derived(row: Mapping[str, Any], spec: Mapping[str, Any], i: int) -> Mapping[str, Any]:
-    """``row`` plus the derived features of ``spec`` it lacks, computed from their given sources."""
+def _with_derived(rows: list[Mapping[str, Any]], spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """``rows`` plus the derived features of ``spec`` each lacks, computed from their given sources with
+    one Polars expression per feature for all rows (one per row took 20x a vectorised peer)."""
     for name, (source, derive) in DERIVED_ITEM_FEATURES.items():
-        if name in spec and row.get(name) is None and row.get(source) is not None:
-            value = _integer(row[source], f"new item {i}, feature {source!r}")
-            row = {**row, name: pl.select(derive(pl.lit(value, dtype=pl.Int64))).item()}
-    return row
+        if name not in spec:
+            continue
+        todo = [i for i, row in enumerate(rows) if row.get(name) is None and row.get(source) is not None]
+        if not todo:
+            continue
+        values = [_integer(rows[i][source], f"new item {i}, feature {source!r}") for i in todo]
+        derived = pl.select(derive(pl.Series(values, dtype=pl.Int64))).to_series().to_list()
+        rows = list(rows)
+        for i, value in zip(todo, derived, strict=True):
+            rows[i] = {**rows[i], name: value}
+    return rows
 
 
 def _as_int(text: str) -> int | None:
