@@ -16,6 +16,7 @@ enters the final embedding through later layers as well.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -137,7 +138,7 @@ def explain_users(
     are computed once for all of them; only the top-k and its attribution are per user."""
     _require_intents(model)
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
-    user_idxs = [int(u) for u in user_idxs]
+    user_idxs = [operator.index(u) for u in user_idxs]  # 2.5 is no user index, True neither
     for user_idx in user_idxs:
         if not 0 <= user_idx < model.n_users:
             raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
@@ -146,7 +147,8 @@ def explain_users(
         # another shape would exclude the wrong items, or none, without a word
         raise ValueError(f"train has shape {train.shape}, the model expects {(model.n_users, model.n_items)}")
     views = model.forward_views()  # one propagation for the embeddings and the intent weights
-    users_final, items_final = views.final[: model.n_users], views.final[model.n_users :]
+    final = views.final  # [U + I, d], computed on each access
+    users_final, items_final = final[: model.n_users], final[model.n_users :]
     dist_u = _layer_mean_intents(model, views, "user")  # [U, K]
     prototypes = model.user_intent  # [d, K]: user intents live in the user embedding space
     affinity = items_final @ prototypes  # [I, K]: c_k . e_i

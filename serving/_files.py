@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import sys
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -85,41 +84,84 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-_HELD = threading.local()  # the folders whose write lock this thread holds (the lock is reentrant)
-
-
 @contextlib.contextmanager
 def write_lock(final: Path) -> Iterator[None]:
     """Hold the exclusive write lock of the folder ``final`` (an OS lock on the sibling file
     ``.<name>.lock``, released when the process ends), so that writers of one folder take turns: a
-    read-modify-write such as :func:`serving.add_items` must not lose another writer's update, and a writer
-    that holds the lock knows that every temporary sibling it finds was left by a writer that died.
-    Reentrant within a thread (``add_items`` holds it while ``build_index`` writes)."""
-    held = getattr(_HELD, "folders", None)
-    if held is None:
-        held = _HELD.folders = set()
-    key = str(final)
-    if key in held or fcntl is None:
+    read-modify-write such as :func:`serving.add_items` must not lose another writer's update, and the
+    holder may clean up after writers that died (:func:`_recover_leftovers`).
+
+    No lock where there is none to take: without ``fcntl`` (Windows), or when the lock file cannot be
+    created or opened (a read-only or foreign-owned folder), writers are not serialised, as before. On NFS,
+    Linux emulates ``flock`` with per-process locks, so threads of one process are not serialised there."""
+    if fcntl is None:
         yield
         return
     final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        held.add(key)
-        try:
-            _remove_leftovers(final)
-            yield
-        finally:
-            held.discard(key)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    try:
+        # Read-only and 0o666 (less the umask): another user who may write the folder can still take it.
+        fd = os.open(final.parent / f".{final.name}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _recover_leftovers(final)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _remove_leftovers(final: Path) -> None:
-    """Remove the temporary siblings of ``final`` (``.<name>.building-*``, ``.<name>.replaced-*``) that a
-    killed writer left; called with the write lock held, so none belongs to a live writer of this version."""
-    for leftover in final.parent.glob(f".{final.name}.*-*"):
-        if leftover.is_dir() and leftover.name.split(".")[-1].startswith(("building-", "replaced-")):
-            shutil.rmtree(leftover, ignore_errors=True)
+def _leftovers(final: Path) -> list[Path]:
+    """``final``'s own temporary siblings, ``.<name>.building-<pid>-*`` and ``.<name>.replaced-<pid>-*``
+    (exact prefixes: ``.idx.v2.building-*`` belongs to the folder ``idx.v2``), whose writer process is gone."""
+    found = []
+    with os.scandir(final.parent) as entries:
+        for entry in entries:
+            for tag in ("building", "replaced"):
+                prefix = f".{final.name}.{tag}-"
+                if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+                    pid = entry.name[len(prefix) :].split("-", 1)[0]
+                    if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+                        found.append(Path(entry.path))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def has_replaced_copy(final: Path) -> bool:
+    """Whether ``final`` is missing while a copy moved aside by a killed writer is there to put back."""
+    return (
+        not final.exists()
+        and final.parent.is_dir()
+        and any(".replaced-" in p.name for p in _leftovers(final))
+    )
+
+
+def _recover_leftovers(final: Path) -> None:
+    """With the write lock held: a writer killed between the two renames of the fallback path left ``final``
+    missing and the served folder at ``.<name>.replaced-*``; put it back. Then remove the dead writers'
+    temporary folders (a killed build's half-written copy stayed forever)."""
+    leftovers = _leftovers(final)
+    if not final.exists() and not final.is_symlink():
+        replaced = [p for p in leftovers if ".replaced-" in p.name]
+        if replaced:
+            newest = max(replaced, key=lambda p: p.stat().st_mtime_ns)
+            os.rename(newest, final)
+            fsync_path(final.parent)
+            leftovers.remove(newest)
+    for leftover in leftovers:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def publish_folder(tmp: Path, final: Path) -> None:

@@ -436,16 +436,20 @@ class ItemIndex:
                 schema version; the message names the folder, the file, and what was expected vs found.
         """
         folder = Path(path)
-        for attempt in range(_LOAD_ATTEMPTS):
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"serving index folder {str(folder)!r} does not exist or is not a folder"
-                )
+        missing = f"serving index folder {str(folder)!r} does not exist or is not a folder"
+        if not folder.is_dir():
+            raise FileNotFoundError(missing)
+        for attempt in range(1, _LOAD_ATTEMPTS + 1):
             try:
                 return cls._load_once(folder, verify)
             except _Swapped:
-                # A writer swapped a new folder in and is deleting the old one's files: read the new one.
+                # A writer swapped a new folder in and is deleting the old one's files: read the new one
+                # (where renames cannot swap, the folder is briefly absent between a writer's two renames).
                 time.sleep(0.01 * attempt)
+            if not folder.is_dir():
+                time.sleep(0.05 * attempt)
+        if not folder.is_dir():
+            raise FileNotFoundError(missing)
         return cls._load_once(folder, verify, last=True)
 
     @classmethod

@@ -131,7 +131,14 @@ def test_many_users_share_one_propagation(small_model, monkeypatch):
 
     model, train = small_model
     users = [7, 0, 7, 19]
-    one_by_one = [explain_user(model, u, train, k=6, top_intents=2).to_dict() for u in users]
+    user_emb, item_emb = model.embeddings()
+    dist, _ = intent_distributions(model)
+    expected = []  # computed here, user by user, from the model's own outputs
+    for u in users:
+        scores = (item_emb @ user_emb[u]).numpy()
+        scores[train[u].indices] = -np.inf
+        top = np.argsort(-dist[u].numpy(), kind="stable")[:2].tolist()
+        expected.append((np.argsort(-scores, kind="stable")[:6].tolist(), dist[u].tolist(), top))
     real, calls = model.forward_views, []
 
     def counted():
@@ -140,8 +147,16 @@ def test_many_users_share_one_propagation(small_model, monkeypatch):
 
     monkeypatch.setattr(model, "forward_views", counted)
     batched = explain_users(model, users, train, k=6, top_intents=2)
-    assert [e.to_dict() for e in batched] == one_by_one
+    got = [
+        ([r.item_idx for r in e.recommendations], e.distribution, [d.intent for d in e.top_intents])
+        for e in batched
+    ]
+    assert [g[0] for g in got] == [x[0] for x in expected] and [g[2] for g in got] == [x[2] for x in expected]
+    for (_, distribution, _), (_, reference, _) in zip(got, expected, strict=True):
+        assert distribution == pytest.approx(reference, abs=1e-6)
     assert len(calls) == 1
+    with pytest.raises(TypeError):
+        explain_users(model, [2.5], train)  # it was user 2
     calls.clear()
     explain_user(model, 7, train, k=6)
     assert len(calls) == 1

@@ -469,7 +469,7 @@ def test_concurrent_add_items_keep_both_batches(built, data, monkeypatch):
         t.join()
     assert errors == []
     index = load_index(built)
-    assert index.item_ids[-2:] and {"new-A", "new-B"} <= set(index.item_ids)
+    assert sorted(index.item_ids[-2:]) == ["new-A", "new-B"]
     assert index.manifest["metadata"]["added_items"] == 2
 
 
@@ -523,3 +523,67 @@ def test_a_first_publication_that_loses_the_race_replaces_the_winner(tmp_path, m
     monkeypatch.setattr(_files.os, "rename", other_writer_first)
     _files.publish_folder(mine, final)
     assert (final / "f").read_text() == "mine" and not mine.exists()
+
+
+def test_cleanup_leaves_other_folders_and_live_writers_alone(built, data):
+    """Leftovers are the folder's own, by exact prefix: `.idx.v2.building-*` (the folder idx.v2's) was
+    deleted mid-build by a writer of idx; a live writer's folder stays too."""
+    other = built.parent / ".idx.v2.building-99999-0123456789"
+    live = built.parent / f".idx.building-{os.getppid()}-0123456789"  # a process that is alive
+    for folder in (other, live):
+        folder.mkdir()
+    build_index(data["item_emb"], data["item_ids"], built)
+    assert other.is_dir() and live.is_dir()
+
+
+def test_a_served_folder_moved_aside_by_a_killed_writer_is_put_back(built, data):
+    """Without an atomic swap a writer renames the served folder aside, then its new one in: killed between
+    the two, the next writer deleted both leftovers, and the index was gone."""
+    from serving import add_items
+
+    before = load_index(built).item_ids
+    os.rename(built, built.parent / ".idx.replaced-99999-0123456789")
+    (built.parent / ".idx.building-99999-abcdefabcd").mkdir()  # the killed writer's new copy
+    add_items(built, data["item_emb"][:1], ["new-A"])
+    assert list(load_index(built).item_ids) == [*before, "new-A"]
+    assert _beside(built.parent) == ["idx"]
+
+
+def test_add_items_writes_nothing_before_it_can_work(tmp_path, built, data):
+    """A mistyped path, bad inputs or an empty batch: no folder and no lock file created."""
+    from serving import add_items
+
+    typo = tmp_path / "indexs" / "prod" / "idx"
+    with pytest.raises(FileNotFoundError):
+        add_items(typo, data["item_emb"][:1], ["new-A"])
+    assert not (tmp_path / "indexs").exists()
+    out = tmp_path / "elsewhere" / "idx"
+    with pytest.raises(ValueError):
+        add_items(built, data["item_emb"][:1], ["a", "b"], out_dir=out)  # 1 row, 2 ids
+    assert not out.parent.exists()
+    lock = built.parent / ".idx.lock"
+    lock.unlink(missing_ok=True)
+    assert add_items(built, data["item_emb"][:0], []) == built and not lock.exists()
+
+
+def test_a_lock_file_that_cannot_be_opened_does_not_stop_a_writer(built, data, monkeypatch):
+    """Another user's 0644 lock file (or a read-only folder): the build goes ahead unlocked, as before."""
+    from serving import _files
+
+    real = os.open
+
+    def refuse_lock(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    def refuse_lock_file(path, *args, **kwargs):  # the same refusal through the built-in open
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_files.os, "open", refuse_lock)
+    monkeypatch.setattr(_files, "open", refuse_lock_file, raising=False)
+    build_index(data["item_emb"][:5], data["item_ids"][:5], built)
+    monkeypatch.setattr(_files.os, "open", real)
+    assert load_index(built).n_items == 5
