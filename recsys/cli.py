@@ -174,8 +174,32 @@ def print_recommendations(retriever, user: str, k: int, history_titles: list[str
         print(f"  {rank:>2}. {label}  (item {rec.item_id}, score {rec.score:.3f})")
 
 
+def _recommend_with_scorer(run, user: str, k: int) -> int:
+    """``recsys recommend --user`` for a model without an index (RP3beta): its scorer, every known item of the
+    user left out, printed as the served index's answers are."""
+    from recsys.pipeline import scorer_top_k
+
+    ds = run.dataset
+    users = ds.user_vocab.filter(ds.user_vocab["user_id"].cast(str) == str(user))
+    if users.height == 0:
+        print(
+            f"error: user {user!r} is not a user of run {run.run_id} ({ds.n_users} users); this model "
+            "recommends only for the users it was trained on",
+            file=sys.stderr,
+        )
+        return 2
+    items = ds.item_vocab.sort("item_idx")
+    item_ids = [str(i) for i in items["item_id"].to_list()]
+    titles = items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+    recs = scorer_top_k(run, int(users["user_idx"][0]), k)
+    print(f"\ntop-{len(recs)} for user {user} (scored by the model: it has no index):")
+    for rank, (i, score) in enumerate(recs, 1):
+        print(f"  {rank:>2}. {titles[i] or item_ids[i]}  (item {item_ids[i]}, score {score:.3f})")
+    return 0
+
+
 def cmd_recommend(args) -> int:
-    from recsys.pipeline import build_run_index, default_index_dir, load_run
+    from recsys.pipeline import NotIndexableError, build_run_index, default_index_dir, load_run
     from serving import Retriever
     from serving.errors import UnknownUserError
 
@@ -186,7 +210,16 @@ def cmd_recommend(args) -> int:
     run = None
     if not (index_dir / "manifest.json").exists():
         run = load_run(args.run, uri=args.tracking_uri)
-        build_run_index(run, index_dir)
+        if args.sequence is not None:
+            from recsys.pipeline import sequence_query_encoder
+
+            sequence_query_encoder(run.model)  # a model that cannot answer sequences: say so before indexing
+        try:
+            build_run_index(run, index_dir)
+        except NotIndexableError:
+            if args.sequence is not None:
+                raise
+            return _recommend_with_scorer(run, args.user, args.k)
     retriever = Retriever.load(index_dir)
     built_by = retriever.index.run_id
     if built_by is not None and built_by != args.run:

@@ -61,7 +61,10 @@ class UserExplanation:
 def _require_intents(model: torch.nn.Module) -> None:
     if getattr(model, "user_intent", None) is None or not hasattr(model, "forward_views"):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
-        raise ValueError(f"model {name!r} has no latent intents to explain (DCCF with disentangle=true has)")
+        raise ValueError(
+            f"model {name!r} has no latent intents to explain (DCCF with disentangle=true has; ICSRec's k-means "
+            "intents are explained by recsys.explain_sequence)"
+        )
 
 
 @torch.no_grad()

@@ -348,6 +348,28 @@ def default_index_dir(run_id: str) -> Path:
     return recsys_home() / "indexes" / run_id
 
 
+class NotIndexableError(ValueError):
+    """A model whose scores are not inner products of user and item vectors (e.g. RP3beta): no FAISS index."""
+
+
+def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float]]:
+    """The top ``k`` ``(item index, score)`` of one user from the model's own scorer, every known item of the
+    user (train, valid and test, as a served index excludes them) left out: serving without an index, for
+    models that have none (:class:`NotIndexableError`). Fewer than k when the catalogue runs out."""
+    import numpy as np
+
+    ds, model = run.dataset, run.model
+    with torch.no_grad():
+        scores = model.scorer()(torch.tensor([user_idx], dtype=torch.long))[0].detach().cpu().double().numpy()
+    for split in ("train", "valid", "test"):
+        m = ds.matrix(split)
+        scores[m.indices[m.indptr[user_idx] : m.indptr[user_idx + 1]]] = -np.inf
+    # score descending, then item index ascending, as the served index breaks ties
+    order = np.lexsort((np.arange(scores.size), -scores))
+    top = [int(i) for i in order[:k] if np.isfinite(scores[i])]
+    return [(i, float(scores[i])) for i in top]
+
+
 def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
     """Export a run's embeddings into a FAISS index folder with the item id map, titles and seen items."""
     import numpy as np
@@ -361,7 +383,10 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
         with torch.no_grad():
             users, items = model.embeddings()
     except NotImplementedError as exc:  # e.g. RP3beta: scores are not inner products of dense vectors
-        raise ValueError(f"model {run.config.model['name']!r} cannot be indexed: {exc}") from None
+        raise NotIndexableError(
+            f"model {run.config.model['name']!r} cannot be indexed: {exc} (`recsys recommend --user` and "
+            "`recsys evaluate --run` score such a run with its scorer, without an index)"
+        ) from None
     seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))
     seen.data[:] = 1.0
     vocab_items = ds.item_vocab.sort("item_idx")

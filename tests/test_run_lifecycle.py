@@ -319,6 +319,24 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
         build_run_index(load_run(rp3_run), tmp_path / "idx")
     assert main(["index", "--run", rp3_run, "--out", str(tmp_path / "idx")]) == 2
     assert "error: model 'rp3beta' cannot be indexed" in capsys.readouterr().err
+    # recommend serves it from its scorer (it failed with the index refusal): the user's known items left out
+    assert main(["recommend", "--run", rp3_run, "--user", "u3", "--k", "5"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].rstrip(".").isdigit()]
+    got = [x.split("(item ")[1].split(",")[0] for x in lines]
+    run = load_run(rp3_run)
+    ds = run.dataset
+    u = int(ds.user_vocab.filter(ds.user_vocab["user_id"] == "u3")["user_idx"][0])
+    import numpy as np
+    import torch
+
+    scores = run.model.scorer()(torch.tensor([u]))[0].double().numpy()
+    known = sum(ds.matrix(split) for split in ("train", "valid", "test"))
+    scores[known[u].indices] = -np.inf
+    order = np.lexsort((np.arange(scores.size), -scores))[:5]
+    ids = ds.item_vocab.sort("item_idx")["item_id"].to_list()
+    assert got == [ids[i] for i in order]
+    assert main(["recommend", "--run", rp3_run, "--sequence", "i1", "i2"]) == 2  # checked before any index
+    assert "has no sequence encoder" in capsys.readouterr().err
 
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
