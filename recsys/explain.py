@@ -92,34 +92,12 @@ def check_counts(**counts: int) -> None:
         check_k(value, name)
 
 
-@torch.no_grad()
 def explain_user(
-    model: torch.nn.Module,
-    user_idx: int,
-    train: sp.csr_matrix,
-    *,
-    user_ids: list[str] | None = None,
-    item_ids: list[str] | None = None,
-    titles: list[str | None] | None = None,
-    top_intents: int = 3,
-    items_per_intent: int = 5,
-    k: int = 10,
+    model: torch.nn.Module, user_idx: int, train: sp.csr_matrix, **options: Any
 ) -> UserExplanation:
-    """Explain the recommendations of one user (dense index ``user_idx``) of a model with intents.
-
-    Args:
-        model: a prepared DCCF (``disentangle=True``).
-        user_idx: dense user index.
-        train: ``U x I`` interactions to exclude from the recommendations (the CLI passes all known
-            interactions, as the served index excludes them).
-        user_ids / item_ids / titles: raw ids and titles by dense index, for display (default: the indices).
-        top_intents: how many intents to detail; items_per_intent: aligned items listed per intent;
-        k: recommendations to attribute.
-    """
-    return explain_users(
-        model, [user_idx], train, user_ids=user_ids, item_ids=item_ids, titles=titles,
-        top_intents=top_intents, items_per_intent=items_per_intent, k=k,
-    )[0]  # fmt: skip
+    """Explain the recommendations of one user (dense index ``user_idx``) of a model with intents: one
+    :func:`explain_users` explanation (``options``: its keyword arguments, ``item_ids``, ``k``, ...)."""
+    return explain_users(model, [user_idx], train, **options)[0]
 
 
 @torch.no_grad()
@@ -135,7 +113,17 @@ def explain_users(
     items_per_intent: int = 5,
     k: int = 10,
 ) -> list[UserExplanation]:
-    """:func:`explain_user` for many users (dense indices ``user_idxs``), one explanation each, in order.
+    """Explain the recommendations of users (dense indices ``user_idxs``) of a model with intents, one
+    explanation each, in order.
+
+    Args:
+        model: a prepared DCCF (``disentangle=True``).
+        user_idxs: dense user indices.
+        train: ``U x I`` interactions to exclude from the recommendations (the CLI passes all known
+            interactions, as the served index excludes them).
+        user_ids / item_ids / titles: raw ids and titles by dense index, for display (default: the indices).
+        top_intents: how many intents to detail; items_per_intent: aligned items listed per intent;
+        k: recommendations to attribute.
 
     The model's propagation (one full graph pass), the intent weights and the items aligned with each intent
     are computed once for all of them; only the top-k and its attribution are per user."""
