@@ -16,11 +16,17 @@ _MEMO: dict[tuple[str, int, int, int, int], str] = {}
 _RACY_NS = 2_000_000_000
 
 
+def file_state(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or replaced: (size, mtime, inode, ctime), nanoseconds."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA256 of a file's bytes."""
     now = time.time_ns()  # before the stat: the file may change while it is read
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    state = file_state(path)
+    key = (str(path.resolve()), *state)
     hit = _MEMO.get(key)
     if hit is not None:
         return hit
@@ -31,7 +37,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = h.hexdigest()
     # A file changed within the file system's timestamp resolution of now (a second on some) could change
     # again with the same key: remember only files that have been still for a while (git's "racily clean").
-    if now - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+    if now - max(state[1], state[3]) > _RACY_NS:  # the modification and change times
         _MEMO[key] = digest
     return digest
 

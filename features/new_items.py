@@ -56,7 +56,9 @@ def encode_new_items(
     # Labels that are all integer text are ids (sparse attribute ids): read values as integers, as compact
     # ids without labels are, so that 5000.0 or "05000" is id 5000 and True is refused, not unknown.
     id_labels = {
-        name for name, lookup in lookups.items() if lookup and all(lab == str(_as_int(lab)) for lab in lookup)
+        name
+        for name, lookup in lookups.items()
+        if lookup and all(lab.isascii() and lab.isdigit() and lab == str(int(lab)) for lab in lookup)
     }
     for i, row in enumerate(rows):
         unknown = sorted(set(row) - known)
@@ -118,13 +120,6 @@ def _with_derived(rows: list[Mapping[str, Any]], spec: Mapping[str, Any]) -> lis
         for i, value in zip(todo, derived, strict=True):
             rows[i] = {**rows[i], name: value}
     return rows
-
-
-def _as_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 def _id_text(value: Any, where: str) -> Any:

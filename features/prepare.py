@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from features._hashing import sha256_bytes, sha256_file
+from features._hashing import file_state, sha256_bytes, sha256_file
 from features._text import LINE
 from features.config import DataConfig
 from features.dataset import MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset, seal_manifest
@@ -96,7 +96,7 @@ def prepare(
     else:
         root = Path(cfg.path).expanduser()
     files = source_files(cfg, root)
-    before = _file_states(files)
+    before = {role: file_state(path) for role, path in files.items()}
     hashes = {role: sha256_file(path) for role, path in files.items()}
     key = content_hash(cfg, hashes)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -109,8 +109,8 @@ def prepare(
     tables, manifest = build_tables(cfg, files)
     # The key hashes the bytes read first; the tables come from a second read. A file rewritten or replaced
     # in between would cache one file's tables under the other's hash, so the two reads must see one file.
-    for role, state in _file_states(files).items():
-        if state != before[role]:
+    for role, path in files.items():
+        if file_state(path) != before[role]:
             raise DataValidationError(
                 files[role],
                 "a file that stays the same while it is read",
@@ -136,15 +136,6 @@ def prepare(
             return ds
         time.sleep(0.1 * (attempt + 1))
     return PreparedDataset.load(folder)
-
-
-def _file_states(files: dict[str, Path]) -> dict[str, tuple[int, int, int, int]]:
-    """Per role, what changes when a file is rewritten or replaced: (size, mtime, inode, ctime)."""
-    states = {}
-    for role, path in files.items():
-        st = path.stat()
-        states[role] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    return states
 
 
 def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:

@@ -49,15 +49,14 @@ def add_items(
     manifest's metadata changes); with ``out_dir`` it is a copy.
     """
     from serving._files import has_replaced_copy, write_lock
-    from serving.index import _as_embeddings, _as_ids, _as_metadata, _as_titles
+    from serving.index import _as_embeddings, _as_ids, _as_metadata, _as_titles, _require_folder
 
     if has_replaced_copy(Path(index_dir).absolute()):
         with write_lock(Path(index_dir).absolute()):
             pass  # a writer killed between its two renames: the lock's holder puts the served folder back
     # Everything that needs no index is checked before the lock is taken (taking it creates the lock file):
     # a mistyped path, bad inputs or an empty batch write nothing, and need no write access.
-    if not Path(index_dir).is_dir():
-        raise FileNotFoundError(f"serving index folder {str(index_dir)!r} does not exist or is not a folder")
+    _require_folder(index_dir)
     new = np.asarray(item_emb)
     if new.ndim != 2:
         raise ValueError(f"item_emb must have shape [n, d], got {new.shape}")
@@ -90,7 +89,6 @@ def _add_items(
 
     from serving.index import (
         ItemIndex,
-        _as_metadata,
         _as_seen,
         _check_replaceable,
         _publish_index,
@@ -112,7 +110,6 @@ def _add_items(
     meta = dict(manifest.get("metadata") or {})
     meta.update(extra)
     meta["added_items"] = int(meta.get("added_items", 0)) + len(ids)
-    meta = _as_metadata(meta)
     seen = None
     if index.has_seen:
         widened = sp.hstack([index.seen, sp.csr_matrix((index.n_users, len(ids)), dtype=index.seen.dtype)])

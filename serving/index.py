@@ -376,6 +376,13 @@ class _Swapped(Exception):
     """The folder being read was replaced by a writer meanwhile (read the new one)."""
 
 
+def _require_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"serving index folder {str(folder)!r} does not exist or is not a folder")
+    return folder
+
+
 def load_index(path: str | Path, *, verify: bool = True) -> ItemIndex:
     """Load and check a folder written by :func:`build_index`. Same as :meth:`ItemIndex.load`."""
     return ItemIndex.load(path, verify=verify)
@@ -435,10 +442,7 @@ class ItemIndex:
             IndexIntegrityError: a missing, truncated, corrupted or inconsistent file, or an unknown
                 schema version; the message names the folder, the file, and what was expected vs found.
         """
-        folder = Path(path)
-        missing = f"serving index folder {str(folder)!r} does not exist or is not a folder"
-        if not folder.is_dir():
-            raise FileNotFoundError(missing)
+        folder = _require_folder(path)
         for attempt in range(1, _LOAD_ATTEMPTS + 1):
             try:
                 return cls._load_once(folder, verify)
@@ -448,9 +452,7 @@ class ItemIndex:
                 time.sleep(0.01 * attempt)
             if not folder.is_dir():
                 time.sleep(0.05 * attempt)
-        if not folder.is_dir():
-            raise FileNotFoundError(missing)
-        return cls._load_once(folder, verify, last=True)
+        return cls._load_once(_require_folder(folder), verify, last=True)
 
     @classmethod
     def _load_once(cls, folder: Path, verify: bool, last: bool = False) -> ItemIndex:
