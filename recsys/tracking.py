@@ -12,11 +12,14 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from recsys.paths import default_tracking_uri, embedded_tracking_uri, recsys_home
 
@@ -37,6 +40,7 @@ def _use_store(uri: str) -> None:
     pin this process to the first store it used, whatever ``RECSYS_HOME`` says afterwards."""
     import mlflow
 
+    _check_server_answers(uri)
     if (db := _sqlite_file(uri)) is not None:
         # MLflow creates the folder from the URI's raw text, which is not the path for an encoded ``%3F``.
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +50,39 @@ def _use_store(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+SERVER_CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_server_answers(uri: str) -> None:
+    """Refuse an ``http(s)://`` tracking server that cannot be reached (nothing listening, an unknown host,
+    no answer within :data:`SERVER_CONNECT_TIMEOUT_S`): MLflow would retry each request with backoff for
+    minutes before failing. Any HTTP answer counts as reached, as does a TLS error (MLflow has its own
+    certificate settings); MLflow still retries a server that fails later, during a run."""
+    parts = urlsplit(uri)
+    try:
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return
+        # Without user:password@ (urllib would read it as part of the host; and no password in a message)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        server = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port is not None else "")
+    except ValueError:  # a port that is no number: MLflow's own error names it
+        return
+    health = server + parts.path.rstrip("/") + "/health"
+    try:
+        urllib.request.urlopen(health, timeout=SERVER_CONNECT_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an error status is MLflow's to report)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ssl.SSLError) or not isinstance(reason, OSError):
+            return
+        raise ConnectionError(
+            f"the MLflow tracking server {server} does not answer ({reason}); start it, or point --tracking-uri"
+            " / MLFLOW_TRACKING_URI (or the config's tracking.uri) at one that runs; without either, runs go"
+            " to the embedded store under $RECSYS_HOME"
+        ) from None
 
 
 def _sqlite_file(uri: str) -> Path | None:

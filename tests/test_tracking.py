@@ -38,3 +38,61 @@ def test_a_new_recsys_home_in_the_same_process_gets_its_own_store(tmp_path, monk
         assert len(list((tmp_path / home / "mlartifacts").rglob("note.txt"))) == 1
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert not (tmp_path / "mlruns").exists()
+
+
+def _free_port() -> int:
+    """A local port with nothing listening on it (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_that_does_not_answer_is_named_at_once(monkeypatch, capsys):
+    """MLflow retries every request to a server with backoff (minutes with its defaults) and then fails with
+    a retry error; a server with nothing listening is refused before MLflow's first request, naming it. The
+    retries are turned down here so that a regression fails quickly rather than hanging."""
+    import pytest
+
+    from recsys.cli import main
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ConnectionError, match=f"tracking server {url} does not answer"):
+        RunTracker.start(uri=url)
+    # user:password@ is no part of the host to connect to, and no password goes into a message
+    with pytest.raises(ConnectionError, match=f"tracking server {url} does not answer") as caught:
+        RunTracker.start(uri=url.replace("//", "//alice:secret@"))
+    assert "secret" not in str(caught.value)
+    assert main(["evaluate", "--run", "0" * 32, "--tracking-uri", url]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: the MLflow tracking server {url} does not answer")
+        and "MLFLOW_TRACKING_URI" in err
+    )
+
+
+def test_any_http_answer_counts_as_a_reachable_tracking_server():
+    """The check only refuses what cannot be reached: a server that answers, even with an error status (a
+    proxy, a path prefix without /health), is left to MLflow."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from recsys.tracking import _check_server_answers
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _check_server_answers(f"http://127.0.0.1:{server.server_port}/prefix/")
+    finally:
+        server.shutdown()
+        server.server_close()
