@@ -20,6 +20,7 @@ is vectorised over users (a sorted-key lookup of every ``(user, item)`` pair of 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -165,6 +166,21 @@ def _per_user(hits: np.ndarray, n_rel: np.ndarray, ks: tuple[int, ...]) -> dict[
     return out
 
 
+def _catalogue_size(n_items: object, top: np.ndarray) -> int:
+    """``n_items`` checked: an integer (1.9 is no size, True neither) no smaller than the number of distinct
+    items the lists hold (a smaller catalogue gave coverage above 1)."""
+    if isinstance(n_items, bool) or not isinstance(n_items, numbers.Integral):
+        raise ValueError(f"n_items must be an integer, got {n_items!r}")
+    listed = int(np.unique(top[top >= 0]).size)
+    if n_items < max(listed, 1):
+        raise ValueError(
+            f"n_items={n_items} is smaller than the {listed} distinct items the lists hold"
+            if listed
+            else f"n_items must be positive, got {n_items}"
+        )
+    return int(n_items)
+
+
 def ranking_metrics(
     topk: torch.Tensor | np.ndarray,
     truth: sp.spmatrix | sp.sparray,
@@ -196,9 +212,7 @@ def ranking_metrics(
     if not has.any():
         raise ValueError("no user has a relevant item in truth: the metrics are undefined")
     per_user = _per_user(_hits(top, t), n_rel, ks)
-    n_items = t.shape[1] if n_items is None else int(n_items)
-    if n_items < 1:
-        raise ValueError(f"n_items must be positive, got {n_items}")
+    n_items = t.shape[1] if n_items is None else _catalogue_size(n_items, top)
     evaluated = top[has]
     result: dict[str, float] = {}
     for k in ks:

@@ -499,6 +499,14 @@ def full_ranking_topk_embeddings(
             f"query and items differ in dtype/device: {query.dtype}/{query.device}, {items.dtype}/{items.device}"
         )
     query, items = query.detach(), items.detach()
+    for name, emb in (("query", query), ("item", items)):
+        # named here: the tiles' check would blame a score function there is none of
+        bad = (~torch.isfinite(emb)).any(dim=1).nonzero()
+        if bad.numel():
+            raise ValueError(
+                f"the {name} embeddings hold NaN or infinite values ({bad.numel()} row(s), first row "
+                f"{int(bad[0])})"
+            )
     n, n_items = query.shape[0], items.shape[0]
     users_np = np.arange(n, dtype=np.int64) if users is None else _as_index_array(users)
     if users_np.size != n:

@@ -5,9 +5,10 @@ by the extension (``.csv``; ``.parquet`` / ``.pq``); other columns are ignored. 
 (surrounding whitespace stripped), so ``7`` in one file matches ``7`` in the other whatever their types.
 
 * A ``(user, item)`` pair listed more than once in RECS counts once, with its highest score.
-* An item scored ``-inf`` is not recommended (as in ``eval.full_ranking_topk``).
+* An item scored ``-inf`` is not recommended (as in ``eval.full_ranking_topk``), but it is an item of the
+  files: it counts for the id order and for ``coverage@k``'s denominator below.
 * Each user's recommendations are ranked by score, descending; equal scores rank the lower item id first,
-  comparing ids as integers when every item id in the two files is an integer (of any size; ``07`` before
+  comparing ids as integers when every item id in the two files is an integer (signed, any size; ``07`` before
   ``7``), as strings otherwise (the same rule as ``eval.full_ranking_topk``, where ids are dense indices).
 * Users in TRUTH without recommendations count, with zero for every metric; users in RECS that are not in TRUTH
   are ignored; every mean is over the users of TRUTH.
@@ -24,7 +25,12 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import check_ks, ranking_metrics
-from features.readers import check_header, explain_scan_error, leading_blank_lines
+from features.readers import (
+    check_header,
+    check_one_record_per_line,
+    explain_scan_error,
+    leading_blank_lines,
+)
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
 
@@ -60,6 +66,9 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         if suffix in _CSV:  # ragged rows and broken quotes, named by line
             raise explain_scan_error(path, e, separator=",") from None
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
+    if suffix in _CSV:
+        # a quoted id running over lines would swallow the rows up to its closing quote, without a word
+        check_one_record_per_line(path, ",", df.height + lead + 1)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(
@@ -132,14 +141,26 @@ def _item_codes(items: pl.Series) -> pl.DataFrame:
     as_int = frame["item"].cast(pl.Int64, strict=False)
     if as_int.null_count() == 0:
         frame = frame.with_columns(_key=as_int).sort("_key", "item")
-    elif frame["item"].str.contains(r"^[0-9]+$").all():  # beyond 64 bits: by length, then digit by digit
-        digits = pl.col("item").str.strip_chars_start("0")
-        frame = frame.with_columns(_len=digits.str.len_bytes(), _digits=digits).sort(
-            "_len", "_digits", "item"
-        )
+    elif frame["item"].str.contains(r"^[+-]?[0-9]+$").all():  # beyond 64 bits: Python's integers
+        ordered = sorted(frame["item"].to_list(), key=_integer_order)
+        frame = pl.DataFrame({"item": ordered}, schema={"item": pl.String})
     else:
         frame = frame.sort("item")
     return frame.select("item").with_row_index("i", offset=0).with_columns(pl.col("i").cast(pl.Int64))
+
+
+_NINES = str.maketrans("0123456789", "9876543210")
+
+
+def _integer_order(text: str) -> tuple[int, int, str, str]:
+    """A sort key that orders integer ids of any size by value, then by text (``int()`` refuses texts of
+    more than 4,300 digits): the sign, then the magnitude's length, then its digits (negated for negatives)."""
+    digits = text.lstrip("+-").lstrip("0")
+    if not digits:
+        return (0, 0, "", text)
+    if text.startswith("-"):
+        return (-1, -len(digits), digits.translate(_NINES), text)
+    return (1, len(digits), digits, text)
 
 
 def evaluate_recs_file(
@@ -165,20 +186,18 @@ def evaluate_recs_file(
         ValueError: a file is empty or unreadable, lacks a column, or has a non-numeric, missing or NaN score.
     """
     ks = check_ks(ks)
-    recs = (
-        read_recs(recs_path)
-        .group_by("user", "item")
-        .agg(pl.col("score").max())
-        .filter(pl.col("score") > float("-inf"))
-    )
+    listed = read_recs(recs_path).group_by("user", "item").agg(pl.col("score").max())
     truth = read_truth(truth_path)
+    # The items of the two files, -inf ones included: dropping them first changed the id order (an id that
+    # is no integer switched every tie to string order) and coverage's denominator.
+    items = _item_codes(pl.concat([listed["item"], truth["item"]]))
+    recs = listed.filter(pl.col("score") > float("-inf"))
 
     users = (
         truth.select(pl.col("user").unique().sort())
         .with_row_index("u")
         .with_columns(pl.col("u").cast(pl.Int64))
     )
-    items = _item_codes(pl.concat([recs["item"], truth["item"]]))
     truth_codes = truth.join(users, on="user").join(items, on="item")
     n_users, n_codes = users.height, items.height
     # No list is longer than the n_codes items; past that length every metric but precision stays the same,

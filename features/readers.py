@@ -150,7 +150,7 @@ def read_interactions(
         except (pl.exceptions.PolarsError, OSError) as exc2:
             raise explain_scan_error(path, exc2, is_parquet, separator) from None
     if not is_parquet:
-        _check_one_record_per_line(path, sep, df.height + lead + int(has_header))
+        check_one_record_per_line(path, sep, df.height + lead + int(has_header))
     if where == "_row":
         df = df.rename({LINE: "_row"})
     # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
@@ -238,7 +238,7 @@ def check_header(path: Path, sep: str, read: Iterable[str], lead: int = 0) -> No
         first[name] = k
 
 
-def _check_one_record_per_line(path: Path, sep: str, records: int) -> None:
+def check_one_record_per_line(path: Path, sep: str, records: int) -> None:
     """Refuse a file whose records do not match its lines one to one (``records`` counts the header and the
     blank lines): a quoted field that runs over several lines would shift every later line number, and in a
     TSV file a field that merely starts with ``"`` silently swallows the rows up to the next quote."""

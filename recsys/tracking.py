@@ -41,6 +41,7 @@ def _use_store(uri: str) -> None:
     import mlflow
 
     _check_server_answers(uri)
+    _check_not_a_bare_database(uri)
     if (db := _sqlite_file(uri)) is not None:
         # MLflow creates the folder from the URI's raw text, which is not the path for an encoded ``%3F``.
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,22 @@ def _check_server_answers(uri: str) -> None:
             " / MLFLOW_TRACKING_URI (or the config's tracking.uri) at one that runs; without either, runs go"
             " to the embedded store under $RECSYS_HOME"
         ) from None
+
+
+def _check_not_a_bare_database(uri: str) -> None:
+    """Refuse a plain path to a SQLite file (``$RECSYS_HOME/mlflow.db``): MLflow reads a path as a folder
+    store and answers with its file-store deprecation notice, which does not say to write ``sqlite:///``."""
+    if urlsplit(uri).scheme or not os.path.isfile(uri):  # (Windows drive letters parse as schemes: left be)
+        return
+    try:
+        with open(uri, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return
+    if head == b"SQLite format 3\x00":
+        raise ValueError(
+            f"the tracking store {uri} is a SQLite database file: give it as sqlite:///{Path(uri).resolve()}"
+        )
 
 
 def _sqlite_file(uri: str) -> Path | None:

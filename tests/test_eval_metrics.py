@@ -115,6 +115,11 @@ def test_input_errors():
         ranking_metrics(np.array([[1, 7]]), _truth([[1]], 3), ks=(2,))
     with pytest.raises(ValueError, match="no user"):
         ranking_metrics(np.array([[1, 2]]), _truth([[]], 3), ks=(2,))
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="n_items must be positive"):
+            ranking_metrics(np.array([[-1, -1]]), _truth([[1]], 3), ks=(2,), n_items=bad)
+    with pytest.raises(ValueError, match="n_items=1 is smaller than the 2 distinct items"):
+        ranking_metrics(np.array([[1, 2]]), _truth([[1]], 3), ks=(2,), n_items=1)
 
 
 # ---------------------------------------------------------------------------------------------------------

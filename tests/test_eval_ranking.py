@@ -183,6 +183,21 @@ def test_nan_scores_raise(n_items):
         full_ranking_topk(lambda u: scores[u], torch.arange(3), None, 5)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_embeddings_are_named_as_such(bad):
+    # there is no score function on this path: the error blamed one, for embeddings a model produced
+    query, items = torch.randn(4, 8), torch.randn(50, 8)
+    items[7, 3] = bad
+    with pytest.raises(
+        ValueError, match=r"the item embeddings hold NaN or infinite values \(1 row\(s\), first row 7"
+    ):
+        full_ranking_topk_embeddings(query, items, None, 5)
+    items[7, 3] = 0.0
+    query[2, 0] = bad
+    with pytest.raises(ValueError, match=r"the query embeddings hold NaN or infinite values .* first row 2"):
+        full_ranking_topk_embeddings(query, items, None, 5)
+
+
 def test_score_fn_output_is_not_modified_and_threads_are_restored():
     cache = torch.randn(20, 3_000)
     before = cache.clone()

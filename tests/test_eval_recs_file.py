@@ -190,3 +190,59 @@ def test_ragged_line_and_old_mac_line_endings(tmp_path):
         ValueError, match=r"mac\.csv, line 1: expected lines ending in .*old Mac line endings"
     ):
         evaluate_recs_file(mac, truth, ks=(1,))
+
+
+def test_a_quoted_id_running_over_lines_is_refused(tmp_path):
+    # the quote swallowed the next line into one id: the row of u2 vanished and hit@1 read 0 without a word
+    truth = write(tmp_path, "truth.csv", "user,item\nu1,5\nu2,2\n")
+    recs = write(tmp_path, "recs.csv", 'user,item,score\nu1,"5,1.0\nu2,2",0.5\nu2,3,0.1\n')
+    with pytest.raises(ValueError, match=r"recs\.csv, line 2: expected one record per line"):
+        evaluate_recs_file(recs, truth, ks=(1,))
+    quoted_truth = write(tmp_path, "qt.csv", 'user,item\n"u\n1",5\nu2,2\n')
+    with pytest.raises(ValueError, match=r"qt\.csv, line 2: expected one record per line"):
+        evaluate_recs_file(write(tmp_path, "ok.csv", "user,item,score\nu1,5,1\n"), quoted_truth, ks=(1,))
+
+
+def test_minus_inf_items_still_count_for_the_id_order_and_coverage(tmp_path):
+    # 'abc' is an item of the files: ids compare as strings, so "10" ties ahead of "9" (docs/metrics.md);
+    # dropping the -inf row first made every id an integer and put 9 first
+    truth = write(tmp_path, "truth.csv", "user,item\nu1,10\n")
+    recs = write(tmp_path, "recs.csv", "user,item,score\nu1,10,1.0\nu1,9,1.0\nu1,abc,-inf\n")
+    m = evaluate_recs_file(recs, truth, ks=(1, 3))
+    assert m["hit@1"] == 1.0
+    assert m["coverage@3"] == pytest.approx(2 / 3)  # 10 and 9 listed, of the files' 3 items
+
+
+def test_signed_integer_ids_beyond_64_bits_rank_as_integers(tmp_path):
+    truth = write(tmp_path, "truth.csv", "user,item\nu1,9\n")
+    rows = "u1,10,1.0\nu1,9,1.0\nu1,-1,0\nu1,99999999999999999999,0\n"
+    recs = write(tmp_path, "recs.csv", "user,item,score\n" + rows)
+    assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0  # string order put 10 first
+    # the order, by value then text, of signed ids of any size
+    from eval.recs_file import _item_codes
+
+    ids = ["-12", "3", "-3", "+3", "03", "0", "-0", "-" + "9" * 30, "1" + "0" * 5000, "-" + "1" * 5000]
+    order = _item_codes(pl.Series(ids))["item"].to_list()
+    assert order == [
+        "-" + "1" * 5000,
+        "-" + "9" * 30,
+        "-12",
+        "-3",
+        "-0",
+        "0",
+        "+3",
+        "03",
+        "3",
+        "1" + "0" * 5000,
+    ]
+
+
+def test_n_items_must_be_a_catalogue_that_holds_the_lists(tmp_path):
+    recs = write(tmp_path, "recs.csv", "user,item,score\nu1,1,2\nu1,2,1\n")
+    truth = write(tmp_path, "truth.csv", "user,item\nu1,1\n")
+    with pytest.raises(ValueError, match="n_items=1 is smaller than the 2 distinct items"):
+        evaluate_recs_file(recs, truth, ks=(2,), n_items=1)  # was coverage@2 = 2.0
+    for bad in (1.9, True, "5"):
+        with pytest.raises(ValueError, match="n_items must be an integer"):
+            evaluate_recs_file(recs, truth, ks=(2,), n_items=bad)  # 1.9 was read as 1
+    assert evaluate_recs_file(recs, truth, ks=(2,), n_items=np.int64(4))["coverage@2"] == 0.5

@@ -96,3 +96,18 @@ def test_any_http_answer_counts_as_a_reachable_tracking_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_plain_path_to_a_sqlite_store_says_to_write_a_sqlite_uri(_isolated_home, capsys):
+    """``--tracking-uri $RECSYS_HOME/mlflow.db`` got MLflow's notice that file stores are deprecated, which
+    does not say what to write instead."""
+    from recsys.cli import main
+
+    with RunTracker.start(experiment="any"):
+        pass
+    db = _isolated_home / "mlflow.db"
+    assert main(["evaluate", "--run", "0" * 32, "--tracking-uri", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == f"error: the tracking store {db} is a SQLite database file: give it as sqlite:///{db}"
+    )
