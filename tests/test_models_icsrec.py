@@ -446,6 +446,18 @@ def test_intent_view_of_a_sequence(trained):
     assert "intent" in format_sequence_explanation(exp)
     with pytest.raises(KeyError, match="out of range"):
         explain_sequence(model, [10_000], membership=members)
+    # exclude is checked like the items: -1 excluded the last item, n_items failed inside torch
+    n = model.n_items
+    for bad in (-1, n):
+        with pytest.raises(KeyError, match=rf"exclude: item indices \[{bad}\] out of range \[0, {n}\)"):
+            explain_sequence(model, [3, 4], membership=members, exclude=[bad])
+    for bad in (1.5, True):  # 1.5 was explained as item 1
+        with pytest.raises(TypeError, match=f"items: item indices must be integers, got {bad}"):
+            explain_sequence(model, [3, bad], membership=members)
+    as_tensor = explain_sequence(
+        model, torch.tensor([3, 4, 5]), membership=members, top_intents=3, examples=2, k=4
+    )
+    assert as_tensor == exp
     with pytest.raises(ValueError, match="examples must be a positive integer, got -1"):
         explain_sequence(model, [3, 4], membership=members, examples=-1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -364,6 +365,14 @@ def test_encode_sequences_refuses_indices_outside_the_catalogue():
         ):
             model.encode_sequences(torch.tensor([[PAD, bad, 3]]))
     assert model.encode_sequences(torch.tensor([[PAD, 19, 3]])).shape == (1, model.config.dim)
+    # a fraction is no item (1.7 was read as 1); one sequence is a [1, T] batch (a raw IndexError, and a
+    # [2, 2, 2] batch was reported as shape (2, 2, 2, 2))
+    with pytest.raises(ValueError, match="item indices must be integers, got a torch.float32 array"):
+        model.encode_sequences(torch.tensor([[1.7, 2.2]]))
+    for shape in ((3,), (2, 2, 2)):
+        with pytest.raises(ValueError, match=rf"of shape \[B, T\], got {re.escape(str(shape))}"):
+            model.encode_sequences(torch.ones(shape, dtype=torch.long))
+    assert model.encode_sequences(np.array([[1, 2]], dtype=np.int32)).shape == (1, model.config.dim)
 
 
 def test_threads_encoding_a_model_in_training_mode():

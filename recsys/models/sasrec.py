@@ -474,7 +474,12 @@ class SASRec(HistoryQueries, Recommender):
         touched, so threads may share the model, even one in training mode. Rows are encoded in order of
         length, so that each block is trimmed to its longest row (most histories are short), and returned in
         the input order. Item indices must be in ``0..I-1`` (or PAD): a ValueError names any other."""
-        seqs = torch.as_tensor(seqs, dtype=torch.long)
+        seqs = torch.as_tensor(seqs)
+        if seqs.dtype.is_floating_point or seqs.dtype.is_complex or seqs.dtype == torch.bool:
+            raise ValueError(f"item indices must be integers, got a {seqs.dtype} array")  # 1.7 read as 1
+        if seqs.dim() != 2:  # before indexing: a 1-D input failed with a raw IndexError
+            raise ValueError(f"expected item-id sequences of shape [B, T], got {tuple(seqs.shape)}")
+        seqs = seqs.long()
         bad = seqs[(seqs != PAD) & ((seqs < 0) | (seqs >= self.n_items))]
         if bad.numel():
             # -7 used to be read as item 0 (the embedding lookup clamps), I or more failed deep in torch
