@@ -55,6 +55,7 @@ def main() -> None:
 
     from recsys.config import load_config
     from recsys.pipeline import train_experiment
+    from recsys.tracking import git_commit
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -89,6 +90,7 @@ def main() -> None:
             "mlflow_run_id": res.run_id,
             "curve": curve,
             "machine": machine(),
+            "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         print(

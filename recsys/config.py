@@ -56,7 +56,8 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1)
     """Optional step budget: training stops after this many optimiser steps, whatever ``epochs`` says."""
     steps_per_epoch: int | None = Field(None, ge=1)
-    """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples)."""
+    """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples); default
+    ``ceil(training pairs / batch_size)``, the official LightGCN code's epoch."""
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)

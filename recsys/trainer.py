@@ -227,8 +227,10 @@ class Trainer:
             # BPRSampler contract: a pure function of `gen`, len() batches, iterate(start=b).
             return make_sampler(self.tc, gen)
         if self.tc.sampler == "users":
-            steps = self.tc.steps_per_epoch or max(1, train.nnz // self.tc.batch_size)
-            return BPRSampler(train, mode="users", batch_size=self.tc.batch_size, generator=gen, steps=steps)
+            # default: the sampler's ceil(nnz / batch), the official LightGCN code's epoch (this rounded down)
+            return BPRSampler(
+                train, mode="users", batch_size=self.tc.batch_size, generator=gen, steps=self.tc.steps_per_epoch
+            )
         return BPRSampler(train, mode="interactions", batch_size=self.tc.batch_size, generator=gen)
 
     def evaluate(self, split: str) -> dict[str, float]:

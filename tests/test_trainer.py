@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -206,6 +207,11 @@ def test_users_sampler_steps_per_epoch(tmp_path):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     t = build(make_cfg(csv, epochs=3, sampler="users", steps_per_epoch=5), tmp_path / "r")
     assert t.fit().step == 15
+    # default: as many triples as training pairs, the last batch counted (the official LightGCN code's
+    # `len(users) // batch + 1` batches); this rounded down, one batch short (395 of Gowalla's 396)
+    t = build(make_cfg(csv, epochs=2, sampler="users"), tmp_path / "d")
+    pairs = t.dataset.matrix("train").nnz
+    assert pairs % 64 and t.fit().step == 2 * math.ceil(pairs / 64)
 
 
 def test_steps_per_epoch_is_refused_where_it_would_be_ignored(tmp_path):

@@ -35,7 +35,8 @@ class MFBPRConfig(ModelConfig):
     reg: float = Field(1e-4, ge=0)
     """L2 weight λ on the batch's embeddings (``reg * 0.5 * sum of squared norms / B``)."""
     init_std: float = Field(0.1, gt=0)
-    """Standard deviation of the N(0, std²) initialisation."""
+    """Standard deviation of the N(0, std²) initialisation: LightGCN's 0.1 (MF-BPR is LightGCN without
+    layers). The official LightGCN PyTorch code's own MF baseline (``PureMF``) keeps torch's N(0, 1)."""
 
 
 class MFBPR(Recommender):
