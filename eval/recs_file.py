@@ -25,11 +25,13 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import check_ks, ranking_metrics
+from features.errors import DataValidationError
 from features.readers import (
     check_header,
     check_one_record_per_line,
     explain_scan_error,
     leading_blank_lines,
+    record_start_lines,
 )
 
 __all__ = ["evaluate_recs_file", "read_recs", "read_truth"]
@@ -66,9 +68,7 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         if suffix in _CSV:  # ragged rows and broken quotes, named by line
             raise explain_scan_error(path, e, separator=",") from None
         raise ValueError(f"{role} file {path} cannot be read: {e}") from e
-    if suffix in _CSV:
-        # a quoted id running over lines would swallow the rows up to its closing quote, without a word
-        check_one_record_per_line(path, ",", df.height + lead + 1)
+    lines = _line_numbers(path, df.height, lead) if suffix in _CSV else None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(
@@ -76,7 +76,10 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
             f"(expected {', '.join(columns)})"
         )
     # Where each row is, for error messages: its line in a CSV (the header is line 1), its row in a Parquet.
-    df = df.with_row_index(_AT, offset=2 + lead if suffix in _CSV else 1)
+    if lines is None:
+        df = df.with_row_index(_AT, offset=1)
+    else:
+        df = df.with_columns(pl.Series(_AT, lines, dtype=pl.UInt32))
     if suffix in _CSV:  # a blank line (every field empty) reads as a row of nulls: skip it, as the readers do
         df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in df.columns if c != _AT]))
     df = df.select(_AT, *columns)
@@ -87,6 +90,13 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
         if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical or dtype == pl.Enum):
             raise ValueError(f"{role} file {path}: column {col!r} holds {df[col].dtype}, expected ids")
         df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars())
+        broken = df.filter(pl.col(col).str.contains(r"[\r\n]"))
+        if broken.height:
+            # a quote opened in an id swallows the rows up to the next quote into that one id
+            raise ValueError(
+                f"{role} file {path}, {_where(path, broken)}: column {col!r} holds a line break (a quoted "
+                "field running on over the next lines); expected one line per id"
+            )
         empty = df.filter(pl.col(col).is_null() | (pl.col(col) == ""))
         if empty.height:
             raise ValueError(
@@ -96,6 +106,19 @@ def _read_table(path: str | Path, columns: tuple[str, ...], role: str) -> pl.Dat
 
 
 _AT = "_at"
+
+
+def _line_numbers(path: Path, rows: int, lead: int) -> list[int] | range:
+    """The line of each of a CSV file's ``rows`` rows (after ``lead`` blank lines and the header): one per
+    line, or, where a quoted field of some column runs over lines, each record's first line."""
+    try:
+        check_one_record_per_line(path, ",", rows + lead + 1)
+        return range(lead + 2, lead + 2 + rows)
+    except DataValidationError:
+        starts = record_start_lines(path, ",")[lead + 1 :]
+        if len(starts) != rows:  # the csv module reads the records otherwise than Polars: say so, by line
+            raise
+        return starts
 
 
 def _where(path: Path, bad: pl.DataFrame) -> str:

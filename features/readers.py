@@ -263,6 +263,12 @@ def check_one_record_per_line(path: Path, sep: str, records: int) -> None:
     raise DataValidationError(path, "one record per line", got=f"<{records} records on {lines} lines>")
 
 
+def record_start_lines(path: Path, sep: str) -> list[int]:
+    """The first line of every record of a delimited text file (blank lines and the header included), for
+    files whose quoted fields run over lines: the line numbers of its rows are then not ``2, 3, ...``."""
+    return [start for start, _, _ in _records(path, sep)]
+
+
 def _blocks(path: Path) -> Iterator[bytes]:
     """A file's bytes in 1 MiB blocks."""
     with path.open("rb") as fh:

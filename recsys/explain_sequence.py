@@ -110,7 +110,6 @@ class IntentMembership:
         return cls(intent.cpu().numpy(), distance.cpu().numpy())
 
 
-@torch.no_grad()
 def _item_indices(values: Sequence[int], n_items: int, name: str) -> list[int]:
     """Dense item indices, checked: integers (1.5 was read as item 1, True as 1) in ``[0, n_items)`` (a
     KeyError names those outside: -1 excluded the last item, n_items failed inside torch)."""
@@ -128,6 +127,7 @@ def _item_indices(values: Sequence[int], n_items: int, name: str) -> list[int]:
     return out
 
 
+@torch.no_grad()
 def explain_sequence(
     model: torch.nn.Module,
     items: Sequence[int],

@@ -12,11 +12,8 @@ import json
 import logging
 import os
 import shutil
-import ssl
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,31 +56,46 @@ SERVER_CONNECT_TIMEOUT_S = 10.0
 def _check_server_answers(uri: str) -> None:
     """Refuse an ``http(s)://`` tracking server that cannot be reached (nothing listening, an unknown host,
     no answer within :data:`SERVER_CONNECT_TIMEOUT_S`): MLflow would retry each request with backoff for
-    minutes before failing. Any HTTP answer counts as reached, as does a TLS error (MLflow has its own
+    minutes before failing. The probe goes through ``requests``, as MLflow's own requests do (the same
+    proxies and URL quoting); any HTTP answer counts as reached, as does a TLS error (MLflow has its own
     certificate settings); MLflow still retries a server that fails later, during a run."""
+    import requests
+
     parts = urlsplit(uri)
     try:
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             return
-        # Without user:password@ (urllib would read it as part of the host; and no password in a message)
+        # Without user:password@ (no password in a message; MLflow sends its credentials otherwise)
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         server = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port is not None else "")
     except ValueError:  # a port that is no number: MLflow's own error names it
         return
-    health = server + parts.path.rstrip("/") + "/health"
     try:
-        urllib.request.urlopen(health, timeout=SERVER_CONNECT_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return  # it answered (an error status is MLflow's to report)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, ssl.SSLError) or not isinstance(reason, OSError):
-            return
+        requests.get(server + parts.path.rstrip("/") + "/health", timeout=SERVER_CONNECT_TIMEOUT_S).close()
+    except requests.exceptions.SSLError:
+        return
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise ConnectionError(
-            f"the MLflow tracking server {server} does not answer ({reason}); start it, or point --tracking-uri"
-            " / MLFLOW_TRACKING_URI (or the config's tracking.uri) at one that runs; without either, runs go"
-            " to the embedded store under $RECSYS_HOME"
+            f"the MLflow tracking server {server} does not answer ({_root_cause(exc)}); start it, or point "
+            "--tracking-uri / MLFLOW_TRACKING_URI (or the config's tracking.uri) at one that runs; without "
+            "either, runs go to the embedded store under $RECSYS_HOME"
         ) from None
+    except requests.exceptions.RequestException:
+        return  # something answered, or the URL is MLflow's to refuse: its own error says how
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of a requests error (``[Errno 111] Connection refused``, ``BadStatusLine: ...``
+    for a server that answers in something other than HTTP), not urllib3's wrappers of it."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
+        inner = inner or getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return first_line(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _check_not_a_bare_database(uri: str) -> None:

@@ -196,11 +196,21 @@ def test_a_quoted_id_running_over_lines_is_refused(tmp_path):
     # the quote swallowed the next line into one id: the row of u2 vanished and hit@1 read 0 without a word
     truth = write(tmp_path, "truth.csv", "user,item\nu1,5\nu2,2\n")
     recs = write(tmp_path, "recs.csv", 'user,item,score\nu1,"5,1.0\nu2,2",0.5\nu2,3,0.1\n')
-    with pytest.raises(ValueError, match=r"recs\.csv, line 2: expected one record per line"):
+    with pytest.raises(ValueError, match=r"recs\.csv, line 2: column 'item' holds a line break"):
         evaluate_recs_file(recs, truth, ks=(1,))
     quoted_truth = write(tmp_path, "qt.csv", 'user,item\n"u\n1",5\nu2,2\n')
-    with pytest.raises(ValueError, match=r"qt\.csv, line 2: expected one record per line"):
+    with pytest.raises(ValueError, match=r"qt\.csv, line 2: column 'user' holds a line break"):
         evaluate_recs_file(write(tmp_path, "ok.csv", "user,item,score\nu1,5,1\n"), quoted_truth, ks=(1,))
+
+
+def test_a_multi_line_field_in_a_column_not_read_is_fine(tmp_path):
+    # free text over lines in another column (pandas writes it so) is read, and later lines keep their numbers
+    truth = write(tmp_path, "truth.csv", "user,item\nu1,5\nu2,2\n")
+    recs = write(tmp_path, "recs.csv", 'user,item,score,why\nu1,5,1.0,"liked\nthe genre"\nu2,2,0.5,x\n')
+    assert evaluate_recs_file(recs, truth, ks=(1,))["hit@1"] == 1.0
+    recs = write(tmp_path, "bad.csv", 'user,item,score,why\nu1,5,1.0,"liked\nthe genre"\n\nu2,2,abc,x\n')
+    with pytest.raises(ValueError, match=r"non-numeric score value\(s\), e\.g\. 'abc', first at line 5"):
+        evaluate_recs_file(recs, truth, ks=(1,))
 
 
 def test_minus_inf_items_still_count_for_the_id_order_and_coverage(tmp_path):

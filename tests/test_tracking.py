@@ -74,11 +74,20 @@ def test_a_tracking_server_that_does_not_answer_is_named_at_once(monkeypatch, ca
     )
 
 
-def test_any_http_answer_counts_as_a_reachable_tracking_server():
-    """The check only refuses what cannot be reached: a server that answers, even with an error status (a
-    proxy, a path prefix without /health), is left to MLflow."""
+def _serve(handler_cls):
     import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import HTTPServer
+
+    server = HTTPServer(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_any_http_answer_counts_as_a_reachable_tracking_server(monkeypatch):
+    """The check only refuses what cannot be reached: a server that answers, even with an error status (a
+    proxy, a path prefix without /health), is left to MLflow; and the probe reaches it the way MLflow's
+    requests do, through the proxy that ALL_PROXY names (urllib ignored it: a false refusal)."""
+    from http.server import BaseHTTPRequestHandler
 
     from recsys.tracking import _check_server_answers
 
@@ -89,13 +98,49 @@ def test_any_http_answer_counts_as_a_reachable_tracking_server():
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(NotFound)
     try:
         _check_server_answers(f"http://127.0.0.1:{server.server_port}/prefix/")
+        _check_server_answers(f"http://127.0.0.1:{server.server_port}/ml flow")  # quoted as requests does
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{server.server_port}")
+        _check_server_answers("http://mlflow.invalid:5000")  # only the proxy can reach it
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_server_that_does_not_speak_http_is_refused(capsys):
+    """Something listening that answers in another protocol (a wrong port): refused by name, exit 2 on the
+    command line (http.client's BadStatusLine escaped the CLI as a traceback)."""
+    import socket
+    import threading
+
+    from recsys.cli import main
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+
+    def greet():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    threading.Thread(target=greet, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        assert main(["evaluate", "--run", "0" * 32, "--tracking-uri", url]) == 2
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the MLflow tracking server {url} does not answer (BadStatusLine")
 
 
 def test_a_plain_path_to_a_sqlite_store_says_to_write_a_sqlite_uri(_isolated_home, capsys):
