@@ -63,6 +63,7 @@ def main() -> None:
         cfg = load_config(path, args.set)
         if args.name_suffix:
             cfg = cfg.model_copy(update={"name": cfg.name + args.name_suffix})
+        commit = git_commit()  # the code that trains (the tree may change while a long run goes on)
         t0 = time.perf_counter()
         res = train_experiment(cfg, resume=args.resume)
         wall = time.perf_counter() - t0
@@ -90,7 +91,7 @@ def main() -> None:
             "mlflow_run_id": res.run_id,
             "curve": curve,
             "machine": machine(),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         print(

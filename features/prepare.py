@@ -67,13 +67,17 @@ def default_cache_dir() -> Path:
     return recsys_home() / "prepared"
 
 
-def content_hash(cfg: DataConfig, file_hashes: dict[str, str]) -> str:
-    """The cache key: sha256 of the config (minus ``path``), the source files' sha256s and the schema."""
+def content_hash(cfg: DataConfig, file_hashes: dict[str, str], files: dict[str, Path] | None = None) -> str:
+    """The cache key: sha256 of the config (minus ``path``), the source files' sha256s and the schema; for an
+    ``interactions`` file without ``data.separator``, also its suffix, which then decides how it is parsed
+    (the same bytes as ``.csv`` and as ``.tsv`` are other tables). Other keys are as they always were."""
     payload = {
         "schema_version": SCHEMA_VERSION,
         "config": cfg.model_dump(mode="json", exclude={"path"}),
         "sources": file_hashes,
     }
+    if cfg.source == "interactions" and cfg.separator is None and files:
+        payload["suffixes"] = {role: path.suffix.lower() for role, path in files.items()}
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
@@ -98,7 +102,7 @@ def prepare(
     files = source_files(cfg, root)
     before = {role: file_state(path) for role, path in files.items()}
     hashes = {role: sha256_file(path) for role, path in files.items()}
-    key = content_hash(cfg, hashes)
+    key = content_hash(cfg, hashes, files)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache / f"{_slug(cfg.display_name())}-{key[:16]}"
     if not force and (ds := _complete_dataset(folder, key)) is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features import DataConfig, PreparedDataset, prepare
+from features import DataConfig, DataValidationError, PreparedDataset, prepare
 from features.dataset import SPLITS
 from tests.conftest import fixture_data
 
@@ -148,6 +148,34 @@ def test_cache_key_follows_content_not_path(tmp_path):
         fh.write("6\t8\t5\t889999999\n")
     c = prepare(ml_mini(path=str(copy)), cache_dir=tmp_path / "c")
     assert not c.cache_hit and c.root != a.root
+
+
+def test_the_suffix_that_decides_the_separator_is_part_of_the_cache_key(tmp_path):
+    # the same bytes as .csv and as .tsv are other tables: the .tsv read the .csv's cached folder
+    text = "user,item,ts\n" + "".join(
+        f"{u},{10 + (u * 7 + t) % 9},{100 * u + t}\n" for u in range(6) for t in range(5)
+    )
+    (tmp_path / "a.csv").write_text(text)
+    (tmp_path / "a.tsv").write_text(text)
+
+    def config(name: str) -> dict:
+        return {
+            "source": "interactions",
+            "path": str(tmp_path / name),
+            "columns": {"user": "user", "item": "item", "timestamp": "ts"},
+            "split": {"protocol": "leave_one_out"},
+        }
+
+    assert not prepare(config("a.csv"), cache_dir=tmp_path / "c").cache_hit
+    with pytest.raises(DataValidationError, match=r"a\.tsv"):  # one tab-separated column: no 'user' column
+        prepare(config("a.tsv"), cache_dir=tmp_path / "c")
+    # keys of configs whose parsing no suffix decides are as before (no prepared folder is orphaned)
+    from features.prepare import content_hash
+
+    cfg = DataConfig.model_validate({**config("a.csv"), "separator": ","})
+    assert content_hash(
+        cfg, {"interactions": "0" * 64}, {"interactions": tmp_path / "a.csv"}
+    ) == content_hash(cfg, {"interactions": "0" * 64})
 
 
 def test_incomplete_folder_is_rebuilt(tmp_path):
