@@ -26,7 +26,9 @@ def main() -> None:
             if r["curve"]:
                 xs = [p["train_seconds"] / 60 for p in r["curve"]]
                 ys = [p["recall@20"] for p in r["curve"]]
-                ax.plot(xs, ys, marker="o", ms=3, label=f"{name} (per {r['train']['eval_every']} epochs)")
+                sampler = r["train"].get("sampler", "interactions")
+                label = f"{name}, {sampler} sampler (per {r['train']['eval_every']} epochs)"
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
             else:
                 ax.scatter(
                     [r["wall_seconds"] / 60],
