@@ -6,12 +6,13 @@ metrics, wall time and learning curve (test Recall@20 against cumulative trainin
     .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_popularity.yaml \
         configs/gowalla_rp3beta.yaml --out bench/results/gowalla_fast.json
     .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_lightgcn.yaml \
-        --set train.epochs=60 --out bench/results/gowalla_lightgcn.json
+        --set train.epochs=50 train.eval_every=10 train.num_threads=1 --out bench/results/gowalla_lightgcn.json
     .venv/bin/python bench/gowalla_baselines.py --configs configs/gowalla_dccf.yaml --resume \
         --out bench/results/gowalla_dccf.json
 
 ``train_seconds`` sums the trainer's per-epoch training times (evaluation excluded; over all sessions of a
-resumed run); ``wall_seconds`` is this invocation's wall time.
+resumed run); ``wall_seconds`` is the wall time of that config's ``train_experiment`` call (data from the cache,
+training, testing, logging); ``git_commit`` is the code a run starts from.
 
 Run from the repository root (the configs point at ../shared/data).
 """
