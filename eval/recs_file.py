@@ -25,10 +25,10 @@ import polars as pl
 import scipy.sparse as sp
 
 from eval.metrics import check_ks, ranking_metrics
-from features.errors import DataValidationError
 from features.readers import (
     check_header,
     check_one_record_per_line,
+    count_lines,
     explain_scan_error,
     leading_blank_lines,
     record_start_lines,
@@ -111,14 +111,12 @@ _AT = "_at"
 def _line_numbers(path: Path, rows: int, lead: int) -> list[int] | range:
     """The line of each of a CSV file's ``rows`` rows (after ``lead`` blank lines and the header): one per
     line, or, where a quoted field of some column runs over lines, each record's first line."""
-    try:
-        check_one_record_per_line(path, ",", rows + lead + 1)
+    if count_lines(path) == rows + lead + 1:
         return range(lead + 2, lead + 2 + rows)
-    except DataValidationError:
-        starts = record_start_lines(path, ",")[lead + 1 :]
-        if len(starts) != rows:  # the csv module reads the records otherwise than Polars: say so, by line
-            raise
-        return starts
+    starts = record_start_lines(path, ",")[lead + 1 :]
+    if len(starts) != rows:  # the csv module reads the records otherwise than Polars: say so, by line
+        check_one_record_per_line(path, ",", rows + lead + 1)
+    return starts
 
 
 def _where(path: Path, bad: pl.DataFrame) -> str:

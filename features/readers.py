@@ -242,11 +242,7 @@ def check_one_record_per_line(path: Path, sep: str, records: int) -> None:
     """Refuse a file whose records do not match its lines one to one (``records`` counts the header and the
     blank lines): a quoted field that runs over several lines would shift every later line number, and in a
     TSV file a field that merely starts with ``"`` silently swallows the rows up to the next quote."""
-    lines, last = 0, b""
-    for block in _blocks(path):
-        lines += block.count(b"\n")
-        last = block
-    lines += bool(last) and not last.endswith(b"\n")
+    lines = count_lines(path)
     if records == lines:
         return
     # Error path: find the first record that spans lines with the csv module.
@@ -261,6 +257,15 @@ def check_one_record_per_line(path: Path, sep: str, records: int) -> None:
                 "put the field's line breaks inside it in another form",
             )
     raise DataValidationError(path, "one record per line", got=f"<{records} records on {lines} lines>")
+
+
+def count_lines(path: Path) -> int:
+    """A text file's number of lines (a last line without its newline counts), by one pass over its bytes."""
+    lines, last = 0, b""
+    for block in _blocks(path):
+        lines += block.count(b"\n")
+        last = block
+    return lines + (bool(last) and not last.endswith(b"\n"))
 
 
 def record_start_lines(path: Path, sep: str) -> list[int]:
