@@ -92,6 +92,25 @@ def check_counts(**counts: int) -> None:
         check_k(value, name)
 
 
+def check_indices(values: Sequence[int], size: int, name: str, what: str) -> list[int]:
+    """Dense indices, checked: integers (``operator.index``: Python's, NumPy's and 0-d integer tensors; 2.5
+    was read as 2, and ``True`` is no index either) in ``[0, size)``; a KeyError names those outside (-1
+    picked the last row, ``size`` failed inside torch). Both errors name the argument (``name``) and the
+    kind of index (``what``: "item", "user")."""
+    out = []
+    for value in values:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            out.append(operator.index(value))
+        except TypeError:
+            raise TypeError(f"{name}: {what} indices must be integers, got {value!r}") from None
+    bad = [i for i in out if not 0 <= i < size]
+    if bad:
+        raise KeyError(f"{name}: {what} indices {bad[:5]} out of range [0, {size})")
+    return out
+
+
 def explain_user(
     model: torch.nn.Module, user_idx: int, train: sp.csr_matrix, **options: Any
 ) -> UserExplanation:
@@ -129,10 +148,7 @@ def explain_users(
     are computed once for all of them; only the top-k and its attribution are per user."""
     _require_intents(model)
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
-    user_idxs = [operator.index(u) for u in user_idxs]  # 2.5 is no user index, True neither
-    for user_idx in user_idxs:
-        if not 0 <= user_idx < model.n_users:
-            raise KeyError(f"user index {user_idx} out of range [0, {model.n_users})")
+    user_idxs = check_indices(user_idxs, model.n_users, "user_idxs", "user")
     train = sp.csr_matrix(train)  # the rows are sliced below; CSC or COO indices mean something else
     if train.shape != (model.n_users, model.n_items):
         # another shape would exclude the wrong items, or none, without a word

@@ -18,7 +18,6 @@ that several sequences can be explained with one pass.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from features.sequences import pad_sequences
-from recsys.explain import ItemScore, check_counts
+from recsys.explain import ItemScore, check_counts, check_indices
 
 
 @dataclass
@@ -110,23 +109,6 @@ class IntentMembership:
         return cls(intent.cpu().numpy(), distance.cpu().numpy())
 
 
-def _item_indices(values: Sequence[int], n_items: int, name: str) -> list[int]:
-    """Dense item indices, checked: integers (1.5 was read as item 1, True as 1) in ``[0, n_items)`` (a
-    KeyError names those outside: -1 excluded the last item, n_items failed inside torch)."""
-    out = []
-    for value in values:
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            out.append(operator.index(value))  # ints, NumPy's and 0-d integer tensors; no float
-        except TypeError:
-            raise TypeError(f"{name}: item indices must be integers, got {value!r}") from None
-    bad = [i for i in out if not 0 <= i < n_items]
-    if bad:
-        raise KeyError(f"{name}: item indices {bad[:5]} out of range [0, {n_items})")
-    return out
-
-
 @torch.no_grad()
 def explain_sequence(
     model: torch.nn.Module,
@@ -156,8 +138,8 @@ def explain_sequence(
     _require_intents(model)
     check_counts(top_intents=top_intents, examples=examples, items_per_intent=items_per_intent, k=k)
     n_items = model.n_items
-    seq = _item_indices(items, n_items, "items")
-    excluded = seq if exclude is None else _item_indices(exclude, n_items, "exclude")
+    seq = check_indices(items, n_items, "items", "item")
+    excluded = seq if exclude is None else check_indices(exclude, n_items, "exclude", "item")
     membership = membership or IntentMembership.of(model)
     samples = model.train_samples
 

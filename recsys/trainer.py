@@ -229,7 +229,11 @@ class Trainer:
         if self.tc.sampler == "users":
             # default: the sampler's ceil(nnz / batch), the official LightGCN code's epoch (this rounded down)
             return BPRSampler(
-                train, mode="users", batch_size=self.tc.batch_size, generator=gen, steps=self.tc.steps_per_epoch
+                train,
+                mode="users",
+                batch_size=self.tc.batch_size,
+                generator=gen,
+                steps=self.tc.steps_per_epoch,
             )
         return BPRSampler(train, mode="interactions", batch_size=self.tc.batch_size, generator=gen)
 

@@ -155,8 +155,9 @@ def test_many_users_share_one_propagation(small_model, monkeypatch):
     for (_, distribution, _), (_, reference, _) in zip(got, expected, strict=True):
         assert distribution == pytest.approx(reference, abs=1e-6)
     assert len(calls) == 1
-    with pytest.raises(TypeError):
-        explain_users(model, [2.5], train)  # it was user 2
+    for bad in (2.5, True):  # 2.5 was user 2, True user 1
+        with pytest.raises(TypeError, match=f"user_idxs: user indices must be integers, got {bad}"):
+            explain_users(model, [bad], train)
     calls.clear()
     explain_user(model, 7, train, k=6)
     assert len(calls) == 1
