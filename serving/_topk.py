@@ -8,7 +8,8 @@ of equal scores that continues beyond the F returned).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,37 +22,83 @@ def check_k(k: Any, name: str = "k") -> int:
     return int(k)
 
 
-def as_exclusion(exclude, n_rows: int, n_items: int):
-    """A sparse [n_rows, n_items] exclusion matrix as canonical CSR (sorted, distinct columns per row)."""
-    import scipy.sparse as sp
+class ExcludedItems(NamedTuple):
+    """Item positions excluded per query row, in CSR layout without values: row b excludes
+    ``indices[indptr[b]:indptr[b + 1]]``, sorted and distinct within the row.
 
-    if not sp.issparse(exclude):
-        raise TypeError(f"exclude must be a scipy.sparse matrix [B, I], got {type(exclude).__name__}")
-    if exclude.shape != (n_rows, n_items):
-        raise ValueError(f"exclude has shape {exclude.shape}, expected ({n_rows}, {n_items})")
-    exclude = sp.csr_matrix(exclude)
-    if not exclude.has_canonical_format:
-        exclude = exclude.copy()
-        exclude.sum_duplicates()  # sorted, distinct columns per row: counts are exact, keys are sorted
-    return exclude
+    A plain pair of arrays rather than a scipy matrix: building or slicing one scipy matrix per call cost more
+    than the FAISS search itself on catalogues of a few thousand items (see docs/benchmarks.md, "Serving").
+
+    Attributes:
+        indptr: int [n_rows + 1], non-decreasing from 0.
+        indices: int [nnz] item positions (int32 or int64: a loaded index's seen matrix is used as it is).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return self.indptr.size - 1
+
+    def counts(self) -> np.ndarray:
+        """int64 [n_rows]: excluded items per row."""
+        return np.diff(self.indptr)
+
+    def take(self, rows: np.ndarray) -> ExcludedItems:
+        """The exclusions of ``rows`` (int [m], any order, repeats allowed), as rows ``0..m-1``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.indptr[rows]
+        counts = self.indptr[rows + 1] - starts
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        # element j of new row r sits at starts[r] + j: one gather for all rows
+        gather = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1], dtype=np.int64)
+        return ExcludedItems(indptr, self.indices[gather])
+
+    @classmethod
+    def from_sparse(cls, exclude: Any, n_rows: int, n_items: int) -> ExcludedItems:
+        """Every stored entry (b, j) of a scipy sparse [n_rows, n_items] matrix excludes position j from row b
+        (explicit zeros too)."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(exclude):
+            raise TypeError(f"exclude must be a scipy.sparse matrix [B, I], got {type(exclude).__name__}")
+        if exclude.shape != (n_rows, n_items):
+            raise ValueError(f"exclude has shape {exclude.shape}, expected ({n_rows}, {n_items})")
+        exclude = sp.csr_matrix(exclude)
+        if not exclude.has_canonical_format:
+            exclude = exclude.copy()
+            exclude.sum_duplicates()  # sorted, distinct columns per row: counts are exact, keys are sorted
+        return cls(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64))
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[np.ndarray]) -> ExcludedItems:
+        """One int array of positions per row (unsorted, repeats allowed: an item listed twice is excluded
+        once)."""
+        lists = [np.unique(np.asarray(r, dtype=np.int64)) for r in rows]  # sorted, distinct
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([r.size for r in lists], out=indptr[1:])
+        indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+        return cls(indptr, indices)
 
 
 def select_topk(dist, pos, exclude, need, k: int, n_items: int, complete: bool):
-    """Filter and order one FAISS answer. dist, pos: [n, F] (FAISS order); exclude: CSR [n, I] or None;
-    need: int [n] results owed per row. Returns (done bool [n], scores [n, k], positions [n, k])."""
+    """Filter and order one FAISS answer. dist, pos: [n, F] (FAISS order); exclude: :class:`ExcludedItems`
+    of the n rows, or None; need: int [n] results owed per row. Returns (done bool [n], scores [n, k],
+    positions [n, k])."""
     n, width = pos.shape
     valid = pos >= 0
-    if exclude is not None and exclude.nnz:
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(exclude.indptr))
-        banned = rows * n_items + exclude.indices.astype(np.int64)  # sorted (canonical CSR)
+    if exclude is not None and exclude.indices.size:
+        rows = np.repeat(np.arange(n, dtype=np.int64), exclude.counts())
+        banned = rows * n_items + exclude.indices  # sorted: rows in order, positions sorted within a row
         keys = np.arange(n, dtype=np.int64)[:, None] * n_items + pos
         at = np.minimum(np.searchsorted(banned, keys), banned.size - 1)
         valid &= banned[at] != keys
     # valid first, then score descending, then position ascending (np.lexsort: last key is primary)
     order = np.lexsort((pos, -dist, ~valid), axis=1)
-    dist = np.take_along_axis(dist, order, axis=1)
-    pos = np.take_along_axis(pos, order, axis=1)
-    valid = np.take_along_axis(valid, order, axis=1)
+    by_row = np.arange(n)[:, None]
+    dist, pos, valid = dist[by_row, order], pos[by_row, order], valid[by_row, order]
     if complete:  # every item was returned: nothing more to ask for
         done = np.ones(n, dtype=bool)
     else:
@@ -62,13 +109,9 @@ def select_topk(dist, pos, exclude, need, k: int, n_items: int, complete: bool):
         last = dist[np.arange(n), np.maximum(need - 1, 0)]
         done &= (need == 0) | (lowest < last)
     take = min(width, k)
-    keep = np.zeros((n, k), dtype=bool)
-    keep[:, :take] = valid[:, :take]
-    keep &= np.arange(k)[None, :] < need[:, None]
+    keep = valid[:, :take] & (np.arange(take)[None, :] < need[:, None])
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     positions = np.full((n, k), -1, dtype=np.int64)
-    scores[:, :take] = dist[:, :take]
-    positions[:, :take] = pos[:, :take]
-    scores[~keep] = -np.inf
-    positions[~keep] = -1
+    scores[:, :take] = np.where(keep, dist[:, :take], -np.inf)
+    positions[:, :take] = np.where(keep, pos[:, :take], -1)
     return done, scores, positions

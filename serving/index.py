@@ -47,7 +47,7 @@ from serving._files import (
     sha256_file,
     write_lock,
 )
-from serving._topk import as_exclusion, check_k, select_topk
+from serving._topk import ExcludedItems, check_k, select_topk
 from serving.errors import IndexIntegrityError, UnknownItemError, UnknownUserError
 
 if TYPE_CHECKING:
@@ -427,6 +427,8 @@ class ItemIndex:
             for arr in (seen.data, seen.indices, seen.indptr):
                 arr.flags.writeable = False
         self._seen = seen
+        # the same arrays, for the per-call path: slicing a scipy matrix costs more than a small FAISS search
+        self._seen_rows = ExcludedItems(seen.indptr, seen.indices) if seen is not None else None
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -637,6 +639,12 @@ class ItemIndex:
             ),
         )
 
+    def seen_items(self, positions: np.ndarray) -> ExcludedItems:
+        """The seen items of the users at int ``positions`` [n] (rows ``0..n-1``), ready for :meth:`search`."""
+        if self._seen_rows is None:
+            raise ValueError(f"index {str(self._path)!r} was built without seen items")
+        return self._seen_rows.take(positions)
+
     def item_vectors(self, positions: np.ndarray) -> np.ndarray:
         """float32 [n, d] stored item vectors at int positions [n] (normalised if the index is)."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
@@ -664,7 +672,8 @@ class ItemIndex:
         Args:
             queries: float32 [B, d], already in the index's space (see :meth:`as_queries`).
             k: results per row, >= 1.
-            exclude: optional sparse [B, I]; every stored entry (b, j) removes item position j from row b.
+            exclude: optional scipy sparse [B, I]; every stored entry (b, j) removes item position j from
+                row b. Or an :class:`~serving._topk.ExcludedItems` of B rows (what :meth:`seen_items` gives).
 
         Returns:
             ``(scores, positions)``: float32 [B, K] and int64 [B, K] with ``K = min(k, I)`` (no list is longer
@@ -686,11 +695,12 @@ class ItemIndex:
         out_pos = np.full((n_rows, k), -1, dtype=np.int64)
         if n_rows == 0:
             return out_scores, out_pos
-        if exclude is not None:
-            exclude = as_exclusion(exclude, n_rows, n_items)
-            counts = np.diff(exclude.indptr).astype(np.int64)
-        else:
-            counts = np.zeros(n_rows, dtype=np.int64)
+        if isinstance(exclude, ExcludedItems):
+            if exclude.n_rows != n_rows:
+                raise ValueError(f"exclude has {exclude.n_rows} rows, expected {n_rows}")
+        elif exclude is not None:
+            exclude = ExcludedItems.from_sparse(exclude, n_rows, n_items)
+        counts = exclude.counts() if exclude is not None else np.zeros(n_rows, dtype=np.int64)
         need = np.minimum(k, n_items - counts)
 
         block = max(1, _MAX_CANDIDATES // min(k + int(counts.max()) + 1, n_items))
@@ -698,8 +708,9 @@ class ItemIndex:
             pending = np.arange(start, min(start + block, n_rows))
             fetch = min(k + int(counts[pending].max()) + 1, n_items)
             while pending.size:
-                dist, pos = self._faiss.search(q[pending], fetch)
-                sub = exclude[pending] if exclude is not None else None
+                whole = pending.size == n_rows  # the first pass of a single block: nothing to slice
+                dist, pos = self._faiss.search(q if whole else q[pending], fetch)
+                sub = exclude if exclude is None or whole else exclude.take(pending)
                 done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=fetch >= n_items)
                 out_scores[pending[done]] = s[done]
                 out_pos[pending[done]] = p[done]

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from serving._topk import check_k
+from serving._topk import ExcludedItems, check_k
 from serving.errors import UnencodableItemError
 from serving.index import ItemIndex
 
@@ -119,7 +119,7 @@ class Retriever:
             return []
         positions = index.user_positions(ids)
         queries = index.user_emb[positions]
-        exclude = index.seen[positions] if exclude_seen else None
+        exclude = index.seen_items(positions) if exclude_seen else None
         return self._to_recommendations(*index.search(queries, k, exclude=exclude))
 
     def recommend_for_vector(
@@ -208,25 +208,17 @@ class Retriever:
         Raises:
             UnknownItemError (a KeyError): ids that are not in the index, all named.
         """
-        import scipy.sparse as sp
-
         ids = _as_id_list(item_ids, "item_ids")
         k = check_k(k)
         if not ids:
             return []
         index = self._index
         positions = index.item_positions(ids)
-        n = len(ids)
-        itself = sp.csr_matrix(
-            (np.ones(n, dtype=np.uint8), positions, np.arange(n + 1, dtype=np.int64)),
-            shape=(n, index.n_items),
-        )
+        itself = ExcludedItems(np.arange(len(ids) + 1, dtype=np.int64), positions)  # row b excludes its item
         return self._to_recommendations(*index.search(index.item_vectors(positions), k, exclude=itself))
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str]], n_rows: int):
-        import scipy.sparse as sp
-
+    def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str]], n_rows: int) -> ExcludedItems:
         if isinstance(exclude_items, str) or len(exclude_items) != n_rows:
             raise ValueError(f"exclude_items must hold one list of item ids per query row ({n_rows} rows)")
         lists = []
@@ -237,12 +229,9 @@ class Retriever:
                 )
             lists.append([_id_text(x, "item") for x in row])
         flat = [x for row in lists for x in row]
-        cols = self._index.item_positions(flat)
-        rows = np.repeat(np.arange(n_rows, dtype=np.int64), [len(row) for row in lists])
-        # COO -> CSR sums duplicates, so an id listed twice is one exclusion
-        return sp.csr_matrix(
-            (np.ones(len(flat), dtype=bool), (rows, cols)), shape=(n_rows, self._index.n_items)
-        )
+        cols = self._index.item_positions(flat)  # all unknown ids named at once, whatever row they are in
+        bounds = np.cumsum([0] + [len(row) for row in lists])
+        return ExcludedItems.from_lists([cols[bounds[b] : bounds[b + 1]] for b in range(n_rows)])
 
     def _to_recommendations(self, scores: np.ndarray, positions: np.ndarray) -> list[list[Recommendation]]:
         ids, titles = self._index.item_ids, self._index.item_titles

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 import serving.index
 from serving import Recommendation, Retriever, build_index
+from serving._topk import ExcludedItems
 from serving.errors import UnknownItemError, UnknownUserError
 
 N_ITEMS, N_USERS, DIM = 120, 40, 8
@@ -200,6 +201,27 @@ def test_search_in_row_blocks_gives_the_same_results(retriever, monkeypatch):
     expected = retriever.recommend(USER_IDS, k=9)
     monkeypatch.setattr(serving.index, "_MAX_CANDIDATES", 25)  # forces blocks of one or two rows
     assert retriever.recommend(USER_IDS, k=9) == expected
+
+
+def test_excluded_items_rows_match_scipy(retriever, world):
+    _, users, seen = world
+    canonical = ExcludedItems.from_sparse(seen, N_USERS, N_ITEMS)
+    rows = np.array([7, 1, 7, 0, 2, 39])  # any order, repeats, the all-seen and the no-seen user
+    taken = canonical.take(rows)
+    expected = seen[rows]
+    assert taken.indptr.tolist() == expected.indptr.tolist()
+    assert taken.indices.tolist() == expected.indices.tolist()
+    assert canonical.take(np.array([], dtype=np.int64)).indptr.tolist() == [0]
+    # unsorted lists with repeats: sorted, each item once (what exclude_items=[["i3", "i3"]] gives)
+    lists = ExcludedItems.from_lists([np.array([9, 3, 9, 0]), np.array([], dtype=np.int64), np.array([4])])
+    assert lists.indptr.tolist() == [0, 3, 3, 4] and lists.indices.tolist() == [0, 3, 9, 4]
+    # the index's own seen rows give what the scipy rows give
+    index, q = retriever.index, users[rows]
+    scores, positions = index.search(q, 9, exclude=index.seen_items(rows))
+    want_scores, want_positions = index.search(q, 9, exclude=expected)
+    assert np.array_equal(scores, want_scores) and np.array_equal(positions, want_positions)
+    with pytest.raises(ValueError, match="exclude has 2 rows, expected 6"):
+        index.search(q, 9, exclude=canonical.take(rows[:2]))
 
 
 def test_exclude_seen_without_seen_items_is_an_error(tmp_path, world):
