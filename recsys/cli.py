@@ -301,13 +301,18 @@ def cmd_explain_sequence(args, run) -> int:
 
 
 def cmd_explain(args) -> int:
-    from recsys.explain import explain_user, format_explanation
+    from recsys.explain import explain_user, format_explanation, require_intents
     from recsys.pipeline import load_run
 
     if bool(args.user) == bool(args.sequence):
         print("error: give either --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
         return 2
-    run = load_run(args.run, uri=args.tracking_uri)
+
+    def explainable(model) -> None:  # refused before the run's model is prepared and loaded
+        if getattr(model, "intent_centroids", None) is None:
+            require_intents(model)
+
+    run = load_run(args.run, uri=args.tracking_uri, require=explainable)
     if getattr(run.model, "intent_centroids", None) is not None:
         return cmd_explain_sequence(args, run)
     if args.sequence:

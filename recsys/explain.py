@@ -58,7 +58,9 @@ class UserExplanation:
         return asdict(self)
 
 
-def _require_intents(model: torch.nn.Module) -> None:
+def require_intents(model: torch.nn.Module) -> None:
+    """A ValueError naming the model unless it has latent intents to explain (checkable as soon as the model
+    is built: ``recsys explain`` refuses before loading the rest of the run)."""
     if getattr(model, "user_intent", None) is None or not hasattr(model, "forward_views"):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
@@ -70,7 +72,7 @@ def _require_intents(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-averaged intent weights of all users ``[U, K]`` and all items ``[I, K]`` (rows sum to 1)."""
-    _require_intents(model)
+    require_intents(model)
     views = model.forward_views()
     return _layer_mean_intents(model, views, "user"), _layer_mean_intents(model, views, "item")
 
@@ -146,7 +148,7 @@ def explain_users(
 
     The model's propagation (one full graph pass), the intent weights and the items aligned with each intent
     are computed once for all of them; only the top-k and its attribution are per user."""
-    _require_intents(model)
+    require_intents(model)
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
     user_idxs = check_indices(user_idxs, model.n_users, "user_idxs", "user")
     train = sp.csr_matrix(train)  # the rows are sliced below; CSC or COO indices mean something else

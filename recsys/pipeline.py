@@ -8,7 +8,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,20 +291,26 @@ class LoadedRun:
     model: torch.nn.Module
 
 
-def load_run(run_id: str, uri: str | None = None) -> LoadedRun:
+def load_run(
+    run_id: str, uri: str | None = None, *, require: Callable[[torch.nn.Module], None] | None = None
+) -> LoadedRun:
     """Rebuild a trained run from MLflow: its config, its prepared dataset (checked against the manifest hash
     the run logged) and its model with the trained weights, ready for evaluation and export.
 
     ``uri`` is the tracking store that holds the run (default: ``MLFLOW_TRACKING_URI``, else the embedded
-    store under ``$RECSYS_HOME``); a run trained with ``tracking.uri`` set is found there."""
+    store under ``$RECSYS_HOME``); a run trained with ``tracking.uri`` set is found there.
+
+    ``require``: called with the model as soon as it is built, before its preparation on the training data
+    (RP3beta's item graph takes seconds on Gowalla) and its weights; it raises to refuse a model the caller
+    cannot use, so that a command refuses before the slow part."""
     folder = download_run_artifacts(run_id, MODEL_ARTIFACT, uri=uri)
     try:
-        return _load_run_folder(run_id, folder)
+        return _load_run_folder(run_id, folder, require)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)  # the weights are in memory by now
 
 
-def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
+def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
     import yaml
 
     from features import DataValidationError, PreparedDataset, prepare
@@ -335,6 +341,8 @@ def _load_run_folder(run_id: str, folder: Path) -> LoadedRun:
             "code that prepares them)"
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+    if require is not None:
+        require(model)
     prepare_model(model, dataset)
     state = load_torch_file(
         folder / "model.pt", f"weights of run {run_id}", damaged, map_location="cpu", weights_only=True

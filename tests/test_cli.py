@@ -203,6 +203,17 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
     assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "model").is_dir()
 
 
+def test_explain_refuses_a_model_without_intents_before_preparing_it(trained_run, capsys, monkeypatch):
+    import recsys.pipeline
+
+    run_id, _, _ = trained_run
+    prepared = []
+    monkeypatch.setattr(recsys.pipeline, "prepare_model", lambda *a: prepared.append(a))
+    assert main(["explain", "--run", run_id, "--user", "u3"]) == 2
+    assert "model 'mf_bpr' has no latent intents to explain" in capsys.readouterr().err
+    assert prepared == []  # RP3beta's item graph took 19 s on Gowalla before this refusal
+
+
 def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, capsys):
     """Issue 3: a DCCF run goes through the same train / evaluate / index / recommend commands as every model,
     with no model-specific code, and ``recsys explain`` shows its intents."""
