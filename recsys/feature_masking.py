@@ -10,7 +10,8 @@ values of multi-valued features.  Masks are ``BoolTensor[B, F]``, True = masked.
   random half (:func:`independent_random_masks`), so the views may share or both miss a feature.
 * **CFM** (correlated feature masking): one seed feature per batch, drawn uniformly; the masked group is the
   seed plus the features with the largest mutual information with it, until the group holds ``ceil(F / 2)``
-  features (the paper's Algorithm 1: grow the set while ``|F_m| < k / 2``); view 1 masks the group, view 2
+  features: the paper's stated intent, "masked and retained sets of roughly the same size" (its text's seed
+  plus floor(k/2) partners would mask more than half; see docs/two_tower.md); view 1 masks the group, view 2
   the rest (:func:`correlated_masks`).  Masking correlated features together removes the shortcut of
   reading a masked feature off a near-copy in the same view.
 * **Value dropout** on multi-valued features (:func:`value_dropout`): each value is dropped independently
