@@ -140,6 +140,28 @@ def _topk_positions(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return pos, values
 
 
+def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk`` under the library's tie rule (see above): the ``k`` largest values of each row of
+    ``scores`` (``[R, M]``, or one row ``[M]``), equal values by lower position first, where ``torch.topk``
+    promises no order. What evaluation and the served index rank by, for callers that rank one score
+    vector themselves (explanations).
+
+    Returns:
+        ``(values, positions)`` like ``torch.topk``, ``[R, k]`` (or ``[k]``); ``0 <= k <= M``.
+
+    Raises:
+        ValueError: NaN among the scores that compete for the top k.
+    """
+    x = scores[None] if scores.dim() == 1 else scores
+    if not 0 <= k <= x.shape[1]:
+        raise ValueError(f"k = {k} is outside [0, {x.shape[1]}] (the number of scores per row)")
+    if k == 0:
+        pos, values = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device), x[:, :0]
+    else:
+        pos, values = _topk_positions(x, k)
+    return (values[0], pos[0]) if scores.dim() == 1 else (values, pos)
+
+
 def _exclusion_value(excluded_score: float | None) -> float:
     """The score excluded pairs get: ``-inf`` for ``None``, else the finite number given (``ValueError``
     otherwise; booleans and strings are refused)."""

@@ -25,6 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from eval.ranking import topk
+
 
 @dataclass
 class ItemScore:
@@ -175,7 +177,7 @@ def explain_users(
     def aligned_items(intent: int) -> list[ItemScore]:
         if intent not in aligned:
             col = affinity[:, intent]
-            top_s, top_i = torch.topk(col, min(items_per_intent, col.numel()))
+            top_s, top_i = topk(col, min(items_per_intent, col.numel()))
             aligned[intent] = [item(int(i), float(s)) for i, s in zip(top_i, top_s, strict=True)]
         return aligned[intent]
 
@@ -186,7 +188,7 @@ def explain_users(
         seen = train.indices[train.indptr[user_idx] : train.indptr[user_idx + 1]]
         scores[torch.as_tensor(seen, dtype=torch.long)] = -torch.inf
         n_recs = min(k, int(torch.isfinite(scores).sum()))
-        rec_scores, rec_items = torch.topk(scores, n_recs)
+        rec_scores, rec_items = topk(scores, n_recs)  # equal scores in item order, as the served index
         recommendations = [item(int(i), float(s)) for i, s in zip(rec_items, rec_scores, strict=True)]
         driver = (p[None, :] * affinity[rec_items]).argmax(1)  # [k] intent attributed to each recommendation
         details = [

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.ranking import topk
 from features.sequences import pad_sequences
 from recsys.explain import ItemScore, check_counts, check_indices
 
@@ -172,7 +173,7 @@ def explain_sequence(
             )
             for s in closest
         ]
-        top_s, top_i = torch.topk(table @ unit[c], min(items_per_intent, n_items))
+        top_s, top_i = topk(table @ unit[c], min(items_per_intent, n_items))
         counts = np.bincount(samples.targets[members], minlength=n_items)
         frequent = np.argsort(-counts, kind="stable")[:items_per_intent]
         views.append(
@@ -186,7 +187,7 @@ def explain_sequence(
     scores = table @ rep  # [I]
     scores[torch.as_tensor(excluded, dtype=torch.long)] = -torch.inf
     k = min(k, int(torch.isfinite(scores).sum()))
-    rec_s, rec_i = torch.topk(scores, k)
+    rec_s, rec_i = topk(scores, k)  # equal scores in item order, as the served index
     recs = [item(int(i), float(s)) for i, s in zip(rec_i, rec_s, strict=True)]
     return SequenceExplanation([item(i) for i in seq], views, recs)
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from eval import evaluate_model, full_ranking_topk, full_ranking_topk_embeddings, ranking_metrics
-from eval.ranking import CHUNK, PRUNE_MIN_CHUNKS_PER_K, model_topk
+from eval.ranking import CHUNK, PRUNE_MIN_CHUNKS_PER_K, model_topk, topk
 from recsys.models.base import ModelConfig, Recommender
 
 
@@ -410,3 +410,19 @@ def test_reference_protocol_argument_errors():
         evaluate_model(model, data, zero_score_items=-1)
     with pytest.raises(ValueError, match="excluded_score"):
         evaluate_model(model, data, excluded_score=float("nan"))
+
+
+def test_topk_orders_equal_scores_by_position():
+    scores = torch.zeros(1000)
+    scores[[900, 5, 400, 17]] = 1.0  # torch.topk returned them as 400, 17, 5 (any order is allowed)
+    values, positions = topk(scores, 3)
+    assert positions.tolist() == [5, 17, 400] and values.tolist() == [1.0, 1.0, 1.0]
+    rows = torch.stack([scores, -scores])
+    values, positions = topk(rows, 2)
+    assert positions.tolist() == [[5, 17], [0, 1]] and values.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    distinct = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(topk(distinct, 7)[0], torch.topk(distinct, 7).values)
+    assert torch.equal(topk(distinct, 7)[1], torch.topk(distinct, 7).indices)
+    assert topk(scores, 0)[1].shape == (0,)
+    with pytest.raises(ValueError, match=r"k = 1001 is outside \[0, 1000\]"):
+        topk(scores, 1001)

@@ -462,6 +462,26 @@ def test_intent_view_of_a_sequence(trained):
         explain_sequence(model, [3, 4], membership=members, examples=-1)
 
 
+def test_explained_recommendations_break_ties_like_the_served_index(trained):
+    import copy
+
+    from recsys.explain_sequence import IntentMembership, explain_sequence
+
+    model = copy.deepcopy(trained.model)
+    seq = [3, 4, 5]
+    scores = model.item_embeddings() @ model.encode_sequences(torch.tensor([seq]))[0]
+    scores[seq] = -torch.inf
+    best = int(scores.argmax())
+    tied = sorted({best, 40, 11, 27, 33} - set(seq))[:4]  # four items with the best item's vector
+    with torch.no_grad():
+        model.encoder.item_emb.weight[tied] = model.encoder.item_emb.weight[best].clone()
+    rep = model.encode_sequences(torch.tensor([seq]))[0]  # the sequence's own rows are unchanged
+    assert len(set((model.item_embeddings()[tied] @ rep).tolist())) == 1  # exactly equal scores
+    exp = explain_sequence(model, seq, membership=IntentMembership.of(model), k=6)
+    # equal scores in item order, as the served index and the evaluation rank them (torch.topk: any order)
+    assert [r.item_idx for r in exp.recommendations[:4]] == tied
+
+
 def test_intent_view_of_a_model_without_intents():
     from recsys.explain_sequence import explain_sequence
 
