@@ -273,9 +273,7 @@ class RunTracker:
             k: ("null" if v is None else json.dumps(v) if isinstance(v, list) else v)
             for k, v in flatten(params).items()
         }
-        items = list(flat.items())
-        for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
-            mlflow.log_params(dict(items[i : i + 90]))
+        mlflow.log_params(flat)  # MLflow splits a large batch into requests of its own limit
 
     def last_step(self, key: str) -> int | None:
         """The highest step at which the run logged metric ``key`` (``@`` written as in MLflow), or None."""
@@ -304,12 +302,6 @@ class RunTracker:
             import mlflow
 
             mlflow.log_dict(data, name)
-
-    def log_text(self, text: str, name: str) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.log_text(text, name)
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         if self.enabled:

@@ -40,6 +40,19 @@ def test_a_new_recsys_home_in_the_same_process_gets_its_own_store(tmp_path, monk
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_more_params_than_one_mlflow_request_holds_are_all_logged(_isolated_home, tmp_path, monkeypatch):
+    """MLflow takes at most 100 params per request and splits a larger ``log_params`` batch itself."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    params = {"model": {f"p{i}": i for i in range(250)}, "train": {"epochs": None, "ks": [10, 20]}}
+    with RunTracker.start(experiment="many-params") as run:
+        run.log_params(params)
+    logged = mlflow.MlflowClient(run.uri).get_run(run.run_id).data.params
+    assert len(logged) == 252 and logged["model.p249"] == "249"
+    assert logged["train.epochs"] == "null" and logged["train.ks"] == "[10, 20]"
+
+
 def _free_port() -> int:
     """A local port with nothing listening on it (bound, then released)."""
     import socket
