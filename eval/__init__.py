@@ -4,7 +4,7 @@ Definitions of every metric and of the tie rule: ``docs/metrics.md``.
 """
 
 from eval.metrics import per_user_metrics, ranking_metrics
-from eval.ranking import evaluate_model, full_ranking_topk, full_ranking_topk_embeddings
+from eval.ranking import evaluate_model, full_ranking_topk, full_ranking_topk_embeddings, topk
 from eval.recs_file import evaluate_recs_file
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "full_ranking_topk_embeddings",
     "per_user_metrics",
     "ranking_metrics",
+    "topk",
 ]

@@ -150,15 +150,21 @@ def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         ``(values, positions)`` like ``torch.topk``, ``[R, k]`` (or ``[k]``); ``0 <= k <= M``.
 
     Raises:
-        ValueError: NaN among the scores that compete for the top k.
+        ValueError: a row holding NaN (where it would rank is undefined); a ``k`` that is no integer in
+            ``[0, M]``.
     """
     x = scores[None] if scores.dim() == 1 else scores
-    if not 0 <= k <= x.shape[1]:
-        raise ValueError(f"k = {k} is outside [0, {x.shape[1]}] (the number of scores per row)")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= x.shape[1]:
+        raise ValueError(
+            f"k must be an integer in [0, {x.shape[1]}] (the number of scores per row), got {k!r}"
+        )
     if k == 0:
         pos, values = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device), x[:, :0]
     else:
-        pos, values = _topk_positions(x, k)
+        try:
+            pos, values = _topk_positions(x, int(k))
+        except ValueError:
+            raise ValueError("topk: the scores hold NaN") from None
     return (values[0], pos[0]) if scores.dim() == 1 else (values, pos)
 
 

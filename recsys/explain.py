@@ -104,7 +104,12 @@ def check_indices(values: Sequence[int], size: int, name: str, what: str) -> lis
     out = []
     for value in values:
         try:
-            if isinstance(value, bool):
+            # bools, and arrays that are not scalars: operator.index takes tensor(True) and tensor([3])
+            if (
+                isinstance(value, bool)
+                or getattr(value, "ndim", 0) != 0
+                or "bool" in str(getattr(value, "dtype", ""))
+            ):
                 raise TypeError
             out.append(operator.index(value))
         except TypeError:
@@ -120,6 +125,8 @@ def explain_user(
 ) -> UserExplanation:
     """Explain the recommendations of one user (dense index ``user_idx``) of a model with intents: one
     :func:`explain_users` explanation (``options``: its keyword arguments, ``item_ids``, ``k``, ...)."""
+    require_intents(model)
+    check_indices([user_idx], model.n_users, "user_idx", "user")  # the argument named as the caller wrote it
     return explain_users(model, [user_idx], train, **options)[0]
 
 

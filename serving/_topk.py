@@ -32,18 +32,41 @@ class ExcludedItems(NamedTuple):
     Attributes:
         indptr: int [n_rows + 1], non-decreasing from 0.
         indices: int [nnz] item positions (int32 or int64: a loaded index's seen matrix is used as it is).
+        checked: whether the layout is known to hold (the constructors below and :meth:`take` set it);
+            :meth:`ItemIndex.search <serving.index.ItemIndex.search>` checks the others (:meth:`check`).
     """
 
     indptr: np.ndarray
     indices: np.ndarray
+    checked: bool = False
 
     @property
     def n_rows(self) -> int:
         return self.indptr.size - 1
 
     def counts(self) -> np.ndarray:
-        """int64 [n_rows]: excluded items per row."""
+        """int [n_rows]: excluded items per row."""
         return np.diff(self.indptr)
+
+    def check(self, n_rows: int, n_items: int) -> None:
+        """A ValueError unless these are ``n_rows`` rows of positions in ``[0, n_items)``, sorted and distinct
+        within each row (what the selection relies on: an unsorted row silently excluded nothing). O(nnz)."""
+        indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
+        if indptr.ndim != 1 or indptr.size != n_rows + 1 or indices.ndim != 1:
+            raise ValueError(
+                f"exclude must hold {n_rows} rows (indptr of {n_rows + 1}), got indptr {indptr.shape}"
+            )
+        if not (np.issubdtype(indptr.dtype, np.integer) and np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError(f"exclude's arrays must be integers, got {indptr.dtype} and {indices.dtype}")
+        if indptr[0] != 0 or indptr[-1] != indices.size or (np.diff(indptr) < 0).any():
+            raise ValueError("exclude.indptr must rise from 0 to len(exclude.indices)")
+        if indices.size and (indices.min() < 0 or indices.max() >= n_items):
+            raise ValueError(f"exclude holds item positions outside [0, {n_items})")
+        rising = np.diff(indices) > 0
+        starts = indptr[1:-1]
+        rising[starts[(starts > 0) & (starts < indices.size)] - 1] = True  # a new row may start lower
+        if not rising.all():
+            raise ValueError("exclude's positions must be sorted and distinct within each row")
 
     def take(self, rows: np.ndarray) -> ExcludedItems:
         """The exclusions of ``rows`` (int [m], any order, repeats allowed), as rows ``0..m-1``."""
@@ -54,7 +77,7 @@ class ExcludedItems(NamedTuple):
         np.cumsum(counts, out=indptr[1:])
         # element j of new row r sits at starts[r] + j: one gather for all rows
         gather = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1], dtype=np.int64)
-        return ExcludedItems(indptr, self.indices[gather])
+        return ExcludedItems(indptr, self.indices[gather], checked=self.checked)
 
     @classmethod
     def from_sparse(cls, exclude: Any, n_rows: int, n_items: int) -> ExcludedItems:
@@ -70,7 +93,7 @@ class ExcludedItems(NamedTuple):
         if not exclude.has_canonical_format:
             exclude = exclude.copy()
             exclude.sum_duplicates()  # sorted, distinct columns per row: counts are exact, keys are sorted
-        return cls(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64))
+        return cls(exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), checked=True)
 
     @classmethod
     def from_lists(cls, rows: Sequence[np.ndarray]) -> ExcludedItems:
@@ -80,7 +103,7 @@ class ExcludedItems(NamedTuple):
         indptr = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum([r.size for r in lists], out=indptr[1:])
         indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
-        return cls(indptr, indices)
+        return cls(indptr, indices, checked=True)  # positions come from the index's own id map
 
 
 def select_topk(dist, pos, exclude, need, k: int, n_items: int, complete: bool):

@@ -424,11 +424,16 @@ class ItemIndex:
             user_emb.flags.writeable = False
         self._user_emb = user_emb
         if seen is not None:
+            import scipy.sparse as sp
+
+            if not (sp.isspmatrix_csr(seen) and seen.has_canonical_format):
+                seen = sp.csr_matrix(seen, copy=True)  # the per-call exclusions rely on sorted, distinct rows
+                seen.sum_duplicates()
             for arr in (seen.data, seen.indices, seen.indptr):
                 arr.flags.writeable = False
         self._seen = seen
         # the same arrays, for the per-call path: slicing a scipy matrix costs more than a small FAISS search
-        self._seen_rows = ExcludedItems(seen.indptr, seen.indices) if seen is not None else None
+        self._seen_rows = ExcludedItems(seen.indptr, seen.indices, checked=True) if seen is not None else None
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -696,7 +701,9 @@ class ItemIndex:
         if n_rows == 0:
             return out_scores, out_pos
         if isinstance(exclude, ExcludedItems):
-            if exclude.n_rows != n_rows:
+            if not exclude.checked:
+                exclude.check(n_rows, n_items)
+            elif exclude.n_rows != n_rows:
                 raise ValueError(f"exclude has {exclude.n_rows} rows, expected {n_rows}")
         elif exclude is not None:
             exclude = ExcludedItems.from_sparse(exclude, n_rows, n_items)

@@ -214,7 +214,8 @@ class Retriever:
             return []
         index = self._index
         positions = index.item_positions(ids)
-        itself = ExcludedItems(np.arange(len(ids) + 1, dtype=np.int64), positions)  # row b excludes its item
+        one_each = np.arange(len(ids) + 1, dtype=np.int64)
+        itself = ExcludedItems(one_each, positions, checked=True)  # row b excludes its own item
         return self._to_recommendations(*index.search(index.item_vectors(positions), k, exclude=itself))
 
     # -- helpers -------------------------------------------------------------------------------------------

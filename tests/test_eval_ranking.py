@@ -424,5 +424,9 @@ def test_topk_orders_equal_scores_by_position():
     assert torch.equal(topk(distinct, 7)[0], torch.topk(distinct, 7).values)
     assert torch.equal(topk(distinct, 7)[1], torch.topk(distinct, 7).indices)
     assert topk(scores, 0)[1].shape == (0,)
-    with pytest.raises(ValueError, match=r"k = 1001 is outside \[0, 1000\]"):
-        topk(scores, 1001)
+    for bad in (1001, -1, True, 2.0):  # True got past the range check and failed inside with an IndexError
+        with pytest.raises(ValueError, match=rf"k must be an integer in \[0, 1000\].*got {bad}"):
+            topk(scores, bad)
+    scores[3] = float("nan")
+    with pytest.raises(ValueError, match="topk: the scores hold NaN"):
+        topk(scores, 3)

@@ -188,3 +188,49 @@ def test_unknown_user_index(small_model):
     model, train = small_model
     with pytest.raises(KeyError, match="out of range"):
         explain_user(model, 40, train)
+
+
+def test_equal_scores_are_explained_in_item_order_as_served():
+    """Items with the same neighbours and the same initial vector have the same final embedding, so every
+    user scores them equally; the served index and the evaluation rank such items by index, and so must the
+    explanation (torch.topk, which explain used, promises no order among equal values)."""
+    train, _ = planted(seed=5, n_users=40, n_items=30, groups=3)
+    train = train.tolil()
+    twins = [4, 11, 17, 23, 29]
+    for item in twins[1:]:
+        train[:, item] = train[:, twins[0]]
+    train[2, twins] = 0  # user 2 has seen none of them
+    train = train.tocsr()
+    train.eliminate_zeros()
+    torch.manual_seed(5)
+    model = DCCF(*train.shape, DCCFConfig(dim=16, intents=5))
+    model.prepare(train)
+    with torch.no_grad():
+        model.item_emb.weight[twins] = model.item_emb.weight[twins[0]].clone()
+    _, item_emb = model.embeddings()
+    assert all(torch.equal(item_emb[i], item_emb[twins[0]]) for i in twins)  # exactly equal scores
+    exp = explain_user(model, 2, train, k=30 - len(train[2].indices), items_per_intent=30)  # every item
+
+    def tie_orders(ranked) -> list[list[int]]:
+        """Item indices of each run of equal scores, in the order given."""
+        runs: dict[float, list[int]] = {}
+        for r in ranked:
+            runs.setdefault(r.score, []).append(r.item_idx)
+        return [run for run in runs.values() if len(run) > 1]
+
+    # the product may round the last rows' scores differently (BLAS tails); most twins tie exactly
+    recs = tie_orders(exp.recommendations)
+    assert max(len(set(run) & set(twins)) for run in recs) >= 3
+    assert all(run == sorted(run) for run in recs)
+    for detail in exp.top_intents:  # the items aligned with an intent tie the same way
+        assert all(run == sorted(run) for run in tie_orders(detail.aligned_items))
+
+
+def test_index_arguments_are_named_as_written(small_model):
+    model, train = small_model
+    with pytest.raises(KeyError, match=r"user_idx: user indices \[40\] out of range \[0, 40\)"):
+        explain_user(model, 40, train)
+    for bad in (torch.tensor(True), torch.tensor([3]), np.bool_(True)):  # tensor(True) was user 1
+        with pytest.raises(TypeError, match="user_idx: user indices must be integers"):
+            explain_user(model, bad, train)
+    assert explain_user(model, torch.tensor(3), train) == explain_user(model, np.int64(3), train)

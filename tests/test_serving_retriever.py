@@ -222,6 +222,36 @@ def test_excluded_items_rows_match_scipy(retriever, world):
     assert np.array_equal(scores, want_scores) and np.array_equal(positions, want_positions)
     with pytest.raises(ValueError, match="exclude has 2 rows, expected 6"):
         index.search(q, 9, exclude=canonical.take(rows[:2]))
+    # arrays built by the caller are checked: a row in descending order excluded nothing, silently
+    top = index.search(q[:1], 3)[1][0]
+    for bad, message in (
+        ((np.array([0, 3]), top[::-1].copy()), "sorted and distinct within each row"),
+        ((np.array([0, 2]), np.array([4, 4])), "sorted and distinct within each row"),
+        ((np.array([3, 5]), np.arange(10)), "rise from 0 to len"),  # a row slice of another's arrays
+        ((np.array([0, 1]), np.array([N_ITEMS])), rf"outside \[0, {N_ITEMS}\)"),
+        ((np.array([0, 1, 1]), np.array([2])), "must hold 1 rows"),
+        ((np.array([0, 1]), np.array([2.0])), "must be integers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            index.search(q[:1], 3, exclude=ExcludedItems(*bad))
+    unchecked = ExcludedItems(np.array([0, 3]), np.sort(top))
+    assert not set(index.search(q[:1], 3, exclude=unchecked)[1][0].tolist()) & set(top.tolist())
+
+
+def test_an_index_given_a_non_canonical_seen_matrix_still_excludes_every_seen_item(tmp_path, world):
+    items, users, _ = world
+    folder = build_index(items, ITEM_IDS, tmp_path / "idx", user_emb=users, user_ids=USER_IDS)
+    loaded = Retriever.load(folder).index
+    top = loaded.search(users[:1], 3)[1][0]  # user 0's three best items, seen in descending order below
+    seen = sp.csr_matrix(
+        (np.ones(4), np.r_[top[::-1], top[0]], np.r_[0, np.full(N_USERS, 4)]), shape=(N_USERS, N_ITEMS)
+    )
+    assert not seen.has_canonical_format
+    index = serving.index.ItemIndex(
+        loaded.path, loaded.manifest, loaded.faiss_index, ITEM_IDS, TITLES, USER_IDS, users, seen
+    )
+    got = [r.item_id for r in Retriever(index).recommend("u0", k=3)[0]]
+    assert not {ITEM_IDS[i] for i in top} & set(got) and len(got) == 3
 
 
 def test_exclude_seen_without_seen_items_is_an_error(tmp_path, world):
