@@ -302,6 +302,7 @@ def cmd_explain_sequence(args, run) -> int:
 
 def cmd_explain(args) -> int:
     from recsys.explain import explain_user, format_explanation, require_intents
+    from recsys.explain_sequence import require_sequence_intents
     from recsys.pipeline import load_run
 
     if bool(args.user) == bool(args.sequence):
@@ -309,19 +310,19 @@ def cmd_explain(args) -> int:
         return 2
 
     def explainable(model) -> None:  # refused before the run's model is prepared and loaded
-        if getattr(model, "intent_centroids", None) is None:
+        if getattr(model, "intent_centroids", None) is not None:
+            require_sequence_intents(model, fitted=False)
+        elif args.sequence:
+            raise ValueError(
+                f"--sequence needs a sequence model with intents (ICSRec), run {args.run} is "
+                f"{getattr(getattr(model, 'config', None), 'name', type(model).__name__)!r}"
+            )
+        else:
             require_intents(model)
 
     run = load_run(args.run, uri=args.tracking_uri, require=explainable)
     if getattr(run.model, "intent_centroids", None) is not None:
         return cmd_explain_sequence(args, run)
-    if args.sequence:
-        print(
-            f"error: --sequence needs a sequence model with intents (ICSRec), run {args.run} is "
-            f"{run.config.model['name']!r}",
-            file=sys.stderr,
-        )
-        return 2
     ds = run.dataset
     users = ds.user_vocab.sort("user_idx")
     user_ids = [str(u) for u in users["user_id"].to_list()]

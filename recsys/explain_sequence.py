@@ -70,16 +70,19 @@ class SequenceExplanation:
         return asdict(self)
 
 
-def _require_intents(model: torch.nn.Module) -> None:
+def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> None:
+    """A ValueError unless the model has sequence intents to explain: a sequence model with k-means intents,
+    trained with the fine-grain loss, and (``fitted``) with its centroids fitted. ``fitted=False`` checks
+    what a model shows as soon as it is built (``recsys explain`` refuses before loading the rest)."""
     centroids = getattr(model, "intent_centroids", None)
     if centroids is None or not callable(getattr(model, "encode_sequences", None)):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true has)"
         )
-    if not getattr(model, "has_intents", False):
-        if getattr(getattr(model, "config", None), "fine_loss", True) is False:
-            raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
+    if getattr(getattr(model, "config", None), "fine_loss", True) is False:
+        raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
+    if fitted and not getattr(model, "has_intents", False):
         raise ValueError("the model's intents were never fitted (train it, or call fit_intents())")
 
 
@@ -99,7 +102,7 @@ class IntentMembership:
     @torch.no_grad()
     def of(cls, model: torch.nn.Module) -> IntentMembership:
         """One encoding pass over ``model.train_samples`` (without dropout)."""
-        _require_intents(model)
+        require_sequence_intents(model)
         reps = model.encode_samples()  # [N, d]
         centroids = model.intent_centroids
         intent = torch.empty(reps.shape[0], dtype=torch.long, device=reps.device)
@@ -136,7 +139,7 @@ def explain_sequence(
         top_intents: nearest intents to detail; examples: typical subsequences per intent;
         items_per_intent: top and frequent items per intent; k: recommendations.
     """
-    _require_intents(model)
+    require_sequence_intents(model)
     check_counts(top_intents=top_intents, examples=examples, items_per_intent=items_per_intent, k=k)
     n_items = model.n_items
     seq = check_indices(items, n_items, "items", "item")

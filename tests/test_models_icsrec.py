@@ -493,6 +493,14 @@ def test_intent_view_of_a_model_without_intents():
     )
     with pytest.raises(ValueError, match="trained with model.fine_loss=false, which fits no intents"):
         explain_sequence(fine_off, [3, 4])
+    # what `recsys explain` checks as soon as a run's model is built, before preparing and loading it
+    from recsys.explain_sequence import require_sequence_intents
+
+    require_sequence_intents(untrained, fitted=False)  # intents are fitted by training: not refused yet
+    with pytest.raises(ValueError, match="trained with model.fine_loss=false, which fits no intents"):
+        require_sequence_intents(fine_off, fitted=False)
+    with pytest.raises(ValueError, match="model 'sasrec' has no sequence intents to explain"):
+        require_sequence_intents(build_model({"name": "sasrec", "dim": 8, "max_len": 6}, 3, 20), fitted=False)
 
 
 def test_no_training_samples_is_the_sasrec_error():
