@@ -60,6 +60,17 @@ class ColumnsConfig(_Strict):
     (``T`` or a space; ``Z`` or a UTC offset; none: UTC), stored as unix seconds (a date-time with a fraction
     of a second is refused: give such times as integers, e.g. unix milliseconds)."""
 
+    @model_validator(mode="after")
+    def _one_column_one_role(self) -> ColumnsConfig:
+        # one column read as two roles failed inside Polars (a duplicate column), or made items of timestamps
+        roles: dict[str, str] = {}
+        for role in ("user", "item", "rating", "timestamp"):
+            column = getattr(self, role)
+            if column is not None and column in roles:
+                raise ValueError(f"column {column!r} is given as both {roles[column]} and {role}")
+            roles.setdefault(column, role)
+        return self
+
 
 # The split keys each protocol reads; written for another protocol, a key would be ignored without a word.
 PROTOCOL_OF_KEY = {

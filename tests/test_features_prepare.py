@@ -303,6 +303,14 @@ def test_config_errors_name_the_key():
     assert DataConfig(source="interactions", path="x.csv").split.protocol == "random_ratio"
     with pytest.raises(ValueError, match="Input should be 'interactions', 'movielens_100k'"):
         DataConfig(source="csv", path="x.csv")
+    # one column in two roles failed inside Polars (rating and timestamp), or was read as both (item)
+    for columns, roles in (
+        ({"rating": "ts", "timestamp": "ts"}, "rating and timestamp"),
+        ({"item": "ts", "timestamp": "ts"}, "item and timestamp"),
+        ({"item": "user_id"}, "user and item"),
+    ):
+        with pytest.raises(ValueError, match=f"column '\\w+' is given as both {roles}"):
+            DataConfig(source="interactions", path="x.csv", columns=columns)
 
 
 # ---- real data --------------------------------------------------------------------------------------------
