@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -466,6 +467,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops like on Ctrl-C: the tracked run ends as KILLED
+    (it stayed RUNNING), temporary files are removed, written files stay whole."""
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` until the returned function puts the previous handler back
+    (nothing to do off the main thread, where Python cannot set a handler)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -473,8 +494,22 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.config import ConfigError
     from recsys.tracking import RunNotFoundError
 
+    restore_sigterm = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (timeout, docker stop): one line, not a traceback
+        if os.environ.get("RECSYS_DEBUG"):
+            raise
+        hint = ""
+        if args.command == "train":
+            hint = f"; the checkpoints are kept: recsys train --config {args.config} --resume continues"
+        print(
+            f"interrupted ({'SIGTERM' if isinstance(exc, Terminated) else 'SIGINT'}){hint}", file=sys.stderr
+        )
+        return 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -494,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: MLflow: {first_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        restore_sigterm()
 
 
 if __name__ == "__main__":

@@ -77,8 +77,8 @@ def _check_server_answers(uri: str) -> None:
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise ConnectionError(
             f"the MLflow tracking server {server} does not answer ({_root_cause(exc)}); start it, or point "
-            "--tracking-uri / MLFLOW_TRACKING_URI (or the config's tracking.uri) at one that runs; without "
-            "either, runs go to the embedded store under $RECSYS_HOME"
+            "MLFLOW_TRACKING_URI, the config's tracking.uri (train) or --tracking-uri (evaluate, index, "
+            "recommend, explain) at one that runs; without any, runs go to the embedded store under $RECSYS_HOME"
         ) from None
     except requests.exceptions.RequestException:
         return  # something answered, or the URL is MLflow's to refuse: its own error says how
@@ -260,7 +260,9 @@ class RunTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.end(
-            "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+            "FINISHED"
+            if exc_type is None
+            else ("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")  # Ctrl-C or SIGTERM
         )
 
     # ---- logging ------------------------------------------------------------------------------------------

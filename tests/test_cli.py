@@ -4,6 +4,7 @@ run, index it, recommend; evaluate saved recommendation files; fast ``--help``."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,47 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
     # the run's artifacts sit beside that store's file, not in the folder the command ran from
     assert list(work.iterdir()) == []
     assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "model").is_dir()
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
+    tmp_path, capsys, monkeypatch, signum
+):
+    """SIGTERM (timeout, docker stop) left the MLflow run RUNNING with no end time; Ctrl-C printed a
+    traceback. Both now stop like Ctrl-C: one line, the run KILLED, the checkpoint kept for --resume."""
+    import signal
+
+    import mlflow
+
+    import recsys.trainer
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    raw = make_cfg(csv, epochs=6)
+    raw["tracking"] = {"experiment": "interrupted"}
+    cfg.write_text(yaml.safe_dump(raw))
+    real = recsys.trainer.Trainer.save_checkpoint
+
+    def save_then_signal(trainer):
+        real(trainer)
+        if trainer.state.epoch == 2:
+            os.kill(os.getpid(), getattr(signal, signum))  # delivered to this (the main) thread
+
+    monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", save_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["train", "-c", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == (143 if signum == "SIGTERM" else 130)
+    assert f"interrupted ({signum}); the checkpoints are kept: recsys train --config {cfg} --resume" in err
+    assert "Traceback" not in err and signal.getsignal(signal.SIGTERM) is before  # the handler put back
+    from recsys.paths import recsys_home
+
+    store = mlflow.MlflowClient(f"sqlite:///{recsys_home() / 'mlflow.db'}")
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"] and runs[0].info.end_time is not None
+    monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", real)
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    assert "resum" in capsys.readouterr().out.lower()
 
 
 def test_explain_refuses_a_model_without_intents_before_preparing_it(trained_run, capsys, monkeypatch):
