@@ -340,7 +340,7 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         raise RunNotFoundError(f"no MLflow run {run_id!r}: there is no MLflow store at {db} ({where})")
     _use_store(store)
     try:
-        mlflow.get_run(run_id)
+        status = mlflow.get_run(run_id).info.status
     except MlflowException as exc:
         if not _no_such_run(exc):  # the store itself failed: say so, not "no run"
             raise OSError(f"MLflow store {store}: {first_line(exc)}") from None
@@ -356,9 +356,14 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
             raise
         top = artifact_path.split("/")[0]
         if top and top not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
+            why = (
+                f"it is {status}: it stopped before its end, so it saved no model (recsys train --resume "
+                "with its config finishes it)"
+                if status != "FINISHED"
+                else "a run trained with tracking.log_model: false saves no model"
+            )
             raise FileNotFoundError(
-                f"run {run_id} in the store {store} has no artifact {artifact_path!r} "
-                "(a run trained with tracking.log_model: false, or stopped before its end, saved no model)"
+                f"run {run_id} in the store {store} has no artifact {artifact_path!r}; {why}"
             ) from None
         raise OSError(
             f"run {run_id}: downloading {artifact_path!r} from the store {store} failed: {exc}"

@@ -93,7 +93,7 @@ def test_a_run_without_a_saved_model_gets_an_error_line(tmp_path, capsys):
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     assert main(["evaluate", "--run", run_id]) == 2
-    assert "has no artifact 'model'" in capsys.readouterr().err
+    assert "has no artifact 'model'; a run trained with tracking.log_model: false" in capsys.readouterr().err
     assert not list(Path(tempfile.gettempdir()).glob(f"recsys-run-{run_id[:8]}-*"))  # no download left behind
 
 
@@ -240,6 +240,8 @@ def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
     store = mlflow.MlflowClient(f"sqlite:///{recsys_home() / 'mlflow.db'}")
     runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"] and runs[0].info.end_time is not None
+    assert main(["evaluate", "--run", runs[0].info.run_id]) == 2  # it said "log_model: false, or stopped"
+    assert "it is KILLED: it stopped before its end, so it saved no model" in capsys.readouterr().err
     monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", real)
     assert main(["train", "-c", str(cfg), "--resume"]) == 0
     assert "resum" in capsys.readouterr().out.lower()
