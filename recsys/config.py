@@ -267,12 +267,14 @@ def _format_errors(exc: ValidationError, source: str, prefix: str, model_cls: ty
         loc = [str(p) for p in err["loc"]]
         key = ".".join([prefix, *loc] if prefix else loc)
         msg = err["msg"]
+        if err["type"] == "value_error":  # our validators' messages name the keys they check
+            msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model_cls, loc[:-1])
             msg = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
-        elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"  {key}: {msg}")
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"  # a whole section (a cross-key check) is not repeated
+        lines.append(f"  {key}: {msg}" if key else f"  {msg}")
     return "\n".join(lines)
 
 

@@ -150,8 +150,13 @@ def test_checked_before_training(cfg_file):
         load_config(cfg_file, ["device=gpu"])
     assert load_config(cfg_file, ["device=cuda:1"]).device == "cuda:1"
     for metric in ("foo@20", "ndcg@50", "ndcg", "ndcg@05"):
-        with pytest.raises(ConfigError, match=rf"early_stopping\.metric '{metric}' is not computed"):
+        with pytest.raises(
+            ConfigError, match=rf"early_stopping\.metric '{metric}' is not computed"
+        ) as caught:
             load_config(cfg_file, [f"train.early_stopping.metric={metric}"])
+        # a check across sections: no empty key (": Value error, ...") and no dump of the whole config
+        assert str(caught.value).splitlines()[1].startswith("  train.early_stopping.metric")
+        assert "Value error" not in str(caught.value) and "'data':" not in str(caught.value)
     assert (
         load_config(cfg_file, ["train.early_stopping.metric=recall@5"]).train.early_stopping.metric
         == "recall@5"
