@@ -186,7 +186,8 @@ class DataConfig(_Strict):
     test_file: str | None = "test.txt"
     """user_lines: the test file inside ``path`` (used when it exists; required for ``presplit``)."""
     rating_threshold: float | None = None
-    """Keep interactions with rating >= threshold and treat them as implicit positives."""
+    """Keep interactions with rating >= threshold and treat them as implicit positives; the others are dropped
+    as the file is read, so they are neither trained on nor excluded from recommendations or evaluation."""
     dedup: bool = True
     """Keep only the earliest interaction of each (user, item) pair."""
     min_user_interactions: int = Field(0, ge=0)
