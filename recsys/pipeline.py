@@ -33,6 +33,8 @@ class RunResult:
     history: list[dict[str, float]]
     run_dir: Path
     train_seconds: float
+    selection: str | None = None
+    """Which weights were tested, when validation chose them (e.g. "epoch 5 of 40, best valid ndcg@20 0.4430")."""
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
@@ -280,7 +282,15 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
                 tracker.log_artifacts(
                     save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset), MODEL_ARTIFACT
                 )
-    return RunResult(tracker.run_id, cfg, dataset, model, test_metrics, state.history, run_dir, train_seconds)
+    selection = None
+    if state.best_epoch >= 0:
+        selection = (
+            f"weights of epoch {state.best_epoch} of {state.epoch}, best valid {trainer.monitored_metric} "
+            f"{state.best_metric:.4f}"
+        )
+    return RunResult(
+        tracker.run_id, cfg, dataset, model, test_metrics, state.history, run_dir, train_seconds, selection
+    )
 
 
 @dataclass

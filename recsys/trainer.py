@@ -421,11 +421,17 @@ class Trainer:
             or (tc.max_steps is not None and s.step >= tc.max_steps)
         )
 
+    @property
+    def monitored_metric(self) -> str:
+        """The validation metric that picks the weights to test: ``train.early_stopping.metric``, else
+        ``ndcg@max(eval.ks)``."""
+        es = self.tc.early_stopping
+        return es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
+
     def _track_best(self, metrics: dict[str, float]) -> None:
         if self.monitor_split != "valid":
             return
-        es = self.tc.early_stopping
-        key = es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
+        es, key = self.tc.early_stopping, self.monitored_metric
         if key not in metrics:
             raise ValueError(
                 f"train.early_stopping.metric: {key!r} is not computed; available: {sorted(metrics)}"

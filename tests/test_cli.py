@@ -43,10 +43,19 @@ def trained_run(tmp_path, capsys):
 def test_train_evaluate_index_recommend(trained_run, capsys):
     run_id, table, tmp_path = trained_run
     assert len(run_id) == 32
+    import re
+
+    # which weights were tested: validation picked them, without early stopping too
+    tested = re.search(
+        r"weights of epoch (\d) of 4, best valid (ndcg@\d+) (0\.\d{4})\):", table.splitlines()[0]
+    )
+    assert tested is not None
     import mlflow
 
     run = mlflow.get_run(run_id)
     assert run.data.params["model.dim"] == "8"  # the override reached the logged config
+    assert int(tested.group(1)) == run.data.metrics["best_epoch"]
+    assert float(tested.group(3)) == pytest.approx(run.data.metrics["best_valid_metric"], abs=5e-5)
     assert run.data.tags["dataset_manifest_hash"] and run.data.tags["git_commit"]
     assert "test_final/recall_at_10" in run.data.metrics
     assert "train/bpr" in run.data.metrics and "valid/ndcg_at_10" in run.data.metrics
