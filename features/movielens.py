@@ -151,10 +151,17 @@ def read_u_genre(path: Path) -> list[str]:
 
 
 def read_u_item(path: Path, genres: list[str]) -> pl.DataFrame:
-    """``u.item`` (Latin-1): ``id|title|release date|video date|url|<one 0/1 flag per genre>``."""
+    """``u.item``: ``id|title|release date|video date|url|<one 0/1 flag per genre>``, in Latin-1 as GroupLens
+    wrote it, or in UTF-8 when the whole file decodes as UTF-8 (a file written in that format today: its
+    titles were read as Latin-1, "Amélie" as "AmÃ©lie"; GroupLens' file is not valid UTF-8)."""
     names = ["id", "title", "release", "video", "url", *[f"g{k}" for k in range(len(genres))]]
+    try:
+        Path(path).read_bytes().decode("utf-8")
+        encoding = "utf-8"
+    except (UnicodeDecodeError, OSError):  # read_lines names a missing or unreadable file
+        encoding = "latin-1"
     df = split_fields(
-        read_lines(path, encoding="latin-1"),
+        read_lines(path, encoding=encoding),
         path,
         "|",
         names,

@@ -94,6 +94,20 @@ def test_movielens_layouts(folder):
     assert unknown["release_year"] is None and unknown["genres"] == ["unknown"]
 
 
+def test_a_u_item_written_in_utf8_keeps_its_titles(tmp_path):
+    """GroupLens wrote u.item in Latin-1; a file in that format written today is UTF-8, and was read as
+    Latin-1 ("Amélie" came out as "AmÃ©lie")."""
+    import shutil
+
+    folder = tmp_path / "ml"
+    shutil.copytree(DATA / "ml100k_mini", folder)
+    text = (folder / "u.item").read_bytes().decode("latin-1").replace("Night Train", "東京物語")
+    (folder / "u.item").write_bytes(text.encode("utf-8"))
+    _, _, items = read_movielens(movielens_files(folder))
+    titles = dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
+    assert titles["2"] == "東京物語" and titles["3"] == "Café Lumière"
+
+
 def test_movielens_layouts_agree():
     classic = read_movielens(movielens_files(DATA / "ml100k_mini"))
     atomic = read_movielens(movielens_files(DATA / "ml100k_mini_atomic"))
