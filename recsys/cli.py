@@ -496,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.tracking import RunNotFoundError
 
     restore_sigterm = _stop_on_sigterm()
+    import warnings
+
+    # a warning for the user of the command line (an ignored config key), not a Python source line
+    format_warning, warnings.formatwarning = (
+        warnings.formatwarning,
+        lambda message, *_: f"warning: {message}\n",
+    )
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (timeout, docker stop): one line, not a traceback
@@ -532,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         restore_sigterm()
+        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

@@ -339,8 +339,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _warn_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, source: str) -> None:
     """Warn about a split key of another protocol set to a value of its own (``test_ratio: 0.1`` under
-    ``leave_one_out``): it is ignored.  A warning, not an error, so that a file can switch protocols with an
-    override; keys at their defaults (a dumped config lists them all) pass quietly."""
+    ``leave_one_out``): it is ignored, and set back to its default, so that the same data is not prepared
+    and cached again under another key (nor a run's checkpoints kept apart).  A warning, not an error, so that
+    a file can switch protocols with an override; keys at their defaults (a dumped config lists them all)
+    pass quietly."""
     written = (raw.get("data") or {}).get("split") or {}
     protocol = cfg.data.split.protocol
     defaults = type(cfg.data.split).model_fields
@@ -352,6 +354,7 @@ def _warn_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, sourc
                 f"ignored under {protocol!r}",
                 stacklevel=3,
             )
+            setattr(cfg.data.split, key, defaults[key].default)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -170,6 +170,33 @@ def test_device_this_machine_lacks(tmp_path, capsys, monkeypatch):
     assert "device 'cuda': this machine has 0 CUDA device(s)" in capsys.readouterr().err
 
 
+def test_a_config_warning_is_one_line_for_the_user(tmp_path, capsys):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(csv)))
+    # a separate process: pytest records warnings instead of printing them
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "data",
+            "prepare",
+            "-c",
+            str(cfg),
+            "data.split.temporal_cut=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RECSYS_HOME": str(tmp_path / "home")},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert err.startswith(f"warning: {cfg}: data.split.temporal_cut=0.5 applies to split.protocol 'temporal'")
+    assert "UserWarning" not in err and "cli.py" not in err  # it printed a Python source line
+
+
 def test_config_errors_are_reported_with_the_key(tmp_path, capsys):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     cfg = tmp_path / "cfg.yaml"

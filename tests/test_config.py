@@ -216,6 +216,10 @@ def test_split_key_of_another_protocol(cfg_file):
     ):
         cfg = load_config(cfg_file, ["data.split.protocol=leave_one_out", "data.split.test_ratio=0.3"])
     assert cfg.data.split.protocol == "leave_one_out"
+    # the ignored key is set back to its default: the same data is not prepared and cached again under
+    # another key, and the run keeps its checkpoint folder
+    plain = load_config(cfg_file, ["data.split.protocol=leave_one_out"])
+    assert cfg.data.split == plain.data.split and cfg.fingerprint() == plain.fingerprint()
     # a dumped config lists every key, at its default: it loads without a warning
     dumped = cfg_file.parent / "dumped.yaml"
     clean = load_config(cfg_file, ["data.split={protocol: leave_one_out}"])
