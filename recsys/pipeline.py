@@ -132,7 +132,13 @@ def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Modul
     (folder / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     (folder / "dataset.json").write_text(
         json.dumps(
-            {"root": str(dataset.root), "manifest_hash": dataset.manifest_hash, "manifest": dataset.manifest},
+            {
+                "root": str(dataset.root),
+                "manifest_hash": dataset.manifest_hash,
+                # data.path as this process read it: a relative path means nothing from another folder
+                "source_path": str(Path(cfg.data.path).expanduser().absolute()),
+                "manifest": dataset.manifest,
+            },
             indent=2,
             default=str,
         ),
@@ -324,6 +330,7 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
     import yaml
 
     from features import DataValidationError, PreparedDataset, prepare
+    from features.errors import DataSourceError
     from recsys.models import build_model
     from recsys.trainer import load_torch_file
 
@@ -343,7 +350,16 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
     try:
         dataset = PreparedDataset.load(root)
     except DataValidationError:  # missing or damaged: prepare rebuilds it (the hash check below still holds)
-        dataset = prepare(cfg.data)
+        data, recorded = cfg.data, info.get("source_path")
+        if recorded and not Path(data.path).expanduser().is_absolute() and Path(recorded).exists():
+            data = data.model_copy(update={"path": recorded})  # where the relative path pointed at training
+        try:
+            dataset = prepare(data)
+        except (DataValidationError, DataSourceError) as exc:
+            raise ValueError(
+                f"run {run_id}: its prepared dataset {root} is gone or damaged, and preparing its data config "
+                f"again failed: {exc}"
+            ) from None
     if dataset.manifest_hash != manifest_hash:
         raise ValueError(
             f"run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "

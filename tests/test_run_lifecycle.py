@@ -378,3 +378,35 @@ def test_train_seconds_add_up_over_resumes(tmp_path, capsys, monkeypatch):
     history = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "train_seconds")]
     assert len(history) == 2 and history[0] >= 1.0
     assert history[1] == pytest.approx(history[0], abs=0.5)  # the same training, not the resume's seconds
+
+
+def test_a_run_with_a_relative_data_path_loads_from_another_folder(tmp_path, capsys, monkeypatch):
+    """``data.path: x.csv`` was read from the folder the run was trained in; once its prepared folder was gone,
+    loading the run from another folder looked for x.csv there, and the error named neither the run nor the
+    path it had been trained on."""
+    import shutil
+
+    from recsys.paths import recsys_home
+
+    cfg = _config(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["path"] = "x.csv"  # relative to the folder train runs in
+    cfg.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-c", "cfg.yaml"]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    expected = capsys.readouterr().out
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for folder in (recsys_home() / "prepared").iterdir():
+        shutil.rmtree(folder)  # prepared again, from the file the run was trained on
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    assert capsys.readouterr().out == expected
+    for folder in (recsys_home() / "prepared").iterdir():
+        shutil.rmtree(folder)
+    (tmp_path / "x.csv").unlink()  # now the data is gone too: the error says which run and what failed
+    assert main(["evaluate", "--run", run_id]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id}: its prepared dataset " in err and "preparing its data config again failed" in err
