@@ -43,6 +43,23 @@ def csr_to_torch(train: sp.spmatrix) -> tuple[torch.Tensor, torch.Tensor]:
     return indptr, indices
 
 
+class NoNegativeItemError(ValueError):
+    """Users who interacted with every item in training: BPR finds no negative item for them.
+
+    Attributes:
+        users: their dense user indices (the trainer names them by their ids).
+    """
+
+    def __init__(self, users: list[int], names: list[str] | None = None) -> None:
+        self.users = users
+        shown = ", ".join(repr(n) for n in (names or [f"index {u}" for u in users])[:5])
+        super().__init__(
+            f"{len(users)} user(s) interacted with every item in training (user {shown}): BPR has no negative "
+            "item for them; remove them from the data, or train a model without negative sampling (popularity, "
+            "rp3beta, sasrec)"
+        )
+
+
 class BPRSampler:
     """Uniform BPR triples from a user x item training matrix.
 
@@ -94,10 +111,7 @@ class BPRSampler:
             raise ValueError("the training matrix has no interactions")
         full = torch.nonzero(self.degree >= self.n_items).flatten()
         if full.numel():
-            raise ValueError(
-                f"{full.numel()} user(s) interacted with every item (e.g. user {int(full[0])}): "
-                "no negative item exists for them; remove them from training"
-            )
+            raise NoNegativeItemError(full.tolist())
         # The user of every training pair, in CSR order, and the sorted membership keys user * I + item
         # (sorted because rows are in order and the columns inside a row are sorted).
         self.pair_users = torch.repeat_interleave(torch.arange(self.n_users), self.degree)

@@ -217,6 +217,18 @@ class Trainer:
         return torch.optim.Adam(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay, fused=True)
 
     def _sampler(self, epoch: int):
+        from recsys.sampling import NoNegativeItemError
+
+        try:
+            return self._make_sampler(epoch)
+        except NoNegativeItemError as exc:  # name the users by their ids, not the dense indices
+            vocab = getattr(self.dataset, "user_vocab", None)
+            if vocab is None:
+                raise
+            ids = dict(zip(vocab["user_idx"].to_list(), vocab["user_id"].to_list(), strict=True))
+            raise NoNegativeItemError(exc.users, [str(ids[u]) for u in exc.users]) from None
+
+    def _make_sampler(self, epoch: int):
         from recsys.sampling import BPRSampler
 
         train = self._train_csr

@@ -395,3 +395,25 @@ def test_a_run_trained_with_tracking_uri_is_found_with_tracking_uri(tmp_path, ca
     assert main(["recommend", "--run", run_id, "--tracking-uri", store, "--user", "u3"]) == 0
     assert main(["evaluate", "--recs", "r.csv", "--truth", "t.csv", "--tracking-uri", store]) == 2
     assert "apply to --run only" in capsys.readouterr().err
+
+
+def test_a_user_with_every_item_is_named_by_id(tmp_path, capsys):
+    """BPR finds no negative item for a user who has every item in training; the error named the user by
+    its dense index ("user 0") and suggested no way out."""
+    csv = tmp_path / "x.csv"
+    csv.write_text(
+        "user,item,ts\nalice,a,1\nalice,b,2\nalice,c,3\nbob,a,4\nbob,b,10\ncarol,c,5\ncarol,a,11\n"
+    )
+    raw = make_cfg(csv, epochs=1)
+    raw["data"] = {
+        "source": "interactions",
+        "path": str(csv),
+        "columns": {"user": "user", "item": "item", "timestamp": "ts"},
+        "split": {"protocol": "temporal", "temporal_cut": 0.7},
+    }
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "1 user(s) interacted with every item in training (user 'alice')" in err
+    assert "train a model without negative sampling" in err
