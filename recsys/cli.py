@@ -73,9 +73,9 @@ def format_metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> st
 # ---- commands ---------------------------------------------------------------------------------------------
 def cmd_data_prepare(args) -> int:
     from features import prepare
+    from recsys.config import load_data_config
 
-    cfg = _load_cfg(args)
-    ds = prepare(cfg.data, force=args.force)
+    ds = prepare(load_data_config(args.config, args.overrides), force=args.force)
     print(
         json.dumps(
             {

@@ -325,27 +325,46 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> Experiment
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate."""
     path = Path(path).expanduser()
+    raw = _read_raw(path, overrides)
+    cfg = validate_config(raw, source=str(path))
+    _warn_other_protocols_keys(raw, cfg.data, str(path))
+    return cfg
+
+
+def load_data_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DataConfig:
+    """Only the ``data`` section of a config file (with overrides), validated: what ``recsys data prepare``
+    needs, so that a file without a ``model`` section (or with one still being written) can prepare data."""
+    path = Path(path).expanduser()
+    raw = _read_raw(path, overrides)
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise ConfigError(f"invalid config ({path}):\n  data: Field required")
+    try:
+        data = DataConfig.model_validate(raw["data"])
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path), "data", DataConfig)) from None
+    _warn_other_protocols_keys(raw, data, str(path))
+    return data
+
+
+def _read_raw(path: Path, overrides: list[str] | tuple[str, ...]) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (" (a folder)" if path.is_dir() else ""))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x}") from None
-    raw = apply_overrides(parse_yaml(text, str(path)) or {}, overrides)
-    cfg = validate_config(raw, source=str(path))
-    _warn_other_protocols_keys(raw, cfg, str(path))
-    return cfg
+    return apply_overrides(parse_yaml(text, str(path)) or {}, overrides)
 
 
-def _warn_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, source: str) -> None:
+def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: str) -> None:
     """Warn about a split key of another protocol set to a value of its own (``test_ratio: 0.1`` under
     ``leave_one_out``): it is ignored, and set back to its default, so that the same data is not prepared
     and cached again under another key (nor a run's checkpoints kept apart).  A warning, not an error, so that
     a file can switch protocols with an override; keys at their defaults (a dumped config lists them all)
     pass quietly."""
     written = (raw.get("data") or {}).get("split") or {}
-    protocol = cfg.data.split.protocol
-    defaults = type(cfg.data.split).model_fields
+    protocol = data.split.protocol
+    defaults = type(data.split).model_fields
     for key, value in written.items() if isinstance(written, dict) else ():
         owner = PROTOCOL_OF_KEY.get(key, protocol)
         if owner != protocol and value is not None and value != defaults[key].default:
@@ -354,7 +373,7 @@ def _warn_other_protocols_keys(raw: dict[str, Any], cfg: ExperimentConfig, sourc
                 f"ignored under {protocol!r}",
                 stacklevel=3,
             )
-            setattr(cfg.data.split, key, defaults[key].default)
+            setattr(data.split, key, defaults[key].default)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

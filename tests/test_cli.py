@@ -212,6 +212,13 @@ def test_data_prepare_command(tmp_path, capsys):
     assert main(["data", "prepare", "-c", str(cfg)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_users"] == 120 and Path(info["path"]).exists()
+    # preparing data needs only the data section ("model: Field required" before)
+    data_only = tmp_path / "data.yaml"
+    data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(cfg.read_text())["data"]}))
+    assert main(["data", "prepare", "-c", str(data_only)]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == info["path"]  # the same data, the same folder
+    assert main(["data", "prepare", "-c", str(data_only), "data.splitt=1"]) == 2
+    assert "data.splitt: unknown key; allowed keys here: columns" in capsys.readouterr().err
 
 
 def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch, capsys):
