@@ -83,6 +83,7 @@ def cmd_data_prepare(args) -> int:
                 "n_users": ds.n_users,
                 "n_items": ds.n_items,
                 "counts": ds.manifest["counts"],
+                "dropped": ds.manifest.get("dropped"),  # e.g. test rows of users or items unseen in training
                 "split": ds.manifest.get("split"),
             },
             indent=2,

@@ -192,10 +192,11 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
 
     t_start = time.perf_counter()
     dataset = prepare(cfg.data)
+    dropped = {k: v for k, v in (dataset.manifest.get("dropped") or {}).items() if v}
     echo(
         f"data: {dataset.root} ({dataset.n_users:,} users, {dataset.n_items:,} items, "
-        f"{dataset.manifest['counts']})"
-    )
+        f"{dataset.manifest['counts']}" + (f"; dropped {dropped}" if dropped else "") + ")"
+    )  # a temporal split may drop most of its test rows (users or items unseen in training): said here
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)

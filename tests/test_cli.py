@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from features import PreparedDataset
 from recsys.cli import main
 from tests.test_trainer import make_cfg, write_synthetic_interactions
 
@@ -212,6 +213,7 @@ def test_data_prepare_command(tmp_path, capsys):
     assert main(["data", "prepare", "-c", str(cfg)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_users"] == 120 and Path(info["path"]).exists()
+    assert info["dropped"] == PreparedDataset.load(info["path"]).manifest["dropped"]  # shown, not only stored
     # preparing data needs only the data section ("model: Field required" before)
     data_only = tmp_path / "data.yaml"
     data_only.write_text(yaml.safe_dump({"data": yaml.safe_load(cfg.read_text())["data"]}))
