@@ -165,19 +165,31 @@ def cmd_index(args) -> int:
     return 0
 
 
-def print_recommendations(retriever, user: str, k: int, history_titles: list[str] | None = None) -> None:
+def show_recommendations(header: str, recs: list, as_json: bool = False) -> None:
+    """Print recommendations (``Recommendation`` tuples: item_id, score, title), best first: a header and one
+    line each, or (``as_json``) a JSON list of ``{"item_id", "score", "title"}`` for programs."""
+    if as_json:
+        print(json.dumps([{"item_id": r.item_id, "score": r.score, "title": r.title} for r in recs]))
+        return
+    print(f"\n{header}")
+    for rank, rec in enumerate(recs, 1):
+        print(f"  {rank:>2}. {rec.title or rec.item_id}  (item {rec.item_id}, score {rec.score:.3f})")
+
+
+def print_recommendations(
+    retriever, user: str, k: int, history_titles: list[str] | None = None, as_json: bool = False
+) -> None:
     recs = retriever.recommend([user], k=k, exclude_seen=True)[0]
-    if history_titles:
+    if history_titles and not as_json:
         print(f"\nuser {user} has seen {len(history_titles)} items, e.g.:")
         for t in history_titles[:10]:
             print(f"  - {t}")
-    print(f"\ntop-{len(recs)} for user {user}:")  # fewer than k when the catalogue runs out
-    for rank, rec in enumerate(recs, 1):
-        label = rec.title or rec.item_id
-        print(f"  {rank:>2}. {label}  (item {rec.item_id}, score {rec.score:.3f})")
+    show_recommendations(
+        f"top-{len(recs)} for user {user}:", recs, as_json
+    )  # fewer than k: catalogue ran out
 
 
-def _recommend_with_scorer(run, user: str, k: int) -> int:
+def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int:
     """``recsys recommend --user`` for a model without an index (RP3beta): its scorer, every known item of the
     user left out, printed as the served index's answers are."""
     from recsys.pipeline import scorer_top_k
@@ -194,10 +206,14 @@ def _recommend_with_scorer(run, user: str, k: int) -> int:
     items = ds.item_vocab.sort("item_idx")
     item_ids = [str(i) for i in items["item_id"].to_list()]
     titles = items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
-    recs = scorer_top_k(run, int(users["user_idx"][0]), k)
-    print(f"\ntop-{len(recs)} for user {user} (scored by the model: it has no index):")
-    for rank, (i, score) in enumerate(recs, 1):
-        print(f"  {rank:>2}. {titles[i] or item_ids[i]}  (item {item_ids[i]}, score {score:.3f})")
+    from serving import Recommendation
+
+    recs = [
+        Recommendation(item_ids[i], s, titles[i]) for i, s in scorer_top_k(run, int(users["user_idx"][0]), k)
+    ]
+    show_recommendations(
+        f"top-{len(recs)} for user {user} (scored by the model: it has no index):", recs, as_json
+    )
     return 0
 
 
@@ -222,7 +238,7 @@ def cmd_recommend(args) -> int:
         except NotIndexableError:
             if args.sequence is not None:
                 raise
-            return _recommend_with_scorer(run, args.user, args.k)
+            return _recommend_with_scorer(run, args.user, args.k, args.json)
     retriever = Retriever.load(index_dir)
     built_by = retriever.index.run_id
     if built_by is not None and built_by != args.run:
@@ -238,11 +254,11 @@ def cmd_recommend(args) -> int:
 
             encoder = sequence_query_encoder((run or load_run(args.run, uri=args.tracking_uri)).model)
             recs = retriever.recommend_for_sequences([args.sequence], encoder, k=args.k)[0]
-            print(f"\ntop-{len(recs)} next items after {len(args.sequence)} items:")
-            for rank, rec in enumerate(recs, 1):
-                print(f"  {rank:>2}. {rec.title or rec.item_id}  (item {rec.item_id}, score {rec.score:.3f})")
+            show_recommendations(
+                f"top-{len(recs)} next items after {len(args.sequence)} items:", recs, args.json
+            )
         else:
-            print_recommendations(retriever, args.user, args.k)
+            print_recommendations(retriever, args.user, args.k, as_json=args.json)
     except UnknownUserError as exc:
         # The library's hint names a Python API; on the command line the way in is --sequence, if any.
         sequences = retriever.index.manifest.get("metadata", {}).get("sequence_queries", False)
@@ -444,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rc.add_argument("--k", type=_positive_int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
+    rc.add_argument("--json", action="store_true", help="a JSON list of {item_id, score, title}")
     rc.set_defaults(func=cmd_recommend)
 
     xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")

@@ -72,8 +72,19 @@ def test_train_evaluate_index_recommend(trained_run, capsys):
     assert (out_dir / "manifest.json").exists()
     capsys.readouterr()
     assert main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--index", str(out_dir)]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith(("1.", "5."))]
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith(("1.", "5."))]
     assert len(lines) == 2
+    # --json: the same items, for programs
+    assert (
+        main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--index", str(out_dir), "--json"])
+        == 0
+    )
+    recs = json.loads(capsys.readouterr().out)
+    assert [r["item_id"] for r in recs] == [
+        ln.split("(item ")[1].split(",")[0] for ln in text.splitlines() if "(item " in ln
+    ]
+    assert sorted(recs[0]) == ["item_id", "score", "title"] and recs[0]["score"] >= recs[-1]["score"]
     assert main(["recommend", "--run", run_id, "--user", "nobody", "--index", str(out_dir)]) == 2
     err = capsys.readouterr().err
     assert "unknown user id: 'nobody'" in err and "only for the users it was trained on" in err

@@ -80,6 +80,8 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
         ln.split("(item ")[1].split(",")[0] for ln in capsys.readouterr().out.splitlines() if "(item " in ln
     ]
     assert cli_seq == user_recs
+    assert main([*args, "--json", "--sequence", *history]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == user_recs
     assert main([*args, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
     assert main([*args, "--user", "no-such-user"]) == 2

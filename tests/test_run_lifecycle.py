@@ -323,6 +323,10 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
     assert main(["recommend", "--run", rp3_run, "--user", "u3", "--k", "5"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].rstrip(".").isdigit()]
     got = [x.split("(item ")[1].split(",")[0] for x in lines]
+    assert main(["recommend", "--run", rp3_run, "--user", "u3", "--k", "5", "--json"]) == 0
+    import json
+
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == got
     run = load_run(rp3_run)
     ds = run.dataset
     u = int(ds.user_vocab.filter(ds.user_vocab["user_id"] == "u3")["user_idx"][0])
