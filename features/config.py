@@ -186,8 +186,9 @@ class DataConfig(_Strict):
     test_file: str | None = "test.txt"
     """user_lines: the test file inside ``path`` (used when it exists; required for ``presplit``)."""
     rating_threshold: float | None = None
-    """Keep interactions with rating >= threshold and treat them as implicit positives; the others are dropped
-    as the file is read, so they are neither trained on nor excluded from recommendations or evaluation."""
+    """Keep interactions with rating >= threshold and treat them as implicit positives. The others are neither
+    trained on nor excluded by the evaluation; they are kept aside as seen pairs (``below_threshold``), which
+    serving never recommends back."""
     dedup: bool = True
     """Keep only the earliest interaction of each (user, item) pair."""
     min_user_interactions: int = Field(0, ge=0)

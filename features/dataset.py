@@ -7,6 +7,8 @@ Layout::
     <root>/user_vocab.parquet                           user_idx: Int64, user_id: Utf8
     <root>/item_vocab.parquet                           item_idx: Int64, item_id: Utf8, [title: Utf8]
     <root>/users.parquet, items.parquet (optional)      side features keyed by user_idx / item_idx
+    <root>/below_threshold.parquet (optional)           user_idx, item_idx: pairs rated below
+                                                        data.rating_threshold (seen, not positives)
     <root>/manifest.json                                written last: a folder without it is incomplete
 
 Models see only dense indices; ``user_vocab`` / ``item_vocab`` map them back to the original ids.
@@ -28,10 +30,11 @@ from features.errors import DataValidationError
 if TYPE_CHECKING:  # scipy is imported where a matrix is built, keeping `import features` light
     import scipy.sparse as sp
 
-__all__ = ["PreparedDataset", "SCHEMA_VERSION", "SPLITS", "MANIFEST"]
+__all__ = ["BELOW_THRESHOLD", "PreparedDataset", "SCHEMA_VERSION", "SPLITS", "MANIFEST"]
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
+BELOW_THRESHOLD = "below_threshold"
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = (
     "schema_version",
@@ -81,6 +84,7 @@ class PreparedDataset:
         self.item_vocab = tables["item_vocab"]
         self.users: pl.DataFrame | None = tables.get("users")
         self.items: pl.DataFrame | None = tables.get("items")
+        self.below_threshold: pl.DataFrame | None = tables.get(BELOW_THRESHOLD)
         self.cache_hit = cache_hit
         self._matrices: dict[str, sp.csr_matrix] = {}
 
@@ -119,6 +123,25 @@ class PreparedDataset:
             m.data[:] = 1.0
             self._matrices[split] = m
         return self._matrices[split]
+
+    def known_matrix(self) -> sp.csr_matrix:
+        """Every (user, item) pair the dataset knows, as binary ``csr_matrix[n_users, n_items]``: the three
+        splits and the pairs rated below ``data.rating_threshold`` (seen, though not positives). What serving
+        excludes as seen; evaluation excludes only the splits its protocol names."""
+        if "known" not in self._matrices:
+            import scipy.sparse as sp
+
+            known = self.matrix("train") + self.matrix("valid") + self.matrix("test")
+            if self.below_threshold is not None and self.below_threshold.height:
+                rows = self.below_threshold["user_idx"].to_numpy()
+                cols = self.below_threshold["item_idx"].to_numpy()
+                ones = np.ones(len(rows), dtype=np.float32)
+                known = known + sp.csr_matrix((ones, (rows, cols)), shape=(self.n_users, self.n_items))
+            known = sp.csr_matrix(known)
+            known.sum_duplicates()
+            known.data[:] = 1.0
+            self._matrices["known"] = known
+        return self._matrices["known"]
 
     @classmethod
     def load(cls, root: Path | str) -> PreparedDataset:
@@ -190,6 +213,7 @@ class PreparedDataset:
             "item_vocab": n_items,
             "users": n_users,
             "items": n_items,
+            BELOW_THRESHOLD: manifest.get("below_threshold_rows"),
         }
         tables: dict[str, pl.DataFrame] = {}
         for name in manifest["files"]:
@@ -225,7 +249,7 @@ class PreparedDataset:
                     column="files",
                     got=f"<files {list(manifest['files'])}>",
                 )
-        for name in SPLITS:
+        for name in (*SPLITS, *([BELOW_THRESHOLD] if BELOW_THRESHOLD in tables else [])):
             _check_index(root / f"{name}.parquet", tables[name], "user_idx", n_users)
             _check_index(root / f"{name}.parquet", tables[name], "item_idx", n_items)
         return cls(root, manifest, manifest_digest(manifest), tables)

@@ -34,7 +34,7 @@ import polars as pl
 from features._hashing import file_state, sha256_bytes, sha256_file
 from features._text import LINE
 from features.config import DataConfig
-from features.dataset import MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset, seal_manifest
+from features.dataset import BELOW_THRESHOLD, MANIFEST, SCHEMA_VERSION, SPLITS, PreparedDataset, seal_manifest
 from features.errors import DataValidationError
 from features.movielens import ML100K_GENRES
 from features.readers import read_source, source_files
@@ -78,6 +78,8 @@ def content_hash(cfg: DataConfig, file_hashes: dict[str, str], files: dict[str, 
     }
     if cfg.source == "interactions" and cfg.separator is None and files:
         payload["suffixes"] = {role: path.suffix.lower() for role, path in files.items()}
+    if cfg.rating_threshold is not None:  # since 2026-12-02 such folders also keep the pairs below it
+        payload["below_threshold"] = BELOW_THRESHOLD
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
@@ -154,8 +156,12 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
         return new
 
     test = raw.test
+    below = None
     if cfg.rating_threshold is not None:
-        inter = step("below_rating_threshold", inter, binarize(inter, cfg.rating_threshold))
+        kept = binarize(inter, cfg.rating_threshold)
+        # not positives, but the user has seen these items: kept aside, so that serving never recommends them
+        below = inter.filter(~(pl.col("rating") >= cfg.rating_threshold)).select("user_id", "item_id")
+        inter = step("below_rating_threshold", inter, kept)
 
     # Provisional dense ids over everything read, so that deduplication, k-core and the split (window
     # functions, anti-joins) run on Int64 keys instead of strings; ids that lose all their rows on the way
@@ -219,6 +225,14 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
             tables["items"], side["items"] = attribute_item_features(raw.items, item_vocab)
     tables["user_vocab"] = user_vocab
     tables["item_vocab"] = item_vocab
+    if below is not None:  # pairs of users and items the dataset still has
+        tables[BELOW_THRESHOLD] = (
+            below.join(user_vocab.select("user_id", "user_idx"), on="user_id", how="inner")
+            .join(item_vocab.select("item_id", "item_idx"), on="item_id", how="inner")
+            .select("user_idx", "item_idx")
+            .unique()
+            .sort("user_idx", "item_idx")
+        )
 
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -236,6 +250,8 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
         "files": sorted(tables),
         "side_features": side,
     }
+    if below is not None:
+        manifest["below_threshold_rows"] = tables[BELOW_THRESHOLD].height
     return tables, manifest
 
 

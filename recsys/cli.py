@@ -356,7 +356,7 @@ def cmd_explain(args) -> int:
     items = ds.item_vocab.sort("item_idx")
     titles = items["title"].to_list() if "title" in items.columns else None
     # exclude every known interaction, as the served index does (recsys recommend)
-    seen = (ds.matrix("train") + ds.matrix("valid") + ds.matrix("test")).tocsr()
+    seen = ds.known_matrix()
     exp = explain_user(
         run.model, user_idx, seen, user_ids=user_ids,
         item_ids=[str(i) for i in items["item_id"].to_list()], titles=titles,

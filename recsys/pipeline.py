@@ -389,16 +389,15 @@ class NotIndexableError(ValueError):
 
 def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float]]:
     """The top ``k`` ``(item index, score)`` of one user from the model's own scorer, every known item of the
-    user (train, valid and test, as a served index excludes them) left out: serving without an index, for
+    user (:meth:`~features.PreparedDataset.known_matrix`, as a served index excludes them) left out: serving without an index, for
     models that have none (:class:`NotIndexableError`). Fewer than k when the catalogue runs out."""
     import numpy as np
 
     ds, model = run.dataset, run.model
     with torch.no_grad():
         scores = model.scorer()(torch.tensor([user_idx], dtype=torch.long))[0].detach().cpu().double().numpy()
-    for split in ("train", "valid", "test"):
-        m = ds.matrix(split)
-        scores[m.indices[m.indptr[user_idx] : m.indptr[user_idx + 1]]] = -np.inf
+    known = ds.known_matrix()
+    scores[known.indices[known.indptr[user_idx] : known.indptr[user_idx + 1]]] = -np.inf
     # score descending, then item index ascending, as the served index breaks ties
     order = np.lexsort((np.arange(scores.size), -scores))
     top = [int(i) for i in order[:k] if np.isfinite(scores[i])]
@@ -408,7 +407,6 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
 def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
     """Export a run's embeddings into a FAISS index folder with the item id map, titles and seen items."""
     import numpy as np
-    import scipy.sparse as sp
 
     from serving import build_index
 
@@ -422,8 +420,7 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
             f"model {run.config.model['name']!r} cannot be indexed: {exc} (`recsys recommend --user` and "
             "`recsys evaluate --run` score such a run with its scorer, without an index)"
         ) from None
-    seen = sp.csr_matrix(ds.matrix("train") + ds.matrix("valid") + ds.matrix("test"))
-    seen.data[:] = 1.0
+    seen = ds.known_matrix()  # the splits, and items rated below data.rating_threshold
     vocab_items = ds.item_vocab.sort("item_idx")
     titles = vocab_items["title"].to_list() if "title" in vocab_items.columns else None
     return build_index(

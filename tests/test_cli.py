@@ -437,3 +437,43 @@ def test_a_user_with_every_item_is_named_by_id(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 user(s) interacted with every item in training (user 'alice')" in err
     assert "train a model without negative sampling" in err
+
+
+def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, capsys):
+    """With data.rating_threshold, lower ratings are no positives, but the user has seen those items: they
+    were recommended back (the quickstart offered user 1 films they had rated 2)."""
+    csv = tmp_path / "r.csv"
+    rows = ["user,item,rating"]
+    ratings = {"a": [5, 5, 1, 4, 2], "b": [5, 5, 5, 4, 1], "c": [5, 5, 4, 4, 5], "d": [4, 5, 5, 4, 5]}
+    for user, given in ratings.items():
+        rows += [f"{user},x{i},{r}" for i, r in enumerate(given)]
+    rows += ["e,x5,5", "e,x6,5", "e,x0,5", "f,x5,4", "f,x6,5", "f,x1,5"]  # items a and b have not rated
+    csv.write_text("\n".join(rows) + "\n")
+    raw = make_cfg(csv, epochs=1)
+    raw["data"] = {
+        "source": "interactions",
+        "path": str(csv),
+        "columns": {"user": "user", "item": "item", "rating": "rating"},
+        "rating_threshold": 4,
+        "split": {"protocol": "leave_one_out"},
+    }
+    raw["model"] = {"name": "popularity"}
+    raw["tracking"] = {"experiment": "threshold"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    from recsys.pipeline import load_run
+
+    ds = load_run(run_id).dataset
+    below = {(u, i) for u, i in zip(*ds.known_matrix().nonzero(), strict=True)} - {
+        (u, i) for s in ("train", "valid", "test") for u, i in zip(*ds.matrix(s).nonzero(), strict=True)
+    }
+    users = dict(zip(ds.user_vocab["user_idx"], ds.user_vocab["user_id"], strict=True))
+    items = dict(zip(ds.item_vocab["item_idx"], ds.item_vocab["item_id"], strict=True))
+    assert {(users[u], items[i]) for u, i in below} == {("a", "x2"), ("a", "x4"), ("b", "x4")}
+    assert ds.manifest["below_threshold_rows"] == 3
+    for user, rated_low in (("a", {"x2", "x4"}), ("b", {"x4"})):
+        assert main(["recommend", "--run", run_id, "--user", user, "--k", "5", "--json"]) == 0
+        got = {r["item_id"] for r in json.loads(capsys.readouterr().out)}
+        assert got and not got & rated_low  # popularity ranks x2 (3 likes) above x5 and x6 (2 each)

@@ -345,6 +345,18 @@ def test_movielens_100k_real(shared_data, tmp_path):
     )
     assert sum(pos.manifest["counts"].values()) + pos.manifest["dropped"]["test_unseen"] == 55_375
     assert pos.train["timestamp"].max() < pos.test["timestamp"].min()
+    # the ratings below the threshold are kept aside (seen, not positives), for the users and items kept
+    raw = pl.read_csv(shared_data / "ml-100k" / "u.data", separator="\t", has_header=False)
+    raw.columns = ["user", "item", "rating", "time"]
+    low = raw.filter(pl.col("rating") < 4).select(
+        pl.col("user").cast(pl.String).alias("user_id"),
+        pl.col("item").cast(pl.String).alias("item_id"),
+    )
+    low = low.join(pos.user_vocab, on="user_id").join(
+        pos.item_vocab.select("item_id", "item_idx"), on="item_id"
+    )
+    assert sorted(pos.below_threshold.rows()) == sorted(low.select("user_idx", "item_idx").rows())
+    assert pos.manifest["below_threshold_rows"] == low.height == 36_589  # of 44,625: users or items dropped
 
 
 def test_beauty_leave_one_out_real(shared_data, tmp_path):
