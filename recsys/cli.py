@@ -4,6 +4,8 @@ commands that need them, so ``recsys --help`` answers at once."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -491,50 +493,79 @@ class Terminated(KeyboardInterrupt):
     (it stayed RUNNING), temporary files are removed, written files stay whole."""
 
 
-def _stop_on_sigterm():
-    """Turn SIGTERM into :class:`Terminated` until the returned function puts the previous handler back
-    (nothing to do off the main thread, where Python cannot set a handler)."""
+@contextlib.contextmanager
+def _command_line_process():
+    """Process-wide settings for a command run from the main thread (nothing off it, where a library calls
+    :func:`main`): SIGTERM stops it like Ctrl-C (:class:`Terminated`), unless the parent set SIGTERM to be
+    ignored; warnings print as one ``warning:`` line, not a Python source line. Both are put back after."""
     import threading
+    import warnings
 
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        yield
+        return
 
     def stop(signum, frame):
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            yield
+    finally:
+        if previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _resume_hint(args) -> str:
+    """For an interrupted ``train``: the command that continues it (overrides included: they are part of the
+    config, and so of its checkpoint folder), when that folder holds a checkpoint."""
+    import shlex
+
+    try:
+        from recsys.pipeline import run_dir_for
+        from recsys.trainer import CHECKPOINT
+
+        if not (run_dir_for(_load_cfg(args)) / CHECKPOINT).exists():
+            return "; no checkpoint was written yet"
+    except Exception:  # noqa: BLE001 - a hint only: the config was read once already
+        return ""
+    command = shlex.join(["recsys", "train", "--config", args.config, *args.overrides, "--resume"])
+    return f"; the checkpoint is kept: {command} continues"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    with _command_line_process():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """Run the command; every error the user can act on becomes one ``error:`` line and exit code 2."""
     from features.errors import DataSourceError
     from recsys.config import ConfigError
     from recsys.tracking import RunNotFoundError
 
-    restore_sigterm = _stop_on_sigterm()
-    import warnings
-
-    # a warning for the user of the command line (an ignored config key), not a Python source line
-    format_warning, warnings.formatwarning = (
-        warnings.formatwarning,
-        lambda message, *_: f"warning: {message}\n",
-    )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a pipe is block-buffered: a closed one fails here, inside the handlers below
+        return code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (timeout, docker stop): one line, not a traceback
         if os.environ.get("RECSYS_DEBUG"):
             raise
-        hint = ""
-        if args.command == "train":
-            hint = f"; the checkpoints are kept: recsys train --config {args.config} --resume continues"
+        hint = _resume_hint(args) if args.command == "train" else ""
         print(
             f"interrupted ({'SIGTERM' if isinstance(exc, Terminated) else 'SIGINT'}){hint}", file=sys.stderr
         )
         return 143 if isinstance(exc, Terminated) else 130
-    except BrokenPipeError:  # the reader went away (| head): nothing more to say, and nowhere to say it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader of stdout went away (| head): nothing more to say, nowhere to say it
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's own flush at exit stays quiet
+            os.close(devnull)
         return 141
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -555,9 +586,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: MLflow: {first_line(exc)}", file=sys.stderr)
         return 2
-    finally:
-        restore_sigterm()
-        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

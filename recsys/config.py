@@ -272,8 +272,12 @@ def _format_errors(exc: ValidationError, source: str, prefix: str, model_cls: ty
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model_cls, loc[:-1])
             msg = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
-        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"  # a whole section (a cross-key check) is not repeated
+        elif (
+            "input" in err
+            and err["type"] != "missing"
+            and not (err["type"] == "value_error" and isinstance(err["input"], dict))
+        ):
+            msg = f"{msg} (got {err['input']!r})"  # a section checked across its keys is not repeated whole
         lines.append(f"  {key}: {msg}" if key else f"  {msg}")
     return "\n".join(lines)
 

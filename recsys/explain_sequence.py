@@ -71,18 +71,19 @@ class SequenceExplanation:
 
 
 def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> None:
-    """A ValueError unless the model has sequence intents to explain: a sequence model with k-means intents,
-    trained with the fine-grain loss, and (``fitted``) with its centroids fitted. ``fitted=False`` checks
-    what a model shows as soon as it is built (``recsys explain`` refuses before loading the rest)."""
+    """A ValueError unless the model has sequence intents to explain: a sequence model with k-means intents
+    and (``fitted``) its centroids fitted, by training with the fine-grain loss or by ``fit_intents()``.
+    ``fitted=False`` checks what a model shows as soon as it is built (``recsys explain`` refuses before
+    loading the rest)."""
     centroids = getattr(model, "intent_centroids", None)
     if centroids is None or not callable(getattr(model, "encode_sequences", None)):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true has)"
         )
-    if getattr(getattr(model, "config", None), "fine_loss", True) is False:
-        raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
-    if fitted and not getattr(model, "has_intents", False):
+    if fitted and not getattr(model, "has_intents", False):  # fit_intents() fits them whatever the losses
+        if getattr(getattr(model, "config", None), "fine_loss", True) is False:
+            raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
         raise ValueError("the model's intents were never fitted (train it, or call fit_intents())")
 
 

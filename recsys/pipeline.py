@@ -136,7 +136,9 @@ def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Modul
                 "root": str(dataset.root),
                 "manifest_hash": dataset.manifest_hash,
                 # data.path as this process read it: a relative path means nothing from another folder
-                "source_path": str(Path(cfg.data.path).expanduser().absolute()),
+                "source_path": None
+                if cfg.data.path == "auto"
+                else str(Path(cfg.data.path).expanduser().absolute()),
                 "manifest": dataset.manifest,
             },
             indent=2,

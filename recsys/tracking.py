@@ -356,12 +356,14 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
             raise
         top = artifact_path.split("/")[0]
         if top and top not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
-            why = (
-                f"it is {status}: it stopped before its end, so it saved no model (recsys train --resume "
-                "with its config finishes it)"
-                if status != "FINISHED"
-                else "a run trained with tracking.log_model: false saves no model"
-            )
+            why = {
+                "KILLED": "it was interrupted (KILLED) before its end, where a run saves its model; recsys "
+                "train --resume with its config and overrides finishes it",
+                "RUNNING": "it is RUNNING: still training (a run saves its model at its end), or its process "
+                "was killed without a word",
+                "FAILED": "it FAILED before its end, where a run saves its model (its error is in the "
+                "training's output)",
+            }.get(status, "a run trained with tracking.log_model: false saves no model")
             raise FileNotFoundError(
                 f"run {run_id} in the store {store} has no artifact {artifact_path!r}; {why}"
             ) from None

@@ -286,10 +286,11 @@ def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
 
     monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", save_then_signal)
     before = signal.getsignal(signal.SIGTERM)
-    code = main(["train", "-c", str(cfg)])
+    code = main(["train", "-c", str(cfg), "model.dim=4"])  # an override: part of the config to resume
     err = capsys.readouterr().err
     assert code == (143 if signum == "SIGTERM" else 130)
-    assert f"interrupted ({signum}); the checkpoints are kept: recsys train --config {cfg} --resume" in err
+    hint = f"the checkpoint is kept: recsys train --config {cfg} model.dim=4 --resume continues"
+    assert f"interrupted ({signum}); {hint}" in err
     assert "Traceback" not in err and signal.getsignal(signal.SIGTERM) is before  # the handler put back
     from recsys.paths import recsys_home
 
@@ -297,10 +298,15 @@ def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
     runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"] and runs[0].info.end_time is not None
     assert main(["evaluate", "--run", runs[0].info.run_id]) == 2  # it said "log_model: false, or stopped"
-    assert "it is KILLED: it stopped before its end, so it saved no model" in capsys.readouterr().err
+    assert (
+        "it was interrupted (KILLED) before its end, where a run saves its model" in capsys.readouterr().err
+    )
     monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", real)
-    assert main(["train", "-c", str(cfg), "--resume"]) == 0
-    assert "resum" in capsys.readouterr().out.lower()
+    assert main(["train", "-c", str(cfg), "model.dim=4", "--resume"]) == 0
+    assert "after epoch 2" in capsys.readouterr().out  # "resuming <run folder> after epoch 2"
+    assert [
+        r.info.status for r in store.search_runs([e.experiment_id for e in store.search_experiments()])
+    ] == ["FINISHED"]  # the same MLflow run, finished
 
 
 def test_explain_refuses_a_model_without_intents_before_preparing_it(trained_run, capsys, monkeypatch):
@@ -477,3 +483,37 @@ def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, ca
         assert main(["recommend", "--run", run_id, "--user", user, "--k", "5", "--json"]) == 0
         got = {r["item_id"] for r in json.loads(capsys.readouterr().out)}
         assert got and not got & rated_low  # popularity ranks x2 (3 likes) above x5 and x6 (2 each)
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path):
+    """`recsys ... | head`: stdout's reader closed; the output, buffered in a pipe, failed at the interpreter's
+    exit ("Exception ignored ... BrokenPipeError", exit 120)."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(csv)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "data", "prepare", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**env, "RECSYS_HOME": str(tmp_path / "home")},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_an_ignored_sigterm_stays_ignored():
+    """A parent that starts the command with SIGTERM ignored (nohup-like) keeps it so."""
+    import signal
+
+    from recsys.cli import _command_line_process
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with _command_line_process():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -157,6 +157,10 @@ def test_checked_before_training(cfg_file):
         # a check across sections: no empty key (": Value error, ...") and no dump of the whole config
         assert str(caught.value).splitlines()[1].startswith("  train.early_stopping.metric")
         assert "Value error" not in str(caught.value) and "'data':" not in str(caught.value)
+    with pytest.raises(
+        ConfigError, match=r"train\.epochs: Input should be a valid integer \(got \{'a': 1\}\)"
+    ):
+        load_config(cfg_file, ["train.epochs={a: 1}"])  # a wrong value is still shown, a mapping too
     assert (
         load_config(cfg_file, ["train.early_stopping.metric=recall@5"]).train.early_stopping.metric
         == "recall@5"

@@ -497,8 +497,7 @@ def test_intent_view_of_a_model_without_intents():
     from recsys.explain_sequence import require_sequence_intents
 
     require_sequence_intents(untrained, fitted=False)  # intents are fitted by training: not refused yet
-    with pytest.raises(ValueError, match="trained with model.fine_loss=false, which fits no intents"):
-        require_sequence_intents(fine_off, fitted=False)
+    require_sequence_intents(fine_off, fitted=False)  # fit_intents() may have fitted them
     with pytest.raises(ValueError, match="model 'sasrec' has no sequence intents to explain"):
         require_sequence_intents(build_model({"name": "sasrec", "dim": 8, "max_len": 6}, 3, 20), fitted=False)
 

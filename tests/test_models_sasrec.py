@@ -389,3 +389,32 @@ def test_threads_encoding_a_model_in_training_mode():
         results = list(pool.map(lambda _: model.encode_sequences(seqs, batch_size=8), range(200)))
     assert all(torch.equal(r, expected) for r in results)
     assert model.training
+
+
+def test_the_query_context_is_per_thread():
+    """evaluate_model enters query_context("test") on the shared model; another thread building an index at
+    the same time read the test-time histories instead of all known items (8 of 10 indexes wrong)."""
+    import copy
+    import pickle
+    import threading
+
+    model = build_model({"name": "sasrec", "dim": 8, "max_len": 5, "ffn_dim": 16}, 3, 10)
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def evaluate():
+        with model.query_context("test"):
+            seen.append(model._context)
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=evaluate)
+    worker.start()
+    inside.wait(5)
+    assert model._context == "all"  # this thread's queries still read every known item
+    with model.query_context("valid"):
+        assert model._context == "valid"
+    release.set()
+    worker.join()
+    assert seen == ["test"] and model._context == "all"
+    with model.query_context("test"):  # per-thread state is neither copied nor pickled
+        assert copy.deepcopy(model)._context == "all" and pickle.loads(pickle.dumps(model))._context == "all"

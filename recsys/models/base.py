@@ -17,6 +17,7 @@ product (RP3beta: a sparse user row times a sparse item-item matrix) override ``
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
@@ -160,9 +161,24 @@ class HistoryQueries:
     """Mixin for models whose user query is built from the user's history (SASRec, ICSRec, the two-tower):
     ``query_context(split)`` is the context manager the evaluation enters, so that inside it queries read the
     history before ``split``'s target (:data:`CONTEXT_SPLITS`); outside any block they read all known items.
-    The model reads the current context from ``self._context``."""
+    The model reads the current context from ``self._context``, which is per thread: an evaluation in one
+    thread used to switch the histories that every other thread's queries (an index being built) read."""
 
-    _context: QueryContext = "all"
+    @property
+    def _context(self) -> QueryContext:
+        local = self.__dict__.get("_query_local")
+        return getattr(local, "context", "all")
+
+    @_context.setter
+    def _context(self, value: QueryContext) -> None:
+        # setdefault is atomic: two threads setting their first context share one thread-local store
+        self.__dict__.setdefault("_query_local", threading.local()).context = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state = dict(state)
+        state.pop("_query_local", None)  # per-thread state: neither copied nor pickled
+        return state
 
     @contextlib.contextmanager
     def query_context(self, split: str) -> Iterator[None]:

@@ -55,7 +55,7 @@ from torch.nn import functional as F
 
 from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_sliding_samples, user_sequences
 from recsys.embedding import IdEmbedding
-from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, QueryContext, Recommender
+from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, Recommender
 
 
 class SASRecConfig(ModelConfig):
@@ -403,7 +403,6 @@ class SASRec(HistoryQueries, Recommender):
         self.encoder = SASRecEncoder(n_items, config)
         self.histories: dict[str, UserSequences] = {}
         self.train_samples: SubsequenceSamples | None = None
-        self._context: QueryContext = "all"
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()

@@ -84,7 +84,7 @@ from recsys.feature_masking import (
     random_complementary_masks,
     value_dropout,
 )
-from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, QueryContext, Recommender
+from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, Recommender
 
 HISTORY = "history"
 
@@ -301,7 +301,6 @@ class TwoTower(HistoryQueries, Recommender):
         self.train_samples: SubsequenceSamples | None = None
         self.cold_items = np.zeros(0, dtype=np.int64)
         self.mutual_information: np.ndarray | None = None
-        self._context: QueryContext = "all"
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def prepare(self, train: sp.csr_matrix) -> None:
