@@ -395,7 +395,12 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
     models that have none (:class:`NotIndexableError`). Fewer than k when the catalogue runs out."""
     import numpy as np
 
+    from recsys.explain import check_indices
+
     ds, model = run.dataset, run.model
+    (user_idx,) = check_indices(
+        [user_idx], ds.n_users, "user_idx", "user"
+    )  # -1 scored the last user, unfiltered
     with torch.no_grad():
         scores = model.scorer()(torch.tensor([user_idx], dtype=torch.long))[0].detach().cpu().double().numpy()
     known = ds.known_matrix()
@@ -466,7 +471,11 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
     n_items = model.n_items
 
     def encoder(sequences: list) -> np.ndarray:
-        padded = pad_sequences([np.asarray(s, dtype=np.int64).tolist() for s in sequences], max_len=length)
+        rows = [np.asarray(s) for s in sequences]
+        for row in rows:  # 1.7 was read as item 1 (an int64 cast), though encode_sequences refuses it
+            if row.size and (row.ndim != 1 or not np.issubdtype(row.dtype, np.integer)):
+                raise ValueError(f"item positions must be 1-D integers, got {row.dtype} of shape {row.shape}")
+        padded = pad_sequences([row.astype(np.int64).tolist() for row in rows], max_len=length)
         if (padded >= n_items).any():
             raise ValueError(f"item positions {sorted(set(padded[padded >= n_items].tolist()))[:10]} are beyond "
                              f"the model's {n_items} items")  # fmt: skip

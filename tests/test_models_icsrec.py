@@ -423,6 +423,9 @@ def test_retriever_answers_item_sequences_like_the_model(trained, tmp_path):
     assert len(grown.recommend_for_sequences([[ids[3]]], encoder, k=5)[0]) == 5
     with pytest.raises(ValueError, match="no sequence encoder"):
         sequence_query_encoder(build_model("mf_bpr", 2, 2))
+    with pytest.raises(ValueError, match="item positions must be 1-D integers, got float64"):
+        encoder([[1.7, 2.9]])  # it encoded items 1 and 2
+    assert np.array_equal(encoder([np.array([1, 2]), []]), encoder([[1, 2], []]))
 
 
 def test_intent_view_of_a_sequence(trained):

@@ -330,6 +330,11 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
     run = load_run(rp3_run)
     ds = run.dataset
     u = int(ds.user_vocab.filter(ds.user_vocab["user_id"] == "u3")["user_idx"][0])
+    from recsys.pipeline import scorer_top_k
+
+    for bad in (-1, ds.n_users):  # -1 scored the last user and left out none of their items
+        with pytest.raises(KeyError, match=rf"user_idx: user indices \[{bad}\] out of range"):
+            scorer_top_k(run, bad, 5)
     import numpy as np
     import torch
 
