@@ -110,6 +110,9 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     if args.run:
+        if args.n_items is not None:
+            print("error: --n-items applies to --recs only (a run knows its catalogue)", file=sys.stderr)
+            return 2
         if args.recs or args.truth:
             print("error: give either --run RUN_ID or --recs and --truth, not both", file=sys.stderr)
             return 2
@@ -145,7 +148,7 @@ def cmd_evaluate(args) -> int:
         from eval import evaluate_recs_file
 
         ks = args.k or [10, 20]
-        metrics = evaluate_recs_file(args.recs, args.truth, ks)
+        metrics = evaluate_recs_file(args.recs, args.truth, ks, n_items=args.n_items)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
@@ -426,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut-offs, e.g. 5,10,20 (default: 10,20; a run's eval.ks with --run)",
     )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--n-items",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --recs: the catalogue size, coverage's denominator (default: the items the two files name)",
+    )
     ev.add_argument(
         "--excluded-score",
         type=_finite_float,

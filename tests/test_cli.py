@@ -144,6 +144,12 @@ def test_evaluate_recs_files_json(tmp_path, capsys):
     assert m["hit@1"] == 0.0 and m["hit@2"] == 0.5
     assert m["mrr@2"] == pytest.approx(0.25)
     assert m["recall@2"] == pytest.approx(0.5)
+    assert m["coverage@2"] == pytest.approx(2 / 3)  # x, y of the three items the files name
+    args = ["evaluate", "--recs", str(recs), "--truth", str(truth), "--k", "1,2", "--json"]
+    assert main([*args, "--n-items", "10"]) == 0  # the catalogue, as the API's n_items=
+    assert json.loads(capsys.readouterr().out)["coverage@2"] == pytest.approx(2 / 10)
+    assert main([*args, "--n-items", "1"]) == 2  # fewer than the items recommended
+    assert "n_items" in capsys.readouterr().err
 
 
 def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
@@ -154,6 +160,8 @@ def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
     files = ["--recs", str(recs), "--truth", str(truth)]
     assert main(["evaluate", "--run", "0123", *files]) == 2  # the files were ignored before
     assert "not both" in capsys.readouterr().err
+    assert main(["evaluate", "--run", "0123", "--n-items", "5"]) == 2
+    assert "--n-items applies to --recs only" in capsys.readouterr().err
     assert main(["evaluate", *files, "--split", "valid"]) == 2
     assert "--split, --excluded-score, --zero-score-items and --tracking-uri apply to --run only" in (
         capsys.readouterr().err
