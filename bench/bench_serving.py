@@ -16,7 +16,10 @@ Each peer orders equal scores by position, as the retriever does (float32 scores
 now and then), and every answer is checked to hold the peer's items in the peer's order before it is timed. The table shows the median microseconds per call (per batch for ``batch``) and the ratio to the
 peer; the ratio is what to compare between machines.
 
-    .venv/bin/python bench/bench_serving.py --calls 500 --out bench/results/bench_serving.json
+    .venv/bin/python bench/bench_serving.py --calls 300 --heavy-user --out bench/results/bench_serving.json
+
+``--heavy-user`` also times ``recommend`` for a batch of 10,000 users holding one who has seen 30,000 of
+50,000 items, against the same batch without that user (:func:`heavy_user_case`).
 
 Needs ``../shared/data/ml-100k`` and ``../shared/data/gowalla-lightgcn`` (or ``$RECSYS_SHARED_DATA``); a
 catalogue whose files are absent is skipped with a message.
@@ -153,6 +156,35 @@ def run_catalogue(name: str, seen: sp.csr_matrix, calls: int, batch: int, k: int
     return result
 
 
+def heavy_user_case(seed: int) -> dict:
+    """One user with a long history in a batch: 50,000 items, 10,000 users who have seen 100 items each
+    (seeded random), user 0 30,000; ``recommend`` of all users against the same call without user 0 (the
+    batch's other rows should not pay for that user's candidates). Synthetic: no benchmark file has such a
+    user at this scale."""
+    from serving import Retriever, build_index
+
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 50_000, 10_000
+    items = rng.normal(size=(n_items, DIM)).astype(np.float32)
+    users = rng.normal(size=(n_users, DIM)).astype(np.float32)
+    rows = np.r_[np.repeat(np.arange(n_users), 100), np.zeros(30_000, dtype=np.int64)]
+    cols = np.r_[rng.integers(0, n_items, size=n_users * 100), rng.choice(n_items, 30_000, replace=False)]
+    seen = sp.csr_matrix((np.ones(rows.size, np.uint8), (rows, cols)), shape=(n_users, n_items))
+    ids = [f"u{u}" for u in range(n_users)]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(
+            items, [f"i{i}" for i in range(n_items)], Path(tmp) / "i", user_emb=users, user_ids=ids, seen=seen
+        )
+        retriever = Retriever.load(Path(tmp) / "i", num_threads=1)
+    times = {}
+    for name, batch in (("without_user_0_s", ids[1:]), ("with_user_0_s", ids)):
+        t0 = time.perf_counter()
+        retriever.recommend(batch, k=20)
+        times[name] = round(time.perf_counter() - t0, 2)
+    times["ratio"] = round(times["with_user_0_s"] / times["without_user_0_s"], 2)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=500, help="timed single-row calls per case")
@@ -160,6 +192,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--heavy-user", action="store_true", help="also time a batch holding one heavy user")
     args = parser.parse_args()
 
     root = shared_data()
@@ -177,6 +210,10 @@ def main() -> None:
             print(
                 f"  {case:<10} {c['median_us']:>10.1f} us   peer {c['peer_median_us']:>10.1f} us   x{c['ratio']}"
             )
+    heavy = None
+    if args.heavy_user:
+        heavy = heavy_user_case(args.seed)
+        print(f"batch of 10,000 users with / without one user of 30,000 seen items: {heavy}")
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -192,6 +229,7 @@ def main() -> None:
                 "dim": DIM,
                 "faiss_threads": 1,
                 "catalogues": results,
+                **({"heavy_user": heavy} if heavy is not None else {}),
             },
         )
 

@@ -686,8 +686,9 @@ class ItemIndex:
             row with fewer than K items left after exclusion holds all of them, then is padded with
             ``(-inf, -1)``; otherwise it holds exactly K items.
 
-        One FAISS search serves the whole batch (row blocks only beyond ~16M candidates): it asks for
-        ``k + max_b |exclude_b| + 1`` candidates, so after exclusion at least k remain per row. A row is
+        Rows are grouped by the candidates they need, ``k + |exclude_b| + 1`` (so that after exclusion at
+        least k remain), within a factor of 2; one FAISS search serves each group (row blocks only beyond
+        ~16M candidates), asking for the group's largest count. A row is
         searched again with more candidates only when the candidate list may have cut through a group of
         equal scores at the k-th place (so that ties are broken by position exactly, not by FAISS's order).
         """
@@ -710,20 +711,38 @@ class ItemIndex:
         counts = exclude.counts() if exclude is not None else np.zeros(n_rows, dtype=np.int64)
         need = np.minimum(k, n_items - counts)
 
-        block = max(1, _MAX_CANDIDATES // min(k + int(counts.max()) + 1, n_items))
-        for start in range(0, n_rows, block):
-            pending = np.arange(start, min(start + block, n_rows))
-            fetch = min(k + int(counts[pending].max()) + 1, n_items)
-            while pending.size:
-                whole = pending.size == n_rows  # the first pass of a single block: nothing to slice
-                dist, pos = self._faiss.search(q if whole else q[pending], fetch)
-                sub = exclude if exclude is None or whole else exclude.take(pending)
-                done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=fetch >= n_items)
-                out_scores[pending[done]] = s[done]
-                out_pos[pending[done]] = p[done]
-                pending = pending[~done]
-                fetch = min(2 * fetch, n_items)
+        # Rows are searched in groups of similar candidate counts (within a factor of 2): one user with a long
+        # history asked for its candidate count in every row of the batch (10k users: 1.7 s -> 22 s).
+        wanted = np.minimum(k + counts + 1, n_items)
+        if n_rows == 1 or wanted.max() <= 2 * wanted.min():  # one group (a single query: no sorting to pay)
+            groups = [np.arange(n_rows)]
+        else:
+            group = np.ceil(np.log2(wanted)).astype(np.int64)
+            order = np.argsort(group, kind="stable")
+            groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
+        for rows in groups:
+            block = max(1, _MAX_CANDIDATES // int(wanted[rows].max()))
+            for start in range(0, rows.size, block):
+                pending = rows[start : start + block]
+                self._search_rows(
+                    q, k, exclude, need, pending, int(wanted[pending].max()), out_scores, out_pos
+                )
         return out_scores, out_pos
+
+    def _search_rows(self, q, k, exclude, need, pending, fetch, out_scores, out_pos) -> None:
+        """Search rows ``pending`` (ascending int64) of ``q`` for ``fetch`` candidates each, into
+        ``out_scores``/``out_pos``; rows whose answer is not final yet (:func:`select_topk`) are asked again
+        with twice the candidates."""
+        n_rows, n_items = q.shape[0], self.n_items
+        while pending.size:
+            whole = pending.size == n_rows  # the first pass of a single block: nothing to slice
+            dist, pos = self._faiss.search(q if whole else q[pending], fetch)
+            sub = exclude if exclude is None or whole else exclude.take(pending)
+            done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=fetch >= n_items)
+            out_scores[pending[done]] = s[done]
+            out_pos[pending[done]] = p[done]
+            pending = pending[~done]
+            fetch = min(2 * fetch, n_items)
 
 
 def _positions(table: dict[str, int], ids: Sequence[str], error) -> np.ndarray:

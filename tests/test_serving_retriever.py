@@ -254,6 +254,25 @@ def test_an_index_given_a_non_canonical_seen_matrix_still_excludes_every_seen_it
     assert not {ITEM_IDS[i] for i in top} & set(got) and len(got) == 3
 
 
+def test_one_heavy_user_does_not_set_the_candidates_of_the_batch(retriever, world, monkeypatch):
+    """Every row of a batch asked FAISS for k + (the heaviest row's exclusions) + 1 candidates: with one user
+    who had seen 30k of 50k items, recommending for 10k users took 20.7 s instead of 1.6 s."""
+    expected = retriever.recommend(USER_IDS, k=5)
+    index = retriever.index
+    real, asked = index._faiss, []
+
+    class Recording:
+        def search(self, q, fetch):
+            asked.append((q.shape[0], fetch))
+            return real.search(q, fetch)
+
+    monkeypatch.setattr(index, "_faiss", Recording())
+    assert retriever.recommend(USER_IDS, k=5) == expected
+    heaviest = 5 + int(np.diff(index.seen.indptr).max()) + 1
+    assert sum(n * fetch for n, fetch in asked) < 0.5 * N_USERS * min(heaviest, N_ITEMS)
+    assert len({fetch for _, fetch in asked}) > 1  # rows grouped by what they need
+
+
 def test_exclude_seen_without_seen_items_is_an_error(tmp_path, world):
     items, users, _ = world
     out = build_index(items, ITEM_IDS, tmp_path / "noseen", user_emb=users, user_ids=USER_IDS)
