@@ -168,6 +168,27 @@ def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (values[0], pos[0]) if scores.dim() == 1 else (values, pos)
 
 
+def _score_tensor(scores: Any) -> torch.Tensor:
+    """A score function's answer as a tensor: NumPy arrays are taken as they are (an AttributeError on
+    ``.device`` before), anything else is named."""
+    if isinstance(scores, torch.Tensor):
+        return scores
+    if isinstance(scores, np.ndarray):
+        return torch.from_numpy(scores)
+    raise TypeError(
+        f"score_fn must return a torch.Tensor (or NumPy array) [B, I], got {type(scores).__name__}"
+    )
+
+
+def _as_embeddings(x: Any, name: str) -> torch.Tensor:
+    """Embeddings as a tensor (NumPy arrays accepted, as ``ranking_metrics`` and ``users`` accept them)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    raise TypeError(f"{name} must be a torch.Tensor or NumPy array [n, d], got {type(x).__name__}")
+
+
 def _exclusion_value(excluded_score: float | None) -> float:
     """The score excluded pairs get: ``-inf`` for ``None``, else the finite number given (``ValueError``
     otherwise; booleans and strings are refused)."""
@@ -452,7 +473,7 @@ def full_ranking_topk(
     n = users_np.size
     if n == 0:
         return torch.full((0, k), -1, dtype=torch.long)
-    first = score_fn(users_t[:block_size])
+    first = _score_tensor(score_fn(users_t[:block_size]))
     if first.ndim != 2:
         raise ValueError(f"score_fn must return a [B, I] tensor, got shape {tuple(first.shape)}")
     n_items = first.shape[1]
@@ -467,7 +488,7 @@ def full_ranking_topk(
         for start in range(0, n, block_size):
             block = users_t[start : start + block_size]
             if scores is None:
-                scores = score_fn(block)
+                scores = _score_tensor(score_fn(block))
             if scores.shape != (block.shape[0], n_items):
                 raise ValueError(
                     f"score_fn returned shape {tuple(scores.shape)} for {block.shape[0]} users and {n_items} items"
@@ -518,6 +539,7 @@ def full_ranking_topk_embeddings(
     _check_positive("k", k)
     _check_positive("block_size", block_size, allow_none=True)
     _check_positive("workers", workers, allow_none=True)
+    query, items = _as_embeddings(query, "query"), _as_embeddings(items, "items")
     if query.ndim != 2 or items.ndim != 2 or query.shape[1] != items.shape[1]:
         raise ValueError(
             f"query [U, d] and items [I, d] must agree in d, got {tuple(query.shape)} and {tuple(items.shape)}"

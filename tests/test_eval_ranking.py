@@ -430,3 +430,18 @@ def test_topk_orders_equal_scores_by_position():
     scores[3] = float("nan")
     with pytest.raises(ValueError, match="topk: the scores hold NaN"):
         topk(scores, 3)
+
+
+def test_numpy_scores_and_embeddings_are_accepted_and_other_types_named():
+    """A score function returning NumPy, or NumPy embeddings, failed with AttributeErrors ('str' object has
+    no attribute 'type', 'numpy.ndarray' object has no attribute 'detach')."""
+    gen = torch.Generator().manual_seed(0)
+    query, items = torch.randn(6, 4, generator=gen), torch.randn(30, 4, generator=gen)
+    scores = query @ items.T
+    expected = full_ranking_topk(lambda u: scores[u], torch.arange(6), None, 5)
+    assert torch.equal(full_ranking_topk(lambda u: scores[u].numpy(), torch.arange(6), None, 5), expected)
+    assert torch.equal(full_ranking_topk_embeddings(query.numpy(), items.numpy(), None, 5), expected)
+    with pytest.raises(TypeError, match="score_fn must return a torch.Tensor .* got list"):
+        full_ranking_topk(lambda u: scores[u].tolist(), torch.arange(6), None, 5)
+    with pytest.raises(TypeError, match="query must be a torch.Tensor or NumPy array"):
+        full_ranking_topk_embeddings(query.tolist(), items, None, 5)
