@@ -339,6 +339,8 @@ def test_pipeline_trains_indexes_and_serves_a_new_item(tmp_path):
     # served index without retraining
     spec = run.dataset.manifest["side_features"]["items"]
     vec = run.model.embed_new_items(encode_new_items([{"attributes": [2, 99]}], spec)).numpy()
+    with pytest.raises(TypeError, match=r"columns \['attributes'\] hold text.*encode_new_items"):
+        run.model.embed_new_items(pl.DataFrame({"attributes": [["2", "99"]]}))  # a Polars cast error before
     add_items(folder, vec, ["new-item"], item_titles=["New"])
     served = Retriever.load(folder)
     assert served.index.n_items == run.dataset.n_items + 1

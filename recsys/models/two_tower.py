@@ -575,6 +575,16 @@ class TwoTower(HistoryQueries, Recommender):
             raise KeyError(
                 f"new items lack the item feature columns {missing}; the model's item features are {self.item_arrays.names[1:]}"
             )
+        textual = [
+            f.name
+            for f in self.item_tower.fields[1:]
+            if table.schema[f.name] == pl.String or table.schema[f.name] == pl.List(pl.String)
+        ]
+        if textual:  # readable labels ("Drama", "1990s") failed inside Polars' cast to codes
+            raise TypeError(
+                f"new items' columns {textual} hold text; embed_new_items takes the dataset's codes: turn "
+                "readable features into codes with features.new_items.encode_new_items first"
+            )
         frame = table.select([f.name for f in self.item_tower.fields[1:]]).with_columns(
             pl.int_range(n, dtype=pl.Int64).alias("item_idx")
         )
