@@ -584,7 +584,7 @@ def _with_zero_columns(score_fn: ScoreFn, z: int) -> ScoreFn:
         return score_fn
 
     def padded(users: torch.Tensor) -> torch.Tensor:
-        scores = score_fn(users)
+        scores = _score_tensor(score_fn(users))
         return torch.cat([scores, scores.new_zeros(scores.shape[0], z)], dim=1)
 
     return padded

@@ -310,12 +310,19 @@ def cmd_explain_sequence(args, run) -> int:
             )
             return 2
         seq = model.histories["all"][user_idx].tolist()  # every known item: what the served index answers
+    exclude = None
+    if not args.sequence:  # as the served index: every known item, those rated below a threshold too
+        known = ds.known_matrix()
+        exclude = sorted(
+            set(seq) | set(known.indices[known.indptr[user_idx] : known.indptr[user_idx + 1]].tolist())
+        )
     exp = explain_sequence(
         model,
         seq,
         item_ids=item_ids,
         titles=titles,
         user_ids=user_ids,
+        exclude=exclude,
         top_intents=args.intents,
         items_per_intent=args.items,
         k=args.k,

@@ -15,7 +15,7 @@ from tests.test_models_sasrec import write_cyclic_sequences
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
+def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys, monkeypatch):
     raw = icsrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=60), epochs=3)
     raw["tracking"] = {"experiment": "cli-icsrec"}
     cfg = tmp_path / "cfg.yaml"
@@ -95,6 +95,27 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys):
     assert exp["intents"][0]["typical_subsequences"]
     assert main(["explain", "--run", run_id, "--user", "3"]) == 0
     assert "intent" in capsys.readouterr().out
+    # a user's explanation recommends what the served index recommends, leaving out every known item: an
+    # item known only to the dataset's known pairs (rated below a threshold) is left out too
+    assert main(["explain", "--run", run_id, "--user", "3", "--k", "5", "--json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]] == user_recs
+    import scipy.sparse as sp
+
+    from features import PreparedDataset
+
+    real = PreparedDataset.known_matrix
+
+    def with_first_recommendation_known(self):
+        extra = sp.csr_matrix(
+            ([1.0], ([user_idx], [item_ids.index(user_recs[0])])), shape=(self.n_users, self.n_items)
+        )
+        return sp.csr_matrix(real(self) + extra)
+
+    monkeypatch.setattr(PreparedDataset, "known_matrix", with_first_recommendation_known)
+    assert main(["explain", "--run", run_id, "--user", "3", "--k", "5", "--json"]) == 0
+    got = [r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+    assert user_recs[0] not in got and got[:4] == user_recs[1:]
+    monkeypatch.setattr(PreparedDataset, "known_matrix", real)
     assert main(["explain", "--run", run_id, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
     assert main(["explain", "--run", run_id]) == 2

@@ -441,6 +441,10 @@ def test_numpy_scores_and_embeddings_are_accepted_and_other_types_named():
     expected = full_ranking_topk(lambda u: scores[u], torch.arange(6), None, 5)
     assert torch.equal(full_ranking_topk(lambda u: scores[u].numpy(), torch.arange(6), None, 5), expected)
     assert torch.equal(full_ranking_topk_embeddings(query.numpy(), items.numpy(), None, 5), expected)
+    from eval.ranking import _with_zero_columns  # the reference protocol's extra zero entries, NumPy too
+
+    padded = _with_zero_columns(lambda u: scores[u].numpy(), 2)(torch.arange(2))
+    assert padded.shape == (2, 32) and torch.equal(padded[:, 30:], torch.zeros(2, 2))
     with pytest.raises(TypeError, match="score_fn must return a torch.Tensor .* got list"):
         full_ranking_topk(lambda u: scores[u].tolist(), torch.arange(6), None, 5)
     with pytest.raises(TypeError, match="query must be a torch.Tensor or NumPy array"):
