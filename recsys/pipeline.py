@@ -363,11 +363,22 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
                 f"run {run_id}: its prepared dataset {root} is gone or damaged, and preparing its data config "
                 f"again failed: {exc}"
             ) from None
-    if dataset.manifest_hash != manifest_hash:
+    if dataset.manifest_hash != manifest_hash and not _same_data_with_pairs_set_aside(
+        info.get("manifest"), dataset
+    ):
         raise ValueError(
             f"run {run_id} was trained on dataset {manifest_hash[:12]} but preparing its data "
             f"config now gives {dataset.manifest_hash[:12]} ({dataset.root}); the source files changed (or the "
             "code that prepares them)"
+        )
+    if cfg.data.rating_threshold is not None and dataset.below_threshold is None:
+        import warnings
+
+        warnings.warn(
+            f"run {run_id}: its prepared data {dataset.root} predates keeping the pairs rated below "
+            "data.rating_threshold: serving it recommends such items back; remove that folder to have it "
+            "prepared again with them (the run still loads)",
+            stacklevel=3,
         )
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     if require is not None:
@@ -379,6 +390,33 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
     model.load_state_dict(state)
     model.eval()
     return LoadedRun(run_id, cfg, dataset, model)
+
+
+def _same_data_with_pairs_set_aside(trained: Any, dataset: Any) -> bool:
+    """A run trained before 2026-12-02 on a ``rating_threshold`` config, whose prepared folder was rebuilt
+    since: the same data (splits, vocabularies, features), the new folder only keeping the pairs below the
+    threshold aside as well (``below_threshold``). Anything else that differs is another dataset."""
+    from features.dataset import BELOW_THRESHOLD
+
+    now = dataset.manifest
+    if (
+        not isinstance(trained, dict)
+        or "below_threshold_rows" in trained
+        or "below_threshold_rows" not in now
+    ):
+        return False
+
+    def core(manifest: dict[str, Any]) -> str:
+        body = {
+            k: v
+            for k, v in manifest.items()
+            if k not in ("provenance", "content_hash", "below_threshold_rows")
+        }
+        body["files"] = [f for f in body.get("files", []) if f != BELOW_THRESHOLD]
+        body["columns"] = {k: v for k, v in (body.get("columns") or {}).items() if k != BELOW_THRESHOLD}
+        return json.dumps(body, sort_keys=True, default=str)
+
+    return core(trained) == core(now)
 
 
 def default_index_dir(run_id: str) -> Path:

@@ -419,3 +419,56 @@ def test_a_run_with_a_relative_data_path_loads_from_another_folder(tmp_path, cap
     assert main(["evaluate", "--run", run_id]) == 2
     err = capsys.readouterr().err
     assert f"run {run_id}: its prepared dataset " in err and "preparing its data config again failed" in err
+
+
+def test_a_threshold_run_trained_before_the_pairs_were_kept_aside_still_loads(tmp_path, capsys, monkeypatch):
+    """Prepared data keeps the pairs rated below data.rating_threshold since 2026-12-02. A run trained on an
+    older folder loads from it with a warning (serving it recommends those items back), and, once that
+    folder is gone, from the rebuilt one: the same data, the pairs kept aside besides (it was refused as
+    "the source files changed")."""
+    import importlib
+    import shutil
+
+    from recsys.paths import recsys_home
+    from recsys.pipeline import load_run
+
+    csv = tmp_path / "r.csv"
+    rows = [f"u{u},i{i},{(u * 7 + i * 3) % 5 + 1}" for u in range(30) for i in range(12) if (u + i) % 3]
+    csv.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    raw = yaml.safe_load(_config(tmp_path).read_text())
+    raw["data"] = {
+        "source": "interactions",
+        "path": str(csv),
+        "columns": {"user": "user", "item": "item", "rating": "rating"},
+        "rating_threshold": 3,
+        "split": {"protocol": "leave_one_out"},
+    }
+    raw["model"] = {"name": "popularity"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    module = importlib.import_module("features.prepare")  # `features.prepare` is also the function
+    real = module.build_tables
+
+    def as_before(cfg, files):  # the folder as the code before 2026-12-02 wrote it
+        tables, manifest = real(cfg, files)
+        tables.pop("below_threshold")
+        manifest.pop("below_threshold_rows")
+        manifest["files"].remove("below_threshold")
+        manifest["columns"].pop("below_threshold")
+        return tables, manifest
+
+    monkeypatch.setattr(module, "build_tables", as_before)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    monkeypatch.setattr(module, "build_tables", real)
+    with pytest.warns(UserWarning, match=f"run {run_id}: its prepared data .* predates keeping the pairs"):
+        old = load_run(run_id)
+    assert old.dataset.below_threshold is None
+    for folder in (recsys_home() / "prepared").iterdir():
+        shutil.rmtree(folder)
+    rebuilt = load_run(run_id)
+    assert (
+        rebuilt.dataset.below_threshold.height > 0
+        and rebuilt.dataset.manifest_hash != old.dataset.manifest_hash
+    )
+    assert all(rebuilt.dataset.split(s).equals(old.dataset.split(s)) for s in ("train", "valid", "test"))
