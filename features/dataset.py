@@ -87,6 +87,7 @@ class PreparedDataset:
         self.below_threshold: pl.DataFrame | None = tables.get(BELOW_THRESHOLD)
         self.cache_hit = cache_hit
         self._matrices: dict[str, sp.csr_matrix] = {}
+        self._known: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -128,7 +129,7 @@ class PreparedDataset:
         """Every (user, item) pair the dataset knows, as binary ``csr_matrix[n_users, n_items]``: the three
         splits and the pairs rated below ``data.rating_threshold`` (seen, though not positives). What serving
         excludes as seen; evaluation excludes only the splits its protocol names."""
-        if "known" not in self._matrices:
+        if self._known is None:
             import scipy.sparse as sp
 
             known = self.matrix("train") + self.matrix("valid") + self.matrix("test")
@@ -140,8 +141,8 @@ class PreparedDataset:
             known = sp.csr_matrix(known)
             known.sum_duplicates()
             known.data[:] = 1.0
-            self._matrices["known"] = known
-        return self._matrices["known"]
+            self._known = known
+        return self._known
 
     @classmethod
     def load(cls, root: Path | str) -> PreparedDataset:

@@ -160,7 +160,11 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
     if cfg.rating_threshold is not None:
         kept = binarize(inter, cfg.rating_threshold)
         # not positives, but the user has seen these items: kept aside, so that serving never recommends them
-        below = inter.filter(~(pl.col("rating") >= cfg.rating_threshold)).select("user_id", "item_id")
+        below = (
+            inter.filter(~(pl.col("rating") >= cfg.rating_threshold))
+            .select("user_id", "item_id")
+            .join(kept.select("user_id", "item_id"), on=["user_id", "item_id"], how="anti")  # rated high too
+        )
         inter = step("below_rating_threshold", inter, kept)
 
     # Provisional dense ids over everything read, so that deduplication, k-core and the split (window

@@ -513,6 +513,8 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
         for row in rows:  # 1.7 was read as item 1 (an int64 cast), though encode_sequences refuses it
             if row.size and (row.ndim != 1 or not np.issubdtype(row.dtype, np.integer)):
                 raise ValueError(f"item positions must be 1-D integers, got {row.dtype} of shape {row.shape}")
+            if row.size and row.min() < 0:  # -1 is the padding: [-1, 2] was encoded as [2]
+                raise ValueError(f"item positions must be >= 0, got {sorted(set(row[row < 0].tolist()))[:5]}")
         padded = pad_sequences([row.astype(np.int64).tolist() for row in rows], max_len=length)
         if (padded >= n_items).any():
             raise ValueError(f"item positions {sorted(set(padded[padded >= n_items].tolist()))[:10]} are beyond "

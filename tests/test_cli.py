@@ -462,6 +462,7 @@ def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, ca
     for user, given in ratings.items():
         rows += [f"{user},x{i},{r}" for i, r in enumerate(given)]
     rows += ["e,x5,5", "e,x6,5", "e,x0,5", "f,x5,4", "f,x6,5", "f,x1,5"]  # items a and b have not rated
+    rows += ["a,x0,1"]  # rated high and low: a positive, not set aside
     csv.write_text("\n".join(rows) + "\n")
     raw = make_cfg(csv, epochs=1)
     raw["data"] = {
@@ -486,7 +487,9 @@ def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, ca
     users = dict(zip(ds.user_vocab["user_idx"], ds.user_vocab["user_id"], strict=True))
     items = dict(zip(ds.item_vocab["item_idx"], ds.item_vocab["item_id"], strict=True))
     assert {(users[u], items[i]) for u, i in below} == {("a", "x2"), ("a", "x4"), ("b", "x4")}
-    assert ds.manifest["below_threshold_rows"] == 3
+    assert ds.manifest["below_threshold_rows"] == 3 and ds.below_threshold.height == 3
+    with pytest.raises(KeyError, match="unknown split 'known'"):
+        ds.matrix("known")  # the known pairs are no split (a shared cache answered this)
     for user, rated_low in (("a", {"x2", "x4"}), ("b", {"x4"})):
         assert main(["recommend", "--run", run_id, "--user", user, "--k", "5", "--json"]) == 0
         got = {r["item_id"] for r in json.loads(capsys.readouterr().out)}

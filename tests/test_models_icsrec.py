@@ -425,6 +425,8 @@ def test_retriever_answers_item_sequences_like_the_model(trained, tmp_path):
         sequence_query_encoder(build_model("mf_bpr", 2, 2))
     with pytest.raises(ValueError, match="item positions must be 1-D integers, got float64"):
         encoder([[1.7, 2.9]])  # it encoded items 1 and 2
+    with pytest.raises(ValueError, match=r"item positions must be >= 0, got \[-1\]"):
+        encoder([[-1, 2]])  # -1 is the padding: encoded as [2]
     assert np.array_equal(encoder([np.array([1, 2]), []]), encoder([[1, 2], []]))
 
 
