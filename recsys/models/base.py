@@ -162,7 +162,8 @@ class HistoryQueries:
     ``query_context(split)`` is the context manager the evaluation enters, so that inside it queries read the
     history before ``split``'s target (:data:`CONTEXT_SPLITS`); outside any block they read all known items.
     The model reads the current context from ``self._context``, which is per thread: an evaluation in one
-    thread used to switch the histories that every other thread's queries (an index being built) read."""
+    thread used to switch the histories that every other thread's queries (an index being built) read. So a
+    thread started inside a ``query_context`` block reads all known items: enter the block in that thread."""
 
     @property
     def _context(self) -> QueryContext:
