@@ -189,9 +189,8 @@ def print_recommendations(
         print(f"\nuser {user} has seen {len(history_titles)} items, e.g.:")
         for t in history_titles[:10]:
             print(f"  - {t}")
-    show_recommendations(
-        f"top-{len(recs)} for user {user}:", recs, as_json
-    )  # fewer than k: catalogue ran out
+    # fewer than k when the catalogue runs out
+    show_recommendations(f"top-{len(recs)} for user {user}:", recs, as_json)
 
 
 def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int:
