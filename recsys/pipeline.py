@@ -34,7 +34,8 @@ class RunResult:
     run_dir: Path
     train_seconds: float
     selection: str | None = None
-    """Which weights were tested, when validation chose them ("weights of epoch 5 of 40, best valid ndcg@20 0.4430")."""
+    """Which weights were tested, when validation chose them: "weights of epoch 5 of 40, best valid ndcg@20
+    0.4430"."""
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
