@@ -453,6 +453,24 @@ def test_a_user_with_every_item_is_named_by_id(tmp_path, capsys):
     assert "train a model without negative sampling" in err
 
 
+def threshold_config(tmp_path: Path, csv: Path, threshold: float) -> Path:
+    """The config of a tracked popularity run over a ``user,item,rating`` CSV with ``data.rating_threshold``
+    (leave-one-out)."""
+    raw = make_cfg(csv, epochs=1)
+    raw["data"] = {
+        "source": "interactions",
+        "path": str(csv),
+        "columns": {"user": "user", "item": "item", "rating": "rating"},
+        "rating_threshold": threshold,
+        "split": {"protocol": "leave_one_out"},
+    }
+    raw["model"] = {"name": "popularity"}
+    raw["tracking"] = {"experiment": "threshold"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
 def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, capsys):
     """With data.rating_threshold, lower ratings are no positives, but the user has seen those items: they
     were recommended back (the quickstart offered user 1 films they had rated 2)."""
@@ -464,19 +482,7 @@ def test_items_rated_below_the_threshold_are_never_recommended_back(tmp_path, ca
     rows += ["e,x5,5", "e,x6,5", "e,x0,5", "f,x5,4", "f,x6,5", "f,x1,5"]  # items a and b have not rated
     rows += ["a,x0,1"]  # rated high and low: a positive, not set aside
     csv.write_text("\n".join(rows) + "\n")
-    raw = make_cfg(csv, epochs=1)
-    raw["data"] = {
-        "source": "interactions",
-        "path": str(csv),
-        "columns": {"user": "user", "item": "item", "rating": "rating"},
-        "rating_threshold": 4,
-        "split": {"protocol": "leave_one_out"},
-    }
-    raw["model"] = {"name": "popularity"}
-    raw["tracking"] = {"experiment": "threshold"}
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg)]) == 0
+    assert main(["train", "-c", str(threshold_config(tmp_path, csv, 4))]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     from recsys.pipeline import load_run
 

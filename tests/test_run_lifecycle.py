@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from recsys.cli import main
+from tests.test_cli import threshold_config
 from tests.test_trainer import make_cfg, write_synthetic_interactions
 
 
@@ -435,17 +436,7 @@ def test_a_threshold_run_trained_before_the_pairs_were_kept_aside_still_loads(tm
     csv = tmp_path / "r.csv"
     rows = [f"u{u},i{i},{(u * 7 + i * 3) % 5 + 1}" for u in range(30) for i in range(12) if (u + i) % 3]
     csv.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
-    raw = yaml.safe_load(_config(tmp_path).read_text())
-    raw["data"] = {
-        "source": "interactions",
-        "path": str(csv),
-        "columns": {"user": "user", "item": "item", "rating": "rating"},
-        "rating_threshold": 3,
-        "split": {"protocol": "leave_one_out"},
-    }
-    raw["model"] = {"name": "popularity"}
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg = threshold_config(tmp_path, csv, 3)
     module = importlib.import_module("features.prepare")  # `features.prepare` is also the function
     real = module.build_tables
 
