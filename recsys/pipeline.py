@@ -435,7 +435,9 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
     import numpy as np
 
     from recsys.explain import check_indices
+    from serving._topk import check_k
 
+    k = check_k(k)  # k=-1 sliced off the last item
     ds, model = run.dataset, run.model
     (user_idx,) = check_indices(
         [user_idx], ds.n_users, "user_idx", "user"
@@ -510,6 +512,9 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
     n_items = model.n_items
 
     def encoder(sequences: list) -> np.ndarray:
+        for given in sequences:  # [True, 2] became items 1 and 2 (a boolean array is refused below by dtype)
+            if not isinstance(given, np.ndarray) and any(isinstance(x, bool | np.bool_) for x in given):
+                raise ValueError("item positions must be integers, got a boolean")
         rows = [np.asarray(s) for s in sequences]
         for row in rows:  # 1.7 was read as item 1 (an int64 cast), though encode_sequences refuses it
             if row.size and (row.ndim != 1 or not np.issubdtype(row.dtype, np.integer)):

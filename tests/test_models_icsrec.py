@@ -427,6 +427,9 @@ def test_retriever_answers_item_sequences_like_the_model(trained, tmp_path):
         encoder([[1.7, 2.9]])  # it encoded items 1 and 2
     with pytest.raises(ValueError, match=r"item positions must be >= 0, got \[-1\]"):
         encoder([[-1, 2]])  # -1 is the padding: encoded as [2]
+    for bad in ([True, 2], np.array([True, False])):  # read as items 1 and 2
+        with pytest.raises(ValueError, match="item positions must be .*integers"):
+            encoder([bad])
     assert np.array_equal(encoder([np.array([1, 2]), []]), encoder([[1, 2], []]))
 
 

@@ -336,6 +336,8 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
     for bad in (-1, ds.n_users):  # -1 scored the last user and left out none of their items
         with pytest.raises(KeyError, match=rf"user_idx: user indices \[{bad}\] out of range"):
             scorer_top_k(run, bad, 5)
+    with pytest.raises(ValueError, match="k must be a positive integer, got -1"):
+        scorer_top_k(run, u, -1)  # it returned every item but the last
     import numpy as np
     import torch
 

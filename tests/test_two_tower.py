@@ -341,6 +341,10 @@ def test_pipeline_trains_indexes_and_serves_a_new_item(tmp_path):
     vec = run.model.embed_new_items(encode_new_items([{"attributes": [2, 99]}], spec)).numpy()
     with pytest.raises(TypeError, match=r"columns \['attributes'\] hold text.*encode_new_items"):
         run.model.embed_new_items(pl.DataFrame({"attributes": [["2", "99"]]}))  # a Polars cast error before
+    with pytest.raises(TypeError, match="hold text"):
+        run.model.embed_new_items(
+            pl.DataFrame({"attributes": [["2"]]}, schema={"attributes": pl.List(pl.Categorical)})
+        )
     add_items(folder, vec, ["new-item"], item_titles=["New"])
     served = Retriever.load(folder)
     assert served.index.n_items == run.dataset.n_items + 1

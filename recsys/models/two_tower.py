@@ -578,7 +578,8 @@ class TwoTower(HistoryQueries, Recommender):
         textual = [
             f.name
             for f in self.item_tower.fields[1:]
-            if table.schema[f.name] == pl.String or table.schema[f.name] == pl.List(pl.String)
+            if table.schema[f.name]
+            in (pl.String, pl.Categorical, pl.List(pl.String), pl.List(pl.Categorical))
         ]
         if textual:  # readable labels ("Drama", "1990s") failed inside Polars' cast to codes
             raise TypeError(
