@@ -168,25 +168,14 @@ def topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (values[0], pos[0]) if scores.dim() == 1 else (values, pos)
 
 
-def _score_tensor(scores: Any) -> torch.Tensor:
-    """A score function's answer as a tensor: NumPy arrays are taken as they are (an AttributeError on
-    ``.device`` before), anything else is named."""
-    if isinstance(scores, torch.Tensor):
-        return scores
-    if isinstance(scores, np.ndarray):
-        return torch.from_numpy(scores)
-    raise TypeError(
-        f"score_fn must return a torch.Tensor (or NumPy array) [B, I], got {type(scores).__name__}"
-    )
-
-
-def _as_embeddings(x: Any, name: str) -> torch.Tensor:
-    """Embeddings as a tensor (NumPy arrays accepted, as ``ranking_metrics`` and ``users`` accept them)."""
+def _as_tensor(x: Any, subject: str, shape: str) -> torch.Tensor:
+    """Scores or embeddings as a tensor: NumPy arrays are taken as they are (AttributeErrors on ``.device``
+    or ``.detach`` before), anything else is named (``subject``: "score_fn must return", "query must be")."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(x)
-    raise TypeError(f"{name} must be a torch.Tensor or NumPy array [n, d], got {type(x).__name__}")
+    raise TypeError(f"{subject} a torch.Tensor or NumPy array {shape}, got {type(x).__name__}")
 
 
 def _exclusion_value(excluded_score: float | None) -> float:
@@ -473,7 +462,7 @@ def full_ranking_topk(
     n = users_np.size
     if n == 0:
         return torch.full((0, k), -1, dtype=torch.long)
-    first = _score_tensor(score_fn(users_t[:block_size]))
+    first = _as_tensor(score_fn(users_t[:block_size]), "score_fn must return", "[B, I]")
     if first.ndim != 2:
         raise ValueError(f"score_fn must return a [B, I] tensor, got shape {tuple(first.shape)}")
     n_items = first.shape[1]
@@ -488,7 +477,7 @@ def full_ranking_topk(
         for start in range(0, n, block_size):
             block = users_t[start : start + block_size]
             if scores is None:
-                scores = _score_tensor(score_fn(block))
+                scores = _as_tensor(score_fn(block), "score_fn must return", "[B, I]")
             if scores.shape != (block.shape[0], n_items):
                 raise ValueError(
                     f"score_fn returned shape {tuple(scores.shape)} for {block.shape[0]} users and {n_items} items"
@@ -539,7 +528,7 @@ def full_ranking_topk_embeddings(
     _check_positive("k", k)
     _check_positive("block_size", block_size, allow_none=True)
     _check_positive("workers", workers, allow_none=True)
-    query, items = _as_embeddings(query, "query"), _as_embeddings(items, "items")
+    query, items = _as_tensor(query, "query must be", "[U, d]"), _as_tensor(items, "items must be", "[I, d]")
     if query.ndim != 2 or items.ndim != 2 or query.shape[1] != items.shape[1]:
         raise ValueError(
             f"query [U, d] and items [I, d] must agree in d, got {tuple(query.shape)} and {tuple(items.shape)}"
@@ -584,7 +573,7 @@ def _with_zero_columns(score_fn: ScoreFn, z: int) -> ScoreFn:
         return score_fn
 
     def padded(users: torch.Tensor) -> torch.Tensor:
-        scores = _score_tensor(score_fn(users))
+        scores = _as_tensor(score_fn(users), "score_fn must return", "[B, I]")
         return torch.cat([scores, scores.new_zeros(scores.shape[0], z)], dim=1)
 
     return padded

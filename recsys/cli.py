@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 import os
@@ -578,7 +577,7 @@ def _run(args) -> int:
         )
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # the reader of stdout went away (| head): nothing more to say, nowhere to say it
-        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        with contextlib.suppress(OSError, ValueError):  # io.UnsupportedOperation is both
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's own flush at exit stays quiet
             os.close(devnull)

@@ -688,9 +688,9 @@ class ItemIndex:
 
         Rows are grouped by the candidates they need, ``k + |exclude_b| + 1`` (so that after exclusion at
         least k remain), within a factor of 2; one FAISS search serves each group (row blocks only beyond
-        ~16M candidates), asking for the group's largest count. A row is
-        searched again with more candidates only when the candidate list may have cut through a group of
-        equal scores at the k-th place (so that ties are broken by position exactly, not by FAISS's order).
+        ~16M candidates), asking for the group's largest count. A row is searched again with more candidates
+        only when the candidate list may have cut through a group of equal scores at the k-th place (so that
+        ties are broken by position exactly, not by FAISS's order).
         """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
