@@ -169,6 +169,44 @@ def cmd_index(args) -> int:
     return 0
 
 
+def cmd_rerank(args) -> int:
+    from recsys.pipeline import load_run
+    from recsys.rerank import default_reranker_dir, fit_reranker, track_reranker
+
+    if args.out is not None and not args.out.strip():
+        print("error: --out needs a folder (omit it for $RECSYS_HOME/rerankers/RUN_ID)", file=sys.stderr)
+        return 2
+    run = load_run(args.run, uri=args.tracking_uri)
+    ks = args.k or run.config.eval.ks
+    result = fit_reranker(run, n_candidates=args.candidates, ks=tuple(ks), seed=args.seed)
+    path = result.reranker.save(Path(args.out) if args.out else default_reranker_dir(args.run))
+    tracked = track_reranker(result, args.run, path, uri=args.tracking_uri)
+    k = max(ks)
+    held = result.holdout
+    if args.json:
+        print(json.dumps({"test": result.test, "holdout": held, "candidate_recall": result.candidate_recall,
+                          "fit_users": result.fit_users, "holdout_users": result.holdout_users,
+                          "path": str(path), "mlflow_run_id": tracked}, sort_keys=True))  # fmt: skip
+        return 0
+    print(
+        f"re-ranker fitted on {result.fit_users} validation users, tree shape chosen on "
+        f"{result.holdout_users} more (held-out ndcg@{k}: re-ranked {held['reranked']:.4f}, retrieval "
+        f"{held['retrieval']:.4f})"
+    )
+    share = f"{result.candidate_recall:.1%}"
+    print(f"\ntest metrics ({args.candidates} candidates per user, holding {share} of the test items):")
+    print(format_metrics_table(result.test, ks))
+    if held["reranked"] <= held["retrieval"]:
+        print(
+            "warning: the re-ranker does not beat the retrieval order on the held-out validation users; "
+            "serving it is not advised",
+            file=sys.stderr,
+        )
+    print(f"\nre-ranker written to {path} (serve it with `recsys recommend --run RUN --reranker {path}`)")
+    print(f"MLflow run: {tracked} (a child of {args.run})")
+    return 0
+
+
 def show_recommendations(header: str, recs: list, as_json: bool = False) -> None:
     """Print recommendations (``Recommendation`` tuples: item_id, score, title), best first: a header and one
     line each, or (``as_json``) a JSON list of ``{"item_id", "score", "title"}`` for programs."""
@@ -228,6 +266,9 @@ def cmd_recommend(args) -> int:
     if (args.user is None) == (args.sequence is None):
         print("error: give exactly one of --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
         return 2
+    if args.reranker is not None and args.user is None:
+        print("error: --reranker re-ranks a known user's list; give --user USER", file=sys.stderr)
+        return 2
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
     run = None
     if not (index_dir / "manifest.json").exists():
@@ -260,6 +301,12 @@ def cmd_recommend(args) -> int:
             show_recommendations(
                 f"top-{len(recs)} next items after {len(args.sequence)} items:", recs, args.json
             )
+        elif args.reranker is not None:
+            from serving.rerank import Reranker, RerankingRetriever
+
+            reranking = RerankingRetriever(retriever, Reranker.load(args.reranker))
+            recs = reranking.recommend([args.user], k=args.k)[0]
+            show_recommendations(f"top-{len(recs)} for user {args.user}, re-ranked:", recs, args.json)
         else:
             print_recommendations(retriever, args.user, args.k, as_json=args.json)
     except UnknownUserError as exc:
@@ -465,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--out", help="output folder (default: $RECSYS_HOME/indexes/RUN_ID)")
     ix.set_defaults(func=cmd_index)
 
+    rr = sub.add_parser(
+        "rerank", help="fit a LightGBM re-ranker on a run's validation split, and test it against retrieval"
+    )
+    rr.add_argument("--run", required=True)
+    _tracking_uri_option(rr)
+    rr.add_argument(
+        "--candidates", type=_positive_int, default=100, help="candidates per user from retrieval (100)"
+    )
+    rr.add_argument("--k", type=_parse_ks, help="cut-offs, e.g. 10,20 (default: the run's eval.ks)")
+    rr.add_argument("--seed", type=int, default=0, help="the validation users' split and LightGBM's seed")
+    rr.add_argument("--out", help="output folder (default: $RECSYS_HOME/rerankers/RUN_ID)")
+    rr.add_argument("--json", action="store_true", help="print one JSON object")
+    rr.set_defaults(func=cmd_rerank)
+
     rc = sub.add_parser("recommend", help="top-k items for a user, or next items for an item sequence")
     rc.add_argument("--run", required=True)
     _tracking_uri_option(rc)
@@ -478,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--k", type=_positive_int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")
     rc.add_argument("--json", action="store_true", help="a JSON list of {item_id, score, title}")
+    rc.add_argument(
+        "--reranker",
+        help="re-rank --user's list with this folder of `recsys rerank` (scores: the re-ranker's)",
+    )
     rc.set_defaults(func=cmd_recommend)
 
     xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")

@@ -2,7 +2,8 @@
 
 ``build_index`` writes a self-verifying folder (``manifest.json`` with checksums, ``items.faiss``, the item id
 map, optional user embeddings and seen items); ``load_index`` / ``ItemIndex.load`` refuse a corrupted or
-mismatched folder with :class:`IndexIntegrityError`; ``Retriever`` answers top-k queries.
+mismatched folder with :class:`IndexIntegrityError`; ``Retriever`` answers top-k queries, and
+``RerankingRetriever`` reorders a known user's retrieved candidates with a LightGBM ``Reranker``.
 
 Importing this package is cheap: the names below are resolved on first use, and FAISS, pyarrow and scipy are
 imported only inside the functions that need them, so ``recsys --help`` stays fast.
@@ -18,6 +19,8 @@ __all__ = [
     "IndexIntegrityError",
     "ItemIndex",
     "Recommendation",
+    "Reranker",
+    "RerankingRetriever",
     "Retriever",
     "UnknownItemError",
     "UnencodableItemError",
@@ -36,6 +39,8 @@ _WHERE = {
     "build_index": "serving.index",
     "load_index": "serving.index",
     "Recommendation": "serving.retriever",
+    "Reranker": "serving.rerank",
+    "RerankingRetriever": "serving.rerank",
     "Retriever": "serving.retriever",
 }
 
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
     from serving.add_items import add_items
     from serving.errors import IndexIntegrityError, UnencodableItemError, UnknownItemError, UnknownUserError
     from serving.index import ItemIndex, build_index, load_index
+    from serving.rerank import Reranker, RerankingRetriever
     from serving.retriever import Recommendation, Retriever
 
 

@@ -1,0 +1,279 @@
+"""Fit the LightGBM re-ranking stage (``serving.rerank``) on a trained run, and measure what it changes.
+
+Protocol, chosen so that no test interaction reaches the ranker and both stages are scored alike:
+
+1. The run's model (trained on the training split) retrieves each validation user's top-N unseen items,
+   training items excluded, exactly as the evaluation ranks them (``eval.ranking.model_topk``: same
+   exclusions, same query context for sequence models). A candidate's label is 1 when it is one of the
+   user's validation items. Features use the training interactions (history, popularity).
+2. The validation users are split at random (``holdout``): LambdaRank learns on one part and stops early on
+   the NDCG of the other. Users with no relevant candidate teach a ranker nothing and are left out of both.
+3. On the test split the same model retrieves N candidates per test user, training and validation items
+   excluded (again exactly as ``recsys evaluate`` ranks), with training + validation interactions as the
+   history. The retrieval top-k is the first k candidates; the re-ranked top-k is the ranker's best k of the
+   same N. Both go through the same metric code over the same users and truth.
+
+Only models whose scores are inner products of query and item embeddings (the ones ``recsys index`` serves)
+can be re-ranked: the features need the item vectors the index holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving._topk import ExcludedItems
+from serving.rerank import ItemStatistics, Reranker, candidate_features
+
+# The tree shapes fit_reranker tries (LightGBM's num_leaves, min_data_in_leaf), from stumps-like trees that
+# need much evidence per leaf to LightGBM's default size.
+TREE_SHAPES = (
+    {"num_leaves": 3, "min_data_in_leaf": 500},
+    {"num_leaves": 7, "min_data_in_leaf": 200},
+    {"num_leaves": 31, "min_data_in_leaf": 50},
+)
+
+
+@dataclass(frozen=True)
+class SplitCandidates:
+    """The first stage's candidate lists for the users with truth in one split.
+
+    Attributes:
+        users: int64 [U] user indices.
+        scores: float32 [U, N] retrieval scores, best first; positions: int64 [U, N] item indices (-1: none).
+        features: float32 [U, N, F] (``serving.rerank.candidate_features``); labels: float32 [U, N].
+        truth: csr [U, I] the users' relevant items in the split.
+    """
+
+    users: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    truth: Any
+
+
+def default_reranker_dir(run_id: str) -> Path:
+    """``$RECSYS_HOME/rerankers/<run id>``, where ``recsys rerank`` writes a run's re-ranker."""
+    from recsys.paths import recsys_home
+
+    return recsys_home() / "rerankers" / run_id
+
+
+def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candidates: int) -> SplitCandidates:
+    """Retrieve ``n_candidates`` per user with truth in ``split`` (``"valid"`` or ``"test"``) and compute
+    their features from the interactions known before that split (training; training + validation for
+    test)."""
+    import scipy.sparse as sp
+
+    from eval.ranking import model_topk
+
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    positions, users, truth = model_topk(model, dataset, split, n_candidates)
+    positions = positions.cpu().numpy().astype(np.int64)
+    history = sp.csr_matrix(dataset.matrix("train"))
+    if split == "test":
+        history = sp.csr_matrix(history + sp.csr_matrix(dataset.matrix("valid")))
+    history.sum_duplicates()
+    history.sort_indices()
+    query, items = _embeddings(model, split, users)
+    safe = np.where(positions >= 0, positions, 0)
+    scores = np.einsum("bd,bnd->bn", query, items[safe]).astype(np.float32)
+    scores[positions < 0] = -np.inf
+    known = ExcludedItems(history.indptr, history.indices, checked=True)
+    stats = ItemStatistics.from_arrays(items, known)
+    features = candidate_features(scores, positions, known.take(users), stats)
+    truth = sp.csr_matrix(truth)
+    labels = np.zeros(positions.shape, dtype=np.float32)
+    for row in range(positions.shape[0]):  # U rows of N: small next to the retrieval itself
+        relevant = truth.indices[truth.indptr[row] : truth.indptr[row + 1]]
+        labels[row] = np.isin(positions[row], relevant)
+    return SplitCandidates(users, scores, positions, features, labels, truth)
+
+
+def _embeddings(model: torch.nn.Module, split: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 query [U, d] and item [I, d] embeddings as the evaluation of ``split`` and the served index see
+    them (the model's query context for the split; unit vectors for models scored by cosine)."""
+    from recsys.models.base import Recommender
+
+    if not isinstance(model, Recommender) or type(model).scorer is not Recommender.scorer:
+        raise ValueError(
+            f"{type(model).__name__} does not score by inner products of embeddings, so it has no index to "
+            "re-rank (the re-ranker's features need the item vectors)"
+        )
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    device = next((t.device for t in tensors), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    context = model.query_context(split) if hasattr(model, "query_context") else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), context:
+            query, items = model.embeddings(torch.from_numpy(users).to(device))
+    finally:
+        model.train(was_training)
+    query = query.float().cpu().numpy()
+    items = items.float().cpu().numpy()
+    if getattr(model, "cosine_scores", False):  # the index stores unit vectors for these models
+        query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+        items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(query), np.ascontiguousarray(items)
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """A fitted re-ranker and its measurements.
+
+    Attributes:
+        reranker: the fitted :class:`serving.rerank.Reranker` (its ``info`` holds the numbers below too).
+        test: ``{"retrieval": metrics, "reranked": metrics}`` on the test split, ``eval.ranking_metrics``.
+        holdout: ``{"retrieval": ndcg, "reranked": ndcg}`` at max(ks) on the held-out validation users (what
+            the tree shape was chosen on; a re-ranker that does not beat the retrieval order there is not
+            worth serving).
+        candidate_recall: the share of test items that are among the N candidates (the ceiling of recall@N).
+        fit_users / holdout_users: validation users the ranker learned on / stopped early on.
+    """
+
+    reranker: Reranker
+    test: dict[str, dict[str, float]]
+    holdout: dict[str, float]
+    candidate_recall: float
+    fit_users: int
+    holdout_users: int
+
+
+def fit_reranker(
+    run: Any,
+    *,
+    n_candidates: int = 100,
+    ks: tuple[int, ...] = (10, 20),
+    holdout: float = 0.2,
+    seed: int = 0,
+    num_threads: int = 1,
+    params: dict[str, Any] | None = None,
+) -> RerankResult:
+    """Fit a LambdaRank re-ranker on ``run``'s validation split and test both stages (module docstring).
+
+    Args:
+        run: a ``recsys.pipeline.LoadedRun`` (model and prepared dataset).
+        n_candidates: N, candidates per user from the first stage (>= max(ks)).
+        ks: cut-offs of the reported metrics.
+        holdout: share of the validation users kept for early stopping.
+        seed: the users' split and LightGBM's seed.
+        num_threads: LightGBM threads.
+        params: LightGBM parameters over ``serving.rerank.DEFAULT_PARAMS``; without them each of
+            ``TREE_SHAPES`` is fitted and the one with the best held-out NDCG@max(ks) is kept.
+    """
+    from eval.metrics import check_ks, ranking_metrics
+
+    ks = tuple(check_ks(ks))
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < max(ks):
+        raise ValueError(f"n_candidates must be an integer >= max(ks) = {max(ks)}, got {n_candidates!r}")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must lie strictly between 0 and 1, got {holdout!r}")
+    ds = run.dataset
+    if ds.valid.height == 0:
+        raise ValueError(
+            f"run {run.run_id}: its dataset has no validation split, which the re-ranker is fitted on "
+            "(the test split is only for measuring it)"
+        )
+    valid = split_candidates(run.model, ds, "valid", n_candidates)
+    useful = np.flatnonzero(valid.labels.any(axis=1))
+    rng = np.random.default_rng(seed)
+    held = rng.random(useful.size) < holdout
+    fit_rows, held_rows = useful[~held], useful[held]
+    if fit_rows.size == 0 or held_rows.size == 0:
+        raise ValueError(
+            f"run {run.run_id}: {useful.size} validation users have a relevant item among {n_candidates} "
+            "candidates; too few to fit and stop a re-ranker"
+        )
+    info = {
+        "run_id": run.run_id,
+        "normalized": bool(getattr(run.model, "cosine_scores", False)),
+        "fit_users": int(fit_rows.size),
+        "holdout_users": int(held_rows.size),
+        "seed": int(seed),
+    }
+    # Tree sizes are chosen on the held-out validation users, never on test: a few hundred users' lists
+    # overfit large trees, while a large dataset can use them. The choice and the comparison with the
+    # retrieval order use the same NDCG as the test report (ideal DCG over all the user's relevant items).
+    k = max(ks)
+    n_items = int(ds.n_items)
+    held_truth = valid.truth[held_rows]
+
+    def holdout_ndcg(positions: np.ndarray) -> float:
+        return ranking_metrics(positions[:, :k], held_truth, (k,), n_items=n_items)[f"ndcg@{k}"]
+
+    trials = []
+    for shape in [{}] if params is not None else TREE_SHAPES:
+        trial = Reranker.fit(
+            valid.features[fit_rows],
+            valid.labels[fit_rows],
+            valid=(valid.features[held_rows], valid.labels[held_rows]),
+            params={"eval_at": [k], **shape, **(params or {})},
+            seed=seed,
+            num_threads=num_threads,
+            info=info,
+        )
+        rows = (valid.scores[held_rows], valid.positions[held_rows], valid.features[held_rows])
+        trials.append((holdout_ndcg(trial.rerank(*rows, k)[1]), -len(trials), trial))
+    best_ndcg, _, reranker = max(trials, key=lambda t: t[:2])
+    holdout = {"retrieval": holdout_ndcg(valid.positions[held_rows]), "reranked": best_ndcg}
+    reranker.info["holdout"] = {f"{name}_ndcg@{k}": value for name, value in holdout.items()}
+    reranker.info["trials"] = [
+        {f"holdout_ndcg@{k}": score, "best_iteration": t.info["best_iteration"],
+         **{key: t.info["params"].get(key) for key in ("num_leaves", "min_data_in_leaf")}}
+        for score, _, t in trials
+    ]  # fmt: skip
+    test = split_candidates(run.model, ds, "test", n_candidates)
+    _, reranked = reranker.rerank(test.scores, test.positions, test.features, k)
+    metrics = {
+        "retrieval": ranking_metrics(test.positions[:, :k], test.truth, ks, n_items=n_items),
+        "reranked": ranking_metrics(reranked, test.truth, ks, n_items=n_items),
+    }
+    candidate_recall = float(test.labels.sum() / test.truth.nnz)
+    reranker.info.update({"test": metrics, "candidate_recall": candidate_recall, "ks": list(ks)})
+    return RerankResult(reranker, metrics, holdout, candidate_recall, int(fit_rows.size), int(held_rows.size))
+
+
+def track_reranker(result: RerankResult, run_id: str, folder: Path, uri: str | None = None) -> str:
+    """Log a fitted re-ranker as an MLflow run of its own, in the experiment of the run it re-ranks and
+    marked as that run's child (``mlflow.parentRunId``): its settings as params, both stages' test metrics
+    (``test_final/retrieval/...``, ``test_final/reranked/...``), the held-out NDCG, and ``folder`` (the saved
+    re-ranker) as the artifact ``reranker``. Returns the new run's id."""
+    import mlflow
+
+    from recsys.paths import default_tracking_uri
+    from recsys.tracking import RunTracker
+
+    client = mlflow.MlflowClient(uri or default_tracking_uri())
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    info = result.reranker.info
+    with RunTracker.start(experiment=experiment.name, uri=uri, run_name=f"rerank-{run_id[:8]}") as tracker:
+        tracker.set_tags({"mlflow.parentRunId": run_id, "recsys.stage": "rerank"})
+        tracker.log_params(
+            {
+                "reranks_run": run_id,
+                "n_candidates": result.reranker.n_candidates,
+                "seed": info.get("seed"),
+                "ks": info.get("ks"),
+                "best_iteration": info.get("best_iteration"),
+                "lightgbm": {k: v for k, v in info.get("params", {}).items() if k not in ("seed", "eval_at")},
+            }
+        )
+        for stage, metrics in result.test.items():
+            tracker.log_metrics(metrics, prefix=f"test_final/{stage}/")
+        tracker.log_metrics(
+            {
+                "candidate_recall": result.candidate_recall,
+                **{f"holdout/{k}": v for k, v in result.holdout.items()},
+            }
+        )
+        tracker.log_artifacts(folder, "reranker")
+        return str(tracker.run_id)

@@ -1,0 +1,239 @@
+"""The LightGBM re-ranking stage: features by hand, fitting, the folder format, serving, and the command line
+(fit on validation, measured on test with the evaluation's own ranking)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+
+from serving import Retriever, build_index
+from serving._topk import ExcludedItems
+from serving.rerank import FEATURES, ItemStatistics, Reranker, RerankingRetriever, candidate_features
+
+
+def rows(*lists: list[int]) -> ExcludedItems:
+    return ExcludedItems.from_lists([np.asarray(r, dtype=np.int64) for r in lists])
+
+
+def test_candidate_features_by_hand():
+    vectors = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    known = rows([0, 1], [0])  # counts 2, 1, 0, 0: mean 0.75
+    items = ItemStatistics.from_arrays(vectors, known)
+    np.testing.assert_allclose(items.norm, [1, 2, 3, 0])
+    np.testing.assert_allclose(items.log_popularity, np.log(np.array([3, 2, 1, 1]) / 1.75), rtol=1e-6)
+    history = rows([0], [])  # user 0 knows item 0; user 1 knows nothing
+    scores = np.array([[5.0, 3.0, -np.inf], [4.0, 2.0, 0.5]], dtype=np.float32)
+    positions = np.array([[2, 1, -1], [0, 3, 2]])
+    f = candidate_features(scores, positions, history, items)
+    assert f.shape == (2, 3, len(FEATURES))
+    col = {name: f[..., j] for j, name in enumerate(FEATURES)}
+    np.testing.assert_allclose(col["score"][1], [4.0, 2.0, 0.5])
+    np.testing.assert_allclose(col["rank"][1], [0, 1, 2])
+    np.testing.assert_allclose(col["gap_to_top"][0, :2], [0.0, 2.0])
+    np.testing.assert_allclose(col["item_norm"][1], [1.0, 0.0, 3.0])
+    np.testing.assert_allclose(col["item_log_popularity"][0, :2], np.log([1 / 1.75, 2 / 1.75]), rtol=1e-6)
+    np.testing.assert_allclose(col["user_log_history"][:, 0], [np.log(2.0), 0.0])
+    # item 2 points where user 0's only item points, item 1 at a right angle; an empty history gives 0
+    np.testing.assert_allclose(col["history_cosine"][0, :2], [1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(col["history_cosine"][1], [0.0, 0.0, 0.0])
+    assert np.isnan(f[0, 2]).all()  # the padding slot
+    with pytest.raises(ValueError, match="history has 1 rows, the candidates 2"):
+        candidate_features(scores, positions, rows([0]), items)
+
+
+def lists_where_popularity_decides(rng, n_lists: int, n: int = 20):
+    """Candidate lists whose one relevant item is the most popular candidate, at a random place in the list,
+    so the retrieval order carries no signal and the popularity feature all of it."""
+    f = rng.normal(size=(n_lists, n, len(FEATURES))).astype(np.float32)
+    f[..., 1] = np.arange(n)  # rank
+    labels = np.zeros((n_lists, n), dtype=np.float32)
+    labels[np.arange(n_lists), np.argmax(f[..., 4], axis=1)] = 1.0
+    scores = -np.sort(-rng.normal(size=(n_lists, n)), axis=1).astype(np.float32)
+    return f, labels, scores
+
+
+def test_the_reranker_learns_what_retrieval_misses():
+    rng = np.random.default_rng(0)
+    f, y, _ = lists_where_popularity_decides(rng, 400)
+    hf, hy, _ = lists_where_popularity_decides(rng, 100)
+    model = Reranker.fit(f, y, valid=(hf, hy), params={"num_leaves": 7, "min_data_in_leaf": 20}, seed=1)
+    assert model.n_candidates == 20 and 0 < model.info["best_iteration"] <= 500
+    tf, ty, ts = lists_where_popularity_decides(rng, 200)
+    positions = np.tile(np.arange(20), (200, 1))
+    _, top = model.rerank(ts, positions, tf, k=1)
+    hit_at_1 = ty[np.arange(200), top[:, 0]].mean()
+    assert hit_at_1 > 0.8  # the retrieval order puts it first 1 time in 20
+    assert ty[:, 0].mean() < 0.2
+
+
+def test_padding_stays_last_and_ties_keep_the_retrieval_order():
+    rng = np.random.default_rng(1)
+    f, y, _ = lists_where_popularity_decides(rng, 200, n=6)
+    model = Reranker.fit(f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=5, seed=0)
+    tf = np.repeat(f[:1], 2, axis=0)
+    tf[1, 1:] = tf[1, 0]  # six identical candidates: equal ranker scores
+    tf[0, 4:] = np.nan  # a list that ran out after 4 items
+    positions = np.array([[10, 11, 12, 13, -1, -1], [20, 21, 22, 23, 24, 25]])
+    scores = np.zeros((2, 6), dtype=np.float32)
+    out_scores, out_pos = model.rerank(scores, positions, tf, k=6)
+    assert sorted(out_pos[0, :4]) == [10, 11, 12, 13] and out_pos[0, 4:].tolist() == [-1, -1]
+    assert np.isneginf(out_scores[0, 4:]).all()
+    assert out_pos[1].tolist() == [20, 21, 22, 23, 24, 25]  # equal scores: the retrieval order
+    with pytest.raises(ValueError, match="positive integer"):
+        model.rerank(scores, positions, tf, k=0)
+
+
+def test_a_saved_reranker_loads_and_predicts_the_same(tmp_path):
+    rng = np.random.default_rng(2)
+    f, y, _ = lists_where_popularity_decides(rng, 100)
+    model = Reranker.fit(
+        f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=20, info={"run_id": "r1"}
+    )
+    folder = model.save(tmp_path / "rr")
+    again = Reranker.load(folder)
+    np.testing.assert_array_equal(again.predict(f), model.predict(f))
+    assert again.n_candidates == 20 and again.info["run_id"] == "r1"
+    model.save(folder)  # replacing a folder in place works
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["rr"]
+
+    text = (folder / "reranker.txt").read_text()
+    (folder / "reranker.txt").write_text(text.replace("Tree=0", "Tree=9", 1))
+    with pytest.raises(ValueError, match=r"reranker\.txt: \d+ bytes with another SHA-256; expected"):
+        Reranker.load(folder)
+    manifest = json.loads((folder / "reranker.json").read_text())
+    manifest["features"] = ["score"]
+    (folder / "reranker.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="features \\['score'\\] differ"):
+        Reranker.load(folder)
+    with pytest.raises(ValueError, match="not a re-ranker folder"):
+        Reranker.load(tmp_path)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An index of 60 items for 30 users with seen items, and a re-ranker fitted for its run."""
+    rng = np.random.default_rng(3)
+    items, users = rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    seen = sp.random(30, 60, density=0.2, format="csr", random_state=4)
+    seen.data[:] = 1.0
+    folder = build_index(
+        items, [f"i{j}" for j in range(60)], tmp_path / "idx", user_emb=users,
+        user_ids=[f"u{u}" for u in range(30)], seen=seen, run_id="run-a",
+    )  # fmt: skip
+    f, y, _ = lists_where_popularity_decides(rng, 200, n=15)
+    reranker = Reranker.fit(f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=10,
+                            info={"run_id": "run-a", "normalized": False})  # fmt: skip
+    return Retriever.load(folder), reranker, seen
+
+
+def test_the_reranking_retriever_reorders_the_retrieved_unseen_items(served):
+    retriever, reranker, seen = served
+    reranking = RerankingRetriever(retriever, reranker)
+    users = [f"u{u}" for u in range(30)]
+    got = reranking.recommend(users, k=5)
+    candidates = retriever.recommend(users, k=15)
+    for u, (recs, cands) in enumerate(zip(got, candidates, strict=True)):
+        assert len(recs) == 5
+        assert {r.item_id for r in recs} <= {c.item_id for c in cands}  # only the retrieved candidates
+        assert not {int(r.item_id[1:]) for r in recs} & set(seen[u].indices)  # never a seen item
+        assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+    # the reorder is the ranker's: recomputing its scores for the candidate lists gives the same top 5
+    index = retriever.index
+    pos = index.user_positions(users)
+    s, c = index.search(index.user_emb[pos], 15, exclude=index.seen_items(pos))
+    stats = ItemStatistics.from_arrays(
+        index.item_vectors(np.arange(60)), rows(*[seen[u].indices for u in range(30)])
+    )
+    _, top = reranker.rerank(s, c, candidate_features(s, c, index.seen_items(pos), stats), 5)
+    assert [[r.item_id for r in recs] for recs in got] == [[f"i{p}" for p in row] for row in top]
+    # a k beyond the fitted list length retrieves k candidates
+    assert all(len(recs) == 20 for recs in reranking.recommend(users[:3], k=20))
+
+
+def test_the_reranking_retriever_is_safe_to_share_between_threads(served):
+    retriever, reranker, _ = served
+    reranking = RerankingRetriever(retriever, reranker)
+    users = [f"u{u}" for u in range(30)]
+    expected = reranking.recommend(users, k=5)
+    results, errors = {}, []
+
+    def work(t: int) -> None:
+        try:
+            for _ in range(20):
+                results.setdefault(t, []).append(reranking.recommend(users, k=5))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(r == expected for runs in results.values() for r in runs)
+
+
+def test_a_reranker_of_another_run_is_refused(served):
+    retriever, reranker, _ = served
+    other = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-b"})
+    with pytest.raises(ValueError, match="fitted on run run-b, the index .* is run run-a"):
+        RerankingRetriever(retriever, other)
+    cosine = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "normalized": True})
+    with pytest.raises(ValueError, match="fitted on cosine scores"):
+        RerankingRetriever(retriever, cosine)
+
+
+def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_path, capsys):
+    from recsys.cli import main
+    from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+    cfg = tmp_path / "cfg.yaml"
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv", n_users=300), epochs=5)
+    raw["tracking"] = {"experiment": "rerank-test"}
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+
+    out = tmp_path / "rr"
+    assert main(["rerank", "--run", run_id, "--candidates", "30", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # the first stage's top-k is exactly what `recsys evaluate` ranks: same users, exclusions and metrics
+    for key, value in evaluated.items():
+        assert report["test"]["retrieval"][key] == pytest.approx(value, abs=1e-12), key
+    assert set(report["test"]["reranked"]) == set(evaluated)
+    assert 0 < report["candidate_recall"] <= 1 and report["fit_users"] > report["holdout_users"] > 0
+    assert Reranker.load(out).info["run_id"] == run_id
+    import mlflow
+
+    child = mlflow.get_run(report["mlflow_run_id"])  # tracked beside the run it re-ranks
+    assert child.data.tags["mlflow.parentRunId"] == run_id
+    assert child.info.experiment_id == mlflow.get_run(run_id).info.experiment_id
+    assert child.data.metrics["test_final/reranked/ndcg_at_10"] == report["test"]["reranked"]["ndcg@10"]
+    assert child.data.params["n_candidates"] == "30"
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id, "reranker")}
+    assert logged == {"reranker/reranker.json", "reranker/reranker.txt"}
+
+    assert (
+        main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--reranker", str(out), "--json"])
+        == 0
+    )
+    recs = json.loads(capsys.readouterr().out)
+    assert len(recs) == 5
+    from features import PreparedDataset
+    from recsys.pipeline import load_run
+
+    ds: PreparedDataset = load_run(run_id).dataset
+    user = ds.user_vocab.filter(ds.user_vocab["user_id"] == "u3")["user_idx"].item()
+    known = set(
+        ds.item_vocab.filter(ds.item_vocab["item_idx"].is_in(ds.known_matrix()[user].indices))["item_id"]
+    )
+    assert not {r["item_id"] for r in recs} & known
+    assert main(["recommend", "--run", run_id, "--sequence", "i1", "--reranker", str(out)]) == 2
+    assert "--reranker re-ranks a known user's list" in capsys.readouterr().err
