@@ -34,6 +34,33 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def serving_latency(run, reranker, k: int, calls: int) -> dict[str, float]:
+    """Median microseconds of ``Retriever.recommend(user, k)`` and ``RerankingRetriever.recommend(user, k)``
+    on the run's index (built in a temporary folder), one random known user per call, the two cases
+    alternating call by call after a warm-up; the same users for both."""
+    import tempfile
+
+    import numpy as np
+
+    from recsys.pipeline import build_run_index
+    from serving import Retriever
+    from serving.rerank import RerankingRetriever
+
+    with tempfile.TemporaryDirectory() as tmp:
+        retriever = Retriever.load(build_run_index(run, Path(tmp) / "index"), num_threads=1)
+    reranking = RerankingRetriever(retriever, reranker)
+    users = np.random.default_rng(0).choice(retriever.index.user_ids, size=calls + 20)
+    times: dict[str, list[float]] = {"retriever": [], "reranking": []}
+    for i, user in enumerate(users):
+        for name, call in (("retriever", retriever.recommend), ("reranking", reranking.recommend)):
+            start = time.perf_counter()
+            call([str(user)], k=k)
+            if i >= 20:  # the first calls warm caches up
+                times[name].append((time.perf_counter() - start) * 1e6)
+    medians = {f"{name}_us": statistics.median(values) for name, values in times.items()}
+    return {**medians, "ratio": medians["reranking_us"] / medians["retriever_us"], "calls": calls}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="default: the run's eval.ks")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
     parser.add_argument("--out", type=Path, help="JSON results file")
+    parser.add_argument(
+        "--calls", type=int, default=300, help="serving calls timed per case, with the last seed's re-ranker"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -85,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {stage} | " + " | ".join(cells) + " |")
     for stage in ("retrieval", "reranked"):
         print(f"held-out ndcg@{max(ks)} {stage}: {spread([r['holdout'][stage] for r in records])}")
+    latency = serving_latency(run, result.reranker, max(ks), args.calls) if args.calls else None
+    if latency:
+        print(
+            f"serving, one user per call, k = {max(ks)}: retriever {latency['retriever_us']:.0f} µs, with the "
+            f"re-ranker {latency['reranking_us']:.0f} µs (x{latency['ratio']:.2f}; medians of {args.calls})"
+        )
     if args.out:
         write_json(
             args.out,
@@ -96,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 "config": run.config.name,
                 "n_candidates": args.candidates,
                 "records": records,
+                "serving_latency": latency,
             },
         )
     return 0

@@ -98,9 +98,9 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
     return SplitCandidates(users, scores, positions, features, labels, truth)
 
 
-def _embeddings(model: torch.nn.Module, split: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 query [U, d] and item [I, d] embeddings as the evaluation of ``split`` and the served index see
-    them (the model's query context for the split; unit vectors for models scored by cosine)."""
+def require_embeddings(model: torch.nn.Module) -> None:
+    """A ValueError unless ``model`` scores by inner products of query and item embeddings (what an index
+    serves and what the features are computed from)."""
     from recsys.models.base import Recommender
 
     if not isinstance(model, Recommender) or type(model).scorer is not Recommender.scorer:
@@ -108,6 +108,12 @@ def _embeddings(model: torch.nn.Module, split: str, users: np.ndarray) -> tuple[
             f"{type(model).__name__} does not score by inner products of embeddings, so it has no index to "
             "re-rank (the re-ranker's features need the item vectors)"
         )
+
+
+def _embeddings(model: torch.nn.Module, split: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 query [U, d] and item [I, d] embeddings as the evaluation of ``split`` and the served index see
+    them (the model's query context for the split; unit vectors for models scored by cosine)."""
+    require_embeddings(model)
     tensors = itertools.chain(model.parameters(), model.buffers())
     device = next((t.device for t in tensors), torch.device("cpu"))
     was_training = model.training
@@ -177,6 +183,7 @@ def fit_reranker(
         raise ValueError(f"n_candidates must be an integer >= max(ks) = {max(ks)}, got {n_candidates!r}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must lie strictly between 0 and 1, got {holdout!r}")
+    require_embeddings(run.model)  # before any retrieval: RP3beta's ranking alone takes seconds
     ds = run.dataset
     if ds.valid.height == 0:
         raise ValueError(

@@ -237,3 +237,28 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     assert not {r["item_id"] for r in recs} & known
     assert main(["recommend", "--run", run_id, "--sequence", "i1", "--reranker", str(out)]) == 2
     assert "--reranker re-ranks a known user's list" in capsys.readouterr().err
+
+
+def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
+    from recsys.cli import main
+    from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    run_ids = []
+    for overrides, expected in (
+        (["data.split.valid_ratio=0.0"], "has no validation split, which the re-ranker is fitted on"),
+        (["model={name: rp3beta}"], "does not score by inner products of embeddings"),
+    ):
+        cfg = tmp_path / "cfg.yaml"
+        raw = make_cfg(csv, epochs=2)
+        raw["tracking"] = {"experiment": "rerank-refusals"}
+        cfg.write_text(yaml.safe_dump(raw))
+        assert main(["train", "-c", str(cfg), *overrides]) == 0
+        run_ids.append(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+        assert (
+            main(["rerank", "--run", run_ids[-1], "--candidates", "30", "--out", str(tmp_path / "rr")]) == 2
+        )
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "rr").exists()
+    assert main(["rerank", "--run", run_ids[0], "--candidates", "5"]) == 2  # fewer than the run's max k (10)
+    assert "n_candidates must be an integer >= max(ks) = 10, got 5" in capsys.readouterr().err
