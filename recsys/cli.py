@@ -287,7 +287,7 @@ def cmd_recommend(args) -> int:
         try:
             build_run_index(run, index_dir)
         except NotIndexableError:
-            if args.sequence is not None:
+            if args.sequence is not None or args.reranker is not None:
                 raise
             return _recommend_with_scorer(run, args.user, args.k, args.json)
     retriever = Retriever.load(index_dir)

@@ -5,11 +5,12 @@ Protocol, chosen so that no test interaction reaches the ranker and both stages 
 1. The run's model (trained on the training split) retrieves each validation user's top-N unseen items,
    training items excluded, exactly as the evaluation ranks them (``eval.ranking.model_topk``: same
    exclusions, same query context for sequence models). A candidate's label is 1 when it is one of the
-   user's validation items. Features use the training interactions (history, popularity).
+   user's validation items. Features use the training interactions and the pairs rated below the dataset's
+   threshold (:func:`known_before`: what a serving index counts as seen, minus the held-back splits).
 2. The validation users are split at random (``holdout``): LambdaRank learns on one part and stops early on
    the NDCG of the other. Users with no relevant candidate teach a ranker nothing and are left out of both.
 3. On the test split the same model retrieves N candidates per test user, training and validation items
-   excluded (again exactly as ``recsys evaluate`` ranks), with training + validation interactions as the
+   excluded (again exactly as ``recsys evaluate`` ranks), with the validation interactions added to the
    history. The retrieval top-k is the first k candidates; the re-ranked top-k is the ranker's best k of the
    same N. Both go through the same metric code over the same users and truth.
 
@@ -49,6 +50,7 @@ class SplitCandidates:
         scores: float32 [U, N] retrieval scores, best first; positions: int64 [U, N] item indices (-1: none).
         features: float32 [U, N, F] (``serving.rerank.candidate_features``); labels: float32 [U, N].
         truth: csr [U, I] the users' relevant items in the split.
+        item_dim: d, the embeddings' dimension.
     """
 
     users: np.ndarray
@@ -57,6 +59,7 @@ class SplitCandidates:
     features: np.ndarray
     labels: np.ndarray
     truth: Any
+    item_dim: int
 
 
 def default_reranker_dir(run_id: str) -> Path:
@@ -78,14 +81,13 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     positions, users, truth = model_topk(model, dataset, split, n_candidates)
     positions = positions.cpu().numpy().astype(np.int64)
-    history = sp.csr_matrix(dataset.matrix("train"))
-    if split == "test":
-        history = sp.csr_matrix(history + sp.csr_matrix(dataset.matrix("valid")))
-    history.sum_duplicates()
-    history.sort_indices()
+    history = known_before(dataset, split)
     query, items = _embeddings(model, split, users)
     safe = np.where(positions >= 0, positions, 0)
-    scores = np.einsum("bd,bnd->bn", query, items[safe]).astype(np.float32)
+    scores = np.empty(positions.shape, dtype=np.float32)
+    for start in range(0, len(users), 4096):  # [rows, N, d] gathers in blocks, not U x N x d at once
+        block = slice(start, start + 4096)
+        scores[block] = np.einsum("bd,bnd->bn", query[block], items[safe[block]])
     scores[positions < 0] = -np.inf
     known = ExcludedItems(history.indptr, history.indices, checked=True)
     stats = ItemStatistics.from_arrays(items, known)
@@ -95,7 +97,29 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
     for row in range(positions.shape[0]):  # U rows of N: small next to the retrieval itself
         relevant = truth.indices[truth.indptr[row] : truth.indptr[row + 1]]
         labels[row] = np.isin(positions[row], relevant)
-    return SplitCandidates(users, scores, positions, features, labels, truth)
+    return SplitCandidates(users, scores, positions, features, labels, truth, int(items.shape[1]))
+
+
+def known_before(dataset: Any, split: str):
+    """Binary csr [n_users, n_items] of the interactions a feature may use when ranking for ``split``: the
+    training pairs (and the validation pairs for ``"test"``) plus the pairs rated below the dataset's
+    ``rating_threshold``. The latter are no positives, but a serving index counts them as seen
+    (``PreparedDataset.known_matrix``), so the history and popularity the ranker is fitted on are of the
+    same kind as the ones it serves with."""
+    import scipy.sparse as sp
+
+    known = sp.csr_matrix(dataset.matrix("train"), dtype=np.float32)
+    if split == "test":
+        known = known + sp.csr_matrix(dataset.matrix("valid"), dtype=np.float32)
+    below = getattr(dataset, "below_threshold", None)
+    if below is not None and below.height:
+        rows, cols = below["user_idx"].to_numpy(), below["item_idx"].to_numpy()
+        known = known + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=known.shape)
+    known = sp.csr_matrix(known)
+    known.sum_duplicates()
+    known.sort_indices()
+    known.data[:] = 1.0
+    return known
 
 
 def require_embeddings(model: torch.nn.Module) -> None:
@@ -202,6 +226,9 @@ def fit_reranker(
         )
     info = {
         "run_id": run.run_id,
+        "dataset_manifest_hash": ds.manifest_hash,
+        "n_items": int(ds.n_items),
+        "dim": int(valid.item_dim),
         "normalized": bool(getattr(run.model, "cosine_scores", False)),
         "fit_users": int(fit_rows.size),
         "holdout_users": int(held_rows.size),

@@ -14,10 +14,14 @@ Features of one (user, candidate) pair, the columns of :func:`candidate_features
 * ``item_norm``: the L2 norm of the item vector (inner-product models put popularity there);
 * ``item_log_popularity``: ``log((count + 1) / (mean count + 1))``, the item's known interactions relative
   to the catalogue's mean, so that the feature does not drift as more interactions become known (the ranker
-  is fitted on the training interactions and serves on all of them);
-* ``user_log_history``: ``log(1 + n)`` of the user's n known items;
+  is fitted on the interactions known before the validation split and serves on all of them);
+* ``user_log_history``: ``log((n + 1) / (mean n + 1))`` of the user's n known items, relative to the mean
+  over users for the same reason;
 * ``history_cosine``: the mean cosine between the candidate's vector and the vectors of the user's known
   items (0 for an empty history); the mean of dot products is the dot product with the mean unit vector.
+
+"Known" interactions are every pair a serving index excludes as seen: positives and, for datasets with a
+rating threshold, the pairs rated below it (``PreparedDataset.known_matrix``); fitting uses the same kinds.
 
 Fitting lives in ``recsys.rerank`` (it needs a trained run and its validation split); this module holds what
 serving needs: the features, the fitted :class:`Reranker` with its folder format, and
@@ -47,6 +51,7 @@ FEATURES = (
     "history_cosine",
 )
 FORMAT = "recsys-reranker/1"
+_BLOCK_ROWS = 4096
 _MODEL_FILE = "reranker.txt"
 _MANIFEST_FILE = "reranker.json"
 
@@ -67,17 +72,20 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ItemStatistics:
-    """What the features need of the catalogue, computed once per index (or per split when fitting).
+    """What the features need of the catalogue and its users, computed once per index (or per split when
+    fitting).
 
     Attributes:
         unit: float32 [I, d] item vectors scaled to unit length (zero vectors stay zero).
         norm: float32 [I] the vectors' L2 norms.
         log_popularity: float32 [I] ``log((count + 1) / (mean count + 1))`` of known interactions.
+        mean_history: the mean number of known items per user (the scale of ``user_log_history``).
     """
 
     unit: np.ndarray
     norm: np.ndarray
     log_popularity: np.ndarray
+    mean_history: float
 
     @classmethod
     def from_arrays(cls, item_vectors: np.ndarray, known: ExcludedItems) -> ItemStatistics:
@@ -90,7 +98,8 @@ class ItemStatistics:
         unit = vectors / np.where(norm > 0, norm, 1.0)[:, None]
         counts = np.bincount(np.asarray(known.indices, dtype=np.int64), minlength=n_items)[:n_items]
         log_pop = np.log((counts + 1.0) / (counts.mean() + 1.0)).astype(np.float32)
-        return cls(np.ascontiguousarray(unit, dtype=np.float32), norm, log_pop)
+        mean_history = float(known.counts().mean()) if known.n_rows else 0.0
+        return cls(np.ascontiguousarray(unit, dtype=np.float32), norm, log_pop, mean_history)
 
 
 def candidate_features(
@@ -133,8 +142,10 @@ def candidate_features(
     out[..., 2] = top - scores
     out[..., 3] = items.norm[pos]
     out[..., 4] = items.log_popularity[pos]
-    out[..., 5] = np.log1p(counts).astype(np.float32)[:, None]
-    out[..., 6] = np.einsum("bnd,bd->bn", items.unit[pos], history_mean)
+    out[..., 5] = np.log((counts + 1.0) / (items.mean_history + 1.0)).astype(np.float32)[:, None]
+    for start in range(0, n_rows, _BLOCK_ROWS):  # [rows, N, d] gathers in blocks: 0.2 GB, not U x N x d
+        block = slice(start, start + _BLOCK_ROWS)
+        out[block, :, 6] = np.einsum("bnd,bd->bn", items.unit[pos[block]], history_mean[block])
     out[~valid] = np.nan
     return out
 
@@ -219,11 +230,21 @@ class Reranker:
     def rerank(self, scores: np.ndarray, positions: np.ndarray, features: np.ndarray, k: int):
         """Reorder candidate lists by the ranker: ``(scores [B, K], positions [B, K])``, ``K = min(k, N)``,
         best first, equal ranker scores in retrieval order; padding keeps ``(-inf, -1)`` at the end."""
+        positions = np.asarray(positions)
+        if (
+            positions.ndim != 2
+            or np.shape(scores) != positions.shape
+            or np.shape(features)[:2] != positions.shape
+        ):
+            raise ValueError(
+                f"scores {np.shape(scores)}, positions {positions.shape} and features {np.shape(features)} must "
+                "describe the same [B, N] candidate lists"
+            )
         k = min(check_k(k), positions.shape[1])
         ranked = self.predict(features)
         # stable sort on the negated score: ties keep the retrieval order, so the result is deterministic
         order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
-        out_pos = np.take_along_axis(np.asarray(positions), order, axis=1)
+        out_pos = np.take_along_axis(positions, order, axis=1)
         out_scores = np.take_along_axis(ranked, order, axis=1).astype(np.float32)
         out_scores[out_pos < 0] = -np.inf
         return out_scores, out_pos
@@ -237,6 +258,7 @@ class Reranker:
         from serving._files import fsync_path, new_sibling, publish_folder, sha256_bytes, write_lock
 
         final = Path(path).absolute()
+        _check_replaceable(final)
         model = self.booster.model_to_string().encode()
         manifest = {
             "format": FORMAT,
@@ -247,6 +269,7 @@ class Reranker:
             "info": self.info,
         }
         with write_lock(final):
+            _check_replaceable(final)  # again under the lock: another writer may have put a folder there
             tmp = new_sibling(final, "building")
             tmp.mkdir()
             try:
@@ -263,18 +286,23 @@ class Reranker:
     @classmethod
     def load(cls, path: str | Path) -> Reranker:
         """Read a folder written by :meth:`save`; a missing, altered or foreign folder is a ValueError that
-        names the file and what was expected."""
+        names the file (and the key) and what was expected. Both files are read from one folder even while
+        a writer swaps a new one in."""
         import lightgbm as lgb
 
-        from serving._files import sha256_bytes
+        from serving._files import FolderSnapshot, sha256_bytes
 
         folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: not a re-ranker folder (no such folder)")
+        with FolderSnapshot(folder) as snapshot:
+            raw, model = snapshot.read(_MANIFEST_FILE), snapshot.read(_MODEL_FILE)
         manifest_path = folder / _MANIFEST_FILE
-        if not manifest_path.is_file():
+        if raw is None:
             raise ValueError(f"{folder}: not a re-ranker folder (no {_MANIFEST_FILE})")
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            manifest = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{manifest_path}: unreadable ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
@@ -284,15 +312,42 @@ class Reranker:
                 f"{manifest_path}: features {manifest.get('features')} differ from this version's "
                 f"{list(FEATURES)}; fit the re-ranker again (`recsys rerank --run RUN`)"
             )
-        model = (folder / _MODEL_FILE).read_bytes() if (folder / _MODEL_FILE).is_file() else None
+        n_candidates, info = manifest.get("n_candidates"), manifest.get("info", {})
+        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+            raise ValueError(
+                f"{manifest_path}: n_candidates must be a positive integer, got {n_candidates!r}"
+            )
+        if not isinstance(info, dict):
+            raise ValueError(f"{manifest_path}: info must be an object, got {type(info).__name__}")
         if model is None or sha256_bytes(model) != manifest.get("model_sha256"):
             what = "missing" if model is None else f"{len(model)} bytes with another SHA-256"
             raise ValueError(
                 f"{folder / _MODEL_FILE}: {what}; expected {manifest.get('model_bytes')} bytes with "
                 f"SHA-256 {manifest.get('model_sha256')}"
             )
-        booster = lgb.Booster(model_str=model.decode())
-        return cls(booster, int(manifest["n_candidates"]), dict(manifest.get("info") or {}))
+        return cls(lgb.Booster(model_str=model.decode()), n_candidates, info)
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace anything but a re-ranker folder (or nothing, or an empty folder): ``--out .`` must
+    not delete the working directory."""
+    if folder.is_symlink():
+        raise FileExistsError(f"{folder} is a symlink; pass the folder it points to, or remove the link")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it with a re-ranker")
+    if not any(folder.iterdir()):
+        return
+    try:
+        format_ = json.loads((folder / _MANIFEST_FILE).read_text()).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        format_ = None
+    if format_ != FORMAT:
+        raise FileExistsError(
+            f"{folder} is a non-empty folder without a {_MANIFEST_FILE} of format {FORMAT!r}, so it is not a "
+            "re-ranker; refusing to replace it: choose another folder, or remove this one"
+        )
 
 
 def _as_lists(features: np.ndarray, labels: np.ndarray, name: str):
@@ -326,11 +381,21 @@ class RerankingRetriever:
         index = retriever.index
         if not (index.has_users and index.has_seen):
             raise ValueError(f"index {str(index.path)!r} needs user embeddings and seen items to re-rank")
-        fitted_on = reranker.info.get("run_id")
+        info, where = reranker.info, f"the index {str(index.path)!r}"
+        fitted_on = info.get("run_id")
         if fitted_on is not None and index.run_id is not None and fitted_on != index.run_id:
+            raise ValueError(f"the re-ranker was fitted on run {fitted_on}, {where} is run {index.run_id}")
+        data_hash = index.manifest.get("metadata", {}).get("dataset_manifest_hash")
+        if info.get("dataset_manifest_hash") not in (None, data_hash) and data_hash is not None:
             raise ValueError(
-                f"the re-ranker was fitted on run {fitted_on}, the index {str(index.path)!r} is run "
-                f"{index.run_id}"
+                f"the re-ranker was fitted on dataset {info['dataset_manifest_hash'][:12]}, {where} serves "
+                f"dataset {data_hash[:12]}"
+            )
+        # items added after training (serving.add_items) may lengthen the catalogue, never shorten it
+        if info.get("dim") not in (None, index.dim) or info.get("n_items", 0) > index.n_items:
+            raise ValueError(
+                f"the re-ranker was fitted on {info.get('n_items')} items of dimension {info.get('dim')}, "
+                f"{where} has {index.n_items} of dimension {index.dim}"
             )
         if "normalized" in reranker.info and bool(reranker.info["normalized"]) != index.normalized:
             raise ValueError(

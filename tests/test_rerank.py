@@ -22,8 +22,9 @@ def rows(*lists: list[int]) -> ExcludedItems:
 
 def test_candidate_features_by_hand():
     vectors = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.0]], dtype=np.float32)
-    known = rows([0, 1], [0])  # counts 2, 1, 0, 0: mean 0.75
+    known = rows([0, 1], [0])  # item counts 2, 1, 0, 0: mean 0.75; users know 2 and 1 items: mean 1.5
     items = ItemStatistics.from_arrays(vectors, known)
+    assert items.mean_history == 1.5
     np.testing.assert_allclose(items.norm, [1, 2, 3, 0])
     np.testing.assert_allclose(items.log_popularity, np.log(np.array([3, 2, 1, 1]) / 1.75), rtol=1e-6)
     history = rows([0], [])  # user 0 knows item 0; user 1 knows nothing
@@ -37,7 +38,7 @@ def test_candidate_features_by_hand():
     np.testing.assert_allclose(col["gap_to_top"][0, :2], [0.0, 2.0])
     np.testing.assert_allclose(col["item_norm"][1], [1.0, 0.0, 3.0])
     np.testing.assert_allclose(col["item_log_popularity"][0, :2], np.log([1 / 1.75, 2 / 1.75]), rtol=1e-6)
-    np.testing.assert_allclose(col["user_log_history"][:, 0], [np.log(2.0), 0.0])
+    np.testing.assert_allclose(col["user_log_history"][:, 0], np.log([2 / 2.5, 1 / 2.5]), rtol=1e-6)
     # item 2 points where user 0's only item points, item 1 at a right angle; an empty history gives 0
     np.testing.assert_allclose(col["history_cosine"][0, :2], [1.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(col["history_cosine"][1], [0.0, 0.0, 0.0])
@@ -124,6 +125,7 @@ def served(tmp_path):
     folder = build_index(
         items, [f"i{j}" for j in range(60)], tmp_path / "idx", user_emb=users,
         user_ids=[f"u{u}" for u in range(30)], seen=seen, run_id="run-a",
+        metadata={"dataset_manifest_hash": "a" * 64},
     )  # fmt: skip
     f, y, _ = lists_where_popularity_decides(rng, 200, n=15)
     reranker = Reranker.fit(f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=10,
@@ -260,5 +262,96 @@ def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
         )
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "rr").exists()
+    # RP3beta has no index: --reranker must not fall back to its unre-ranked scorer without a word
+    assert main(["recommend", "--run", run_ids[1], "--user", "u3", "--reranker", str(tmp_path / "rr")]) == 2
+    assert "cannot be indexed" in capsys.readouterr().err
     assert main(["rerank", "--run", run_ids[0], "--candidates", "5"]) == 2  # fewer than the run's max k (10)
     assert "n_candidates must be an integer >= max(ks) = 10, got 5" in capsys.readouterr().err
+
+
+def test_no_test_interaction_reaches_the_fit(tmp_path, capsys):
+    """Scrambling the test split changes the test numbers, never the fitted ranker or its selection."""
+    from types import SimpleNamespace
+
+    from recsys.cli import main
+    from recsys.pipeline import load_run
+    from recsys.rerank import fit_reranker
+    from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(write_synthetic_interactions(tmp_path / "x.csv", n_users=300))))
+    assert main(["train", "-c", str(cfg), "tracking.enabled=true"]) == 0
+    run = load_run(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+    test = sp.csr_matrix(run.dataset.matrix("test"))
+    scrambled = sp.csr_matrix(
+        (test.data, np.random.default_rng(0).permutation(test.shape[1])[test.indices], test.indptr),
+        test.shape,
+    )
+
+    class ScrambledTest:
+        def __getattr__(self, name):
+            return getattr(run.dataset, name)
+
+        def matrix(self, split):
+            return scrambled if split == "test" else run.dataset.matrix(split)
+
+    first = fit_reranker(run, n_candidates=30, ks=(10,))
+    again = fit_reranker(SimpleNamespace(run_id=run.run_id, model=run.model, dataset=ScrambledTest()),
+                         n_candidates=30, ks=(10,))  # fmt: skip
+    assert first.reranker.booster.model_to_string() == again.reranker.booster.model_to_string()
+    assert first.holdout == again.holdout and first.reranker.info["trials"] == again.reranker.info["trials"]
+    assert first.test["retrieval"]["ndcg@10"] != again.test["retrieval"]["ndcg@10"]
+
+
+def test_the_fit_counts_pairs_rated_below_the_threshold_as_known_like_the_index():
+    from recsys.rerank import known_before
+
+    class Dataset:  # 3 users x 4 items; user 1 rated item 3 below the threshold
+        below_threshold = __import__("polars").DataFrame({"user_idx": [1], "item_idx": [3]})
+
+        def matrix(self, split):
+            pairs = {"train": [(0, 0), (1, 1)], "valid": [(1, 2)], "test": [(2, 0)]}[split]
+            r, c = zip(*pairs, strict=True)
+            return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(3, 4))
+
+    assert known_before(Dataset(), "valid").toarray().tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
+    assert known_before(Dataset(), "test").toarray().tolist() == [[1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
+
+
+def test_bad_folders_and_arguments_are_named(tmp_path, served):
+    retriever, reranker, _ = served
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a re-ranker; refusing to replace it"):
+        reranker.save(precious)
+    assert (precious / "notes.txt").read_text() == "keep"
+
+    folder = reranker.save(tmp_path / "rr")
+    manifest = json.loads((folder / "reranker.json").read_text())
+    for key, value, message in (
+        ("n_candidates", None, "n_candidates must be a positive integer, got None"),
+        ("n_candidates", -5, "n_candidates must be a positive integer, got -5"),
+        ("info", [1, 2], "info must be an object, got list"),
+    ):
+        (folder / "reranker.json").write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(ValueError, match=rf"reranker\.json: {message}"):
+            Reranker.load(folder)
+
+    scores, positions = np.zeros((2, 10), np.float32), np.tile(np.arange(10), (2, 1))
+    features = np.zeros((2, 4, len(FEATURES)), np.float32)
+    with pytest.raises(ValueError, match=r"must describe the same \[B, N\] candidate lists"):
+        reranker.rerank(scores, positions, features, k=5)  # returned 4 of 10 candidates, silently
+
+    info = {"run_id": "run-a", "normalized": False}
+    for extra, message in (
+        (
+            {"dataset_manifest_hash": "f" * 64},
+            "fitted on dataset ffffffffffff, .* serves dataset aaaaaaaaaaaa",
+        ),
+        ({"dim": 16}, "fitted on None items of dimension 16, the index .* has 60 of dimension 8"),
+        ({"n_items": 61}, "fitted on 61 items"),
+    ):
+        other = Reranker(reranker.booster, reranker.n_candidates, {**info, **extra})
+        with pytest.raises(ValueError, match=message):
+            RerankingRetriever(retriever, other)
