@@ -34,6 +34,21 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def machine() -> str:
+    """The CPU model (Linux), core count and library versions: where the numbers were measured."""
+    import os
+
+    import lightgbm
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"
+
+
 def serving_latency(run, reranker, k: int, calls: int) -> dict[str, float]:
     """Median microseconds of ``Retriever.recommend(user, k)`` and ``RerankingRetriever.recommend(user, k)``
     on the run's index (built in a temporary folder), one random known user per call, the two cases
@@ -127,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "command": "python " + " ".join(sys.argv),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                "machine": machine(),
                 "run_id": args.run,
                 "config": run.config.name,
                 "n_candidates": args.candidates,
