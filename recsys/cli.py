@@ -54,6 +54,13 @@ _non_negative_int = _int_at_least(0, "a non-negative integer")
 _positive_int = _int_at_least(1, "a positive integer")
 
 
+def _port(text: str) -> int:
+    value = _int_at_least(0, "a TCP port, 0 to 65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, 0 to 65535, got {text!r}")
+    return value
+
+
 def _load_cfg(args):
     from recsys.config import load_config
 
@@ -332,6 +339,46 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """``recsys serve``: the HTTP app of :mod:`serving.http` over an index folder, run by uvicorn."""
+    if args.index is None and args.run is None:
+        print("error: give --index DIR or --run RUN_ID (or both)", file=sys.stderr)
+        return 2
+    try:  # here, not at the top: `recsys --help` imports no web framework
+        import uvicorn
+
+        from serving.http import create_app
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("fastapi", "uvicorn", "starlette"):
+            raise
+        print(f"error: recsys serve needs fastapi and uvicorn, dependencies of recsys ({exc.name} is not "
+              "installed)", file=sys.stderr)  # fmt: skip
+        return 2
+    index_dir = Path(args.index) if args.index is not None else None
+    if args.run is not None:
+        from recsys.pipeline import build_run_index, default_index_dir, load_run
+
+        index_dir = index_dir or default_index_dir(args.run)
+        if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
+            build_run_index(load_run(args.run, uri=args.tracking_uri), index_dir)
+    app = create_app(index_dir, reranker_dir=args.reranker, num_threads=args.threads)
+    built_by = app.state.retriever.index.run_id
+    if args.run is not None and built_by is not None and built_by != args.run:
+        print(
+            f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"serving index {index_dir} on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: uvicorn has shut down gracefully, then raised the signal again (uvicorn 0.30 lets
+        # it reach here, 0.55 swallows it). A server stopped so has done its job: exit 0 with either.
+        pass
+    return 0
+
+
 def cmd_explain_sequence(args, run) -> int:
     """``recsys explain`` for sequence models with k-means intents (ICSRec): a user's full history or the
     item ids given with ``--sequence``."""
@@ -551,6 +598,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-rank --user's list with this folder of `recsys rerank` (scores: the re-ranker's)",
     )
     rc.set_defaults(func=cmd_recommend)
+
+    sv = sub.add_parser(
+        "serve", help="serve an index over HTTP (JSON): recommend, similar, recommend_for_vector"
+    )
+    sv.add_argument(
+        "--index", metavar="DIR", help="index folder (default with --run: $RECSYS_HOME/indexes/RUN_ID)"
+    )
+    sv.add_argument(
+        "--run", metavar="RUN_ID", help="serve this run's index, built on first use like `recommend` does"
+    )
+    _tracking_uri_option(sv)
+    sv.add_argument(
+        "--reranker", metavar="DIR", help="a folder of `recsys rerank`: requests with rerank=true use it"
+    )
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; the app has no authentication)",
+    )
+    sv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    sv.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="FAISS threads per search (default: FAISS's own)",
+    )
+    sv.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+        help="uvicorn's log level (default info: one line per request)",
+    )  # fmt: skip
+    sv.set_defaults(func=cmd_serve)
 
     xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")
     xp.add_argument("--run", required=True)

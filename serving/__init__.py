@@ -3,7 +3,8 @@
 ``build_index`` writes a self-verifying folder (``manifest.json`` with checksums, ``items.faiss``, the item id
 map, optional user embeddings and seen items); ``load_index`` / ``ItemIndex.load`` refuse a corrupted or
 mismatched folder with :class:`IndexIntegrityError`; ``Retriever`` answers top-k queries, and
-``RerankingRetriever`` reorders a known user's retrieved candidates with a LightGBM ``Reranker``.
+``RerankingRetriever`` reorders a known user's retrieved candidates with a LightGBM ``Reranker``;
+``serving.http.create_app`` serves them over HTTP (FastAPI: import that module explicitly).
 
 Importing this package is cheap: the names below are resolved on first use, and FAISS, pyarrow and scipy are
 imported only inside the functions that need them, so ``recsys --help`` stays fast.

@@ -1,0 +1,255 @@
+"""A small HTTP app over a serving index: JSON endpoints for the :class:`~serving.retriever.Retriever` (and an
+optional :class:`~serving.rerank.RerankingRetriever`), built with FastAPI.
+
+Typical use (``recsys serve --index DIR`` does the same with uvicorn)::
+
+    app = create_app(index_dir, reranker_dir=None)
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints (every list of recommendations is ``[{"item_id", "score", "title"}, ...]``, best first, as
+``recsys recommend --json`` prints it):
+
+* ``GET /health``: the index folder, its run id, item and user counts, its dimension, whether a re-ranker
+  is loaded.
+* ``GET /recommend?user=U&k=10[&exclude_seen=true][&rerank=false]``: one user's list.
+  ``POST /recommend`` ``{"users": [...], "k": 10, "exclude_seen": true, "rerank": false}``: one list per
+  user, in the order given. ``rerank`` reorders the retrieved candidates with the re-ranker (its scores
+  replace the inner products); a server started without one answers 400.
+* ``GET /similar?item=I&k=10`` and ``POST /similar`` ``{"items": [...], "k": 10}``: nearest items by inner
+  product, the item itself left out.
+* ``POST /recommend_for_vector`` ``{"vectors": [[...]], "k": 10, "exclude_items": [[...]]}``: lists for query
+  embeddings computed outside the index (new or anonymous users); ``exclude_items`` is optional, one list of
+  item ids per vector.
+
+Sequence queries (``Retriever.recommend_for_sequences``) are not served: they need the model's encoder, i.e.
+a trained run loaded with torch, which this app does not hold (it serves an index folder alone). Use
+``recsys recommend --run RUN --sequence ...``, or embed the sequence with the model and POST the vector.
+
+Errors: an unknown user or item id is a 404 whose ``detail`` is the library's sentence naming the ids; a
+bad ``k``, a malformed body, a vector of the wrong dimension or holding NaN/inf is a 422 (FastAPI's own
+validation details, or the library's sentence as ``detail``); a re-ranked list from a server without a
+re-ranker, or a query the index was not built for (no user embeddings, no seen items), is a 400. Bad input
+never gives a 500.
+
+Concurrency: the index is loaded once, at :func:`create_app`, and shared read-only. The endpoints that
+search are plain ``def`` functions, which FastAPI runs in its thread pool; the retriever and the re-ranking
+retriever are safe to share between threads. FAISS's own threads per search are set with ``num_threads``.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from serving.errors import UnknownIdError, UnknownUserError
+from serving.rerank import Reranker, RerankingRetriever
+from serving.retriever import Recommendation, Retriever
+
+# k is capped: the search asks FAISS for k + |seen| + 1 candidates per row and the answer is k JSON objects
+# per row, so one cheap request for k = 10**6 would make the server rank and serialise the whole catalogue
+# for every user it names. A client that wants more than a page of 1000 items wants the library, not HTTP.
+MAX_K = 1000
+# The same reasoning bounds the rows of one request (users, items or vectors): at most MAX_BATCH * MAX_K
+# results per answer.
+MAX_BATCH = 1000
+
+# Ids as the index stores them: text, or an integer read as its text (7 is "7"), as the library accepts them.
+# Strict types: JSON true or 1.5 is refused (422) rather than turned into an id that may exist ("1", "1.5").
+Id = StrictStr | StrictInt
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"items per list, 1 to {MAX_K}")]
+KQuery = Annotated[int, Query(ge=1, le=MAX_K, description=f"items per list, 1 to {MAX_K}")]
+
+_USER_HINT = "for a new or anonymous user, embed them with the model and POST /recommend_for_vector"
+
+
+class RecommendRequest(BaseModel):
+    """Top-k lists for users the index knows."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key ("exclude_sen") is a 422, not ignored
+
+    users: list[Id] = Field(max_length=MAX_BATCH)
+    k: K = 10
+    exclude_seen: StrictBool = True
+    rerank: StrictBool = False
+
+
+class SimilarRequest(BaseModel):
+    """Nearest items of items in the catalogue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Id] = Field(max_length=MAX_BATCH)
+    k: K = 10
+
+
+class VectorRequest(BaseModel):
+    """Top-k lists for query embeddings of the index's dimension."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vectors: list[list[float]] = Field(max_length=MAX_BATCH)
+    k: K = 10
+    exclude_items: list[list[Id]] | None = None
+
+
+class Item(BaseModel):
+    """One recommended item: ``score`` is the inner product (a cosine in a normalised index), or the
+    re-ranker's score in a re-ranked list."""
+
+    item_id: str
+    score: float
+    title: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    index: str
+    run_id: str | None
+    n_items: int
+    n_users: int
+    dim: int
+    reranker: bool
+
+
+def create_app(
+    index_dir: str | Path, *, reranker_dir: str | Path | None = None, num_threads: int | None = None
+) -> FastAPI:
+    """The HTTP app serving the index folder ``index_dir`` (see the module docstring for the endpoints).
+
+    Args:
+        index_dir: a folder written by :func:`serving.build_index` (e.g. by ``recsys index``).
+        reranker_dir: optional folder of a fitted re-ranker (``recsys rerank``); ``rerank=true`` uses it.
+        num_threads: FAISS's threads per search (a process-wide setting); None leaves it unchanged.
+
+    Raises (at once, before any request is served):
+        FileNotFoundError, IndexIntegrityError (a ValueError): a missing, corrupted or incomplete index folder.
+        ValueError: a re-ranker folder that is not one, or a re-ranker fitted for another run or index.
+    """
+    retriever = Retriever.load(index_dir, num_threads=num_threads)
+    reranking = None
+    if reranker_dir is not None:
+        reranking = RerankingRetriever(retriever, Reranker.load(reranker_dir))
+    index = retriever.index
+
+    app = FastAPI(
+        title="recsys",
+        summary="Top-k recommendations from a FAISS serving index",
+        description=__doc__.split("\n\n")[0],
+    )
+    app.state.retriever = retriever
+    app.state.reranking = reranking
+
+    def recommend(users: list[Any], k: int, exclude_seen: bool, rerank: bool) -> list[list[dict]]:
+        if rerank:
+            if reranking is None:
+                raise HTTPException(
+                    400,
+                    "this server has no re-ranker (start it with --reranker DIR); ask without rerank=true",
+                )
+            if not exclude_seen:
+                raise HTTPException(
+                    422, "rerank=true always leaves seen items out (the re-ranker ranks unseen candidates); "
+                    "ask with exclude_seen=true",
+                )  # fmt: skip
+        elif not index.has_users:
+            raise HTTPException(
+                400, "this index was built without user embeddings; POST /recommend_for_vector instead"
+            )
+        elif exclude_seen and not index.has_seen:
+            raise HTTPException(
+                400, "this index was built without seen items, so they cannot be excluded; ask with "
+                "exclude_seen=false to rank over all items",
+            )  # fmt: skip
+        with _client_errors():
+            if rerank:
+                recs = reranking.recommend(users, k=k)
+            else:
+                recs = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
+        return _as_json(recs)
+
+    def similar(items: list[Any], k: int) -> list[list[dict]]:
+        with _client_errors():
+            return _as_json(retriever.similar_items(items, k=k))
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict:
+        return {
+            "status": "ok",
+            "index": str(index.path),
+            "run_id": index.run_id,
+            "n_items": index.n_items,
+            "n_users": index.n_users,
+            "dim": index.dim,
+            "reranker": reranking is not None,
+        }
+
+    @app.get("/recommend", response_model=list[Item])
+    def recommend_user(
+        user: Annotated[str, Query(description="a user id the index knows")],
+        k: KQuery = 10,
+        exclude_seen: bool = True,
+        rerank: bool = False,
+    ) -> list[dict]:
+        """Top-k items for one user."""
+        return recommend([user], k, exclude_seen, rerank)[0]
+
+    @app.post("/recommend", response_model=list[list[Item]])
+    def recommend_users(body: RecommendRequest) -> list[list[dict]]:
+        """Top-k items for each user, in the order given."""
+        return recommend(body.users, body.k, body.exclude_seen, body.rerank)
+
+    @app.get("/similar", response_model=list[Item])
+    def similar_item(
+        item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
+    ) -> list[dict]:
+        """The k items nearest to one item (by inner product), itself left out."""
+        return similar([item], k)[0]
+
+    @app.post("/similar", response_model=list[list[Item]])
+    def similar_items(body: SimilarRequest) -> list[list[dict]]:
+        """The k items nearest to each item, in the order given."""
+        return similar(body.items, body.k)
+
+    @app.post("/recommend_for_vector", response_model=list[list[Item]])
+    def recommend_for_vector(body: VectorRequest) -> list[list[dict]]:
+        """Top-k items for each query vector (the model's query side, in the index's dimension)."""
+        lengths = sorted({len(v) for v in body.vectors})
+        if len(lengths) > 1:
+            raise HTTPException(
+                422, f"vectors must all have the index's dimension {index.dim}, got lengths {lengths[:10]}"
+            )
+        width = lengths[0] if lengths else index.dim
+        query = np.asarray(body.vectors, dtype=np.float64).reshape(len(body.vectors), width)
+        with _client_errors():
+            recs = retriever.recommend_for_vector(query, k=body.k, exclude_items=body.exclude_items)
+        bad = [b for b, row in enumerate(recs) if not all(math.isfinite(r.score) for r in row)]
+        if bad:  # finite float32 values whose inner products overflow: no ranking to give (nor JSON for inf)
+            raise HTTPException(
+                422, f"the scores of vectors {bad[:5]} overflow float32: scale these vectors down"
+            )
+        return _as_json(recs)
+
+    return app
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """The library's errors about the request, as HTTP errors carrying its sentence. Only around library
+    calls whose arguments came from the request, so that a server fault still surfaces as a 500."""
+    try:
+        yield
+    except UnknownUserError as exc:  # the library's hint names a Python method; name the endpoint instead
+        raise HTTPException(404, str(UnknownUserError(exc.ids, exc.n_known, _USER_HINT))) from None
+    except UnknownIdError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except (ValueError, TypeError) as exc:  # a vector of another dimension, NaN/inf, mismatched row counts
+        raise HTTPException(422, str(exc)) from None
+
+
+def _as_json(recs: Sequence[Sequence[Recommendation]]) -> list[list[dict]]:
+    return [[{"item_id": r.item_id, "score": r.score, "title": r.title} for r in row] for row in recs]
