@@ -50,7 +50,9 @@ FEATURES = (
     "user_log_history",
     "history_cosine",
 )
-FORMAT = "recsys-reranker/1"
+# /2: user_log_history relative to the mean, and pairs rated below a threshold counted as known when
+# fitting; a /1 folder (6ef63a4, never in a release) computed features that /2 serving would mismatch.
+FORMAT = "recsys-reranker/2"
 _BLOCK_ROWS = 4096
 _MODEL_FILE = "reranker.txt"
 _MANIFEST_FILE = "reranker.json"
@@ -306,7 +308,8 @@ class Reranker:
             raise ValueError(f"{manifest_path}: unreadable ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise ValueError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}")
+            again = "; fit it again (`recsys rerank --run RUN`)" if _is_reranker_format(found) else ""
+            raise ValueError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}{again}")
         if manifest.get("features") != list(FEATURES):
             raise ValueError(
                 f"{manifest_path}: features {manifest.get('features')} differ from this version's "
@@ -328,6 +331,10 @@ class Reranker:
         return cls(lgb.Booster(model_str=model.decode()), n_candidates, info)
 
 
+def _is_reranker_format(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(FORMAT.rsplit("/", 1)[0] + "/")
+
+
 def _check_replaceable(folder: Path) -> None:
     """Refuse to replace anything but a re-ranker folder (or nothing, or an empty folder): ``--out .`` must
     not delete the working directory."""
@@ -343,7 +350,7 @@ def _check_replaceable(folder: Path) -> None:
         format_ = json.loads((folder / _MANIFEST_FILE).read_text()).get("format")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         format_ = None
-    if format_ != FORMAT:
+    if not _is_reranker_format(format_):  # a re-ranker of an older format may be replaced
         raise FileExistsError(
             f"{folder} is a non-empty folder without a {_MANIFEST_FILE} of format {FORMAT!r}, so it is not a "
             "re-ranker; refusing to replace it: choose another folder, or remove this one"

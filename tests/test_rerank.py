@@ -113,6 +113,12 @@ def test_a_saved_reranker_loads_and_predicts_the_same(tmp_path):
         Reranker.load(folder)
     with pytest.raises(ValueError, match="not a re-ranker folder"):
         Reranker.load(tmp_path)
+    old = {**manifest, "format": "recsys-reranker/1"}  # an earlier format: features computed otherwise
+    (folder / "reranker.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"format 'recsys-reranker/1', expected .*; fit it again"):
+        Reranker.load(folder)
+    model.save(folder)  # ... and a folder of it may be replaced
+    assert Reranker.load(folder).n_candidates == 20
 
 
 @pytest.fixture
