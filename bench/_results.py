@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -13,3 +15,16 @@ def write_json(path: Path, obj: Any, indent: int = 1) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (:func:`recsys.atomic.atomic_write`): a crash at any point
     leaves the previous file whole, or the new one."""
     atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=indent) + "\n").encode()))
+
+
+def machine() -> str:
+    """The CPU model (Linux), core count and library versions: where the numbers were measured."""
+    import lightgbm
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"

@@ -14,7 +14,6 @@ and of the held-out NDCG, the seconds per fit, and writes every seed's record:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._results import write_json  # noqa: E402
+from bench._results import machine, write_json  # noqa: E402
 
 SHOWN = ("recall", "ndcg", "hit")
 
@@ -32,21 +31,6 @@ def spread(values: list[float]) -> str:
     if len(set(values)) == 1:  # one seed, or a number the seed does not move (the first stage)
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def machine() -> str:
-    """The CPU model (Linux), core count and library versions: where the numbers were measured."""
-    import os
-
-    import lightgbm
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"
 
 
 def serving_latency(run, reranker, k: int, calls: int) -> dict[str, float]:
