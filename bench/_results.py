@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +30,12 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{model}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"
+
+
+def provenance() -> dict[str, str]:
+    """The head of a results file: the command that wrote it, when (UTC) and on which machine."""
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }

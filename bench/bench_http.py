@@ -23,12 +23,11 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._results import machine, write_json  # noqa: E402
+from bench._results import provenance, write_json  # noqa: E402
 
 
 def free_port() -> int:
@@ -117,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(
             args.out,
             {
-                "command": "python " + " ".join(sys.argv),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": machine(),
+                **provenance(),
                 "run_id": args.run,
                 "k": args.k,
                 "calls": args.calls,

@@ -17,12 +17,11 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._results import machine, write_json  # noqa: E402
+from bench._results import provenance, write_json  # noqa: E402
 
 SHOWN = ("recall", "ndcg", "hit")
 
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(
             args.out,
             {
-                "command": "python " + " ".join(sys.argv),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": machine(),
+                **provenance(),
                 "run_id": args.run,
                 "config": run.config.name,
                 "n_candidates": args.candidates,
