@@ -71,8 +71,7 @@ def default_reranker_dir(run_id: str) -> Path:
 
 def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candidates: int) -> SplitCandidates:
     """Retrieve ``n_candidates`` per user with truth in ``split`` (``"valid"`` or ``"test"``) and compute
-    their features from the interactions known before that split (training; training + validation for
-    test)."""
+    their features from the interactions known before that split (:func:`known_before`)."""
     import scipy.sparse as sp
 
     from eval.ranking import model_topk
