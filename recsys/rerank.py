@@ -81,6 +81,8 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
     positions, users, truth = model_topk(model, dataset, split, n_candidates)
     positions = positions.cpu().numpy().astype(np.int64)
     history = known_before(dataset, split)
+    # model_topk ranks but returns no scores: the embeddings are computed once more for them (one query
+    # pass per split, small next to the full ranking; changing model_topk's result is not worth it)
     query, items = _embeddings(model, split, users)
     safe = np.where(positions >= 0, positions, 0)
     scores = np.empty(positions.shape, dtype=np.float32)

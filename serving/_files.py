@@ -14,7 +14,7 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 try:
@@ -248,3 +248,20 @@ class FolderSnapshot:
             return None
         with os.fdopen(fd, "rb") as f:
             return f.read()
+
+
+def check_replaceable(folder: Path, ours: Callable[[Path], bool], what: str, marker: str) -> None:
+    """Refuse to replace ``folder`` unless it is absent, empty, or one of ours (``ours(folder)``): a folder
+    the user pointed an ``--out`` at by mistake (``.``, a dataset) must never be deleted. ``what`` names our
+    kind of folder ("serving index"), ``marker`` what makes one ("a manifest.json of format ...")."""
+    if folder.is_symlink():
+        raise FileExistsError(f"{folder} is a symlink; pass the folder it points to, or remove the link")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it with a {what}")
+    if any(folder.iterdir()) and not ours(folder):
+        raise FileExistsError(
+            f"{folder} is a non-empty folder without {marker}, so it is not a {what}; refusing to replace it: "
+            "choose another folder, or remove this one"
+        )

@@ -40,6 +40,7 @@ import numpy as np
 
 from serving._files import (
     FolderSnapshot,
+    check_replaceable,
     fsync_path,
     new_sibling,
     publish_folder,
@@ -345,18 +346,13 @@ def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    if out_dir.is_symlink():
-        raise FileExistsError(f"{out_dir} is a symlink; pass the folder it points to, or remove the link")
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; refusing to replace it with an index")
-    if any(out_dir.iterdir()) and _manifest_format(out_dir / MANIFEST) != FORMAT:
-        # Many folders hold a manifest.json (prepared datasets, web apps): only our format marks an index.
-        raise FileExistsError(
-            f"{out_dir} is a non-empty folder without a {MANIFEST} of format {FORMAT!r}, so it is not a "
-            "serving index (or a damaged one); refusing to replace it: choose another folder, or remove this one"
-        )
+    # Many folders hold a manifest.json (prepared datasets, web apps): only our format marks an index.
+    check_replaceable(
+        out_dir,
+        lambda folder: _manifest_format(folder / MANIFEST) == FORMAT,
+        "serving index",
+        f"a {MANIFEST} of format {FORMAT!r} (or a damaged index)",
+    )
 
 
 def _manifest_format(path: Path) -> object:

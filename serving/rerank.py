@@ -336,25 +336,16 @@ def _is_reranker_format(value: object) -> bool:
 
 
 def _check_replaceable(folder: Path) -> None:
-    """Refuse to replace anything but a re-ranker folder (or nothing, or an empty folder): ``--out .`` must
-    not delete the working directory."""
-    if folder.is_symlink():
-        raise FileExistsError(f"{folder} is a symlink; pass the folder it points to, or remove the link")
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it with a re-ranker")
-    if not any(folder.iterdir()):
-        return
-    try:
-        format_ = json.loads((folder / _MANIFEST_FILE).read_text()).get("format")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        format_ = None
-    if not _is_reranker_format(format_):  # a re-ranker of an older format may be replaced
-        raise FileExistsError(
-            f"{folder} is a non-empty folder without a {_MANIFEST_FILE} of format {FORMAT!r}, so it is not a "
-            "re-ranker; refusing to replace it: choose another folder, or remove this one"
-        )
+    """Refuse to replace anything but a re-ranker folder, of any format (or nothing, or an empty folder)."""
+    from serving._files import check_replaceable
+
+    def ours(path: Path) -> bool:
+        try:
+            return _is_reranker_format(json.loads((path / _MANIFEST_FILE).read_text()).get("format"))
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return False
+
+    check_replaceable(folder, ours, "re-ranker", f"a {_MANIFEST_FILE} of format {FORMAT!r}")
 
 
 def _as_lists(features: np.ndarray, labels: np.ndarray, name: str):
