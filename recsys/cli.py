@@ -272,17 +272,88 @@ def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int
     return 0
 
 
+def _recommend_to_file(args) -> int:
+    """``recsys recommend --all-users | --users FILE --out FILE``: many users' lists in one file."""
+    from recsys.pipeline import (
+        NotIndexableError,
+        ScorerRecommender,
+        build_run_index,
+        default_index_dir,
+        load_run,
+    )
+    from serving import Retriever
+    from serving.errors import UnknownUserError
+    from serving.export import export_recommendations, output_format, read_user_ids
+
+    output_format(args.out)  # a wrong extension is refused before any model is loaded
+    users = read_user_ids(args.users) if args.users is not None else None
+    index_dir = Path(args.index) if args.index else default_index_dir(args.run)
+    if (index_dir / "manifest.json").exists():
+        recommender = Retriever.load(index_dir)
+        if recommender.index.run_id not in (None, args.run):
+            print(
+                f"error: index {index_dir} was built from run {recommender.index.run_id}, not from run {args.run}",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        run = load_run(args.run, uri=args.tracking_uri)
+        try:
+            build_run_index(run, index_dir)
+            recommender = Retriever.load(index_dir)
+        except NotIndexableError:
+            if args.reranker is not None:
+                raise
+            recommender = ScorerRecommender(run)
+    if args.reranker is not None:
+        from serving.rerank import Reranker, RerankingRetriever
+
+        recommender = RerankingRetriever(recommender, Reranker.load(args.reranker))
+    try:
+        summary = export_recommendations(
+            recommender, args.out, users, k=args.k, batch_size=args.batch_size, skip_unknown=args.skip_unknown
+        )
+    except UnknownUserError as exc:
+        hint = "give --skip-unknown to leave them out; nothing was written"
+        print(f"error: {args.users}: {UnknownUserError(exc.ids, exc.n_known, hint)}", file=sys.stderr)
+        return 2
+    skipped = f"; {len(summary.skipped)} unknown user(s) left out" if summary.skipped else ""
+    print(
+        f"wrote {summary.n_rows} recommendations (top-{args.k}) for {summary.n_users} users to {summary.path}"
+        f"{skipped}"
+    )
+    return 0
+
+
 def cmd_recommend(args) -> int:
     from recsys.pipeline import NotIndexableError, build_run_index, default_index_dir, load_run
     from serving import Retriever
     from serving.errors import UnknownUserError
 
-    if (args.user is None) == (args.sequence is None):
-        print("error: give exactly one of --user USER or --sequence ITEM [ITEM ...]", file=sys.stderr)
+    batch = args.all_users or args.users is not None
+    chosen = [args.user is not None, args.sequence is not None, args.all_users, args.users is not None]
+    if sum(chosen) != 1:
+        print(
+            "error: give exactly one of --user USER, --sequence ITEM [ITEM ...], --all-users or --users FILE",
+            file=sys.stderr,
+        )
         return 2
-    if args.reranker is not None and args.user is None:
-        print("error: --reranker re-ranks a known user's list; give --user USER", file=sys.stderr)
+    if batch != (args.out is not None):
+        print(
+            "error: --out FILE goes with --all-users or --users FILE (and they need it)"
+            if batch
+            else "error: --out FILE writes the lists of --all-users or --users FILE; for one --user, drop it",
+            file=sys.stderr,
+        )
         return 2
+    if args.skip_unknown and args.users is None:
+        print("error: --skip-unknown goes with --users FILE", file=sys.stderr)
+        return 2
+    if args.reranker is not None and args.sequence is not None:
+        print("error: --reranker re-ranks a known user's list, not a sequence's", file=sys.stderr)
+        return 2
+    if batch:
+        return _recommend_to_file(args)
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
     run = None
     if not (index_dir / "manifest.json").exists():
@@ -580,10 +651,34 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--json", action="store_true", help="print one JSON object")
     rr.set_defaults(func=cmd_rerank)
 
-    rc = sub.add_parser("recommend", help="top-k items for a user, or next items for an item sequence")
+    rc = sub.add_parser(
+        "recommend",
+        help="top-k items for a user, next items for an item sequence, or many users' lists to a file",
+    )
     rc.add_argument("--run", required=True)
     _tracking_uri_option(rc)
     rc.add_argument("--user", help="original user id")
+    rc.add_argument(
+        "--all-users", action="store_true", help="every user of the run, written to --out (a batch job)"
+    )
+    rc.add_argument("--users", metavar="FILE", help="a text file of user ids, one per line, written to --out")
+    rc.add_argument(
+        "--out",
+        metavar="FILE",
+        help="with --all-users / --users: the .csv, .parquet or .pq file to write (columns user, item, score, "
+        "rank; replaced atomically)",
+    )
+    rc.add_argument(
+        "--skip-unknown",
+        action="store_true",
+        help="with --users: leave out ids the run does not know (counted) instead of stopping",
+    )
+    rc.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1024,
+        help="with --out: users per batch (memory grows with it; default 1024)",
+    )
     rc.add_argument(
         "--sequence",
         nargs="+",

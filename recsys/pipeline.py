@@ -432,6 +432,14 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
     """The top ``k`` ``(item index, score)`` of one user from the model's own scorer, every known item of the
     user (:meth:`~features.PreparedDataset.known_matrix`, as a served index excludes them) left out: serving without an index, for
     models that have none (:class:`NotIndexableError`). Fewer than k when the catalogue runs out."""
+    scores, items = scorer_top_k_many(run, [user_idx], k)
+    return [(int(i), float(s)) for s, i in zip(scores[0], items[0], strict=True) if i >= 0]
+
+
+def scorer_top_k_many(run: LoadedRun, user_idx, k: int):
+    """:func:`scorer_top_k` for B users at once: ``(scores, items)``, float64 [B, K] and int64 [B, K] item
+    indices, ``K = min(k, n_items)``, best first, equal scores by item index (the served index's rule); a
+    row with fewer than K unknown items is padded with ``(-inf, -1)``. Memory: B x n_items scores."""
     import numpy as np
 
     from recsys.explain import check_indices
@@ -439,17 +447,55 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
 
     k = check_k(k)  # k=-1 sliced off the last item
     ds, model = run.dataset, run.model
-    (user_idx,) = check_indices(
-        [user_idx], ds.n_users, "user_idx", "user"
+    rows = check_indices(
+        list(user_idx), ds.n_users, "user_idx", "user"
     )  # -1 scored the last user, unfiltered
+    width = min(k, ds.n_items)
+    if not rows:
+        return np.zeros((0, width)), np.zeros((0, width), dtype=np.int64)
     with torch.no_grad():
-        scores = model.scorer()(torch.tensor([user_idx], dtype=torch.long))[0].detach().cpu().double().numpy()
-    known = ds.known_matrix()
-    scores[known.indices[known.indptr[user_idx] : known.indptr[user_idx + 1]]] = -np.inf
-    # score descending, then item index ascending, as the served index breaks ties
-    order = np.lexsort((np.arange(scores.size), -scores))
-    top = [int(i) for i in order[:k] if np.isfinite(scores[i])]
-    return [(i, float(scores[i])) for i in top]
+        scores = model.scorer()(torch.tensor(rows, dtype=torch.long)).detach().cpu().double().numpy()
+    known = ds.known_matrix()[rows]
+    scores[np.repeat(np.arange(len(rows)), np.diff(known.indptr)), known.indices] = -np.inf
+    # a stable sort of the negated scores keeps equal scores in item-index order
+    items = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    top = np.take_along_axis(scores, items, axis=1)
+    missing = ~np.isfinite(top)
+    top[missing], items[missing] = -np.inf, -1
+    return top, items
+
+
+class ScorerRecommender:
+    """A run without an index (:class:`NotIndexableError`, e.g. RP3beta) as a
+    :class:`serving.export.BatchRecommender`: its known users, scored by the model, known items left out."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        self._run = run
+        ds = run.dataset
+        self._user_ids = tuple(str(u) for u in ds.user_vocab.sort("user_idx")["user_id"].to_list())
+        self._item_ids = tuple(str(i) for i in ds.item_vocab.sort("item_idx")["item_id"].to_list())
+        self._position = {u: i for i, u in enumerate(self._user_ids)}
+
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        return self._user_ids
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return self._item_ids
+
+    def recommend_positions(self, user_ids, k: int):
+        """float32 scores and int64 item positions [B, K] (see :func:`scorer_top_k_many`); unknown ids are
+        an :class:`serving.UnknownUserError` naming them."""
+        import numpy as np
+
+        from serving.errors import UnknownUserError
+
+        missing = [u for u in user_ids if u not in self._position]
+        if missing:
+            raise UnknownUserError(missing, len(self._user_ids), "this model recommends only for its users")
+        scores, items = scorer_top_k_many(self._run, [self._position[u] for u in user_ids], k)
+        return scores.astype(np.float32), items
 
 
 def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:

@@ -4,6 +4,7 @@
 map, optional user embeddings and seen items); ``load_index`` / ``ItemIndex.load`` refuse a corrupted or
 mismatched folder with :class:`IndexIntegrityError`; ``Retriever`` answers top-k queries, and
 ``RerankingRetriever`` reorders a known user's retrieved candidates with a LightGBM ``Reranker``;
+``export_recommendations`` writes many users' lists to one CSV or Parquet file (batch jobs);
 ``serving.http.create_app`` serves them over HTTP (FastAPI: import that module explicitly).
 
 Importing this package is cheap: the names below are resolved on first use, and FAISS, pyarrow and scipy are
@@ -27,7 +28,9 @@ __all__ = [
     "UnencodableItemError",
     "UnknownUserError",
     "build_index",
+    "export_recommendations",
     "load_index",
+    "read_user_ids",
 ]
 
 _WHERE = {
@@ -38,6 +41,8 @@ _WHERE = {
     "UnknownUserError": "serving.errors",
     "ItemIndex": "serving.index",
     "build_index": "serving.index",
+    "export_recommendations": "serving.export",
+    "read_user_ids": "serving.export",
     "load_index": "serving.index",
     "Recommendation": "serving.retriever",
     "Reranker": "serving.rerank",
@@ -48,6 +53,7 @@ _WHERE = {
 if TYPE_CHECKING:
     from serving.add_items import add_items
     from serving.errors import IndexIntegrityError, UnencodableItemError, UnknownItemError, UnknownUserError
+    from serving.export import export_recommendations, read_user_ids
     from serving.index import ItemIndex, build_index, load_index
     from serving.rerank import Reranker, RerankingRetriever
     from serving.retriever import Recommendation, Retriever

@@ -414,23 +414,39 @@ class RerankingRetriever:
     def reranker(self) -> Reranker:
         return self._reranker
 
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        return self._retriever.user_ids
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return self._retriever.item_ids
+
     def recommend(self, user_ids: Sequence[str] | str, k: int = 10) -> list[list[Any]]:
         """Top-``k`` unseen items for known users, re-ranked (see the class docstring).
 
         Raises:
             UnknownUserError (a KeyError): ids that are not in the index, all named.
         """
+        return self._retriever._to_recommendations(*self.recommend_positions(user_ids, k))
+
+    def recommend_positions(
+        self, user_ids: Sequence[str] | str, k: int = 10
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` as arrays (see :meth:`serving.Retriever.recommend_positions`); the scores are the
+        re-ranker's."""
         from serving.retriever import _as_id_list
 
         ids = _as_id_list(user_ids, "user_ids")
         k = check_k(k)
-        if not ids:
-            return []
         index = self._retriever.index
+        if not ids:  # LightGBM refuses to predict on no rows
+            width = min(k, index.n_items)
+            return np.zeros((0, width), dtype=np.float32), np.zeros((0, width), dtype=np.int64)
         positions = index.user_positions(ids)
         seen = index.seen_items(positions)
         scores, cand = index.search(
             index.user_emb[positions], max(self._reranker.n_candidates, k), exclude=seen
         )
         features = candidate_features(scores, cand, seen, self._items)
-        return self._retriever._to_recommendations(*self._reranker.rerank(scores, cand, features, k))
+        return self._reranker.rerank(scores, cand, features, k)

@@ -82,6 +82,16 @@ class Retriever:
     def index(self) -> ItemIndex:
         return self._index
 
+    @property
+    def user_ids(self) -> tuple[str, ...]:
+        """The users :meth:`recommend` knows (the index's), in index order."""
+        return self._index.user_ids
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        """The catalogue; :meth:`recommend_positions` indexes it."""
+        return self._index.item_ids
+
     def __repr__(self) -> str:
         return f"Retriever({self._index!r})"
 
@@ -103,6 +113,18 @@ class Retriever:
         Raises:
             UnknownUserError (a KeyError): ids that are not in the index, all named.
         """
+        return self._to_recommendations(*self.recommend_positions(user_ids, k, exclude_seen))
+
+    def recommend_positions(
+        self, user_ids: Sequence[str] | str, k: int = 10, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` as arrays, for batch jobs (no Python object per item).
+
+        Returns:
+            ``(scores, positions)``: float32 [B, K] and int64 [B, K], ``K = min(k, n_items)``, best first;
+            ``positions`` index :attr:`ItemIndex.item_ids`; a row with fewer than K unseen items is padded with
+            ``(-inf, -1)``.
+        """
         ids = _as_id_list(user_ids, "user_ids")
         k = check_k(k)
         index = self._index
@@ -115,12 +137,10 @@ class Retriever:
                 f"index {str(index.path)!r} was built without seen items, so they cannot be excluded; "
                 "rebuild it with seen=... or call recommend(..., exclude_seen=False)"
             )
-        if not ids:
-            return []
         positions = index.user_positions(ids)
         queries = index.user_emb[positions]
         exclude = index.seen_items(positions) if exclude_seen else None
-        return self._to_recommendations(*index.search(queries, k, exclude=exclude))
+        return index.search(queries, k, exclude=exclude)
 
     def recommend_for_vector(
         self, query: np.ndarray, k: int = 10, exclude_items: Sequence[Sequence[str]] | None = None

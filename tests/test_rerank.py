@@ -243,6 +243,16 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
         ds.item_vocab.filter(ds.item_vocab["item_idx"].is_in(ds.known_matrix()[user].indices))["item_id"]
     )
     assert not {r["item_id"] for r in recs} & known
+    # the batch job re-ranks every user's list the same way
+    batch = tmp_path / "all.parquet"
+    assert (
+        main(["recommend", "--run", run_id, "--all-users", "--out", str(batch), "--reranker", str(out)]) == 0
+    )
+    import polars as pl
+
+    mine = pl.read_parquet(batch).filter(pl.col("user") == "u3").head(5)
+    assert mine["item"].to_list() == [r["item_id"] for r in recs]
+    assert mine["score"].to_numpy() == pytest.approx([r["score"] for r in recs], rel=1e-6)
     assert main(["recommend", "--run", run_id, "--sequence", "i1", "--reranker", str(out)]) == 2
     assert "--reranker re-ranks a known user's list" in capsys.readouterr().err
 
