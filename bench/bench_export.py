@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _results import provenance, write_json  # noqa: E402
-from bench_serving import DIM, gowalla_seen, ml100k_seen, shared_data  # noqa: E402
+from bench_serving import DIM, catalogues  # noqa: E402
 
 
 def peer_export(retriever, user_ids: list[str], path: Path, k: int, batch_size: int) -> None:
@@ -136,13 +136,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    root = shared_data()
     results = {}
-    for name, loader in (("ml-100k", ml100k_seen), ("gowalla", gowalla_seen)):
-        seen = loader(root)
-        if seen is None:
-            print(f"{name}: its files are not under {root}; skipped")
-            continue
+    for name, seen in catalogues():
         results[name] = run_catalogue(name, seen, args.k, args.batch_size, args.repeats, args.seed)
     if args.out:
         write_json(args.out, {**provenance(), "k": args.k, "batch_size": args.batch_size, "results": results})

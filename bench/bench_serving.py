@@ -74,6 +74,18 @@ def gowalla_seen(root: Path) -> sp.csr_matrix | None:
     return sp.csr_matrix((np.ones(len(rows), np.uint8), (rows, cols)))
 
 
+def catalogues():
+    """``(name, seen matrix)`` of each catalogue whose files are under :func:`shared_data`; the others are
+    named as skipped."""
+    root = shared_data()
+    for name, load in (("ml-100k", ml100k_seen), ("gowalla", gowalla_seen)):
+        seen = load(root)
+        if seen is None:
+            print(f"{name}: skipped, its files are not under {root}")
+            continue
+        yield name, seen
+
+
 def bare_filtered(index, queries: np.ndarray, seen_rows: list[np.ndarray], k: int) -> list[list[int]]:
     """The peer: one FAISS search for enough candidates, the excluded ones dropped, equal scores put in
     position order (the retriever's documented rule; float32 scores do tie), the first k kept."""
@@ -200,13 +212,8 @@ def main() -> None:
     parser.add_argument("--heavy-user", action="store_true", help="also time a batch holding one heavy user")
     args = parser.parse_args()
 
-    root = shared_data()
     results = {}
-    for name, load in (("ml-100k", ml100k_seen), ("gowalla", gowalla_seen)):
-        seen = load(root)
-        if seen is None:
-            print(f"{name}: skipped, its files are not under {root}")
-            continue
+    for name, seen in catalogues():
         results[name] = run_catalogue(name, seen, args.calls, args.batch, args.k, args.seed)
         r = results[name]
         print(f"{name}: {r['n_users']} users, {r['n_items']} items, {r['n_seen']} seen")
