@@ -410,6 +410,16 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def _index_metadata(index_dir: Path) -> dict:
+    """The ``metadata`` of an index folder's manifest, read without loading the index ({} if unreadable: the
+    app's own load then names the problem)."""
+    try:
+        metadata = json.loads((index_dir / "manifest.json").read_text()).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def cmd_serve(args) -> int:
     """``recsys serve``: the HTTP app of :mod:`serving.http` over an index folder, run by uvicorn."""
     if args.index is None and args.run is None:
@@ -426,13 +436,21 @@ def cmd_serve(args) -> int:
               "installed)", file=sys.stderr)  # fmt: skip
         return 2
     index_dir = Path(args.index) if args.index is not None else None
+    encoder = None
     if args.run is not None:
-        from recsys.pipeline import build_run_index, default_index_dir, load_run
+        from recsys.pipeline import build_run_index, default_index_dir, load_run, sequence_query_encoder
 
         index_dir = index_dir or default_index_dir(args.run)
+        run = None
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
-            build_run_index(load_run(args.run, uri=args.tracking_uri), index_dir)
-    app = create_app(index_dir, reranker_dir=args.reranker, num_threads=args.threads)
+            run = load_run(args.run, uri=args.tracking_uri)
+            build_run_index(run, index_dir)
+        if _index_metadata(index_dir).get("sequence_queries"):  # SASRec, ICSRec: serve sequences too
+            run = run or load_run(args.run, uri=args.tracking_uri)
+            encoder = sequence_query_encoder(run.model)
+    app = create_app(
+        index_dir, reranker_dir=args.reranker, num_threads=args.threads, sequence_encoder=encoder
+    )
     built_by = app.state.retriever.index.run_id
     if args.run is not None and built_by is not None and built_by != args.run:
         print(
@@ -440,7 +458,11 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"serving index {index_dir} on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr)
+    sequences = " and item sequences (the run's encoder)" if encoder is not None else ""
+    print(
+        f"serving index {index_dir}{sequences} on http://{args.host}:{args.port} (API docs at /docs)",
+        file=sys.stderr,
+    )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except KeyboardInterrupt:
@@ -695,13 +717,17 @@ def build_parser() -> argparse.ArgumentParser:
     rc.set_defaults(func=cmd_recommend)
 
     sv = sub.add_parser(
-        "serve", help="serve an index over HTTP (JSON): recommend, similar, recommend_for_vector"
+        "serve",
+        help="serve an index over HTTP (JSON): recommend, similar, recommend_for_vector, recommend_for_sequence",
     )
     sv.add_argument(
         "--index", metavar="DIR", help="index folder (default with --run: $RECSYS_HOME/indexes/RUN_ID)"
     )
     sv.add_argument(
-        "--run", metavar="RUN_ID", help="serve this run's index, built on first use like `recommend` does"
+        "--run",
+        metavar="RUN_ID",
+        help="serve this run's index, built on first use like `recommend` does; a sequence model's run "
+        "(SASRec, ICSRec) also answers /recommend_for_sequence with its encoder",
     )
     _tracking_uri_option(sv)
     sv.add_argument(

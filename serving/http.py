@@ -20,20 +20,24 @@ Endpoints (every list of recommendations is ``[{"item_id", "score", "title"}, ..
 * ``POST /recommend_for_vector`` ``{"vectors": [[...]], "k": 10, "exclude_items": [[...]]}``: lists for query
   embeddings computed outside the index (new or anonymous users); ``exclude_items`` is optional, one list of
   item ids per vector.
-
-Sequence queries (``Retriever.recommend_for_sequences``) are not served: they need the model's encoder, i.e.
-a trained run loaded with torch, which this app does not hold (it serves an index folder alone). Use
-``recsys recommend --run RUN --sequence ...``, or embed the sequence with the model and POST the vector.
+* ``GET /recommend_for_sequence?items=A&items=B&k=10[&exclude_history=true]`` and
+  ``POST /recommend_for_sequence`` ``{"sequences": [[...]], "k": 10, "exclude_history": true}``: next items
+  after sequences of item ids, oldest first (anonymous sessions), ranked with a sequence model's encoder
+  (:meth:`~serving.retriever.Retriever.recommend_for_sequences`); the items of a sequence are left out unless
+  ``exclude_history`` is false. Only when the app holds an encoder (``sequence_encoder``; ``recsys serve
+  --run RUN`` of SASRec or ICSRec passes the run's); otherwise a 400.
 
 Errors: an unknown user or item id is a 404 whose ``detail`` is the library's sentence naming the ids; a
-bad ``k``, a malformed body, a vector of the wrong dimension or holding NaN/inf is a 422 (FastAPI's own
-validation details, or the library's sentence as ``detail``); a re-ranked list from a server without a
-re-ranker, or a query the index was not built for (no user embeddings, no seen items), is a 400. Bad input
-never gives a 500.
+bad ``k``, a malformed body, a vector of the wrong dimension or holding NaN/inf, or a sequence holding an item
+added to the index after training (which the encoder cannot encode) is a 422 (FastAPI's own validation
+details, or the library's sentence as ``detail``); a re-ranked list from a server without a re-ranker, a
+sequence query to a server without an encoder, or a query the index was not built for (no user embeddings,
+no seen items), is a 400. Bad input never gives a 500.
 
 Concurrency: the index is loaded once, at :func:`create_app`, and shared read-only. The endpoints that
 search are plain ``def`` functions, which FastAPI runs in its thread pool; the retriever and the re-ranking
-retriever are safe to share between threads. FAISS's own threads per search are set with ``num_threads``.
+retriever are safe to share between threads, and so is a sequence encoder (a model in evaluation mode, run
+without gradients, changes no state). FAISS's own threads per search are set with ``num_threads``.
 """
 
 import math
@@ -46,9 +50,9 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from serving.errors import UnknownIdError, UnknownUserError
+from serving.errors import UnencodableItemError, UnknownIdError, UnknownUserError
 from serving.rerank import Reranker, RerankingRetriever
-from serving.retriever import Recommendation, Retriever
+from serving.retriever import Recommendation, Retriever, SequenceEncoder
 
 # k is capped: the search asks FAISS for k + |seen| + 1 candidates per row and the answer is k JSON objects
 # per row, so one cheap request for k = 10**6 would make the server rank and serialise the whole catalogue
@@ -57,6 +61,9 @@ MAX_K = 1000
 # The same reasoning bounds the rows of one request (users, items or vectors): at most MAX_BATCH * MAX_K
 # results per answer.
 MAX_BATCH = 1000
+# Items of one sequence: the encoder reads only the last few (50 for the configs here), but all of them are
+# left out of the answer, so a long history is worth sending; beyond this, trim it on the client.
+MAX_SEQUENCE = 10_000
 
 # Ids as the index stores them: text, or an integer read as its text (7 is "7"), as the library accepts them.
 # Strict types: JSON true or 1.5 is refused (422) rather than turned into an id that may exist ("1", "1.5").
@@ -97,6 +104,16 @@ class VectorRequest(BaseModel):
     exclude_items: list[list[Id]] | None = None
 
 
+class SequenceRequest(BaseModel):
+    """Next items after sequences of item ids (oldest first), ranked with the app's sequence encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sequences: list[Annotated[list[Id], Field(max_length=MAX_SEQUENCE)]] = Field(max_length=MAX_BATCH)
+    k: K = 10
+    exclude_history: StrictBool = True
+
+
 class Item(BaseModel):
     """One recommended item: ``score`` is the inner product (a cosine in a normalised index), or the
     re-ranker's score in a re-ranked list."""
@@ -114,10 +131,15 @@ class Health(BaseModel):
     n_users: int
     dim: int
     reranker: bool
+    sequences: bool
 
 
 def create_app(
-    index_dir: str | Path, *, reranker_dir: str | Path | None = None, num_threads: int | None = None
+    index_dir: str | Path,
+    *,
+    reranker_dir: str | Path | None = None,
+    num_threads: int | None = None,
+    sequence_encoder: SequenceEncoder | None = None,
 ) -> FastAPI:
     """The HTTP app serving the index folder ``index_dir`` (see the module docstring for the endpoints).
 
@@ -125,6 +147,9 @@ def create_app(
         index_dir: a folder written by :func:`serving.build_index` (e.g. by ``recsys index``).
         reranker_dir: optional folder of a fitted re-ranker (``recsys rerank``); ``rerank=true`` uses it.
         num_threads: FAISS's threads per search (a process-wide setting); None leaves it unchanged.
+        sequence_encoder: optional query side of the sequence model the index was built from
+            (``recsys.pipeline.sequence_query_encoder(run.model)``); ``/recommend_for_sequence`` uses it.
+            It must be the index's own model: another run's encoder would rank without any error, wrongly.
 
     Raises (at once, before any request is served):
         FileNotFoundError, IndexIntegrityError (a ValueError): a missing, corrupted or incomplete index folder.
@@ -186,6 +211,7 @@ def create_app(
             "n_users": index.n_users,
             "dim": index.dim,
             "reranker": reranking is not None,
+            "sequences": sequence_encoder is not None,
         }
 
     @app.get("/recommend", response_model=list[Item])
@@ -234,6 +260,35 @@ def create_app(
             )
         return _as_json(recs)
 
+    def next_items(sequences: list[list[Any]], k: int, exclude_history: bool) -> list[list[dict]]:
+        if sequence_encoder is None:
+            raise HTTPException(
+                400, "this server has no sequence encoder: start it with `recsys serve --run RUN` of a "
+                "sequence model (SASRec, ICSRec), or embed the sequence and POST /recommend_for_vector",
+            )  # fmt: skip
+        with _client_errors():
+            return _as_json(
+                retriever.recommend_for_sequences(
+                    sequences, sequence_encoder, k=k, exclude_history=exclude_history
+                )
+            )
+
+    @app.get("/recommend_for_sequence", response_model=list[Item])
+    def recommend_for_sequence(
+        items: Annotated[
+            list[str], Query(max_length=MAX_SEQUENCE, description="the sequence's item ids, oldest first")
+        ] = (),
+        k: KQuery = 10,
+        exclude_history: bool = True,
+    ) -> list[dict]:
+        """The k next items after one sequence of item ids (``?items=A&items=B``)."""
+        return next_items([list(items)], k, exclude_history)[0]
+
+    @app.post("/recommend_for_sequence", response_model=list[list[Item]])
+    def recommend_for_sequences(body: SequenceRequest) -> list[list[dict]]:
+        """The k next items after each sequence, in the order given."""
+        return next_items(body.sequences, body.k, body.exclude_history)
+
     return app
 
 
@@ -247,6 +302,8 @@ def _client_errors() -> Iterator[None]:
         raise HTTPException(404, str(UnknownUserError(exc.ids, exc.n_known, _USER_HINT))) from None
     except UnknownIdError as exc:
         raise HTTPException(404, str(exc)) from None
+    except UnencodableItemError as exc:  # in the catalogue, but added after training: the request's fault
+        raise HTTPException(422, str(exc)) from None
     except (ValueError, TypeError) as exc:  # a vector of another dimension, NaN/inf, mismatched row counts
         raise HTTPException(422, str(exc)) from None
 

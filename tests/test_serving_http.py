@@ -56,10 +56,16 @@ def test_health_describes_the_index(world):
     folder, _, _, client = world
     assert ok(client.get("/health")) == {
         "status": "ok", "index": str(folder), "run_id": "run-a", "n_items": N_ITEMS, "n_users": N_USERS,
-        "dim": DIM, "reranker": False,
+        "dim": DIM, "reranker": False, "sequences": False,
     }  # fmt: skip
     schema = ok(client.get("/openapi.json"))  # the interactive docs at /docs read it
-    assert set(schema["paths"]) == {"/health", "/recommend", "/similar", "/recommend_for_vector"}
+    assert set(schema["paths"]) == {
+        "/health",
+        "/recommend",
+        "/similar",
+        "/recommend_for_vector",
+        "/recommend_for_sequence",
+    }
     assert set(schema["paths"]["/recommend"]) == {"get", "post"}
 
 
@@ -264,9 +270,12 @@ def test_concurrent_requests_get_the_same_answers(world, reranker_dir):
     folder, retriever, _, _ = world
     app = create_app(folder, reranker_dir=reranker_dir)
     searching = [
-        r for r in app.routes if getattr(r, "path", "") in ("/recommend", "/similar", "/recommend_for_vector")
+        r
+        for r in app.routes
+        if getattr(r, "path", "")
+        in ("/recommend", "/similar", "/recommend_for_vector", "/recommend_for_sequence")
     ]
-    assert len(searching) == 5 and not any(inspect.iscoroutinefunction(r.endpoint) for r in searching)
+    assert len(searching) == 7 and not any(inspect.iscoroutinefunction(r.endpoint) for r in searching)
     client = TestClient(app)
     bodies = [{"users": USERS[i : i + 10], "k": 8, "rerank": i % 2 == 1} for i in range(0, 20, 5)]
     expected = [ok(client.post("/recommend", json=b)) for b in bodies]
@@ -367,3 +376,92 @@ def test_serve_run_builds_the_runs_index_on_first_use(world, monkeypatch, capsys
     assert main(["serve", "--run", run_id, "--index", str(world[0])]) == 2
     assert f"was built from run run-a, not from run {run_id}" in capsys.readouterr().err
     assert len(calls) == 1
+
+
+def mean_encoder(retriever: Retriever, n_items: int | None = None):
+    """A stand-in sequence encoder: the mean of the sequence's item vectors (zeros when empty)."""
+
+    def encode(sequences):
+        vectors = retriever.index.item_vectors(np.arange(retriever.index.n_items))
+        return np.stack([vectors[s].mean(axis=0) if len(s) else np.zeros(DIM) for s in sequences])
+
+    if n_items is not None:
+        encode.n_items = n_items
+    return encode
+
+
+def test_sequences_are_answered_with_the_apps_encoder(world):
+    folder, retriever, _, plain = world
+    encoder = mean_encoder(retriever)
+    client = TestClient(create_app(folder, sequence_encoder=encoder), raise_server_exceptions=False)
+    assert ok(client.get("/health"))["sequences"] is True
+    sequences = [["i3", "i7", "i8"], [], ["i50"]]
+    expected = as_json(retriever.recommend_for_sequences(sequences, encoder, k=4))
+    assert ok(client.post("/recommend_for_sequence", json={"sequences": sequences, "k": 4})) == expected
+    got = ok(client.get("/recommend_for_sequence", params={"items": ["i3", "i7", "i8"], "k": 4}))
+    assert got == expected[0] and not {r["item_id"] for r in got} & {"i3", "i7", "i8"}
+    assert (
+        ok(client.get("/recommend_for_sequence", params={"k": 4})) == expected[1]
+    )  # no items: empty session
+    kept = ok(client.post("/recommend_for_sequence", json={"sequences": [["i3"]], "k": 60,
+                                                            "exclude_history": False}))  # fmt: skip
+    assert kept == as_json(retriever.recommend_for_sequences([["i3"]], encoder, k=60, exclude_history=False))
+    assert "i3" in {r["item_id"] for r in kept[0]}
+    # errors: by name, never a 500
+    assert "unknown item id: 'nope'" in detail(
+        client.get("/recommend_for_sequence", params={"items": ["i1", "nope"]}), 404
+    )
+    added = TestClient(create_app(folder, sequence_encoder=mean_encoder(retriever, n_items=50)))
+    assert "'i55' were added to the index after training" in detail(
+        added.post("/recommend_for_sequence", json={"sequences": [["i1", "i55"]]}), 422
+    )
+    for body in ({"sequences": "i1"}, {"sequences": [["i1"]], "k": 0}, {"sequences": [["i1"]], "exclude": 1},
+                 {"sequences": [["i1"] * 10_001]}, {"sequences": [[True]]}):  # fmt: skip
+        assert client.post("/recommend_for_sequence", json=body).status_code == 422, body
+    # a server without an encoder says how to get one
+    assert "start it with `recsys serve --run RUN`" in detail(
+        plain.get("/recommend_for_sequence", params={"items": ["i1"]}), 400
+    )
+
+
+def test_serve_run_of_a_sequence_model_answers_sequences(monkeypatch, capsys, tmp_path):
+    import uvicorn
+    import yaml
+
+    from recsys.cli import main
+    from recsys.pipeline import default_index_dir, load_run, sequence_query_encoder
+    from tests.test_models_sasrec import sasrec_cfg, write_cyclic_sequences
+
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), epochs=2, num_threads=1)
+    raw["tracking"] = {"experiment": "serve-sasrec"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(tmp_path / "cfg.yaml")]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    assert main(["serve", "--run", run_id]) == 0
+    assert "and item sequences (the run's encoder)" in capsys.readouterr().err
+    client = TestClient(calls[0])
+    assert ok(client.get("/health"))["sequences"] is True
+    retriever = Retriever.load(default_index_dir(run_id))
+    encoder = sequence_query_encoder(load_run(run_id).model)
+    session = ["4", "5", "6"]
+    assert (
+        ok(client.get("/recommend_for_sequence", params={"items": session, "k": 5}))
+        == as_json(retriever.recommend_for_sequences([session], encoder, k=5))[0]
+    )
+    # the model runs in FastAPI's thread pool, several requests at once: each gets its own answer
+    from concurrent.futures import ThreadPoolExecutor
+
+    sessions = [[str(i), str(i + 1)] for i in range(1, 9)]
+    # one at a time, as the requests ask: a batch of the 8 gave some scores about 1 float32 ulp apart
+    expected = [as_json(retriever.recommend_for_sequences([s], encoder, k=5))[0] for s in sessions]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(
+            lambda i: ok(client.post("/recommend_for_sequence", json={"sequences": [sessions[i % 8]], "k": 5})),
+            range(48),
+        ))  # fmt: skip
+    assert got == [[expected[i % 8]] for i in range(48)]
+    # started again, over the index built the first time: the encoder is loaded again
+    assert main(["serve", "--run", run_id]) == 0
+    assert ok(TestClient(calls[1]).get("/health"))["sequences"] is True
