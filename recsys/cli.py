@@ -410,14 +410,28 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def _index_metadata(index_dir: Path) -> dict:
-    """The ``metadata`` of an index folder's manifest, read without loading the index ({} if unreadable: the
-    app's own load then names the problem)."""
+def _index_manifest(index_dir: Path) -> dict:
+    """An index folder's manifest, read without loading the index ({} if unreadable: the app's own load then
+    names the problem)."""
     try:
-        metadata = json.loads((index_dir / "manifest.json").read_text()).get("metadata")
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
         return {}
-    return metadata if isinstance(metadata, dict) else {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, so that a taken port or an unknown host is one error line
+    naming them (uvicorn logs ``[Errno 98]`` without the address and exits with 3) before anything loads."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_serve(args) -> int:
@@ -435,40 +449,60 @@ def cmd_serve(args) -> int:
         print(f"error: recsys serve needs fastapi and uvicorn, dependencies of recsys ({exc.name} is not "
               "installed)", file=sys.stderr)  # fmt: skip
         return 2
+    _check_listen(args.host, args.port)
     index_dir = Path(args.index) if args.index is not None else None
     encoder = None
     if args.run is not None:
         from recsys.pipeline import build_run_index, default_index_dir, load_run, sequence_query_encoder
 
         index_dir = index_dir or default_index_dir(args.run)
+        built_by = _index_manifest(index_dir).get("run_id")
+        if (
+            built_by is not None and built_by != args.run
+        ):  # before loading anything: the index is another run's
+            print(f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         run = None
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
             run = load_run(args.run, uri=args.tracking_uri)
             build_run_index(run, index_dir)
-        if _index_metadata(index_dir).get("sequence_queries"):  # SASRec, ICSRec: serve sequences too
+        if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # SASRec, ICSRec
             run = run or load_run(args.run, uri=args.tracking_uri)
             encoder = sequence_query_encoder(run.model)
     app = create_app(
         index_dir, reranker_dir=args.reranker, num_threads=args.threads, sequence_encoder=encoder
     )
     built_by = app.state.retriever.index.run_id
-    if args.run is not None and built_by is not None and built_by != args.run:
+    if args.run is not None and built_by is not None and built_by != args.run:  # swapped in meanwhile
         print(
             f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
             file=sys.stderr,
         )
         return 2
     sequences = " and item sequences (the run's encoder)" if encoder is not None else ""
-    print(
-        f"serving index {index_dir}{sequences} on http://{args.host}:{args.port} (API docs at /docs)",
-        file=sys.stderr,
+    where = (
+        f"http://{args.host}:{args.port}" if args.port else f"a free port of {args.host} (uvicorn logs it)"
     )
+    print(f"serving index {index_dir}{sequences} on {where} (API docs at /docs)", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            limit_concurrency=args.limit_concurrency,
+        )
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: uvicorn has shut down gracefully, then raised the signal again (uvicorn 0.30 lets
         # it reach here, 0.55 swallows it). A server stopped so has done its job: exit 0 with either.
         pass
+    except SystemExit as exc:  # uvicorn could not start (its log says why): the command line's code for it
+        if exc.code in (0, None):
+            return 0
+        print(f"error: the server on {args.host}:{args.port} could not start (uvicorn's log above)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 
@@ -739,6 +773,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1: this machine only; the app has no authentication)",
     )
     sv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    sv.add_argument(
+        "--limit-concurrency",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="answer 503 beyond N connections or requests at once, rather than queue them (uvicorn's "
+        "limit; default: none)",
+    )
     sv.add_argument(
         "--threads",
         type=_positive_int,

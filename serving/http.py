@@ -40,6 +40,7 @@ retriever are safe to share between threads, and so is a sequence encoder (a mod
 without gradients, changes no state). FAISS's own threads per search are set with ``num_threads``.
 """
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,7 +49,8 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from serving.errors import UnencodableItemError, UnknownIdError, UnknownUserError
 from serving.rerank import Reranker, RerankingRetriever
@@ -58,9 +60,13 @@ from serving.retriever import Recommendation, Retriever, SequenceEncoder
 # per row, so one cheap request for k = 10**6 would make the server rank and serialise the whole catalogue
 # for every user it names. A client that wants more than a page of 1000 items wants the library, not HTTP.
 MAX_K = 1000
-# The same reasoning bounds the rows of one request (users, items or vectors): at most MAX_BATCH * MAX_K
-# results per answer.
+# The same reasoning bounds the rows of one request (users, items, vectors or sequences) ...
 MAX_BATCH = 1000
+# ... and their product: 1000 users x k = 1000 was one 8 KB request for a 1,000,000-item answer (84 MB of
+# JSON, about 7 s and 1.3 GB on the 2-core machine), during which the server answered /health in seconds.
+MAX_RESULTS = 100_000
+# Floats of one query vector: it must have the index's dimension anyway; this bounds what is parsed first.
+MAX_DIM = 8192
 # Items of one sequence: the encoder reads only the last few (50 for the configs here), but all of them are
 # left out of the answer, so a long history is worth sending; beyond this, trim it on the client.
 MAX_SEQUENCE = 10_000
@@ -99,9 +105,10 @@ class VectorRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    vectors: list[list[float]] = Field(max_length=MAX_BATCH)
+    # StrictFloat: "1.0" and true are refused (JSON integers are still numbers)
+    vectors: list[Annotated[list[StrictFloat], Field(max_length=MAX_DIM)]] = Field(max_length=MAX_BATCH)
     k: K = 10
-    exclude_items: list[list[Id]] | None = None
+    exclude_items: list[Annotated[list[Id], Field(max_length=MAX_SEQUENCE)]] | None = None
 
 
 class SequenceRequest(BaseModel):
@@ -153,13 +160,33 @@ def create_app(
 
     Raises (at once, before any request is served):
         FileNotFoundError, IndexIntegrityError (a ValueError): a missing, corrupted or incomplete index folder.
-        ValueError: a re-ranker folder that is not one, or a re-ranker fitted for another run or index.
+        ValueError: a re-ranker folder that is not one, or a re-ranker fitted for another run or index; an
+            index of more than ``MAX_DIM`` dimensions; an encoder whose vectors do not have the index's.
     """
     retriever = Retriever.load(index_dir, num_threads=num_threads)
     reranking = None
     if reranker_dir is not None:
         reranking = RerankingRetriever(retriever, Reranker.load(reranker_dir))
     index = retriever.index
+    if index.dim > MAX_DIM:
+        raise ValueError(
+            f"index {str(index.path)!r} has dimension {index.dim}; this app serves up to {MAX_DIM}"
+        )
+    if sequence_encoder is not None:
+        # A wrong encoder would make every sequence request fail; it is the server's fault, so say it now.
+        probe = np.asarray(sequence_encoder([np.zeros(0, dtype=np.int64)]))
+        if probe.shape != (1, index.dim):
+            raise ValueError(
+                f"the sequence encoder gives vectors of shape {probe.shape} for one sequence; the index "
+                f"{str(index.path)!r} needs (1, {index.dim}): is it the index's own model?"
+            )
+
+    def check_size(rows: int, k: int) -> None:
+        if rows * min(k, index.n_items) > MAX_RESULTS:
+            raise HTTPException(
+                422, f"{rows} lists of {k} items would be more than {MAX_RESULTS} results in one answer; ask "
+                "for fewer lists or a smaller k (whole catalogues of users: serving.export_recommendations)",
+            )  # fmt: skip
 
     app = FastAPI(
         title="recsys",
@@ -190,6 +217,7 @@ def create_app(
                 400, "this index was built without seen items, so they cannot be excluded; ask with "
                 "exclude_seen=false to rank over all items",
             )  # fmt: skip
+        check_size(len(users), k)
         with _client_errors():
             if rerank:
                 recs = reranking.recommend(users, k=k)
@@ -198,11 +226,12 @@ def create_app(
         return _as_json(recs)
 
     def similar(items: list[Any], k: int) -> list[list[dict]]:
+        check_size(len(items), k)
         with _client_errors():
             return _as_json(retriever.similar_items(items, k=k))
 
     @app.get("/health", response_model=Health)
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answers while every worker thread is busy searching
         return {
             "status": "ok",
             "index": str(index.path),
@@ -220,35 +249,36 @@ def create_app(
         k: KQuery = 10,
         exclude_seen: bool = True,
         rerank: bool = False,
-    ) -> list[dict]:
+    ) -> Response:
         """Top-k items for one user."""
-        return recommend([user], k, exclude_seen, rerank)[0]
+        return _json(recommend([user], k, exclude_seen, rerank)[0])
 
     @app.post("/recommend", response_model=list[list[Item]])
-    def recommend_users(body: RecommendRequest) -> list[list[dict]]:
+    def recommend_users(body: RecommendRequest) -> Response:
         """Top-k items for each user, in the order given."""
-        return recommend(body.users, body.k, body.exclude_seen, body.rerank)
+        return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
 
     @app.get("/similar", response_model=list[Item])
     def similar_item(
         item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
-    ) -> list[dict]:
+    ) -> Response:
         """The k items nearest to one item (by inner product), itself left out."""
-        return similar([item], k)[0]
+        return _json(similar([item], k)[0])
 
     @app.post("/similar", response_model=list[list[Item]])
-    def similar_items(body: SimilarRequest) -> list[list[dict]]:
+    def similar_items(body: SimilarRequest) -> Response:
         """The k items nearest to each item, in the order given."""
-        return similar(body.items, body.k)
+        return _json(similar(body.items, body.k))
 
     @app.post("/recommend_for_vector", response_model=list[list[Item]])
-    def recommend_for_vector(body: VectorRequest) -> list[list[dict]]:
+    def recommend_for_vector(body: VectorRequest) -> Response:
         """Top-k items for each query vector (the model's query side, in the index's dimension)."""
         lengths = sorted({len(v) for v in body.vectors})
         if len(lengths) > 1:
             raise HTTPException(
                 422, f"vectors must all have the index's dimension {index.dim}, got lengths {lengths[:10]}"
             )
+        check_size(len(body.vectors), body.k)
         width = lengths[0] if lengths else index.dim
         query = np.asarray(body.vectors, dtype=np.float64).reshape(len(body.vectors), width)
         with _client_errors():
@@ -258,7 +288,7 @@ def create_app(
             raise HTTPException(
                 422, f"the scores of vectors {bad[:5]} overflow float32: scale these vectors down"
             )
-        return _as_json(recs)
+        return _json(_as_json(recs))
 
     def next_items(sequences: list[list[Any]], k: int, exclude_history: bool) -> list[list[dict]]:
         if sequence_encoder is None:
@@ -266,6 +296,7 @@ def create_app(
                 400, "this server has no sequence encoder: start it with `recsys serve --run RUN` of a "
                 "sequence model (SASRec, ICSRec), or embed the sequence and POST /recommend_for_vector",
             )  # fmt: skip
+        check_size(len(sequences), k)
         with _client_errors():
             return _as_json(
                 retriever.recommend_for_sequences(
@@ -280,14 +311,14 @@ def create_app(
         ] = (),
         k: KQuery = 10,
         exclude_history: bool = True,
-    ) -> list[dict]:
+    ) -> Response:
         """The k next items after one sequence of item ids (``?items=A&items=B``)."""
-        return next_items([list(items)], k, exclude_history)[0]
+        return _json(next_items([list(items)], k, exclude_history)[0])
 
     @app.post("/recommend_for_sequence", response_model=list[list[Item]])
-    def recommend_for_sequences(body: SequenceRequest) -> list[list[dict]]:
+    def recommend_for_sequences(body: SequenceRequest) -> Response:
         """The k next items after each sequence, in the order given."""
-        return next_items(body.sequences, body.k, body.exclude_history)
+        return _json(next_items(body.sequences, body.k, body.exclude_history))
 
     return app
 
@@ -306,6 +337,14 @@ def _client_errors() -> Iterator[None]:
         raise HTTPException(422, str(exc)) from None
     except (ValueError, TypeError) as exc:  # a vector of another dimension, NaN/inf, mismatched row counts
         raise HTTPException(422, str(exc)) from None
+
+
+def _json(payload: Any) -> Response:
+    """The answer as JSON bytes, rendered here, in the worker thread that searched: FastAPI would validate and
+    render a returned list on its event loop, which then answers nothing else meanwhile. ``allow_nan=False``:
+    a non-finite score would be invalid JSON, so it fails as a server error instead."""
+    body = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/json")
 
 
 def _as_json(recs: Sequence[Sequence[Recommendation]]) -> list[list[dict]]:

@@ -183,7 +183,10 @@ class Retriever:
             exclude_history: never return an item of the sequence itself (as ``recommend`` excludes seen items).
 
         Returns:
-            B lists of up to k :class:`Recommendation`, best first.
+            B lists of up to k :class:`Recommendation`, best first. A sequence's scores may differ in their
+            last bits with the other sequences of the call (the encoder's and the search's floating-point
+            sums depend on the batch's shape), so two near-equal items may swap places between a call alone
+            and the same sequence in a batch.
 
         Raises:
             UnknownItemError (a KeyError): item ids that are not in the index, all named.
@@ -208,7 +211,7 @@ class Retriever:
         bounds = np.cumsum([0] + [len(seq) for seq in lists])
         positions = [flat[bounds[b] : bounds[b + 1]] for b in range(len(lists))]
         query = np.asarray(encoder(positions))
-        if query.ndim != 2 or query.shape[0] != len(lists):
+        if query.shape != (len(lists), self._index.dim):
             raise ValueError(
                 f"the sequence encoder returned shape {query.shape} for {len(lists)} sequences; expected "
                 f"[{len(lists)}, {self._index.dim}]"

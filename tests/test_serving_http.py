@@ -197,6 +197,26 @@ def test_malformed_requests_are_4xx_never_500(world):
         for body in cases:
             response = client.post(path, json=body)
             assert response.status_code in (404, 422), (path, body, response.status_code, response.text)
+    # each POST body: its row limit, its keys, and the inner limits of vectors and exclusions
+    from serving.http import MAX_BATCH, MAX_DIM, MAX_SEQUENCE
+
+    too_many = MAX_BATCH + 1
+    limits = {
+        "/similar": [{"items": ["i1"] * too_many}, {"items": ["i1"], "typo": 1}],
+        "/recommend_for_vector": [
+            {"vectors": [[0.0] * DIM] * too_many},
+            {"vectors": [[0.0] * DIM], "typo": 1},
+            {"vectors": [[0.0] * (MAX_DIM + 1)]},
+            {"vectors": [[0.0] * DIM], "exclude_items": [["i1"] * (MAX_SEQUENCE + 1)]},
+            {"vectors": [["1.0"] * DIM]},
+            {"vectors": [[True] * DIM]},
+        ],
+        "/recommend_for_sequence": [{"sequences": [["i1"]] * too_many}, {"sequences": [["i1"]], "typo": 1}],
+    }
+    for path, cases in limits.items():
+        for body in cases:
+            assert client.post(path, json=body).status_code == 422, (path, str(body)[:80])
+    assert client.post("/recommend_for_vector", json={"vectors": [[1] * DIM]}).status_code == 200  # integers
     response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert client.get("/recommend").status_code == 422  # no user
@@ -315,9 +335,9 @@ def test_serve_command_runs_uvicorn_on_the_app(world, reranker_dir, monkeypatch,
         "--threads",
         "1",
     ]
-    assert main(argv) == 0
+    assert main([*argv, "--limit-concurrency", "16"]) == 0
     (app, kw), = calls  # fmt: skip
-    assert kw == {"host": "127.0.0.1", "port": 8123, "log_level": "info"}
+    assert kw == {"host": "127.0.0.1", "port": 8123, "log_level": "info", "limit_concurrency": 16}
     client = TestClient(app)
     assert ok(client.get("/health"))["reranker"] is True
     assert (
@@ -333,6 +353,25 @@ def test_serve_command_runs_uvicorn_on_the_app(world, reranker_dir, monkeypatch,
     with pytest.raises(SystemExit):
         main(["serve", "--index", str(folder), "--port", "70000"])
     assert len(calls) == 1
+    # a port another socket listens on, or a host that does not resolve: one line naming them, nothing loaded
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--index", str(folder), "--port", str(port)]) == 2
+        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert main(["serve", "--index", str(folder), "--host", "no-such-host.invalid"]) == 2
+    assert "error: cannot listen on no-such-host.invalid:8000" in capsys.readouterr().err
+    assert len(calls) == 1
+
+    def fails_to_start(app, **kw):  # uvicorn logs the reason, then exits with 3
+        raise SystemExit(3)
+
+    monkeypatch.setattr(uvicorn, "run", fails_to_start)
+    assert main(argv) == 2
+    assert "error: the server on 127.0.0.1:8123 could not start" in capsys.readouterr().err
 
 
 def test_the_body_round_trips_through_json(world):
@@ -465,3 +504,40 @@ def test_serve_run_of_a_sequence_model_answers_sequences(monkeypatch, capsys, tm
     # started again, over the index built the first time: the encoder is loaded again
     assert main(["serve", "--run", run_id]) == 0
     assert ok(TestClient(calls[1]).get("/health"))["sequences"] is True
+
+
+def test_one_answer_holds_at_most_max_results_items(world, monkeypatch):
+    """1000 users x k = 1000 was one small request for a 1,000,000-item answer that kept the server busy for
+    seconds; rows x k is bounded (k counted up to the catalogue's size)."""
+    import inspect
+
+    import serving.http
+
+    _, _, _, client = world
+    monkeypatch.setattr(serving.http, "MAX_RESULTS", 100)
+    assert len(ok(client.post("/recommend", json={"users": USERS[:10], "k": 10}))) == 10
+    text = detail(client.post("/recommend", json={"users": USERS[:11], "k": 10}), 422)
+    assert "11 lists of 10 items would be more than 100 results" in text
+    for path, body in (
+        ("/similar", {"items": ITEMS[:11], "k": 10}),
+        ("/recommend_for_vector", {"vectors": [[0.5] * DIM] * 11, "k": 10}),
+    ):
+        assert "more than 100 results" in detail(client.post(path, json=body), 422)
+    assert len(ok(client.post("/similar", json={"items": ITEMS[:1], "k": 1000}))) == 1  # 59 items, not 1000
+    # /health runs on the event loop, so a pool of threads busy searching does not delay it
+    app = create_app(world[0])
+    (health,) = [r for r in app.routes if getattr(r, "path", "") == "/health"]
+    assert inspect.iscoroutinefunction(health.endpoint)
+
+
+def test_an_encoder_of_another_dimension_is_refused_when_the_app_is_created(world):
+    folder, retriever, _, _ = world
+
+    def narrow(sequences):
+        return np.zeros((len(sequences), DIM // 2), dtype=np.float32)
+
+    with pytest.raises(ValueError, match=r"shape \(1, 4\) for one sequence; the index .* needs \(1, 8\)"):
+        create_app(folder, sequence_encoder=narrow)
+    # the library names it too
+    with pytest.raises(ValueError, match=r"returned shape \(1, 4\) for 1 sequences; expected \[1, 8\]"):
+        retriever.recommend_for_sequences([["i1"]], narrow)
