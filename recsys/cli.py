@@ -470,6 +470,12 @@ def cmd_serve(args) -> int:
         if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # SASRec, ICSRec
             run = run or load_run(args.run, uri=args.tracking_uri)
             encoder = sequence_query_encoder(run.model)
+            import torch
+
+            # One forward pass of one session is too small to share among threads; requests run side by
+            # side in the app's thread pool instead. Torch's idle threads spin after each pass, and on the
+            # 2-core machine that doubled an unrelated /recommend (3.2 -> 5.9 ms, bench/bench_http.py).
+            torch.set_num_threads(args.threads or 1)
     app = create_app(
         index_dir, reranker_dir=args.reranker, num_threads=args.threads, sequence_encoder=encoder
     )
@@ -786,7 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="FAISS threads per search (default: FAISS's own)",
+        help="FAISS threads per search, and torch threads per sequence encoding with --run of a sequence "
+        "model (default: FAISS's own; torch 1)",
     )
     sv.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",

@@ -478,8 +478,14 @@ def test_serve_run_of_a_sequence_model_answers_sequences(monkeypatch, capsys, tm
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("torch threads", n)))
     assert main(["serve", "--run", run_id]) == 0
     assert "and item sequences (the run's encoder)" in capsys.readouterr().err
+    # one torch thread per encoding (idle torch threads spin and slow the other requests); calls[1:] follow
+    assert calls.pop(0) == ("torch threads", 1) and torch.get_num_threads() == threads
     client = TestClient(calls[0])
     assert ok(client.get("/health"))["sequences"] is True
     retriever = Retriever.load(default_index_dir(run_id))
@@ -502,8 +508,8 @@ def test_serve_run_of_a_sequence_model_answers_sequences(monkeypatch, capsys, tm
         ))  # fmt: skip
     assert got == [[expected[i % 8]] for i in range(48)]
     # started again, over the index built the first time: the encoder is loaded again
-    assert main(["serve", "--run", run_id]) == 0
-    assert ok(TestClient(calls[1]).get("/health"))["sequences"] is True
+    assert main(["serve", "--run", run_id, "--threads", "2"]) == 0
+    assert calls[1] == ("torch threads", 2) and ok(TestClient(calls[2]).get("/health"))["sequences"] is True
 
 
 def test_one_answer_holds_at_most_max_results_items(world, monkeypatch):
