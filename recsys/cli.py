@@ -171,8 +171,13 @@ def cmd_index(args) -> int:
     if args.out is not None and not args.out.strip():
         print("error: --out needs a folder (omit it for $RECSYS_HOME/indexes/RUN_ID)", file=sys.stderr)
         return 2
-    path = build_run_index(load_run(args.run, uri=args.tracking_uri), Path(args.out) if args.out else None)
-    print(f"index written to {path}")
+    if args.nprobe is not None and args.nlist is None:
+        print("error: --nprobe is for an inverted-file index: give --nlist too", file=sys.stderr)
+        return 2
+    run = load_run(args.run, uri=args.tracking_uri)
+    path = build_run_index(run, Path(args.out) if args.out else None, nlist=args.nlist, nprobe=args.nprobe)
+    kind = f" (inverted file: {args.nlist} lists)" if args.nlist else ""
+    print(f"index written to {path}{kind}")
     return 0
 
 
@@ -477,7 +482,11 @@ def cmd_serve(args) -> int:
             # 2-core machine that doubled an unrelated /recommend (3.2 -> 5.9 ms, bench/bench_http.py).
             torch.set_num_threads(args.threads or 1)
     app = create_app(
-        index_dir, reranker_dir=args.reranker, num_threads=args.threads, sequence_encoder=encoder
+        index_dir,
+        reranker_dir=args.reranker,
+        num_threads=args.threads,
+        sequence_encoder=encoder,
+        nprobe=args.nprobe,
     )
     built_by = app.state.retriever.index.run_id
     if args.run is not None and built_by is not None and built_by != args.run:  # swapped in meanwhile
@@ -697,6 +706,19 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--run", required=True)
     _tracking_uri_option(ix)
     ix.add_argument("--out", help="output folder (default: $RECSYS_HOME/indexes/RUN_ID)")
+    ix.add_argument(
+        "--nlist",
+        type=_positive_int,
+        metavar="N",
+        help="an approximate inverted-file index of N lists (FAISS IVF; default: exact). For catalogues "
+        "whose exact search is too slow: docs/benchmarks.md measures recall against speed",
+    )
+    ix.add_argument(
+        "--nprobe",
+        type=_positive_int,
+        metavar="N",
+        help="with --nlist: lists searched per query (default 16)",
+    )
     ix.set_defaults(func=cmd_index)
 
     rr = sub.add_parser(
@@ -779,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1: this machine only; the app has no authentication)",
     )
     sv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    sv.add_argument(
+        "--nprobe",
+        type=_positive_int,
+        metavar="N",
+        help="lists searched per query of an inverted-file index (default: the index's own)",
+    )
     sv.add_argument(
         "--limit-concurrency",
         type=_positive_int,

@@ -498,8 +498,12 @@ class ScorerRecommender:
         return scores.astype(np.float32), items
 
 
-def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
-    """Export a run's embeddings into a FAISS index folder with the item id map, titles and seen items."""
+def build_run_index(
+    run: LoadedRun, out_dir: Path | None = None, *, nlist: int | None = None, nprobe: int | None = None
+) -> Path:
+    """Export a run's embeddings into a FAISS index folder with the item id map, titles and seen items;
+    exact, or an inverted file of ``nlist`` lists (``nprobe`` searched per query; see
+    :func:`serving.build_index`)."""
     import numpy as np
 
     from serving import build_index
@@ -529,6 +533,8 @@ def build_run_index(run: LoadedRun, out_dir: Path | None = None) -> Path:
         # models whose score is a cosine (the SSL two-tower) export unit vectors and mark the index normalised,
         # so query vectors given later (recommend_for_vector) are normalised too
         normalize=bool(getattr(model, "cosine_scores", False)),
+        nlist=nlist,
+        nprobe=nprobe,
         metadata={
             "model": run.config.model["name"],
             "dataset_manifest_hash": ds.manifest_hash,

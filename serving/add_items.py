@@ -115,6 +115,15 @@ def _add_items(
         widened = sp.hstack([index.seen, sp.csr_matrix((index.n_users, len(ids)), dtype=index.seen.dtype)])
         seen = _as_seen(widened, index.n_users, index.n_items + len(ids))
     _check_replaceable(target)
+    grown = ivf = None
+    if index.nlist is not None:
+        import faiss
+
+        # The trained lists are kept (retraining them would move the answers of every existing item); the
+        # new items join the lists nearest to them.
+        grown = faiss.clone_index(index.faiss_index)
+        grown.add(new)
+        ivf = (index.nlist, int(manifest["nprobe"]))
     _publish_index(
         target,
         np.ascontiguousarray(np.concatenate([index.item_vectors(np.arange(index.n_items)), new]), np.float32),
@@ -126,5 +135,7 @@ def _add_items(
         index.run_id,
         meta,
         normalized=index.normalized,
+        ivf=ivf,
+        faiss_index=grown,
     )
     return Path(out_dir if out_dir is not None else index_dir)

@@ -9,8 +9,8 @@ Typical use (``recsys serve --index DIR`` does the same with uvicorn)::
 Endpoints (every list of recommendations is ``[{"item_id", "score", "title"}, ...]``, best first, as
 ``recsys recommend --json`` prints it):
 
-* ``GET /health``: the index folder, its run id, item and user counts, its dimension, whether a re-ranker
-  is loaded.
+* ``GET /health``: the index folder, its run id, item and user counts, its dimension, its kind (exact or
+  inverted file, with the lists probed per query), whether a re-ranker and a sequence encoder are loaded.
 * ``GET /recommend?user=U&k=10[&exclude_seen=true][&rerank=false]``: one user's list.
   ``POST /recommend`` ``{"users": [...], "k": 10, "exclude_seen": true, "rerank": false}``: one list per
   user, in the order given. ``rerank`` reorders the retrieved candidates with the re-ranker (its scores
@@ -137,6 +137,8 @@ class Health(BaseModel):
     n_items: int
     n_users: int
     dim: int
+    index_type: str
+    nprobe: int | None
     reranker: bool
     sequences: bool
 
@@ -147,6 +149,7 @@ def create_app(
     reranker_dir: str | Path | None = None,
     num_threads: int | None = None,
     sequence_encoder: SequenceEncoder | None = None,
+    nprobe: int | None = None,
 ) -> FastAPI:
     """The HTTP app serving the index folder ``index_dir`` (see the module docstring for the endpoints).
 
@@ -157,13 +160,14 @@ def create_app(
         sequence_encoder: optional query side of the sequence model the index was built from
             (``recsys.pipeline.sequence_query_encoder(run.model)``); ``/recommend_for_sequence`` uses it.
             It must be the index's own model: another run's encoder would rank without any error, wrongly.
+        nprobe: lists searched per query of an inverted-file index (default: its manifest's).
 
     Raises (at once, before any request is served):
         FileNotFoundError, IndexIntegrityError (a ValueError): a missing, corrupted or incomplete index folder.
         ValueError: a re-ranker folder that is not one, or a re-ranker fitted for another run or index; an
             index of more than ``MAX_DIM`` dimensions; an encoder whose vectors do not have the index's.
     """
-    retriever = Retriever.load(index_dir, num_threads=num_threads)
+    retriever = Retriever.load(index_dir, num_threads=num_threads, nprobe=nprobe)
     reranking = None
     if reranker_dir is not None:
         reranking = RerankingRetriever(retriever, Reranker.load(reranker_dir))
@@ -239,6 +243,8 @@ def create_app(
             "n_items": index.n_items,
             "n_users": index.n_users,
             "dim": index.dim,
+            "index_type": index.index_type,
+            "nprobe": index.nprobe,
             "reranker": reranking is not None,
             "sequences": sequence_encoder is not None,
         }

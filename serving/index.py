@@ -1,12 +1,19 @@
-"""The serving artifact: an exact FAISS inner-product index over item embeddings, in a self-verifying folder.
+"""The serving artifact: a FAISS inner-product index over item embeddings, in a self-verifying folder.
+
+The index is exact (``IndexFlatIP``, the default) or, for large catalogues, approximate: an inverted file
+(``IndexIVFFlat``, ``build_index(..., nlist=N)``) that clusters the items into ``nlist`` lists and searches
+the ``nprobe`` lists nearest to each query (Jegou et al., "Product quantization for nearest neighbor search",
+TPAMI 2011, the IVF part; FAISS's implementation). Exclusions and the "k items whenever k unseen exist"
+guarantee hold for both: a row the probed lists cannot fill is searched again with twice the lists, up to all.
 
 Folder layout (``schema_version`` 1)::
 
     <out_dir>/
-      manifest.json      format, schema_version, dim, counts, metric "inner_product", index_type "IndexFlatIP",
+      manifest.json      format, schema_version, dim, counts, metric "inner_product", index_type
+                         ("IndexFlatIP", or "IndexIVFFlat" with "nlist" and the default "nprobe"),
                          normalized, run_id, created_at, faiss_version, metadata, and for every other file
                          {"sha256": hex, "bytes": size}; written last
-      items.faiss        faiss.write_index of an IndexFlatIP holding item_emb; FAISS id i = row i = position i
+      items.faiss        faiss.write_index of the index holding item_emb; FAISS id i = row i = position i
       item_ids.parquet   position: int64 (0..I-1), item_id: string, title: string (nullable)
       users.parquet      position: int64 (0..U-1), user_id: string                [only with user embeddings]
       user_emb.npy       float32 [U, d] precomputed query embeddings, row = users.parquet position   [idem]
@@ -57,7 +64,9 @@ if TYPE_CHECKING:
 FORMAT = "recsys.serving.index"
 SCHEMA_VERSION = 1
 METRIC = "inner_product"
-INDEX_TYPE = "IndexFlatIP"
+INDEX_TYPE = "IndexFlatIP"  # exact
+IVF_TYPE = "IndexIVFFlat"  # approximate: an inverted file of nlist lists, nprobe of them searched
+DEFAULT_NPROBE = 16
 
 MANIFEST = "manifest.json"
 ITEMS_INDEX = "items.faiss"
@@ -84,6 +93,8 @@ def build_index(
     run_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     normalize: bool = False,
+    nlist: int | None = None,
+    nprobe: int | None = None,
 ) -> Path:
     """Write a serving index folder for a trained model and return its path (``out_dir``).
 
@@ -103,6 +114,12 @@ def build_index(
         metadata: extra JSON-serialisable facts for the manifest (model name, dataset hash, ...).
         normalize: L2-normalise item and user embeddings so that scores are cosine similarities. Off by
             default: the models score by plain inner product and serving must rank as they do.
+        nlist: None (default): an exact index. An int: an approximate inverted-file index of ``nlist``
+            lists, trained by k-means on the item embeddings (FAISS's seeded clustering; at least
+            ``nlist`` items, and FAISS wants about 39 per list). Worth it when an exact search of the
+            catalogue is too slow; see docs/benchmarks.md for recall against speed.
+        nprobe: lists searched per query by default (1..nlist; default ``min(16, nlist)``); a loader may
+            override it (:meth:`ItemIndex.load`). More lists: closer to exact, slower.
 
     Raises:
         ValueError / TypeError: inputs with mismatched shapes, duplicate or non-str ids, NaN/inf values,
@@ -132,6 +149,7 @@ def build_index(
     if run_id is not None and not isinstance(run_id, str):
         raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
     meta = _as_metadata(metadata)
+    ivf = _as_ivf(nlist, nprobe, n_items)
     if normalize:
         items = l2_normalize(items, "item_emb")
         if users is not None:
@@ -139,9 +157,41 @@ def build_index(
     with write_lock(out_dir.absolute()):
         _check_replaceable(out_dir)
         _publish_index(
-            out_dir.absolute(), items, ids, titles, users, uids, seen_csr, run_id, meta, normalized=normalize
-        )
+            out_dir.absolute(), items, ids, titles, users, uids, seen_csr, run_id, meta, normalized=normalize,
+            ivf=ivf,
+        )  # fmt: skip
     return out_dir
+
+
+def _as_ivf(nlist: Any, nprobe: Any, n_items: int) -> tuple[int, int] | None:
+    """Checked ``(nlist, nprobe)`` of an inverted-file index, or None for an exact one."""
+    if nlist is None:
+        if nprobe is not None:
+            raise ValueError("nprobe is for an inverted-file index: give nlist too (or neither: exact)")
+        return None
+    if isinstance(nlist, bool) or not isinstance(nlist, int | np.integer) or not 1 <= nlist <= n_items:
+        raise ValueError(f"nlist must be an int from 1 to the {n_items} items, got {nlist!r}")
+    nprobe = min(DEFAULT_NPROBE, int(nlist)) if nprobe is None else nprobe
+    _check_nprobe(nprobe, int(nlist))
+    return int(nlist), int(nprobe)
+
+
+def _check_nprobe(nprobe: Any, nlist: int) -> None:
+    if isinstance(nprobe, bool) or not isinstance(nprobe, int | np.integer) or not 1 <= nprobe <= nlist:
+        raise ValueError(f"nprobe must be an int from 1 to nlist = {nlist}, got {nprobe!r}")
+
+
+def _train_ivf(items: np.ndarray, nlist: int):
+    """An ``IndexIVFFlat`` (inner product) over float32 ``items`` [I, d], its lists trained by k-means on
+    them; the quantizer stays referenced by the index (FAISS's Python wrapper keeps it alive)."""
+    import faiss
+
+    dim = items.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 1234  # FAISS's default, written down: the same items give the same lists
+    index.train(items)
+    index.add(items)
+    return index
 
 
 def _publish_index(
@@ -156,10 +206,14 @@ def _publish_index(
     meta: dict[str, Any],
     *,
     normalized: bool,
+    ivf: tuple[int, int] | None = None,
+    faiss_index: Any = None,
 ) -> None:
     """Write checked inputs (float32 ``items`` [I, d], their ids and titles, optional ``users`` [U, d] with
     ids and the seen matrix [U, I]) as the index folder ``final``: a temporary sibling, then
-    :func:`serving._files.publish_folder`. The caller holds ``final``'s write lock."""
+    :func:`serving._files.publish_folder`. The caller holds ``final``'s write lock. ``ivf``: ``(nlist,
+    nprobe)`` of an inverted-file index, else exact; ``faiss_index``: an index already holding ``items``
+    (of that kind), written as it is instead of being built."""
     import faiss
     import pyarrow as pa
 
@@ -168,8 +222,13 @@ def _publish_index(
     tmp = new_sibling(final, "building")
     tmp.mkdir()
     try:
-        index = faiss.IndexFlatIP(dim)
-        index.add(items)
+        if faiss_index is not None:
+            index = faiss_index
+        elif ivf is None:
+            index = faiss.IndexFlatIP(dim)
+            index.add(items)
+        else:
+            index = _train_ivf(items, ivf[0])
         faiss.write_index(index, str(tmp / ITEMS_INDEX))
         written = [ITEMS_INDEX]
         _write_parquet(
@@ -214,7 +273,8 @@ def _publish_index(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run_id": run_id,
             "metric": METRIC,
-            "index_type": INDEX_TYPE,
+            "index_type": INDEX_TYPE if ivf is None else IVF_TYPE,
+            **({} if ivf is None else {"nlist": ivf[0], "nprobe": ivf[1]}),
             "normalized": bool(normalized),
             "dim": int(dim),
             "n_items": int(n_items),
@@ -433,8 +493,11 @@ class ItemIndex:
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True) -> ItemIndex:
+    def load(cls, path: str | Path, *, verify: bool = True, nprobe: int | None = None) -> ItemIndex:
         """Read ``path``, check it and return the index.
+
+        ``nprobe``: for an inverted-file index, the lists searched per query (1..nlist) instead of the
+        manifest's default; an error for an exact index, which has no lists.
 
         Every file listed in the manifest is read once; its size is always checked and, with ``verify=True``
         (the default), its SHA256 too; then the verified bytes are parsed and cross-checked against the
@@ -448,17 +511,19 @@ class ItemIndex:
         folder = _require_folder(path)
         for attempt in range(1, _LOAD_ATTEMPTS + 1):
             try:
-                return cls._load_once(folder, verify)
+                return cls._load_once(folder, verify, nprobe=nprobe)
             except _Swapped:
                 # A writer swapped a new folder in and is deleting the old one's files: read the new one
                 # (where renames cannot swap, the folder is briefly absent between a writer's two renames).
                 time.sleep(0.01 * attempt)
             if not folder.is_dir():
                 time.sleep(0.05 * attempt)
-        return cls._load_once(_require_folder(folder), verify, last=True)
+        return cls._load_once(_require_folder(folder), verify, last=True, nprobe=nprobe)
 
     @classmethod
-    def _load_once(cls, folder: Path, verify: bool, last: bool = False) -> ItemIndex:
+    def _load_once(
+        cls, folder: Path, verify: bool, last: bool = False, nprobe: int | None = None
+    ) -> ItemIndex:
         with FolderSnapshot(folder) as snap:
             raw = snap.read(MANIFEST)
             if raw is None and not last and snap.replaced():
@@ -489,10 +554,12 @@ class ItemIndex:
                             "the file was modified or corrupted after the index was built",
                         )  # fmt: skip
                 blobs[name] = data
-        return cls._from_blobs(folder, manifest, blobs)
+        return cls._from_blobs(folder, manifest, blobs, nprobe)
 
     @classmethod
-    def _from_blobs(cls, folder: Path, m: dict[str, Any], blobs: dict[str, bytes]) -> ItemIndex:
+    def _from_blobs(
+        cls, folder: Path, m: dict[str, Any], blobs: dict[str, bytes], nprobe: int | None = None
+    ) -> ItemIndex:
         import faiss
 
         dim, n_items, n_users = m["dim"], m["n_items"], m["n_users"]
@@ -502,11 +569,24 @@ class ItemIndex:
             raise IndexIntegrityError(
                 folder, ITEMS_INDEX, "a FAISS index", f"an unreadable file ({exc})"
             ) from None
-        if type(index).__name__ != INDEX_TYPE or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        kind = m["index_type"]
+        if type(index).__name__ != kind or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexIntegrityError(
-                folder, ITEMS_INDEX, f"an {INDEX_TYPE} (exact inner product)",
+                folder, ITEMS_INDEX, f"an {kind} (inner product; manifest.json 'index_type')",
                 f"{type(index).__name__} with metric type {index.metric_type}",
             )  # fmt: skip
+        if kind == IVF_TYPE:
+            if index.nlist != m["nlist"]:
+                raise IndexIntegrityError(
+                    folder, ITEMS_INDEX, f"{m['nlist']} lists (manifest.json 'nlist')", f"{index.nlist}",
+                    "manifest.json and items.faiss disagree",
+                )  # fmt: skip
+            if nprobe is not None:
+                _check_nprobe(nprobe, index.nlist)
+            index.nprobe = int(nprobe if nprobe is not None else m["nprobe"])
+            index.make_direct_map()  # item_vectors() reconstructs rows by id
+        elif nprobe is not None:
+            raise ValueError(f"nprobe is for an inverted-file index; {str(folder)!r} is an exact index")
         if index.d != dim:
             raise IndexIntegrityError(
                 folder, ITEMS_INDEX, f"dimension {dim} (manifest.json 'dim')", f"dimension {index.d}",
@@ -616,13 +696,29 @@ class ItemIndex:
     def faiss_index(self):
         return self._faiss
 
+    @property
+    def index_type(self) -> str:
+        """``"IndexFlatIP"`` (exact) or ``"IndexIVFFlat"`` (approximate, see :attr:`nlist`, :attr:`nprobe`)."""
+        return str(self._manifest["index_type"])
+
+    @property
+    def nlist(self) -> int | None:
+        """Lists of an inverted-file index (None: exact)."""
+        return int(self._faiss.nlist) if self.index_type == IVF_TYPE else None
+
+    @property
+    def nprobe(self) -> int | None:
+        """Lists an inverted-file index searches per query (None: exact)."""
+        return int(self._faiss.nprobe) if self.index_type == IVF_TYPE else None
+
     def __len__(self) -> int:
         return self.n_items
 
     def __repr__(self) -> str:
         return (
             f"ItemIndex(path={str(self._path)!r}, n_items={self.n_items}, dim={self.dim}, "
-            f"n_users={self.n_users}, seen={self.has_seen}, normalized={self.normalized}, run_id={self.run_id!r})"
+            f"n_users={self.n_users}, seen={self.has_seen}, normalized={self.normalized}, run_id={self.run_id!r}"
+            + (f", nlist={self.nlist}, nprobe={self.nprobe})" if self.nlist else ")")
         )
 
     # -- id maps -------------------------------------------------------------------------------------------
@@ -668,7 +764,9 @@ class ItemIndex:
         return l2_normalize(q, "queries") if self.normalized else q
 
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` items by inner product for each query row, skipping excluded items.
+        """Top-``k`` items by inner product for each query row, skipping excluded items: exact, or for an
+        inverted-file index the best of the ``nprobe`` probed lists (a row they cannot fill with its owed
+        items is searched again with twice the lists, up to all of them, which is exact).
 
         Args:
             queries: float32 [B, d], already in the index's space (see :meth:`as_queries`).
@@ -728,13 +826,32 @@ class ItemIndex:
     def _search_rows(self, q, k, exclude, need, pending, fetch, out_scores, out_pos) -> None:
         """Search rows ``pending`` (ascending int64) of ``q`` for ``fetch`` candidates each, into
         ``out_scores``/``out_pos``; rows whose answer is not final yet (:func:`select_topk`) are asked again
-        with twice the candidates."""
+        with twice the candidates (and, in an inverted file whose probed lists ran out, twice the lists)."""
         n_rows, n_items = q.shape[0], self.n_items
+        ivf = self.index_type == IVF_TYPE
+        if ivf:
+            import faiss
+
+            nlist, probe = int(self._faiss.nlist), int(self._faiss.nprobe)
         while pending.size:
             whole = pending.size == n_rows  # the first pass of a single block: nothing to slice
-            dist, pos = self._faiss.search(q if whole else q[pending], fetch)
+            rows = q if whole else q[pending]
+            complete = fetch >= n_items
+            if ivf:  # the lists to probe go with each call: no shared state to change (thread-safe)
+                params = faiss.SearchParametersIVF(nprobe=nlist if complete else probe)
+                dist, pos = self._faiss.search(rows, fetch, params=params)
+            else:
+                dist, pos = self._faiss.search(rows, fetch)
             sub = exclude if exclude is None or whole else exclude.take(pending)
-            done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=fetch >= n_items)
+            done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=complete)
+            if ivf and not complete:
+                # FAISS returned every item of the probed lists (it padded with -1), so more candidates
+                # would be the same ones. A filled row is final (no tie at the cut is left unseen among the
+                # probed items); the others are searched again with twice the lists, up to all of them.
+                ran_out = (pos < 0).any(axis=1)
+                done |= ran_out & ((p >= 0).sum(axis=1) >= need[pending])
+                if (ran_out & ~done).any():
+                    probe = min(2 * probe, nlist)
             out_scores[pending[done]] = s[done]
             out_pos[pending[done]] = p[done]
             pending = pending[~done]
@@ -812,7 +929,10 @@ def _parse_manifest(folder: Path, raw: bytes) -> dict[str, Any]:
     field("has_seen", bool)
     field("normalized", bool)
     field("metric", str, lambda v: v == METRIC, repr(METRIC))
-    field("index_type", str, lambda v: v == INDEX_TYPE, repr(INDEX_TYPE))
+    field("index_type", str, lambda v: v in (INDEX_TYPE, IVF_TYPE), f"{INDEX_TYPE!r} or {IVF_TYPE!r}")
+    if m["index_type"] == IVF_TYPE:
+        nlist = field("nlist", int, lambda v: 1 <= v <= m["n_items"], "an int from 1 to 'n_items'")
+        field("nprobe", int, lambda v: 1 <= v <= nlist, "an int from 1 to 'nlist'")
     if m["has_seen"] and not m["has_user_embeddings"]:
         raise bad("'has_seen' only with 'has_user_embeddings'", "seen items without users")
     files = field("files", dict, what="an object of file records")

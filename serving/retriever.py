@@ -61,7 +61,14 @@ class Retriever:
         self._index = index
 
     @classmethod
-    def load(cls, path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Retriever:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        num_threads: int | None = None,
+        verify: bool = True,
+        nprobe: int | None = None,
+    ) -> Retriever:
         """Load and verify an index folder (see :meth:`ItemIndex.load`).
 
         Args:
@@ -69,6 +76,7 @@ class Retriever:
             num_threads: OpenMP threads FAISS uses per search. This is a process-wide FAISS setting (it
                 affects every index in the process); None leaves it unchanged.
             verify: check every file's SHA256 against the manifest (sizes are always checked).
+            nprobe: lists searched per query of an inverted-file index (default: the manifest's).
         """
         if num_threads is not None:
             if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
@@ -76,7 +84,7 @@ class Retriever:
             import faiss
 
             faiss.omp_set_num_threads(num_threads)
-        return cls(ItemIndex.load(path, verify=verify))
+        return cls(ItemIndex.load(path, verify=verify, nprobe=nprobe))
 
     @property
     def index(self) -> ItemIndex:

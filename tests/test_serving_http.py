@@ -56,7 +56,7 @@ def test_health_describes_the_index(world):
     folder, _, _, client = world
     assert ok(client.get("/health")) == {
         "status": "ok", "index": str(folder), "run_id": "run-a", "n_items": N_ITEMS, "n_users": N_USERS,
-        "dim": DIM, "reranker": False, "sequences": False,
+        "dim": DIM, "index_type": "IndexFlatIP", "nprobe": None, "reranker": False, "sequences": False,
     }  # fmt: skip
     schema = ok(client.get("/openapi.json"))  # the interactive docs at /docs read it
     assert set(schema["paths"]) == {
