@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _results import provenance, write_json  # noqa: E402
-from bench_serving import DIM, catalogues  # noqa: E402
+from bench_serving import catalogues, random_world  # noqa: E402
 
 
 def peer_export(retriever, user_ids: list[str], path: Path, k: int, batch_size: int) -> None:
@@ -81,11 +81,8 @@ def run_catalogue(name, seen, k: int, batch_size: int, repeats: int, seed: int) 
 
     from serving import Retriever, build_index, export_recommendations
 
-    rng = np.random.default_rng(seed)
     n_users, n_items = seen.shape
-    users = rng.normal(size=(n_users, DIM)).astype(np.float32)
-    items = rng.normal(size=(n_items, DIM)).astype(np.float32)
-    user_ids, item_ids = [f"u{u}" for u in range(n_users)], [f"i{i}" for i in range(n_items)]
+    users, items, user_ids, item_ids = random_world(np.random.default_rng(seed), seen)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         build_index(items, item_ids, tmp / "index", user_emb=users, user_ids=user_ids, seen=seen)

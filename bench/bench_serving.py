@@ -86,6 +86,15 @@ def catalogues():
         yield name, seen
 
 
+def random_world(rng: np.random.Generator, seen: sp.csr_matrix):
+    """Seeded random ``DIM``-dim float32 user and item embeddings for a seen matrix's shape, and their ids
+    ``u0..``, ``i0..`` (latency does not depend on the values)."""
+    n_users, n_items = seen.shape
+    users = rng.normal(size=(n_users, DIM)).astype(np.float32)
+    items = rng.normal(size=(n_items, DIM)).astype(np.float32)
+    return users, items, [f"u{u}" for u in range(n_users)], [f"i{i}" for i in range(n_items)]
+
+
 def bare_filtered(index, queries: np.ndarray, seen_rows: list[np.ndarray], k: int) -> list[list[int]]:
     """The peer: one FAISS search for enough candidates, the excluded ones dropped, equal scores put in
     position order (the retriever's documented rule; float32 scores do tie), the first k kept."""
@@ -106,9 +115,7 @@ def run_catalogue(name: str, seen: sp.csr_matrix, calls: int, batch: int, k: int
 
     rng = np.random.default_rng(seed)
     n_users, n_items = seen.shape
-    users = rng.normal(size=(n_users, DIM)).astype(np.float32)
-    items = rng.normal(size=(n_items, DIM)).astype(np.float32)
-    user_ids, item_ids = [f"u{u}" for u in range(n_users)], [f"i{i}" for i in range(n_items)]
+    users, items, user_ids, item_ids = random_world(rng, seen)
     with tempfile.TemporaryDirectory() as tmp:
         build_index(items, item_ids, Path(tmp) / "index", user_emb=users, user_ids=user_ids, seen=seen)
         retriever = Retriever.load(Path(tmp) / "index", num_threads=1)
