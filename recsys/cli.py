@@ -319,7 +319,11 @@ def _recommend_to_file(args) -> int:
             recommender, args.out, users, k=args.k, batch_size=args.batch_size, skip_unknown=args.skip_unknown
         )
     except UnknownUserError as exc:
-        hint = "give --skip-unknown to leave them out; nothing was written"
+        hint = (
+            f"no user of the file is a user of run {args.run}; nothing was written"
+            if args.skip_unknown
+            else "give --skip-unknown to leave them out; nothing was written"
+        )
         print(f"error: {args.users}: {UnknownUserError(exc.ids, exc.n_known, hint)}", file=sys.stderr)
         return 2
     skipped = f"; {len(summary.skipped)} unknown user(s) left out" if summary.skipped else ""

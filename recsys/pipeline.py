@@ -457,8 +457,17 @@ def scorer_top_k_many(run: LoadedRun, user_idx, k: int):
         scores = model.scorer()(torch.tensor(rows, dtype=torch.long)).detach().cpu().double().numpy()
     known = ds.known_matrix()[rows]
     scores[np.repeat(np.arange(len(rows)), np.diff(known.indptr)), known.indices] = -np.inf
-    # a stable sort of the negated scores keeps equal scores in item-index order
-    items = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    scores[np.isnan(scores)] = -np.inf  # NaN is no score (dropped below, as before)
+    if width < ds.n_items:
+        # Only the items at or above each row's width-th largest score can be listed: partition, then sort
+        # those (ties at the cut included). A full sort of the catalogue per user cost 4x the time.
+        kth = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
+        items = np.empty((len(rows), width), dtype=np.int64)
+        for b in range(len(rows)):
+            cand = np.flatnonzero(scores[b] >= kth[b])
+            items[b] = cand[np.lexsort((cand, -scores[b, cand]))][:width]  # score desc., then item index
+    else:
+        items = np.argsort(-scores, axis=1, kind="stable")  # equal scores stay in item-index order
     top = np.take_along_axis(scores, items, axis=1)
     missing = ~np.isfinite(top)
     top[missing], items[missing] = -np.inf, -1
@@ -494,8 +503,14 @@ class ScorerRecommender:
         missing = [u for u in user_ids if u not in self._position]
         if missing:
             raise UnknownUserError(missing, len(self._user_ids), "this model recommends only for its users")
-        scores, items = scorer_top_k_many(self._run, [self._position[u] for u in user_ids], k)
-        return scores.astype(np.float32), items
+        rows = [self._position[u] for u in user_ids]
+        # each call scores its rows against the whole catalogue (float64): about 2^24 entries at a time
+        step = max(1, (1 << 24) // max(1, len(self._item_ids)))
+        parts = [scorer_top_k_many(self._run, rows[at : at + step], k) for at in range(0, len(rows), step)]
+        if not parts:
+            scores, items = scorer_top_k_many(self._run, [], k)
+            return scores.astype(np.float32), items
+        return np.concatenate([p[0] for p in parts]).astype(np.float32), np.concatenate([p[1] for p in parts])
 
 
 def build_run_index(

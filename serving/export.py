@@ -28,6 +28,9 @@ from serving.errors import UnknownUserError
 __all__ = ["BatchRecommender", "ExportSummary", "export_recommendations", "read_user_ids"]
 
 COLUMNS = ("user", "item", "score", "rank")
+# FAISS's exact search gave scores a last bit apart from one-user queries from 2,000 rows a call on (faiss
+# 1.15.1; near-ties then swapped places), so that the file equals `recommend --user`, calls stay below that.
+MAX_SEARCH_ROWS = 1024
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -58,13 +61,16 @@ class ExportSummary:
 
 
 def output_format(path: str | Path) -> str:
-    """``"csv"`` or ``"parquet"`` from the file name; anything else is a ValueError naming the file."""
+    """``"csv"`` or ``"parquet"`` from the file name; another extension or an existing folder is a ValueError
+    naming the file."""
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(
             f"output file {path}: unknown extension {path.suffix!r} (expected .csv, .parquet or .pq)"
         )
+    if path.is_dir():
+        raise ValueError(f"output file {path} is a folder (expected a file name)")
     return fmt
 
 
@@ -80,19 +86,20 @@ def read_user_ids(path: str | Path) -> list[str]:
             f"users file {path} " + ("is a folder" if path.is_dir() else "does not exist")
         )
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"users file {path} is not UTF-8 text (byte {exc.start}): one user id per line"
         ) from None
     ids: list[str] = []
     first_line: dict[str, int] = {}
-    lines = text.splitlines()
+    # lines end at "\n" only: str.splitlines also splits at U+2028, \x1c and the like, inside an id
+    lines = [line.removesuffix("\r") for line in raw.split("\n")]
     for number, line in enumerate(lines, 1):
         user = line.strip()
         if not user:
-            if number == len(lines):
-                break  # a trailing blank line is harmless
+            if number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip()):
+                break  # a trailing blank line (or the empty piece after the last "\n") is harmless
             raise ValueError(f"users file {path}, line {number}: blank line (expected one user id per line)")
         if user in first_line:
             raise ValueError(
@@ -122,7 +129,8 @@ def export_recommendations(
         path: the file to write, replaced atomically (parent folders are created).
         user_ids: the users, in the order to write them; None: every user the recommender knows.
         k: items per user (fewer when the user's unseen catalogue is shorter).
-        batch_size: users per call of ``recommend_positions``; memory grows with it.
+        batch_size: users per call of ``recommend_positions``, at most :data:`MAX_SEARCH_ROWS` (a larger
+            batch is searched in parts of that size); memory grows with it.
         skip_unknown: leave out ids the recommender does not know (listed in the summary) instead of raising
             :class:`~serving.UnknownUserError`.
 
@@ -151,6 +159,8 @@ def export_recommendations(
         if skipped and not skip_unknown:
             raise UnknownUserError(skipped, len(known), "pass skip_unknown=True to leave them out")
         ids = [u for u in ids if u in known_set]
+        if not ids:  # a users file for another dataset would otherwise blank yesterday's file
+            raise UnknownUserError(skipped, len(known), "none of the users is known; nothing was written")
     items = np.asarray(list(recommender.item_ids), dtype=object)
     counts = {"rows": 0, "users": 0}
 
@@ -171,7 +181,12 @@ def export_recommendations(
         with writer:
             for start in range(0, len(ids), batch_size):
                 batch = ids[start : start + batch_size]
-                scores, positions = recommender.recommend_positions(batch, k)
+                parts = [
+                    recommender.recommend_positions(batch[at : at + MAX_SEARCH_ROWS], k)
+                    for at in range(0, len(batch), MAX_SEARCH_ROWS)
+                ]
+                scores = np.concatenate([scores for scores, _ in parts])
+                positions = np.concatenate([positions for _, positions in parts])
                 kept = positions >= 0  # padding (-1) where a user's unseen catalogue ran out
                 per_user = kept.sum(axis=1)
                 ranks = np.cumsum(kept, axis=1, dtype=np.int32)  # counts kept entries only

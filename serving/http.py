@@ -349,8 +349,10 @@ def _json(payload: Any) -> Response:
     """The answer as JSON bytes, rendered here, in the worker thread that searched: FastAPI would validate and
     render a returned list on its event loop, which then answers nothing else meanwhile. ``allow_nan=False``:
     a non-finite score would be invalid JSON, so it fails as a server error instead."""
-    body = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    return Response(body.encode(), media_type="application/json")
+    # UTF-8 as is, as FastAPI sends it (\uXXXX escapes made CJK titles 21% longer); ids and titles come from
+    # Parquet files, valid UTF-8, so no lone surrogate can fail the encoding
+    body = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return Response(body.encode("utf-8"), media_type="application/json")
 
 
 def _as_json(recs: Sequence[Sequence[Recommendation]]) -> list[list[dict]]:

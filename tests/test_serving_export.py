@@ -99,6 +99,35 @@ def test_unknown_users_stop_the_job_unless_skipped(retriever, tmp_path):
     assert summary.skipped == ("nobody", "ghost") and read(path)["user"].to_list() == ["u4", "u4"]
 
 
+def test_no_known_user_left_writes_nothing(retriever, tmp_path):
+    """A users file of another dataset with skip_unknown blanked yesterday's file and exited 0."""
+    path = tmp_path / "r.csv"
+    path.write_text("yesterday\n")
+    with pytest.raises(UnknownUserError, match="none of the users is known; nothing was written"):
+        export_recommendations(retriever, path, ["ghost1", "ghost2"], k=2, skip_unknown=True)
+    assert path.read_text() == "yesterday\n" and [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+def test_large_batches_are_searched_in_parts(retriever, tmp_path, monkeypatch):
+    """FAISS's scores moved in the last bit from 2,000 rows a call on: each call stays at MAX_SEARCH_ROWS."""
+    import serving.export
+
+    monkeypatch.setattr(serving.export, "MAX_SEARCH_ROWS", 4)
+    sizes = []
+
+    class Counting:
+        user_ids, item_ids = retriever.user_ids, retriever.item_ids
+
+        def recommend_positions(self, users, k):
+            sizes.append(len(users))
+            return retriever.recommend_positions(users, k)
+
+    export_recommendations(Counting(), tmp_path / "a.parquet", k=K, batch_size=10)
+    export_recommendations(retriever, tmp_path / "b.parquet", k=K, batch_size=1)
+    assert max(sizes) == 4 and sum(sizes) == len(USER_IDS)
+    assert read(tmp_path / "a.parquet").equals(read(tmp_path / "b.parquet"))
+
+
 def test_an_interrupted_job_leaves_the_previous_file_whole(retriever, tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("user,item,score,rank\nold,file,1.0,1\n")
@@ -128,7 +157,10 @@ def test_bad_arguments_are_named(retriever, tmp_path):
         export_recommendations(retriever, tmp_path / "r.csv", batch_size=0)
     with pytest.raises(ValueError, match="k must be"):
         export_recommendations(retriever, tmp_path / "r.csv", k=0)
-    assert not list(tmp_path.iterdir())
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(ValueError, match=r"output file .*folder.csv is a folder"):
+        export_recommendations(retriever, tmp_path / "folder.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.csv"]
 
 
 def test_a_reranked_export_holds_the_reranking_retrievers_answers(served, tmp_path):  # noqa: F811
@@ -145,9 +177,14 @@ def test_user_id_files(tmp_path):
     good = tmp_path / "users.txt"
     good.write_bytes("\ufeffu1\n  u2 \n7\n\n".encode())  # a BOM, padding, a trailing blank line
     assert read_user_ids(good) == ["u1", "u2", "7"]
+    # lines end at \n (and \r\n) only: U+2028 or \x1c inside an id made two ids of it
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes("u1\u2028x\r\nu2\x1cy\n".encode())
+    assert read_user_ids(odd) == ["u1\u2028x", "u2\x1cy"]
     cases = {
         "u1\n\nu2\n": r"line 2: blank line",
         "u1\nu2\nu1\n": r"line 3: user 'u1' again \(first on line 1\)",
+        "u1\r\n\r\nu2\n": r"line 2: blank line",
         "": "is empty",
     }
     for text, message in cases.items():
@@ -218,6 +255,14 @@ def test_recommend_command_writes_every_users_list(tmp_path, capsys):
     assert main([*args, "--skip-unknown"]) == 0
     assert "1 unknown user(s) left out" in capsys.readouterr().out
     assert pl.read_csv(out)["user"].to_list() == ["u3", "u3", "u1", "u1"]
+    ghosts = tmp_path / "ghosts.txt"
+    ghosts.write_text("ghost1\nghost2\n")
+    before = out.read_bytes()
+    assert (
+        main(["recommend", "--run", runs["mf"], "--users", str(ghosts), "--out", str(out), "--skip-unknown"])
+        == 2
+    )
+    assert "no user of the file is a user of run" in capsys.readouterr().err and out.read_bytes() == before
     refused = {
         ("--all-users",): "--out FILE goes with --all-users",
         ("--user", "u1", "--out", str(out)): "for one --user, drop it",
