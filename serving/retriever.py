@@ -116,7 +116,9 @@ class Retriever:
                 ``exclude_seen=False`` to rank over all items deliberately.
 
         Returns:
-            B lists (in the order of ``user_ids``) of up to k :class:`Recommendation`, best first.
+            B lists (in the order of ``user_ids``) of up to k :class:`Recommendation`, best first. A call of
+            2,000 users or more may get scores a last bit apart from one-user calls (FAISS's batched exact
+            search, faiss 1.15.1), so near-equal items may swap; ``export_recommendations`` stays below.
 
         Raises:
             UnknownUserError (a KeyError): ids that are not in the index, all named.
