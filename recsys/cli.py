@@ -295,11 +295,7 @@ def _recommend_to_file(args) -> int:
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
     if (index_dir / "manifest.json").exists():
         recommender = Retriever.load(index_dir)
-        if recommender.index.run_id not in (None, args.run):
-            print(
-                f"error: index {index_dir} was built from run {recommender.index.run_id}, not from run {args.run}",
-                file=sys.stderr,
-            )
+        if _another_runs_index(index_dir, recommender.index.run_id, args.run):
             return 2
     else:
         run = load_run(args.run, uri=args.tracking_uri)
@@ -378,13 +374,7 @@ def cmd_recommend(args) -> int:
                 raise
             return _recommend_with_scorer(run, args.user, args.k, args.json)
     retriever = Retriever.load(index_dir)
-    built_by = retriever.index.run_id
-    if built_by is not None and built_by != args.run:
-        # Run A's sequence encoder against run B's item index would rank without any error, and wrongly.
-        print(
-            f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
-            file=sys.stderr,
-        )
+    if _another_runs_index(index_dir, retriever.index.run_id, args.run):
         return 2
     try:
         if args.sequence is not None:
@@ -417,6 +407,15 @@ def cmd_recommend(args) -> int:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _another_runs_index(index_dir: Path, built_by: str | None, run_id: str) -> bool:
+    """Whether the index at ``index_dir`` was built from another run than ``run_id`` (then an error line):
+    run A's encoder or re-ranker against run B's item index would rank without any error, and wrongly."""
+    if built_by is None or built_by == run_id:
+        return False
+    print(f"error: index {index_dir} was built from run {built_by}, not from run {run_id}", file=sys.stderr)
+    return True
 
 
 def _index_manifest(index_dir: Path) -> dict:
@@ -465,12 +464,8 @@ def cmd_serve(args) -> int:
         from recsys.pipeline import build_run_index, default_index_dir, load_run, sequence_query_encoder
 
         index_dir = index_dir or default_index_dir(args.run)
-        built_by = _index_manifest(index_dir).get("run_id")
-        if (
-            built_by is not None and built_by != args.run
-        ):  # before loading anything: the index is another run's
-            print(f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
-                  file=sys.stderr)  # fmt: skip
+        # checked before anything is loaded, and again on the loaded index below
+        if _another_runs_index(index_dir, _index_manifest(index_dir).get("run_id"), args.run):
             return 2
         run = None
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
@@ -492,13 +487,8 @@ def cmd_serve(args) -> int:
         sequence_encoder=encoder,
         nprobe=args.nprobe,
     )
-    built_by = app.state.retriever.index.run_id
-    if args.run is not None and built_by is not None and built_by != args.run:  # swapped in meanwhile
-        print(
-            f"error: index {index_dir} was built from run {built_by}, not from run {args.run}",
-            file=sys.stderr,
-        )
-        return 2
+    if args.run is not None and _another_runs_index(index_dir, app.state.retriever.index.run_id, args.run):
+        return 2  # swapped in meanwhile
     sequences = " and item sequences (the run's encoder)" if encoder is not None else ""
     where = (
         f"http://{args.host}:{args.port}" if args.port else f"a free port of {args.host} (uvicorn logs it)"
