@@ -129,8 +129,8 @@ def export_recommendations(
         path: the file to write, replaced atomically (parent folders are created).
         user_ids: the users, in the order to write them; None: every user the recommender knows.
         k: items per user (fewer when the user's unseen catalogue is shorter).
-        batch_size: users per call of ``recommend_positions``, at most :data:`MAX_SEARCH_ROWS` (a larger
-            batch is searched in parts of that size); memory grows with it.
+        batch_size: users written per step, searched in calls of at most :data:`MAX_SEARCH_ROWS`; memory
+            grows with it.
         skip_unknown: leave out ids the recommender does not know (listed in the summary) instead of raising
             :class:`~serving.UnknownUserError`.
 
