@@ -711,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--nprobe",
         type=_positive_int,
         metavar="N",
-        help="with --nlist: lists searched per query (default 16)",
+        help="with --nlist: lists searched per query (default 16, or N when N < 16)",
     )
     ix.set_defaults(func=cmd_index)
 

@@ -825,15 +825,21 @@ class ItemIndex:
 
     def _search_rows(self, q, k, exclude, need, pending, fetch, out_scores, out_pos) -> None:
         """Search rows ``pending`` (ascending int64) of ``q`` for ``fetch`` candidates each, into
-        ``out_scores``/``out_pos``; rows whose answer is not final yet (:func:`select_topk`) are asked again
-        with twice the candidates (and, in an inverted file whose probed lists ran out, twice the lists)."""
+        ``out_scores``/``out_pos``. A row whose answer is not final yet (:func:`select_topk`) is asked again
+        with twice the candidates; in an inverted file, a row whose probed lists ran out before it was filled
+        is asked again with twice the lists instead. Each row's lists are its own, so a row's answer does not
+        depend on the other rows of the batch."""
         n_rows, n_items = q.shape[0], self.n_items
         ivf = self.index_type == IVF_TYPE
         if ivf:
             import faiss
 
             nlist, probe = int(self._faiss.nlist), int(self._faiss.nprobe)
-        while pending.size:
+        else:
+            nlist = probe = 0
+        work = [(pending, fetch, probe)]  # (rows, candidates, lists to probe) still to search
+        while work:
+            pending, fetch, probe = work.pop()
             whole = pending.size == n_rows  # the first pass of a single block: nothing to slice
             rows = q if whole else q[pending]
             complete = fetch >= n_items
@@ -844,18 +850,23 @@ class ItemIndex:
                 dist, pos = self._faiss.search(rows, fetch)
             sub = exclude if exclude is None or whole else exclude.take(pending)
             done, s, p = select_topk(dist, pos, sub, need[pending], k, n_items, complete=complete)
+            more_lists = np.zeros(pending.size, dtype=bool)
             if ivf and not complete:
                 # FAISS returned every item of the probed lists (it padded with -1), so more candidates
                 # would be the same ones. A filled row is final (no tie at the cut is left unseen among the
-                # probed items); the others are searched again with twice the lists, up to all of them.
+                # probed items); the others need more lists (all of them at most), not more candidates.
                 ran_out = (pos < 0).any(axis=1)
-                done |= ran_out & ((p >= 0).sum(axis=1) >= need[pending])
-                if (ran_out & ~done).any():
-                    probe = min(2 * probe, nlist)
+                filled = (p >= 0).sum(axis=1) >= need[pending]
+                done |= ran_out & filled
+                if probe < nlist:
+                    more_lists = ran_out & ~done
             out_scores[pending[done]] = s[done]
             out_pos[pending[done]] = p[done]
-            pending = pending[~done]
-            fetch = min(2 * fetch, n_items)
+            if more_lists.any():
+                work.append((pending[more_lists], fetch, min(2 * probe, nlist)))
+            again = ~done & ~more_lists
+            if again.any():
+                work.append((pending[again], min(2 * fetch, n_items), probe))
 
 
 def _positions(table: dict[str, int], ids: Sequence[str], error) -> np.ndarray:
