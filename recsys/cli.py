@@ -106,6 +106,8 @@ def cmd_train(args) -> int:
 
     cfg = _load_cfg(args)
     res = train_experiment(cfg, resume=args.resume)
+    if res is None:  # a data-parallel process other than 0: process 0 reports
+        return 0
     tested = f"; {res.selection}" if res.selection else ""
     print(f"\ntest metrics ({cfg.name}, {cfg.model['name']}, {res.train_seconds:.1f} s{tested}):")
     print(format_metrics_table({cfg.model["name"]: res.test_metrics}, cfg.eval.ks))

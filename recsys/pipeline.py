@@ -178,17 +178,81 @@ def prepare_model(model: torch.nn.Module, dataset: Any) -> None:
         prepare_dataset(dataset)
 
 
-def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print) -> RunResult:
+def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print) -> RunResult | None:
     """Prepare the data, train, test and track one experiment. Returns the trained model and its metrics.
 
     ``resume``: continue from the checkpoint of this exact config (its run folder) when there is one, else
-    train from the start; either way it says which. Without it, the folder's checkpoint is deleted."""
-    with run_folder_lock(run_dir_for(cfg)):
-        return _train_experiment(cfg, resume=resume, echo=echo)
+    train from the start; either way it says which. Without it, the folder's checkpoint is deleted.
+
+    Started by ``torchrun`` with several processes (:mod:`recsys.distributed`), they train together: process 0
+    does everything above and returns the result, the others only train with it and return None."""
+    from recsys import distributed
+    from recsys.trainer import resolve_device
+
+    if distributed.launched_world_size() == 1:
+        with run_folder_lock(run_dir_for(cfg)):
+            return _train_experiment(cfg, resume=resume, echo=echo)
+    with distributed.process_group(resolve_device(cfg.device)) as (dp, device):
+        if dp.is_main:
+            return _train_experiment(cfg, resume=resume, echo=echo, dp=dp, device=device)
+        _train_with_process_0(cfg, resume=resume, dp=dp, device=device)
+        return None
 
 
-def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult:
-    from eval import evaluate_model
+def _train_with_process_0(cfg: ExperimentConfig, *, resume: bool, dp, device: torch.device) -> None:
+    """A data-parallel process other than 0: wait for process 0 to prepare the data and the run folder, then
+    train the same model on this process's share of the batches (no folder, no MLflow, no validation)."""
+    from features import prepare
+    from recsys.distributed import DataParallelSetupError
+    from recsys.models import build_model
+    from recsys.trainer import Trainer, seed_everything
+
+    failed = dp.broadcast(None)
+    if failed:
+        raise DataParallelSetupError(f"process 0 stopped before training: {failed}")
+    error, trainer, checkpoint = None, None, None
+    try:
+        dataset = prepare(cfg.data)  # process 0 has just prepared it: read from the cache
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, dataset.n_users, dataset.n_items)
+        prepare_model(model, dataset)
+        trainer = Trainer(model, dataset, cfg, run_dir_for(cfg), device=device)
+        checkpoint = trainer.read_checkpoint() if resume else None
+    except Exception as exc:  # told to every process before anyone trains, then raised here
+        error = f"process {dp.rank}: {type(exc).__name__}: {exc}"
+    errors = [e for e in dp.gather(error) if e]
+    if errors:
+        raise DataParallelSetupError("; ".join(errors))
+    assert trainer is not None
+    trainer.fit(resume=resume, checkpoint=checkpoint)
+
+
+@contextlib.contextmanager
+def _others_told_how_setup_went(dp) -> Iterator[None]:
+    """Process 0's setup (lock, data, run folder, checkpoint, MLflow run): the other processes wait for it and
+    learn whether it failed (and stop) or not (and start). Without ``dp`` it does nothing."""
+    try:
+        yield
+    except BaseException as exc:
+        if dp is not None:
+            dp.broadcast(f"{type(exc).__name__}: {exc}")
+        raise
+    if dp is not None:
+        dp.broadcast(None)
+
+
+def _train_experiment(
+    cfg: ExperimentConfig, *, resume: bool, echo, dp=None, device: torch.device | None = None
+) -> RunResult:
+    with contextlib.ExitStack() as stack:
+        with _others_told_how_setup_went(dp):
+            if dp is not None:
+                stack.enter_context(run_folder_lock(run_dir_for(cfg)))
+            trainer, checkpoint, tracker, resume_run_id, t_start = _set_up(cfg, resume, echo, dp, device)
+        return _run(cfg, trainer, checkpoint, tracker, resume_run_id, t_start, resume, dp)
+
+
+def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
     from features import prepare
     from recsys.models import build_model
     from recsys.trainer import Trainer, resolve_device, seed_everything
@@ -201,7 +265,7 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
         f"{dataset.manifest['counts']}" + (f"; dropped {dropped}" if dropped else "") + ")"
     )  # a temporal split may drop most of its test rows (users or items unseen in training): said here
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     model = build_model(cfg.model, dataset.n_users, dataset.n_items)
     prepare_model(model, dataset)
     run_dir = run_dir_for(cfg)
@@ -229,6 +293,8 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
                 else ""
             )
         )
+    if dp is not None:
+        echo(f"data-parallel: {dp.world_size} processes, each step {dp.world_size} batches (one each)")
 
     tc = cfg.tracking
     try:
@@ -249,9 +315,22 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
             f"note: continuing MLflow run {tracker.run_id} in its experiment {tracker.experiment!r}, not in "
             f"tracking.experiment {tc.experiment!r}: MLflow cannot move a run"
         )
+    return trainer, checkpoint, tracker, resume_run_id, t_start
+
+
+def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume_run_id, t_start, resume, dp):
+    from eval import evaluate_model
+
+    model, dataset, run_dir, device = trainer.model, trainer.dataset, trainer.run_dir, trainer.device
     with tracker:
+        if dp is not None:  # the other processes' own setup (a failure stops every one before training)
+            errors = [e for e in dp.gather(None) if e]
+            if errors:
+                from recsys.distributed import DataParallelSetupError
+
+                raise DataParallelSetupError("; ".join(errors))
         if tracker.run_id:
-            run_id_file.write_text(tracker.run_id)
+            (run_dir / "mlflow_run_id").write_text(tracker.run_id)
         if resume_run_id is None:
             tracker.log_params(cfg.to_dict())
             tracker.log_dict(cfg.to_dict(), "config.json")
@@ -263,6 +342,7 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
                     "dataset_root": str(dataset.root),
                     "model": cfg.model["name"],
                     "device": str(device),
+                    "data_parallel_processes": str(dp.world_size if dp is not None else 1),
                 }
             )
         trainer.tracker = tracker
@@ -287,7 +367,7 @@ def _train_experiment(cfg: ExperimentConfig, *, resume: bool, echo) -> RunResult
             tracker.log_figure(fig, "training_curve.png")
             plt.close(fig)
             tracker.log_dict({"history": state.history}, "history.json")
-        if tc.log_model:
+        if cfg.tracking.log_model:
             with tempfile.TemporaryDirectory() as tmp:
                 tracker.log_artifacts(
                     save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset), MODEL_ARTIFACT

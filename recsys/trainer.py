@@ -11,6 +11,10 @@ mid-way is replayed from its start with exactly the same batches; a run killed a
 where an uninterrupted run with the same seed ends (on CPU). A checkpoint written under another config
 fingerprint, or on other data (the dataset's manifest hash), is refused rather than resumed, and so is one
 whose zip records fail their CRC-32 (:func:`load_torch_file`).
+
+Data-parallel (several processes launched by ``torchrun``, :mod:`recsys.distributed`): each process takes
+its share of every epoch's batches and DDP averages the gradients; process 0 alone validates, writes the
+checkpoints and logs, and tells the others when early stopping fires.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import torch
 
+from recsys import distributed
 from recsys.atomic import atomic_write
 from recsys.config import ExperimentConfig
 from recsys.tracking import RunTracker
@@ -197,6 +202,8 @@ class Trainer:
         self.state = TrainState()
         self._clock: float | None = None  # when state.train_seconds was last brought up to date
         self.optimizer: torch.optim.Optimizer | None = None
+        self.dp = distributed.current()  # None unless launched by torchrun with several processes
+        self.is_main = self.dp is None or self.dp.is_main
         if self.tc.steps_per_epoch is not None and callable(getattr(model, "make_sampler", None)):
             raise ValueError(
                 f"train.steps_per_epoch: model {type(model).__name__} brings its own sampler, whose epoch is "
@@ -360,6 +367,7 @@ class Trainer:
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
         self._clock = time.perf_counter()  # this process's share of state.train_seconds starts here
+        step = self._data_parallel_step() if self.dp is not None else self.model.loss
 
         from tqdm.auto import tqdm
 
@@ -367,20 +375,27 @@ class Trainer:
             epoch = self.state.epoch
             t0 = time.perf_counter()  # the epoch's own preparation (e.g. ICSRec's clustering) counts too
             self._call_hooks("on_epoch_start", epoch)
+            if self.dp is not None and not self.dp.is_main:
+                # Dropout and other draws differ between processes, as their batches do. Process 0 keeps the
+                # single-process stream (its checkpoint's RNG state is what a resume restores); the others
+                # draw from (seed, rank, epoch), so that a resumed run replays them too.
+                seq = np.random.SeedSequence([self.cfg.seed, self.dp.rank, epoch])
+                torch.manual_seed(int(seq.generate_state(1)[0]))
             self.model.train()
             sums: dict[str, float] = {}
             n_batches = 0
             sampler = self._sampler(epoch)
+            batches, n_own = distributed.shard_batches(sampler, len(sampler), self.dp)
             bar = tqdm(
-                sampler,
-                total=len(sampler),
+                batches,
+                total=n_own,
                 desc=f"epoch {epoch + 1}",
                 leave=False,
-                disable=None if self.tc.progress else True,
+                disable=None if self.tc.progress and self.is_main else True,
             )
             for batch in bar:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                total, parts = self.model.loss(batch)
+                total, parts = step(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 self.optimizer.step()
@@ -393,23 +408,30 @@ class Trainer:
                     bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
                 if self.tc.max_steps is not None and self.state.step >= self.tc.max_steps:
                     break
+            if self.dp is not None:  # the epoch's mean losses over every process's batches
+                n_batches, sums = self._sum_over_processes(n_batches, sums)
             record: dict[str, float] = {f"train/{k}": v / max(n_batches, 1) for k, v in sums.items()}
             record["epoch_time_s"] = time.perf_counter() - t0
             self.state.epoch = epoch + 1
             if self.state.epoch % self.tc.eval_every == 0 or self._done():
-                t1 = time.perf_counter()
-                metrics = self.evaluate(self.monitor_split)
-                record.update({f"{self.monitor_split}/{k}": v for k, v in metrics.items()})
-                record["eval_time_s"] = time.perf_counter() - t1
-                self._track_best(metrics)
+                if self.is_main:
+                    t1 = time.perf_counter()
+                    metrics = self.evaluate(self.monitor_split)
+                    record.update({f"{self.monitor_split}/{k}": v for k, v in metrics.items()})
+                    record["eval_time_s"] = time.perf_counter() - t1
+                    self._track_best(metrics)
+                if self.dp is not None:  # every process stops when process 0's validation says so
+                    self.state.stopped_early = self.dp.broadcast(self.state.stopped_early)
             record["step"] = float(self.state.step)
             self.state.history.append({"epoch": float(self.state.epoch), **record})
             if self.state.epoch > logged_until:
                 self.tracker.log_metrics(record, step=self.state.epoch)
             self._call_hooks("on_epoch_end", epoch, record)
-            if self.state.epoch % self.tc.checkpoint_every == 0 or self._done():
+            if self.is_main and (self.state.epoch % self.tc.checkpoint_every == 0 or self._done()):
                 self.save_checkpoint()
         self.state.finished = True
+        if not self.is_main:  # process 0 keeps the checkpoint and tests the best weights
+            return self.state
         self.save_checkpoint()
         if self.monitor_split == "valid" and (self.run_dir / BEST).exists():
             # Test the weights that were best on validation, never a choice made on the test split.
@@ -423,6 +445,23 @@ class Trainer:
         # Training is over: whoever uses the model next (export, serving) gets it without dropout.
         self.model.eval()
         return self.state
+
+    def _data_parallel_step(self):
+        """The model's loss under DistributedDataParallel (which makes every process's weights process 0's
+        now, and averages the gradients of each backward pass over the processes)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        assert self.dp is not None
+        ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(distributed.LossModule(self.model), device_ids=ids)
+
+    def _sum_over_processes(self, n_batches: int, sums: dict[str, float]) -> tuple[int, dict[str, float]]:
+        assert self.dp is not None
+        names = sorted(sums)  # the same loss parts in every process (the same model)
+        totals = self.dp.sum_(
+            torch.tensor([float(n_batches), *(sums[k] for k in names)], dtype=torch.float64)
+        )
+        return int(totals[0]), {k: float(v) for k, v in zip(names, totals[1:].tolist(), strict=True)}
 
     def _done(self) -> bool:
         s, tc = self.state, self.tc

@@ -1,0 +1,102 @@
+"""Data-parallel training (``torchrun --nproc-per-node 2 recsys train``) against one process on the same cores.
+
+For ``--config``, ``recsys train`` runs ``--epochs`` epochs three ways, one after the other on a quiet
+machine: one process with one torch thread, one process with two threads, and two processes of one thread
+under torchrun (DDP over gloo, each step one batch per process, gradients averaged). The epoch times come from
+the run's checkpoint (``state.history``, measured by the trainer itself, without the validation); the
+monitored metrics of the last epoch (validation; test for a pre-split dataset without one) show what the
+fewer, larger steps of the data-parallel run cost or gain after the same number of epochs. MLflow is off;
+the data cache is shared (prepared by the first run).
+
+    .venv/bin/python bench/bench_data_parallel.py --config configs/beauty_sasrec.yaml --epochs 3 \\
+        --out bench/results/bench_data_parallel_beauty_sasrec.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._results import provenance, write_json  # noqa: E402
+
+MODES = {
+    "1 process x 1 thread": (1, 1),
+    "1 process x 2 threads": (1, 2),
+    "2 processes x 1 thread (torchrun, DDP)": (2, 1),
+}
+
+
+def run_mode(config: Path, home: Path, processes: int, threads: int, epochs: int) -> dict:
+    import torch
+
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    overrides = [
+        f"train.epochs={epochs}",
+        f"train.eval_every={epochs}",
+        f"train.num_threads={threads}",
+        "train.progress=false",
+        "tracking.enabled=false",
+    ]
+    cmd = [recsys, "train", "-c", str(config), *overrides]
+    if processes > 1:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        cmd = [torchrun, "--standalone", f"--nproc-per-node={processes}", *cmd]
+    env = {**os.environ, "RECSYS_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    (ckpt_path,) = (home / "runs").glob("*/checkpoint.pt")
+    state = torch.load(ckpt_path, weights_only=False)["state"]
+    history = state["history"]
+    last = history[-1]
+    # the trainer's monitored split: validation, or test for a pre-split dataset without one (Gowalla)
+    split = "valid" if any(k.startswith("valid/") for k in last) else "test"
+    metrics = {k.removeprefix(f"{split}/"): v for k, v in last.items() if k.startswith(f"{split}/")}
+    times = [h["epoch_time_s"] for h in history]
+    ckpt_path.unlink()  # the next mode trains afresh
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "epoch_seconds": times,
+        "median_epoch_seconds": statistics.median(times),
+        "steps": state["step"],
+        "monitored_split": split,
+        "metrics_last_epoch": metrics,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (processes, threads) in MODES.items():
+            res = run_mode(args.config.resolve(), Path(tmp), processes, threads, args.epochs)
+            results[name] = res
+            shown = {k: round(v, 4) for k, v in res["metrics_last_epoch"].items() if k.startswith("ndcg")}
+            print(
+                f"{name}: {res['median_epoch_seconds']:.1f} s per epoch (median of {args.epochs}), "
+                f"{res['steps']} steps, {res['monitored_split']} {shown}",
+                flush=True,
+            )
+    base = results["1 process x 1 thread"]["median_epoch_seconds"]
+    for res in results.values():
+        res["speedup_vs_1x1"] = base / res["median_epoch_seconds"]
+    write_json(
+        args.out, {**provenance(), "config": str(args.config), "epochs": args.epochs, "results": results}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Data-parallel training (``torchrun ... recsys train``): each process takes its own batches, DDP averages the
+gradients, and process 0 alone validates, checkpoints and reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from recsys import distributed
+from recsys.distributed import DataParallel, shard_batches
+from recsys.trainer import CHECKPOINT, seed_everything
+from tests.test_trainer import build, make_cfg, write_synthetic_interactions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_each_process_takes_every_nth_batch_and_all_take_as_many():
+    shares = [list(shard_batches(iter(range(10)), 10, DataParallel(r, 3))[0]) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # batch 9 would leave one process a step alone
+    assert shard_batches(iter(range(10)), 10, DataParallel(0, 3))[1] == 3
+    alone, count = shard_batches(range(10), 10, None)
+    assert list(alone) == list(range(10)) and count == 10
+    with pytest.raises(ValueError, match="an epoch has 2 batch\\(es\\), fewer than the 3 training processes"):
+        shard_batches(iter(range(2)), 2, DataParallel(1, 3))
+
+
+def test_world_size_from_the_environment(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.launched_world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE: expected an integer, got 'two'"):
+        distributed.launched_world_size()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="RANK, MASTER_ADDR, MASTER_PORT not set: start data-parallel"):
+        with distributed.process_group(torch.device("cpu")):
+            pass
+
+
+def _torchrun() -> str:
+    beside = Path(sys.executable).with_name("torchrun")
+    found = str(beside) if beside.exists() else shutil.which("torchrun")
+    if found is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    return found
+
+
+def test_two_processes_train_as_one_with_averaged_gradients(tmp_path):
+    """``torchrun --nproc-per-node 2 recsys train``: the final weights equal a single process that steps on
+    the mean loss of batches (0, 1), (2, 3), ... of every epoch (what averaging two processes' gradients
+    is); the test metrics are printed once."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=3)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    cmd = [
+        _torchrun(),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "recsys.cli",
+        "train",
+        "-c",
+        "cfg.yaml",
+    ]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stdout.count("test metrics (synthetic, mf_bpr") == 1
+    assert "data-parallel: 2 processes" in out.stdout
+    (run_dir,) = (tmp_path / "home" / "runs").glob("synthetic-*")
+    trained = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    assert trained["state"]["epoch"] == 3
+
+    # the same model and batches in one process, stepping on the mean loss of consecutive pairs
+    trainer = build(raw, tmp_path / "reference")
+    seed_everything(trainer.cfg.seed)
+    trainer._train_csr = trainer.dataset.matrix("train")
+    optimizer = trainer._make_optimizer()
+    steps = 0
+    for epoch in range(3):
+        batches = list(trainer._sampler(epoch))
+        for first, second in zip(batches[0::2], batches[1::2], strict=False):
+            loss = (trainer.model.loss(first)[0] + trainer.model.loss(second)[0]) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    assert trained["state"]["step"] == steps
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(trained["model"][name], value, rtol=1e-5, atol=1e-6)
+    # and not what one process stepping on every batch gives (the check can fail)
+    alone = build(raw, tmp_path / "alone")
+    alone.fit()
+    assert not torch.allclose(
+        alone.model.state_dict()["user_emb.weight"], trained["model"]["user_emb.weight"]
+    )
+
+
+def test_a_failed_setup_stops_every_process_with_the_reason(tmp_path, monkeypatch):
+    """Process 0 cannot take the run folder (another training holds it): both processes stop with one
+    ``error:`` line naming the reason, before anything trains."""
+    from recsys.config import validate_config
+    from recsys.pipeline import run_dir_for, run_folder_lock
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=3)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    run_dir = run_dir_for(validate_config(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [
+        _torchrun(),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "recsys.cli",
+        "train",
+        "-c",
+        "cfg.yaml",
+    ]
+    with run_folder_lock(run_dir):
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    busy = "another training of this config is running"
+    assert out.stderr.count(f"error: {run_dir}: {busy}") == 1, out.stderr[-3000:]  # process 0
+    assert (
+        out.stderr.count(f"error: process 0 stopped before training: RunFolderBusy: {run_dir}: {busy}") == 1
+    )
+    assert not (run_dir / CHECKPOINT).exists()
