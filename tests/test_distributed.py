@@ -53,26 +53,20 @@ def _torchrun() -> str:
     return found
 
 
+def _train_in_two_processes(tmp_path: Path, raw: dict) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 recsys train`` of config ``raw``, with ``RECSYS_HOME=tmp_path/home``."""
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    cmd = [_torchrun(), "--standalone", "--nproc-per-node=2", "-m", "recsys.cli", "train", "-c", "cfg.yaml"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_two_processes_train_as_one_with_averaged_gradients(tmp_path):
     """``torchrun --nproc-per-node 2 recsys train``: the final weights equal a single process that steps on
     the mean loss of batches (0, 1), (2, 3), ... of every epoch (what averaging two processes' gradients
     is); the test metrics are printed once."""
-    csv = write_synthetic_interactions(tmp_path / "x.csv")
-    raw = make_cfg(csv, epochs=3)
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
-    cmd = [
-        _torchrun(),
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "recsys.cli",
-        "train",
-        "-c",
-        "cfg.yaml",
-    ]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=3)
+    out = _train_in_two_processes(tmp_path, raw)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert out.stdout.count("test metrics (synthetic, mf_bpr") == 1
     assert "data-parallel: 2 processes" in out.stdout
@@ -111,25 +105,11 @@ def test_a_failed_setup_stops_every_process_with_the_reason(tmp_path, monkeypatc
     from recsys.config import validate_config
     from recsys.pipeline import run_dir_for, run_folder_lock
 
-    csv = write_synthetic_interactions(tmp_path / "x.csv")
-    raw = make_cfg(csv, epochs=3)
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=3)
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))  # where the two processes will look
     run_dir = run_dir_for(validate_config(raw))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [
-        _torchrun(),
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "recsys.cli",
-        "train",
-        "-c",
-        "cfg.yaml",
-    ]
     with run_folder_lock(run_dir):
-        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        out = _train_in_two_processes(tmp_path, raw)
     assert out.returncode != 0
     busy = "another training of this config is running"
     assert out.stderr.count(f"error: {run_dir}: {busy}") == 1, out.stderr[-3000:]  # process 0
