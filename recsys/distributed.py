@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 
-class DataParallelSetupError(ValueError):
-    """A process of a data-parallel training failed before training began (so every process stops)."""
+class DataParallelError(ValueError):
+    """A process of a data-parallel training stopped: before training (then every process stops with the
+    reason) or during it (then the others lose their connection)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class DataParallel:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the processes, in place."""

@@ -194,22 +194,24 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
             return _train_experiment(cfg, resume=resume, echo=echo)
     with distributed.process_group(resolve_device(cfg.device)) as (dp, device):
         if dp.is_main:
-            return _train_experiment(cfg, resume=resume, echo=echo, dp=dp, device=device)
-        _train_with_process_0(cfg, resume=resume, dp=dp, device=device)
-        return None
+            result = _train_experiment(cfg, resume=resume, echo=echo, dp=dp, device=device)
+        else:
+            result = _train_with_process_0(cfg, resume=resume, dp=dp, device=device)
+        dp.barrier()  # the others leave the group only after process 0 has tested and logged
+        return result
 
 
 def _train_with_process_0(cfg: ExperimentConfig, *, resume: bool, dp, device: torch.device) -> None:
     """A data-parallel process other than 0: wait for process 0 to prepare the data and the run folder, then
     train the same model on this process's share of the batches (no folder, no MLflow, no validation)."""
     from features import prepare
-    from recsys.distributed import DataParallelSetupError
+    from recsys.distributed import DataParallelError
     from recsys.models import build_model
     from recsys.trainer import Trainer, seed_everything
 
     failed = dp.broadcast(None)
     if failed:
-        raise DataParallelSetupError(f"process 0 stopped before training: {failed}")
+        raise DataParallelError(f"process 0 stopped before training: {failed}")
     error, trainer, checkpoint = None, None, None
     try:
         dataset = prepare(cfg.data)  # process 0 has just prepared it: read from the cache
@@ -222,9 +224,16 @@ def _train_with_process_0(cfg: ExperimentConfig, *, resume: bool, dp, device: to
         error = f"process {dp.rank}: {type(exc).__name__}: {exc}"
     errors = [e for e in dp.gather(error) if e]
     if errors:
-        raise DataParallelSetupError("; ".join(errors))
+        raise DataParallelError("; ".join(errors))
     assert trainer is not None
-    trainer.fit(resume=resume, checkpoint=checkpoint)
+    try:
+        trainer.fit(resume=resume, checkpoint=checkpoint)
+    except RuntimeError as exc:  # above all a lost connection: process 0 stopped (its own error says why)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataParallelError(
+            f"process {dp.rank} stopped during training: {first} (when another process stopped first, its "
+            "own error line says why)"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -293,7 +302,7 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
                 else ""
             )
         )
-    if dp is not None:
+    if dp is not None and getattr(model, "trainable", True):  # closed-form models are fitted, not stepped
         echo(f"data-parallel: {dp.world_size} processes, each step {dp.world_size} batches (one each)")
 
     tc = cfg.tracking
@@ -326,9 +335,9 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
         if dp is not None:  # the other processes' own setup (a failure stops every one before training)
             errors = [e for e in dp.gather(None) if e]
             if errors:
-                from recsys.distributed import DataParallelSetupError
+                from recsys.distributed import DataParallelError
 
-                raise DataParallelSetupError("; ".join(errors))
+                raise DataParallelError("; ".join(errors))
         if tracker.run_id:
             (run_dir / "mlflow_run_id").write_text(tracker.run_id)
         if resume_run_id is None:

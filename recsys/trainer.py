@@ -282,6 +282,9 @@ class Trainer:
                 "python": random.getstate(),
             },
             "fingerprint": self.cfg.fingerprint(),
+            # A step is one batch per process: a run resumed with another number of processes would change
+            # what its steps (and train.max_steps) mean half-way.
+            "processes": self.dp.world_size if self.dp is not None else 1,
             # The config names the data files, not their content: this tells a resume that they changed.
             "dataset_manifest_hash": getattr(self.dataset, "manifest_hash", None),
         }
@@ -312,6 +315,14 @@ class Trainer:
             raise ValueError(
                 f"{path}: checkpoint was written by a different config "
                 f"({ckpt.get('fingerprint')} != {self.cfg.fingerprint()}); remove it or use another run folder"
+            )
+        processes = self.dp.world_size if self.dp is not None else 1
+        saved_processes = ckpt.get("processes", 1)  # checkpoints older than the key were single-process
+        if saved_processes != processes:
+            raise ValueError(
+                f"{path}: checkpoint was trained by {saved_processes} data-parallel process(es), this run has "
+                f"{processes}: resume it with as many (torchrun --nproc-per-node {saved_processes}; 1 is "
+                "without torchrun), or remove it to train afresh"
             )
         saved, current = ckpt.get("dataset_manifest_hash"), getattr(self.dataset, "manifest_hash", None)
         # Checkpoints written before the hash was stored hold none; they resume as before.
@@ -453,14 +464,18 @@ class Trainer:
 
         assert self.dp is not None
         ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(distributed.LossModule(self.model), device_ids=ids)
+        # Some models hold parameters that no loss reaches (the two-tower query tower's default vectors, or a
+        # loss switched off by an ablation): without a word DDP refuses the second step. static_graph: the same
+        # parameters are used in every step of our models, so DDP finds the unused ones in the first step
+        # (find_unused_parameters would search every step, and warn for models that have none).
+        return DistributedDataParallel(distributed.LossModule(self.model), device_ids=ids, static_graph=True)
 
     def _sum_over_processes(self, n_batches: int, sums: dict[str, float]) -> tuple[int, dict[str, float]]:
         assert self.dp is not None
         names = sorted(sums)  # the same loss parts in every process (the same model)
-        totals = self.dp.sum_(
-            torch.tensor([float(n_batches), *(sums[k] for k in names)], dtype=torch.float64)
-        )
+        # on the training device: NCCL reduces CUDA tensors only
+        values = [float(n_batches), *(sums[k] for k in names)]
+        totals = self.dp.sum_(torch.tensor(values, dtype=torch.float64, device=self.device)).cpu()
         return int(totals[0]), {k: float(v) for k, v in zip(names, totals[1:].tolist(), strict=True)}
 
     def _done(self) -> bool:

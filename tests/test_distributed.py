@@ -58,7 +58,22 @@ def _train_in_two_processes(tmp_path: Path, raw: dict) -> subprocess.CompletedPr
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
     cmd = [_torchrun(), "--standalone", "--nproc-per-node=2", "-m", "recsys.cli", "train", "-c", "cfg.yaml"]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as fo, err.open("w") as fe:  # files, not pipes: a hung worker would hold a pipe open
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=fo, stderr=fe, text=True)
+        try:
+            proc.wait(timeout=180)  # about 8 s on 2 cores
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # torchrun passes SIGTERM on to its workers, then kills them
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            pytest.fail(
+                f"the processes did not finish in 180 s (waiting for each other?):\n{err.read_text()[-3000:]}"
+            )
+    stdout, stderr = out.read_text(), err.read_text()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def test_two_processes_train_as_one_with_averaged_gradients(tmp_path):
@@ -117,3 +132,51 @@ def test_a_failed_setup_stops_every_process_with_the_reason(tmp_path, monkeypatc
         out.stderr.count(f"error: process 0 stopped before training: RunFolderBusy: {run_dir}: {busy}") == 1
     )
     assert not (run_dir / CHECKPOINT).exists()
+
+
+def test_early_stopping_stops_every_process(tmp_path):
+    """Process 0's validation stops the training; the other process learns it (or it would wait in the next
+    step for a partner that never comes, and the run would fail)."""
+    raw = make_cfg(
+        write_synthetic_interactions(tmp_path / "x.csv"),
+        epochs=40,
+        lr=0.2,
+        early_stopping={"metric": "ndcg@10", "patience": 2},
+    )
+    out = _train_in_two_processes(tmp_path, raw)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "home" / "runs").glob("synthetic-*")
+    state = torch.load(run_dir / CHECKPOINT, weights_only=False)["state"]
+    assert state["stopped_early"] and state["epoch"] < 40
+    assert f"weights of epoch {state['best_epoch']} of {state['epoch']}" in out.stdout
+
+
+def test_a_model_with_parameters_no_loss_reaches_trains(tmp_path):
+    """The two-tower model's query-side default vectors get no gradient: DDP is told to look for such
+    parameters (without it the second step fails on every process)."""
+    from tests.test_two_tower import cfg, write_category_data
+
+    raw = cfg(write_category_data(tmp_path / "d", n_users=200))
+    raw["train"]["epochs"] = 2
+    out = _train_in_two_processes(tmp_path, raw)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stdout.count("test metrics (cat-two-tower, two_tower") == 1
+
+
+def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
+    """A step is one batch per process, so a checkpoint names its process count and a resume with another
+    count is refused (here: a one-process checkpoint relabelled as a two-process one)."""
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=1)
+    trainer = build(raw, tmp_path / "run")
+    trainer.fit()
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert ckpt["processes"] == 1
+    ckpt["processes"] = 2
+    torch.save(ckpt, tmp_path / "run" / CHECKPOINT)
+    with pytest.raises(
+        ValueError, match="trained by 2 data-parallel process\\(es\\), this run has 1: resume"
+    ):
+        build(raw, tmp_path / "run").read_checkpoint()
+    del ckpt["processes"]  # written before the key existed: a single-process run
+    torch.save(ckpt, tmp_path / "run" / CHECKPOINT)
+    assert build(raw, tmp_path / "run").read_checkpoint() is not None
