@@ -465,8 +465,8 @@ class Trainer:
         assert self.dp is not None
         ids = [self.device] if self.device.type == "cuda" else None
         # Some models hold parameters that no loss reaches (the two-tower query tower's default vectors, or a
-        # loss switched off by an ablation): without a word DDP refuses the second step. static_graph: the same
-        # parameters are used in every step of our models, so DDP finds the unused ones in the first step
+        # loss switched off by an ablation), and plain DDP refuses the second step of such a model. Our models
+        # use the same parameters in every step, so static_graph lets DDP find the unused ones in the first
         # (find_unused_parameters would search every step, and warn for models that have none).
         return DistributedDataParallel(distributed.LossModule(self.model), device_ids=ids, static_graph=True)
 
