@@ -49,13 +49,15 @@ class DataParallel:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, value: Any) -> list[Any]:
-        """Every process's ``value``, in rank order, in every process."""
+    def raise_if_any_failed(self, error: str | None) -> None:
+        """Tell every process this one's setup ``error`` (None: it went well) and learn theirs; any error
+        stops every process with a :class:`DataParallelError` that names them all."""
         import torch.distributed as dist
 
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
-        return out
+        errors: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(errors, error)
+        if any(errors):
+            raise DataParallelError("; ".join(e for e in errors if e))
 
     def barrier(self) -> None:
         import torch.distributed as dist

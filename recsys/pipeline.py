@@ -222,9 +222,7 @@ def _train_with_process_0(cfg: ExperimentConfig, *, resume: bool, dp, device: to
         checkpoint = trainer.read_checkpoint() if resume else None
     except Exception as exc:  # told to every process before anyone trains, then raised here
         error = f"process {dp.rank}: {type(exc).__name__}: {exc}"
-    errors = [e for e in dp.gather(error) if e]
-    if errors:
-        raise DataParallelError("; ".join(errors))
+    dp.raise_if_any_failed(error)
     assert trainer is not None
     try:
         trainer.fit(resume=resume, checkpoint=checkpoint)
@@ -333,11 +331,7 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
     model, dataset, run_dir, device = trainer.model, trainer.dataset, trainer.run_dir, trainer.device
     with tracker:
         if dp is not None:  # the other processes' own setup (a failure stops every one before training)
-            errors = [e for e in dp.gather(None) if e]
-            if errors:
-                from recsys.distributed import DataParallelError
-
-                raise DataParallelError("; ".join(errors))
+            dp.raise_if_any_failed(None)
         if tracker.run_id:
             (run_dir / "mlflow_run_id").write_text(tracker.run_id)
         if resume_run_id is None:
