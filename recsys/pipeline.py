@@ -36,6 +36,10 @@ class RunResult:
     selection: str | None = None
     """Which weights were tested, when validation chose them: "weights of epoch 5 of 40, best valid ndcg@20
     0.4430"."""
+    best_epoch: int = -1
+    """The epoch whose weights were tested when validation chose them (-1: the last epoch's)."""
+    best_valid: float | None = None
+    """The monitored validation metric of those weights."""
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
@@ -382,7 +386,17 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
             f"{state.best_metric:.4f}"
         )
     return RunResult(
-        tracker.run_id, cfg, dataset, model, test_metrics, state.history, run_dir, train_seconds, selection
+        tracker.run_id,
+        cfg,
+        dataset,
+        model,
+        test_metrics,
+        state.history,
+        run_dir,
+        train_seconds,
+        selection,
+        state.best_epoch,
+        state.best_metric if state.best_epoch >= 0 else None,
     )
 
 

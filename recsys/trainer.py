@@ -1,8 +1,10 @@
 """One trainer for every model.
 
 The :class:`Trainer` owns the optimiser and the loop; models own only their loss (``loss(batch)``) and may
-plug model-specific work in through hooks (``on_epoch_start`` / ``on_epoch_end`` methods on the model, or
-:class:`Hook` objects), e.g. re-clustering intents each epoch.
+plug model-specific work in through hooks (``on_epoch_start`` / ``on_step_end`` / ``on_epoch_end`` methods on
+the model, or :class:`Hook` objects), e.g. re-clustering intents each epoch, or a search step on a validation
+batch after each training step (DNIS).  A model whose validations may not yet pick the weights to keep (DNIS
+before its search ends) says so with a ``selection_open`` attribute that is False.
 
 Exact resume: a checkpoint is written atomically (temp file, then ``os.replace``) at the end of every
 ``checkpoint_every`` epochs and holds the model, the optimiser, the trainer state and every RNG state.  The
@@ -45,6 +47,7 @@ class Hook(Protocol):
     """Optional callbacks; every method is optional."""
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, float]) -> None: ...
 
 
@@ -379,6 +382,7 @@ class Trainer:
             self.state = TrainState()
         self._clock = time.perf_counter()  # this process's share of state.train_seconds starts here
         step = self._data_parallel_step() if self.dp is not None else self.model.loss
+        step_hooks = [h for h in self.hooks if callable(getattr(h, "on_step_end", None))]
 
         from tqdm.auto import tqdm
 
@@ -411,6 +415,8 @@ class Trainer:
                 total.backward()
                 self.optimizer.step()
                 self.state.step += 1
+                for hook in step_hooks:
+                    hook.on_step_end(self)
                 n_batches += 1
                 sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
                 for name, value in parts.items():
@@ -495,7 +501,7 @@ class Trainer:
         return es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
 
     def _track_best(self, metrics: dict[str, float]) -> None:
-        if self.monitor_split != "valid":
+        if self.monitor_split != "valid" or not getattr(self.model, "selection_open", True):
             return
         es, key = self.tc.early_stopping, self.monitored_metric
         if key not in metrics:

@@ -11,6 +11,7 @@ from typing import Any
 
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
 from recsys.models.dccf import DCCF, DCCFConfig
+from recsys.models.dnis import DNIS, DNISConfig
 from recsys.models.icsrec import ICSRec, ICSRecConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "sasrec": SASRec,
     "dccf": DCCF,
     "icsrec": ICSRec,
+    "dnis": DNIS,
     "two_tower": TwoTower,
 }
 
@@ -52,6 +54,8 @@ __all__ = [
     "REGISTRY",
     "DCCF",
     "DCCFConfig",
+    "DNIS",
+    "DNISConfig",
     "ICSRec",
     "ICSRecConfig",
     "LightGCN",

@@ -135,8 +135,8 @@ class DCCF(PropagatedEmbeddings, Recommender):
     def __init__(self, n_users: int, n_items: int, config: DCCFConfig) -> None:
         super().__init__(n_users, n_items, config)
         emb = {"init": config.init, "init_std": config.init_std}
-        self.user_emb = IdEmbedding(n_users, config.dim, **emb)
-        self.item_emb = IdEmbedding(n_items, config.dim, **emb)
+        self.user_emb = IdEmbedding(n_users, config.dim, ids="users", **emb)
+        self.item_emb = IdEmbedding(n_items, config.dim, ids="items", **emb)
         if config.disentangle:
             self.user_intent = nn.Parameter(torch.empty(config.dim, config.intents))
             self.item_intent = nn.Parameter(torch.empty(config.dim, config.intents))

@@ -53,8 +53,8 @@ class MFBPR(Recommender):
 
     def __init__(self, n_users: int, n_items: int, config: MFBPRConfig) -> None:
         super().__init__(n_users, n_items, config)
-        self.user_emb = IdEmbedding(n_users, config.dim, init="normal", init_std=config.init_std)
-        self.item_emb = IdEmbedding(n_items, config.dim, init="normal", init_std=config.init_std)
+        self.user_emb = IdEmbedding(n_users, config.dim, init="normal", init_std=config.init_std, ids="users")
+        self.item_emb = IdEmbedding(n_items, config.dim, init="normal", init_std=config.init_std, ids="items")
 
     def reset_parameters(self) -> None:
         self.user_emb.reset_parameters()

@@ -1,0 +1,358 @@
+r"""DNIS: differentiable search of embedding dimensions, around any model trained on BPR triples.
+
+Weiyu Cheng, Yanyan Shen, Linpeng Huang. "Differentiable Neural Input Search for Recommender Systems."
+arXiv:2006.04466, 2020 (official code: SJTU-DMTai/AutoSrh, ``Dnis`` in ``model/nas.py`` and ``main_nas.py``).
+
+A soft selection layer scales every dimension of every id's embedding by a learned weight in [0, 1].  Ids are
+ranked by how often they occur in the training interactions (users and items together, most frequent first)
+and cut into *feature blocks* (by default ten blocks of 10% of the ids each); the dimensions are cut into
+*dimension blocks* (by default one per dimension).  One weight :math:`\alpha_{bj}` per (feature block b,
+dimension block j) scales dimension block j of every id in block b:
+
+.. math::
+    \hat e_x = e_x \odot \alpha_{b(x)} \quad (\alpha_{b(x)} \text{ repeated over each block's dimensions}).
+
+The wrapped model computes everything from :math:`\hat e` (its tables go through
+:class:`recsys.embedding.IdEmbedding`, which applies the scale), so the search needs no knowledge of the model.
+
+Training has three phases, counted in epochs:
+
+1. *warm start* (``warm_start_epochs``): :math:`\alpha = 1`, the wrapped model trains as it would alone;
+2. *search* (``search_epochs``): after every training step on a training batch, one step of :math:`\alpha`
+   on a batch of the validation split, first-order (the gradient of the validation loss at the current
+   weights, as the official code's default), by SGD with ``lr_alpha``; the gradient gets an L1 term
+   ``l1 * sum|alpha|`` and is divided, per feature block, by its mean absolute value (the official code's
+   ``alpha_grad_norm``, which keeps the rare ids' blocks from learning far slower than the frequent ones);
+   :math:`\alpha` is clipped to [0, 1];
+3. *tuning* (the remaining epochs): the smallest ``1 - keep`` share of the scaled embedding entries
+   :math:`|\hat e_{xd}|` over all tables together are pruned (set to zero for good), :math:`\alpha` is frozen,
+   and the weights train on.  Only this phase's validations take part in model selection and early stopping
+   (a search-phase model is not the one that would be served).
+
+The validation loss that :math:`\alpha` descends is the wrapped model's ``bpr`` part (its prediction loss,
+without weight regularisation) on triples (user, validation item, item the user has neither in training nor in
+validation).  The kept share counts embedding entries: ``kept_fraction`` is the fraction of the tables'
+``U*d + I*d`` numbers that are not pruned, the memory a sparse or mixed-dimension table of the result needs.
+
+Where this differs from the official code (docs/dnis.md): frequencies are counted on the training split only
+(the code counts the whole data set, test included); the search continues from the last warm-start epoch
+rather than from the best one on validation; pruning is part of training and is followed by tuning epochs
+with early stopping (the code prunes in a notebook, with optional retraining).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from recsys.embedding import IdEmbedding
+from recsys.models.base import ModelConfig, Recommender
+
+# Models whose loss reports a ``bpr`` part on BPR triples and that use the trainer's BPR sampler.
+SEARCHABLE = ("mf_bpr", "lightgcn", "dccf")
+# Salt of the validation batches' generator, so that they are not the training sampler's draws.
+_VALID_STREAM = 0xD215
+
+
+class DNISConfig(ModelConfig):
+    """DNIS hyper-parameters (the official code's CF defaults where it has them)."""
+
+    name: Literal["dnis"] = "dnis"
+    """Registry key."""
+    base: dict[str, Any] = Field(default_factory=lambda: {"name": "mf_bpr"}, validate_default=True)
+    """The wrapped model's config (``name`` one of mf_bpr, lightgcn, dccf), validated as that model's."""
+    feature_blocks: list[float] = Field(default_factory=lambda: [0.1] * 10)
+    """Shares of the ids in each feature block, most frequent ids first; they must sum to 1."""
+    dim_blocks: int | None = Field(None, ge=1)
+    """Number of dimension blocks; ``None``: one per dimension (the official code's 64 for d = 64)."""
+    warm_start_epochs: int = Field(20, ge=0)
+    """Epochs with alpha = 1 before the search."""
+    search_epochs: int = Field(20, ge=1)
+    """Epochs in which alpha is learned on validation batches."""
+    lr_alpha: float = Field(0.01, gt=0)
+    """SGD learning rate of alpha."""
+    l1: float = Field(1e-5, ge=0)
+    """Weight of ``sum |alpha|`` in alpha's objective."""
+    normalize_alpha_grad: bool = True
+    """Divide alpha's gradient, per feature block, by its mean absolute value."""
+    keep: float = Field(1.0, gt=0, le=1)
+    """Share of the embedding entries kept when the search ends (1: prune nothing)."""
+
+    @field_validator("base")
+    @classmethod
+    def _valid_base(cls, base: dict[str, Any]) -> dict[str, Any]:
+        from recsys.models import REGISTRY
+
+        name = base.get("name") if isinstance(base, dict) else None
+        if name not in SEARCHABLE:
+            raise ValueError(
+                f"name must be one of {', '.join(SEARCHABLE)} (models trained on BPR triples whose loss has a "
+                f"'bpr' part), got {name!r}"
+            )
+        # Resolved with its defaults, so that the run's config records every value the wrapped model used.
+        return REGISTRY[name].config_cls.model_validate(base).model_dump(mode="json")
+
+    @field_validator("feature_blocks")
+    @classmethod
+    def _valid_shares(cls, shares: list[float]) -> list[float]:
+        if not shares or any(not 0 < s <= 1 for s in shares):
+            raise ValueError(f"every share must be in (0, 1], got {shares}")
+        if abs(sum(shares) - 1) > 1e-6:
+            raise ValueError(f"the shares must sum to 1, got {sum(shares):.6g}")
+        return shares
+
+    @model_validator(mode="after")
+    def _dim_blocks_fit(self) -> DNISConfig:
+        dim = self.base.get("dim")
+        if self.dim_blocks is not None and isinstance(dim, int) and self.dim_blocks > dim:
+            raise ValueError(f"dim_blocks ({self.dim_blocks}) cannot exceed the wrapped model's dim ({dim})")
+        return self
+
+
+def block_sizes(total: int, shares: list[float]) -> list[int]:
+    """Split ``total`` ids into blocks of ``floor(share * total)``, the last taking the rest (as the official
+    code does): ``block_sizes(10, [0.25, 0.75]) == [2, 8]``."""
+    sizes = [int(s * total) for s in shares]
+    sizes[-1] += total - sum(sizes)
+    return sizes
+
+
+def rank_blocks(counts: np.ndarray, shares: list[float]) -> np.ndarray:
+    """Feature block of each id: ids sorted by ``counts`` descending (ties: in index order), cut by ``shares``.
+
+    Args:
+        counts: ``[N]`` occurrences of each id.
+        shares: the feature blocks' shares of the ids.
+
+    Returns:
+        ``int64[N]``: block index of each id, 0 for the most frequent ids.
+    """
+    order = np.argsort(-counts, kind="stable")
+    blocks = np.empty(len(counts), dtype=np.int64)
+    blocks[order] = np.repeat(np.arange(len(shares)), block_sizes(len(counts), shares))
+    return blocks
+
+
+class DNIS(Recommender):
+    """A model wrapped with DNIS's soft selection layer (see the module docstring).
+
+    Args:
+        n_users: number of users U.
+        n_items: number of items I.
+        config: :class:`DNISConfig`.
+
+    Attributes:
+        base: the wrapped model; its ``IdEmbedding`` tables for users and items are scaled.
+        alpha: buffer ``[F, J]``, the soft selection weights (F feature blocks, J dimension blocks).
+        pruned: buffer ``bool[]``, whether the pruning at the end of the search has happened.
+    """
+
+    config_cls = DNISConfig
+    config: DNISConfig
+
+    def __init__(self, n_users: int, n_items: int, config: DNISConfig) -> None:
+        super().__init__(n_users, n_items, config)
+        from recsys.models import build_model
+
+        self.base = build_model(config.base, n_users, n_items)
+        self.tables: list[IdEmbedding] = [
+            m for m in self.base.modules() if isinstance(m, IdEmbedding) and m.ids is not None
+        ]
+        dims = {t.dim for t in self.tables}
+        if not self.tables or len(dims) != 1:
+            raise ValueError(f"DNIS needs user/item tables of one dimension, found {sorted(dims)}")
+        self.dim = dims.pop()
+        n_dim_blocks = config.dim_blocks or self.dim
+        n_feature_blocks = len(config.feature_blocks)
+        if sum(t.num for t in self.tables) < n_feature_blocks:
+            raise ValueError(f"{n_feature_blocks} feature blocks need at least as many ids")
+        # dimension j of the embedding belongs to dimension block dim_block[j]
+        sizes = block_sizes(self.dim, [1 / n_dim_blocks] * n_dim_blocks)
+        self.register_buffer(
+            "dim_block", torch.repeat_interleave(torch.arange(n_dim_blocks), torch.tensor(sizes))
+        )
+        self.register_buffer("alpha", torch.ones(n_feature_blocks, n_dim_blocks))
+        self.register_buffer("pruned", torch.tensor(False))
+        for k, table in enumerate(self.tables):
+            # filled by prepare() from the training interactions; kept in the state so a loaded model has them
+            self.register_buffer(f"feature_block_{k}", torch.zeros(table.num, dtype=torch.long))
+            self.register_buffer(f"keep_mask_{k}", torch.ones(table.num, table.dim, dtype=torch.bool))
+            table.set_scale(self._scale_fn(k))
+        self._live_alpha: torch.Tensor | None = None  # alpha as a leaf with gradient, during an alpha step
+        self._valid_batches: Iterator[dict[str, torch.Tensor]] | None = None
+
+    # ---- the soft selection layer ------------------------------------------------------------------------
+    def _scale_fn(self, k: int):
+        def scale(ids: torch.Tensor) -> torch.Tensor:
+            alpha = self.alpha if self._live_alpha is None else self._live_alpha
+            per_dim = alpha[:, self.dim_block]  # [F, d]
+            out = per_dim[getattr(self, f"feature_block_{k}")[ids]]  # [..., d]
+            if bool(self.pruned):
+                out = out * getattr(self, f"keep_mask_{k}")[ids]
+            return out
+
+        return scale
+
+    @property
+    def phase(self) -> str:
+        """``"warm"``, ``"search"`` or ``"tune"``, from the epochs the trainer has started (see hooks)."""
+        return getattr(self, "_phase", "tune")
+
+    @property
+    def selection_open(self) -> bool:
+        """Whether validations now may pick the weights to keep (the trainer asks; only the tuning phase)."""
+        return self.phase == "tune"
+
+    @torch.no_grad()
+    def kept_fraction(self) -> float:
+        """Share of the user/item tables' entries that are not pruned (1.0 before pruning)."""
+        kept = sum(int(getattr(self, f"keep_mask_{k}").sum()) for k in range(len(self.tables)))
+        return kept / sum(t.num * t.dim for t in self.tables)
+
+    @torch.no_grad()
+    def dimensions_per_block(self) -> list[float]:
+        """Mean number of kept (non-zero) dimensions of the ids in each feature block, most frequent first."""
+        totals = torch.zeros(self.alpha.shape[0], dtype=torch.float64)
+        counts = torch.zeros_like(totals)
+        for k, table in enumerate(self.tables):
+            weight = table.weight * self.alpha[:, self.dim_block][getattr(self, f"feature_block_{k}")]
+            alive = (weight != 0) & getattr(self, f"keep_mask_{k}")
+            blocks = getattr(self, f"feature_block_{k}").cpu()
+            totals.index_add_(0, blocks, alive.sum(1).cpu().double())
+            counts.index_add_(0, blocks, torch.ones(table.num, dtype=torch.float64))
+        return (totals / counts.clamp(min=1)).tolist()
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+    def prepare(self, train: sp.csr_matrix) -> None:
+        """Rank users and items together by their training interactions and assign feature blocks, then
+        prepare the wrapped model."""
+        train = sp.csr_matrix(train)
+        occurrences = {
+            "users": np.diff(train.indptr),
+            "items": np.bincount(train.indices, minlength=train.shape[1]),
+        }
+        counts = np.concatenate([occurrences[t.ids][: t.num] for t in self.tables]).astype(np.int64)
+        blocks = rank_blocks(counts, self.config.feature_blocks)
+        start = 0
+        for k, table in enumerate(self.tables):
+            getattr(self, f"feature_block_{k}").copy_(torch.from_numpy(blocks[start : start + table.num]))
+            start += table.num
+        self.base.prepare(train)
+
+    def reset_parameters(self) -> None:
+        self.base.reset_parameters()
+        self.alpha.fill_(1.0)
+        self.pruned.fill_(False)
+
+    # ---- training hooks ----------------------------------------------------------------------------------
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Set the phase of ``epoch``; at the first tuning epoch, prune; in search epochs, draw the epoch's
+        validation batches (from a generator of (seed, epoch), so a resumed epoch replays them)."""
+        cfg = self.config
+        search_end = cfg.warm_start_epochs + cfg.search_epochs
+        if trainer.tc.epochs <= search_end:
+            raise ValueError(
+                f"train.epochs ({trainer.tc.epochs}) must exceed model.warm_start_epochs + model.search_epochs "
+                f"({search_end}): the pruned model is chosen among the epochs after the search"
+            )
+        self._phase = "warm" if epoch < cfg.warm_start_epochs else "search" if epoch < search_end else "tune"
+        self._valid_batches = None
+        if self._phase == "search":
+            self._valid_batches = self._validation_batches(trainer, epoch)
+        elif self._phase == "tune" and not bool(self.pruned):
+            self.prune()
+            trainer.tracker.log_metrics({"dnis/kept_fraction": self.kept_fraction()}, step=epoch)
+        hook = getattr(self.base, "on_epoch_start", None)
+        if callable(hook):
+            hook(trainer, epoch)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, float]) -> None:
+        hook = getattr(self.base, "on_epoch_end", None)
+        if callable(hook):
+            hook(trainer, epoch, record)
+
+    def on_step_end(self, trainer: Any) -> None:
+        """In the search phase: one step of alpha on the next validation batch."""
+        if self._valid_batches is None:
+            return
+        batch = {k: v.to(self.alpha.device) for k, v in next(self._valid_batches).items()}
+        self.alpha_step(batch)
+
+    def _validation_batches(self, trainer: Any, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        from recsys.sampling import BPRSampler
+
+        valid = trainer.dataset.matrix("valid")
+        if valid.nnz == 0:
+            raise ValueError("DNIS learns alpha on the validation split, but the dataset has none")
+        seed = np.random.SeedSequence([trainer.cfg.seed, epoch, _VALID_STREAM]).generate_state(1)[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        positives = BPRSampler(valid, mode="interactions", batch_size=trainer.tc.batch_size, generator=gen)
+        # negatives: neither in the user's training nor in their validation items
+        known = BPRSampler(
+            (trainer.dataset.matrix("train") + valid).tocsr(),
+            mode="interactions",
+            batch_size=1,
+            generator=gen,
+        )
+        for batch in itertools.chain.from_iterable(positives.iterate() for _ in itertools.count()):
+            batch["neg"] = known.sample_negatives(batch["users"], gen)
+            yield batch
+
+    def alpha_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One first-order step of alpha on a batch of validation triples; returns the validation loss."""
+        live = self.alpha.detach().clone().requires_grad_(True)
+        self._live_alpha = live
+        try:
+            _, parts = self.base.loss(batch)
+            if "bpr" not in parts:
+                raise ValueError(f"{type(self.base).__name__}.loss reports no 'bpr' part for DNIS to descend")
+            objective = parts["bpr"] + self.config.l1 * live.abs().sum()
+            (grad,) = torch.autograd.grad(objective, live)
+        finally:
+            self._live_alpha = None
+        if self.config.normalize_alpha_grad:
+            grad = grad / (grad.abs().mean(dim=1, keepdim=True) + 1e-8)
+        with torch.no_grad():
+            self.alpha.sub_(self.config.lr_alpha * grad).clamp_(0.0, 1.0)
+        return parts["bpr"].detach()
+
+    @torch.no_grad()
+    def prune(self) -> None:
+        """Zero for good the ``1 - keep`` share of scaled entries ``|w_xd * alpha|`` with the smallest
+        magnitudes, over all user/item tables together (ties at the threshold are kept)."""
+        magnitudes = []
+        for k, table in enumerate(self.tables):
+            scale = self.alpha[:, self.dim_block][getattr(self, f"feature_block_{k}")]
+            magnitudes.append((table.weight * scale).abs())
+        if self.config.keep < 1.0:
+            flat = torch.cat([m.flatten() for m in magnitudes])
+            n_drop = int(round((1.0 - self.config.keep) * flat.numel()))
+            if n_drop > 0:
+                threshold = torch.kthvalue(flat.float().cpu(), n_drop).values.to(flat.device)
+                for k, m in enumerate(magnitudes):
+                    getattr(self, f"keep_mask_{k}").copy_(m > threshold)
+        self.pruned.fill_(True)
+
+    # ---- delegation ----------------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.base.loss(batch)
+
+    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
+        return self.base.query_embeddings(users)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.base.item_embeddings()
+
+    @torch.no_grad()
+    def embeddings(self, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.embeddings(users)
+
+    def extra_repr(self) -> str:
+        f, j = self.alpha.shape
+        return f"{super().extra_repr()}, feature_blocks={f}, dim_blocks={j}, keep={self.config.keep:g}"
