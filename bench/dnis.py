@@ -2,6 +2,7 @@
 ``bench/results/dnis_<name>.json``.
 
     .venv/bin/python bench/dnis.py --config configs/ml100k_dnis.yaml --seeds 0 1 2 3 4
+    .venv/bin/python bench/dnis.py --merge A.json B.json --out C.json   # one table from several files
 
 Variants (each is the config plus the model overrides below; data, split and evaluation are the same):
 
@@ -19,6 +20,7 @@ thread.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -125,6 +127,31 @@ def table(summary: dict, keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def merge(ap: argparse.ArgumentParser, files: list[Path], out: Path | None) -> None:
+    """One summary over the runs of ``files``, which must come from one config and overrides, with no
+    (variant, seed) twice."""
+    if out is None:
+        ap.error("--merge needs --out")
+    runs, sources, settings, seen = [], {}, set(), {}
+    for f in files:
+        data = json.loads(f.read_text())
+        sources[str(f)] = {k: data[k] for k in ("command", "date", "machine", "commit")}
+        settings.add(json.dumps([str(Path(data["config"]).resolve()), data["overrides"]]))
+        for r in data["runs"]:
+            key = (r["variant"], r["seed"])
+            if key in seen:
+                ap.error(f"--merge: {key[0]} seed {key[1]} is in both {seen[key]} and {f}")
+            seen[key] = str(f)
+            runs.append(r)
+    if len(settings) > 1:
+        ap.error(f"--merge: the files come from different configs or overrides: {sorted(settings)}")
+    keys = [k for k in runs[0]["test"] if k.startswith(("recall@", "ndcg@"))]
+    summary = summarise(runs, keys)
+    write_json(out, {**provenance(), "merged_from": sources, "summary": summary, "runs": runs})
+    print(table(summary, keys))
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "ml100k_dnis.yaml")
@@ -133,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra config override for every run (repeatable)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="default: bench/results/dnis_<name>.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="combine the runs of earlier result files of one config into --out (no training)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(ap, args.merge, args.out)
+        return
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
