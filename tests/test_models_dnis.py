@@ -39,6 +39,8 @@ def small_dnis(**over) -> DNIS:
 def test_blocks_follow_frequency_and_the_official_split_rule():
     assert block_sizes(10, [0.25, 0.75]) == [2, 8]
     assert block_sizes(7, [0.5, 0.5]) == [3, 4]  # the last block takes the rest
+    assert block_sizes(100, [0.29, 0.71]) == [29, 71]  # 0.29 * 100 is 28.999... in floating point
+    assert block_sizes(49, [1 / 49] * 49) == [1] * 49  # (1 / 49) * 49 is 0.999...: no empty blocks
     counts = np.array([5, 1, 9, 1, 3])
     assert rank_blocks(counts, [0.4, 0.6]).tolist() == [0, 1, 0, 1, 1]  # 9 and 5 first; ties by index
     model = small_dnis()
@@ -95,6 +97,28 @@ def test_pruning_keeps_the_largest_scaled_entries_over_all_tables():
     after = torch.cat([model.query_embeddings(torch.arange(4)), model.item_embeddings()])
     assert torch.equal(after[~kept], torch.zeros_like(after[~kept]))
     torch.testing.assert_close(after[kept].abs(), scaled[kept])
+
+
+def test_pruning_keeps_the_exact_share_when_magnitudes_tie():
+    model = small_dnis(keep=0.5)
+    with torch.no_grad():
+        model.base.user_emb.weight.fill_(0.3)
+        model.base.item_emb.weight.fill_(0.3)
+    model.prune()
+    assert model.kept_fraction() == 0.5
+
+
+def test_a_copy_scales_by_its_own_alpha_and_the_model_pickles(tmp_path):
+    import copy
+    import pickle
+
+    model = small_dnis()
+    clone = copy.deepcopy(model)
+    model.alpha.zero_()
+    assert clone.item_embeddings().abs().sum() > 0  # the clone's tables read the clone's alpha
+    assert model.item_embeddings().abs().sum() == 0
+    restored = pickle.loads(pickle.dumps(clone))
+    torch.testing.assert_close(restored.item_embeddings(), clone.item_embeddings())
 
 
 def test_lightgcn_propagates_the_scaled_tables():
@@ -189,9 +213,22 @@ def test_resume_after_a_crash_in_the_search_is_exact(tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-def test_too_few_epochs_for_the_phases_is_an_error(tmp_path):
+@pytest.mark.parametrize(
+    ("train", "split", "message"),
+    [
+        ({"epochs": 4}, {}, r"train.epochs \(4\) must exceed .*\(4\)"),
+        ({"max_steps": 60}, {}, r"train.max_steps \(60\) ends training before the first tuning epoch"),
+        ({}, {"valid_ratio": 0.0}, "the dataset has none"),
+    ],
+)
+def test_a_run_that_cannot_reach_its_pruned_model_stops_before_training(tmp_path, train, split, message):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     raw = dnis_cfg(csv)
-    raw["train"]["epochs"] = 4
-    with pytest.raises(ValueError, match=r"train.epochs \(4\) must exceed .*\(4\)"):
-        build(raw, tmp_path / "run").fit()
+    raw["train"].update(train)
+    if split:  # without a validation split, early stopping is refused before DNIS could say anything
+        del raw["train"]["early_stopping"]
+    raw["data"]["split"].update(split)
+    trainer = build(raw, tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        trainer.fit()
+    assert trainer.state.step == 0

@@ -43,6 +43,7 @@ with early stopping (the code prunes in a notebook, with optional retraining).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -117,8 +118,9 @@ class DNISConfig(ModelConfig):
 
 def block_sizes(total: int, shares: list[float]) -> list[int]:
     """Split ``total`` ids into blocks of ``floor(share * total)``, the last taking the rest (as the official
-    code does): ``block_sizes(10, [0.25, 0.75]) == [2, 8]``."""
-    sizes = [int(s * total) for s in shares]
+    code does): ``block_sizes(10, [0.25, 0.75]) == [2, 8]``.  The floor forgives float error (``0.29 * 100``
+    is 28.999...; ``(1 / 49) * 49`` is 0.999...), which would otherwise make a block one short, or empty."""
+    sizes = [math.floor(s * total + 1e-9) for s in shares]
     sizes[-1] += total - sum(sizes)
     return sizes
 
@@ -137,6 +139,17 @@ def rank_blocks(counts: np.ndarray, shares: list[float]) -> np.ndarray:
     blocks = np.empty(len(counts), dtype=np.int64)
     blocks[order] = np.repeat(np.arange(len(shares)), block_sizes(len(counts), shares))
     return blocks
+
+
+class BlockScale:
+    """The scale DNIS installs on table ``k`` (:meth:`IdEmbedding.set_scale`): a small object rather than a
+    closure, so that a deep copy of the model scales its tables by its own alpha and the model pickles."""
+
+    def __init__(self, owner: DNIS, k: int) -> None:
+        self.owner, self.k = owner, k
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.owner.scale(self.k, ids)
 
 
 class DNIS(Recommender):
@@ -183,21 +196,25 @@ class DNIS(Recommender):
             # filled by prepare() from the training interactions; kept in the state so a loaded model has them
             self.register_buffer(f"feature_block_{k}", torch.zeros(table.num, dtype=torch.long))
             self.register_buffer(f"keep_mask_{k}", torch.ones(table.num, table.dim, dtype=torch.bool))
-            table.set_scale(self._scale_fn(k))
+            table.set_scale(BlockScale(self, k))
+        self._checked = False  # the budget and the validation split, checked at the first epoch start
         self._live_alpha: torch.Tensor | None = None  # alpha as a leaf with gradient, during an alpha step
         self._valid_batches: Iterator[dict[str, torch.Tensor]] | None = None
 
     # ---- the soft selection layer ------------------------------------------------------------------------
-    def _scale_fn(self, k: int):
-        def scale(ids: torch.Tensor) -> torch.Tensor:
-            alpha = self.alpha if self._live_alpha is None else self._live_alpha
-            per_dim = alpha[:, self.dim_block]  # [F, d]
-            out = per_dim[getattr(self, f"feature_block_{k}")[ids]]  # [..., d]
-            if bool(self.pruned):
-                out = out * getattr(self, f"keep_mask_{k}")[ids]
-            return out
+    def scale(self, k: int, ids: torch.Tensor) -> torch.Tensor:
+        """Multipliers of table ``k``'s vectors for ``ids`` ``LongTensor[...]``: ``Tensor[..., d]``, alpha of
+        each id's feature block repeated over the dimension blocks, times the keep mask (all ones before
+        pruning; multiplied always, so that no lookup waits on a flag)."""
+        alpha = self.alpha if self._live_alpha is None else self._live_alpha
+        per_dim = alpha[:, self.dim_block]  # [F, d]
+        return per_dim[getattr(self, f"feature_block_{k}")[ids]] * getattr(self, f"keep_mask_{k}")[ids]
 
-        return scale
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_valid_batches"] = None  # a generator, and an epoch's: a copy draws its own
+        state["_live_alpha"] = None
+        return state
 
     @property
     def phase(self) -> str:
@@ -256,21 +273,43 @@ class DNIS(Recommender):
         validation batches (from a generator of (seed, epoch), so a resumed epoch replays them)."""
         cfg = self.config
         search_end = cfg.warm_start_epochs + cfg.search_epochs
-        if trainer.tc.epochs <= search_end:
-            raise ValueError(
-                f"train.epochs ({trainer.tc.epochs}) must exceed model.warm_start_epochs + model.search_epochs "
-                f"({search_end}): the pruned model is chosen among the epochs after the search"
-            )
+        if not self._checked:
+            self._check_budget(trainer, epoch, search_end)
+            self._checked = True
         self._phase = "warm" if epoch < cfg.warm_start_epochs else "search" if epoch < search_end else "tune"
         self._valid_batches = None
         if self._phase == "search":
             self._valid_batches = self._validation_batches(trainer, epoch)
         elif self._phase == "tune" and not bool(self.pruned):
             self.prune()
-            trainer.tracker.log_metrics({"dnis/kept_fraction": self.kept_fraction()}, step=epoch)
+            trainer.tracker.log_metrics({"dnis/kept_fraction": self.kept_fraction()}, step=epoch + 1)
         hook = getattr(self.base, "on_epoch_start", None)
         if callable(hook):
             hook(trainer, epoch)
+
+    def _check_budget(self, trainer: Any, epoch: int, search_end: int) -> None:
+        """Refuse, before any work, a run that would end before its pruned model exists, or has no validation
+        split for alpha to learn on."""
+        tc = trainer.tc
+        if tc.epochs <= search_end:
+            raise ValueError(
+                f"train.epochs ({tc.epochs}) must exceed model.warm_start_epochs + model.search_epochs "
+                f"({search_end}): the pruned model is chosen among the epochs after the search"
+            )
+        if tc.max_steps is not None:
+            batches = len(trainer._sampler(epoch))
+            steps = batches // trainer.dp.world_size if trainer.dp is not None else batches
+            if tc.max_steps <= search_end * steps:
+                raise ValueError(
+                    f"train.max_steps ({tc.max_steps}) ends training before the first tuning epoch (after "
+                    f"{search_end} epochs of {steps} steps): raise it, or shorten model.warm_start_epochs / "
+                    "model.search_epochs"
+                )
+        if epoch < search_end and trainer.dataset.matrix("valid").nnz == 0:
+            raise ValueError(
+                "DNIS learns alpha on the validation split, but the dataset has none (set "
+                "data.split.valid_ratio, or valid_from_train_ratio for pre-split data)"
+            )
 
     def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, float]) -> None:
         hook = getattr(self.base, "on_epoch_end", None)
@@ -288,8 +327,6 @@ class DNIS(Recommender):
         from recsys.sampling import BPRSampler
 
         valid = trainer.dataset.matrix("valid")
-        if valid.nnz == 0:
-            raise ValueError("DNIS learns alpha on the validation split, but the dataset has none")
         seed = np.random.SeedSequence([trainer.cfg.seed, epoch, _VALID_STREAM]).generate_state(1)[0]
         gen = torch.Generator().manual_seed(int(seed))
         positives = BPRSampler(valid, mode="interactions", batch_size=trainer.tc.batch_size, generator=gen)
@@ -324,19 +361,17 @@ class DNIS(Recommender):
 
     @torch.no_grad()
     def prune(self) -> None:
-        """Zero for good the ``1 - keep`` share of scaled entries ``|w_xd * alpha|`` with the smallest
-        magnitudes, over all user/item tables together (ties at the threshold are kept)."""
-        magnitudes = []
-        for k, table in enumerate(self.tables):
-            scale = self.alpha[:, self.dim_block][getattr(self, f"feature_block_{k}")]
-            magnitudes.append((table.weight * scale).abs())
-        if self.config.keep < 1.0:
-            flat = torch.cat([m.flatten() for m in magnitudes])
-            n_drop = int(round((1.0 - self.config.keep) * flat.numel()))
-            if n_drop > 0:
-                threshold = torch.kthvalue(flat.float().cpu(), n_drop).values.to(flat.device)
-                for k, m in enumerate(magnitudes):
-                    getattr(self, f"keep_mask_{k}").copy_(m > threshold)
+        """Zero for good the ``round((1 - keep) * N)`` scaled entries ``|w_xd * alpha|`` with the smallest
+        magnitudes among the N entries of all user/item tables together; equal magnitudes go in table, row,
+        dimension order (a stable sort), so the kept share is exact."""
+        masks = [getattr(self, f"keep_mask_{k}") for k in range(len(self.tables))]
+        flat = torch.cat([(t.weight * self.scale(k, torch.arange(t.num, device=t.weight.device))).abs().flatten()
+                          for k, t in enumerate(self.tables)])  # fmt: skip
+        n_drop = int(round((1.0 - self.config.keep) * flat.numel()))
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        keep[torch.sort(flat, stable=True).indices[:n_drop]] = False
+        for mask, part in zip(masks, keep.split([m.numel() for m in masks]), strict=True):
+            mask.copy_(part.view_as(mask))
         self.pruned.fill_(True)
 
     # ---- delegation ----------------------------------------------------------------------------------------
