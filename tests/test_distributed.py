@@ -180,3 +180,48 @@ def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
     del ckpt["processes"]  # written before the key existed: a single-process run
     torch.save(ckpt, tmp_path / "run" / CHECKPOINT)
     assert build(raw, tmp_path / "run").read_checkpoint() is not None
+
+
+def _dnis_in_one_process(raw: dict, run_dir: Path, epochs: int, both_batches: bool) -> dict:
+    """DNIS trained as two processes would, in one: each weight step on the mean loss of training batches
+    (2s, 2s+1), each alpha step on the mean alpha gradient of validation batches (2s, 2s+1) of the epoch's
+    stream (``both_batches``), or on batch 2s alone (what process 0 would learn by itself)."""
+    trainer = build(raw, run_dir)
+    model = trainer.model
+    seed_everything(trainer.cfg.seed)
+    trainer._train_csr = trainer.dataset.matrix("train")
+    optimizer = trainer._make_optimizer()
+    for epoch in range(epochs):
+        model.on_epoch_start(trainer, epoch)
+        batches = list(trainer._sampler(epoch))
+        for first, second in zip(batches[0::2], batches[1::2], strict=False):
+            loss = (model.loss(first)[0] + model.loss(second)[0]) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if model.phase == "search":
+                g0, _ = model.alpha_gradient(next(model._valid_batches))
+                g1, _ = model.alpha_gradient(next(model._valid_batches))
+                model.apply_alpha_gradient((g0 + g1) / 2 if both_batches else g0)
+    return model.state_dict()
+
+
+def test_dnis_searches_alpha_on_every_process_validation_batches(tmp_path):
+    """Under ``torchrun --nproc-per-node 2``, an alpha step descends the mean gradient of both processes'
+    validation batches (as a weight step does with the training batches), not process 0's batch alone."""
+    from tests.test_models_dnis import dnis_cfg
+
+    raw = dnis_cfg(write_synthetic_interactions(tmp_path / "x.csv"), warm_start_epochs=1, search_epochs=2)
+    raw["train"].update(epochs=4, early_stopping={"metric": "ndcg@10", "patience": 10})
+    out = _train_in_two_processes(tmp_path, raw)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "home" / "runs").glob("synthetic-*")
+    trained = torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+
+    expected = _dnis_in_one_process(raw, tmp_path / "reference", 4, both_batches=True)
+    assert not torch.allclose(expected["alpha"], torch.ones_like(expected["alpha"]))  # alpha did learn
+    for name, value in expected.items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # process 0's validation batches alone would have learned another alpha (the check can fail)
+    alone = _dnis_in_one_process(raw, tmp_path / "alone", 4, both_batches=False)
+    assert not torch.allclose(alone["alpha"], trained["alpha"], rtol=1e-3, atol=1e-4)

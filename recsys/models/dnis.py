@@ -45,7 +45,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,6 +54,9 @@ from pydantic import Field, field_validator, model_validator
 
 from recsys.embedding import IdEmbedding
 from recsys.models.base import ModelConfig, Recommender
+
+if TYPE_CHECKING:
+    from recsys.distributed import DataParallel
 
 # Models whose loss reports a ``bpr`` part on BPR triples and that use the trainer's BPR sampler.
 SEARCHABLE = ("mf_bpr", "lightgcn", "dccf")
@@ -317,11 +320,12 @@ class DNIS(Recommender):
             hook(trainer, epoch, record)
 
     def on_step_end(self, trainer: Any) -> None:
-        """In the search phase: one step of alpha on the next validation batch."""
+        """In the search phase: one step of alpha on the next validation batch (under data-parallel
+        training, on the mean gradient of every process's validation batch, as the weights step)."""
         if self._valid_batches is None:
             return
         batch = {k: v.to(self.alpha.device) for k, v in next(self._valid_batches).items()}
-        self.alpha_step(batch)
+        self.alpha_step(batch, trainer.dp)
 
     def _validation_batches(self, trainer: Any, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         from recsys.sampling import BPRSampler
@@ -337,12 +341,33 @@ class DNIS(Recommender):
             batch_size=1,
             generator=gen,
         )
-        for batch in itertools.chain.from_iterable(positives.iterate() for _ in itertools.count()):
-            batch["neg"] = known.sample_negatives(batch["users"], gen)
-            yield batch
 
-    def alpha_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One first-order step of alpha on a batch of validation triples; returns the validation loss."""
+        def stream() -> Iterator[dict[str, torch.Tensor]]:
+            for batch in itertools.chain.from_iterable(positives.iterate() for _ in itertools.count()):
+                batch["neg"] = known.sample_negatives(batch["users"], gen)
+                yield batch
+
+        dp = trainer.dp
+        if dp is None:
+            return stream()
+        # Every process draws the same stream and takes batch b for b mod N == rank, as with the training
+        # batches (the skipped batches are still drawn, so the generator stays in step).
+        return itertools.islice(stream(), dp.rank, None, dp.world_size)
+
+    def alpha_step(self, batch: dict[str, torch.Tensor], dp: DataParallel | None = None) -> torch.Tensor:
+        """One first-order step of alpha on a batch of validation triples; returns the validation loss.
+
+        With ``dp`` (data-parallel training), the gradient is averaged over the processes before the step
+        (each holds its own batch), so that every process's alpha stays the same without a broadcast."""
+        grad, bpr = self.alpha_gradient(batch)
+        if dp is not None:
+            grad = dp.sum_(grad) / dp.world_size
+        self.apply_alpha_gradient(grad)
+        return bpr
+
+    def alpha_gradient(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient ``[F, J]`` of the validation objective (``bpr`` part plus the L1 term) at the current
+        weights with respect to alpha, and the ``bpr`` part (detached)."""
         live = self.alpha.detach().clone().requires_grad_(True)
         self._live_alpha = live
         try:
@@ -353,11 +378,15 @@ class DNIS(Recommender):
             (grad,) = torch.autograd.grad(objective, live)
         finally:
             self._live_alpha = None
+        return grad, parts["bpr"].detach()
+
+    @torch.no_grad()
+    def apply_alpha_gradient(self, grad: torch.Tensor) -> None:
+        """One SGD step of alpha on ``grad`` ``[F, J]`` (per-feature-block normalised when configured), then
+        the clip to [0, 1]."""
         if self.config.normalize_alpha_grad:
             grad = grad / (grad.abs().mean(dim=1, keepdim=True) + 1e-8)
-        with torch.no_grad():
-            self.alpha.sub_(self.config.lr_alpha * grad).clamp_(0.0, 1.0)
-        return parts["bpr"].detach()
+        self.alpha.sub_(self.config.lr_alpha * grad).clamp_(0.0, 1.0)
 
     @torch.no_grad()
     def prune(self) -> None:
