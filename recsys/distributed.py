@@ -64,6 +64,20 @@ class DataParallel:
 
         dist.barrier()
 
+    def concat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's 1-d ``tensor`` (lengths may differ), concatenated in rank order, in every process."""
+        import torch.distributed as dist
+
+        size = torch.tensor([tensor.numel()], device=tensor.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.numel()] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)  # equal shapes only: padded to the longest, cut back below
+        return torch.cat([part[: int(n.item())] for part, n in zip(parts, sizes, strict=True)])
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the processes, in place."""
         import torch.distributed as dist

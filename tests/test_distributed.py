@@ -225,3 +225,30 @@ def test_dnis_searches_alpha_on_every_process_validation_batches(tmp_path):
     # process 0's validation batches alone would have learned another alpha (the check can fail)
     alone = _dnis_in_one_process(raw, tmp_path / "alone", 4, both_batches=False)
     assert not torch.allclose(alone["alpha"], trained["alpha"], rtol=1e-3, atol=1e-4)
+
+
+def test_the_streaming_frequency_estimate_counts_every_process_batch(tmp_path):
+    """Two-tower ``logq: streaming`` under two processes: a step's sampled items are both processes' batches
+    (2s, 2s+1), recorded as one step, the same in both processes; not process 0's batch alone."""
+    from recsys.models.two_tower import StreamingFrequency
+    from tests.test_two_tower import cfg, write_category_data
+
+    raw = cfg(write_category_data(tmp_path / "d", n_users=200), logq="streaming", streaming_alpha=0.1)
+    raw["train"]["epochs"] = 2  # 16 batches an epoch, the last of 40: its step gathers 64 + 40 items
+    out = _train_in_two_processes(tmp_path, raw)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "home" / "runs").glob("cat-two-tower-*")
+    trained = torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+
+    trainer = build(raw, tmp_path / "reference")
+    trainer._train_csr = trainer.dataset.matrix("train")
+    n_items = trainer.model.n_items
+    both, alone = StreamingFrequency(n_items, 0.1), StreamingFrequency(n_items, 0.1)
+    for epoch in range(2):
+        batches = list(trainer._sampler(epoch))
+        for first, second in zip(batches[0::2], batches[1::2], strict=False):
+            both.update(torch.cat([first["targets"], second["targets"]]))
+            alone.update(first["targets"])
+    for name, value in both.state_dict().items():
+        torch.testing.assert_close(trained[f"streaming.{name}"], value, msg=name)
+    assert not torch.allclose(trained["streaming.gap"], alone.gap)  # the check can fail

@@ -214,7 +214,16 @@ class StreamingFrequency(nn.Module):
 
     @torch.no_grad()
     def update(self, items: torch.Tensor) -> None:
-        """Record one batch's sampled items ``LongTensor[B]`` (duplicates count once)."""
+        """Record one batch's sampled items ``LongTensor[B]`` (duplicates count once).
+
+        In data-parallel training (``torchrun``) a step is one batch per process: every process records the
+        union of all processes' batches as the step's batch, so that each holds the same estimate (which DDP
+        would otherwise overwrite with process 0's alone before each step)."""
+        from recsys import distributed
+
+        dp = distributed.current()
+        if dp is not None:
+            items = dp.concat(items)
         self.step += 1
         seen = items.unique()
         self.gap[seen] = (1 - self.alpha) * self.gap[seen] + self.alpha * (self.step - self.last[seen])
