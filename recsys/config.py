@@ -127,6 +127,18 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # The run folder is $RECSYS_HOME/runs/<name>-<fingerprint>, and a retrain deletes it: a name that is a
+        # path ("../x", "a/b") would put, and delete, a folder outside the runs folder.
+        if not name or name.startswith(".") or re.search(r"[/\\\x00-\x1f\x7f]", name):
+            raise ValueError(
+                f"name {name!r} must be one folder name: not empty, no leading '.', no '/' or '\\', "
+                "no control characters"
+            )
+        return name
+
     @model_validator(mode="after")
     def _monitored_metric_is_computed(self) -> ExperimentConfig:
         # checked here, not after the first (possibly hour-long) epoch
