@@ -10,13 +10,15 @@ by the extension (``.csv``; ``.parquet`` / ``.pq``); other columns are ignored. 
 * Each user's recommendations are ranked by score, descending; equal scores rank the lower item id first,
   comparing ids as integers when every item id in the two files is an integer (signed, any size; ``07`` before
   ``7``), as strings otherwise (the same rule as ``eval.full_ranking_topk``, where ids are dense indices).
-* Users in TRUTH without recommendations count, with zero for every metric; users in RECS that are not in TRUTH
-  are ignored; every mean is over the users of TRUTH.
+* Users in TRUTH without recommendations count, with zero for every metric (a warning says how many); users in
+  RECS that are not in TRUTH are ignored; every mean is over the users of TRUTH. When no user of TRUTH has a
+  recommendation the files do not match (other ids, another dataset) and it is an error, not all zeros.
 * ``coverage@k`` divides by ``n_items`` if given, else by the number of distinct items in the two files.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,6 +172,25 @@ def _item_codes(items: pl.Series) -> pl.DataFrame:
     return frame.select("item").with_row_index("i", offset=0).with_columns(pl.col("i").cast(pl.Int64))
 
 
+def _check_users_match(listed: pl.DataFrame, users: pl.DataFrame, recs_path, truth_path) -> None:
+    """Refuse files whose users do not meet (every metric would be a silent zero); warn about truth users
+    without a list, who count as zeros."""
+    listed_users = listed.select(pl.col("user").unique().sort())
+    covered = users.join(listed_users, on="user", how="semi").height
+    if covered == 0:
+        raise ValueError(
+            f"none of the {users.height:,} users of {truth_path} has a recommendation in {recs_path}: do the "
+            f"files use the same user ids? truth users look like {users['user'].head(3).to_list()}, "
+            f"recommendation users like {listed_users['user'].head(3).to_list()}"
+        )
+    if covered < users.height:
+        warnings.warn(
+            f"{users.height - covered:,} of the {users.height:,} users of {truth_path} have no recommendation in "
+            f"{recs_path}; they count with zero for every metric",
+            stacklevel=3,
+        )
+
+
 _NINES = str.maketrans("0123456789", "9876543210")
 
 
@@ -204,7 +225,8 @@ def evaluate_recs_file(
 
     Raises:
         FileNotFoundError: a file does not exist.
-        ValueError: a file is empty or unreadable, lacks a column, or has a non-numeric, missing or NaN score.
+        ValueError: a file is empty or unreadable, lacks a column, or has a non-numeric, missing or NaN score;
+            or no user of the truth file has a recommendation.
     """
     ks = check_ks(ks)
     listed = read_recs(recs_path).group_by("user", "item").agg(pl.col("score").max())
@@ -219,6 +241,7 @@ def evaluate_recs_file(
         .with_row_index("u")
         .with_columns(pl.col("u").cast(pl.Int64))
     )
+    _check_users_match(listed, users, recs_path, truth_path)
     truth_codes = truth.join(users, on="user").join(items, on="item")
     n_users, n_codes = users.height, items.height
     # No list is longer than the n_codes items; past that length every metric but precision stays the same,

@@ -256,3 +256,16 @@ def test_n_items_must_be_a_catalogue_that_holds_the_lists(tmp_path):
         with pytest.raises(ValueError, match="n_items must be an integer"):
             evaluate_recs_file(recs, truth, ks=(2,), n_items=bad)  # 1.9 was read as 1
     assert evaluate_recs_file(recs, truth, ks=(2,), n_items=np.int64(4))["coverage@2"] == 0.5
+
+
+def test_files_whose_users_do_not_meet_are_refused_and_missing_lists_are_counted(tmp_path):
+    truth = write(tmp_path, "truth.csv", TRUTH)
+    # the user ids of another encoding (positions instead of names): every metric would be a silent zero
+    other = write(tmp_path, "other.csv", "user,item,score\n0,x,1\n1,y,1\n")
+    with pytest.raises(
+        ValueError, match=r"none of the 3 users of .*truth\.csv.*same user ids.*\['a', 'b', 'd'\]"
+    ):
+        evaluate_recs_file(other, truth, ks=(1,))
+    recs = write(tmp_path, "recs.csv", RECS)
+    with pytest.warns(UserWarning, match=r"1 of the 3 users of .*truth\.csv have no recommendation"):
+        evaluate_recs_file(recs, truth, ks=(1,))
