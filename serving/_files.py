@@ -12,10 +12,12 @@ import hashlib
 import os
 import shutil
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 try:
     import fcntl
@@ -205,16 +207,23 @@ def _remove_old(path: Path) -> None:
         warnings.warn(f"could not delete the replaced index folder {path}: {exc}", stacklevel=3)
 
 
+class SnapshotReplaced(Exception):
+    """A file was missing from a folder that a writer replaced meanwhile (read the new folder)."""
+
+
 class FolderSnapshot:
     """Reads whole files of one folder through a directory handle (POSIX), so that every file comes from the
     same folder even if another process atomically swaps a new folder in under the same name meanwhile.
 
-    Use as a context manager; :meth:`read` returns ``None`` for a missing file.
+    Use as a context manager; :meth:`read` returns ``None`` for a missing file, or, with
+    ``raise_if_replaced``, raises :class:`SnapshotReplaced` when the folder was replaced meanwhile (the
+    writer deletes the old folder's files right after the swap, so the file may have been good).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, raise_if_replaced: bool = False) -> None:
         self.folder = folder
         self._fd: int | None = None
+        self._raise_if_replaced = raise_if_replaced
 
     def __enter__(self) -> FolderSnapshot:
         if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
@@ -245,9 +254,45 @@ class FolderSnapshot:
             else:
                 fd = os.open(self.folder / name, os.O_RDONLY)
         except FileNotFoundError:
+            if self._raise_if_replaced and self.replaced():
+                raise SnapshotReplaced(self.folder) from None
             return None
         with os.fdopen(fd, "rb") as f:
             return f.read()
+
+
+T = TypeVar("T")
+
+
+def _being_replaced(folder: Path) -> bool:
+    """Whether ``folder`` is absent while a writer's ``.<name>.replaced-*`` sibling exists: the fallback
+    publication's moment between its two renames (or a killed writer's leftover, put back by the next)."""
+    try:
+        with os.scandir(folder.parent) as entries:
+            return any(entry.name.startswith(f".{folder.name}.replaced-") for entry in entries)
+    except OSError:
+        return False
+
+
+def read_snapshot(
+    folder: Path, read: Callable[[FolderSnapshot], T], absent: Callable[[], Exception], attempts: int = 5
+) -> T:
+    """``read(snapshot)`` of one folder, read again from the new folder when a writer replaced it meanwhile
+    (up to ``attempts`` times, then once more where a missing file is just missing), and waited for while it
+    is briefly absent between a fallback publication's two renames. A folder that is absent with no writer
+    at work raises ``absent()`` at once."""
+    for attempt in range(1, attempts + 1):
+        if not folder.is_dir() and not _being_replaced(folder):
+            break
+        try:
+            with FolderSnapshot(folder, raise_if_replaced=True) as snapshot:
+                return read(snapshot)
+        except (SnapshotReplaced, FileNotFoundError):  # FileNotFoundError: the folder itself was gone
+            time.sleep(0.02 * attempt)
+    if not folder.is_dir():
+        raise absent()
+    with FolderSnapshot(folder) as snapshot:
+        return read(snapshot)
 
 
 def check_replaceable(folder: Path, ours: Callable[[Path], bool], what: str, marker: str) -> None:

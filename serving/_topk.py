@@ -48,9 +48,10 @@ class ExcludedItems(NamedTuple):
         """int [n_rows]: excluded items per row."""
         return np.diff(self.indptr)
 
-    def check(self, n_rows: int, n_items: int) -> None:
-        """A ValueError unless these are ``n_rows`` rows of positions in ``[0, n_items)``, sorted and distinct
-        within each row (what the selection relies on: an unsorted row silently excluded nothing). O(nnz)."""
+    def check(self, n_rows: int, n_items: int) -> ExcludedItems:
+        """These exclusions as int64 arrays, checked; a ValueError unless they are ``n_rows`` rows of
+        positions in ``[0, n_items)``, sorted and distinct within each row (what the selection relies on: an
+        unsorted row silently excluded nothing). O(nnz)."""
         indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
         if indptr.ndim != 1 or indptr.size != n_rows + 1 or indices.ndim != 1:
             raise ValueError(
@@ -58,6 +59,12 @@ class ExcludedItems(NamedTuple):
             )
         if not (np.issubdtype(indptr.dtype, np.integer) and np.issubdtype(indices.dtype, np.integer)):
             raise ValueError(f"exclude's arrays must be integers, got {indptr.dtype} and {indices.dtype}")
+        # Unsigned differences wrap around (3 - 5 is a large positive number, so a descending row passed as
+        # "rising"): compare in int64, refusing values it cannot hold.
+        limit = np.iinfo(np.int64).max
+        if any(a.size and a.dtype.kind == "u" and a.max() > limit for a in (indptr, indices)):
+            raise ValueError(f"exclude holds values beyond {limit}")
+        indptr, indices = indptr.astype(np.int64, copy=False), indices.astype(np.int64, copy=False)
         if indptr[0] != 0 or indptr[-1] != indices.size or (np.diff(indptr) < 0).any():
             raise ValueError("exclude.indptr must rise from 0 to len(exclude.indices)")
         if indices.size and (indices.min() < 0 or indices.max() >= n_items):
@@ -67,6 +74,7 @@ class ExcludedItems(NamedTuple):
         rising[starts[(starts > 0) & (starts < indices.size)] - 1] = True  # a new row may start lower
         if not rising.all():
             raise ValueError("exclude's positions must be sorted and distinct within each row")
+        return ExcludedItems(indptr, indices, checked=True)
 
     def take(self, rows: np.ndarray) -> ExcludedItems:
         """The exclusions of ``rows`` (int [m], any order, repeats allowed), as rows ``0..m-1``."""

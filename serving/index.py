@@ -36,7 +36,6 @@ import io
 import json
 import os
 import shutil
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -51,6 +50,7 @@ from serving._files import (
     fsync_path,
     new_sibling,
     publish_folder,
+    read_snapshot,
     sha256_bytes,
     sha256_file,
     write_lock,
@@ -428,14 +428,14 @@ def _manifest_format(path: Path) -> object:
 _LOAD_ATTEMPTS = 5
 
 
-class _Swapped(Exception):
-    """The folder being read was replaced by a writer meanwhile (read the new one)."""
+def _folder_missing(folder: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"serving index folder {str(folder)!r} does not exist or is not a folder")
 
 
 def _require_folder(path: str | Path) -> Path:
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"serving index folder {str(folder)!r} does not exist or is not a folder")
+        raise _folder_missing(folder)
     return folder
 
 
@@ -508,53 +508,46 @@ class ItemIndex:
             IndexIntegrityError: a missing, truncated, corrupted or inconsistent file, or an unknown
                 schema version; the message names the folder, the file, and what was expected vs found.
         """
-        folder = _require_folder(path)
-        for attempt in range(1, _LOAD_ATTEMPTS + 1):
-            try:
-                return cls._load_once(folder, verify, nprobe=nprobe)
-            except _Swapped:
-                # A writer swapped a new folder in and is deleting the old one's files: read the new one
-                # (where renames cannot swap, the folder is briefly absent between a writer's two renames).
-                time.sleep(0.01 * attempt)
-            if not folder.is_dir():
-                time.sleep(0.05 * attempt)
-        return cls._load_once(_require_folder(folder), verify, last=True, nprobe=nprobe)
-
-    @classmethod
-    def _load_once(
-        cls, folder: Path, verify: bool, last: bool = False, nprobe: int | None = None
-    ) -> ItemIndex:
-        with FolderSnapshot(folder) as snap:
-            raw = snap.read(MANIFEST)
-            if raw is None and not last and snap.replaced():
-                raise _Swapped
-            if raw is None:
-                raise IndexIntegrityError(
-                    folder, MANIFEST, "a manifest written by build_index", "no such file",
-                    "the folder is incomplete or is not a serving index; rebuild it",
-                )  # fmt: skip
-            manifest = _parse_manifest(folder, raw)
-            blobs: dict[str, bytes] = {}
-            for name, record in manifest["files"].items():
-                data = snap.read(name)
-                if data is None and not last and snap.replaced():
-                    raise _Swapped
-                if data is None:
-                    raise IndexIntegrityError(folder, name, "a file listed in manifest.json", "no such file")
-                if len(data) != record["bytes"]:
-                    raise IndexIntegrityError(
-                        folder, name, f"{record['bytes']} bytes", f"{len(data)} bytes",
-                        "the file was truncated or overwritten after the index was built",
-                    )  # fmt: skip
-                if verify:
-                    digest = sha256_bytes(data)
-                    if digest != record["sha256"]:
-                        raise IndexIntegrityError(
-                            folder, name, f"sha256 {record['sha256']}", f"sha256 {digest}",
-                            "the file was modified or corrupted after the index was built",
-                        )  # fmt: skip
-                blobs[name] = data
+        folder = Path(path)
+        manifest, blobs = read_snapshot(
+            folder,
+            lambda snap: cls._read_files(folder, snap, verify),
+            absent=lambda: _folder_missing(folder),
+            attempts=_LOAD_ATTEMPTS,
+        )
         return cls._from_blobs(folder, manifest, blobs, nprobe)
+
+    @staticmethod
+    def _read_files(
+        folder: Path, snap: FolderSnapshot, verify: bool
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The manifest and the verified bytes of every file it lists, all from one folder."""
+        raw = snap.read(MANIFEST)
+        if raw is None:
+            raise IndexIntegrityError(
+                folder, MANIFEST, "a manifest written by build_index", "no such file",
+                "the folder is incomplete or is not a serving index; rebuild it",
+            )  # fmt: skip
+        manifest = _parse_manifest(folder, raw)
+        blobs: dict[str, bytes] = {}
+        for name, record in manifest["files"].items():
+            data = snap.read(name)
+            if data is None:
+                raise IndexIntegrityError(folder, name, "a file listed in manifest.json", "no such file")
+            if len(data) != record["bytes"]:
+                raise IndexIntegrityError(
+                    folder, name, f"{record['bytes']} bytes", f"{len(data)} bytes",
+                    "the file was truncated or overwritten after the index was built",
+                )  # fmt: skip
+            if verify:
+                digest = sha256_bytes(data)
+                if digest != record["sha256"]:
+                    raise IndexIntegrityError(
+                        folder, name, f"sha256 {record['sha256']}", f"sha256 {digest}",
+                        "the file was modified or corrupted after the index was built",
+                    )  # fmt: skip
+            blobs[name] = data
+        return manifest, blobs
 
     @classmethod
     def _from_blobs(
@@ -797,7 +790,7 @@ class ItemIndex:
             return out_scores, out_pos
         if isinstance(exclude, ExcludedItems):
             if not exclude.checked:
-                exclude.check(n_rows, n_items)
+                exclude = exclude.check(n_rows, n_items)
             elif exclude.n_rows != n_rows:
                 raise ValueError(f"exclude has {exclude.n_rows} rows, expected {n_rows}")
         elif exclude is not None:

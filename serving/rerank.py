@@ -292,13 +292,14 @@ class Reranker:
         a writer swaps a new one in."""
         import lightgbm as lgb
 
-        from serving._files import FolderSnapshot, sha256_bytes
+        from serving._files import read_snapshot, sha256_bytes
 
         folder = Path(path)
-        if not folder.is_dir():
-            raise ValueError(f"{folder}: not a re-ranker folder (no such folder)")
-        with FolderSnapshot(folder) as snapshot:
-            raw, model = snapshot.read(_MANIFEST_FILE), snapshot.read(_MODEL_FILE)
+        raw, model = read_snapshot(
+            folder,
+            lambda snapshot: (snapshot.read(_MANIFEST_FILE), snapshot.read(_MODEL_FILE)),
+            absent=lambda: ValueError(f"{folder}: not a re-ranker folder (no such folder)"),
+        )
         manifest_path = folder / _MANIFEST_FILE
         if raw is None:
             raise ValueError(f"{folder}: not a re-ranker folder (no {_MANIFEST_FILE})")

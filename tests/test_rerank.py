@@ -371,3 +371,27 @@ def test_bad_folders_and_arguments_are_named(tmp_path, served):
         other = Reranker(reranker.booster, reranker.n_candidates, {**info, **extra})
         with pytest.raises(ValueError, match=message):
             RerankingRetriever(retriever, other)
+
+
+def test_a_reranker_loads_while_another_process_saves_it_again(tmp_path, monkeypatch):
+    """The writer deletes the replaced folder's files right after its swap: a reader that had read the old
+    manifest found no model file and failed on a good folder."""
+    from serving import _files
+
+    rng = np.random.default_rng(3)
+    f, y, _ = lists_where_popularity_decides(rng, 60)
+    first = Reranker.fit(f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=3, info={"v": 1})
+    second = Reranker.fit(f, y, params={"num_leaves": 3, "min_data_in_leaf": 20}, rounds=4, info={"v": 2})
+    folder = first.save(tmp_path / "rr")
+    real, saved = _files.FolderSnapshot.read, []
+
+    def read_then_save(self, name):
+        out = real(self, name)
+        if name == "reranker.json" and not saved:
+            saved.append(True)
+            second.save(folder)  # the re-save lands between the reader's two files
+        return out
+
+    monkeypatch.setattr(_files.FolderSnapshot, "read", read_then_save)
+    loaded = Reranker.load(folder)
+    assert saved and loaded.info["v"] == 2  # the new folder, both files from it

@@ -587,3 +587,21 @@ def test_a_lock_file_that_cannot_be_opened_does_not_stop_a_writer(built, data, m
     build_index(data["item_emb"][:5], data["item_ids"][:5], built)
     monkeypatch.setattr(_files.os, "open", real)
     assert load_index(built).n_items == 5
+
+
+def test_a_reader_waits_out_the_moment_a_fallback_publication_leaves_the_folder_absent(built, data):
+    """Where the atomic exchange is missing, a writer renames the served folder aside, then the new one in:
+    a reader in between got "does not exist" at once, though the folder was back milliseconds later."""
+    import os
+    import threading
+
+    aside = built.parent / f".{built.name}.replaced-{os.getpid()}-test"
+    os.rename(built, aside)
+    putting_back = threading.Timer(0.05, os.rename, args=(aside, built))
+    putting_back.start()
+    try:
+        assert load_index(built).n_items == len(data["item_ids"])
+    finally:
+        putting_back.join()
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # absent, no writer at work: at once
+        load_index(built.parent / "never-built")

@@ -226,6 +226,9 @@ def test_excluded_items_rows_match_scipy(retriever, world):
     top = index.search(q[:1], 3)[1][0]
     for bad, message in (
         ((np.array([0, 3]), top[::-1].copy()), "sorted and distinct within each row"),
+        # unsigned arrays: 3 - 5 wrapped around to a large positive difference, so the row passed as sorted
+        ((np.array([0, 3], dtype=np.uint64), top[::-1].astype(np.uint32)), "sorted and distinct within each"),
+        ((np.array([0, 1], dtype=np.uint64), np.array([2**63], dtype=np.uint64)), "beyond"),
         ((np.array([0, 2]), np.array([4, 4])), "sorted and distinct within each row"),
         ((np.array([3, 5]), np.arange(10)), "rise from 0 to len"),  # a row slice of another's arrays
         ((np.array([0, 1]), np.array([N_ITEMS])), rf"outside \[0, {N_ITEMS}\)"),
