@@ -196,6 +196,8 @@ def parse_int(
 def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Series:
     """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64)."""
     dtype = df.schema[col]
+    if not (dtype == pl.String or dtype.is_numeric()):  # a list or struct column: Polars' own error otherwise
+        raise DataValidationError(path, f"{what} (numbers or text)", column=col, got=f"<dtype {dtype}>")
     raw = pl.col(col)
     cast = (raw.str.strip_chars() if dtype == pl.String else raw).cast(pl.Float64, strict=False)
     checked = df.select(where, raw.cast(pl.String).alias("_raw"), cast.alias("_val"))
@@ -226,7 +228,9 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
     """
     dtype = df.schema[col]
     raw = pl.col(col)
-    if dtype in (pl.Duration, pl.Time):
+    if dtype in (pl.Duration, pl.Time) or not (
+        dtype == pl.String or dtype.is_numeric() or dtype.is_temporal()
+    ):
         raise DataValidationError(
             path, "a timestamp (integers, dates or date-times)", column=col, got=f"<dtype {dtype}>"
         )

@@ -117,7 +117,10 @@ class SplitConfig(_Strict):
     valid_cut_timestamp: int | None = None
     """temporal: optional start of the validation window as an absolute timestamp."""
     valid_from_train_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    """presplit: share of each user's train interactions moved to valid (0 = no validation split)."""
+    """presplit: share of each user's train interactions moved to valid (0 = no validation split). The test
+    file stays whole: its items are checked against the whole train file, so an item whose only training
+    interactions moved to valid is tested without any (a warning counts such test rows; Gowalla, 0.1, seed
+    2020: 9 of 217,242)."""
     presplit_unseen: Literal["error", "drop"] = "error"
     """presplit: what to do with test items that never occur in train: an error naming the line, or drop. Test
     users without training interactions are kept (and evaluated without a history)."""

@@ -14,6 +14,7 @@ Guarantees shared by all protocols (the leakage tests check them):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,7 +162,9 @@ def presplit(
 
     Args:
         valid_from_train_ratio: share of each user's train interactions moved to valid (seeded, per user,
-            as :func:`random_ratio_split`; 0 = no validation).
+            as :func:`random_ratio_split`; 0 = no validation). The benchmark's test set stays whole: ``unseen``
+            judges it against the whole train file, and test rows whose item the carve-out left without a
+            training interaction are kept and counted in a warning.
         unseen: test items absent from train: ``"error"`` raises a :class:`DataValidationError` naming the
             line of ``test_file`` (``test`` must carry ``_line``), ``"drop"`` drops and counts them.
     """
@@ -185,6 +188,14 @@ def presplit(
     if valid_from_train_ratio > 0:
         carved = random_ratio_split(train, valid_from_train_ratio, 0.0, seed, user=user, item=item)
         train, valid = carved.train, carved.test
+        cold = test.filter(~pl.col(item).is_in(train[item].unique().implode()))
+        if cold.height:
+            warnings.warn(
+                f"{test_file}: {cold.height:,} of {test.height:,} test rows ({cold[item].n_unique():,} items) "
+                f"have no training interaction left once valid_from_train_ratio={valid_from_train_ratio} "
+                "moved their item's to validation; they stay in test (the benchmark's test set is kept whole)",
+                stacklevel=2,
+            )
     else:
         valid = train.clear()
     parts = [

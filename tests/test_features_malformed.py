@@ -714,6 +714,16 @@ def test_parquet_timestamp_of_a_non_instant_type(tmp_path, dtype):
         read_interactions(pq, user="u", item="i", timestamp="ts")
 
 
+@pytest.mark.parametrize("column", ["rating", "ts"])
+@pytest.mark.parametrize("values", [[[1, 2], [3]], [{"a": 1}, {"a": 2}]], ids=["list", "struct"])
+def test_parquet_rating_or_timestamp_of_a_nested_type_is_named(tmp_path, column, values):
+    # was a raw Polars error (a list column cannot be cast to text) with no file or column in it
+    frame = {"u": ["a", "b"], "i": ["x", "y"], "rating": [4.0, 5.0], "ts": [1, 2]}
+    pl.DataFrame({**frame, column: values}).write_parquet(tmp_path / "n.parquet")
+    with pytest.raises(DataValidationError, match=rf"n\.parquet, column '{column}': expected .*got <dtype"):
+        read_interactions(tmp_path / "n.parquet", user="u", item="i", rating="rating", timestamp="ts")
+
+
 def test_parquet_with_categorical_ids_and_parquet_named_csv(tmp_path):
     frame = pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"]}).with_columns(pl.col("u").cast(pl.Categorical))
     frame.write_parquet(tmp_path / "c.parquet")

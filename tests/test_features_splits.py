@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pytest
@@ -185,6 +187,28 @@ def test_presplit_drop_unseen_and_carve_validation():
     assert pairs(s.train) | pairs(s.valid) == pairs(train)
     assert s.valid.height == 2  # round(3 * .34) = 1 for a, round(2 * .34) = 1 for b
     assert {"a", "b"} <= set(s.train["user_id"])
+
+
+def test_presplit_keeps_the_test_file_whole_and_warns_when_the_carve_out_leaves_an_item_cold():
+    # the unseen check judges test against the whole train file; a carve-out that moves item 5's only
+    # training pair to validation keeps the test row (the benchmark's test set) and says so
+    train = pl.DataFrame(
+        {"user_id": ["c", "c", "d", "d"], "item_id": ["5", "6", "6", "7"], "_line": [1, 1, 2, 2]}
+    )
+    test = pl.DataFrame({"user_id": ["d"], "item_id": ["5"], "_line": [2]})
+    cold_seen = warm_seen = False
+    for seed in range(10):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s = presplit(train, test, valid_from_train_ratio=0.5, seed=seed, test_file="test.txt")
+        assert pairs(s.test) == {("d", "5")}
+        cold = "5" not in set(s.train["item_id"])
+        said = [str(w.message) for w in caught]
+        assert [m.startswith("test.txt: 1 of 1 test rows (1 items) have no training") for m in said] == (
+            [True] if cold else []
+        )
+        cold_seen, warm_seen = cold_seen or cold, warm_seen or not cold
+    assert cold_seen and warm_seen  # both cases ran
 
 
 # ---- real data --------------------------------------------------------------------------------------------
