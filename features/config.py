@@ -237,9 +237,13 @@ class DataConfig(_Strict):
                 f"data.rating_threshold needs ratings, but source {src!r} has none"
                 + (" (set data.columns.rating)" if src == "interactions" else "")
             )
-        has_time = src in ("movielens_100k", "amazon_seq") or (
-            src == "interactions" and self.columns.timestamp is not None
-        )
+        has_time = src == "movielens_100k" or (src == "interactions" and self.columns.timestamp is not None)
+        if proto == "temporal" and src == "amazon_seq":
+            # its "timestamps" are positions within each user's line: one global cut over them is no time
+            raise ValueError(
+                "split.protocol 'temporal' needs timestamps, but source 'amazon_seq' has only each user's "
+                "order (positions 0, 1, 2, ...); use split.protocol: leave_one_out"
+            )
         if proto == "temporal" and not has_time:
             raise ValueError(
                 f"split.protocol 'temporal' needs timestamps, but source {src!r} has none"

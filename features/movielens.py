@@ -147,6 +147,18 @@ def read_u_genre(path: Path) -> list[str]:
         raise DataValidationError(
             path, f"genre ids 0..{df.height - 1}, each once", column="id", got=df["gid"].to_list()
         )
+    # Genre names become feature columns: a name twice silently merged two genres' flags into one.
+    names = df["name"].str.strip_chars()
+    repeated = df.filter(names.is_duplicated()).sort("_line")
+    if repeated.height:
+        r = repeated.row(-1, named=True)
+        raise DataValidationError(
+            path,
+            "each genre name once (this one is on an earlier line too)",
+            line=r["_line"],
+            column="name",
+            got=r["name"],
+        )
     return df["name"].to_list()
 
 

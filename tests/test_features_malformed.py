@@ -305,6 +305,19 @@ def test_u_item_genre_flag_not_binary(tmp_path):
         prep_ml(folder, tmp_path)
 
 
+def test_u_genre_name_listed_twice(tmp_path):
+    # each name becomes a feature column: "Action" twice merged the two genres' flags, silently
+    genres = (DATA / "ml100k_mini" / "u.genre").read_text(encoding="latin-1").splitlines()
+    genres[2] = genres[1].split("|")[0] + "|2"
+    folder = ml_folder(tmp_path, u_genre="\n".join(genres) + "\n")
+    name = genres[1].split("|")[0]
+    with pytest.raises(
+        DataValidationError,
+        match=rf"u\.genre, line 3, column 'name': expected each genre name once .*got '{name}'",
+    ):
+        prep_ml(folder, tmp_path)
+
+
 def test_u_user_age_not_integer(tmp_path):
     folder = ml_folder(tmp_path, u_user="1|24|M|technician|85711\n2|fifty|F|other|94043\n")
     with pytest.raises(

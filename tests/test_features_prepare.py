@@ -297,6 +297,10 @@ def test_config_errors_name_the_key():
         DataConfig(source="movielens_100k", path="x", split={"protocol": "temporal"})
     with pytest.raises(ValueError, match="presplit"):
         DataConfig(source="amazon_seq", path="x", name="B", split={"protocol": "presplit"})
+    with pytest.raises(ValueError, match="amazon_seq' has only each user's order"):  # positions, not times
+        DataConfig(
+            source="amazon_seq", path="x", name="B", split={"protocol": "temporal", "temporal_cut": 0.5}
+        )
     assert DataConfig(source="amazon_seq", path="x", name="B").split.protocol == "leave_one_out"
     assert DataConfig(source="user_lines", path="x").split.protocol == "presplit"
     assert DataConfig(source="user_lines", path="x", split={"seed": 3}).split.protocol == "presplit"
