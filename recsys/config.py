@@ -113,6 +113,14 @@ class TrackingConfig(_Strict):
     log_model: bool = True
 
 
+VALIDATION_KEYS = {
+    "random_ratio": "data.split.valid_ratio",
+    "temporal": "data.split.valid_temporal_cut (or valid_cut_timestamp)",
+    "presplit": "data.split.valid_from_train_ratio",
+}
+"""The key that makes a validation split, per split protocol (leave_one_out always makes one)."""
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data, model, training, evaluation and tracking."""
 
@@ -143,6 +151,17 @@ class ExperimentConfig(_Strict):
     def _monitored_metric_is_computed(self) -> ExperimentConfig:
         # checked here, not after the first (possibly hour-long) epoch
         es = self.train.early_stopping
+        split = self.data.split
+        unset = {
+            "random_ratio": split.valid_ratio == 0,
+            "temporal": split.valid_temporal_cut is None and split.valid_cut_timestamp is None,
+            "presplit": split.valid_from_train_ratio == 0,
+        }
+        if es is not None and unset.get(split.protocol, False):
+            raise ValueError(
+                f"train.early_stopping needs a validation split, but data.split (protocol {split.protocol!r}) "
+                f"makes none: set {VALIDATION_KEYS[split.protocol]}, or remove train.early_stopping"
+            )
         if es is not None:
             from eval.metrics import METRICS
 

@@ -214,9 +214,13 @@ class Trainer:
             )
         self.monitor_split = "valid" if dataset.manifest["counts"].get("valid", 0) > 0 else "test"
         if self.tc.early_stopping is not None and self.monitor_split != "valid":
+            from recsys.config import VALIDATION_KEYS
+
+            protocol = dataset.manifest.get("split", {}).get("protocol")
+            key = VALIDATION_KEYS.get(protocol, "a validation share of data.split")
             raise ValueError(
-                "train.early_stopping needs a validation split, but the dataset has none "
-                "(set data.split.valid_ratio / valid_from_train_ratio, or remove train.early_stopping)"
+                f"train.early_stopping needs a validation split, but the dataset has none (set {key}, or "
+                "remove train.early_stopping)"
             )
 
     # ---- pieces -------------------------------------------------------------------------------------------

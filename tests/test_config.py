@@ -47,7 +47,7 @@ def test_overrides_parse_yaml_values(cfg_file):
 
 
 def test_override_creates_optional_section(cfg_file):
-    cfg = load_config(cfg_file, ["train.early_stopping.patience=3"])
+    cfg = load_config(cfg_file, ["data.split.valid_ratio=0.1", "train.early_stopping.patience=3"])
     assert cfg.train.early_stopping.patience == 3 and cfg.train.early_stopping.metric == "ndcg@20"
 
 
@@ -128,6 +128,23 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused(cfg_file, name):
         load_config(cfg_file, [f"name={name!r}"])
 
 
+@pytest.mark.parametrize(
+    "split, key",
+    [
+        ("{protocol: random_ratio, test_ratio: 0.2}", "data.split.valid_ratio"),
+        (
+            "{protocol: temporal, temporal_cut: 0.8}",
+            r"data.split.valid_temporal_cut \(or valid_cut_timestamp\)",
+        ),
+    ],
+)
+def test_early_stopping_without_a_validation_split_names_the_protocol_s_key(cfg_file, split, key):
+    # refused when the config loads (was: after preparing the data, naming random_ratio's key for any protocol)
+    overrides = ["data.columns.timestamp=t", f"data.split={split}", "train.early_stopping.patience=3"]
+    with pytest.raises(ConfigError, match=rf"train\.early_stopping needs a validation split.*set {key}, or"):
+        load_config(cfg_file, overrides)
+
+
 def test_yaml_merge_keys_and_list_keys(tmp_path, cfg_file):
     merged = tmp_path / "m.yaml"
     merged.write_text(
@@ -160,7 +177,7 @@ def test_checked_before_training(cfg_file):
         with pytest.raises(
             ConfigError, match=rf"early_stopping\.metric '{metric}' is not computed"
         ) as caught:
-            load_config(cfg_file, [f"train.early_stopping.metric={metric}"])
+            load_config(cfg_file, ["data.split.valid_ratio=0.1", f"train.early_stopping.metric={metric}"])
         # a check across sections: no empty key (": Value error, ...") and no dump of the whole config
         assert str(caught.value).splitlines()[1].startswith("  train.early_stopping.metric")
         assert "Value error" not in str(caught.value) and "'data':" not in str(caught.value)
@@ -169,7 +186,9 @@ def test_checked_before_training(cfg_file):
     ):
         load_config(cfg_file, ["train.epochs={a: 1}"])  # a wrong value is still shown, a mapping too
     assert (
-        load_config(cfg_file, ["train.early_stopping.metric=recall@5"]).train.early_stopping.metric
+        load_config(
+            cfg_file, ["data.split.valid_ratio=0.1", "train.early_stopping.metric=recall@5"]
+        ).train.early_stopping.metric
         == "recall@5"
     )
     with pytest.raises(ConfigError, match=r"override 'train\.\.lr=0\.1': expected a key like train\.lr"):
