@@ -361,22 +361,47 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config, apply ``key=value`` overrides, validate."""
     path = Path(path).expanduser()
     raw = _read_raw(path, overrides)
-    cfg = validate_config(raw, source=str(path))
+    try:
+        cfg = validate_config(raw, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(_name_overrides(str(exc), overrides)) from None
     _warn_other_protocols_keys(raw, cfg.data, str(path))
     return cfg
+
+
+def _name_overrides(message: str, overrides: list[str] | tuple[str, ...]) -> str:
+    """``message`` (a header, then ``  key: what is wrong`` lines) with each line whose key a command-line
+    override set saying so: the header names the YAML file, which may not hold the value at all."""
+    keys = [(o.split("=", 1)[0].strip(), o) for o in overrides]
+    lines = message.split("\n")
+    for n, line in enumerate(lines[1:], start=1):
+        key = line.strip().split(":", 1)[0]
+        setters = [o for k, o in keys if key == k or key.startswith(k + ".") or k.startswith(key + ".")]
+        if line.startswith("  ") and setters:
+            lines[n] = f"{line} [set on the command line: {setters[-1]!r}]"
+    return "\n".join(lines)
 
 
 def load_data_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DataConfig:
     """Only the ``data`` section of a config file (with overrides), validated: what ``recsys data prepare``
     needs, so that a file without a ``model`` section (or with one still being written) can prepare data."""
     path = Path(path).expanduser()
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key != "data" and not key.startswith("data."):
+            # only the data section is read here: another section's override would be ignored, silently
+            raise ConfigError(
+                f"override {override!r}: only data.* keys apply when preparing data (got key {key!r})"
+            )
     raw = _read_raw(path, overrides)
     if not isinstance(raw, dict) or "data" not in raw:
         raise ConfigError(f"invalid config ({path}):\n  data: Field required")
     try:
         data = DataConfig.model_validate(raw["data"])
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, str(path), "data", DataConfig)) from None
+        raise ConfigError(
+            _name_overrides(_format_errors(exc, str(path), "data", DataConfig), overrides)
+        ) from None
     _warn_other_protocols_keys(raw, data, str(path))
     return data
 

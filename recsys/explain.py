@@ -67,7 +67,8 @@ def require_intents(model: torch.nn.Module) -> None:
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no latent intents to explain (DCCF with disentangle=true has; ICSRec's k-means "
-            "intents are explained by recsys.explain_sequence)"
+            "intents are explained for a sequence: `recsys explain --run RUN --sequence ITEM ...`, or "
+            "recsys.explain_sequence in Python)"
         )
 
 

@@ -241,6 +241,8 @@ def test_data_prepare_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == info["path"]  # the same data, the same folder
     assert main(["data", "prepare", "-c", str(data_only), "data.splitt=1"]) == 2
     assert "data.splitt: unknown key; allowed keys here: columns" in capsys.readouterr().err
+    assert main(["data", "prepare", "-c", str(cfg), "trian.epochs=3"]) == 2  # was ignored, exit 0
+    assert "override 'trian.epochs=3': only data.* keys apply when preparing data" in capsys.readouterr().err
 
 
 def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch, capsys):

@@ -145,6 +145,17 @@ def test_early_stopping_without_a_validation_split_names_the_protocol_s_key(cfg_
         load_config(cfg_file, overrides)
 
 
+def test_an_error_in_an_override_s_value_says_the_command_line_set_it(cfg_file):
+    # the header names the YAML file, which does not hold the bad value
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg_file, ["train.epochs=abc", "seed=4"])
+    assert caught.value.args[0].splitlines()[1].endswith("[set on the command line: 'train.epochs=abc']")
+    cfg_file.write_text(BASE.replace("epochs: 2", "epochs: abc"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg_file, ["seed=4"])  # the file's own value: no such note
+    assert "command line" not in str(caught.value)
+
+
 def test_yaml_merge_keys_and_list_keys(tmp_path, cfg_file):
     merged = tmp_path / "m.yaml"
     merged.write_text(
