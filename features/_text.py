@@ -22,6 +22,9 @@ def require_file(path: str | Path, what: str = "file") -> Path:
         parent = path.parent
         listing = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
         hint = f"{parent} holds: {', '.join(listing)}" if listing else None
+        if not path.is_absolute() and not listing:
+            # the shipped configs say ../shared/data/...: read from the current folder, not the config's
+            hint = f"a relative path is read from the current folder: here {path.absolute()}"
         raise DataValidationError(path, f"an existing {what}", got="<missing file>", hint=hint)
     if not path.is_file():
         raise DataValidationError(path, f"a {what} (a regular file)", got="<a folder>")

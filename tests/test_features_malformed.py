@@ -66,6 +66,15 @@ def test_missing_test_file_for_presplit(tmp_path):
         prep_lines(tmp_path / "g", tmp_path)
 
 
+def test_a_missing_relative_path_is_shown_as_read_from_the_current_folder(tmp_path, monkeypatch):
+    # configs/ say ../shared/data/...: run from elsewhere, the error showed only the relative path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DataValidationError, match=r"read from the current folder: here .*/\.\./shared/data/g/"
+    ):
+        prep_lines(Path("../shared/data/g"), tmp_path)
+
+
 def test_empty_file(tmp_path):
     path = write(tmp_path / "inter.csv", "")
     with pytest.raises(
