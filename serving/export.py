@@ -151,6 +151,8 @@ def export_recommendations(
         ids = known
     else:
         ids = _as_id_list(user_ids, "user_ids")
+        if not ids:  # not "none of the users is known": there were none
+            raise ValueError("user_ids is empty; nothing was written (pass None for every known user)")
         repeated = sorted(u for u, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ValueError(f"user_ids repeat {len(repeated)} id(s): {repeated[:5]}")

@@ -17,7 +17,7 @@ the id maps and the user/seen arrays (marked read-only); all per-call state is l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -276,10 +276,11 @@ class Retriever:
 
 
 def _as_id_list(ids: Any, name: str) -> list[str]:
-    if isinstance(ids, str):
-        return [ids]
-    if isinstance(ids, bytes):
-        raise TypeError(f"{name} must be a str or a sequence of str, not bytes")
+    """One id (a str, or an integer read as its text) or a sequence of them -> a list of str."""
+    if isinstance(ids, str) or (isinstance(ids, int | np.integer) and not isinstance(ids, bool | np.bool_)):
+        return [_id_text(ids, name.removesuffix("_ids"))]
+    if isinstance(ids, bytes) or not isinstance(ids, Iterable):
+        raise TypeError(f"{name} must be an id or a sequence of ids, got {type(ids).__name__}")
     return [_id_text(x, name.removesuffix("_ids")) for x in ids]
 
 

@@ -153,6 +153,8 @@ def test_bad_arguments_are_named(retriever, tmp_path):
         export_recommendations(retriever, tmp_path / "recs.json")
     with pytest.raises(ValueError, match=r"repeat 1 id\(s\): \['u2'\]"):
         export_recommendations(retriever, tmp_path / "r.csv", ["u2", "u1", "u2"])
+    with pytest.raises(ValueError, match="user_ids is empty; nothing was written"):
+        export_recommendations(retriever, tmp_path / "r.csv", [])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         export_recommendations(retriever, tmp_path / "r.csv", batch_size=0)
     with pytest.raises(ValueError, match="k must be"):

@@ -90,6 +90,11 @@ def test_integer_ids_are_their_text():
 
     # recommend([7]) said "unknown user id: 7" for a user "7"; sequences already took integers
     assert _as_id_list([7, np.int64(8), "9"], "user_ids") == ["7", "8", "9"]
+    # one integer is one id, as one str is (recommend(7) was "'int' object is not iterable")
+    assert _as_id_list(7, "user_ids") == ["7"] and _as_id_list(np.int32(7), "user_ids") == ["7"]
+    for bad in (None, 7.0, b"7", True):
+        with pytest.raises(TypeError, match="user ids are text|an id or a sequence of ids"):
+            _as_id_list(bad, "user_ids")
 
 
 def test_a_huge_k_is_the_whole_catalogue(retriever, world):
