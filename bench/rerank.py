@@ -4,8 +4,9 @@ For a trained run (``recsys train``; its dataset needs a validation split), ``re
 fits a re-ranker on the validation users' candidate lists and tests both stages on the test split, with the
 evaluation's own ranking (the retrieval top-k is exactly what ``recsys evaluate --run`` scores). Each seed
 draws another split of the validation users into fitting and held-out parts and seeds LightGBM; the first
-stage is the same for all. Prints mean ± sample standard deviation over seeds of each stage's test metrics
-and of the held-out NDCG, the seconds per fit, and writes every seed's record:
+stage is the same for all. Prints mean ± sample standard deviation over seeds of each stage's test metrics,
+of the held-out NDCG and of the cross-check's (``recsys.rerank._cross_check``: validation users each ranked by
+the procedure fitted without them), the seconds per fit, and writes every seed's record:
 
     RECSYS_HOME=... .venv/bin/python bench/rerank.py --run RUN_ID --seeds 0 1 2 \\
         --out bench/results/rerank_ml100k_lightgcn.json
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="default: the run's eval.ks")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    parser.add_argument("--folds", type=int, default=5, help="cross-check folds (0: none)")
     parser.add_argument("--out", type=Path, help="JSON results file")
     parser.add_argument(
         "--calls", type=int, default=300, help="serving calls timed per case, with the last seed's re-ranker"
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for seed in args.seeds:
         start = time.perf_counter()
-        result = fit_reranker(run, n_candidates=args.candidates, ks=ks, seed=seed, num_threads=args.threads)
+        result = fit_reranker(
+            run, n_candidates=args.candidates, ks=ks, seed=seed, num_threads=args.threads, folds=args.folds
+        )
         seconds = time.perf_counter() - start
         info = result.reranker.info
         records.append(
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(seconds, 2),
                 "test": result.test,
                 "holdout": result.holdout,
+                "cross_check": result.cross_check,
                 "candidate_recall": result.candidate_recall,
                 "fit_users": result.fit_users,
                 "holdout_users": result.holdout_users,
@@ -111,8 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     for stage in ("retrieval", "reranked"):
         cells = [spread([r["test"][stage][key] for r in records]) for key in keys]
         print(f"| {stage} | " + " | ".join(cells) + " |")
+    k = max(ks)
     for stage in ("retrieval", "reranked"):
-        print(f"held-out ndcg@{max(ks)} {stage}: {spread([r['holdout'][stage] for r in records])}")
+        print(f"held-out ndcg@{k} {stage}: {spread([r['holdout'][stage] for r in records])}")
+    checked = [r["cross_check"] for r in records if r["cross_check"]]
+    if checked:
+        for key in (f"retrieval_ndcg@{k}", f"reranked_ndcg@{k}", "difference"):
+            print(f"cross-check {key}: {spread([c[key] for c in checked])}")
+        print(
+            f"cross-check standard errors of the difference: {[round(c['difference_se'], 4) for c in checked]}"
+        )
     latency = serving_latency(run, result.reranker, max(ks), args.calls) if args.calls else None
     if latency:
         print(

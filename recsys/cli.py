@@ -54,6 +54,13 @@ _non_negative_int = _int_at_least(0, "a non-negative integer")
 _positive_int = _int_at_least(1, "a positive integer")
 
 
+def _cross_check_folds(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"expected 0 (no cross-check) or at least 2 folds, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _int_at_least(0, "a TCP port, 0 to 65535")(text)
     if value > 65535:
@@ -183,6 +190,29 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _rerank_doubt(held: dict, cross: dict | None, folds: int) -> str | None:
+    """Why serving a fitted re-ranker is not advised, or None when the cross-check shows a clear gain."""
+    if cross is not None:
+        if cross["difference"] <= 0:
+            return (
+                "the re-ranker does not beat the retrieval order on validation users it never saw (cross-check); "
+                "serving it is not advised"
+            )
+        if cross["difference"] < 2 * cross["difference_se"]:
+            return (
+                "the re-ranker's gain on validation users it never saw is within two standard errors of zero: "
+                "no clear reason to serve it"
+            )
+        return None
+    if held["reranked"] <= held["retrieval"]:
+        return (
+            "the re-ranker does not beat the retrieval order even on the held-out users that chose it; "
+            "serving it is not advised"
+        )
+    why = "skipped (--folds 0)" if folds == 0 else "not possible with so few validation users"
+    return f"the cross-check was {why}, and the held-out users' comparison flatters the re-ranker"
+
+
 def cmd_rerank(args) -> int:
     from recsys.pipeline import load_run
     from recsys.rerank import default_reranker_dir, fit_reranker, require_embeddings, track_reranker
@@ -192,21 +222,29 @@ def cmd_rerank(args) -> int:
         return 2
     run = load_run(args.run, uri=args.tracking_uri, require=require_embeddings)
     ks = args.k or run.config.eval.ks
-    result = fit_reranker(run, n_candidates=args.candidates, ks=tuple(ks), seed=args.seed)
+    result = fit_reranker(run, n_candidates=args.candidates, ks=tuple(ks), seed=args.seed, folds=args.folds)
     path = result.reranker.save(Path(args.out) if args.out else default_reranker_dir(args.run))
     tracked = track_reranker(result, args.run, path, uri=args.tracking_uri)
     k = max(ks)
-    held = result.holdout
+    held, cross = result.holdout, result.cross_check
     if args.json:
-        print(json.dumps({"test": result.test, "holdout": held, "candidate_recall": result.candidate_recall,
-                          "fit_users": result.fit_users, "holdout_users": result.holdout_users,
-                          "path": str(path), "mlflow_run_id": tracked}, sort_keys=True))  # fmt: skip
+        print(json.dumps({"test": result.test, "holdout": held, "cross_check": cross,
+                          "candidate_recall": result.candidate_recall, "fit_users": result.fit_users,
+                          "holdout_users": result.holdout_users, "path": str(path),
+                          "mlflow_run_id": tracked}, sort_keys=True))  # fmt: skip
         return 0
     print(
-        f"re-ranker fitted on {result.fit_users} validation users, tree shape chosen on "
-        f"{result.holdout_users} more (held-out ndcg@{k}: re-ranked {held['reranked']:.4f}, retrieval "
-        f"{held['retrieval']:.4f})"
+        f"re-ranker fitted on {result.fit_users} validation users, stopped and its tree shape chosen on "
+        f"{result.holdout_users} more (there, ndcg@{k}: re-ranked {held['reranked']:.4f}, retrieval "
+        f"{held['retrieval']:.4f}; flattering, as they chose it)"
     )
+    if cross is not None:
+        print(
+            f"cross-check, {cross['users']} validation users each ranked by the procedure fitted without them "
+            f"({cross['folds']} folds): ndcg@{k} re-ranked {cross[f'reranked_ndcg@{k}']:.4f}, retrieval "
+            f"{cross[f'retrieval_ndcg@{k}']:.4f}, difference {cross['difference']:+.4f} "
+            f"± {cross['difference_se']:.4f} (standard error)"
+        )
     share = f"{result.candidate_recall:.1%}"
     print(f"\ntest metrics ({args.candidates} candidates per user, holding {share} of the test items):")
     print(format_metrics_table(result.test, ks))
@@ -214,15 +252,12 @@ def cmd_rerank(args) -> int:
     if useful < 1000:  # MovieLens-100K: 899 users, and the test effect varied by +-0.006 NDCG@20 over seeds
         print(
             f"warning: only {useful} validation users have a relevant item among the candidates; with so few "
-            "the re-ranker and the held-out comparison are noisy (docs/reranking.md)",
+            "the re-ranker and the validation comparisons are noisy (docs/reranking.md)",
             file=sys.stderr,
         )
-    if held["reranked"] <= held["retrieval"]:
-        print(
-            "warning: the re-ranker does not beat the retrieval order on the held-out validation users; "
-            "serving it is not advised",
-            file=sys.stderr,
-        )
+    doubt = _rerank_doubt(held, cross, args.folds)
+    if doubt:
+        print(f"warning: {doubt}", file=sys.stderr)
     print(f"\nre-ranker written to {path} (serve it with `recsys recommend --run RUN --reranker {path}`)")
     print(f"MLflow run: {tracked} (a child of {args.run})")
     return 0
@@ -727,6 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--k", type=_parse_ks, help="cut-offs, e.g. 10,20 (default: the run's eval.ks)")
     rr.add_argument("--seed", type=int, default=0, help="the validation users' split and LightGBM's seed")
+    rr.add_argument(
+        "--folds",
+        type=_cross_check_folds,
+        default=5,
+        help="parts of the cross-check on validation users the ranker never saw (5; 0 skips it)",
+    )
     rr.add_argument("--out", help="output folder (default: $RECSYS_HOME/rerankers/RUN_ID)")
     rr.add_argument("--json", action="store_true", help="print one JSON object")
     rr.set_defaults(func=cmd_rerank)

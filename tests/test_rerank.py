@@ -217,6 +217,9 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
         assert report["test"]["retrieval"][key] == pytest.approx(value, abs=1e-12), key
     assert set(report["test"]["reranked"]) == set(evaluated)
     assert 0 < report["candidate_recall"] <= 1 and report["fit_users"] > report["holdout_users"] > 0
+    cross = report["cross_check"]  # every useful validation user, scored by rankers fitted without it
+    assert cross["folds"] == 5 and cross["users"] == report["fit_users"] + report["holdout_users"]
+    assert cross["difference"] == pytest.approx(cross["reranked_ndcg@10"] - cross["retrieval_ndcg@10"])
     assert Reranker.load(out).info["run_id"] == run_id
     import mlflow
 
@@ -224,7 +227,8 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     assert child.data.tags["mlflow.parentRunId"] == run_id
     assert child.info.experiment_id == mlflow.get_run(run_id).info.experiment_id
     assert child.data.metrics["test_final/reranked/ndcg_at_10"] == report["test"]["reranked"]["ndcg@10"]
-    assert child.data.params["n_candidates"] == "30"
+    assert child.data.params["n_candidates"] == "30" and child.data.params["cross_check_folds"] == "5"
+    assert child.data.metrics["cross_check/difference"] == cross["difference"]
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id, "reranker")}
     assert logged == {"reranker/reranker.json", "reranker/reranker.txt"}
 
@@ -317,6 +321,12 @@ def test_no_test_interaction_reaches_the_fit(tmp_path, capsys):
     assert first.reranker.booster.model_to_string() == again.reranker.booster.model_to_string()
     assert first.holdout == again.holdout and first.reranker.info["trials"] == again.reranker.info["trials"]
     assert first.test["retrieval"]["ndcg@10"] != again.test["retrieval"]["ndcg@10"]
+    assert first.cross_check == again.cross_check and first.cross_check is not None
+    # the cross-check estimates the procedure; it leaves the ranker that is kept and served as it was
+    unchecked = fit_reranker(run, n_candidates=30, ks=(10,), folds=0)
+    assert unchecked.cross_check is None and "cross_check" not in unchecked.reranker.info
+    assert unchecked.reranker.booster.model_to_string() == first.reranker.booster.model_to_string()
+    assert unchecked.test == first.test and unchecked.holdout == first.holdout
 
 
 def test_the_fit_counts_pairs_rated_below_the_threshold_as_known_like_the_index():
@@ -395,3 +405,86 @@ def test_a_reranker_loads_while_another_process_saves_it_again(tmp_path, monkeyp
     monkeypatch.setattr(_files.FolderSnapshot, "read", read_then_save)
     loaded = Reranker.load(folder)
     assert saved and loaded.info["v"] == 2  # the new folder, both files from it
+
+
+def synthetic_candidates(n_users: int = 240, n: int = 20, n_items: int = 60, seed: int = 0):
+    """Candidate lists of ``recsys.rerank.SplitCandidates`` form whose ``user_log_history`` feature holds the
+    user's row, so a spy can tell which users a ranker learned on and which it ranked."""
+    from recsys.rerank import SplitCandidates
+
+    rng = np.random.default_rng(seed)
+    positions = np.stack([rng.permutation(n_items)[:n] for _ in range(n_users)]).astype(np.int64)
+    scores = -np.sort(-rng.random((n_users, n)), axis=1).astype(np.float32)
+    features = rng.normal(size=(n_users, n, len(FEATURES))).astype(np.float32)
+    features[:, :, FEATURES.index("user_log_history")] = np.arange(n_users)[:, None]
+    labels = (rng.random((n_users, n)) < 0.1).astype(np.float32)
+    labels[np.arange(0, n_users, 7), 3] = 1.0  # most rows have something relevant, some none
+    truth = sp.csr_matrix((labels > 0).astype(np.float32))  # columns: list slots...
+    truth = sp.csr_matrix(  # ...mapped to the slots' items
+        (np.ones(truth.nnz, np.float32), positions[np.repeat(np.arange(n_users), np.diff(truth.indptr)),
+                                                    truth.indices], truth.indptr), (n_users, n_items),
+    )  # fmt: skip
+    return SplitCandidates(np.arange(n_users), scores, positions, features, labels, truth, 8)
+
+
+def test_the_cross_check_scores_each_user_by_a_ranker_that_never_saw_it(monkeypatch):
+    """The held-out users that stop and choose a ranker flatter it; the cross-check's rankers neither learn,
+    stop nor choose on the users they score, and every useful user is scored exactly once."""
+    from recsys import rerank
+
+    column = FEATURES.index("user_log_history")
+    seen: dict[int, set[int]] = {}
+    scored: list[tuple[int, np.ndarray]] = []
+    fit, rerank_rows = Reranker.fit.__func__, Reranker.rerank
+
+    def spy_fit(cls, features, labels, *, valid=None, **kwargs):
+        ranker = fit(cls, features, labels, valid=valid, **kwargs)
+        users = set(features[:, 0, column].astype(int)) | set(valid[0][:, 0, column].astype(int))
+        seen[id(ranker)] = users
+        return ranker
+
+    def spy_rerank(self, scores, positions, features, k):
+        scored.append((id(self), features[:, 0, column].astype(int)))
+        return rerank_rows(self, scores, positions, features, k)
+
+    monkeypatch.setattr(Reranker, "fit", classmethod(spy_fit))
+    monkeypatch.setattr(Reranker, "rerank", spy_rerank)
+    valid = synthetic_candidates()
+    useful = np.flatnonzero(valid.labels.any(axis=1))
+    assert 0 < useful.size < valid.users.size
+    result = rerank._cross_check(
+        valid, useful, 4, holdout_share=0.2, k=10, n_items=60, params=None, seed=3, num_threads=1
+    )
+    # the trials' own held-out ranking (choosing a shape) ranks users the trial stopped on; the cross-check's
+    # scoring is the rerank by a kept ranker of users outside everything it saw
+    outside = [users for ranker, users in scored if not set(users) & seen[ranker]]
+    assert len(outside) == 4
+    assert sorted(np.concatenate(outside)) == sorted(useful)
+    assert result["users"] == useful.size and result["folds"] == 4
+    assert result["difference"] == pytest.approx(result["reranked_ndcg@10"] - result["retrieval_ndcg@10"])
+    assert result["difference_se"] > 0
+    # the retrieval side is the first-stage order of the same users
+    from eval.metrics import ranking_metrics
+
+    before = ranking_metrics(valid.positions[useful, :10], valid.truth[useful], (10,), n_items=60)
+    assert result["retrieval_ndcg@10"] == pytest.approx(before["ndcg@10"])
+
+
+def test_the_rerank_command_doubts_a_gain_the_cross_check_does_not_show(capsys):
+    from recsys.cli import _rerank_doubt, main
+
+    flattering = {"retrieval": 0.22, "reranked": 0.23}  # the held-out users that chose it say "better"
+    worse = {"folds": 5, "users": 899, "difference": -0.004, "difference_se": 0.003}
+    assert "does not beat the retrieval order on validation users it never saw" in _rerank_doubt(
+        flattering, worse, 5
+    )
+    unclear = {**worse, "difference": 0.004}
+    assert "within two standard errors of zero" in _rerank_doubt(flattering, unclear, 5)
+    assert _rerank_doubt(flattering, {**worse, "difference": 0.007}, 5) is None
+    assert "skipped (--folds 0)" in _rerank_doubt(flattering, None, 0)
+    assert "even on the held-out users that chose it" in _rerank_doubt(
+        flattering | {"reranked": 0.2}, None, 0
+    )
+    with pytest.raises(SystemExit):
+        main(["rerank", "--run", "r", "--folds", "1"])
+    assert "expected 0 (no cross-check) or at least 2 folds, got '1'" in capsys.readouterr().err
