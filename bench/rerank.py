@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out ndcg@{k} {stage}: {spread([r['holdout'][stage] for r in records])}")
     checked = [r["cross_check"] for r in records if r["cross_check"]]
     if checked:
-        for key in (f"retrieval_ndcg@{k}", f"reranked_ndcg@{k}", "difference"):
+        for key in (f"retrieval_ndcg@{k}", f"reranked_ndcg@{k}", "difference", "difference_per_split_user"):
             print(f"cross-check {key}: {spread([c[key] for c in checked])}")
         print(
             f"cross-check standard errors of the difference: {[round(c['difference_se'], 4) for c in checked]}"

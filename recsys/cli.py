@@ -243,7 +243,8 @@ def cmd_rerank(args) -> int:
             f"cross-check, {cross['users']} validation users each ranked by the procedure fitted without them "
             f"({cross['folds']} folds): ndcg@{k} re-ranked {cross[f'reranked_ndcg@{k}']:.4f}, retrieval "
             f"{cross[f'retrieval_ndcg@{k}']:.4f}, difference {cross['difference']:+.4f} "
-            f"± {cross['difference_se']:.4f} (standard error)"
+            f"± {cross['difference_se']:.4f} (standard error); over all {cross['split_users']} validation "
+            f"users, as a test report counts them: {cross['difference_per_split_user']:+.4f}"
         )
     share = f"{result.candidate_recall:.1%}"
     print(f"\ntest metrics ({args.candidates} candidates per user, holding {share} of the test items):")

@@ -220,6 +220,7 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     cross = report["cross_check"]  # every useful validation user, scored by rankers fitted without it
     assert cross["folds"] == 5 and cross["users"] == report["fit_users"] + report["holdout_users"]
     assert cross["difference"] == pytest.approx(cross["reranked_ndcg@10"] - cross["retrieval_ndcg@10"])
+    assert cross["split_users"] >= cross["users"]  # every validation user with truth: the test's scale
     assert Reranker.load(out).info["run_id"] == run_id
     import mlflow
 
@@ -444,8 +445,9 @@ def test_the_cross_check_scores_each_user_by_a_ranker_that_never_saw_it(monkeypa
         return ranker
 
     def spy_rerank(self, scores, positions, features, k):
-        scored.append((id(self), features[:, 0, column].astype(int)))
-        return rerank_rows(self, scores, positions, features, k)
+        out = rerank_rows(self, scores, positions, features, k)
+        scored.append((id(self), features[:, 0, column].astype(int), out[1]))
+        return out
 
     monkeypatch.setattr(Reranker, "fit", classmethod(spy_fit))
     monkeypatch.setattr(Reranker, "rerank", spy_rerank)
@@ -457,17 +459,22 @@ def test_the_cross_check_scores_each_user_by_a_ranker_that_never_saw_it(monkeypa
     )
     # the trials' own held-out ranking (choosing a shape) ranks users the trial stopped on; the cross-check's
     # scoring is the rerank by a kept ranker of users outside everything it saw
-    outside = [users for ranker, users in scored if not set(users) & seen[ranker]]
+    outside = [(users, lists) for ranker, users, lists in scored if not set(users) & seen[ranker]]
     assert len(outside) == 4
-    assert sorted(np.concatenate(outside)) == sorted(useful)
-    assert result["users"] == useful.size and result["folds"] == 4
+    assert sorted(np.concatenate([users for users, _ in outside])) == sorted(useful)
+    assert result["users"] == useful.size and result["folds"] == 4 and result["split_users"] == 240
     assert result["difference"] == pytest.approx(result["reranked_ndcg@10"] - result["retrieval_ndcg@10"])
     assert result["difference_se"] > 0
-    # the retrieval side is the first-stage order of the same users
+    assert result["difference_per_split_user"] == pytest.approx(result["difference"] * useful.size / 240)
+    # both sides are scored on each user's own lists: the retrieval order, and what the fold's ranker returned
     from eval.metrics import ranking_metrics
 
-    before = ranking_metrics(valid.positions[useful, :10], valid.truth[useful], (10,), n_items=60)
-    assert result["retrieval_ndcg@10"] == pytest.approx(before["ndcg@10"])
+    users = np.concatenate([users for users, _ in outside])
+    lists = np.concatenate([lists for _, lists in outside])
+    for name, top in (("retrieval", valid.positions[useful, :10]), ("reranked", lists)):
+        rows = useful if name == "retrieval" else users
+        expected = ranking_metrics(top, valid.truth[rows], (10,), n_items=60)["ndcg@10"]
+        assert result[f"{name}_ndcg@10"] == pytest.approx(expected), name
 
 
 def test_the_rerank_command_doubts_a_gain_the_cross_check_does_not_show(capsys):
