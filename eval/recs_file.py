@@ -172,11 +172,19 @@ def _item_codes(items: pl.Series) -> pl.DataFrame:
     return frame.select("item").with_row_index("i", offset=0).with_columns(pl.col("i").cast(pl.Int64))
 
 
-def _check_users_match(listed: pl.DataFrame, users: pl.DataFrame, recs_path, truth_path) -> None:
+def _check_users_match(
+    recs: pl.DataFrame, listed: pl.DataFrame, users: pl.DataFrame, recs_path, truth_path
+) -> None:
     """Refuse files whose users do not meet (every metric would be a silent zero); warn about truth users
-    without a list, who count as zeros."""
+    without a list, who count as zeros. ``recs``: the recommended rows (score above -inf); ``listed``: all
+    rows, so that a file whose every row is scored -inf is named for what it is."""
     listed_users = listed.select(pl.col("user").unique().sort())
-    covered = users.join(listed_users, on="user", how="semi").height
+    covered = users.join(recs.select("user").unique(), on="user", how="semi").height
+    if covered == 0 and users.join(listed_users, on="user", how="semi").height:
+        raise ValueError(
+            f"no user of {truth_path} has a recommendation in {recs_path}: every row of theirs is scored -inf, "
+            "which means not recommended"
+        )
     if covered == 0:
         raise ValueError(
             f"none of the {users.height:,} users of {truth_path} has a recommendation in {recs_path}: do the "
@@ -241,7 +249,7 @@ def evaluate_recs_file(
         .with_row_index("u")
         .with_columns(pl.col("u").cast(pl.Int64))
     )
-    _check_users_match(listed, users, recs_path, truth_path)
+    _check_users_match(recs, listed, users, recs_path, truth_path)
     truth_codes = truth.join(users, on="user").join(items, on="item")
     n_users, n_codes = users.height, items.height
     # No list is longer than the n_codes items; past that length every metric but precision stays the same,

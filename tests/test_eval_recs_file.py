@@ -269,3 +269,11 @@ def test_files_whose_users_do_not_meet_are_refused_and_missing_lists_are_counted
     recs = write(tmp_path, "recs.csv", RECS)
     with pytest.warns(UserWarning, match=r"1 of the 3 users of .*truth\.csv have no recommendation"):
         evaluate_recs_file(recs, truth, ks=(1,))
+    # -inf means "not recommended": users whose every row is -inf have no list, and a file of only such rows
+    # is refused for what it is (it was scored as all zeros without a word)
+    unranked = write(tmp_path, "unranked.csv", "user,item,score\na,y,-inf\nb,z,-inf\n")
+    with pytest.raises(ValueError, match=r"no user of .*truth\.csv has a recommendation .* scored -inf"):
+        evaluate_recs_file(unranked, truth, ks=(1,))
+    partly = write(tmp_path, "partly.csv", "user,item,score\na,y,1\nb,z,-inf\nd,x,1\n")
+    with pytest.warns(UserWarning, match=r"1 of the 3 users of .*truth\.csv have no recommendation"):
+        evaluate_recs_file(partly, truth, ks=(1,))
