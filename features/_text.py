@@ -199,7 +199,8 @@ def parse_int(
 def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Series:
     """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64)."""
     dtype = df.schema[col]
-    if not (dtype == pl.String or dtype.is_numeric()):  # a list or struct column: Polars' own error otherwise
+    # a list or struct column: Polars' own error otherwise; a Boolean one reads as 1.0 / 0.0 (a "liked" flag)
+    if not (dtype == pl.String or dtype == pl.Boolean or dtype.is_numeric()):
         raise DataValidationError(path, f"{what} (numbers or text)", column=col, got=f"<dtype {dtype}>")
     raw = pl.col(col)
     cast = (raw.str.strip_chars() if dtype == pl.String else raw).cast(pl.Float64, strict=False)

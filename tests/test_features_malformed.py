@@ -746,6 +746,14 @@ def test_parquet_rating_or_timestamp_of_a_nested_type_is_named(tmp_path, column,
         read_interactions(tmp_path / "n.parquet", user="u", item="i", rating="rating", timestamp="ts")
 
 
+def test_a_boolean_parquet_rating_reads_as_one_and_zero(tmp_path):
+    # a "liked" flag: read as 1.0 / 0.0 before the nested-type check, and again now
+    frame = {"u": ["a", "b", "c"], "i": ["x", "y", "z"], "liked": [True, False, True], "ts": [1, 2, 3]}
+    pl.DataFrame(frame).write_parquet(tmp_path / "b.parquet")
+    read = read_interactions(tmp_path / "b.parquet", user="u", item="i", rating="liked", timestamp="ts")
+    assert read["rating"].to_list() == [1.0, 0.0, 1.0]
+
+
 def test_parquet_with_categorical_ids_and_parquet_named_csv(tmp_path):
     frame = pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"]}).with_columns(pl.col("u").cast(pl.Categorical))
     frame.write_parquet(tmp_path / "c.parquet")
