@@ -376,9 +376,18 @@ def _name_overrides(message: str, overrides: list[str] | tuple[str, ...]) -> str
     lines = message.split("\n")
     for n, line in enumerate(lines[1:], start=1):
         key = line.strip().split(":", 1)[0]
-        setters = [o for k, o in keys if key == k or key.startswith(k + ".") or k.startswith(key + ".")]
-        if line.startswith("  ") and setters:
+        if not line.startswith("  "):
+            continue
+        # the key itself or a section above it set on the command line; else a value under it (a check of the
+        # whole section may or may not be about that value)
+        setters = [o for k, o in keys if key == k or key.startswith(k + ".")]
+        below = [o for k, o in keys if k.startswith(key + ".")]
+        if setters:
             lines[n] = f"{line} [set on the command line: {setters[-1]!r}]"
+        elif below:
+            lines[n] = (
+                f"{line} [the command line changed a value under it: {', '.join(repr(o) for o in below)}]"
+            )
     return "\n".join(lines)
 
 
@@ -388,7 +397,7 @@ def load_data_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     path = Path(path).expanduser()
     for override in overrides:
         key = override.split("=", 1)[0].strip()
-        if key != "data" and not key.startswith("data."):
+        if "=" in override and key != "data" and not key.startswith("data."):  # no '=': apply_overrides says
             # only the data section is read here: another section's override would be ignored, silently
             raise ConfigError(
                 f"override {override!r}: only data.* keys apply when preparing data (got key {key!r})"

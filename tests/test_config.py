@@ -154,6 +154,21 @@ def test_an_error_in_an_override_s_value_says_the_command_line_set_it(cfg_file):
     with pytest.raises(ConfigError) as caught:
         load_config(cfg_file, ["seed=4"])  # the file's own value: no such note
     assert "command line" not in str(caught.value)
+    # a check of a whole section is not pinned on an override of one value under it, but it is mentioned
+    cfg_file.write_text(BASE.replace("test_ratio: 0.2", "test_ratio: 0.6, valid_ratio: 0.5"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg_file, ["data.split.seed=3"])
+    line = next(x for x in str(caught.value).splitlines() if x.startswith("  data.split"))
+    assert line.endswith("[the command line changed a value under it: 'data.split.seed=3']"), line
+
+
+def test_preparing_data_names_a_malformed_override_as_such(cfg_file):
+    from recsys.config import load_data_config
+
+    with pytest.raises(ConfigError, match=r"override 'force': expected KEY=VALUE"):
+        load_data_config(cfg_file, ["force"])
+    with pytest.raises(ConfigError, match=r"only data\.\* keys apply when preparing data"):
+        load_data_config(cfg_file, ["train.epochs=3"])
 
 
 def test_yaml_merge_keys_and_list_keys(tmp_path, cfg_file):
