@@ -139,10 +139,11 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _one_folder_name(cls, name: str) -> str:
         # The run folder is $RECSYS_HOME/runs/<name>-<fingerprint>, and a retrain deletes it: a name that is a
-        # path ("../x", "a/b") would put, and delete, a folder outside the runs folder.
-        if not name or name.startswith(".") or re.search(r"[/\\\x00-\x1f\x7f]", name):
+        # path ("../x", "a/b", and on Windows "D:x", relative to drive D) would put, and delete, a folder
+        # outside the runs folder.
+        if not name or name.startswith(".") or re.search(r"[/\\:\x00-\x1f\x7f]", name):
             raise ValueError(
-                f"name {name!r} must be one folder name: not empty, no leading '.', no '/' or '\\', "
+                f"name {name!r} must be one folder name: not empty, no leading '.', no '/', '\\' or ':', "
                 "no control characters"
             )
         return name

@@ -121,7 +121,9 @@ def test_hash_in_an_override_is_text(cfg_file):
     assert cfg.data.separator == "#" and cfg.name == "run #3" and cfg.tracking.experiment == "a#b"
 
 
-@pytest.mark.parametrize("name", ["../elsewhere", "a/b", "a\\b", ".hidden", "..", "", "tab\there"])
+@pytest.mark.parametrize(
+    "name", ["../elsewhere", "a/b", "a\\b", ".hidden", "..", "", "tab\there", "D:elsewhere"]
+)
 def test_a_run_name_that_is_not_one_folder_name_is_refused(cfg_file, name):
     # the run folder is runs/<name>-<fingerprint>, deleted by a retrain: "../x" would reach outside runs/
     with pytest.raises(ConfigError, match=r"name: .*must be one folder name"):
