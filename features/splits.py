@@ -188,10 +188,13 @@ def presplit(
     if valid_from_train_ratio > 0:
         carved = random_ratio_split(train, valid_from_train_ratio, 0.0, seed, user=user, item=item)
         train, valid = carved.train, carved.test
-        cold = test.filter(~pl.col(item).is_in(train[item].unique().implode()))
+        # counted among the test rows that _finish keeps (it drops pairs already in train or valid)
+        keys = [user, item]
+        kept = test.join(pl.concat([train.select(keys), valid.select(keys)]), on=keys, how="anti")
+        cold = kept.filter(~pl.col(item).is_in(train[item].unique().implode()))
         if cold.height:
             warnings.warn(
-                f"{test_file}: {cold.height:,} of {test.height:,} test rows ({cold[item].n_unique():,} items) "
+                f"{test_file}: {cold.height:,} of {kept.height:,} test rows ({cold[item].n_unique():,} items) "
                 f"have no training interaction left once valid_from_train_ratio={valid_from_train_ratio} "
                 "moved their item's to validation; they stay in test (the benchmark's test set is kept whole)",
                 stacklevel=2,

@@ -209,6 +209,16 @@ def test_presplit_keeps_the_test_file_whole_and_warns_when_the_carve_out_leaves_
         )
         cold_seen, warm_seen = cold_seen or cold, warm_seen or not cold
     assert cold_seen and warm_seen  # both cases ran
+    # a test pair that repeats a training pair is dropped (test_seen_in_train), so it is not counted as kept
+    train = pl.DataFrame(
+        {"user_id": ["c", "c", "d", "d"], "item_id": ["6", "7", "5", "6"], "_line": [1, 1, 2, 2]}
+    )
+    test = pl.DataFrame({"user_id": ["d"], "item_id": ["5"], "_line": [3]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = presplit(train, test, valid_from_train_ratio=0.5, seed=1, test_file="test.txt")
+    assert s.test.height == 0 and s.dropped["test_seen_in_train"] == 1
+    assert not [w for w in caught if "no training interaction left" in str(w.message)]
 
 
 # ---- real data --------------------------------------------------------------------------------------------
