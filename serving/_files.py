@@ -238,8 +238,8 @@ class FolderSnapshot:
     def replaced(self) -> bool:
         """Whether the path now names another folder than the one this snapshot reads (a writer swapped a
         new one in and may be deleting the old one's files)."""
-        if self._fd is None:
-            return False
+        if self._fd is None:  # no directory handle (Windows): only an absent folder shows a writer at work
+            return not self.folder.is_dir() or _being_replaced(self.folder)
         try:
             now = os.stat(self.folder)
         except FileNotFoundError:
