@@ -372,23 +372,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _name_overrides(message: str, overrides: list[str] | tuple[str, ...]) -> str:
     """``message`` (a header, then ``  key: what is wrong`` lines) with each line whose key a command-line
-    override set saying so: the header names the YAML file, which may not hold the value at all."""
+    override set saying so: the header names the YAML file, which may not hold the value at all. A line about
+    a whole section or the whole config (``data: ...``, ``train.early_stopping needs ...``) names the
+    overrides whose key it mentions (the full key, or the part below the line's key)."""
     keys = [(o.split("=", 1)[0].strip(), o) for o in overrides]
     lines = message.split("\n")
     for n, line in enumerate(lines[1:], start=1):
-        key = line.strip().split(":", 1)[0]
         if not line.startswith("  "):
             continue
-        # the key itself or a section above it set on the command line; else a value under it (a check of the
-        # whole section may or may not be about that value)
+        key = line.strip().split(":", 1)[0]
         setters = [o for k, o in keys if key == k or key.startswith(k + ".")]
-        below = [o for k, o in keys if k.startswith(key + ".")]
         if setters:
             lines[n] = f"{line} [set on the command line: {setters[-1]!r}]"
-        elif below:
-            lines[n] = (
-                f"{line} [the command line changed a value under it: {', '.join(repr(o) for o in below)}]"
-            )
+            continue
+        named = [
+            o
+            for k, o in keys
+            if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", line)
+            or (k.startswith(key + ".") and re.search(rf"(?<!\w){re.escape(k[len(key) + 1 :])}(?!\w)", line))
+        ]
+        if named:
+            lines[n] = f"{line} [the command line set a value it names: {', '.join(map(repr, named))}]"
     return "\n".join(lines)
 
 

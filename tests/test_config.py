@@ -156,12 +156,21 @@ def test_an_error_in_an_override_s_value_says_the_command_line_set_it(cfg_file):
     with pytest.raises(ConfigError) as caught:
         load_config(cfg_file, ["seed=4"])  # the file's own value: no such note
     assert "command line" not in str(caught.value)
-    # a check of a whole section is not pinned on an override of one value under it, but it is mentioned
+    # a check of a whole section names the overrides of the values it is about, not any under the section
     cfg_file.write_text(BASE.replace("test_ratio: 0.2", "test_ratio: 0.6, valid_ratio: 0.5"))
     with pytest.raises(ConfigError) as caught:
         load_config(cfg_file, ["data.split.seed=3"])
+    assert "command line" not in str(caught.value)
+    cfg_file.write_text(BASE.replace("test_ratio: 0.2", "test_ratio: 0.6"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg_file, ["data.split.seed=3", "data.split.valid_ratio=0.5"])
     line = next(x for x in str(caught.value).splitlines() if x.startswith("  data.split"))
-    assert line.endswith("[the command line changed a value under it: 'data.split.seed=3']"), line
+    assert line.endswith("[the command line set a value it names: 'data.split.valid_ratio=0.5']"), line
+    # a check of the whole config (no key of its own) names the override that caused it
+    cfg_file.write_text(BASE.replace("train: {epochs: 2", "train: {early_stopping: {patience: 2}, epochs: 2"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg_file, ["data.split.valid_ratio=0.0"])
+    assert "[the command line set a value it names: 'data.split.valid_ratio=0.0']" in str(caught.value)
 
 
 def test_preparing_data_names_a_malformed_override_as_such(cfg_file):
