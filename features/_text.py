@@ -196,9 +196,18 @@ def parse_int(
     return checked["_val"].alias(col)
 
 
+def _as_text_if_text_like(df: pl.DataFrame, col: str) -> tuple[pl.DataFrame, pl.DataType]:
+    """``df`` with column ``col`` as text when it is categorical or all-null (a Parquet writer's choices for
+    text values, read as the text they hold), and the column's dtype after that."""
+    dtype = df.schema[col]
+    if isinstance(dtype, (pl.Categorical, pl.Enum)) or dtype == pl.Null:
+        df = df.with_columns(pl.col(col).cast(pl.String))
+    return df, df.schema[col]
+
+
 def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Series:
     """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64)."""
-    dtype = df.schema[col]
+    df, dtype = _as_text_if_text_like(df, col)
     # a list or struct column: Polars' own error otherwise; a Boolean one reads as 1.0 / 0.0 (a "liked" flag)
     if not (dtype == pl.String or dtype == pl.Boolean or dtype.is_numeric()):
         raise DataValidationError(path, f"{what} (numbers or text)", column=col, got=f"<dtype {dtype}>")
@@ -230,7 +239,7 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
     column is numeric, ISO-8601 date-times (-> unix seconds). Date-times with a fraction of a second are
     refused (cutting it could reorder events).
     """
-    dtype = df.schema[col]
+    df, dtype = _as_text_if_text_like(df, col)
     raw = pl.col(col)
     if dtype in (pl.Duration, pl.Time) or not (
         dtype == pl.String or dtype.is_numeric() or dtype.is_temporal()

@@ -754,6 +754,21 @@ def test_a_boolean_parquet_rating_reads_as_one_and_zero(tmp_path):
     assert read["rating"].to_list() == [1.0, 0.0, 1.0]
 
 
+def test_categorical_or_all_null_parquet_ratings_and_timestamps_read_as_their_text(tmp_path):
+    # the nested-type check refused these by dtype; they are text, read (or refused by row) as text
+    base = {"u": ["a", "b"], "i": ["x", "y"], "r": ["4", "5"], "ts": ["1", "2"]}
+    pl.DataFrame(base).with_columns(pl.col("ts", "r").cast(pl.Categorical)).write_parquet(
+        tmp_path / "c.parquet"
+    )
+    read = read_interactions(tmp_path / "c.parquet", user="u", item="i", rating="r", timestamp="ts")
+    assert read["rating"].to_list() == [4.0, 5.0] and read["timestamp"].to_list() == [1, 2]
+    pl.DataFrame(base).with_columns(pl.lit(None).alias("r")).write_parquet(tmp_path / "n.parquet")
+    with pytest.raises(
+        DataValidationError, match=r"n\.parquet, row 1, column 'r': expected a rating .*<empty>"
+    ):
+        read_interactions(tmp_path / "n.parquet", user="u", item="i", rating="r", timestamp="ts")
+
+
 def test_parquet_with_categorical_ids_and_parquet_named_csv(tmp_path):
     frame = pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"]}).with_columns(pl.col("u").cast(pl.Categorical))
     frame.write_parquet(tmp_path / "c.parquet")
