@@ -374,7 +374,7 @@ def _cross_check(
         f"retrieval_ndcg@{k}": float(before.mean()),
         f"reranked_ndcg@{k}": float(after.mean()),
         "difference": float(diff.mean()),
-        "difference_se": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan"),
+        "difference_se": float(diff.std(ddof=1) / np.sqrt(diff.size)),  # >= folds >= 2 users here
         "difference_per_split_user": float(diff.sum() / valid.users.size),
     }
 

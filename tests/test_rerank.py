@@ -435,6 +435,7 @@ def test_the_cross_check_scores_each_user_by_a_ranker_that_never_saw_it(monkeypa
 
     column = FEATURES.index("user_log_history")
     seen: dict[int, set[int]] = {}
+    alive: list[Reranker] = []
     scored: list[tuple[int, np.ndarray]] = []
     fit, rerank_rows = Reranker.fit.__func__, Reranker.rerank
 
@@ -442,6 +443,7 @@ def test_the_cross_check_scores_each_user_by_a_ranker_that_never_saw_it(monkeypa
         ranker = fit(cls, features, labels, valid=valid, **kwargs)
         users = set(features[:, 0, column].astype(int)) | set(valid[0][:, 0, column].astype(int))
         seen[id(ranker)] = users
+        alive.append(ranker)  # ids stay unique only while their objects live
         return ranker
 
     def spy_rerank(self, scores, positions, features, k):
