@@ -68,6 +68,16 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Put back the random states a checkpoint saved. The checkpoint is loaded onto the training device, but
+    torch's generators (CPU and CUDA alike) take their state as a CPU byte tensor only."""
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``, after checking
     that this machine has it (a ValueError naming the device, not torch's assertion in the first batch)."""
@@ -353,12 +363,7 @@ class Trainer:
         if ckpt["optimizer"] is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
-        rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        restore_rng(ckpt["rng"])
         return True
 
     # ---- the loop -----------------------------------------------------------------------------------------

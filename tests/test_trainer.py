@@ -296,3 +296,32 @@ def test_closed_form_models_need_no_optimiser(tmp_path):
     state = t.fit()
     assert state.finished and state.step == 0 and t.optimizer is None
     assert t.evaluate("test")["recall@10"] > 0
+
+
+def test_random_states_restored_from_a_checkpoint_on_a_device_go_back_as_cpu_tensors(monkeypatch):
+    # a checkpoint loaded with map_location=cuda holds its saved CUDA states on the GPU, and CUDA's generator
+    # refuses anything but a CPU byte tensor: every resume of a GPU run failed (no GPU here: a stand-in for
+    # a tensor on the device, which only .cpu() turns into the state)
+    import random
+
+    from recsys.trainer import restore_rng
+
+    class OnDevice:
+        def __init__(self, state: torch.Tensor) -> None:
+            self.state = state
+
+        def cpu(self) -> torch.Tensor:
+            return self.state
+
+    saved = {
+        "torch": OnDevice(torch.get_rng_state()),
+        "cuda": [OnDevice(torch.get_rng_state()), OnDevice(torch.get_rng_state())],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    given = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: given.append(state))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: given.extend(states))
+    restore_rng(saved)
+    assert len(given) == 3 and all(s.device.type == "cpu" and s.dtype == torch.uint8 for s in given)
