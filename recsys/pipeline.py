@@ -42,6 +42,21 @@ class RunResult:
     """The monitored validation metric of those weights."""
 
 
+def _unfinished_epoch(run_dir: Path) -> int | None:
+    """The epoch of ``run_dir``'s checkpoint when it is of a run that did not finish, else None (none, a
+    finished run's, or one that cannot be read)."""
+    from recsys.trainer import CHECKPOINT
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+    except Exception:  # unreadable: nothing a resume could use either
+        return None
+    return None if state.get("finished") else int(state.get("epoch", 0))
+
+
 def run_dir_for(cfg: ExperimentConfig) -> Path:
     """Checkpoints of a config live in one folder named by the config's fingerprint, so that ``--resume``
     finds them again."""
@@ -281,6 +296,14 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
     prepare_model(model, dataset)
     run_dir = run_dir_for(cfg)
     if not resume and run_dir.exists():
+        unfinished = _unfinished_epoch(run_dir)
+        if (
+            unfinished is not None
+        ):  # after a crash or a kill no hint was printed: say what is lost, and how not to
+            echo(
+                f"warning: discarding the unfinished run in {run_dir} (checkpoint after epoch {unfinished}); "
+                "`recsys train --resume` with the same config continues it instead"
+            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, dataset, cfg, run_dir, device=device)

@@ -132,6 +132,30 @@ def test_resume_flag_reuses_the_mlflow_run(tmp_path, capsys):
     assert first == second
 
 
+def test_training_again_without_resume_says_it_discards_an_unfinished_checkpoint(tmp_path, capsys):
+    # after a crash or an out-of-memory kill no --resume hint was printed, and running the same command again
+    # deleted the checkpoint without a word
+    import torch
+
+    from recsys.config import load_config
+    from recsys.pipeline import run_dir_for
+    from recsys.trainer import CHECKPOINT
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=2)))
+    assert main(["train", "-c", str(cfg)]) == 0
+    assert main(["train", "-c", str(cfg)]) == 0  # a finished run's checkpoint: nothing to warn about
+    assert "discarding" not in capsys.readouterr().out
+    path = run_dir_for(load_config(cfg)) / CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["state"].update(finished=False, epoch=1)  # as a run killed after its first epoch leaves it
+    torch.save(ckpt, path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: discarding the unfinished run in" in out
+    assert "(checkpoint after epoch 1); `recsys train --resume` with the same config continues it" in out
+
+
 def test_evaluate_recs_files_json(tmp_path, capsys):
     recs = tmp_path / "recs.csv"
     truth = tmp_path / "truth.csv"
