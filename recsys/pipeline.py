@@ -51,7 +51,8 @@ def _unfinished_epoch(run_dir: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+        # mmap: only the small state is read, not the model's and optimiser's tensors
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]
     except Exception:  # unreadable: nothing a resume could use either
         return None
     return None if state.get("finished") else int(state.get("epoch", 0))
@@ -296,10 +297,9 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
     prepare_model(model, dataset)
     run_dir = run_dir_for(cfg)
     if not resume and run_dir.exists():
+        # after a crash or a kill no --resume hint was printed: say what is lost, and how not to lose it
         unfinished = _unfinished_epoch(run_dir)
-        if (
-            unfinished is not None
-        ):  # after a crash or a kill no hint was printed: say what is lost, and how not to
+        if unfinished is not None:
             echo(
                 f"warning: discarding the unfinished run in {run_dir} (checkpoint after epoch {unfinished}); "
                 "`recsys train --resume` with the same config continues it instead"
