@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,13 +22,9 @@ def machine() -> str:
     """The CPU model (Linux), core count and library versions: where the numbers were measured."""
     import lightgbm
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"
+    from recsys.tracking import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, lightgbm {lightgbm.__version__}"
 
 
 def provenance() -> dict[str, str]:

@@ -18,7 +18,7 @@ import torch
 from features._hashing import sha256_bytes
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
-from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit
+from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit, machine_tags
 
 MODEL_ARTIFACT = "model"
 
@@ -373,8 +373,11 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
                     "model": cfg.model["name"],
                     "device": str(device),
                     "data_parallel_processes": str(dp.world_size if dp is not None else 1),
+                    **machine_tags(),
                 }
             )
+        else:  # a resumed run keeps where it started; where it went on is a tag of its own
+            tracker.set_tags({f"resumed_{k}": v for k, v in machine_tags().items()})
         trainer.tracker = tracker
         state = trainer.fit(resume=resume, checkpoint=checkpoint)
         checkpoint = None  # its tensors (on the device) are in the model now: do not hold a second copy

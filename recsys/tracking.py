@@ -146,6 +146,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_tags() -> dict[str, str]:
+    """Where a run trains: the CPU model and the torch build. The same config and seed can train another
+    model on another CPU (its kernels round differently, and training carries last-bit differences on), so a
+    run says where its numbers came from."""
+    import torch
+
+    return {"cpu": cpu_model(), "torch_version": torch.__version__}
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -59,6 +59,12 @@ def test_train_evaluate_index_recommend(trained_run, capsys):
     assert int(tested.group(1)) == run.data.metrics["best_epoch"]
     assert float(tested.group(3)) == pytest.approx(run.data.metrics["best_valid_metric"], abs=5e-5)
     assert run.data.tags["dataset_manifest_hash"] and run.data.tags["git_commit"]
+    import torch
+
+    from recsys.tracking import cpu_model
+
+    assert run.data.tags["cpu"] == cpu_model() and run.data.tags["torch_version"] == torch.__version__
+    assert "resumed_cpu" not in run.data.tags
     assert "test_final/recall_at_10" in run.data.metrics
     assert "train/bpr" in run.data.metrics and "valid/ndcg_at_10" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}

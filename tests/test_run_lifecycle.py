@@ -392,6 +392,27 @@ def test_train_seconds_add_up_over_resumes(tmp_path, capsys, monkeypatch):
     assert history[1] == pytest.approx(history[0], abs=0.5)  # the same training, not the resume's seconds
 
 
+def test_a_resumed_run_keeps_where_it_started_and_says_where_it_went_on(tmp_path, capsys, monkeypatch):
+    """The same config and seed can train another model on another CPU: a run's tags say where it started,
+    and a resume adds where it went on."""
+    import mlflow
+
+    import recsys.tracking
+
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    monkeypatch.setattr(recsys.tracking, "cpu_model", lambda: "Another CPU @ 1.00GHz")
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    _status(run_id)  # points MLflow at the store
+    tags = mlflow.get_run(run_id).data.tags
+    assert tags["cpu"] not in ("", "Another CPU @ 1.00GHz")
+    assert (
+        tags["resumed_cpu"] == "Another CPU @ 1.00GHz"
+        and tags["resumed_torch_version"] == tags["torch_version"]
+    )
+
+
 def test_a_run_with_a_relative_data_path_loads_from_another_folder(tmp_path, capsys, monkeypatch):
     """``data.path: x.csv`` was read from the folder the run was trained in; once its prepared folder was gone,
     loading the run from another folder looked for x.csv there, and the error named neither the run nor the
