@@ -60,6 +60,20 @@ def test_normalized_adjacency_ignores_values_and_duplicates():
     assert dense[0, 3] == pytest.approx(1.0) and dense[1, 2] == pytest.approx(1.0)
 
 
+def test_duplicates_that_cancel_and_explicit_zeros_are_no_edge():
+    """A pair counts when its summed value is non-zero: (0, 0) entered as +1 and -1 and (1, 1) stored as an
+    explicit 0 are not edges; had they counted, user 0 would have degree 2."""
+    values, users, items = np.array([1.0, -1.0, 1.0, 0.0, 1.0]), np.array([0, 0, 0, 1, 1]), [0, 0, 1, 1, 0]
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[0, 3] = expected[3, 0] = expected[1, 2] = expected[2, 1] = 1.0  # edges 0-1 and 1-0, degree 1
+    # COO sums its duplicates when converted; a CSR built from arrays keeps them until summed
+    as_coo = sp.coo_matrix((values, (users, items)), shape=(2, 2))
+    as_csr = sp.csr_matrix((values, items, [0, 3, 5]), shape=(2, 2))
+    assert as_csr.nnz == 5 and not as_csr.has_canonical_format
+    for train in (as_coo, as_csr):
+        np.testing.assert_allclose(normalized_adjacency(train).to_dense().numpy(), expected, atol=1e-7)
+
+
 def test_bipartite_halves_are_the_blocks():
     train = random_train()
     g = NormalizedBipartite.from_train(train)

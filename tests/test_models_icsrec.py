@@ -131,6 +131,30 @@ def test_fine_loss_contrasts_each_view_with_its_nearest_normalised_centroid():
     torch.testing.assert_close(model.fine_grain_loss(view), paired_info_nce(view, unit[[0, 1, 0]]))
 
 
+def test_the_loss_contrasts_the_anchor_with_its_cross_subsequence_and_both_views_with_intents():
+    """The batch's wiring: the coarse term pairs the anchor's encoding with its cross subsequence's (not a
+    second dropout view of the anchor), and the fine term sums over both views."""
+    model = tiny(dropout=0.0, attn_dropout=0.0)  # no dropout: the encodings below are the loss's own
+    torch.manual_seed(1)
+    model.intent_centroids.copy_(torch.randn(2, 8))
+    model.intent_epoch.fill_(0)
+    batch = {
+        "inputs": torch.tensor([[-1, -1, 0, 1], [-1, 2, 3, 4], [5, 6, 7, 8], [-1, -1, -1, 9]]),  # -1: PAD
+        "positive_inputs": torch.tensor([[-1, -1, 10, 1], [-1, -1, 5, 4], [0, 1, 2, 8], [-1, -1, 11, 6]]),
+        "targets": torch.tensor([2, 5, 9, 10]),
+    }
+    total, parts = model.loss(batch)
+    view1, view2 = model.encoder.encode(batch["inputs"]), model.encoder.encode(batch["positive_inputs"])
+    c = model.config
+    coarse = c.coarse_weight * paired_info_nce(view1, view2, batch["targets"], c.temperature)
+    fine = c.fine_weight * (model.fine_grain_loss(view1) + model.fine_grain_loss(view2))
+    torch.testing.assert_close(parts["coarse"], coarse)
+    torch.testing.assert_close(parts["fine"], fine)
+    torch.testing.assert_close(total, parts["ce"] + coarse + fine)
+    # the two views' terms differ here, so a loss that counted one view twice would not match
+    assert abs(float((model.fine_grain_loss(view1) - model.fine_grain_loss(view2)).detach())) > 1e-3
+
+
 def test_fine_loss_before_clustering_is_a_clear_error():
     with pytest.raises(RuntimeError, match="fit_intents"):
         tiny().fine_grain_loss(torch.zeros(2, 8))
@@ -177,6 +201,18 @@ def test_cross_subsequences_share_the_target_and_differ_in_input():
     assert seen[4] == {1, 6, 8, 11} and seen[0] == {3, 5} and seen[9] == {9}
     again = cross.draw(torch.Generator().manual_seed(3))
     assert np.array_equal(again, cross.draw(torch.Generator().manual_seed(3)))  # deterministic given the seed
+
+
+def test_a_run_of_equal_inputs_never_spans_two_targets():
+    """Samples [1]>2 and [1]>3 have the same input but not the same target: sorted next to each other, they
+    are in different target groups, and the second one's candidate is [2]>3."""
+    samples = dynamic_sliding_samples(UserSequences.from_lists([[1, 2], [1, 3], [2, 3]]), max_len=3)
+    assert samples.input_lists() == [[1], [1], [2]] and samples.targets.tolist() == [2, 3, 3]
+    cross = CrossSubsequences(samples)
+    assert cross.candidates.tolist() == [0, 1, 1]
+    assert cross.last().tolist() == [0, 2, 1]
+    for seed in range(10):
+        assert cross.draw(torch.Generator().manual_seed(seed)).tolist() == [0, 2, 1]
 
 
 def reference_last_positives(golden: Path) -> dict[tuple[str, tuple[int, ...], int], tuple[int, ...]]:

@@ -264,6 +264,25 @@ def test_queries_encode_the_history_before_the_target(tmp_path):
     assert seen == ["valid", "test"] and model._context == "all"
 
 
+def test_training_samples_never_target_a_held_out_item(tmp_path):
+    """The samples come from the training split alone: n - 3 per user of n items (ICSRec's count), none of
+    them predicting a validation or test item. With the validation item a target, choosing the weights on
+    validation would flatter them."""
+    ds = prepare(
+        DataConfig(source="amazon_seq", path=str(write_cyclic_sequences(tmp_path / "d", 30)), name="Cyc")
+    )
+    model = build_model({"name": "sasrec", "dim": 8, "ffn_dim": 16, "max_len": 5}, ds.n_users, ds.n_items)
+    model.prepare(ds.matrix("train"))
+    model.prepare_dataset(ds)
+    samples = model.train_samples
+    full = user_sequences(ds, ("train", "valid", "test"))
+    assert len(samples) == int(np.maximum(full.lengths - 3, 0).sum())
+    expected = dynamic_sliding_samples(full, max_len=5, holdout=2)
+    np.testing.assert_array_equal(samples.users, expected.users)
+    np.testing.assert_array_equal(samples.targets, expected.targets)
+    np.testing.assert_array_equal(samples.inputs(), expected.inputs())
+
+
 def sasrec_cfg(data_path: Path, **train) -> dict:
     return {
         "name": "cyc-sasrec",

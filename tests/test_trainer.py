@@ -196,6 +196,72 @@ def test_early_stopping_and_best_weights(tmp_path):
     assert t.evaluate("valid")["ndcg@10"] == pytest.approx(state.best_metric)
 
 
+def _scripted_validation(trainer: Trainer, values: list[float]) -> None:
+    """Validation answers ``values[epoch - 1]`` as ndcg@10 (the test split is evaluated for real)."""
+    real = trainer.evaluate
+
+    def evaluate(split):
+        return {"ndcg@10": values[trainer.state.epoch - 1]} if split == "valid" else real(split)
+
+    trainer.evaluate = evaluate
+
+
+@pytest.mark.parametrize(
+    "values, patience, stops_after, best_epoch",
+    [
+        # a plateau is no improvement: the first epoch to reach the best keeps it, and patience runs out
+        ([0.1, 0.2, 0.2, 0.2, 0.2, 0.2], 2, 4, 2),
+        # patience counts evaluations since the last improvement, not all the evaluations that did not improve
+        ([0.3, 0.2, 0.4, 0.35, 0.5, 0.45, 0.44, 0.43], 2, 7, 5),
+    ],
+)
+def test_early_stopping_on_a_scripted_validation(tmp_path, values, patience, stops_after, best_epoch):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=len(values), early_stopping={"metric": "ndcg@10", "patience": patience})
+    t = build(raw, tmp_path / "r")
+    _scripted_validation(t, values)
+    state = t.fit()
+    assert (state.stopped_early, state.epoch, state.best_epoch) == (True, stops_after, best_epoch)
+    assert state.best_metric == values[best_epoch - 1]
+
+
+def test_eval_every_validates_every_nth_epoch_and_the_last(tmp_path):
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    t = build(make_cfg(csv, epochs=5, eval_every=2), tmp_path / "r")
+    _scripted_validation(t, [0.5, 0.1, 0.5, 0.2, 0.3])
+    state = t.fit()
+    assert [h["epoch"] for h in state.history if "valid/ndcg@10" in h] == [2.0, 4.0, 5.0]
+    assert (state.best_epoch, state.best_metric) == (5, 0.3)  # epochs 1 and 3 were never validated
+
+
+def test_each_epoch_draws_its_own_order(tmp_path):
+    """The sampler's order is a function of (seed, epoch): the same pair replays it (exact resume), and
+    another epoch or seed draws another (the same shuffle every epoch would train worse, unnoticed)."""
+    from recsys.trainer import epoch_generator
+
+    def order(seed, epoch):
+        return torch.randperm(1000, generator=epoch_generator(seed, epoch))
+
+    assert torch.equal(order(7, 3), order(7, 3))
+    assert not torch.equal(order(7, 3), order(7, 4))
+    assert not torch.equal(order(7, 3), order(8, 3))
+
+    class FirstBatches:  # the batch each epoch starts with, as the trainer's sampler deals it
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_start(self, trainer, epoch):
+            self.seen.append(next(iter(trainer._sampler(epoch))))
+
+    t = build(make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=2), tmp_path / "r")
+    spy = FirstBatches()
+    t.hooks.append(spy)
+    t.fit()
+    first, second = spy.seen  # {"users": ..., "pos": ..., "neg": ...} index tensors
+    assert first.keys() == second.keys()
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_step_budget(tmp_path):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
     t = build(make_cfg(csv, epochs=50, max_steps=7), tmp_path / "r")
