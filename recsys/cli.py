@@ -259,7 +259,10 @@ def cmd_rerank(args) -> int:
     doubt = _rerank_doubt(held, cross, args.folds)
     if doubt:
         print(f"warning: {doubt}", file=sys.stderr)
-    print(f"\nre-ranker written to {path} (serve it with `recsys recommend --run RUN --reranker {path}`)")
+    print(
+        f"\nre-ranker written to {path} (serve it with "
+        f"`recsys recommend --run {args.run} --reranker {path} --user USER`)"
+    )
     print(f"MLflow run: {tracked} (a child of {args.run})")
     return 0
 
@@ -276,11 +279,22 @@ def show_recommendations(header: str, recs: list, as_json: bool = False) -> None
 
 
 def print_recommendations(
-    retriever, user: str, k: int, history_titles: list[str] | None = None, as_json: bool = False
+    retriever,
+    user: str,
+    k: int,
+    history_titles: list[str] | None = None,
+    as_json: bool = False,
+    n_seen: int | None = None,
 ) -> None:
+    """``history_titles``: the user's positive items, shown first; ``n_seen``: every item the list excludes as
+    seen (also those rated below the threshold), when more than the positives."""
     recs = retriever.recommend([user], k=k, exclude_seen=True)[0]
     if history_titles and not as_json:
-        print(f"\nuser {user} has seen {len(history_titles)} items, e.g.:")
+        n_liked = len(history_titles)
+        if n_seen is None or n_seen == n_liked:
+            print(f"\nuser {user} has seen {n_liked} items, e.g.:")
+        else:
+            print(f"\nuser {user} has seen {n_seen} items ({n_liked} of them liked), e.g.:")
         for t in history_titles[:10]:
             print(f"  - {t}")
     # fewer than k when the catalogue runs out

@@ -73,13 +73,15 @@ def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> in
         echo(f"   user {user!r} is not in the dataset; showing user {ds.user_vocab['user_id'][0]!r}")
         user = ds.user_vocab["user_id"][0]
         uidx = ds.user_vocab.filter(pl.col("user_id") == user)["user_idx"]
-    # Everything the user is known to have seen (all three splits): the items the index excludes.
+    # The user's positives (all three splits), best rated first; the index excludes these and the items
+    # rated below the threshold, which the count of seen items includes.
     known = pl.concat([ds.train, ds.valid, ds.test]).filter(pl.col("user_idx") == uidx[0])
     hist = known.join(ds.item_vocab, on="item_idx")
     if "rating" in known.columns and "timestamp" in known.columns:
         hist = hist.sort("rating", "timestamp", descending=[True, True], nulls_last=True)
     titles = hist["title"].to_list() if "title" in hist.columns else hist["item_id"].to_list()
-    print_recommendations(retriever, user, 10, history_titles=titles)
+    n_seen = ds.known_matrix()[int(uidx[0])].nnz
+    print_recommendations(retriever, user, 10, history_titles=titles, n_seen=n_seen)
 
     echo("\n== 6. tracking")
     echo(f"   MLflow run {res.run_id} in {default_tracking_uri()}")

@@ -81,6 +81,10 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
 
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    if n_candidates > dataset.n_items:  # more would only be padding, and the gathers below grow with it
+        raise ValueError(
+            f"n_candidates must be at most the catalogue's {dataset.n_items:,} items, got {n_candidates:,}"
+        )
     positions, users, truth = model_topk(model, dataset, split, n_candidates)
     positions = positions.cpu().numpy().astype(np.int64)
     history = known_before(dataset, split)
@@ -89,8 +93,9 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
     query, items = _embeddings(model, split, users)
     safe = np.where(positions >= 0, positions, 0)
     scores = np.empty(positions.shape, dtype=np.float32)
-    for start in range(0, len(users), 4096):  # [rows, N, d] gathers in blocks, not U x N x d at once
-        block = slice(start, start + 4096)
+    rows = max(1, (1 << 24) // max(1, positions.shape[1] * items.shape[1]))  # [rows, N, d]: 64 MB of float32
+    for start in range(0, len(users), rows):  # gathers in blocks, not U x N x d at once
+        block = slice(start, start + rows)
         scores[block] = np.einsum("bd,bnd->bn", query[block], items[safe[block]])
     scores[positions < 0] = -np.inf
     known = ExcludedItems(history.indptr, history.indices, checked=True)

@@ -567,3 +567,17 @@ def test_an_ignored_sigterm_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_quickstart_counts_everything_the_list_excludes(shared_data, capsys):
+    """The quickstart said user 1 "has seen 163 items": the ratings >= 4 only, while the list excludes every
+    catalogue item user 1 rated (the catalogue: items someone rated >= 4; user 1 rated 272 films, 270 of them
+    in it)."""
+    ratings = [line.split("\t") for line in (shared_data / "ml-100k" / "u.data").read_text().splitlines()]
+    catalogue = {r[1] for r in ratings if float(r[2]) >= 4}
+    mine = [r for r in ratings if r[0] == "1" and r[1] in catalogue]
+    liked = sum(float(r[2]) >= 4 for r in mine)
+    assert main(["quickstart", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"user 1 has seen {len(mine)} items ({liked} of them liked), e.g.:" in out
+    assert len(mine) > liked

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -260,6 +261,15 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     assert mine["score"].to_numpy() == pytest.approx([r["score"] for r in recs], rel=1e-6)
     assert main(["recommend", "--run", run_id, "--sequence", "i1", "--reranker", str(out)]) == 2
     assert "--reranker re-ranks a known user's list" in capsys.readouterr().err
+    # the command printed at the end runs as printed, once USER is a user (it had `--run RUN` and no user)
+    again = tmp_path / "rr2"
+    assert main(["rerank", "--run", run_id, "--candidates", "30", "--folds", "0", "--out", str(again)]) == 0
+    hint = re.search(r"serve it with `(recsys [^`]+)`", capsys.readouterr().out)
+    assert hint is not None
+    import shlex
+
+    assert main(shlex.split(hint.group(1).replace("USER", "u3"))[1:] + ["--k", "5", "--json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == [r["item_id"] for r in recs]
 
 
 def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
@@ -288,6 +298,14 @@ def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
     assert "cannot be indexed" in capsys.readouterr().err
     assert main(["rerank", "--run", run_ids[0], "--candidates", "5"]) == 2  # fewer than the run's max k (10)
     assert "n_candidates must be an integer >= max(ks) = 10, got 5" in capsys.readouterr().err
+    # more candidates than items: refused before retrieval (the gathers of 100,000 padded slots per user ran
+    # out of memory, and the kernel killed the process without a word)
+    assert main(["train", "-c", str(cfg)]) == 0
+    fittable = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["rerank", "--run", fittable, "--candidates", "100000", "--folds", "0"]) == 2
+    assert re.search(
+        r"n_candidates must be at most the catalogue's \d+ items, got 100,000", capsys.readouterr().err
+    )
 
 
 def test_no_test_interaction_reaches_the_fit(tmp_path, capsys):
