@@ -125,7 +125,9 @@ class ExperimentConfig(_Strict):
     """One experiment: data, model, training, evaluation and tracking."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seeds torch, numpy and Python, and every epoch's sampler; a signed 64-bit integer's range, >= 0 like
+    ``data.split.seed`` (a larger one failed after the data was prepared, without naming the key)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
     """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     data: DataConfig
@@ -408,7 +410,7 @@ def load_data_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
                 f"override {override!r}: only data.* keys apply when preparing data (got key {key!r})"
             )
     raw = _read_raw(path, overrides)
-    if not isinstance(raw, dict) or "data" not in raw:
+    if "data" not in raw:
         raise ConfigError(f"invalid config ({path}):\n  data: Field required")
     try:
         data = DataConfig.model_validate(raw["data"])
@@ -427,7 +429,12 @@ def _read_raw(path: Path, overrides: list[str] | tuple[str, ...]) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: expected UTF-8 text, got byte {exc.object[exc.start]:#04x}") from None
-    return apply_overrides(parse_yaml(text, str(path)) or {}, overrides)
+    raw = parse_yaml(text, str(path)) or {}
+    if not isinstance(raw, dict):  # before the overrides, which index into it
+        raise ConfigError(
+            f"invalid config ({path}): expected a mapping at the top level, got a {type(raw).__name__}"
+        )
+    return apply_overrides(raw, overrides)
 
 
 def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: str) -> None:

@@ -294,3 +294,35 @@ def test_split_key_of_another_protocol(cfg_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_config(dumped).data.split == clean.data.split
+
+
+@pytest.mark.parametrize("text, kind", [("just a string\n", "str"), ("- a\n- b\n", "list")])
+def test_a_config_that_is_no_mapping_is_named_with_or_without_overrides(tmp_path, capsys, text, kind):
+    """With an override, a top-level string or list was a traceback (the override indexed into it), and
+    `recsys data prepare` said `data: Field required`."""
+    from recsys.cli import main
+    from recsys.config import load_data_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    expected = f"invalid config ({path}): expected a mapping at the top level, got a {kind}"
+    for load, overrides in (
+        (load_config, ()),
+        (load_config, ("seed=1",)),
+        (load_data_config, ("data.path=x",)),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load(path, overrides)
+        assert str(err.value) == expected
+    for argv in (["train", "-c", str(path), "train.epochs=1"], ["data", "prepare", "-c", str(path)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_seed_out_of_range_is_named_when_the_config_loads(cfg_file, seed):
+    with pytest.raises(
+        ConfigError, match=r"(?s)seed: Input should be (greater than or equal to 0|less than)"
+    ):
+        load_config(cfg_file, [f"seed={seed}"])
+    assert load_config(cfg_file, [f"seed={2**63 - 1}"]).seed == 2**63 - 1
