@@ -364,7 +364,12 @@ def _recommend_to_file(args) -> int:
         recommender = RerankingRetriever(recommender, Reranker.load(args.reranker))
     try:
         summary = export_recommendations(
-            recommender, args.out, users, k=args.k, batch_size=args.batch_size, skip_unknown=args.skip_unknown
+            recommender,
+            args.out,
+            users,
+            k=args.k,
+            batch_size=args.batch_size or 1024,
+            skip_unknown=args.skip_unknown,
         )
     except UnknownUserError as exc:
         hint = (
@@ -380,6 +385,14 @@ def _recommend_to_file(args) -> int:
         f"{skipped}"
     )
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (through links too, when both exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def cmd_recommend(args) -> int:
@@ -405,6 +418,12 @@ def cmd_recommend(args) -> int:
         return 2
     if args.skip_unknown and args.users is None:
         print("error: --skip-unknown goes with --users FILE", file=sys.stderr)
+        return 2
+    if args.batch_size is not None and not batch:
+        print("error: --batch-size goes with --all-users or --users FILE", file=sys.stderr)
+        return 2
+    if args.users is not None and _same_file(args.users, args.out):
+        print(f"error: --out {args.out} is the --users file; writing there would replace it", file=sys.stderr)
         return 2
     if args.reranker is not None and args.sequence is not None:
         print("error: --reranker re-ranks a known user's list, not a sequence's", file=sys.stderr)
@@ -812,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=1024,
+        default=None,
         help="with --out: users per batch (memory grows with it; default 1024)",
     )
     rc.add_argument(

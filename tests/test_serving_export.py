@@ -272,6 +272,9 @@ def test_recommend_command_writes_every_users_list(tmp_path, capsys):
         ("--user", "u1", "--skip-unknown"): "--skip-unknown goes with --users",
         ("--all-users", "--out", str(tmp_path / "r.json")): "unknown extension '.json'",
         ("--users", str(tmp_path / "none.txt"), "--out", str(out)): "none.txt does not exist",
+        ("--user", "u1", "--batch-size", "10"): "--batch-size goes with --all-users or --users FILE",
+        # the user list as the output: it was replaced by the recommendations
+        ("--users", str(out), "--out", str(tmp_path / "." / out.name)): "is the --users file",
     }
     before = out.read_bytes()
     for extra, message in refused.items():
