@@ -360,7 +360,8 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         raise RunNotFoundError(f"no MLflow run {run_id!r}: there is no MLflow store at {db} ({where})")
     _use_store(store)
     try:
-        status = mlflow.get_run(run_id).info.status
+        run = mlflow.get_run(run_id)
+        status = run.info.status
     except MlflowException as exc:
         if not _no_such_run(exc):  # the store itself failed: say so, not "no run"
             raise OSError(f"MLflow store {store}: {first_line(exc)}") from None
@@ -375,7 +376,14 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         if not isinstance(exc, MlflowException):
             raise
         top = artifact_path.split("/")[0]
-        if top and top not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
+        present = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if top and top not in present and "reranker" in present and parent:
+            raise FileNotFoundError(
+                f"run {run_id} is a re-ranker's run (`recsys rerank`), a child of run {parent}, and has no "
+                f"{artifact_path!r}: give --run {parent} (with --reranker for the re-ranker's order)"
+            ) from None
+        if top and top not in present:
             why = {
                 "KILLED": "it was interrupted (KILLED) before its end, where a run saves its model; recsys "
                 "train --resume with its config and overrides finishes it",

@@ -233,6 +233,15 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     assert child.data.metrics["cross_check/difference"] == cross["difference"]
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id, "reranker")}
     assert logged == {"reranker/reranker.json", "reranker/reranker.txt"}
+    # the run id the command prints last is the child's: given to a command that needs a model, it says whose
+    for command in (
+        ["evaluate", "--run", child.info.run_id],
+        ["recommend", "--run", child.info.run_id, "--user", "u3"],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"is a re-ranker's run (`recsys rerank`), a child of run {run_id}" in err
+        assert f"give --run {run_id} (with --reranker" in err
 
     assert (
         main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--reranker", str(out), "--json"])
