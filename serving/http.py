@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -78,6 +78,31 @@ K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"items per list, 1 t
 KQuery = Annotated[int, Query(ge=1, le=MAX_K, description=f"items per list, 1 to {MAX_K}")]
 
 _USER_HINT = "for a new or anonymous user, embed them with the model and POST /recommend_for_vector"
+
+
+def _query_takes(*names: str, lists: tuple[str, ...] = ()):
+    """A dependency that refuses (422) a query parameter the endpoint does not take, and one of ``names``
+    given twice: FastAPI keeps the last of a repeated one and ignores unknown ones, so ``?user=1&user=2``
+    answered for user 2 alone and ``?user=1&kk=5`` for k = 10, like the POST bodies' misspelt keys would
+    have been without ``extra="forbid"``."""
+
+    def check(request: Request) -> None:
+        seen: dict[str, int] = {}
+        for key, _ in request.query_params.multi_items():
+            seen[key] = seen.get(key, 0) + 1
+        for key, count in seen.items():
+            if key not in names and key not in lists:
+                raise HTTPException(
+                    422,
+                    f"unknown query parameter {key!r}; {request.url.path} takes {sorted((*names, *lists))}",
+                )
+            if count > 1 and key not in lists:
+                raise HTTPException(
+                    422, f"query parameter {key!r} given {count} times; {request.url.path} takes one (POST "
+                    "takes a list)",
+                )  # fmt: skip
+
+    return Depends(check)
 
 
 class RecommendRequest(BaseModel):
@@ -249,7 +274,11 @@ def create_app(
             "sequences": sequence_encoder is not None,
         }
 
-    @app.get("/recommend", response_model=list[Item])
+    @app.get(
+        "/recommend",
+        response_model=list[Item],
+        dependencies=[_query_takes("user", "k", "exclude_seen", "rerank")],
+    )
     def recommend_user(
         user: Annotated[str, Query(description="a user id the index knows")],
         k: KQuery = 10,
@@ -264,7 +293,7 @@ def create_app(
         """Top-k items for each user, in the order given."""
         return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
 
-    @app.get("/similar", response_model=list[Item])
+    @app.get("/similar", response_model=list[Item], dependencies=[_query_takes("item", "k")])
     def similar_item(
         item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
     ) -> Response:
@@ -310,7 +339,11 @@ def create_app(
                 )
             )
 
-    @app.get("/recommend_for_sequence", response_model=list[Item])
+    @app.get(
+        "/recommend_for_sequence",
+        response_model=list[Item],
+        dependencies=[_query_takes("k", "exclude_history", lists=("items",))],
+    )
     def recommend_for_sequence(
         items: Annotated[
             list[str], Query(max_length=MAX_SEQUENCE, description="the sequence's item ids, oldest first")

@@ -221,6 +221,13 @@ def test_malformed_requests_are_4xx_never_500(world):
     assert response.status_code == 422
     assert client.get("/recommend").status_code == 422  # no user
     assert client.get("/recommend", params={"user": "u1", "k": "2.5"}).status_code == 422
+    # a repeated or unknown query parameter: FastAPI kept the last of a repeat and ignored unknown ones
+    assert "query parameter 'user' given 2 times" in detail(
+        client.get("/recommend", params=[("user", "u1"), ("user", "u2")]), 422
+    )
+    assert "query parameter 'k' given 2 times" in detail(client.get("/similar?item=i1&k=2&k=3"), 422)
+    assert "unknown query parameter 'kk'" in detail(client.get("/recommend?user=u1&kk=5"), 422)
+    assert "unknown query parameter 'user'" in detail(client.get("/similar?item=i1&user=u1"), 422)
     # an integer id is read as its text, as the library reads it: "3" is no user of this index
     assert "unknown user id: '3'" in detail(client.post("/recommend", json={"users": [3]}), 404)
 
@@ -442,6 +449,8 @@ def test_sequences_are_answered_with_the_apps_encoder(world):
     assert (
         ok(client.get("/recommend_for_sequence", params={"k": 4})) == expected[1]
     )  # no items: empty session
+    # items is a list: repeating it is the way to send a sequence; repeating k is an error
+    assert "'k' given 2 times" in detail(client.get("/recommend_for_sequence?items=i3&k=4&k=5"), 422)
     kept = ok(client.post("/recommend_for_sequence", json={"sequences": [["i3"]], "k": 60,
                                                             "exclude_history": False}))  # fmt: skip
     assert kept == as_json(retriever.recommend_for_sequences([["i3"]], encoder, k=60, exclude_history=False))
