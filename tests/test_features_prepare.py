@@ -524,3 +524,39 @@ def test_leftovers_of_a_killed_prepare_are_removed():
     assert live.exists() and old_format.exists()
     assert set(parent.glob(f".tmp-{name}-*.lock")) == {live.with_name(live.name + ".lock")}
     assert not list(parent.glob(".lck-*"))  # the writer's lock file is renamed into place, then removed
+
+
+def _rated_log(tmp_path: Path, rows: list[tuple]) -> Path:
+    path = tmp_path / "log.csv"
+    pl.DataFrame(rows, schema=["u", "i", "r", "t"], orient="row").write_csv(path)
+    return path
+
+
+def test_the_cache_key_follows_the_rating_threshold(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [(int(u), int(i), float(r), t) for t, (u, i, r) in enumerate(zip(
+        rng.integers(0, 20, 300), rng.integers(0, 30, 300), rng.integers(1, 6, 300), strict=True))]  # fmt: skip
+    path = _rated_log(tmp_path, rows)
+
+    def cfg(threshold: float) -> DataConfig:
+        return DataConfig(
+            source="interactions", path=str(path), rating_threshold=threshold,
+            columns={"user": "u", "item": "i", "rating": "r", "timestamp": "t"},
+            split={"protocol": "temporal", "temporal_cut": 0.8, "valid_temporal_cut": 0.7},
+        )  # fmt: skip
+
+    a = prepare(cfg(3), cache_dir=tmp_path / "c")
+    b = prepare(cfg(4), cache_dir=tmp_path / "c")
+    assert a.manifest["content_hash"] != b.manifest["content_hash"]
+    assert a.train.height > b.train.height  # the second did not read the first's tables
+
+
+def test_a_pair_also_rated_high_is_not_set_aside_as_below_the_threshold(tmp_path):
+    """User 0 rated item 5 once low (t = 7) and later high: a positive, not a pair rated below the threshold."""
+    rows = [(u, i, 5.0, 100 * i + u) for u in range(30) for i in range(6)] + [(0, 5, 1.0, 7)]
+    cfg = DataConfig(
+        source="interactions", path=str(_rated_log(tmp_path, rows)), rating_threshold=4,
+        columns={"user": "u", "item": "i", "rating": "r", "timestamp": "t"}, split={"protocol": "random_ratio"},
+    )  # fmt: skip
+    ds = prepare(cfg, cache_dir=tmp_path / "c")
+    assert ds.manifest["below_threshold_rows"] == 0

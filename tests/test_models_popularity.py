@@ -28,3 +28,14 @@ def test_popularity_orders_items_by_training_count():
     assert model.item_embeddings().shape == (4, 1)
     # counts are part of the state (served without the training matrix)
     assert "counts" in model.state_dict()
+
+
+def test_a_duplicated_pair_counts_once_and_an_explicit_zero_not_at_all():
+    """A CSR built from arrays keeps a repeated (0, 1) entry and a stored 0 at (1, 2) until summed: the pair
+    is one interaction, and the 0 is none."""
+    train = sp.csr_matrix(
+        (np.array([1.0, 1.0, 0.0], np.float32), np.array([1, 1, 2]), np.array([0, 2, 3])), shape=(2, 3)
+    )
+    model = build_model("popularity", 2, 3)
+    model.prepare(train)
+    np.testing.assert_array_equal(model.counts.numpy(), [0, 1, 0])

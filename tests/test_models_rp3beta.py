@@ -180,3 +180,13 @@ def test_gowalla_reaches_published_strength(shared_data):
     recall, ndcg = np.concatenate(recalls).mean(), np.concatenate(ndcgs).mean()
     assert recall == pytest.approx(0.1880, abs=0.002)
     assert ndcg == pytest.approx(0.1566, abs=0.002)
+
+
+def test_rating_values_do_not_weight_the_walk():
+    """RP3beta walks the binary graph: the same pattern with rating values gives the same similarity."""
+    binary = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]], np.float32)
+    valued = binary * np.array([[5, 1, 0], [0, 3, 1], [2, 0, 4]], np.float32)
+    a, b = build_model("rp3beta", 3, 3), build_model("rp3beta", 3, 3)
+    a.prepare(sp.csr_matrix(binary))
+    b.prepare(sp.csr_matrix(valued))
+    np.testing.assert_allclose(b.similarity.toarray(), a.similarity.toarray())

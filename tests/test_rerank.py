@@ -524,3 +524,15 @@ def test_the_rerank_command_doubts_a_gain_the_cross_check_does_not_show(capsys):
     with pytest.raises(SystemExit):
         main(["rerank", "--run", "r", "--folds", "1"])
     assert "expected 0 (no cross-check) or at least 2 folds, got '1'" in capsys.readouterr().err
+
+
+def test_history_cosine_is_to_the_mean_of_the_history():
+    """One user knows items 0 = (1, 0) and 1 = (0, 1); candidate 2 = (2, 0): the mean of its cosines to the
+    known items is (1 + 0) / 2 = 0.5 (summed, 1.0: the other tests' histories held one item)."""
+    from serving.rerank import FEATURES, ItemStatistics, candidate_features
+
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], np.float32)
+    known = ExcludedItems(np.array([0, 2]), np.array([0, 1]), checked=True)
+    items = ItemStatistics.from_arrays(vectors, known)
+    f = candidate_features(np.array([[1.0]], np.float32), np.array([[2]]), known, items)
+    assert f[0, 0, FEATURES.index("history_cosine")] == pytest.approx(0.5)

@@ -614,3 +614,17 @@ def test_a_reader_waits_out_the_moment_a_fallback_publication_leaves_the_folder_
         putting_back.join()
     with pytest.raises(FileNotFoundError, match="does not exist"):  # absent, no writer at work: at once
         load_index(built.parent / "never-built")
+
+
+def test_add_items_keeps_each_users_seen_items_in_their_columns(tmp_path):
+    """New items are appended as new columns: a user's seen items stay where they were (had the new columns
+    gone on the left, every seen item would have shifted onto its neighbour and been served again)."""
+    from serving import add_items
+
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0]], np.float32))
+    out = build_index(
+        np.eye(4, dtype=np.float32), ["0", "1", "2", "3"], tmp_path / "idx",
+        user_emb=np.array([[1.0, 0.5, 0.2, 0.1]], np.float32), user_ids=["u"], seen=seen,
+    )  # fmt: skip
+    add_items(out, np.array([[0.0, 0.0, 0.0, 0.05]], np.float32), ["x"])
+    assert Retriever.load(out).index.seen.toarray().tolist() == [[1, 0, 0, 0, 0]]

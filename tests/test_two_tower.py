@@ -482,3 +482,44 @@ def test_train_fraction_keeps_a_seeded_share_of_the_samples(tmp_path):
     assert len(half.train_samples) == round(0.5 * len(full.train_samples))
     assert set(half.train_samples.ends.tolist()) <= set(full.train_samples.ends.tolist())
     assert half.histories["test"].items.size == full.histories["test"].items.size  # queries unchanged
+
+
+def test_streaming_frequency_first_update_by_hand():
+    """The gap estimate moves by alpha towards the observed gap (Yi et al. 2019): an item seen at step 1
+    after an initial gap of I = 4 has 0.9 * 4 + 0.1 * (1 - 0) = 3.7; unseen items keep 4. (A periodic stream
+    converges to the same value whichever weight is alpha; one step does not.)"""
+    from recsys.models.two_tower import StreamingFrequency
+
+    est = StreamingFrequency(4, alpha=0.1)
+    est.update(torch.tensor([0]))
+    torch.testing.assert_close(est.gap, torch.tensor([3.7, 4, 4, 4], dtype=torch.float64))
+
+
+def test_the_head_slice_rounds_its_share_up():
+    s = item_slices(np.arange(10, 0, -1), cold=np.array([], dtype=np.int64), head_fraction=0.25)
+    assert s["head"].nonzero()[0].tolist() == [0, 1, 2]  # ceil(0.25 * 10) = 3 most popular items
+
+
+def test_age_buckets_at_their_boundaries():
+    from features.side_features import movielens_user_features
+
+    users = pl.DataFrame(
+        {"user_id": ["a", "b", "c", "d"], "age": [17, 18, 24, 56], "gender": ["M"] * 4,
+         "occupation": ["x"] * 4, "zip_code": ["12345"] * 4}
+    )  # fmt: skip
+    vocab = pl.DataFrame({"user_idx": [0, 1, 2, 3], "user_id": ["a", "b", "c", "d"]})
+    table, spec = movielens_user_features(users, vocab)
+    labels = spec["age_bucket"]["labels"]
+    assert [labels[c - 1] for c in table["age_bucket"]] == ["<18", "18-24", "18-24", "56+"]
+
+
+def test_new_items_code_out_of_range_ids_as_unknown_and_strip_labels():
+    """An attribute code equal to the cardinality has no row in the table (unknown, 0); " Drama " is
+    Drama."""
+    spec = {
+        "attributes": {"kind": "multi_code", "cardinality": 3, "labels": None},
+        "genres": {"kind": "multi_code", "cardinality": 4, "labels": ["Action", "Comedy", "Drama"]},
+    }
+    out = encode_new_items([{"attributes": [2, 3], "genres": [" Drama "]}], spec)
+    assert out["attributes"].to_list() == [[2, 0]]
+    assert out["genres"].to_list() == [[3]]
