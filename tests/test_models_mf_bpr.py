@@ -38,3 +38,11 @@ def test_embeddings_and_scorer():
     assert model.query_embeddings(users).shape == (2, 64)
     assert model.item_embeddings().shape == (5, 64)
     assert "dim=64" in repr(model)
+
+
+def test_item_embeddings_are_a_copy_a_caller_may_change():
+    """The docstring's promise: normalising the returned table in place leaves the model's weights be."""
+    model = build_model({"name": "mf_bpr", "dim": 4}, 3, 5)
+    before = model.item_emb.all().detach().clone()
+    model.item_embeddings().mul_(0.0)
+    assert torch.equal(model.item_emb.all().detach(), before)

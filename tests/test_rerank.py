@@ -218,6 +218,14 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
         assert report["test"]["retrieval"][key] == pytest.approx(value, abs=1e-12), key
     assert set(report["test"]["reranked"]) == set(evaluated)
     assert 0 < report["candidate_recall"] <= 1 and report["fit_users"] > report["holdout_users"] > 0
+    # only users with a relevant candidate fit or stop the ranker (the others have nothing to order)
+    from recsys.pipeline import load_run
+    from recsys.rerank import split_candidates
+
+    loaded = load_run(run_id)
+    labels = split_candidates(loaded.model, loaded.dataset, "valid", 30).labels
+    useful = int(labels.any(axis=1).sum())
+    assert report["fit_users"] + report["holdout_users"] == useful < labels.shape[0]
     cross = report["cross_check"]  # every useful validation user, scored by rankers fitted without it
     assert cross["folds"] == 5 and cross["users"] == report["fit_users"] + report["holdout_users"]
     assert cross["difference"] == pytest.approx(cross["reranked_ndcg@10"] - cross["retrieval_ndcg@10"])
