@@ -236,3 +236,27 @@ def test_index_arguments_are_named_as_written(small_model):
         with pytest.raises(TypeError, match="user_idx: user indices must be integers"):
             explain_user(model, bad, train)
     assert explain_user(model, torch.tensor(3), train) == explain_user(model, np.int64(3), train)
+
+
+# E4: p(k|u) is the mean of softmax(E^(l) C_U) over the layers E^(0)..E^(L-1), not E^(1)..E^(L).
+def test_intent_distribution_averages_the_layers_before_the_last():
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from recsys.explain import explain_user, intent_distributions
+    from recsys.models import DCCF, DCCFConfig
+
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((12, 10)) < 0.3).astype(np.float32))
+    torch.manual_seed(0)
+    model = DCCF(12, 10, DCCFConfig(dim=8, intents=3, layers=1))
+    model.prepare(train)
+    model.eval()
+    with torch.no_grad():
+        e0 = model.forward_views().layers[0]
+        expected = model.intent_weights(e0[:12], "user")
+    users, _ = intent_distributions(model)
+    torch.testing.assert_close(users, expected)
+    exp = explain_user(model, 4, train)
+    np.testing.assert_allclose(exp.distribution, expected[4].numpy(), rtol=1e-5)

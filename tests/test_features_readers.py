@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import polars as pl
 import pytest
 
+from features.errors import DataValidationError
 from features.movielens import movielens_files, read_movielens
 from features.readers import read_amazon_seq, read_interactions, read_item_attributes, read_user_lines
 from tests.conftest import fixture_data
@@ -115,3 +117,35 @@ def test_movielens_layouts_agree():
     assert classic[1].equals(atomic[1])
     cols = ["item_id", "release_year", "genres"]
     assert classic[2].select(cols).equals(atomic[2].select(cols))
+
+
+# R17: data.separator must win over the suffix's default separator.
+def test_configured_separator_overrides_csv_suffix(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id;item_id\nu1;i1\nu2;i2\n")
+    df = read_interactions(path, separator=";")
+    assert df.select("user_id", "item_id", "_line").rows() == [("u1", "i1", 2), ("u2", "i2", 3)]
+
+
+# R4: a header with a byte-order mark still refuses a read column named twice.
+def test_bom_header_repeated_read_column_refused(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes("\ufeffuser_id,item_id,user_id\nu1,i1,u9\n".encode("utf-8"))
+    with pytest.raises(DataValidationError, match="each column name once"):
+        read_interactions(path)
+
+
+# R12: attribute id 0 is reserved for padding and must be refused.
+def test_item_attribute_zero_refused(tmp_path):
+    path = tmp_path / "x_item2attributes.json"
+    path.write_text(json.dumps({"1": [3, 0]}))
+    with pytest.raises(DataValidationError, match="positive integer attribute ids"):
+        read_item_attributes(path)
+
+
+# R13: an item id key of exactly 2**63 does not fit int64 and must be refused.
+def test_item_attribute_key_2pow63_refused(tmp_path):
+    path = tmp_path / "x_item2attributes.json"
+    path.write_text(json.dumps({str(2**63): [1], "1": [2]}))
+    with pytest.raises(DataValidationError, match="non-negative 64-bit"):
+        read_item_attributes(path)

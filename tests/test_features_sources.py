@@ -67,3 +67,49 @@ def test_recbole_wheel_route_matches_grouplens_files(shared_data, tmp_path):
         pl.col("title") != pl.col("title_right")
     )
     assert sorted(diff["item_id"].to_list()) == ["1412", "267"]
+
+
+# M4: without side features, a MovieLens folder lacking u.genre still reads its titles (standard genres).
+def test_movielens_titles_without_genre_file(tmp_path):
+    import shutil
+
+    from features.movielens import movielens_files, read_movielens
+    from tests.conftest import fixture_data
+
+    src = fixture_data() / "ml100k_mini"
+    for name in ("u.data", "u.item"):
+        shutil.copy(src / name, tmp_path / name)
+    files = movielens_files(tmp_path, side_features=False)
+    assert "genres" not in files
+    _, users, items = read_movielens(files)
+    assert users is None and items is not None and items.height > 0
+
+
+# O1: an empty ml-100k folder under $RECSYS_SHARED_DATA is passed over, not verified as a copy.
+def test_empty_shared_candidate_is_skipped(tmp_path, monkeypatch):
+    from features import sources
+
+    (tmp_path / "ml-100k").mkdir()
+    monkeypatch.setenv("RECSYS_SHARED_DATA", str(tmp_path))
+    sibling = sources.shared_candidates()[-1]
+    if not (sibling / "u.data").exists():
+        pytest.skip("no shared ml-100k copy beside the repository")
+    assert sources.obtain_movielens_100k(tmp_path / "cache") == sibling
+
+
+# O4: a cached download whose checksums do not match is not used.
+def test_corrupt_cached_download_is_not_used(tmp_path, monkeypatch):
+    from features import sources
+    from features.errors import DataSourceError
+
+    target = tmp_path / sources._CACHE_NAME
+    target.mkdir()
+    for name in sources.RECBOLE_ML100K_SHA256:
+        (target / name).write_text("damaged\n")
+
+    def no_network(dest, timeout_s):
+        raise DataSourceError("offline")
+
+    monkeypatch.setattr(sources, "_download_wheel", no_network)
+    with pytest.raises(DataSourceError, match="offline"):
+        sources.obtain_movielens_100k(tmp_path, use_shared=False)

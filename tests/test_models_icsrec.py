@@ -550,3 +550,40 @@ def test_no_training_samples_is_the_sasrec_error():
     model = tiny(n_users=2)
     with pytest.raises(ValueError, match="there are no training samples"):
         model.set_sequences(UserSequences.from_lists([[1], [2]]))  # was numpy's IndexError in reduceat
+
+
+def _seq_exp(trained, **kw):
+    from recsys.explain_sequence import IntentMembership, explain_sequence
+
+    model = trained.model
+    members = IntentMembership.of(model)
+    return model, members, explain_sequence(model, [3, 4, 5], membership=members, **kw)
+
+
+def test_sequence_views_typical_are_the_closest_members(trained):
+    import numpy as np
+
+    model, members, exp = _seq_exp(trained, top_intents=3, examples=2, k=4)
+    for v in exp.intents:
+        d = np.sort(members.distance[members.intent == v.intent])[: len(v.typical_subsequences)]
+        got = [t.distance for t in v.typical_subsequences]
+        np.testing.assert_allclose(got, d, rtol=1e-6)
+
+
+def test_sequence_views_frequent_targets_are_shares_in_item_order(trained):
+    import numpy as np
+
+    model, members, exp = _seq_exp(
+        trained, top_intents=3, examples=1, items_per_intent=trained.model.n_items, k=4
+    )
+    samples = model.train_samples
+    for v in exp.intents:
+        m = np.flatnonzero(members.intent == v.intent)
+        counts = np.bincount(samples.targets[m], minlength=model.n_items)
+        want = [
+            (int(i), counts[i] / m.size)
+            for i in sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
+        ]
+        got = [(x.item_idx, x.score) for x in v.frequent_targets]
+        assert [g[0] for g in got] == [w[0] for w in want]  # no zero-count items; ties in item order
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want])  # shares, not counts

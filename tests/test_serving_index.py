@@ -628,3 +628,14 @@ def test_add_items_keeps_each_users_seen_items_in_their_columns(tmp_path):
     )  # fmt: skip
     add_items(out, np.array([[0.0, 0.0, 0.0, 0.05]], np.float32), ["x"])
     assert Retriever.load(out).index.seen.toarray().tolist() == [[1, 0, 0, 0, 0]]
+
+
+# F1: sha256_file's size counts every chunk of a file over 1 MiB.
+def test_sha256_file_size_of_a_large_file(tmp_path):
+    import hashlib
+
+    from serving._files import sha256_file
+
+    data = b"x" * ((1 << 20) + 12345)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == (hashlib.sha256(data).hexdigest(), len(data))
