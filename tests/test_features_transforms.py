@@ -100,3 +100,17 @@ def test_map_ids_with_extra_users_and_order_kept():
     assert mapped["item_idx"].to_list() == [1, 0, 0]
     assert mapped.schema["user_idx"] == pl.Int64 and mapped.schema["item_idx"] == pl.Int64
     assert iv["item_id"].to_list() == ["a", "b"]
+
+
+def test_deduplicate_keeps_a_dated_row_over_an_undated_one():
+    """A pair entered once without a time and once at t = 5: the dated row is the earliest known, whichever
+    comes first in the file (a null sorted first would have been kept)."""
+    df = pl.DataFrame(
+        {
+            "user_id": ["u", "u", "v"],
+            "item_id": ["i", "i", "i"],
+            "timestamp": [None, 5, None],
+            "row": [0, 1, 2],
+        }
+    )
+    assert deduplicate(df)["row"].to_list() == [1, 2]

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.mutual_info import mutual_information_matrix
+from features.mutual_info import feature_value_pairs, mutual_information_matrix
 
 LN2 = math.log(2)
 
@@ -70,6 +70,9 @@ def test_numeric_features_are_quantile_binned():
     t2 = t.with_columns(pl.col("x").cast(pl.Int64).alias("year"))
     mi2 = mutual_information_matrix(t2, ["year", "a"], dense=["year"], bins=2)
     assert mi2[0, 1] == pytest.approx(LN2)
+    # a value on a bin edge (the median 2.0 here) goes to the upper bin: bins {1.0} and {2.0, 2.0, 3.0}
+    edge = pl.DataFrame({"item_idx": [0, 1, 2, 3], "x": [1.0, 2.0, 2.0, 3.0]})
+    assert feature_value_pairs(edge, "x", "item_idx", bins=2)["__value"].to_list() == [1, 2, 2, 2]
 
 
 def test_bad_input_names_what_is_wrong():

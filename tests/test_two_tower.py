@@ -418,6 +418,9 @@ def test_new_item_features_are_encoded_with_the_dataset_codes():
     # a derived feature left out is derived from its source, as the pipeline does (it used to be unknown)
     assert encode_new_items([{"release_year": 1995.0}], spec)["year_bucket"].to_list() == [2]
     assert encode_new_items([{"release_year": 1975}], spec)["year_bucket"].to_list() == [0]
+    # a derived feature given is kept, even where its source says otherwise
+    given = encode_new_items([{"year_bucket": "1980s", "release_year": 1997}], spec)
+    assert given["year_bucket"].to_list() == [1]
 
 
 def test_sparse_attribute_ids_get_dense_codes(tmp_path):
@@ -523,3 +526,15 @@ def test_new_items_code_out_of_range_ids_as_unknown_and_strip_labels():
     out = encode_new_items([{"attributes": [2, 3], "genres": [" Drama "]}], spec)
     assert out["attributes"].to_list() == [[2, 0]]
     assert out["genres"].to_list() == [[3]]
+
+
+def test_zip_prefixes_ignore_letter_case():
+    """A Canadian code in lower case is the same region as in upper case (ML-100K has none in lower case)."""
+    from features.side_features import movielens_user_features
+
+    users = pl.DataFrame(
+        {"user_id": ["a", "b"], "age": [30, 30], "gender": ["M", "F"], "occupation": ["x", "x"],
+         "zip_code": ["T8H1X", "t8h1x"]}
+    )  # fmt: skip
+    table, _ = movielens_user_features(users, pl.DataFrame({"user_idx": [0, 1], "user_id": ["a", "b"]}))
+    assert table["zip1"][0] == table["zip1"][1] and table["zip3"][0] == table["zip3"][1]
