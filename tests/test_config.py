@@ -326,3 +326,38 @@ def test_a_seed_out_of_range_is_named_when_the_config_loads(cfg_file, seed):
     ):
         load_config(cfg_file, [f"seed={seed}"])
     assert load_config(cfg_file, [f"seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
+def test_a_key_set_twice_on_the_command_line_names_the_last_override(cfg_file):
+    from recsys.config import ConfigError, load_config
+
+    cfg = cfg_file
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg, ["train.epochs=3", "train.epochs=abc"])
+    assert "[set on the command line: 'train.epochs=abc']" in str(caught.value)
+
+
+def test_fingerprint_ignores_thread_count_and_progress(cfg_file):
+    from recsys.config import load_config
+
+    cfg = cfg_file
+    base = load_config(cfg).fingerprint()
+    assert load_config(cfg, ["train.num_threads=3"]).fingerprint() == base
+    assert load_config(cfg, ["train.progress=true"]).fingerprint() == base
+    assert load_config(cfg, ["train.lr=0.02"]).fingerprint() != base
+
+
+def test_an_empty_override_value_is_null(cfg_file):
+    from recsys.config import load_config
+
+    cfg = cfg_file
+    loaded = load_config(cfg, ["train.max_steps=5", "train.max_steps="])
+    assert loaded.train.max_steps is None
+
+
+def test_preparing_data_refuses_a_key_that_only_starts_with_data(cfg_file):
+    from recsys.config import ConfigError, load_data_config
+
+    cfg = cfg_file
+    with pytest.raises(ConfigError, match="only data.* keys apply"):
+        load_data_config(cfg, ["dataset.path=elsewhere.csv"])

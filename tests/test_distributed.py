@@ -252,3 +252,36 @@ def test_the_streaming_frequency_estimate_counts_every_process_batch(tmp_path):
     for name, value in both.state_dict().items():
         torch.testing.assert_close(trained[f"streaming.{name}"], value, msg=name)
     assert not torch.allclose(trained["streaming.gap"], alone.gap)  # the check can fail
+
+
+def test_concat_cuts_each_process_padding(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from recsys.distributed import DataParallel
+
+    other = torch.tensor([9.0])  # process 1 holds one value, process 0 three
+
+    def all_gather(out, tensor):
+        out[0].copy_(tensor)
+        if tensor.dtype == torch.long and tensor.numel() == 1:  # the sizes
+            out[1].fill_(other.numel())
+        else:
+            out[1].zero_()
+            out[1][: other.numel()] = other
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    got = DataParallel(0, 2).concat(torch.tensor([1.0, 2.0, 3.0]))
+    assert got.tolist() == [1.0, 2.0, 3.0, 9.0]
+
+
+def test_a_group_of_one_process_is_no_data_parallel_training(tmp_path):
+    import torch.distributed as dist
+
+    from recsys.distributed import current
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert current() is None
+    finally:
+        dist.destroy_process_group()

@@ -486,3 +486,48 @@ def test_a_threshold_run_trained_before_the_pairs_were_kept_aside_still_loads(tm
         and rebuilt.dataset.manifest_hash != old.dataset.manifest_hash
     )
     assert all(rebuilt.dataset.split(s).equals(old.dataset.split(s)) for s in ("train", "valid", "test"))
+
+
+def test_training_again_without_resume_empties_the_run_folder(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    stale = _run_dir(cfg) / "stale-from-the-last-training.txt"
+    stale.write_text("x")
+    assert main(["train", "-c", str(cfg)]) == 0
+    assert not stale.exists()  # the folder was deleted: no checkpoint or best weights of the last run kept
+
+
+def test_resuming_a_run_deleted_in_mlflow_names_the_run_id_file(tmp_path, capsys):
+    import mlflow
+
+    from recsys.paths import default_tracking_uri
+
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    run_id_file = _run_dir(cfg) / "mlflow_run_id"
+    mlflow.MlflowClient(default_tracking_uri()).delete_run(run_id_file.read_text().strip())
+    assert main(["train", "-c", str(cfg), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_id_file}: MLflow run " in err and "cannot be continued" in err and "delete this file" in err
+
+
+def test_build_run_index_exports_embeddings_in_eval_mode(tmp_path):
+    from recsys.config import validate_config
+    from recsys.pipeline import LoadedRun, build_run_index
+    from tests.test_trainer import build
+
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=1)
+    trainer = build(raw, tmp_path / "run")
+    model = trainer.model
+    modes = []
+    real = model.embeddings
+
+    def spy():
+        modes.append(model.training)
+        return real()
+
+    model.embeddings = spy
+    model.train()  # as a model is left after training
+    build_run_index(LoadedRun("r" * 32, validate_config(raw), trainer.dataset, model), tmp_path / "index")
+    assert modes == [False]
