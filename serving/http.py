@@ -42,10 +42,11 @@ without gradients, changes no state). FAISS's own threads per search are set wit
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -80,29 +81,28 @@ KQuery = Annotated[int, Query(ge=1, le=MAX_K, description=f"items per list, 1 to
 _USER_HINT = "for a new or anonymous user, embed them with the model and POST /recommend_for_vector"
 
 
-def _query_takes(*names: str, lists: tuple[str, ...] = ()):
-    """A dependency that refuses (422) a query parameter the endpoint does not take, and one of ``names``
-    given twice: FastAPI keeps the last of a repeated one and ignores unknown ones, so ``?user=1&user=2``
-    answered for user 2 alone and ``?user=1&kk=5`` for k = 10, like the POST bodies' misspelt keys would
-    have been without ``extra="forbid"``."""
+def _check_query(request: Request) -> None:
+    """Refuse (422) a query parameter the endpoint does not take, and a single-valued one given twice:
+    FastAPI keeps the last of a repeated one and ignores unknown ones, so ``?user=1&user=2`` answered for
+    user 2 alone and ``?user=1&kk=5`` for k = 10, as the POST bodies' misspelt keys would have been without
+    ``extra="forbid"``. The parameters are the matched endpoint's own (its signature)."""
+    taken = {
+        p.alias: get_origin(p.field_info.annotation) is list
+        for p in request.scope["route"].dependant.query_params
+    }
+    for key, count in Counter(key for key, _ in request.query_params.multi_items()).items():
+        if key not in taken:
+            raise HTTPException(
+                422, f"unknown query parameter {key!r}; {request.url.path} takes {sorted(taken)}"
+            )
+        if count > 1 and not taken[key]:
+            raise HTTPException(
+                422, f"query parameter {key!r} given {count} times; {request.url.path} takes one (POST "
+                "takes a list)",
+            )  # fmt: skip
 
-    def check(request: Request) -> None:
-        seen: dict[str, int] = {}
-        for key, _ in request.query_params.multi_items():
-            seen[key] = seen.get(key, 0) + 1
-        for key, count in seen.items():
-            if key not in names and key not in lists:
-                raise HTTPException(
-                    422,
-                    f"unknown query parameter {key!r}; {request.url.path} takes {sorted((*names, *lists))}",
-                )
-            if count > 1 and key not in lists:
-                raise HTTPException(
-                    422, f"query parameter {key!r} given {count} times; {request.url.path} takes one (POST "
-                    "takes a list)",
-                )  # fmt: skip
 
-    return Depends(check)
+_QUERY_CHECKED = [Depends(_check_query)]
 
 
 class RecommendRequest(BaseModel):
@@ -277,7 +277,7 @@ def create_app(
     @app.get(
         "/recommend",
         response_model=list[Item],
-        dependencies=[_query_takes("user", "k", "exclude_seen", "rerank")],
+        dependencies=_QUERY_CHECKED,
     )
     def recommend_user(
         user: Annotated[str, Query(description="a user id the index knows")],
@@ -293,7 +293,7 @@ def create_app(
         """Top-k items for each user, in the order given."""
         return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
 
-    @app.get("/similar", response_model=list[Item], dependencies=[_query_takes("item", "k")])
+    @app.get("/similar", response_model=list[Item], dependencies=_QUERY_CHECKED)
     def similar_item(
         item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
     ) -> Response:
@@ -342,7 +342,7 @@ def create_app(
     @app.get(
         "/recommend_for_sequence",
         response_model=list[Item],
-        dependencies=[_query_takes("k", "exclude_history", lists=("items",))],
+        dependencies=_QUERY_CHECKED,
     )
     def recommend_for_sequence(
         items: Annotated[
