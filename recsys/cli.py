@@ -700,8 +700,18 @@ def _tracking_uri_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that takes options only as spelled in full: with argparse's default, ``--resum``
+    is ``--resume``, and a script that relies on such a prefix breaks, or silently changes meaning, when a
+    later release adds an option that shares it. Subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="recsys",
         description="Recommender systems with disentangled latent factors: prepare data, train, evaluate, "
         "index and recommend.",

@@ -204,6 +204,20 @@ def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_options_are_taken_only_as_spelled_in_full(capsys):
+    # argparse's default reads a prefix as the option it starts: `--resum` trained with --resume, and a script
+    # relying on `--trac` would change meaning once another option starting so is added
+    for argv, unknown in (
+        (["train", "-c", "x.yaml", "--resum"], "--resum"),
+        (["evaluate", "--run", "0123", "--trac", "file:/nowhere"], "--trac file:/nowhere"),
+        (["data", "prepare", "-c", "x.yaml", "--forc"], "--forc"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+
+
 def test_index_out_must_name_a_folder(capsys):
     assert main(["index", "--run", "0123", "--out", " "]) == 2
     assert "--out needs a folder" in capsys.readouterr().err
