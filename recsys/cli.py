@@ -700,6 +700,16 @@ def _tracking_uri_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _installed_version() -> str:
+    """The installed distribution's version (pyproject.toml), read from its metadata: no heavy import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsys")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser that takes options only as spelled in full: with argparse's default, ``--resum``
     is ``--resume``, and a script that relies on such a prefix breaks, or silently changes meaning, when a
@@ -716,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recommender systems with disentangled latent factors: prepare data, train, evaluate, "
         "index and recommend.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_config_args(sp):

@@ -28,6 +28,17 @@ def test_help_imports_no_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
+def test_version_is_the_installed_distributions(capsys):
+    import re  # not tomllib: the package supports Python 3.10
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.M).group(1)
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"recsys {declared}"
+
+
 @pytest.fixture
 def trained_run(tmp_path, capsys):
     csv = write_synthetic_interactions(tmp_path / "x.csv")
