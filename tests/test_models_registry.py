@@ -77,3 +77,60 @@ def test_model_configs_refuse_infinite_numbers_and_empty_layers():
     for hidden in ([0], [-3], [64, 0]):
         with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
             build_model({"name": "two_tower", "hidden": hidden}, 3, 4)  # [0] was a constant model
+
+
+@pytest.fixture
+def registry():
+    """The registry, restored after the test: a test's model must not leak into the others."""
+    before = dict(REGISTRY)
+    yield REGISTRY
+    REGISTRY.clear()
+    REGISTRY.update(before)
+
+
+def _tiny_model(key: str):
+    from typing import Literal
+
+    from recsys.models import ModelConfig, Recommender
+
+    class TinyConfig(ModelConfig):
+        name: Literal[key] = key  # type: ignore[valid-type]
+        dim: int = 4
+
+    class Tiny(Recommender):
+        config_cls = TinyConfig
+
+    return Tiny
+
+
+def test_a_registered_model_is_built_and_configured_like_a_built_in_one(registry):
+    from recsys.config import ConfigError, validate_config
+    from recsys.models import register_model
+
+    tiny = _tiny_model("tiny")
+    assert register_model(tiny) is tiny  # usable as a decorator
+    assert isinstance(build_model({"name": "tiny", "dim": 8}, 3, 4), tiny)
+    raw = {"data": {"source": "interactions", "path": "x.csv"}, "model": {"name": "tiny"}}
+    assert validate_config(raw).model == {"name": "tiny", "dim": 4}  # its defaults filled in and logged
+    with pytest.raises(ConfigError, match="dimm"):  # its own config class checks the keys
+        validate_config({**raw, "model": {"name": "tiny", "dimm": 8}})
+    assert register_model(tiny) is tiny  # the same class again: nothing changes
+
+
+def test_registering_a_taken_name_or_an_unnamed_model_is_refused(registry):
+    from recsys.models import MFBPR, ModelConfig, Recommender, register_model
+
+    other = _tiny_model("mf_bpr")
+    with pytest.raises(ValueError, match=r"'mf_bpr' is taken by recsys\.models\.mf_bpr\.MFBPR.*replace=True"):
+        register_model(other)
+    assert registry["mf_bpr"] is MFBPR
+    register_model(other, replace=True)
+    assert registry["mf_bpr"] is other
+
+    class NoName(Recommender):
+        config_cls = ModelConfig  # `name: str` without a default: no key to register under
+
+    with pytest.raises(TypeError, match="default of name"):
+        register_model(NoName)
+    with pytest.raises(TypeError, match="subclass of recsys.models.Recommender"):
+        register_model(torch.nn.Linear)

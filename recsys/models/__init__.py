@@ -1,7 +1,8 @@
 """Recommender models and their registry.
 
 ``REGISTRY`` maps a config ``name`` to the model class; the class's ``config_cls`` validates the rest of the
-config.  ``build_model`` is the one way the trainer, the CLI and tests make a model from a config.
+config.  ``build_model`` is the one way the trainer, the CLI and tests make a model from a config; ``register_model``
+adds a user's model class (docs/python_api.md).
 Importing this package imports torch (the CLI imports it lazily).
 """
 
@@ -31,6 +32,38 @@ REGISTRY: dict[str, type[Recommender]] = {
     "dnis": DNIS,
     "two_tower": TwoTower,
 }
+
+
+def register_model(cls: type[Recommender], *, replace: bool = False) -> type[Recommender]:
+    """Add a model class to :data:`REGISTRY` under its config's ``name``, so that configs, the trainer,
+    ``load_run``, evaluation and serving make it like a built-in one; returns ``cls`` (usable as a decorator).
+
+    ``cls.config_cls`` must declare its name as the default of ``name``
+    (``name: Literal["my_model"] = "my_model"``), the key a config selects it with. A name already taken by
+    another class is refused unless ``replace=True``; registering the same class again changes nothing.
+    A process that loads a trained run of the model (``recsys.pipeline.load_run``) registers it first.
+
+    Raises:
+        TypeError: ``cls`` is no :class:`Recommender` subclass, or its config has no default ``name``.
+        ValueError: the name is taken by another class and ``replace`` is False.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise TypeError(f"register_model expects a subclass of recsys.models.Recommender, got {cls!r}")
+    field = cls.config_cls.model_fields.get("name")
+    name = None if field is None else field.default
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"{cls.__name__}.config_cls ({cls.config_cls.__name__}) must give its registry key as the default "
+            f'of name, e.g. name: Literal["{cls.__name__.lower()}"] = "{cls.__name__.lower()}"'
+        )
+    taken = REGISTRY.get(name)
+    if taken is not None and taken is not cls and not replace:
+        raise ValueError(
+            f"model name {name!r} is taken by {taken.__module__}.{taken.__qualname__}; pass replace=True to "
+            "replace it"
+        )
+    REGISTRY[name] = cls
+    return cls
 
 
 def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_items: int) -> Recommender:
@@ -74,4 +107,5 @@ __all__ = [
     "Recommender",
     "ScoreFn",
     "build_model",
+    "register_model",
 ]
