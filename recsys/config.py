@@ -179,9 +179,9 @@ class ExperimentConfig(_Strict):
 
     def model_config_obj(self):
         """The model section validated by the chosen model's own config class."""
-        from recsys.models import REGISTRY
+        from recsys.models import model_class
 
-        return REGISTRY[self.model["name"]].config_cls.model_validate(self.model)
+        return model_class(self.model["name"]).config_cls.model_validate(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -342,15 +342,20 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> Experiment
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, "", ExperimentConfig)) from None
-    from recsys.models import REGISTRY
+    from recsys.models import known_model_names, model_class
 
     name = cfg.model.get("name")
-    if name not in REGISTRY:
+    try:
+        model_cls = model_class(name).config_cls if isinstance(name, str) else None
+    except KeyError:
+        model_cls = None
+    except ImportError as exc:  # an installed package's model that does not load
+        raise ConfigError(f"invalid config ({source}):\n  model.name: {exc}") from None
+    if model_cls is None:
         raise ConfigError(
             f"invalid config ({source}):\n  model.name: unknown model {name!r}; "
-            f"allowed values: {', '.join(sorted(REGISTRY))}"
+            f"allowed values: {', '.join(known_model_names())}"
         )
-    model_cls = REGISTRY[name].config_cls
     try:
         model_cfg = model_cls.model_validate(cfg.model)
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pydantic
 import pytest
 import torch
@@ -86,6 +88,7 @@ def registry():
     yield REGISTRY
     REGISTRY.clear()
     REGISTRY.update(before)
+    sys.modules.pop("recsys_plugin_test", None)  # the next test's package is another folder's
 
 
 def _tiny_model(key: str):
@@ -134,3 +137,100 @@ def test_registering_a_taken_name_or_an_unnamed_model_is_refused(registry):
         register_model(NoName)
     with pytest.raises(TypeError, match="subclass of recsys.models.Recommender"):
         register_model(torch.nn.Linear)
+
+
+_PLUGIN = """
+from typing import Literal
+
+import torch
+
+from recsys.models import ModelConfig, Recommender
+from recsys.embedding import IdEmbedding
+
+
+class DotConfig(ModelConfig):
+    name: Literal["plugin_dot"] = "plugin_dot"
+    dim: int = 8
+
+
+class Dot(Recommender):
+    config_cls = DotConfig
+
+    def __init__(self, n_users, n_items, config):
+        super().__init__(n_users, n_items, config)
+        self.users = IdEmbedding(n_users, config.dim, init="normal", init_std=0.1, ids="users")
+        self.items = IdEmbedding(n_items, config.dim, init="normal", init_std=0.1, ids="items")
+
+    def loss(self, batch):
+        u, i, j = self.users(batch["users"]), self.items(batch["pos"]), self.items(batch["neg"])
+        bpr = torch.nn.functional.softplus((u * j).sum(-1) - (u * i).sum(-1)).mean()
+        return bpr, {"bpr": bpr}
+
+    @torch.no_grad()
+    def query_embeddings(self, users):
+        return self.users(users)
+
+    @torch.no_grad()
+    def item_embeddings(self):
+        return self.items.all().clone()
+
+
+class NotAModel:
+    pass
+"""
+
+
+def _install_plugin(root, entry_points: str):
+    """A package as pip would leave it: its module, and a dist-info folder declaring its entry points."""
+    (root / "recsys_plugin_test.py").write_text(_PLUGIN)
+    info = root / "recsys_plugin_test-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: recsys-plugin-test\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[recsys.models]\n{entry_points}\n")
+
+
+def test_a_model_an_installed_package_offers_is_trained_evaluated_and_indexed_from_the_cli(
+    registry, tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    from recsys.cli import main
+    from recsys.models import known_model_names
+    from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+    _install_plugin(tmp_path, "plugin_dot = recsys_plugin_test:Dot")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "plugin_dot" in known_model_names() and "plugin_dot" not in registry  # offered, not yet loaded
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=2)
+    raw["model"] = {"name": "plugin_dot", "dim": 4}
+    raw["tracking"] = {"experiment": "plugin"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert registry["plugin_dot"].__module__ == "recsys_plugin_test"
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    assert "ndcg@10" in capsys.readouterr().out
+    assert main(["index", "--run", run_id, "--out", str(tmp_path / "index")]) == 0
+    assert (tmp_path / "index" / "manifest.json").is_file()
+
+
+def test_an_offered_model_that_does_not_load_is_named_with_its_entry_point(registry, tmp_path, monkeypatch):
+    from recsys.config import ConfigError, validate_config
+    from recsys.models import build_model
+
+    _install_plugin(
+        tmp_path,
+        "broken = recsys_plugin_test:Missing\nnot_a_model = recsys_plugin_test:NotAModel\n"
+        "misnamed = recsys_plugin_test:Dot",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {"data": {"source": "interactions", "path": "x.csv"}, "model": {"name": "broken"}}
+    with pytest.raises(ConfigError, match=r"model\.name: model 'broken': entry point broken = "):
+        validate_config(raw)
+    with pytest.raises(ImportError, match="subclass of recsys.models.Recommender"):
+        build_model("not_a_model", 3, 4)
+    with pytest.raises(ImportError, match="whose config name is 'plugin_dot'"):
+        build_model("misnamed", 3, 4)
+    with pytest.raises(ConfigError, match="allowed values: .*misnamed"):  # offered names are listed
+        validate_config({**raw, "model": {"name": "nope"}})
