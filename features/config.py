@@ -99,6 +99,7 @@ class SplitConfig(_Strict):
     """
 
     protocol: Protocol = "random_ratio"
+    """The protocol (see the ``data.split`` section above); the default depends on ``data.source``."""
     seed: int = Field(0, ge=0)
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
     test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
@@ -176,7 +177,10 @@ class DataConfig(_Strict):
     """
 
     source: Source
+    """The reader (see the ``data`` section above)."""
     path: str
+    """The file or folder to read, relative to the folder the command runs in (``movielens_100k``: or
+    ``auto``)."""
     name: str | None = None
     """amazon_seq: dataset name (file stem); elsewhere only used to name the prepared folder."""
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)

@@ -684,6 +684,28 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_config_show(args) -> int:
+    from recsys.config import dump_config
+    from recsys.pipeline import run_dir_for
+
+    cfg = _load_cfg(args)
+    print(f"# {args.config}{''.join(' ' + o for o in args.overrides)}: every default filled in")
+    print(f"# run folder (checkpoints; --resume continues it): {run_dir_for(cfg)}")
+    print(dump_config(cfg), end="")
+    return 0
+
+
+def cmd_config_keys(args) -> int:
+    from recsys.config_reference import render
+
+    try:
+        print(render(args.model), end="")
+    except (KeyError, ImportError) as exc:  # an unknown model; a package's model that does not load
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from recsys.quickstart import run_quickstart
 
@@ -936,6 +958,20 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--k", type=_positive_int, default=10, help="recommendations to attribute to intents")
     xp.add_argument("--json", action="store_true", help="machine-readable output")
     xp.set_defaults(func=cmd_explain)
+
+    cf = sub.add_parser("config", help="the config a command would run, and every config key")
+    csub = cf.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    show = csub.add_parser("show", help="validate a config and its overrides; print it with every default")
+    add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+    keys = csub.add_parser("keys", help="every config key: type, default, bounds, meaning (docs/config.md)")
+    keys.add_argument(
+        "--model",
+        nargs="+",
+        metavar="NAME",
+        help="the model section's keys for these models only (default: every registered model)",
+    )
+    keys.set_defaults(func=cmd_config_keys)
 
     qs = sub.add_parser("quickstart", help="MovieLens-100K end to end: data, training, metrics, index, recs")
     qs.add_argument("--epochs", type=int, default=None, help="training epochs (default: the quickstart's)")

@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(NoBooleanNumbers):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # attribute docstrings become field descriptions: the config reference (recsys config keys) shows them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class EarlyStoppingConfig(_Strict):
@@ -59,7 +60,10 @@ class TrainConfig(_Strict):
     """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples); default
     ``ceil(training pairs / batch_size)``, the official LightGCN code's epoch."""
     batch_size: int = Field(2048, ge=1)
+    """Training examples per optimiser step (pairs, triples or subsequences, as the model's sampler makes
+    them)."""
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Adam's L2 weight decay (added to the gradient, not AdamW's decoupled decay), on top of the models'
     own L2 terms, which are part of their losses."""
@@ -108,9 +112,15 @@ class TrackingConfig(_Strict):
     ``MLFLOW_TRACKING_URI`` or ``uri`` point it elsewhere."""
 
     enabled: bool = True
+    """Track the run in MLflow (false: nothing is logged, and the run cannot be evaluated or indexed by id)."""
     experiment: str = "recsys"
+    """The MLflow experiment the run goes to."""
     uri: str | None = None
+    """The MLflow tracking store; when unset, ``MLFLOW_TRACKING_URI``, or else the embedded store under
+    ``$RECSYS_HOME``."""
     log_model: bool = True
+    """Log the trained model (config, weights, dataset hash), which ``recsys evaluate --run``, ``index`` and
+    ``recommend`` load."""
 
 
 VALIDATION_KEYS = {
@@ -125,6 +135,8 @@ class ExperimentConfig(_Strict):
     """One experiment: data, model, training, evaluation and tracking."""
 
     name: str = "experiment"
+    """The run's name: its MLflow run name, and its folder ``$RECSYS_HOME/runs/<name>-<config fingerprint>``
+    (checkpoints)."""
     seed: int = Field(0, ge=0, lt=2**63)
     """Seeds torch, numpy and Python, and every epoch's sampler; a signed 64-bit integer's range, >= 0 like
     ``data.split.seed`` (a larger one failed after the data was prepared, without naming the key)."""

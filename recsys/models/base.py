@@ -36,7 +36,8 @@ class ModelConfig(NoBooleanNumbers):
     """Base of every model's typed config. Unknown keys are errors; so is a boolean for a number, and so are
     infinite and NaN numbers (``init_std: .inf`` gave NaN scores)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # attribute docstrings become field descriptions: the config reference (recsys config keys) shows them
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
     name: str
 
 

@@ -1,0 +1,77 @@
+"""The config reference (`recsys config keys`, docs/config.md) and `recsys config show`."""
+
+from __future__ import annotations
+
+import yaml
+
+from recsys.cli import main
+from recsys.config_reference import experiment_keys, model_keys, render
+from tests.conftest import REPO
+
+
+def test_docs_config_md_is_the_reference_the_code_prints():
+    committed = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    assert committed == render(), (
+        "docs/config.md is stale: regenerate it with `recsys config keys > docs/config.md`"
+    )
+
+
+def test_every_key_is_listed_once_and_explained():
+    from recsys.config import ExperimentConfig
+    from recsys.models import REGISTRY
+
+    keys = [k.key for k in experiment_keys()]
+    assert len(keys) == len(set(keys))
+    assert {"seed", "data.split.protocol", "train.early_stopping.patience", "eval.ks", "tracking.uri"} <= set(
+        keys
+    )
+    assert {k.split(".")[0] for k in keys} == set(ExperimentConfig.model_fields)
+    # a field added without a docstring fails here: the reference would list it with no meaning
+    undocumented = [k.key for k in experiment_keys() if not k.doc]
+    for name, cls in REGISTRY.items():
+        listed = [k.key for k in model_keys(name)]
+        assert listed == ["model.name"] + [f"model.{f}" for f in cls.config_cls.model_fields if f != "name"]
+        undocumented += [f"{name}: {k.key}" for k in model_keys(name) if not k.doc]
+    assert undocumented == []
+
+
+def test_a_key_shows_its_type_default_and_bounds():
+    lr = {k.key: k for k in experiment_keys()}["train.lr"]
+    assert (lr.type, lr.default, lr.bounds) == ("float", "default `0.001`", "> 0")
+    seed = {k.key: k for k in experiment_keys()}["data.split.seed"]
+    assert (seed.type, seed.default, seed.bounds) == ("int", "default `0`", ">= 0")
+    protocol = {k.key: k for k in experiment_keys()}["data.split.protocol"]
+    assert protocol.type == "random_ratio | leave_one_out | temporal | presplit"
+    hidden = {k.key: k for k in model_keys("two_tower")}["model.hidden"]
+    assert (hidden.type, hidden.default) == ("list of int >= 1", "default `[128]`")  # the items' bounds
+    assert {k.key: k for k in experiment_keys()}["data.path"].default == "required"
+
+
+def test_config_keys_for_some_models_and_an_unknown_one(capsys):
+    assert main(["config", "keys", "--model", "sasrec"]) == 0
+    out = capsys.readouterr().out
+    assert "- `model.max_len` (int; default `50`; >= 1)" in out
+    assert "## `model.name: sasrec`" in out and "## `model.name: icsrec`" not in out
+    assert main(["config", "keys", "--model", "nope"]) == 2
+    assert "unknown model 'nope'; known models:" in capsys.readouterr().err
+
+
+def test_config_show_prints_the_config_that_would_run(capsys, tmp_path):
+    from recsys.config import load_config
+    from recsys.pipeline import run_dir_for
+
+    args = [str(REPO / "configs" / "ml100k_lightgcn.yaml"), "train.lr=2e-3", "model.layers=2"]
+    assert main(["config", "show", "-c", *args]) == 0
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)
+    cfg = load_config(args[0], args[1:])
+    assert shown == cfg.to_dict()  # every default filled in, the overrides applied
+    assert (
+        shown["train"]["lr"] == 2e-3 and shown["model"]["layers"] == 2 and shown["model"]["init_std"] == 0.1
+    )
+    assert f"# run folder (checkpoints; --resume continues it): {run_dir_for(cfg)}" in out.splitlines()
+    # what it prints is a config file that runs as the same experiment (same run folder)
+    (tmp_path / "shown.yaml").write_text(out)
+    assert run_dir_for(load_config(tmp_path / "shown.yaml")) == run_dir_for(cfg)
+    assert main(["config", "show", "-c", args[0], "train.lrr=1"]) == 2
+    assert "train.lrr" in capsys.readouterr().err
