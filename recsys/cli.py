@@ -174,6 +174,87 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+COMPARED_BY_DEFAULT = ("recall", "ndcg")
+
+
+def cmd_compare(args) -> int:
+    """Each run against the first, paired over the users of one split (eval/significance.py)."""
+    if len(args.run) < 2 or len(set(args.run)) < len(args.run):
+        print(
+            "error: give --run at least twice, with different run ids (each is compared with the first)",
+            file=sys.stderr,
+        )
+        return 2
+    import numpy as np
+
+    from eval.metrics import METRICS, per_user_metrics
+    from eval.ranking import model_topk
+    from eval.significance import paired_difference
+    from recsys.pipeline import load_run
+
+    wrong = [n for n in args.metric or () if n.partition("@")[0] not in METRICS or not n.partition("@")[2]]
+    if wrong:
+        print(
+            f"error: --metric {wrong[0]}: expected NAME@K with NAME one of {', '.join(METRICS)}",
+            file=sys.stderr,
+        )
+        return 2
+    evaluated = []  # (run id, users, per-user values), the runs' models freed one by one
+    for run_id in args.run:
+        run = load_run(run_id, uri=args.tracking_uri)
+        if not evaluated:
+            ks = args.k or run.config.eval.ks
+            data = run.dataset.manifest_hash
+            names = args.metric or [f"{m}@{k}" for k in ks for m in COMPARED_BY_DEFAULT]
+            unknown = [n for n in names if n.partition("@")[2] not in {str(k) for k in ks}]
+            if unknown:
+                print(
+                    f"error: --metric {unknown[0]} needs its cut-off in --k {','.join(map(str, ks))}",
+                    file=sys.stderr,
+                )
+                return 2
+        elif run.dataset.manifest_hash != data:
+            print(
+                f"error: run {run_id} was trained on other data than run {args.run[0]} (prepared datasets "
+                f"{run.dataset.manifest_hash[:12]} and {data[:12]}): a paired comparison needs the same users "
+                "and held-out items",
+                file=sys.stderr,
+            )
+            return 2
+        top, users, truth = model_topk(
+            run.model, run.dataset, args.split, max(ks), run.config.eval.block_size
+        )
+        evaluated.append((run_id, users, per_user_metrics(top, truth, ks)))
+        del run
+    base_id, base_users, base = evaluated[0]
+    report = []
+    for run_id, users, values in evaluated[1:]:
+        assert np.array_equal(users, base_users)  # same data and split: the same evaluated users
+        report.append((run_id, [paired_difference(base[n], values[n], n) for n in names]))
+    if args.json:
+        rows = [{"run": r, "metrics": [d.to_dict() for d in diffs]} for r, diffs in report]
+        print(json.dumps({"split": args.split, "baseline": base_id, "comparisons": rows}, sort_keys=True))
+        return 0
+    n_users = report[0][1][0].n_users
+    print(f"{args.split} split, {n_users} users with a {args.split} item; A = {base_id}")
+    print(
+        "each run B against A, paired over users: B - A, its 95% confidence interval, the paired t-test's p"
+    )
+    for run_id, diffs in report:
+        print(f"\nB = {run_id}")
+        print(
+            f"  {'metric':<12} {'A':>8} {'B':>8} {'B - A':>8}  {'95% CI':<20} {'p':>8}  B better / worse / tied"
+        )
+        for d in diffs:
+            ci = f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}]"
+            print(
+                f"  {d.metric:<12} {d.mean_a:>8.4f} {d.mean_b:>8.4f} {d.difference:>+8.4f}  {ci:<20} "
+                f"{d.p_value:>8.2g}  {d.better} / {d.worse} / {d.tied}"
+            )
+    print("\np is per metric and run, unadjusted: with many of them, some pass any threshold by chance.")
+    return 0
+
+
 def cmd_index(args) -> int:
     from recsys.pipeline import build_run_index, load_run
 
@@ -809,6 +890,33 @@ def build_parser() -> argparse.ArgumentParser:
         "reference's padding and mask rows (2); default 0",
     )
     ev.set_defaults(func=cmd_evaluate)
+
+    cp = sub.add_parser(
+        "compare",
+        help="runs against the first, paired over users: differences, confidence intervals, p-values",
+    )
+    cp.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="RUN_ID",
+        help="a run id; give two or more (the first is A)",
+    )
+    _tracking_uri_option(cp)
+    cp.add_argument(
+        "--split", choices=["valid", "test"], default="test", help="the split to compare on (test)"
+    )
+    cp.add_argument(
+        "--k", type=_parse_ks, default=None, help="cut-offs, e.g. 10,20 (default: the first run's eval.ks)"
+    )
+    cp.add_argument(
+        "--metric",
+        nargs="+",
+        metavar="NAME@K",
+        help="metrics to compare, e.g. ndcg@20 hit@10 (default: recall and ndcg at every cut-off)",
+    )
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
+    cp.set_defaults(func=cmd_compare)
 
     ix = sub.add_parser("index", help="build a FAISS index folder from a trained run")
     ix.add_argument("--run", required=True)

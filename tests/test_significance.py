@@ -1,0 +1,119 @@
+"""Paired comparison of runs (eval/significance.py, `recsys compare`)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from eval.significance import paired_difference
+
+
+def test_a_paired_difference_by_hand():
+    a = np.array([0.0, 0.5, 1.0, 0.25, np.nan])
+    b = np.array([0.5, 0.5, 1.0, 1.0, np.nan])  # the last user has no relevant item: left out
+    d = paired_difference(a, b, "ndcg@10")
+    diffs = np.array([0.5, 0.0, 0.0, 0.75])
+    se = diffs.std(ddof=1) / 2  # n = 4
+    half = stats.t.ppf(0.975, 3) * se
+    assert d.n_users == 4 and (d.better, d.worse, d.tied) == (2, 0, 2)
+    assert d.mean_a == pytest.approx(0.4375) and d.mean_b == pytest.approx(0.75)
+    assert d.difference == pytest.approx(0.3125)
+    assert (d.ci_low, d.ci_high) == (pytest.approx(0.3125 - half), pytest.approx(0.3125 + half))
+    t = 0.3125 / se
+    assert d.p_value == pytest.approx(2 * stats.t.sf(t, 3))  # two-sided
+    assert d.to_dict()["metric"] == "ndcg@10"
+
+
+def test_the_interval_narrows_with_confidence_and_covers_the_truth_usually():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(200):  # B is A plus 0.01 on average: a 90% interval covers 0.01 about 90% of the time
+        a = rng.random(300)
+        b = a + 0.01 + rng.normal(0, 0.1, 300)
+        d90, d99 = paired_difference(a, b, confidence=0.9), paired_difference(a, b, confidence=0.99)
+        assert d99.ci_low < d90.ci_low < d90.difference < d90.ci_high < d99.ci_high
+        covered += d90.ci_low <= 0.01 <= d90.ci_high
+    assert 0.84 <= covered / 200 <= 0.96
+
+
+def test_no_spread_and_bad_input():
+    same = paired_difference(np.array([0.1, 0.2, 0.3]), np.array([0.1, 0.2, 0.3]))
+    assert (same.difference, same.ci_low, same.ci_high, same.p_value, same.tied) == (0.0, 0.0, 0.0, 1.0, 3)
+    shifted = paired_difference(np.array([0.0, 0.5]), np.array([0.25, 0.75]))
+    assert (shifted.difference, shifted.p_value) == (0.25, 0.0)
+    with pytest.raises(ValueError, match="aligned"):
+        paired_difference(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="at least 2 users"):
+        paired_difference(np.array([1.0, np.nan]), np.array([np.nan, 1.0]))
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference(np.zeros(3), np.zeros(3), confidence=1.0)
+
+
+@pytest.fixture
+def two_runs(tmp_path, capsys):
+    from recsys.cli import main
+    from tests.test_trainer import make_cfg, write_synthetic_interactions
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    ids = []
+    for model in ({"name": "popularity"}, {"name": "mf_bpr", "dim": 8}):
+        raw = make_cfg(csv, epochs=3)
+        raw["model"], raw["tracking"], raw["name"] = model, {"experiment": "compare"}, model["name"]
+        cfg = tmp_path / f"{model['name']}.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        assert main(["train", "-c", str(cfg)]) == 0
+        ids.append(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+    return ids, tmp_path, csv
+
+
+def test_compare_two_runs_pairs_their_users(two_runs, capsys):
+    from recsys.cli import main
+
+    (pop, mf), _, _ = two_runs
+    assert main(["compare", "--run", pop, "--run", mf, "--json", "--metric", "ndcg@10", "hit@5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["baseline"] == pop and out["split"] == "test"
+    rows = out["comparisons"][0]["metrics"]
+    assert [r["metric"] for r in rows] == ["ndcg@10", "hit@5"]
+    # A's and B's means are exactly what `recsys evaluate --run` reports for each run
+    for run_id, side in ((pop, "mean_a"), (mf, "mean_b")):
+        assert main(["evaluate", "--run", run_id, "--json", "--k", "5,10"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        assert rows[0][side] == pytest.approx(metrics["ndcg@10"], abs=1e-12)
+        assert rows[1][side] == pytest.approx(metrics["hit@5"], abs=1e-12)
+    r = rows[0]
+    assert r["better"] + r["worse"] + r["tied"] == r["n_users"]
+    assert r["ci_low"] <= r["difference"] <= r["ci_high"] and 0 <= r["p_value"] <= 1
+    assert math.isclose(r["difference"], r["mean_b"] - r["mean_a"], abs_tol=1e-12)
+    assert main(["compare", "--run", pop, "--run", mf]) == 0  # the table: recall and ndcg at eval.ks 5, 10
+    table = capsys.readouterr().out
+    assert "A = " + pop in table and "B = " + mf in table
+    assert [line.split()[0] for line in table.splitlines() if line.startswith("  ") and "@" in line] == [
+        "recall@5", "ndcg@5", "recall@10", "ndcg@10"
+    ]  # fmt: skip
+
+
+def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
+    from recsys.cli import main
+    from tests.test_trainer import make_cfg
+
+    (pop, mf), tmp_path, csv = two_runs
+    assert main(["compare", "--run", pop]) == 2
+    assert "at least twice" in capsys.readouterr().err
+    assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@20"]) == 2
+    assert "needs its cut-off in --k 5,10" in capsys.readouterr().err
+    assert main(["compare", "--run", pop, "--run", mf, "--metric", "auc@5"]) == 2
+    assert "expected NAME@K" in capsys.readouterr().err
+    raw = make_cfg(csv, epochs=1)  # another split seed: other held-out items
+    raw["data"]["split"]["seed"] = 2
+    raw["model"], raw["tracking"] = {"name": "popularity"}, {"experiment": "compare"}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(tmp_path / "other.yaml")]) == 0
+    other = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["compare", "--run", pop, "--run", other]) == 2
+    assert "trained on other data" in capsys.readouterr().err
