@@ -174,6 +174,40 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from recsys.sweep import grid_configs, parse_grid, run_sweep
+
+    points = grid_configs(args.config, parse_grid(args.grid), args.overrides)
+    result = run_sweep(
+        points, metric=args.metric, resume=args.resume, echo=_to_stderr if args.json else print
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+        return 0
+    keys = list(result.runs[0].values)
+    shown = [[json.dumps(r.values[k]) for k in keys] for r in result.runs]
+    widths = [max(len(k), *(len(row[i]) for row in shown)) for i, k in enumerate(keys)]
+    head = f"valid {result.metric}"
+    print(
+        f"\nsweep of {args.config}: {len(result.runs)} runs, chosen on the validation split by {result.metric}"
+    )
+    print("  " + "  ".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True)) + f"  {head}  run")
+    for n, (run, row) in enumerate(zip(result.runs, shown, strict=True)):
+        cells = "  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True))
+        mark = "  <- chosen" if n == result.chosen else ""
+        print(f"  {cells}  {run.valid[result.metric]:<{len(head)}.4f}  {run.run_id}{mark}")
+    chosen = result.runs[result.chosen]
+    values = " ".join(f"{k}={json.dumps(v)}" for k, v in chosen.values.items())
+    print(f"\ntest metrics of the chosen run only ({values}; the others' are in MLflow):")
+    ks = sorted({int(k.partition("@")[2]) for k in result.test if "@" in k})
+    print(format_metrics_table({chosen.run_id or "chosen": result.test}, ks))
+    return 0
+
+
+def _to_stderr(*parts, **kwargs) -> None:
+    print(*parts, **kwargs, file=sys.stderr)
+
+
 COMPARED_BY_DEFAULT = ("recall", "ndcg")
 
 
@@ -890,6 +924,26 @@ def build_parser() -> argparse.ArgumentParser:
         "reference's padding and mask rows (2); default 0",
     )
     ev.set_defaults(func=cmd_evaluate)
+
+    sw = sub.add_parser(
+        "sweep", help="train a grid of configs, choose on the validation split, test only the chosen run"
+    )
+    add_config_args(sw)
+    sw.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=[V1, V2, ...]",
+        help="a key and its values, as a YAML list, e.g. 'model.dim=[32, 64]'; several --grid: every combination",
+    )
+    sw.add_argument(
+        "--metric",
+        metavar="NAME@K",
+        help="the validation metric that chooses (default: train.early_stopping.metric, else ndcg@max(eval.ks))",
+    )
+    sw.add_argument("--resume", action="store_true", help="continue each run's checkpoint (a stopped sweep)")
+    sw.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    sw.set_defaults(func=cmd_sweep)
 
     cp = sub.add_parser(
         "compare",

@@ -131,6 +131,20 @@ VALIDATION_KEYS = {
 """The key that makes a validation split, per split protocol (leave_one_out always makes one)."""
 
 
+def is_computed_metric(metric: str, ks: list[int]) -> bool:
+    """Whether the evaluation at cut-offs ``ks`` reports ``metric`` (``NAME@K``)."""
+    from eval.metrics import METRICS
+
+    name, _, k = metric.partition("@")
+    return name in (*METRICS, "coverage") and k.isdigit() and str(int(k)) == k and int(k) in ks
+
+
+def computed_metrics_hint(ks: list[int]) -> str:
+    from eval.metrics import METRICS
+
+    return f"expected NAME@K with NAME one of {', '.join((*METRICS, 'coverage'))} and K one of eval.ks {ks}"
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data, model, training, evaluation and tracking."""
 
@@ -167,27 +181,27 @@ class ExperimentConfig(_Strict):
         # checked here, not after the first (possibly hour-long) epoch
         es = self.train.early_stopping
         split = self.data.split
+        if es is not None and not self.makes_validation_split():
+            raise ValueError(
+                f"train.early_stopping needs a validation split, but data.split (protocol {split.protocol!r}) "
+                f"makes none: set {VALIDATION_KEYS[split.protocol]}, or remove train.early_stopping"
+            )
+        if es is not None and not is_computed_metric(es.metric, self.eval.ks):
+            raise ValueError(
+                f"train.early_stopping.metric {es.metric!r} is not computed: {computed_metrics_hint(self.eval.ks)}"
+            )
+        return self
+
+    def makes_validation_split(self) -> bool:
+        """Whether ``data.split`` holds out a validation split (``VALIDATION_KEYS`` names the key otherwise;
+        leave-one-out always does). It may still come out empty, e.g. when no user has enough interactions."""
+        split = self.data.split
         unset = {
             "random_ratio": split.valid_ratio == 0,
             "temporal": split.valid_temporal_cut is None and split.valid_cut_timestamp is None,
             "presplit": split.valid_from_train_ratio == 0,
         }
-        if es is not None and unset.get(split.protocol, False):
-            raise ValueError(
-                f"train.early_stopping needs a validation split, but data.split (protocol {split.protocol!r}) "
-                f"makes none: set {VALIDATION_KEYS[split.protocol]}, or remove train.early_stopping"
-            )
-        if es is not None:
-            from eval.metrics import METRICS
-
-            name, _, k = es.metric.partition("@")
-            known = (*METRICS, "coverage")
-            if name not in known or not k.isdigit() or str(int(k)) != k or int(k) not in self.eval.ks:
-                raise ValueError(
-                    f"train.early_stopping.metric {es.metric!r} is not computed: expected NAME@K with NAME "
-                    f"one of {', '.join(known)} and K one of eval.ks {self.eval.ks}"
-                )
-        return self
+        return not unset.get(split.protocol, False)
 
     def model_config_obj(self):
         """The model section validated by the chosen model's own config class."""
