@@ -174,6 +174,42 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from datetime import datetime, timezone
+
+    from recsys.tracking import list_runs
+
+    try:
+        runs = list_runs(args.tracking_uri, args.experiment, args.limit)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(runs, sort_keys=True))
+        return 0
+    if not runs:
+        print(
+            "no runs"
+            + (f" in experiment {args.experiment!r}" if args.experiment else "")
+            + " (recsys train makes one)"
+        )
+        return 0
+    metric = args.metric
+    print(
+        f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}  test {metric}"
+    )
+    for r in runs:
+        started = datetime.fromtimestamp(r["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        model = r["model"] or ("re-ranker" if r["parent"] else "-")
+        value = r["test"].get(metric)
+        shown = f"{value:.4f}" if value is not None else "-"
+        print(
+            f"{r['run_id']:<32}  {started:<16}  {r['status']:<8}  {str(r['experiment'])[:12]:<12}  "
+            f"{str(r['name'])[:24]:<24}  {model[:10]:<10}  {shown}"
+        )
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from recsys.sweep import grid_configs, parse_grid, run_sweep
 
@@ -924,6 +960,14 @@ def build_parser() -> argparse.ArgumentParser:
         "reference's padding and mask rows (2); default 0",
     )
     ev.set_defaults(func=cmd_evaluate)
+
+    rn = sub.add_parser("runs", help="the newest tracked runs: id, start, status, name, model, a test metric")
+    _tracking_uri_option(rn)
+    rn.add_argument("--experiment", metavar="NAME", help="this MLflow experiment's runs only (default: all)")
+    rn.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="the N newest runs (20)")
+    rn.add_argument("--metric", default="ndcg@20", metavar="NAME@K", help="the test metric shown (ndcg@20)")
+    rn.add_argument("--json", action="store_true", help="print one JSON list, with every test metric")
+    rn.set_defaults(func=cmd_runs)
 
     sw = sub.add_parser(
         "sweep", help="train a grid of configs, choose on the validation split, test only the chosen run"

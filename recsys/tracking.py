@@ -344,6 +344,57 @@ class RunTracker:
             mlflow.log_figure(fig, name)
 
 
+def list_runs(uri: str | None = None, experiment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs of the store (of one experiment, or all), newest first, each a dict: ``run_id``,
+    ``name``, ``experiment``, ``status``, ``start`` (ms since the epoch), ``model`` (``model.name``),
+    ``parent`` (a re-ranker's run: the first-stage run), and ``test`` (its ``test_final`` metrics, named as the
+    evaluation names them: ``ndcg@20``). A store that does not exist yet is empty: listing creates nothing.
+
+    Raises:
+        LookupError: ``experiment`` names no experiment of the store (the message lists those it has).
+    """
+    store = uri or default_tracking_uri()
+    db = _sqlite_file(store)
+    if db is not None and not db.exists():
+        return []
+    _quiet_mlflow()
+    import mlflow
+
+    _use_store(store)
+    client = mlflow.MlflowClient()
+    names = {e.experiment_id: e.name for e in client.search_experiments()}
+    if experiment is None:
+        ids = list(names)
+    elif experiment in names.values():
+        ids = [i for i, n in names.items() if n == experiment]
+    else:
+        raise LookupError(
+            f"no experiment {experiment!r} in the store {store}; it has: {', '.join(sorted(names.values()))}"
+        )
+    runs = client.search_runs(ids, max_results=limit, order_by=["attributes.start_time DESC"]) if ids else []
+    out = []
+    for run in runs:
+        prefix = "test_final/"
+        test = {
+            k[len(prefix) :].replace("_at_", "@"): v
+            for k, v in run.data.metrics.items()
+            if k.startswith(prefix)
+        }
+        out.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "experiment": names.get(run.info.experiment_id),
+                "status": run.info.status,
+                "start": run.info.start_time,
+                "model": run.data.params.get("model.name"),
+                "parent": run.data.tags.get("mlflow.parentRunId"),
+                "test": test,
+            }
+        )
+    return out
+
+
 def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None = None) -> Path:
     """Fetch a run's artifacts (e.g. ``model``) to a local folder and return its path."""
     _quiet_mlflow()

@@ -606,3 +606,27 @@ def test_quickstart_counts_everything_the_list_excludes(shared_data, capsys):
     out = capsys.readouterr().out
     assert f"user 1 has seen {len(mine)} items ({liked} of them liked), e.g.:" in out
     assert len(mine) > liked
+
+
+def test_runs_lists_the_newest_runs_with_a_test_metric(trained_run, capsys, _isolated_home):
+    import mlflow
+
+    run_id, _, _ = trained_run
+    assert main(["runs", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in runs] == [run_id]
+    logged = mlflow.get_run(run_id).data.metrics
+    assert runs[0]["test"]["ndcg@10"] == logged["test_final/ndcg_at_10"]
+    assert (runs[0]["model"], runs[0]["experiment"], runs[0]["status"]) == ("mf_bpr", "cli-test", "FINISHED")
+    assert main(["runs", "--experiment", "cli-test", "--metric", "ndcg@10"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[0] == run_id and row[-1] == f"{logged['test_final/ndcg_at_10']:.4f}"
+    assert main(["runs", "--experiment", "nope"]) == 2
+    assert "no experiment 'nope' in the store" in capsys.readouterr().err
+
+
+def test_runs_of_a_store_that_does_not_exist_is_empty_and_creates_nothing(tmp_path, capsys):
+    store = tmp_path / "nowhere" / "mlflow.db"
+    assert main(["runs", "--tracking-uri", f"sqlite:///{store}"]) == 0
+    assert capsys.readouterr().out.startswith("no runs")
+    assert not store.parent.exists()
