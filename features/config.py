@@ -98,8 +98,10 @@ class SplitConfig(_Strict):
       validation set out of train (``valid_from_train_ratio``).
     """
 
-    protocol: Protocol = "random_ratio"
-    """The protocol (see the ``data.split`` section above); the default depends on ``data.source``."""
+    protocol: Protocol = Field(
+        "random_ratio", json_schema_extra={"default_text": "by `data.source` (see `data.split` above)"}
+    )
+    """The protocol (see the ``data.split`` section above)."""
     seed: int = Field(0, ge=0)
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
     test_ratio: float = Field(0.2, gt=0.0, lt=1.0)

@@ -195,9 +195,8 @@ def cmd_runs(args) -> int:
         )
         return 0
     metric = args.metric
-    print(
-        f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}  test {metric}"
-    )
+    heads = f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}"
+    print(f"{heads}  test {metric}")
     for r in runs:
         started = datetime.fromtimestamp(r["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         model = r["model"] or ("re-ranker" if r["parent"] else "-")
@@ -244,78 +243,32 @@ def _to_stderr(*parts, **kwargs) -> None:
     print(*parts, **kwargs, file=sys.stderr)
 
 
-COMPARED_BY_DEFAULT = ("recall", "ndcg")
-
-
 def cmd_compare(args) -> int:
-    """Each run against the first, paired over the users of one split (eval/significance.py)."""
-    if len(args.run) < 2 or len(set(args.run)) < len(args.run):
-        print(
-            "error: give --run at least twice, with different run ids (each is compared with the first)",
-            file=sys.stderr,
-        )
-        return 2
-    import numpy as np
+    from recsys.compare import compare_runs
 
-    from eval.metrics import METRICS, per_user_metrics
-    from eval.ranking import model_topk
-    from eval.significance import paired_difference
-    from recsys.pipeline import load_run
-
-    wrong = [n for n in args.metric or () if n.partition("@")[0] not in METRICS or not n.partition("@")[2]]
-    if wrong:
-        print(
-            f"error: --metric {wrong[0]}: expected NAME@K with NAME one of {', '.join(METRICS)}",
-            file=sys.stderr,
+    try:
+        report = compare_runs(
+            args.run, split=args.split, ks=args.k, metrics=args.metric, uri=args.tracking_uri
         )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    evaluated = []  # (run id, users, per-user values), the runs' models freed one by one
-    for run_id in args.run:
-        run = load_run(run_id, uri=args.tracking_uri)
-        if not evaluated:
-            ks = args.k or run.config.eval.ks
-            data = run.dataset.manifest_hash
-            names = args.metric or [f"{m}@{k}" for k in ks for m in COMPARED_BY_DEFAULT]
-            unknown = [n for n in names if n.partition("@")[2] not in {str(k) for k in ks}]
-            if unknown:
-                print(
-                    f"error: --metric {unknown[0]} needs its cut-off in --k {','.join(map(str, ks))}",
-                    file=sys.stderr,
-                )
-                return 2
-        elif run.dataset.manifest_hash != data:
-            print(
-                f"error: run {run_id} was trained on other data than run {args.run[0]} (prepared datasets "
-                f"{run.dataset.manifest_hash[:12]} and {data[:12]}): a paired comparison needs the same users "
-                "and held-out items",
-                file=sys.stderr,
-            )
-            return 2
-        top, users, truth = model_topk(
-            run.model, run.dataset, args.split, max(ks), run.config.eval.block_size
-        )
-        evaluated.append((run_id, users, per_user_metrics(top, truth, ks)))
-        del run
-    base_id, base_users, base = evaluated[0]
-    report = []
-    for run_id, users, values in evaluated[1:]:
-        assert np.array_equal(users, base_users)  # same data and split: the same evaluated users
-        report.append((run_id, [paired_difference(base[n], values[n], n) for n in names]))
     if args.json:
-        rows = [{"run": r, "metrics": [d.to_dict() for d in diffs]} for r, diffs in report]
-        print(json.dumps({"split": args.split, "baseline": base_id, "comparisons": rows}, sort_keys=True))
+        rows = [{"run": r.run_id, "metrics": [d.to_dict() for d in r.differences]} for r in report]
+        print(json.dumps({"split": args.split, "baseline": args.run[0], "comparisons": rows}, sort_keys=True))
         return 0
-    n_users = report[0][1][0].n_users
-    print(f"{args.split} split, {n_users} users with a {args.split} item; A = {base_id}")
+    n_users = report[0].differences[0].n_users
+    print(f"{args.split} split, {n_users} users with a {args.split} item; A = {args.run[0]}")
     print(
         "each run B against A, paired over users: B - A, its 95% confidence interval, the paired t-test's p"
     )
-    for run_id, diffs in report:
-        print(f"\nB = {run_id}")
-        print(
-            f"  {'metric':<12} {'A':>8} {'B':>8} {'B - A':>8}  {'95% CI':<20} {'p':>8}  B better / worse / tied"
+    for r in report:
+        print(f"\nB = {r.run_id}")
+        header = (
+            f"{'metric':<12} {'A':>8} {'B':>8} {'B - A':>8}  {'95% CI':<20} {'p':>8}  B better / worse / tied"
         )
-        for d in diffs:
+        print("  " + header)
+        for d in r.differences:
             ci = f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}]"
             print(
                 f"  {d.metric:<12} {d.mean_a:>8.4f} {d.mean_b:>8.4f} {d.difference:>+8.4f}  {ci:<20} "
@@ -836,11 +789,14 @@ def cmd_explain(args) -> int:
 
 
 def cmd_config_show(args) -> int:
+    import shlex
+
     from recsys.config import dump_config
     from recsys.pipeline import run_dir_for
 
     cfg = _load_cfg(args)
-    print(f"# {args.config}{''.join(' ' + o for o in args.overrides)}: every default filled in")
+    given = shlex.join([args.config, *args.overrides]).replace("\n", "\\n")  # one comment line
+    print(f"# {given}: every default filled in")
     print(f"# run folder (checkpoints; --resume continues it): {run_dir_for(cfg)}")
     print(dump_config(cfg), end="")
     return 0
@@ -1167,7 +1123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cf = sub.add_parser("config", help="the config a command would run, and every config key")
     csub = cf.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    show = csub.add_parser("show", help="validate a config and its overrides; print it with every default")
+    show = csub.add_parser(
+        "show",
+        help="validate an experiment config (with its model) and overrides; print it with every default",
+    )
     add_config_args(show)
     show.set_defaults(func=cmd_config_show)
     keys = csub.add_parser("keys", help="every config key: type, default, bounds, meaning (docs/config.md)")
@@ -1175,7 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         nargs="+",
         metavar="NAME",
-        help="the model section's keys for these models only (default: every registered model)",
+        help="the model section's keys for these models only, built-in or offered by a package "
+        "(default: every built-in and registered model)",
     )
     keys.set_defaults(func=cmd_config_keys)
 

@@ -60,8 +60,9 @@ class TrainConfig(_Strict):
     """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples); default
     ``ceil(training pairs / batch_size)``, the official LightGCN code's epoch."""
     batch_size: int = Field(2048, ge=1)
-    """Training examples per optimiser step (pairs, triples or subsequences, as the model's sampler makes
-    them)."""
+    """Examples per batch, per process (a data-parallel step takes one batch from each process): BPR triples
+    for the ``interactions`` / ``users`` samplers, (history, next item) samples for SASRec, ICSRec and the
+    two-tower; DNIS also sizes its validation batches with it."""
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -114,13 +115,14 @@ class TrackingConfig(_Strict):
     enabled: bool = True
     """Track the run in MLflow (false: nothing is logged, and the run cannot be evaluated or indexed by id)."""
     experiment: str = "recsys"
-    """The MLflow experiment the run goes to."""
+    """The MLflow experiment the run goes to (a resumed run stays in the experiment it started in)."""
     uri: str | None = None
     """The MLflow tracking store; when unset, ``MLFLOW_TRACKING_URI``, or else the embedded store under
     ``$RECSYS_HOME``."""
     log_model: bool = True
-    """Log the trained model (config, weights, dataset hash), which ``recsys evaluate --run``, ``index`` and
-    ``recommend`` load."""
+    """Log the trained model (config, weights, dataset hash), which every command given ``--run`` loads
+    (``evaluate``, ``compare``, ``index``, ``recommend``, ``rerank``, ``serve``, ``explain``), as does
+    ``recsys.pipeline.load_run``."""
 
 
 VALIDATION_KEYS = {
@@ -158,7 +160,8 @@ class ExperimentConfig(_Strict):
     """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     data: DataConfig
     model: dict[str, Any]
-    """The model's config; ``name`` picks the class in ``recsys.models.REGISTRY``, which validates the rest."""
+    """The model's config; ``name`` picks the class (a built-in or registered model, or one an installed
+    package offers: ``recsys.models.model_class``), whose config class validates the rest."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -265,9 +268,8 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
-)
+_INT_1_2 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_1_2, list("-+0123456789"))
 
 
 def _int_1_2(loader: _Loader, node: yaml.ScalarNode) -> int:
@@ -488,5 +490,13 @@ def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: st
             setattr(data.split, key, defaults[key].default)
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting also the strings :class:`_Loader` would read as integers (``0o17``,
+    ``0x1F``: YAML 1.2 integers that YAML 1.1 leaves as text), so that a dumped config loads back the same."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _INT_1_2, list("-+0123456789"))
+
+
 def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)

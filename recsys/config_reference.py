@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic_core import to_jsonable_python
 
 WIDTH = 114
 
@@ -71,16 +71,18 @@ def _bounds(metadata: list[Any]) -> str:
 
 
 def _default(field: Any) -> str:
-    """``required``, ``default `VALUE``` (a string as it is written in YAML), or "" for a section, whose own
-    keys carry the defaults."""
-    if field.default_factory is not None:
-        value = field.default_factory()
-    elif field.default is PydanticUndefined:
+    """``required``, ``default `VALUE``` (as it is written in YAML: a string bare, anything else as JSON), or ""
+    for a section, whose own keys carry the defaults. ``json_schema_extra={"default_text": ...}`` on a field
+    replaces the value where a validator decides it (the split protocol follows the data source)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "default_text" in extra:
+        return f"default {extra['default_text']}"
+    if field.is_required():
         return "required"
-    else:
-        value = field.default
+    value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return ""
+    value = to_jsonable_python(value)  # Path, set, Enum: what a YAML file would hold
     shown = value if isinstance(value, str) and value.strip() == value and value else json.dumps(value)
     return f"default `{shown}`"
 
@@ -154,7 +156,7 @@ def render(models: list[str] | None = None) -> str:
     (default: every registered model)."""
     from recsys.models import REGISTRY, model_class
 
-    names = sorted(REGISTRY) if models is None else models
+    names = sorted(REGISTRY) if models is None else list(dict.fromkeys(models))  # each model once
     out = [
         "# Config keys",
         "",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import yaml
+import pytest
 
 from recsys.cli import main
 from recsys.config_reference import experiment_keys, model_keys, render
@@ -63,15 +63,51 @@ def test_config_show_prints_the_config_that_would_run(capsys, tmp_path):
     args = [str(REPO / "configs" / "ml100k_lightgcn.yaml"), "train.lr=2e-3", "model.layers=2"]
     assert main(["config", "show", "-c", *args]) == 0
     out = capsys.readouterr().out
-    shown = yaml.safe_load(out)
     cfg = load_config(args[0], args[1:])
-    assert shown == cfg.to_dict()  # every default filled in, the overrides applied
-    assert (
-        shown["train"]["lr"] == 2e-3 and shown["model"]["layers"] == 2 and shown["model"]["init_std"] == 0.1
-    )
+    shown = load_config(_write(tmp_path, out))  # read back as every command reads a config
+    assert shown.to_dict() == cfg.to_dict()  # every default filled in, the overrides applied
+    assert cfg.train.lr == 2e-3 and cfg.model["layers"] == 2 and "init_std: 0.1" in out
     assert f"# run folder (checkpoints; --resume continues it): {run_dir_for(cfg)}" in out.splitlines()
-    # what it prints is a config file that runs as the same experiment (same run folder)
-    (tmp_path / "shown.yaml").write_text(out)
-    assert run_dir_for(load_config(tmp_path / "shown.yaml")) == run_dir_for(cfg)
     assert main(["config", "show", "-c", args[0], "train.lrr=1"]) == 2
     assert "train.lrr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_published_config_shows_as_a_config_that_loads_back_the_same(name, capsys, tmp_path):
+    from recsys.config import load_config
+
+    assert main(["config", "show", "-c", str(REPO / "configs" / name)]) == 0
+    shown = load_config(_write(tmp_path, capsys.readouterr().out))
+    assert shown.to_dict() == load_config(REPO / "configs" / name).to_dict()
+
+
+def test_shown_text_that_yaml_1_2_reads_as_a_number_stays_text(capsys, tmp_path):
+    from recsys.config import load_config
+
+    config = str(REPO / "configs" / "ml100k_lightgcn.yaml")
+    # a YAML 1.1 dumper writes 0o17 bare, which this project's YAML 1.2 reader takes for 15; and an override
+    # with a line break must stay inside the header comment
+    assert (
+        main(
+            [
+                "config",
+                "show",
+                "-c",
+                config,
+                "name='0o17'",
+                "tracking.experiment='0x1F'",
+                "model={name: lightgcn,\n dim: 8}",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    shown = load_config(_write(tmp_path, out))
+    assert (shown.name, shown.tracking.experiment, shown.model["dim"]) == ("0o17", "0x1F", 8)
+    assert out.splitlines()[0].startswith("# ") and out.splitlines()[1].startswith("# run folder")
+
+
+def _write(folder, text: str):
+    path = folder / "shown.yaml"
+    path.write_text(text)
+    return path

@@ -124,7 +124,9 @@ def test_registering_a_taken_name_or_an_unnamed_model_is_refused(registry):
     from recsys.models import MFBPR, ModelConfig, Recommender, register_model
 
     other = _tiny_model("mf_bpr")
-    with pytest.raises(ValueError, match=r"'mf_bpr' is taken by recsys\.models\.mf_bpr\.MFBPR.*replace=True"):
+    with pytest.raises(
+        ValueError, match=r"'mf_bpr' is taken by recsys\.models\.mf_bpr:MFBPR; give .*replace=True"
+    ):
         register_model(other)
     assert registry["mf_bpr"] is MFBPR
     register_model(other, replace=True)
@@ -234,3 +236,93 @@ def test_an_offered_model_that_does_not_load_is_named_with_its_entry_point(regis
         build_model("misnamed", 3, 4)
     with pytest.raises(ConfigError, match="allowed values: .*misnamed"):  # offered names are listed
         validate_config({**raw, "model": {"name": "nope"}})
+
+
+def test_a_config_that_could_not_select_its_model_or_drops_the_checks_is_refused(registry):
+    from typing import Literal
+
+    import pydantic
+
+    from recsys.models import ModelConfig, Recommender, register_model
+
+    class Plain(pydantic.BaseModel):  # no ModelConfig: unknown keys and booleans for numbers would pass
+        name: Literal["plain"] = "plain"
+
+    class StrName(ModelConfig):  # any name validates: `build_model(StrName(name="other"))` found no model
+        name: str = "strname"
+
+    class Mismatch(ModelConfig):  # registered as "y", every config naming "y" fails: "Input should be 'x'"
+        name: Literal["x"] = "y"
+
+    for config, match in (
+        (Plain, "subclass of recsys.models.ModelConfig"),
+        (StrName, "the one value and the default"),
+        (Mismatch, "the one value and the default"),
+    ):
+        model = type("M", (Recommender,), {"config_cls": config})
+        with pytest.raises(TypeError, match=match):
+            register_model(model)
+    assert not {"plain", "strname", "x", "y"} & set(registry)
+
+
+def test_two_packages_offering_one_name_for_different_classes_is_an_error_naming_both(
+    registry, tmp_path, monkeypatch
+):
+    from recsys.models import model_class
+
+    for n, target in ((1, "Dot"), (2, "NotAModel")):
+        root = tmp_path / f"site{n}"
+        root.mkdir()
+        _install_plugin(root, f"plugin_dot = recsys_plugin_test:{target}")
+        info = root / "recsys_plugin_test-0.1.dist-info"
+        info.rename(root / f"recsys_plugin_test{n}-0.1.dist-info")
+        (root / f"recsys_plugin_test{n}-0.1.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: recsys-plugin-test{n}\nVersion: 0.1\n"
+        )
+        monkeypatch.syspath_prepend(str(root))
+    # which one loaded depended on the order of sys.path, without a word
+    with pytest.raises(
+        ImportError, match=r"offered by two installed packages .*recsys-plugin-test\d .*recsys-plugin-test\d"
+    ):
+        model_class("plugin_dot")
+
+
+def test_registering_a_name_a_package_offers_for_another_class_is_refused(registry, tmp_path, monkeypatch):
+    from recsys.models import register_model
+
+    _install_plugin(tmp_path, "tiny = somewhere_else:Tiny")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny = _tiny_model("tiny")
+    # a run trained with this class would be loaded by every other process as the package's model
+    with pytest.raises(ValueError, match=r"offered by an installed package for somewhere_else:Tiny"):
+        register_model(tiny)
+    assert register_model(tiny, replace=True) is tiny
+
+
+def test_the_reference_of_a_registered_model_shows_defaults_as_yaml_holds_them(registry):
+    import enum
+    from pathlib import Path
+    from typing import Literal
+
+    from recsys.config_reference import model_keys, render
+    from recsys.models import ModelConfig, Recommender, register_model
+
+    class Mode(enum.Enum):
+        fast = "fast"
+
+    class OddConfig(ModelConfig):
+        name: Literal["odd"] = "odd"
+        where: Path = Path("cache/x")
+        """A folder."""
+        tags: set[str] = {"b"}
+        mode: Mode = Mode.fast
+
+    register_model(type("Odd", (Recommender,), {"config_cls": OddConfig}))
+    keys = {k.key: k for k in model_keys("odd")}
+    assert (keys["model.where"].default, keys["model.tags"].default, keys["model.mode"].default) == (
+        "default `cache/x`",
+        'default `["b"]`',
+        "default `fast`",
+    )
+    assert keys["model.where"].doc == ["A folder."]
+    assert render(["odd", "odd"]).count("## `model.name: odd`") == 1

@@ -104,9 +104,9 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
 
     (pop, mf), tmp_path, csv = two_runs
     assert main(["compare", "--run", pop]) == 2
-    assert "at least twice" in capsys.readouterr().err
+    assert "give two or more different runs" in capsys.readouterr().err
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@20"]) == 2
-    assert "needs its cut-off in --k 5,10" in capsys.readouterr().err
+    assert "metric ndcg@20 needs its cut-off in the cut-offs 5,10" in capsys.readouterr().err
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "auc@5"]) == 2
     assert "expected NAME@K" in capsys.readouterr().err
     raw = make_cfg(csv, epochs=1)  # another split seed: other held-out items

@@ -42,48 +42,91 @@ take it like a built-in one (docs/python_api.md)."""
 
 
 def _config_name(cls: type[Recommender]) -> str:
-    """The registry key ``cls`` declares: the default of its config's ``name``."""
+    """The registry key ``cls`` declares: its config's ``name: Literal["key"] = "key"``. A plain ``str`` or
+    another default would register a name that configs cannot select, and a config class outside
+    :class:`ModelConfig` would drop its checks (unknown keys, booleans for numbers)."""
+    from typing import Literal, get_args, get_origin
+
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise TypeError(f"a model must be a subclass of recsys.models.Recommender, got {cls!r}")
-    field = cls.config_cls.model_fields.get("name")
-    name = None if field is None else field.default
-    if not isinstance(name, str) or not name:
+    config = getattr(cls, "config_cls", None)
+    example = f'name: Literal["{cls.__name__.lower()}"] = "{cls.__name__.lower()}"'
+    if not (isinstance(config, type) and issubclass(config, ModelConfig)):
         raise TypeError(
-            f"{cls.__name__}.config_cls ({cls.config_cls.__name__}) must give its registry key as the default "
-            f'of name, e.g. name: Literal["{cls.__name__.lower()}"] = "{cls.__name__.lower()}"'
+            f"{cls.__name__}.config_cls must be a subclass of recsys.models.ModelConfig, got {config!r}"
+        )
+    field = config.model_fields.get("name")
+    name = None if field is None else field.default
+    literal = None if field is None else field.annotation
+    if (
+        not isinstance(name, str)
+        or not name
+        or get_origin(literal) is not Literal
+        or get_args(literal) != (name,)
+    ):
+        raise TypeError(
+            f"{cls.__name__}.config_cls ({config.__name__}) must declare its registry key as the one value and "
+            f"the default of name, e.g. {example}"
         )
     return name
+
+
+def _entry_value(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def register_model(cls: type[Recommender], *, replace: bool = False) -> type[Recommender]:
     """Add a model class to :data:`REGISTRY` under its config's ``name``, so that configs, the trainer,
     ``load_run``, evaluation and serving make it like a built-in one; returns ``cls`` (usable as a decorator).
 
-    ``cls.config_cls`` must declare its name as the default of ``name``
-    (``name: Literal["my_model"] = "my_model"``), the key a config selects it with. A name already taken by
-    another class is refused unless ``replace=True``; registering the same class again changes nothing.
-    A process that loads a trained run of the model (``recsys.pipeline.load_run``) registers it first, or
-    the model's package offers it under the :data:`ENTRY_POINT_GROUP` entry points.
+    ``cls.config_cls`` is a :class:`ModelConfig` that declares its key as ``name: Literal["my_model"] =
+    "my_model"``. A name already taken by another class, or offered for another class by an installed package
+    (:data:`ENTRY_POINT_GROUP`: a run trained here would be loaded elsewhere as the package's model), is
+    refused unless ``replace=True``; registering the same class again changes nothing. A process that loads a
+    trained run of the model (``recsys.pipeline.load_run``) registers it first, or the model's package offers
+    it under :data:`ENTRY_POINT_GROUP`.
 
     Raises:
-        TypeError: ``cls`` is no :class:`Recommender` subclass, or its config has no default ``name``.
-        ValueError: the name is taken by another class and ``replace`` is False.
+        TypeError: ``cls`` is no :class:`Recommender`, or its config does not declare its key as above.
+        ValueError: the name is taken, or offered by a package, for another class and ``replace`` is False.
     """
     name = _config_name(cls)
     taken = REGISTRY.get(name)
-    if taken is not None and taken is not cls and not replace:
+    offered = _entry_points().get(name)
+    if not replace and taken is not None and taken is not cls:
         raise ValueError(
-            f"model name {name!r} is taken by {taken.__module__}.{taken.__qualname__}; pass replace=True to "
-            "replace it"
+            f"model name {name!r} is taken by {_entry_value(taken)}; give {cls.__name__}'s config a name of its "
+            "own (name: Literal[...]), or pass replace=True to replace that model everywhere in this process"
+        )
+    if not replace and taken is None and offered is not None and offered.value != _entry_value(cls):
+        raise ValueError(
+            f"model name {name!r} is offered by an installed package for {offered.value} (entry point group "
+            f"{ENTRY_POINT_GROUP!r}), which any other process would load for runs of this name; give "
+            f"{cls.__name__}'s config a name of its own, or pass replace=True"
         )
     REGISTRY[name] = cls
     return cls
 
 
 def _entry_points() -> dict[str, Any]:
+    """The installed packages' offers by name.
+
+    Raises:
+        ImportError: two distributions offer one name for different classes (which one loads would depend on
+            the order of ``sys.path``).
+    """
     from importlib.metadata import entry_points
 
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    offers: dict[str, Any] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        other = offers.setdefault(ep.name, ep)
+        if other.value != ep.value:
+            who = [getattr(e.dist, "name", "?") for e in (other, ep)]
+            raise ImportError(
+                f"model {ep.name!r} is offered by two installed packages for different classes: {who[0]} "
+                f"({other.value}) and {who[1]} ({ep.value}) (entry point group {ENTRY_POINT_GROUP!r}); uninstall one"
+            )
+    return offers
 
 
 def known_model_names() -> list[str]:
@@ -92,19 +135,21 @@ def known_model_names() -> list[str]:
 
 
 def model_class(name: str) -> type[Recommender]:
-    """The model class a config's ``name`` selects: a registered one, else the one an installed package
-    offers under :data:`ENTRY_POINT_GROUP`, loaded and registered on first use.
+    """The model class a config's ``name`` selects: a registered one (the built-in models first: a package
+    cannot replace them), else the one an installed package offers under :data:`ENTRY_POINT_GROUP`, loaded and
+    registered on first use.
 
     Raises:
         KeyError: no such model; the message lists the known names.
-        ImportError: the entry point does not load, or names a class that is no model of that name.
+        ImportError: the entry point does not load, names a class that is no model of that name, or two
+            packages offer the name.
     """
     cls = REGISTRY.get(name)
     if cls is not None:
         return cls
     ep = _entry_points().get(name)
     if ep is None:
-        raise KeyError(f"unknown model {name!r}; known models: {known_model_names()}")
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(known_model_names())}")
     where = f"entry point {name} = {ep.value} (group {ENTRY_POINT_GROUP!r})"
     try:
         loaded = ep.load()

@@ -156,7 +156,8 @@ class BlockScale:
 
 
 class DNIS(Recommender):
-    """A model wrapped with DNIS's soft selection layer (see the module docstring).
+    """A model wrapped with DNIS's soft selection layer (Cheng et al., 2020; the method: this module's
+    docstring and docs/dnis.md).
 
     Args:
         n_users: number of users U.

@@ -253,7 +253,8 @@ def kmeans(
 
 # ---- the model --------------------------------------------------------------------------------------------
 class ICSRec(SASRec):
-    """ICSRec (Qin et al., WSDM 2024) on the SASRec encoder; see the module docstring for the method.
+    """ICSRec (Qin et al., WSDM 2024) on the SASRec encoder; the method: this module's docstring and
+    docs/icsrec.md.
 
     Args:
         n_users: number of users U.

@@ -286,7 +286,8 @@ class TwoTowerSampler:
 
 # ---- the model ----------------------------------------------------------------------------------------------
 class TwoTower(HistoryQueries, Recommender):
-    """SSL two-tower retrieval (Yao et al., CIKM 2021); see the module docstring for the equations.
+    """SSL two-tower retrieval (Yao et al., CIKM 2021); the equations: this module's docstring and
+    docs/two_tower.md.
 
     Like :class:`recsys.models.sasrec.SASRec` it needs :meth:`prepare_dataset` (features, histories, samples;
     the towers are built there, since their tables depend on the dataset's features), brings its own sampler

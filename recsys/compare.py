@@ -1,0 +1,81 @@
+"""Trained runs compared user by user: each against the first, on one split of their shared prepared data
+(``recsys compare``; the statistics are :func:`eval.significance.paired_difference`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eval.significance import PairedDifference
+
+COMPARED_BY_DEFAULT = ("recall", "ndcg")
+"""The metrics compared at every cut-off when none are named."""
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Run ``run_id`` (B) against the baseline run (A), one :class:`PairedDifference` per metric."""
+
+    run_id: str
+    differences: list[PairedDifference]
+
+
+def compare_runs(
+    run_ids: list[str],
+    *,
+    split: str = "test",
+    ks: list[int] | None = None,
+    metrics: list[str] | None = None,
+    uri: str | None = None,
+) -> list[RunComparison]:
+    """Rank every user of ``split`` with each run and compare each run with ``run_ids[0]``, user by user.
+
+    Args:
+        run_ids: two or more distinct MLflow run ids of ``recsys train``; the first is the baseline A.
+        split: ``"valid"`` or ``"test"``.
+        ks: cut-offs (default: the first run's ``eval.ks``).
+        metrics: ``NAME@K`` names (default: :data:`COMPARED_BY_DEFAULT` at every cut-off).
+        uri: the tracking store holding the runs (as :func:`recsys.pipeline.load_run`).
+
+    Raises:
+        ValueError: fewer than two distinct runs, a metric that is no per-user metric or whose cut-off is not in
+            ``ks``, or runs trained on different prepared data (other users or held-out items).
+    """
+    import numpy as np
+
+    from eval.metrics import METRICS, per_user_metrics
+    from eval.ranking import model_topk
+    from eval.significance import paired_difference
+    from recsys.pipeline import load_run
+
+    if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
+        raise ValueError("give two or more different runs (each is compared with the first)")
+    for name in metrics or ():
+        if name.partition("@")[0] not in METRICS or not name.partition("@")[2]:
+            raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
+    evaluated = []  # (run id, evaluated users, per-user values): each run's model is freed after its ranking
+    for run_id in run_ids:
+        run = load_run(run_id, uri=uri)
+        if not evaluated:
+            ks = ks or run.config.eval.ks
+            data = run.dataset.manifest_hash
+            metrics = metrics or [f"{m}@{k}" for k in ks for m in COMPARED_BY_DEFAULT]
+            outside = [n for n in metrics if n.partition("@")[2] not in {str(k) for k in ks}]
+            if outside:
+                raise ValueError(
+                    f"metric {outside[0]} needs its cut-off in the cut-offs {','.join(map(str, ks))}"
+                )
+        elif run.dataset.manifest_hash != data:
+            raise ValueError(
+                f"run {run_id} was trained on other data than run {run_ids[0]} (prepared datasets "
+                f"{run.dataset.manifest_hash[:12]} and {data[:12]}): a paired comparison needs the same users "
+                "and held-out items"
+            )
+        top, users, truth = model_topk(run.model, run.dataset, split, max(ks), run.config.eval.block_size)
+        evaluated.append((run_id, users, per_user_metrics(top, truth, ks)))
+        del run
+    _, base_users, base = evaluated[0]
+    out = []
+    for run_id, users, values in evaluated[1:]:
+        assert np.array_equal(users, base_users)  # the same data and split: the same evaluated users
+        out.append(RunComparison(run_id, [paired_difference(base[n], values[n], n) for n in metrics]))
+    return out
