@@ -630,3 +630,49 @@ def test_runs_of_a_store_that_does_not_exist_is_empty_and_creates_nothing(tmp_pa
     assert main(["runs", "--tracking-uri", f"sqlite:///{store}"]) == 0
     assert capsys.readouterr().out.startswith("no runs")
     assert not store.parent.exists()
+
+
+def _index_of_run_a(folder: Path) -> Path:
+    """A small serving index recorded as built from the run "run-a" (no training needed: `recommend --index`
+    reads the folder, and reads the run only when the folder is missing)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from serving import build_index
+
+    eye = np.eye(3, dtype=np.float32)
+    seen = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0]], np.float32))
+    return build_index(eye, ["a", "b", "c"], folder, user_emb=eye[:2], user_ids=["u1", "u2"], seen=seen,
+                       run_id="run-a")  # fmt: skip
+
+
+def test_a_batch_job_refuses_another_runs_index(tmp_path, capsys):
+    """`recommend --all-users` over an index built from another run wrote that run's lists labelled as this
+    run's (the single-user path refused it already)."""
+    index = _index_of_run_a(tmp_path / "idx")
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--run", "run-b", "--index", str(index), "--all-users", "--out", str(out)]) == 2
+    assert "was built from run run-a, not from run run-b" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["recommend", "--run", "run-a", "--index", str(index), "--all-users", "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_recommend_without_a_user_sequence_or_batch_is_one_error_line(tmp_path, capsys):
+    """None of --user, --sequence, --all-users, --users: an error line naming them, not a TypeError traceback
+    from recommending for the user None."""
+    index = _index_of_run_a(tmp_path / "idx")
+    assert main(["recommend", "--run", "run-a", "--index", str(index)]) == 2
+    assert "give exactly one of --user USER" in capsys.readouterr().err
+
+
+def test_evaluate_without_k_reports_at_10_and_20(tmp_path, capsys):
+    """The documented default cut-offs of `evaluate --recs` are 10 and 20 (as the configs' eval.ks)."""
+    recs = tmp_path / "recs.csv"
+    truth = tmp_path / "truth.csv"
+    recs.write_text("user,item,score\na,x,3\na,y,2\n")
+    truth.write_text("user,item\na,y\n")
+    assert main(["evaluate", "--recs", str(recs), "--truth", str(truth), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert {"recall@10", "ndcg@10", "recall@20", "ndcg@20"} <= set(m)
+    assert not any(key.endswith(("@1", "@2", "@5")) for key in m)

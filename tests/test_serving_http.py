@@ -569,3 +569,15 @@ def test_titles_are_sent_as_utf8(tmp_path):
     assert response.headers["content-type"] == "application/json"
     assert "映画".encode() in response.content and b"\\u" not in response.content
     assert [r["title"] for r in response.json()] == ["映画", "Café", None]
+
+
+def test_get_recommend_for_sequence_honours_exclude_history(world):
+    """``GET /recommend_for_sequence?...&exclude_history=false`` keeps the session's own items in the answer,
+    as the POST body's flag does (the GET endpoint read the flag, then always left them out)."""
+    folder, retriever, _, _ = world
+    encoder = mean_encoder(retriever)
+    client = TestClient(create_app(folder, sequence_encoder=encoder), raise_server_exceptions=False)
+    params = {"items": ["i3", "i7"], "k": N_ITEMS, "exclude_history": "false"}
+    got = ok(client.get("/recommend_for_sequence", params=params))
+    expected = retriever.recommend_for_sequences([["i3", "i7"]], encoder, k=N_ITEMS, exclude_history=False)
+    assert got == as_json(expected)[0] and {"i3", "i7"} <= {r["item_id"] for r in got}

@@ -639,3 +639,80 @@ def test_sha256_file_size_of_a_large_file(tmp_path):
     data = b"x" * ((1 << 20) + 12345)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+# ---- found by a mutation run: each test below failed on a plausibly wrong line of the code -----------------
+def test_normalize_scores_users_by_cosine_too(tmp_path, data):
+    """With normalize=True the stored user vectors are unit vectors too, so recommend() scores are the cosine
+    similarities the option promises, whatever the length of the model's user vectors (they were inner
+    products of raw users with unit items: neither cosine nor the model's score)."""
+    items, users = data["item_emb"].copy(), data["user_emb"].copy()
+    items[np.linalg.norm(items, axis=1) == 0] = 1.0
+    users[np.linalg.norm(users, axis=1) == 0] = 1.0
+    out = build_index(
+        items, data["item_ids"], tmp_path / "cos", user_emb=users, user_ids=data["user_ids"], normalize=True
+    )
+    got = Retriever.load(out).recommend(data["user_ids"], k=5, exclude_seen=False)
+
+    def unit(x):
+        return x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+
+    cosines = unit(users) @ unit(items).T
+    for u, row in enumerate(got):
+        np.testing.assert_allclose(
+            [r.score for r in row], np.sort(cosines[u])[::-1][:5], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_the_manifest_handed_out_is_a_copy(built):
+    """ItemIndex is immutable: a caller editing the manifest it was given (to record or display it) must not
+    change how the shared index answers, e.g. start normalising queries or expect another dimension."""
+    idx = load_index(built)
+    retriever = Retriever(idx)
+    query = np.arange(1.0, DIM + 1.0, dtype=np.float32)
+    before = retriever.recommend_for_vector(query, k=5)
+    manifest = idx.manifest
+    manifest.update(normalized=True, dim=DIM + 1, index_type="IndexIVFFlat")
+    assert (idx.normalized, idx.dim, idx.index_type) == (False, DIM, "IndexFlatIP")
+    assert retriever.recommend_for_vector(query, k=5) == before
+    assert idx.manifest["dim"] == DIM
+
+
+def test_a_symlinked_out_dir_is_refused_and_left_as_it_is(tmp_path, built, data):
+    """A link such as current -> idx-v3 is refused (the docs say so): publishing through it swapped the link
+    itself for a folder, and left the index it pointed to as it was, no longer the one behind the link."""
+    link = tmp_path / "current"
+    link.symlink_to(built, target_is_directory=True)
+    before = _snapshot(built)
+    with pytest.raises(FileExistsError, match="symlink"):
+        build_index(data["item_emb"][:5], data["item_ids"][:5], link)
+    assert link.is_symlink() and link.resolve() == built.resolve()
+    assert _snapshot(built) == before
+
+
+def test_a_leftover_named_with_this_process_s_pid_is_removed(built, data):
+    """PIDs are reused (a container's writer often has the same small pid on every start): a temporary folder
+    bearing this process's pid cannot be a live writer's while this process holds the write lock, so it is
+    a dead earlier process's leftover, removed like any other (it stayed, as if its writer were alive)."""
+    leftover = built.parent / f".idx.building-{os.getpid()}-0123456789"
+    leftover.mkdir()
+    (leftover / "items.faiss").write_bytes(b"x" * 1000)
+    build_index(data["item_emb"], data["item_ids"], built)
+    assert _beside(built.parent) == ["idx"]
+
+
+def test_of_two_served_folders_moved_aside_the_newest_is_put_back(tmp_path, built, data):
+    """Two dead writers left the index moved aside twice (writers without the lock: an older version): the
+    copy put back is the one moved aside last, the most recent index, not an older one."""
+    from serving import add_items
+
+    older = tmp_path / ".idx.replaced-99998-0123456789"
+    os.rename(built, older)
+    newer = tmp_path / ".idx.replaced-99999-0123456789"
+    build_index(data["item_emb"][:5], data["item_ids"][:5], tmp_path / "newer")
+    os.rename(tmp_path / "newer", newer)
+    os.utime(older, ns=(10**18, 10**18))
+    os.utime(newer, ns=(2 * 10**18, 2 * 10**18))
+    add_items(built, data["item_emb"][:1], ["new-A"])
+    assert load_index(built).item_ids == (*data["item_ids"][:5], "new-A")
+    assert _beside(tmp_path) == ["idx"]

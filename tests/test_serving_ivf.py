@@ -187,3 +187,14 @@ def test_a_rows_answer_does_not_depend_on_its_batch(tmp_path):
     assert np.array_equal(batched[1], np.concatenate([p for _, p in alone]))
     assert np.array_equal(batched[0], np.concatenate([s for s, _ in alone]))
     assert (batched[1] >= 0).all()  # every row filled (each has at least 10 unseen items)
+
+
+def test_the_default_nprobe_is_16_lists_at_most(tmp_path):
+    """Without nprobe an inverted file searches min(16, nlist) lists per query (the docs, `recsys index
+    --help`): probing every list by default made it an exact search with the k-means paid for nothing."""
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(400, 4)).astype(np.float32)
+    ids = [str(i) for i in range(400)]
+    for nlist, nprobe in ((4, 4), (20, 16)):
+        index = ItemIndex.load(build_index(items, ids, tmp_path / f"ivf{nlist}", nlist=nlist))
+        assert (index.nlist, index.nprobe) == (nlist, nprobe)

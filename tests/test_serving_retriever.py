@@ -386,3 +386,60 @@ def test_load_with_num_threads(retriever):
 
 def test_index_path_is_kept(retriever):
     assert isinstance(retriever.index.path, Path) and retriever.index.n_items == N_ITEMS
+
+
+# ---- found by a mutation run: each test below failed on a plausibly wrong line of the code -----------------
+def test_an_explicitly_stored_zero_in_seen_still_marks_the_item_seen(tmp_path):
+    """build_index counts every stored entry of ``seen`` as seen, an explicit zero too (a rating of 0 is still
+    an item the user has met): excluding too much is safe, serving a seen item back is not."""
+    seen = sp.csr_matrix(
+        (np.array([0.0, 1.0], np.float32), np.array([0, 1]), np.array([0, 2])), shape=(1, 4)
+    )  # the user's row stores item "a" with the value 0 and item "b" with 1
+    assert seen.nnz == 2
+    out = build_index(
+        np.eye(4, dtype=np.float32), ["a", "b", "c", "d"], tmp_path / "idx",
+        user_emb=np.array([[4.0, 3.0, 2.0, 1.0]], np.float32), user_ids=["u"], seen=seen,
+    )  # fmt: skip
+    assert [r.item_id for r in Retriever.load(out).recommend("u", k=4)[0]] == ["c", "d"]
+
+
+def test_sequences_reach_the_encoder_oldest_first(retriever, world):
+    """A sequence model reads the order (the next item follows the latest one), so the encoder gets each
+    sequence's positions in the order given: with "the vector of the last item" as the model, the answer for
+    [a, b] is the one for b's vector."""
+    items, _, _ = world
+
+    def last_item(sequences):
+        return np.stack([items[s[-1]] for s in sequences])
+
+    sequences = [["i3", "i7"], ["i7", "i3", "i50"]]
+    got = retriever.recommend_for_sequences(sequences, last_item, k=5)
+    assert got == retriever.recommend_for_vector(items[[7, 50]], k=5, exclude_items=sequences)
+
+
+def test_a_bool_is_no_id(tmp_path):
+    """True is an int in Python and str(int(True)) is "1": a stray flag in a list of ids was served as the
+    user or item "1" instead of being refused."""
+    ids = ["0", "1", "2"]
+    eye = np.eye(3, dtype=np.float32)
+    r = Retriever.load(build_index(eye, ids, tmp_path / "idx", user_emb=eye, user_ids=ids))
+    with pytest.raises(TypeError, match="ids are text"):
+        r.recommend([True], exclude_seen=False)
+    with pytest.raises(TypeError, match="ids are text"):
+        r.similar_items([True])
+    with pytest.raises(TypeError, match="ids are text"):
+        r.recommend_for_vector(eye[:1], exclude_items=[[True]])
+
+
+def test_a_sequence_given_as_one_string_is_refused(tmp_path):
+    """Item ids are often digits (MovieLens): the sequence "12" given instead of ["12"] was read as the items
+    "1" and "2", and answered for them without a word."""
+    eye = np.eye(3, dtype=np.float32)
+    r = Retriever.load(build_index(eye, ["1", "2", "12"], tmp_path / "idx"))
+
+    def total(sequences):
+        return np.stack([eye[s].sum(axis=0) for s in sequences])
+
+    with pytest.raises(TypeError, match="not the string '12'"):
+        r.recommend_for_sequences(["12"], total, k=2)
+    assert [x.item_id for x in r.recommend_for_sequences([["12"]], total, k=1)[0]] == ["1"]
