@@ -232,3 +232,52 @@ def test_a_run_that_cannot_reach_its_pruned_model_stops_before_training(tmp_path
     with pytest.raises(ValueError, match=message):
         trainer.fit()
     assert trainer.state.step == 0
+
+
+def test_alpha_is_clipped_to_the_unit_interval():
+    """A step larger than the distance to a bound lands on the bound (the selection weights of the paper lie
+    in [0, 1]): with lr 10, every weight whose normalised gradient is non-zero ends at exactly 0 or 1."""
+    model = small_dnis(lr_alpha=10.0, l1=0.0)
+    model.alpha.copy_(torch.tensor([[0.9, 0.6], [0.3, 0.7]]))
+    batch = {"users": torch.tensor([0, 1, 3]), "pos": torch.tensor([2, 1, 4]), "neg": torch.tensor([5, 0, 3])}
+    grad, _ = model.alpha_gradient(batch)
+    model.alpha_step(batch)
+    moved = grad != 0
+    assert bool(moved.any())
+    assert bool(((model.alpha[moved] == 0.0) | (model.alpha[moved] == 1.0)).all()), model.alpha
+    assert float(model.alpha.min()) >= 0.0 and float(model.alpha.max()) <= 1.0
+
+
+def test_validation_negatives_are_in_neither_training_nor_validation():
+    """Alpha descends the BPR loss on (user, validation item, negative): a negative the user has in the
+    validation split would be a positive scored as a negative. Each user here has two training items, three
+    validation items and a single item in neither, so every drawn negative must be that one."""
+    from types import SimpleNamespace
+
+    model = small_dnis()
+    train = np.zeros((4, 6), dtype=np.float32)
+    valid = np.zeros((4, 6), dtype=np.float32)
+    for u in range(4):
+        items = np.roll(np.arange(6), -u)  # user u: train u, u+1; valid u+2..u+4; free item u+5 (mod 6)
+        train[u, items[:2]] = 1
+        valid[u, items[2:5]] = 1
+    matrices = {"train": sp.csr_matrix(train), "valid": sp.csr_matrix(valid)}
+    trainer = SimpleNamespace(
+        dataset=SimpleNamespace(matrix=lambda split: matrices[split]),
+        cfg=SimpleNamespace(seed=0),
+        tc=SimpleNamespace(batch_size=4),
+        dp=None,
+    )
+    batches = model._validation_batches(trainer, epoch=0)
+    for _ in range(10):
+        batch = next(batches)
+        assert bool((valid[batch["users"].numpy(), batch["pos"].numpy()] == 1).all())
+        assert batch["neg"].tolist() == ((batch["users"] + 5) % 6).tolist()
+
+
+def test_dimensions_per_block_is_the_mean_over_the_blocks_ids():
+    """The report of the search: alpha = [[1, 0.5], [0.25, 0]] keeps all 4 dimensions of the ids of feature
+    block 0 and the first dimension block (2 dimensions) of block 1, whatever the number of ids per block."""
+    model = small_dnis()
+    model.alpha.copy_(torch.tensor([[1.0, 0.5], [0.25, 0.0]]))
+    assert model.dimensions_per_block() == [4.0, 2.0]

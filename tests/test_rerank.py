@@ -544,3 +544,72 @@ def test_history_cosine_is_to_the_mean_of_the_history():
     items = ItemStatistics.from_arrays(vectors, known)
     f = candidate_features(np.array([[1.0]], np.float32), np.array([[2]]), known, items)
     assert f[0, 0, FEATURES.index("history_cosine")] == pytest.approx(0.5)
+
+
+def test_fit_keeps_the_best_held_out_shape_and_reports_candidate_recall_by_hand(monkeypatch):
+    """With the first stage replaced by fixed candidate lists: the kept ranker is the trial with the best
+    held-out NDCG (the first of equals), and the candidate recall is the share of the test split's relevant
+    items that are among the candidates (here every other user has one relevant item outside its list)."""
+    from types import SimpleNamespace
+
+    from recsys import rerank
+    from recsys.models import build_model
+
+    valid = synthetic_candidates(seed=0)
+    test = synthetic_candidates(seed=1)
+    truth = test.truth.tolil()
+    outside = 0
+    for row in range(0, truth.shape[0], 2):  # every other user: one more relevant item, never a candidate
+        extra = np.setdiff1d(np.arange(60), test.positions[row])[0]
+        truth[row, extra] = 1.0
+        outside += 1
+    test = rerank.SplitCandidates(
+        test.users, test.scores, test.positions, test.features, test.labels, sp.csr_matrix(truth), 8
+    )
+    monkeypatch.setattr(
+        rerank, "split_candidates", lambda model, ds, split, n: {"valid": valid, "test": test}[split]
+    )
+    run = SimpleNamespace(
+        run_id="r",
+        model=build_model("mf_bpr", 240, 60),
+        dataset=SimpleNamespace(valid=SimpleNamespace(height=1), manifest_hash="h", n_items=60),
+    )
+    result = rerank.fit_reranker(run, n_candidates=20, ks=(10,), folds=0)
+    trials = result.reranker.info["trials"]
+    scores = [t["holdout_ndcg@10"] for t in trials]
+    best = scores.index(max(scores))
+    assert result.holdout["reranked"] == max(scores)
+    assert result.reranker.info["params"]["num_leaves"] == trials[best]["num_leaves"]
+    assert result.candidate_recall == pytest.approx(test.labels.sum() / (test.labels.sum() + outside))
+    assert result.candidate_recall < 1.0
+
+
+def test_test_candidates_features_count_the_validation_interactions_as_history():
+    """On the test split the validation interactions are part of every user's history (module docstring,
+    step 3): users 0 and 1 know two items (one training, one validation), user 2 one, so the mean history is
+    5/3 and the ``user_log_history`` feature log((n + 1) / (5/3 + 1)); on the validation split every user
+    knows one item and the feature is log(2 / 2) = 0."""
+    from recsys.models import build_model
+    from recsys.rerank import split_candidates
+
+    class Dataset:
+        n_items = 6
+        pairs = {
+            "train": [(0, 0), (1, 1), (2, 2)],
+            "valid": [(0, 3), (1, 4)],
+            "test": [(0, 5), (1, 5), (2, 5)],
+        }
+
+        def matrix(self, split):
+            r, c = zip(*self.pairs[split], strict=True)
+            return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(3, 6))
+
+    model = build_model({"name": "mf_bpr", "dim": 4}, 3, 6)
+    column = FEATURES.index("user_log_history")
+    test = split_candidates(model, Dataset(), "test", 3)
+    np.testing.assert_allclose(
+        test.features[:, 0, column], np.log(np.array([3, 3, 2]) / (5 / 3 + 1)), rtol=1e-6
+    )
+    assert not np.isin(test.positions, [0, 3]).any(axis=1)[0]  # user 0's known items are not candidates
+    valid = split_candidates(model, Dataset(), "valid", 3)
+    np.testing.assert_allclose(valid.features[:, 0, column], 0.0, atol=1e-7)

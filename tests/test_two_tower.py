@@ -538,3 +538,131 @@ def test_zip_prefixes_ignore_letter_case():
     )  # fmt: skip
     table, _ = movielens_user_features(users, pl.DataFrame({"user_idx": [0, 1], "user_id": ["a", "b"]}))
     assert table["zip1"][0] == table["zip1"][1] and table["zip3"][0] == table["zip3"][1]
+
+
+# ---- blind spots of a mutation run: pooling, the main task's negatives, SSL views, spread-out, histories ----
+def test_multi_valued_features_are_mean_pooled_over_their_real_values():
+    """A multi-valued feature is the mean of its values' embeddings; the padding (-1) takes no part (it is
+    looked up as code 0 and must be zeroed out before the sum and left out of the count)."""
+    from features.feature_arrays import FeatureField
+    from recsys.models.two_tower import FeatureTower
+
+    torch.manual_seed(0)
+    tower = FeatureTower([FeatureField("genres", "multi_code", 4)], emb_dim=3, hidden=[], out_dim=2)
+    table = tower.tables["genres"].weight.detach()
+    codes = torch.tensor([[1, 3, -1], [2, -1, -1], [0, 2, 3]])
+    got = tower.field_vectors({"genres": codes}).detach()
+    assert got.shape == (3, 1, 3)
+    torch.testing.assert_close(got[0, 0], (table[1] + table[3]) / 2)
+    torch.testing.assert_close(got[1, 0], table[2])
+    torch.testing.assert_close(got[2, 0], (table[0] + table[2] + table[3]) / 3)
+
+
+def test_main_task_does_not_treat_a_repeated_target_as_a_negative(tmp_path):
+    """In-batch softmax: rows 0 and 1 share their target item, so neither is a negative of the other (the
+    module docstring); had it been, each row's loss would count its own item in its denominator twice."""
+    _, model = prepared_model(write_category_data(tmp_path / "d"), ssl_weight=0.0, logq="frequency")
+    model.train()
+    batch = {
+        "users": torch.tensor([0, 1, 2, 3]),
+        "inputs": torch.tensor([[-1, -1, -1, 4, 9], [-1, -1, -1, -1, 2], [-1, 1, 6, 11, 16], [-1] * 5]),
+        "targets": torch.tensor([3, 3, 5, 8]),
+    }
+    _, parts = model.loss(batch)
+    q = model.query_tower(model.query_values(batch["users"], batch["inputs"])).detach().double()
+    v = model.item_tower(model.item_values(batch["targets"])).detach().double()
+    t = batch["targets"].tolist()
+    logits = (q @ v.T / model.config.temperature - model.log_freq[batch["targets"]].double()).numpy()
+    expected = []
+    for i, item in enumerate(t):
+        keep = [j for j, other in enumerate(t) if j == i or other != item]
+        expected.append(np.log(np.exp(logits[i, keep]).sum()) - logits[i, i])
+    assert parts["main"].item() == pytest.approx(float(np.mean(expected)), rel=1e-5)
+
+
+def test_the_two_ssl_views_are_the_item_under_two_complementary_masks(tmp_path):
+    """RFM: each item's first view masks a random half of its features and the second view the other half
+    (Yao et al., Section 3.2); the views differ, so the contrast is not of an item with itself."""
+    _, model = prepared_model(write_category_data(tmp_path / "d"), masking="random", value_dropout=0.0)
+    model.train()
+    items = torch.tensor([0, 4, 9, 13, 21])
+    torch.manual_seed(3)
+    z1, z2 = model.augmented_views(items)
+    torch.manual_seed(3)  # the same masks again (drawn first, from the global generator)
+    m1, m2 = random_complementary_masks(len(items), model.item_tower.n_features)
+    assert bool((m1 ^ m2).all())
+    values = model.item_values(items)
+    torch.testing.assert_close(z1, model.item_tower(values, m1))
+    torch.testing.assert_close(z2, model.item_tower(values, m2))
+    assert not torch.allclose(z1, z2)
+
+
+def test_spread_out_by_hand():
+    """Zhang et al. (ICCV 2017): M1^2 + max(0, M2 - 1/d) over the pairs of different items. Unit vectors
+    (1, 0), (0.6, 0.8), (-1, 0) of three items: inner products 0.6, -1, -0.6, so M1 = -1/3, M2 = 1.72/3 and
+    the loss is 1/9 + 1.72/3 - 1/2. With rows 0 and 2 the same item their pair is left out: M1 = 0,
+    M2 = 0.36 < 1/2, and the loss is 0."""
+    from recsys.models.two_tower import spread_out_loss
+
+    v = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]], dtype=torch.float64)
+    assert spread_out_loss(v, torch.tensor([1, 2, 3])).item() == pytest.approx(1 / 9 + 1.72 / 3 - 0.5)
+    assert spread_out_loss(v, torch.tensor([1, 2, 1])).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_history_of_item_0_is_not_an_empty_history(tmp_path):
+    """The history field codes item i as i + 1 and keeps 0 for an empty history: a user whose only earlier
+    item is item 0 gets another query than a user without any."""
+    from recsys.models.two_tower import HISTORY
+
+    _, model = prepared_model(write_category_data(tmp_path / "d"))
+    history = torch.tensor([[-1, -1, -1, -1, 0], [-1, -1, -1, -1, -1], [-1, -1, -1, 7, 0]])
+    values = model.query_values(torch.tensor([0, 0, 0]), history)
+    assert values[HISTORY].tolist() == [[-1, -1, -1, -1, 1], [-1, -1, -1, -1, 0], [-1, -1, -1, 8, 1]]
+    q = model.query_tower(values)
+    assert not torch.allclose(q[0], q[1])
+
+
+def test_feature_dropout_masks_only_while_training(tmp_path):
+    """The feature-dropout baseline masks item features in the training loss only; in eval mode the loss is
+    the unmasked one (and does not change from call to call)."""
+    _, model = prepared_model(write_category_data(tmp_path / "d"), ssl_weight=0.0, feature_dropout=0.5)
+    batch = {
+        "users": torch.tensor([0, 1, 2]),
+        "inputs": torch.tensor([[-1, -1, -1, 4, 9], [-1, -1, -1, -1, 2], [-1, 1, 6, 11, 16]]),
+        "targets": torch.tensor([3, 7, 5]),
+    }
+    model.eval()
+    torch.manual_seed(0)
+    _, parts = model.loss(batch)
+    q = model.query_tower(model.query_values(batch["users"], batch["inputs"]))
+    v = model.item_tower(model.item_values(batch["targets"]))
+    unmasked = torch.nn.functional.cross_entropy(model.main_logits(q, v, batch["targets"]), torch.arange(3))
+    torch.testing.assert_close(parts["main"], unmasked)
+
+
+def test_streaming_logq_is_learned_from_the_training_batches_and_subtracted(tmp_path):
+    """With ``logq: streaming`` a training step records its targets in the estimator (Yi et al. 2019,
+    Algorithm 2: gap <- (1 - a) gap + a (t - last), from the initial gap I) and the main logits subtract
+    log p_j = -log gap_j; an eval-mode loss records nothing."""
+    _, model = prepared_model(write_category_data(tmp_path / "d"), ssl_weight=0.0, logq="streaming")
+    n, a = model.n_items, model.config.streaming_alpha
+    batch = {
+        "users": torch.tensor([0, 1, 2, 3]),
+        "inputs": torch.tensor([[-1, -1, -1, 4, 9], [-1, -1, -1, -1, 2], [-1, 1, 6, 11, 16], [-1] * 5]),
+        "targets": torch.tensor([3, 5, 8, 3]),
+    }
+    model.train()
+    model.loss(batch)
+    model.eval()
+    model.loss(batch)
+    gap = torch.full((n,), float(n), dtype=torch.float64)
+    gap[[3, 5, 8]] = (1 - a) * n + a * 1.0  # seen once, at step 1 (item 3 twice in the batch counts once)
+    assert int(model.streaming.step) == 1
+    torch.testing.assert_close(model.streaming.gap, gap)
+    targets = torch.tensor([3, 7, 8])
+    q = torch.nn.functional.normalize(torch.randn(3, model.config.dim), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(3, model.config.dim), dim=1)
+    with_logq = model.main_logits(q, v, targets)
+    model.config = model.config.model_copy(update={"logq": "none"})
+    shift = with_logq - model.main_logits(q, v, targets)
+    torch.testing.assert_close(shift, gap[targets].log().float().expand(3, 3), rtol=0, atol=1e-5)
