@@ -87,5 +87,7 @@ def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> in
     echo(f"   MLflow run {res.run_id} in {default_tracking_uri()}")
     echo(f"   browse it with: mlflow ui --backend-store-uri {default_tracking_uri()}")
     echo(f"   recommend again: recsys recommend --run {res.run_id} --user {user} --k 10")
+    if pop.run_id and res.run_id:  # is LightGCN's gain over the baseline more than the users' spread?
+        echo(f"   compare the two: recsys compare --run {pop.run_id} --run {res.run_id}")
     echo(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -606,6 +606,13 @@ def test_quickstart_counts_everything_the_list_excludes(shared_data, capsys):
     out = capsys.readouterr().out
     assert f"user 1 has seen {len(mine)} items ({liked} of them liked), e.g.:" in out
     assert len(mine) > liked
+    # the closing hint to compare LightGCN with the baseline runs as printed
+    hint = next(line for line in out.splitlines() if "compare the two: " in line).split("compare the two: ")[
+        1
+    ]
+    assert hint.startswith("recsys compare ")
+    assert main(hint.split()[1:]) == 0
+    assert "A = " in capsys.readouterr().out
 
 
 def test_runs_lists_the_newest_runs_with_a_test_metric(trained_run, capsys, _isolated_home):
