@@ -52,30 +52,34 @@ def compare_runs(
     for name in metrics or ():
         if name.partition("@")[0] not in METRICS or not name.partition("@")[2]:
             raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
-    evaluated = []  # (run id, evaluated users, per-user values): each run's model is freed after its ranking
+    # (run id, evaluated users, per-user values): each run's model is freed after its ranking
+    evaluated: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
+    cutoffs: list[int] = []
+    names: list[str] = []
     for run_id in run_ids:
         run = load_run(run_id, uri=uri)
         if not evaluated:
-            ks = ks or run.config.eval.ks
+            cutoffs = list(ks or run.config.eval.ks)
             data = run.dataset.manifest_hash
-            metrics = metrics or [f"{m}@{k}" for k in ks for m in COMPARED_BY_DEFAULT]
-            outside = [n for n in metrics if n.partition("@")[2] not in {str(k) for k in ks}]
+            names = list(metrics or [f"{m}@{k}" for k in cutoffs for m in COMPARED_BY_DEFAULT])
+            outside = [n for n in names if n.partition("@")[2] not in {str(k) for k in cutoffs}]
             if outside:
-                raise ValueError(
-                    f"metric {outside[0]} needs its cut-off in the cut-offs {','.join(map(str, ks))}"
-                )
+                shown = ",".join(map(str, cutoffs))
+                raise ValueError(f"metric {outside[0]} needs its cut-off in the cut-offs {shown}")
         elif run.dataset.manifest_hash != data:
             raise ValueError(
                 f"run {run_id} was trained on other data than run {run_ids[0]} (prepared datasets "
                 f"{run.dataset.manifest_hash[:12]} and {data[:12]}): a paired comparison needs the same users "
                 "and held-out items"
             )
-        top, users, truth = model_topk(run.model, run.dataset, split, max(ks), run.config.eval.block_size)
-        evaluated.append((run_id, users, per_user_metrics(top, truth, ks)))
+        top, users, truth = model_topk(
+            run.model, run.dataset, split, max(cutoffs), run.config.eval.block_size
+        )
+        evaluated.append((run_id, users, per_user_metrics(top, truth, cutoffs)))
         del run
     _, base_users, base = evaluated[0]
     out = []
     for run_id, users, values in evaluated[1:]:
         assert np.array_equal(users, base_users)  # the same data and split: the same evaluated users
-        out.append(RunComparison(run_id, [paired_difference(base[n], values[n], n) for n in metrics]))
+        out.append(RunComparison(run_id, [paired_difference(base[n], values[n], n) for n in names]))
     return out

@@ -55,7 +55,7 @@ def _type_name(ann: Any) -> str:
 
 
 def _bounds(metadata: list[Any]) -> str:
-    parts = []
+    parts: list[str] = []
     for m in metadata:
         if isinstance(getattr(m, "metadata", None), list):  # a Field(...) inside Annotated: its own bounds
             parts.extend(filter(None, [_bounds(m.metadata)]))
