@@ -54,11 +54,12 @@ def paired_difference(
 ) -> PairedDifference:
     """Compare per-user values ``b`` with ``a`` (``float[U]`` each, aligned by user).
 
-    Users with NaN in either (no relevant item: :func:`eval.metrics.per_user_metrics`) are left out, so the
-    means equal the metrics :func:`eval.metrics.ranking_metrics` reports.
+    Users with NaN (no relevant item: :func:`eval.metrics.per_user_metrics`) are left out, so the means equal
+    the metrics :func:`eval.metrics.ranking_metrics` reports; they must be the same users in ``a`` and ``b``.
 
     Raises:
-        ValueError: different shapes, ``confidence`` outside (0, 1), or fewer than 2 users with values.
+        ValueError: different shapes, NaN for different users, ``confidence`` outside (0, 1), or fewer than 2
+            users with values.
     """
     from scipy import stats
 
@@ -67,8 +68,11 @@ def paired_difference(
         raise ValueError(f"paired values need two aligned [U] arrays, got shapes {a.shape} and {b.shape}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[keep], b[keep]
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if (nan_a != nan_b).any():  # the users with a relevant item are the same for both: else not one protocol
+        user = int(np.flatnonzero(nan_a != nan_b)[0])
+        raise ValueError(f"user {user} (row) has a value in one system and none in the other: not paired")
+    a, b = a[~nan_a], b[~nan_a]
     n = int(a.size)
     if n < 2:
         raise ValueError(f"a paired comparison needs at least 2 users with values, got {n}")

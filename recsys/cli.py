@@ -177,8 +177,16 @@ def cmd_evaluate(args) -> int:
 def cmd_runs(args) -> int:
     from datetime import datetime, timezone
 
+    from eval.metrics import METRICS
     from recsys.tracking import list_runs
 
+    name, _, k = args.metric.partition("@")
+    if name not in (*METRICS, "coverage") or not k.isdigit():
+        print(
+            f"error: --metric {args.metric}: expected NAME@K with NAME one of {', '.join(METRICS)}, coverage",
+            file=sys.stderr,
+        )
+        return 2
     try:
         runs = list_runs(args.tracking_uri, args.experiment, args.limit)
     except LookupError as exc:
@@ -188,34 +196,32 @@ def cmd_runs(args) -> int:
         print(json.dumps(runs, sort_keys=True))
         return 0
     if not runs:
-        print(
-            "no runs"
-            + (f" in experiment {args.experiment!r}" if args.experiment else "")
-            + " (recsys train makes one)"
-        )
+        where = f" in experiment {args.experiment!r}" if args.experiment else ""
+        print(f"no runs{where} (recsys train makes one)")
         return 0
-    metric = args.metric
+    metric = f"{name}@{int(k)}"
     heads = f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}"
-    print(f"{heads}  test {metric}")
+    print(f"{heads}  test {metric} (a re-ranker's: re-ranked)")
     for r in runs:
         started = datetime.fromtimestamp(r["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         model = r["model"] or ("re-ranker" if r["parent"] else "-")
-        value = r["test"].get(metric)
+        value = r["test"].get(metric, r["test"].get(f"reranked/{metric}"))
         shown = f"{value:.4f}" if value is not None else "-"
         print(
             f"{r['run_id']:<32}  {started:<16}  {r['status']:<8}  {str(r['experiment'])[:12]:<12}  "
             f"{str(r['name'])[:24]:<24}  {model[:10]:<10}  {shown}"
         )
+    if all(metric not in r["test"] and f"reranked/{metric}" not in r["test"] for r in runs):
+        print(f"(no run listed logged test {metric}: its eval.ks may not hold {int(k)})")
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from recsys.sweep import grid_configs, parse_grid, run_sweep
+    from recsys.sweep import describe, grid_configs, parse_grid, run_sweep
 
     points = grid_configs(args.config, parse_grid(args.grid), args.overrides)
-    result = run_sweep(
-        points, metric=args.metric, resume=args.resume, echo=_to_stderr if args.json else print
-    )
+    echo = _to_stderr if args.json else print
+    result = run_sweep(points, metric=args.metric, resume=args.resume, echo=echo)
     if args.json:
         print(json.dumps(result.to_dict(), sort_keys=True))
         return 0
@@ -223,17 +229,19 @@ def cmd_sweep(args) -> int:
     shown = [[json.dumps(r.values[k]) for k in keys] for r in result.runs]
     widths = [max(len(k), *(len(row[i]) for row in shown)) for i, k in enumerate(keys)]
     head = f"valid {result.metric}"
+    tracked = all(r.run_id for r in result.runs)
     print(
         f"\nsweep of {args.config}: {len(result.runs)} runs, chosen on the validation split by {result.metric}"
     )
-    print("  " + "  ".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True)) + f"  {head}  run")
+    columns = "  ".join(f"{k:<{w}}" for k, w in zip(keys, widths, strict=True))
+    print(f"  {columns}  {head}  {'run' if tracked else 'run folder'}")
     for n, (run, row) in enumerate(zip(result.runs, shown, strict=True)):
         cells = "  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True))
         mark = "  <- chosen" if n == result.chosen else ""
-        print(f"  {cells}  {run.valid[result.metric]:<{len(head)}.4f}  {run.run_id}{mark}")
+        print(f"  {cells}  {run.valid[result.metric]:<{len(head)}.4f}  {run.run_id or run.run_dir}{mark}")
     chosen = result.runs[result.chosen]
-    values = " ".join(f"{k}={json.dumps(v)}" for k, v in chosen.values.items())
-    print(f"\ntest metrics of the chosen run only ({values}; the others' are in MLflow):")
+    others = "the others' are in MLflow" if tracked else "the others' are not reported: tracking is off"
+    print(f"\ntest metrics of the chosen run only ({describe(chosen.values)}; {others}):")
     ks = sorted({int(k.partition("@")[2]) for k in result.test if "@" in k})
     print(format_metrics_table({chosen.run_id or "chosen": result.test}, ks))
     return 0
@@ -829,6 +837,13 @@ def _tracking_uri_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_limit(text: str) -> int:
+    n = _positive_int(text)
+    if n > 50_000:  # MLflow's own cap on one search
+        raise argparse.ArgumentTypeError(f"expected at most 50000 runs, got {n}")
+    return n
+
+
 def _installed_version() -> str:
     """The installed distribution's version (pyproject.toml), read from its metadata: no heavy import."""
     from importlib.metadata import PackageNotFoundError, version
@@ -920,7 +935,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("runs", help="the newest tracked runs: id, start, status, name, model, a test metric")
     _tracking_uri_option(rn)
     rn.add_argument("--experiment", metavar="NAME", help="this MLflow experiment's runs only (default: all)")
-    rn.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="the N newest runs (20)")
+    rn.add_argument(
+        "--limit", type=_run_limit, default=20, metavar="N", help="the N newest runs (20; at most 50000)"
+    )
     rn.add_argument("--metric", default="ndcg@20", metavar="NAME@K", help="the test metric shown (ndcg@20)")
     rn.add_argument("--json", action="store_true", help="print one JSON list, with every test metric")
     rn.set_defaults(func=cmd_runs)
@@ -1180,9 +1197,15 @@ def _command_line_process():
 
 def _resume_hint(args) -> str:
     """For an interrupted ``train``: the command that continues it (overrides included: they are part of the
-    config, and so of its checkpoint folder), when that folder holds a checkpoint."""
+    config, and so of its checkpoint folder), when that folder holds a checkpoint. For a ``sweep``: the sweep
+    command with ``--resume`` (the runs trained so far are kept, the interrupted one continues)."""
     import shlex
 
+    if args.command == "sweep":
+        grid = [part for g in args.grid for part in ("--grid", g)]
+        metric = ["--metric", args.metric] if args.metric else []
+        sweep = ["recsys", "sweep", "--config", args.config, *grid, *metric, *args.overrides, "--resume"]
+        return f"; {shlex.join(sweep)} continues the sweep"
     try:
         from recsys.pipeline import run_dir_for
         from recsys.trainer import CHECKPOINT
@@ -1214,7 +1237,7 @@ def _run(args) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (timeout, docker stop): one line, not a traceback
         if os.environ.get("RECSYS_DEBUG"):
             raise
-        hint = _resume_hint(args) if args.command == "train" else ""
+        hint = _resume_hint(args) if args.command in ("train", "sweep") else ""
         print(
             f"interrupted ({'SIGTERM' if isinstance(exc, Terminated) else 'SIGINT'}){hint}", file=sys.stderr
         )

@@ -50,7 +50,8 @@ def compare_runs(
     if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
         raise ValueError("give two or more different runs (each is compared with the first)")
     for name in metrics or ():
-        if name.partition("@")[0] not in METRICS or not name.partition("@")[2]:
+        metric, _, k = name.partition("@")
+        if metric not in METRICS or not k.isdigit() or str(int(k)) != k:
             raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
     # (run id, evaluated users, per-user values): each run's model is freed after its ranking
     evaluated: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
@@ -62,10 +63,14 @@ def compare_runs(
             cutoffs = list(ks or run.config.eval.ks)
             data = run.dataset.manifest_hash
             names = list(metrics or [f"{m}@{k}" for k in cutoffs for m in COMPARED_BY_DEFAULT])
-            outside = [n for n in names if n.partition("@")[2] not in {str(k) for k in cutoffs}]
+            outside = [n for n in names if int(n.partition("@")[2]) not in cutoffs]
             if outside:
                 shown = ",".join(map(str, cutoffs))
-                raise ValueError(f"metric {outside[0]} needs its cut-off in the cut-offs {shown}")
+                source = "given" if ks else f"run {run_id}'s eval.ks"
+                raise ValueError(
+                    f"metric {outside[0]} needs its cut-off among the cut-offs {shown} ({source}; the command "
+                    "line's --k sets them)"
+                )
         elif run.dataset.manifest_hash != data:
             raise ValueError(
                 f"run {run_id} was trained on other data than run {run_ids[0]} (prepared datasets "

@@ -195,6 +195,12 @@ class ExperimentConfig(_Strict):
             )
         return self
 
+    def selection_metric(self) -> str:
+        """The validation metric that picks the weights to test (and a sweep's run):
+        ``train.early_stopping.metric``, else ``ndcg@max(eval.ks)``."""
+        es = self.train.early_stopping
+        return es.metric if es else f"ndcg@{max(self.eval.ks)}"
+
     def makes_validation_split(self) -> bool:
         """Whether ``data.split`` holds out a validation split (``VALIDATION_KEYS`` names the key otherwise;
         leave-one-out always does). It may still come out empty, e.g. when no user has enough interactions."""

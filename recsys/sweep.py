@@ -23,10 +23,12 @@ from recsys.config import ConfigError, ExperimentConfig, load_config, parse_yaml
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One point of the grid: its values (``{key: value}``), run id and validation metrics."""
+    """One point of the grid: its values (``{key: value}``, as the validated config holds them), its MLflow run
+    id (None without tracking), its run folder and its validation metrics."""
 
     values: dict[str, Any]
     run_id: str | None
+    run_dir: str
     valid: dict[str, float]
 
 
@@ -42,7 +44,10 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
-            "runs": [{"values": r.values, "run_id": r.run_id, "valid": r.valid} for r in self.runs],
+            "runs": [
+                {"values": r.values, "run_id": r.run_id, "run_dir": r.run_dir, "valid": r.valid}
+                for r in self.runs
+            ],
             "chosen": self.chosen,
             "test": self.test,
         }
@@ -67,30 +72,79 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def describe(values: dict[str, Any]) -> str:
+    """A point as ``key=value`` overrides (values as JSON, which is YAML)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def _drops(later: str, earlier: str) -> bool:
+    """Whether setting ``later`` after ``earlier`` loses ``earlier``: the same key, or a section holding it
+    (``model={...}`` after ``model.dim=8``). A key inside an earlier section (``model.dim`` after
+    ``model={...}``) is set within it, which is fine."""
+    return later == earlier or earlier.startswith(later + ".")
+
+
+def _value_at(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
 def grid_configs(
     config: str | Path, grid: dict[str, list[Any]], overrides: list[str] | tuple[str, ...] = ()
 ) -> list[tuple[dict[str, Any], ExperimentConfig]]:
     """Every point of ``grid`` (the cartesian product, in the order given) with its validated config; all are
-    validated before anything trains, so a bad value fails in seconds, not after the first runs.
+    checked before anything trains, so a bad point fails in seconds, not after the first runs. A point's values
+    are reported as its validated config holds them (``1e-3`` is the number 0.001).
+
+    A sweep compares models on one validation split, so every point must prepare the same data; and two points
+    that resolve to the same config would share one run folder (one would resume or delete the other).
 
     Raises:
-        ConfigError: a grid key is also a fixed override, or a point's config does not validate (the message
-        names the point).
+        ConfigError: a grid key would replace a fixed override or an earlier grid key (the same key, or a
+            section holding it), a point's config does not validate, points differ in ``data``, or two points
+            are the same experiment.
     """
-    fixed = {o.partition("=")[0].strip() for o in overrides}
-    both = sorted(fixed & set(grid))
-    if both:
-        raise ConfigError(f"{both[0]} is both a --grid key and a fixed override; give it once")
-    points = []
+    fixed = [o.partition("=")[0].strip() for o in overrides]
+    keys = list(grid)
+    for i, key in enumerate(keys):  # the fixed overrides apply first, then the grid keys in order
+        clash = next((k for k in fixed + keys[:i] if _drops(key, k)), None)
+        if clash is not None:
+            what = "--grid key" if clash in keys[:i] else "fixed override"
+            raise ConfigError(
+                f"--grid {key} would replace the {what} {clash} (the same key, or a section holding it); give "
+                "each value once"
+            )
+    points: list[tuple[dict[str, Any], ExperimentConfig]] = []
+    seen: dict[str, str] = {}
     for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo, strict=True))
-        point = [f"{k}={json.dumps(v)}" for k, v in values.items()]  # JSON is YAML: read back as given
+        given = describe(dict(zip(keys, combo, strict=True)))
         try:
-            cfg = load_config(config, [*overrides, *point])
+            cfg = load_config(config, [*overrides, *_point_overrides(keys, combo)])
         except ConfigError as exc:
-            raise ConfigError(f"grid point {' '.join(point)}: {exc}") from None
-        points.append((values, cfg))
+            raise ConfigError(f"grid point {given}: {exc}") from None
+        if points and cfg.data != points[0][1].data:
+            raise ConfigError(
+                f"grid point {given} prepares other data than {describe(points[0][0])}: a sweep chooses on one "
+                "validation split (another split or filter would be chosen for being easier); sweep data "
+                "settings in separate sweeps"
+            )
+        fingerprint = cfg.fingerprint()
+        if fingerprint in seen:
+            raise ConfigError(
+                f"grid points {seen[fingerprint]} and {given} are the same experiment (one run folder); "
+                "the run fingerprint leaves out tracking, train.num_threads and train.progress"
+            )
+        seen[fingerprint] = given
+        tree = cfg.to_dict()
+        points.append(({k: _value_at(tree, k) for k in keys}, cfg))
     return points
+
+
+def _point_overrides(keys: list[str], combo: tuple[Any, ...]) -> list[str]:
+    return [
+        f"{k}={json.dumps(v)}" for k, v in zip(keys, combo, strict=True)
+    ]  # JSON is YAML: read back as given
 
 
 def run_sweep(
@@ -101,43 +155,57 @@ def run_sweep(
     echo: Callable[..., None] = print,
 ) -> SweepResult:
     """Train every point, score each on the validation split, choose the highest ``metric`` (default: the
-    first config's ``train.early_stopping.metric``, else ``ndcg@max(eval.ks)``, the metric the trainer picks
-    weights by), and test only the chosen run. ``resume`` continues each run's checkpoint
-    (``recsys train --resume``): a sweep stopped half-way restarts where it stopped.
+    first config's :meth:`~recsys.config.ExperimentConfig.selection_metric`, the metric the trainer picks
+    weights by), and report the chosen run's test metrics only. ``resume`` continues each run's checkpoint
+    (``recsys train --resume``): a sweep stopped half-way restarts where it stopped. MLflow runs are tagged
+    ``sweep`` (one id per call), ``sweep.point`` and, on the chosen one, ``sweep.chosen``.
 
     Raises:
-        ValueError: the data has no validation split, or ``metric`` is not computed at ``eval.ks``.
+        ValueError: no validation split, ``metric`` not computed at ``eval.ks``, or a data-parallel launch
+            (each point would need all processes).
     """
+    import uuid
+
     from eval import evaluate_model
+    from recsys import distributed
     from recsys.config import VALIDATION_KEYS, computed_metrics_hint, is_computed_metric
     from recsys.pipeline import train_experiment
+    from recsys.tracking import tag_run
 
-    first = points[0][1]
-    es = first.train.early_stopping
-    metric = metric or (es.metric if es else f"ndcg@{max(first.eval.ks)}")
+    if distributed.launched_world_size() > 1:
+        raise ValueError(
+            "a sweep runs in one process: launch it without torchrun (each point is a recsys train)"
+        )
+    metric = metric or points[0][1].selection_metric()
     for values, cfg in points:  # refused before the first run trains
-        where = f"grid point {' '.join(f'{k}={json.dumps(v)}' for k, v in values.items())}"
         if not cfg.makes_validation_split():
             key = VALIDATION_KEYS[cfg.data.split.protocol]
             raise ValueError(
-                f"{where}: a sweep chooses on the validation split, and data.split makes none: set {key}"
+                f"grid point {describe(values)}: a sweep chooses on the validation split, and data.split makes "
+                f"none: set {key}"
             )
         if not is_computed_metric(metric, cfg.eval.ks):
             raise ValueError(
-                f"{where}: the sweep's metric {metric!r} is not computed: {computed_metrics_hint(cfg.eval.ks)}"
+                f"grid point {describe(values)}: the sweep's metric {metric!r} is not computed: "
+                f"{computed_metrics_hint(cfg.eval.ks)}"
             )
     result = SweepResult(metric)
+    sweep_id = uuid.uuid4().hex[:12]
     best = float("-inf")
     for n, (values, cfg) in enumerate(points, start=1):
-        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
-        echo(f"sweep: run {n} of {len(points)}: {shown}")
+        echo(f"sweep: run {n} of {len(points)}: {describe(values)}")
         run = train_experiment(cfg, resume=resume, echo=echo)
-        assert run is not None  # one process: process 0 returns the result
+        assert run is not None  # one process (refused above otherwise): process 0 returns the result
         valid = evaluate_model(
             run.model, run.dataset, "valid", ks=cfg.eval.ks, block_size=cfg.eval.block_size
         )
-        result.runs.append(SweepRun(values, run.run_id, valid))
+        result.runs.append(SweepRun(values, run.run_id, str(run.run_dir), valid))
+        if run.run_id:
+            tag_run(run.run_id, {"sweep": sweep_id, "sweep.point": describe(values)}, cfg.tracking.uri)
         if valid[metric] > best:  # ties: the earlier point
             best, result.chosen, result.test = valid[metric], n - 1, run.test_metrics
         echo(f"sweep: run {n}: valid {metric} {valid[metric]:.4f}")
+    chosen = result.runs[result.chosen]
+    if chosen.run_id:
+        tag_run(chosen.run_id, {"sweep.chosen": "true"}, points[result.chosen][1].tracking.uri)
     return result

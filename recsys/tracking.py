@@ -77,8 +77,8 @@ def _check_server_answers(uri: str) -> None:
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise ConnectionError(
             f"the MLflow tracking server {server} does not answer ({_root_cause(exc)}); start it, or point "
-            "MLFLOW_TRACKING_URI, the config's tracking.uri (train) or --tracking-uri (evaluate, index, "
-            "recommend, explain) at one that runs; without any, runs go to the embedded store under $RECSYS_HOME"
+            "MLFLOW_TRACKING_URI, the config's tracking.uri (train, sweep) or --tracking-uri (the commands "
+            "given --run, and runs) at one that runs; without any, runs go to the embedded store under $RECSYS_HOME"
         ) from None
     except requests.exceptions.RequestException:
         return  # something answered, or the URL is MLflow's to refuse: its own error says how
@@ -344,19 +344,34 @@ class RunTracker:
             mlflow.log_figure(fig, name)
 
 
+def tag_run(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
+    """Set tags on a run, finished or not (the sweep marks its runs)."""
+    _quiet_mlflow()
+    import mlflow
+
+    _use_store(uri or default_tracking_uri())
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def list_runs(uri: str | None = None, experiment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The newest ``limit`` runs of the store (of one experiment, or all), newest first, each a dict: ``run_id``,
     ``name``, ``experiment``, ``status``, ``start`` (ms since the epoch), ``model`` (``model.name``),
     ``parent`` (a re-ranker's run: the first-stage run), and ``test`` (its ``test_final`` metrics, named as the
-    evaluation names them: ``ndcg@20``). A store that does not exist yet is empty: listing creates nothing.
+    evaluation names them: ``ndcg@20``; a re-ranker's run: ``reranked/ndcg@20`` and ``retrieval/ndcg@20``).
 
     Raises:
-        LookupError: ``experiment`` names no experiment of the store (the message lists those it has).
+        LookupError: a ``sqlite:///`` store that does not exist (listing creates none), or ``experiment`` names
+            no experiment of the store (the message lists those it has).
     """
     store = uri or default_tracking_uri()
     db = _sqlite_file(store)
     if db is not None and not db.exists():
-        return []
+        raise LookupError(
+            f"there is no MLflow store at {db} (recsys train creates it; point --tracking-uri, "
+            "MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has your runs)"
+        )
     _quiet_mlflow()
     import mlflow
 

@@ -504,10 +504,8 @@ class Trainer:
 
     @property
     def monitored_metric(self) -> str:
-        """The validation metric that picks the weights to test: ``train.early_stopping.metric``, else
-        ``ndcg@max(eval.ks)``."""
-        es = self.tc.early_stopping
-        return es.metric if es else f"ndcg@{max(self.cfg.eval.ks)}"
+        """The validation metric that picks the weights to test (``ExperimentConfig.selection_metric``)."""
+        return self.cfg.selection_metric()
 
     def _track_best(self, metrics: dict[str, float]) -> None:
         if self.monitor_split != "valid" or not getattr(self.model, "selection_open", True):

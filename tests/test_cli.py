@@ -632,11 +632,50 @@ def test_runs_lists_the_newest_runs_with_a_test_metric(trained_run, capsys, _iso
     assert "no experiment 'nope' in the store" in capsys.readouterr().err
 
 
-def test_runs_of_a_store_that_does_not_exist_is_empty_and_creates_nothing(tmp_path, capsys):
+def test_runs_of_a_store_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path, capsys):
     store = tmp_path / "nowhere" / "mlflow.db"
-    assert main(["runs", "--tracking-uri", f"sqlite:///{store}"]) == 0
-    assert capsys.readouterr().out.startswith("no runs")
+    assert main(["runs", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    assert f"there is no MLflow store at {store}" in capsys.readouterr().err  # not "no runs": a typo, say so
     assert not store.parent.exists()
+
+
+def test_runs_lists_newest_first_up_to_the_limit_with_states_and_re_rankers(tmp_path, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("listed")
+    ids = []
+    for n, (status, metrics) in enumerate(
+        [
+            ("FINISHED", {"test_final/ndcg_at_20": 0.25}),
+            ("KILLED", {}),
+            ("FINISHED", {"test_final/ndcg_at_20": 0.5}),
+        ]
+    ):
+        run = client.create_run(exp, start_time=1_700_000_000_000 + n * 60_000, run_name=f"r{n}")
+        client.log_param(run.info.run_id, "model.name", "lightgcn")
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+        ids.append(run.info.run_id)
+    child = client.create_run(
+        exp, start_time=1_700_000_500_000, run_name="rerank-x", tags={"mlflow.parentRunId": ids[2]}
+    )
+    client.log_metric(child.info.run_id, "test_final/reranked/ndcg_at_20", 0.75)
+    client.set_terminated(child.info.run_id)
+    assert main(["runs", "--tracking-uri", uri, "--limit", "3"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == [child.info.run_id, ids[2], ids[1]]  # newest first, three of four
+    assert [(r[3], r[-2], r[-1]) for r in rows] == [
+        ("FINISHED", "re-ranker", "0.7500"), ("FINISHED", "lightgcn", "0.5000"), ("KILLED", "lightgcn", "-")
+    ]  # fmt: skip
+    assert main(["runs", "--tracking-uri", uri, "--metric", "ndcg"]) == 2
+    assert "expected NAME@K" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["runs", "--limit", "60000"])
+    assert "at most 50000" in capsys.readouterr().err
 
 
 def _index_of_run_a(folder: Path) -> Path:

@@ -49,9 +49,12 @@ def test_no_spread_and_bad_input():
     with pytest.raises(ValueError, match="aligned"):
         paired_difference(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="at least 2 users"):
-        paired_difference(np.array([1.0, np.nan]), np.array([np.nan, 1.0]))
+        paired_difference(np.array([1.0, np.nan]), np.array([0.5, np.nan]))
     with pytest.raises(ValueError, match="confidence"):
         paired_difference(np.zeros(3), np.zeros(3), confidence=1.0)
+    # a user with a relevant item for one system and none for the other: two protocols, not a pair
+    with pytest.raises(ValueError, match="user 1 .* not paired"):
+        paired_difference(np.array([0.5, np.nan, 0.2]), np.array([0.5, 0.3, np.nan]))
 
 
 @pytest.fixture
@@ -90,6 +93,12 @@ def test_compare_two_runs_pairs_their_users(two_runs, capsys):
     assert r["better"] + r["worse"] + r["tied"] == r["n_users"]
     assert r["ci_low"] <= r["difference"] <= r["ci_high"] and 0 <= r["p_value"] <= 1
     assert math.isclose(r["difference"], r["mean_b"] - r["mean_a"], abs_tol=1e-12)
+    # the validation split, at other cut-offs: the same numbers `evaluate --run --split valid` reports
+    assert main(["compare", "--run", pop, "--run", mf, "--json", "--split", "valid", "--k", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)["comparisons"][0]["metrics"]
+    assert [r["metric"] for r in rows] == ["recall@3", "ndcg@3"]
+    assert main(["evaluate", "--run", mf, "--json", "--split", "valid", "--k", "3"]) == 0
+    assert rows[1]["mean_b"] == pytest.approx(json.loads(capsys.readouterr().out)["ndcg@3"], abs=1e-12)
     assert main(["compare", "--run", pop, "--run", mf]) == 0  # the table: recall and ndcg at eval.ks 5, 10
     table = capsys.readouterr().out
     assert "A = " + pop in table and "B = " + mf in table
@@ -106,7 +115,8 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
     assert main(["compare", "--run", pop]) == 2
     assert "give two or more different runs" in capsys.readouterr().err
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@20"]) == 2
-    assert "metric ndcg@20 needs its cut-off in the cut-offs 5,10" in capsys.readouterr().err
+    assert "metric ndcg@20 needs its cut-off among the cut-offs 5,10 (run " in capsys.readouterr().err
+    assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@010"]) == 2  # K is an integer
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "auc@5"]) == 2
     assert "expected NAME@K" in capsys.readouterr().err
     raw = make_cfg(csv, epochs=1)  # another split seed: other held-out items

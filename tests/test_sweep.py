@@ -42,8 +42,36 @@ def test_every_point_is_validated_before_anything_trains(config):
         ConfigError, match=r"(?s)grid point model.dim=-1: invalid config .*model.dim: Input should"
     ):
         grid_configs(config, parse_grid(["model.dim=[4, -1]"]))
-    with pytest.raises(ConfigError, match="model.dim is both a --grid key and a fixed override"):
+    with pytest.raises(ConfigError, match="--grid model.dim would replace the fixed override model.dim"):
         grid_configs(config, parse_grid(["model.dim=[4]"]), ["model.dim=8"])
+    # values as the validated config holds them: YAML reads 1e-3 as text, the config as the number
+    assert grid_configs(config, parse_grid(["train.lr=[1e-3]"]))[0][0] == {"train.lr": 0.001}
+
+
+def test_a_key_that_would_silently_drop_another_is_refused(config):
+    # a section given after a key inside it replaces the key (train.epochs=1 was lost to 'train=[{lr: ...}]')
+    with pytest.raises(ConfigError, match="--grid train would replace the fixed override train.epochs"):
+        grid_configs(config, parse_grid(["train=[{lr: 0.01}]"]), ["train.epochs=1"])
+    with pytest.raises(ConfigError, match="--grid model would replace the --grid key model.dim"):
+        grid_configs(config, parse_grid(["model.dim=[4]", "model=[{name: mf_bpr}]"]))
+    # a key inside an earlier section is set within it: fine
+    points = grid_configs(config, parse_grid(["model=[{name: mf_bpr}]", "model.dim=[4, 8]"]))
+    assert [c.model["dim"] for _, c in points] == [4, 8]
+    points = grid_configs(config, parse_grid(["model.beta=[0.0, 0.5]"]), ["model={name: rp3beta}"])
+    assert [c.model["beta"] for _, c in points] == [0.0, 0.5]
+
+
+def test_points_on_other_data_or_the_same_experiment_are_refused(config):
+    # another split seed holds out other items: the easiest split would be chosen
+    with pytest.raises(
+        ConfigError, match="prepares other data than data.split.seed=1: a sweep chooses on one"
+    ):
+        grid_configs(config, parse_grid(["data.split.seed=[1, 2]"]))
+    # 12 and 12.0 are one config: one run folder, which the second point would resume or delete
+    with pytest.raises(
+        ConfigError, match="grid points model.dim=12 and model.dim=12.0 are the same experiment"
+    ):
+        grid_configs(config, parse_grid(["model.dim=[12, 12.0]"]))
 
 
 def test_a_sweep_chooses_on_validation_and_tests_only_the_chosen_run(config, capsys):
@@ -65,6 +93,13 @@ def test_a_sweep_chooses_on_validation_and_tests_only_the_chosen_run(config, cap
         assert r["valid"][metric] == pytest.approx(
             mlflow.get_run(r["run_id"]).data.metrics["best_valid_metric"]
         )
+    # MLflow can tell the sweep's runs, their points and its choice apart
+    tags = [mlflow.get_run(r["run_id"]).data.tags for r in runs]
+    assert len({t["sweep"] for t in tags}) == 1
+    assert [t["sweep.point"] for t in tags] == [
+        f"model.dim={d} train.lr={lr}" for d in (2, 16) for lr in (0.001, 0.05)
+    ]
+    assert [t.get("sweep.chosen") for t in tags] == ["true" if i == out["chosen"] else None for i in range(4)]
     assert {json.dumps(r["values"], sort_keys=True) for r in runs} == {
         json.dumps({"model.dim": d, "train.lr": lr}, sort_keys=True) for d in (2, 16) for lr in (0.001, 0.05)
     }
@@ -92,3 +127,62 @@ def test_a_sweep_without_a_validation_split_or_metric_is_refused_before_training
     assert main(["sweep", "-c", str(config), "--grid", "model.dim=[4]", "--metric", "ndcg@50"]) == 2
     assert "the sweep's metric 'ndcg@50' is not computed" in capsys.readouterr().err
     assert not (_isolated_home / "runs").exists()  # nothing trained
+
+
+def _fake_runs(monkeypatch, valid_scores, test_scores, seen):
+    """train_experiment and evaluate_model replaced: point n scores valid_scores[n] on validation and
+    test_scores[n] on test, so that the two splits disagree on the best point."""
+    from types import SimpleNamespace
+
+    import eval as eval_pkg
+    import recsys.pipeline as pipeline
+
+    def train(cfg, resume=False, echo=print):
+        n = len(seen)
+        seen.append(resume)
+        return SimpleNamespace(
+            run_id=None, run_dir=f"/runs/{n}", model=n, dataset=None, test_metrics={"ndcg@10": test_scores[n]}
+        )
+
+    monkeypatch.setattr(pipeline, "train_experiment", train)
+    monkeypatch.setattr(eval_pkg, "evaluate_model", lambda model, *a, **k: {"ndcg@10": valid_scores[model]})
+
+
+def test_the_chosen_run_is_the_best_on_validation_not_on_test(config, monkeypatch):
+    from recsys.sweep import run_sweep
+
+    seen: list[bool] = []
+    _fake_runs(monkeypatch, valid_scores=[0.1, 0.3, 0.2], test_scores=[0.9, 0.1, 0.5], seen=seen)
+    points = grid_configs(config, parse_grid(["model.dim=[4, 8, 16]"]))
+    result = run_sweep(points, resume=True, echo=lambda *a: None)
+    assert result.chosen == 1 and result.test == {"ndcg@10": 0.1}  # valid's best, with its (low) test
+    assert seen == [True, True, True]  # --resume reaches every run
+
+
+def test_without_tracking_the_table_names_run_folders(config, monkeypatch, capsys):
+    _fake_runs(monkeypatch, valid_scores=[0.1, 0.3], test_scores=[0.2, 0.4], seen=[])
+    assert main(["sweep", "-c", str(config), "--grid", "model.dim=[4, 8]"]) == 0
+    out = capsys.readouterr().out
+    assert "/runs/1  <- chosen" in out and "tracking is off" in out
+
+
+def test_a_sweep_refuses_a_data_parallel_launch(config, monkeypatch):
+    from recsys import distributed
+    from recsys.sweep import run_sweep
+
+    monkeypatch.setattr(distributed, "launched_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="launch it without torchrun"):
+        run_sweep(grid_configs(config, parse_grid(["model.dim=[4]"])), echo=lambda *a: None)
+
+
+def test_an_interrupted_sweep_says_how_to_continue_it():
+    import argparse
+
+    from recsys.cli import _resume_hint
+
+    args = argparse.Namespace(
+        command="sweep", config="c.yaml", grid=["model.dim=[4, 8]"], metric=None, overrides=["train.lr=0.1"]
+    )
+    assert _resume_hint(args) == (
+        "; recsys sweep --config c.yaml --grid 'model.dim=[4, 8]' train.lr=0.1 --resume continues the sweep"
+    )
