@@ -390,7 +390,7 @@ def test_explain_refuses_a_model_without_intents_before_preparing_it(trained_run
     assert prepared == []  # RP3beta's item graph took 19 s on Gowalla before this refusal
 
 
-def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, capsys):
+def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, capsys, monkeypatch):
     """Issue 3: a DCCF run goes through the same train / evaluate / index / recommend commands as every model,
     with no model-specific code, and ``recsys explain`` shows its intents."""
     csv = write_synthetic_interactions(tmp_path / "x.csv")
@@ -425,6 +425,25 @@ def test_dccf_run_is_tracked_evaluated_indexed_served_and_explained(tmp_path, ca
     assert main(["explain", "--run", run_id, "--user", "u3"]) == 0
     assert "intent" in capsys.readouterr().out
     assert main(["explain", "--run", run_id, "--user", "nobody"]) == 2
+    import scipy.sparse as sp
+
+    # --intents and --items size the explanation: the intents detailed, the aligned items of each
+    assert main(["explain", "--run", run_id, "--user", "u3", "--intents", "2", "--items", "3", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["top_intents"]
+    assert len(top) == 2 and all(len(t["aligned_items"]) == 3 for t in top)
+    # every item the dataset knows for the user is left out, as the served index does, not only training's
+    real = PreparedDataset.known_matrix
+
+    def with_first_recommendation_known(self):
+        user = self.user_vocab["user_id"].to_list().index("u3")
+        item = self.item_vocab["item_id"].cast(str).to_list().index(recs[0])
+        extra = sp.csr_matrix(([1.0], ([user], [item])), shape=(self.n_users, self.n_items))
+        return sp.csr_matrix(real(self) + extra)
+
+    monkeypatch.setattr(PreparedDataset, "known_matrix", with_first_recommendation_known)
+    assert main(["explain", "--run", run_id, "--user", "u3", "--k", "5", "--json"]) == 0
+    got = [r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+    assert recs[0] not in got and got[:4] == recs[1:]
 
 
 def test_quickstart_without_data_or_network_is_one_error_line(capsys, monkeypatch):
@@ -630,6 +649,30 @@ def test_runs_lists_the_newest_runs_with_a_test_metric(trained_run, capsys, _iso
     assert row[0] == run_id and row[-1] == f"{logged['test_final/ndcg_at_10']:.4f}"
     assert main(["runs", "--experiment", "nope"]) == 2
     assert "no experiment 'nope' in the store" in capsys.readouterr().err
+
+
+def test_runs_are_the_newest_of_the_experiment_asked_for_at_most_limit(capsys):
+    """Order, --experiment and --limit, on runs logged directly (no training); one run per store showed none
+    of them."""
+    import time
+
+    from recsys.tracking import RunTracker, list_runs
+
+    ids = []
+    for experiment, name, ndcg in (("a", "old", 0.5), ("b", "other", 0.5), ("a", "new", 0.0)):
+        with RunTracker.start(experiment=experiment, run_name=name) as run:
+            run.log_params({"model": {"name": "mf_bpr"}})
+            run.log_metrics({"ndcg@20": ndcg}, prefix="test_final/")
+        ids.append(run.run_id)
+        time.sleep(0.01)  # distinct start times
+    old, other, new = ids
+    assert [r["run_id"] for r in list_runs()] == [new, other, old]  # newest first
+    assert [r["run_id"] for r in list_runs(experiment="a")] == [new, old]
+    assert [r["run_id"] for r in list_runs(limit=2)] == [new, other]
+    assert main(["runs", "--experiment", "a", "--limit", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == new
+    assert lines[1].split()[-1] == "0.0000"  # a test metric of 0 is a value, not a missing one ("-")
 
 
 def test_runs_of_a_store_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path, capsys):

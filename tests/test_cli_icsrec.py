@@ -118,8 +118,8 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys, 
     monkeypatch.setattr(PreparedDataset, "known_matrix", real)
     assert main(["explain", "--run", run_id, "--sequence", "no-such-item"]) == 2
     assert "no-such-item" in capsys.readouterr().err
-    assert main(["explain", "--run", run_id]) == 2
-    capsys.readouterr()
+    assert main(["explain", "--run", run_id]) == 2  # neither: refused as such, not as the user "None"
+    assert "give either --user USER or --sequence" in capsys.readouterr().err
     # both: --user was ignored before, even an unknown one
     assert main(["explain", "--run", run_id, "--user", "nosuchuser", "--sequence", *history[-3:]]) == 2
     assert "give either --user USER or --sequence" in capsys.readouterr().err

@@ -217,7 +217,10 @@ def test_a_model_an_installed_package_offers_is_trained_evaluated_and_indexed_fr
     assert (tmp_path / "index" / "manifest.json").is_file()
 
 
-def test_an_offered_model_that_does_not_load_is_named_with_its_entry_point(registry, tmp_path, monkeypatch):
+def test_an_offered_model_that_does_not_load_is_named_with_its_entry_point(
+    registry, tmp_path, monkeypatch, capsys
+):
+    from recsys.cli import main
     from recsys.config import ConfigError, validate_config
     from recsys.models import build_model
 
@@ -236,6 +239,8 @@ def test_an_offered_model_that_does_not_load_is_named_with_its_entry_point(regis
         build_model("misnamed", 3, 4)
     with pytest.raises(ConfigError, match="allowed values: .*misnamed"):  # offered names are listed
         validate_config({**raw, "model": {"name": "nope"}})
+    assert main(["config", "keys", "--model", "broken"]) == 2  # one error line, not a traceback
+    assert "model 'broken': entry point broken = recsys_plugin_test:Missing" in capsys.readouterr().err
 
 
 def test_a_config_that_could_not_select_its_model_or_drops_the_checks_is_refused(registry):
@@ -297,6 +302,7 @@ def test_registering_a_name_a_package_offers_for_another_class_is_refused(regist
     with pytest.raises(ValueError, match=r"offered by an installed package for somewhere_else:Tiny"):
         register_model(tiny)
     assert register_model(tiny, replace=True) is tiny
+    assert register_model(tiny) is tiny  # the same class again: nothing changes, nothing refused
 
 
 def test_the_reference_of_a_registered_model_shows_defaults_as_yaml_holds_them(registry):
@@ -315,6 +321,7 @@ def test_the_reference_of_a_registered_model_shows_defaults_as_yaml_holds_them(r
         where: Path = Path("cache/x")
         """A folder."""
         tags: set[str] = {"b"}
+        sep: str = ""
         mode: Mode = Mode.fast
 
     register_model(type("Odd", (Recommender,), {"config_cls": OddConfig}))
@@ -325,4 +332,14 @@ def test_the_reference_of_a_registered_model_shows_defaults_as_yaml_holds_them(r
         "default `fast`",
     )
     assert keys["model.where"].doc == ["A folder."]
+    assert keys["model.sep"].default == 'default `""`'  # an empty text shown bare would be an empty default
     assert render(["odd", "odd"]).count("## `model.name: odd`") == 1
+
+
+def test_a_package_cannot_replace_a_built_in_model(registry, tmp_path, monkeypatch):
+    from recsys.models import MFBPR, model_class
+
+    # every run of mf_bpr would load as the package's class in a process that has the package installed
+    _install_plugin(tmp_path, "mf_bpr = recsys_plugin_test:Dot")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert model_class("mf_bpr") is MFBPR

@@ -313,6 +313,9 @@ def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
     # RP3beta has no index: --reranker must not fall back to its unre-ranked scorer without a word
     assert main(["recommend", "--run", run_ids[1], "--user", "u3", "--reranker", str(tmp_path / "rr")]) == 2
     assert "cannot be indexed" in capsys.readouterr().err
+    batch = ["--all-users", "--out", str(tmp_path / "all.csv"), "--reranker", str(tmp_path / "rr")]
+    assert main(["recommend", "--run", run_ids[1], *batch]) == 2  # the batch job neither
+    assert "cannot be indexed" in capsys.readouterr().err
     assert main(["rerank", "--run", run_ids[0], "--candidates", "5"]) == 2  # fewer than the run's max k (10)
     assert "n_candidates must be an integer >= max(ks) = 10, got 5" in capsys.readouterr().err
     # more candidates than items: refused before retrieval (the gathers of 100,000 padded slots per user ran
@@ -529,6 +532,11 @@ def test_the_rerank_command_doubts_a_gain_the_cross_check_does_not_show(capsys):
     assert "even on the held-out users that chose it" in _rerank_doubt(
         flattering | {"reranked": 0.2}, None, 0
     )
+    # a tie is no gain, on the cross-check (even one without spread: a zero standard error) or without it
+    no_spread = {**worse, "difference": 0.0, "difference_se": 0.0}
+    assert "does not beat the retrieval order on validation users" in _rerank_doubt(flattering, no_spread, 5)
+    tie = {"retrieval": 0.22, "reranked": 0.22}
+    assert "even on the held-out users that chose it" in _rerank_doubt(tie, None, 0)
     with pytest.raises(SystemExit):
         main(["rerank", "--run", "r", "--folds", "1"])
     assert "expected 0 (no cross-check) or at least 2 folds, got '1'" in capsys.readouterr().err
@@ -613,3 +621,41 @@ def test_test_candidates_features_count_the_validation_interactions_as_history()
     assert not np.isin(test.positions, [0, 3]).any(axis=1)[0]  # user 0's known items are not candidates
     valid = split_candidates(model, Dataset(), "valid", 3)
     np.testing.assert_allclose(valid.features[:, 0, column], 0.0, atol=1e-7)
+
+
+def test_the_rerank_command_fits_with_its_options_and_warns_of_few_useful_users(
+    monkeypatch, tmp_path, capsys
+):
+    # the run and the fit are stand-ins (no training): what is checked is what the command hands the fit,
+    # and the warning below 1000 useful validation users
+    import functools
+    from types import SimpleNamespace
+
+    import recsys.pipeline
+    import recsys.rerank
+    from recsys.cli import main
+
+    run = SimpleNamespace(config=SimpleNamespace(eval=SimpleNamespace(ks=[5, 10])))
+    monkeypatch.setattr(recsys.pipeline, "load_run", lambda run_id, uri=None, require=None: run)
+    monkeypatch.setattr(recsys.rerank, "track_reranker", lambda *a, **kw: "child")
+    fits = []
+
+    def fit_reranker(run, *, n_candidates, ks, seed, folds, useful):
+        fits.append((n_candidates, ks, seed, folds))
+        return SimpleNamespace(
+            reranker=SimpleNamespace(save=lambda path: path),
+            holdout={"retrieval": 0.2, "reranked": 0.3},
+            cross_check=None,
+            test={"retrieval": {"ndcg@20": 0.1}, "reranked": {"ndcg@20": 0.2}},
+            candidate_recall=0.5,
+            fit_users=useful - 100,
+            holdout_users=100,
+        )
+
+    options = ["--candidates", "40", "--k", "20", "--seed", "3", "--folds", "0"]
+    for useful, warned in ((999, True), (1000, False)):
+        monkeypatch.setattr(recsys.rerank, "fit_reranker", functools.partial(fit_reranker, useful=useful))
+        assert main(["rerank", "--run", "r", "--out", str(tmp_path / "rr"), *options]) == 0
+        err = capsys.readouterr().err
+        assert fits.pop() == (40, (20,), 3, 0)  # --k, not the run's eval.ks
+        assert ("only 999 validation users have a relevant item" in err) is warned

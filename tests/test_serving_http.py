@@ -380,6 +380,13 @@ def test_serve_command_runs_uvicorn_on_the_app(world, reranker_dir, monkeypatch,
     assert main(argv) == 2
     assert "error: the server on 127.0.0.1:8123 could not start" in capsys.readouterr().err
 
+    def stops_cleanly(app, **kw):  # sys.exit(): SystemExit(None), a stop, not a failure to start
+        raise SystemExit(None)
+
+    monkeypatch.setattr(uvicorn, "run", stops_cleanly)
+    assert main(argv) == 0
+    assert "could not start" not in capsys.readouterr().err
+
 
 def test_the_body_round_trips_through_json(world):
     """Scores are the float32 values the library computes, exactly (JSON carries a float64 that holds them)."""
@@ -581,3 +588,30 @@ def test_get_recommend_for_sequence_honours_exclude_history(world):
     got = ok(client.get("/recommend_for_sequence", params=params))
     expected = retriever.recommend_for_sequences([["i3", "i7"]], encoder, k=N_ITEMS, exclude_history=False)
     assert got == as_json(expected)[0] and {"i3", "i7"} <= {r["item_id"] for r in got}
+
+
+def test_serve_refuses_another_runs_index_before_loading_it_and_after(world, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import torch
+    import uvicorn
+
+    import serving.http
+    from recsys.cli import main
+
+    folder = world[0]  # built from run "run-a"
+    calls, apps = [], []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    # the loaded app holds run-b's index: one swapped in after the folder's manifest was checked
+    swapped = SimpleNamespace(
+        state=SimpleNamespace(retriever=SimpleNamespace(index=SimpleNamespace(run_id="run-b")))
+    )
+    monkeypatch.setattr(serving.http, "create_app", lambda *a, **kw: apps.append(a) or swapped)
+    assert main(["serve", "--run", "run-a", "--index", str(folder), "--port", "0"]) == 2
+    assert "was built from run run-b, not from run run-a" in capsys.readouterr().err
+    assert calls == [] and len(apps) == 1
+    # a folder whose manifest names another run is refused before anything is loaded
+    assert main(["serve", "--run", "run-c", "--index", str(folder), "--port", "0"]) == 2
+    assert "was built from run run-a, not from run run-c" in capsys.readouterr().err
+    assert calls == [] and len(apps) == 1

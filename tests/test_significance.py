@@ -50,6 +50,8 @@ def test_no_spread_and_bad_input():
         paired_difference(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="at least 2 users"):
         paired_difference(np.array([1.0, np.nan]), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="at least 2 users"):  # one user has no spread to estimate
+        paired_difference(np.array([0.5, np.nan]), np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="confidence"):
         paired_difference(np.zeros(3), np.zeros(3), confidence=1.0)
     # a user with a relevant item for one system and none for the other: two protocols, not a pair
@@ -105,6 +107,15 @@ def test_compare_two_runs_pairs_their_users(two_runs, capsys):
     assert [line.split()[0] for line in table.splitlines() if line.startswith("  ") and "@" in line] == [
         "recall@5", "ndcg@5", "recall@10", "ndcg@10"
     ]  # fmt: skip
+    # --split and --k are the comparison's own: the means are `evaluate --split valid --k 5`'s, not the test's
+    assert main(["compare", "--run", pop, "--run", mf, "--json", "--split", "valid", "--k", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["comparisons"][0]["metrics"]
+    assert out["split"] == "valid" and [r["metric"] for r in rows] == ["recall@5", "ndcg@5"]
+    for run_id, side in ((pop, "mean_a"), (mf, "mean_b")):
+        assert main(["evaluate", "--run", run_id, "--json", "--split", "valid", "--k", "5"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        assert [r[side] for r in rows] == pytest.approx([metrics["recall@5"], metrics["ndcg@5"]], abs=1e-12)
 
 
 def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
@@ -113,6 +124,9 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
 
     (pop, mf), tmp_path, csv = two_runs
     assert main(["compare", "--run", pop]) == 2
+    assert "give two or more different runs" in capsys.readouterr().err
+    # a run compared with itself would be reported as a comparison: every user tied, p = 1
+    assert main(["compare", "--run", pop, "--run", mf, "--run", pop]) == 2
     assert "give two or more different runs" in capsys.readouterr().err
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@20"]) == 2
     assert "metric ndcg@20 needs its cut-off among the cut-offs 5,10 (run " in capsys.readouterr().err

@@ -129,38 +129,17 @@ def test_a_sweep_without_a_validation_split_or_metric_is_refused_before_training
     assert not (_isolated_home / "runs").exists()  # nothing trained
 
 
-def _fake_runs(monkeypatch, valid_scores, test_scores, seen):
-    """train_experiment and evaluate_model replaced: point n scores valid_scores[n] on validation and
-    test_scores[n] on test, so that the two splits disagree on the best point."""
-    from types import SimpleNamespace
-
-    import eval as eval_pkg
-    import recsys.pipeline as pipeline
-
-    def train(cfg, resume=False, echo=print):
-        n = len(seen)
-        seen.append(resume)
-        return SimpleNamespace(
-            run_id=None, run_dir=f"/runs/{n}", model=n, dataset=None, test_metrics={"ndcg@10": test_scores[n]}
-        )
-
-    monkeypatch.setattr(pipeline, "train_experiment", train)
-    monkeypatch.setattr(eval_pkg, "evaluate_model", lambda model, *a, **k: {"ndcg@10": valid_scores[model]})
-
-
 def test_the_chosen_run_is_the_best_on_validation_not_on_test(config, monkeypatch):
     from recsys.sweep import run_sweep
 
-    seen: list[bool] = []
-    _fake_runs(monkeypatch, valid_scores=[0.1, 0.3, 0.2], test_scores=[0.9, 0.1, 0.5], seen=seen)
-    points = grid_configs(config, parse_grid(["model.dim=[4, 8, 16]"]))
-    result = run_sweep(points, resume=True, echo=lambda *a: None)
-    assert result.chosen == 1 and result.test == {"ndcg@10": 0.1}  # valid's best, with its (low) test
-    assert seen == [True, True, True]  # --resume reaches every run
+    # the stand-in tests point n to ndcg@10 = n: test's best is the last point, validation's the middle one
+    _fake_training(monkeypatch, {4: {"ndcg@10": 0.1}, 8: {"ndcg@10": 0.3}, 16: {"ndcg@10": 0.2}})
+    result = run_sweep(grid_configs(config, parse_grid(["model.dim=[4, 8, 16]"])), echo=lambda *a: None)
+    assert result.chosen == 1 and result.test == {"ndcg@10": 1}
 
 
 def test_without_tracking_the_table_names_run_folders(config, monkeypatch, capsys):
-    _fake_runs(monkeypatch, valid_scores=[0.1, 0.3], test_scores=[0.2, 0.4], seen=[])
+    _fake_training(monkeypatch, {4: {"ndcg@10": 0.1}, 8: {"ndcg@10": 0.3}}, tracked=False)
     assert main(["sweep", "-c", str(config), "--grid", "model.dim=[4, 8]"]) == 0
     out = capsys.readouterr().out
     assert "/runs/1  <- chosen" in out and "tracking is off" in out
@@ -186,3 +165,90 @@ def test_an_interrupted_sweep_says_how_to_continue_it():
     assert _resume_hint(args) == (
         "; recsys sweep --config c.yaml --grid 'model.dim=[4, 8]' train.lr=0.1 --resume continues the sweep"
     )
+
+
+def test_a_grid_value_is_read_back_as_given_and_not_replaced_by_a_fixed_override_of_its_section(config):
+    # a fixed `model={...}` replaces the whole section: the grid's own values must be applied after it, or
+    # every point silently runs the section's default
+    points = grid_configs(config, parse_grid(["model.beta=[0.0, 0.5]"]), ["model={name: rp3beta}"])
+    assert [c.model["beta"] for _, c in points] == [0.0, 0.5]
+    # text that YAML would read as another type (a number, null) stays the text the grid gave
+    points = grid_configs(config, parse_grid(['name=["007", "null"]']))
+    assert [c.name for _, c in points] == ["007", "null"]
+
+
+def _fake_training(monkeypatch, valid_by_dim: dict[int, dict[str, float]], tracked: bool = True):
+    """run_sweep without training: each point's "run" is its config, validated to the given scores (by
+    model.dim) and tested to {"ndcg@10": its position}, with a run id unless not ``tracked``; returns the calls
+    to train_experiment."""
+    from types import SimpleNamespace
+
+    import eval as evaluation
+    import recsys.pipeline
+    import recsys.tracking
+
+    calls = []
+
+    def train_experiment(cfg, resume=False, echo=print):
+        calls.append((cfg.model["dim"], resume))
+        n = len(calls) - 1
+        return SimpleNamespace(
+            model=cfg,
+            dataset=None,
+            run_id=f"run{n}" if tracked else None,
+            run_dir=f"/runs/{n}",
+            test_metrics={"ndcg@10": n},
+        )
+
+    monkeypatch.setattr(recsys.pipeline, "train_experiment", train_experiment)
+    monkeypatch.setattr(recsys.tracking, "tag_run", lambda *a, **k: None)  # no such runs in MLflow
+    monkeypatch.setattr(
+        evaluation, "evaluate_model", lambda cfg, ds, split, **kw: valid_by_dim[cfg.model["dim"]]
+    )
+    return calls
+
+
+def test_the_sweep_chooses_by_the_early_stopping_metric_the_first_best_even_at_zero(config, monkeypatch):
+    from recsys.sweep import run_sweep
+
+    valid = {
+        4: {"recall@5": 0.2, "ndcg@10": 0.9},
+        8: {"recall@5": 0.3, "ndcg@10": 0.1},
+        16: {"recall@5": 0.3},
+    }
+    calls = _fake_training(monkeypatch, valid)
+    stopping = ["train.early_stopping={metric: recall@5, patience: 2}"]
+    points = grid_configs(config, parse_grid(["model.dim=[4, 8, 16]"]), stopping)
+    result = run_sweep(points, resume=True, echo=lambda *a: None)
+    # the metric the trainer picked weights by, not ndcg@max(ks); of the two best, the earlier point
+    assert (result.metric, result.chosen, result.test) == ("recall@5", 1, {"ndcg@10": 1})
+    assert calls == [(4, True), (8, True), (16, True)]  # --resume continues every run
+    # every run scoring 0 (a metric no run reaches) still chooses a run, the first
+    calls = _fake_training(monkeypatch, {d: {"recall@5": 0.0} for d in (4, 8, 16)})
+    result = run_sweep(points, echo=lambda *a: None)
+    assert (result.chosen, result.test) == (0, {"ndcg@10": 0})
+
+
+def test_a_later_point_without_a_validation_split_is_refused_before_the_first_trains(config, monkeypatch):
+    from recsys.sweep import run_sweep
+
+    calls = _fake_training(monkeypatch, {16: {"ndcg@10": 0.5}})
+    # points built by hand (grid_configs refuses points on other data): run_sweep checks every one itself
+    points = [grid_configs(config, parse_grid([f"data.split.valid_ratio=[{r}]"]))[0] for r in (0.1, 0.0)]
+    with pytest.raises(
+        ValueError, match="grid point data.split.valid_ratio=0.0: a sweep chooses on the valid"
+    ):
+        run_sweep(points, echo=lambda *a: None)
+    assert calls == []
+
+
+def test_the_table_reports_the_chosen_runs_values_and_test_metrics(config, monkeypatch, capsys):
+    _fake_training(monkeypatch, {4: {"ndcg@10": 0.5}, 8: {"ndcg@10": 0.1}})
+    assert main(["sweep", "-c", str(config), "--grid", "model.dim=[4, 8]"]) == 0
+    out = capsys.readouterr().out
+    assert "test metrics of the chosen run only (model.dim=4; the others' are in MLflow)" in out
+    chosen = [line.split() for line in out.splitlines() if "<- chosen" in line]
+    assert [row[:3] for row in chosen] == [["4", "0.5000", "run0"]]
+    assert (
+        "run0" in out.split("test metrics of the chosen run only")[1]
+    )  # the table's row is the chosen run's
