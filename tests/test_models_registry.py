@@ -343,3 +343,45 @@ def test_a_package_cannot_replace_a_built_in_model(registry, tmp_path, monkeypat
     _install_plugin(tmp_path, "mf_bpr = recsys_plugin_test:Dot")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert model_class("mf_bpr") is MFBPR
+
+
+def test_a_package_may_name_its_model_where_it_re_exports_it(registry, tmp_path, monkeypatch):
+    """`pkg:Dot` for a class defined in `pkg.models`, the usual layout: the package's own model was refused as
+    "offered for another class", since its text is not `pkg.models:Dot`."""
+    from recsys.models import model_class, register_model
+
+    package = tmp_path / "recsys_plugin_pkg"
+    package.mkdir()
+    (package / "models.py").write_text(_PLUGIN)
+    (package / "__init__.py").write_text("from recsys_plugin_pkg.models import Dot\n")
+    info = tmp_path / "recsys_plugin_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: recsys-plugin-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[recsys.models]\nplugin_dot = recsys_plugin_pkg:Dot\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        cls = model_class("plugin_dot")
+        assert cls.__module__ == "recsys_plugin_pkg.models"
+        registry.pop("plugin_dot")
+        assert register_model(cls) is cls  # registering it by hand is no conflict with its own offer
+    finally:
+        for module in ("recsys_plugin_pkg", "recsys_plugin_pkg.models"):
+            sys.modules.pop(module, None)
+
+
+def test_a_conflict_over_one_name_leaves_the_other_names_usable(registry, tmp_path, monkeypatch):
+    from recsys.models import known_model_names, model_class, register_model
+
+    for n, target in ((1, "Dot"), (2, "NotAModel")):
+        root = tmp_path / f"site{n}"
+        (root / f"recsys_plugin_test{n}-0.1.dist-info").mkdir(parents=True)
+        (root / "recsys_plugin_test.py").write_text(_PLUGIN)
+        info = root / f"recsys_plugin_test{n}-0.1.dist-info"
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: recsys-plugin-test{n}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[recsys.models]\nplugin_dot = recsys_plugin_test:{target}\n")
+        monkeypatch.syspath_prepend(str(root))
+    assert "plugin_dot" in known_model_names()
+    assert model_class("mf_bpr").__name__ == "MFBPR"
+    register_model(_tiny_model("tiny"))  # registering another name is not blocked by the conflict
+    with pytest.raises(ImportError, match="offered by two installed packages"):
+        model_class("plugin_dot")

@@ -92,13 +92,13 @@ def register_model(cls: type[Recommender], *, replace: bool = False) -> type[Rec
     """
     name = _config_name(cls)
     taken = REGISTRY.get(name)
-    offered = _entry_points().get(name)
+    offered = _entry_points(name).get(name)
     if not replace and taken is not None and taken is not cls:
         raise ValueError(
             f"model name {name!r} is taken by {_entry_value(taken)}; give {cls.__name__}'s config a name of its "
             "own (name: Literal[...]), or pass replace=True to replace that model everywhere in this process"
         )
-    if not replace and taken is None and offered is not None and offered.value != _entry_value(cls):
+    if not replace and taken is None and offered is not None and not _offers(offered, cls):
         raise ValueError(
             f"model name {name!r} is offered by an installed package for {offered.value} (entry point group "
             f"{ENTRY_POINT_GROUP!r}), which any other process would load for runs of this name; give "
@@ -108,17 +108,30 @@ def register_model(cls: type[Recommender], *, replace: bool = False) -> type[Rec
     return cls
 
 
-def _entry_points() -> dict[str, Any]:
-    """The installed packages' offers by name.
+def _offers(ep: Any, cls: type) -> bool:
+    """Whether entry point ``ep`` names ``cls``: by its text, else by loading it (a package may name the class
+    where it re-exports it, ``pkg:Model`` for ``pkg.models:Model``)."""
+    if ep.value == _entry_value(cls):
+        return True
+    try:
+        return ep.load() is cls
+    except Exception:  # noqa: BLE001 - an offer that does not load offers no class
+        return False
+
+
+def _entry_points(name: str | None = None) -> dict[str, Any]:
+    """The installed packages' offers by name (only ``name``'s, when given).
 
     Raises:
-        ImportError: two distributions offer one name for different classes (which one loads would depend on
-            the order of ``sys.path``).
+        ImportError: two distributions offer ``name`` (or, without it, any name) for different classes: which
+            one loads would depend on the order of ``sys.path``.
     """
     from importlib.metadata import entry_points
 
     offers: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if name is not None and ep.name != name:
+            continue
         other = offers.setdefault(ep.name, ep)
         if other.value != ep.value:
             who = [getattr(e.dist, "name", "?") for e in (other, ep)]
@@ -131,7 +144,9 @@ def _entry_points() -> dict[str, Any]:
 
 def known_model_names() -> list[str]:
     """The registered models' names and those installed packages offer (not loaded), sorted."""
-    return sorted(set(REGISTRY) | set(_entry_points()))
+    from importlib.metadata import entry_points
+
+    return sorted(set(REGISTRY) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -147,7 +162,7 @@ def model_class(name: str) -> type[Recommender]:
     cls = REGISTRY.get(name)
     if cls is not None:
         return cls
-    ep = _entry_points().get(name)
+    ep = _entry_points(name).get(name)
     if ep is None:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(known_model_names())}")
     where = f"entry point {name} = {ep.value} (group {ENTRY_POINT_GROUP!r})"
@@ -162,7 +177,8 @@ def model_class(name: str) -> type[Recommender]:
         raise ImportError(
             f"model {name!r}: {where} loads {loaded.__qualname__}, whose config name is {declared!r}"
         )
-    return register_model(loaded)
+    REGISTRY[name] = loaded  # the offer itself: its text may name the class where its package re-exports it
+    return loaded
 
 
 def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_items: int) -> Recommender:
