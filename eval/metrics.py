@@ -27,10 +27,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["METRICS", "check_ks", "hit_matrix", "per_user_metrics", "ranking_metrics"]
+__all__ = ["METRICS", "check_ks", "hit_matrix", "parse_metric", "per_user_metrics", "ranking_metrics"]
 
 #: Metrics with one value per user (``coverage`` is a property of the whole set of lists).
 METRICS = ("recall", "ndcg", "hit", "precision", "mrr", "map")
+
+
+def parse_metric(name: str) -> tuple[str, int] | None:
+    """``"ndcg@20"`` -> ``("ndcg", 20)``: a name of :data:`METRICS` or ``coverage``, ``@``, and a cut-off
+    written as a positive integer (``ndcg@020`` is not ``ndcg@20``); None for anything else."""
+    metric, _, k = name.partition("@")
+    if metric not in (*METRICS, "coverage") or not k.isdigit() or str(int(k)) != k or int(k) < 1:
+        return None
+    return metric, int(k)
 
 
 def _as_topk_array(topk: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -177,15 +177,13 @@ def cmd_evaluate(args) -> int:
 def cmd_runs(args) -> int:
     from datetime import datetime, timezone
 
-    from eval.metrics import METRICS
+    from eval.metrics import METRICS, parse_metric
     from recsys.tracking import list_runs
 
-    name, _, k = args.metric.partition("@")
-    if name not in (*METRICS, "coverage") or not k.isdigit():
-        print(
-            f"error: --metric {args.metric}: expected NAME@K with NAME one of {', '.join(METRICS)}, coverage",
-            file=sys.stderr,
-        )
+    parsed = parse_metric(args.metric)
+    if parsed is None:
+        names = ", ".join((*METRICS, "coverage"))
+        print(f"error: --metric {args.metric}: expected NAME@K with NAME one of {names}", file=sys.stderr)
         return 2
     try:
         runs = list_runs(args.tracking_uri, args.experiment, args.limit)
@@ -199,7 +197,7 @@ def cmd_runs(args) -> int:
         where = f" in experiment {args.experiment!r}" if args.experiment else ""
         print(f"no runs{where} (recsys train makes one)")
         return 0
-    metric = f"{name}@{int(k)}"
+    metric, k = args.metric, parsed[1]
     heads = f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}"
     print(f"{heads}  test {metric} (a re-ranker's: re-ranked)")
     for r in runs:
@@ -212,7 +210,7 @@ def cmd_runs(args) -> int:
             f"{str(r['name'])[:24]:<24}  {model[:10]:<10}  {shown}"
         )
     if all(metric not in r["test"] and f"reranked/{metric}" not in r["test"] for r in runs):
-        print(f"(no run listed logged test {metric}: its eval.ks may not hold {int(k)})")
+        print(f"(no run listed logged test {metric}: its eval.ks may not hold {k})")
     return 0
 
 
@@ -1204,7 +1202,18 @@ def _resume_hint(args) -> str:
     if args.command == "sweep":
         grid = [part for g in args.grid for part in ("--grid", g)]
         metric = ["--metric", args.metric] if args.metric else []
-        sweep = ["recsys", "sweep", "--config", args.config, *grid, *metric, *args.overrides, "--resume"]
+        flags = ["--json"] if args.json else []
+        sweep = [
+            "recsys",
+            "sweep",
+            "--config",
+            args.config,
+            *grid,
+            *metric,
+            *flags,
+            *args.overrides,
+            "--resume",
+        ]
         return f"; {shlex.join(sweep)} continues the sweep"
     try:
         from recsys.pipeline import run_dir_for

@@ -42,7 +42,7 @@ def compare_runs(
     """
     import numpy as np
 
-    from eval.metrics import METRICS, per_user_metrics
+    from eval.metrics import METRICS, parse_metric, per_user_metrics
     from eval.ranking import model_topk
     from eval.significance import paired_difference
     from recsys.pipeline import load_run
@@ -50,8 +50,8 @@ def compare_runs(
     if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
         raise ValueError("give two or more different runs (each is compared with the first)")
     for name in metrics or ():
-        metric, _, k = name.partition("@")
-        if metric not in METRICS or not k.isdigit() or str(int(k)) != k:
+        parsed = parse_metric(name)
+        if parsed is None or parsed[0] not in METRICS:  # coverage has no value per user
             raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
     # (run id, evaluated users, per-user values): each run's model is freed after its ranking
     evaluated: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
@@ -63,7 +63,7 @@ def compare_runs(
             cutoffs = list(ks or run.config.eval.ks)
             data = run.dataset.manifest_hash
             names = list(metrics or [f"{m}@{k}" for k in cutoffs for m in COMPARED_BY_DEFAULT])
-            outside = [n for n in names if int(n.partition("@")[2]) not in cutoffs]
+            outside = [n for n in names if int(n.rpartition("@")[2]) not in cutoffs]  # names checked above
             if outside:
                 shown = ",".join(map(str, cutoffs))
                 source = "given" if ks else f"run {run_id}'s eval.ks"

@@ -135,13 +135,14 @@ VALIDATION_KEYS = {
 
 def is_computed_metric(metric: str, ks: list[int]) -> bool:
     """Whether the evaluation at cut-offs ``ks`` reports ``metric`` (``NAME@K``)."""
-    from eval.metrics import METRICS
+    from eval.metrics import parse_metric
 
-    name, _, k = metric.partition("@")
-    return name in (*METRICS, "coverage") and k.isdigit() and str(int(k)) == k and int(k) in ks
+    parsed = parse_metric(metric)
+    return parsed is not None and parsed[1] in ks
 
 
 def computed_metrics_hint(ks: list[int]) -> str:
+    """What :func:`is_computed_metric` accepts, for error messages."""
     from eval.metrics import METRICS
 
     return f"expected NAME@K with NAME one of {', '.join((*METRICS, 'coverage'))} and K one of eval.ks {ks}"
@@ -497,8 +498,9 @@ def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: st
 
 
 class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, quoting also the strings :class:`_Loader` would read as integers (``0o17``,
-    ``0x1F``: YAML 1.2 integers that YAML 1.1 leaves as text), so that a dumped config loads back the same."""
+    """PyYAML's safe dumper, quoting also the strings :class:`_Loader` would read as integers: ``0o17`` is a
+    YAML 1.2 integer that YAML 1.1 reads as text, so the plain dumper wrote it bare. A dumped config loads back
+    the same."""
 
 
 _Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _INT_1_2, list("-+0123456789"))

@@ -72,9 +72,14 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def point_overrides(values: dict[str, Any]) -> list[str]:
+    """A point as ``key=value`` overrides, each value as JSON (which is YAML, read back as given)."""
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
 def describe(values: dict[str, Any]) -> str:
-    """A point as ``key=value`` overrides (values as JSON, which is YAML)."""
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+    """A point as one line of overrides, for messages and tags."""
+    return " ".join(point_overrides(values))
 
 
 def _drops(later: str, earlier: str) -> bool:
@@ -85,6 +90,7 @@ def _drops(later: str, earlier: str) -> bool:
 
 
 def _value_at(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` of a nested dict (``model.dim`` -> ``tree["model"]["dim"]``)."""
     for part in key.split("."):
         tree = tree[part]
     return tree
@@ -118,9 +124,10 @@ def grid_configs(
     points: list[tuple[dict[str, Any], ExperimentConfig]] = []
     seen: dict[str, str] = {}
     for combo in itertools.product(*grid.values()):
-        given = describe(dict(zip(keys, combo, strict=True)))
+        point = dict(zip(keys, combo, strict=True))
+        given = describe(point)
         try:
-            cfg = load_config(config, [*overrides, *_point_overrides(keys, combo)])
+            cfg = load_config(config, [*overrides, *point_overrides(point)])
         except ConfigError as exc:
             raise ConfigError(f"grid point {given}: {exc}") from None
         if points and cfg.data != points[0][1].data:
@@ -139,12 +146,6 @@ def grid_configs(
         tree = cfg.to_dict()
         points.append(({k: _value_at(tree, k) for k in keys}, cfg))
     return points
-
-
-def _point_overrides(keys: list[str], combo: tuple[Any, ...]) -> list[str]:
-    return [
-        f"{k}={json.dumps(v)}" for k, v in zip(keys, combo, strict=True)
-    ]  # JSON is YAML: read back as given
 
 
 def run_sweep(
@@ -172,6 +173,8 @@ def run_sweep(
     from recsys.pipeline import train_experiment
     from recsys.tracking import tag_run
 
+    if not points:
+        raise ValueError("a sweep needs at least one grid point")
     if distributed.launched_world_size() > 1:
         raise ValueError(
             "a sweep runs in one process: launch it without torchrun (each point is a recsys train)"
@@ -200,11 +203,14 @@ def run_sweep(
             run.model, run.dataset, "valid", ks=cfg.eval.ks, block_size=cfg.eval.block_size
         )
         result.runs.append(SweepRun(values, run.run_id, str(run.run_dir), valid))
-        if run.run_id:
-            tag_run(run.run_id, {"sweep": sweep_id, "sweep.point": describe(values)}, cfg.tracking.uri)
+        if run.run_id:  # the evidence for the choice, in the store beside the run's own metrics
+            tags = {"sweep": sweep_id, "sweep.point": describe(values)}
+            tag_run(run.run_id, tags, cfg.tracking.uri, metrics={f"sweep_valid/{metric}": valid[metric]})
         if valid[metric] > best:  # ties: the earlier point
             best, result.chosen, result.test = valid[metric], n - 1, run.test_metrics
         echo(f"sweep: run {n}: valid {metric} {valid[metric]:.4f}")
+    if result.chosen < 0:  # every score NaN: nothing to choose
+        raise ValueError(f"no run has a validation {metric} to choose by (all NaN)")
     chosen = result.runs[result.chosen]
     if chosen.run_id:
         tag_run(chosen.run_id, {"sweep.chosen": "true"}, points[result.chosen][1].tracking.uri)

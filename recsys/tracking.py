@@ -344,8 +344,11 @@ class RunTracker:
             mlflow.log_figure(fig, name)
 
 
-def tag_run(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
-    """Set tags on a run, finished or not (the sweep marks its runs)."""
+def tag_run(
+    run_id: str, tags: dict[str, str], uri: str | None = None, *, metrics: dict[str, float] | None = None
+) -> None:
+    """Set tags (and log ``metrics``, names as the evaluation writes them) on a run, finished or not: the sweep
+    marks its runs and records the validation score it chose by."""
     _quiet_mlflow()
     import mlflow
 
@@ -353,6 +356,8 @@ def tag_run(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, _metric_key(key), float(value))
 
 
 def list_runs(uri: str | None = None, experiment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -682,10 +682,13 @@ def test_runs_of_a_store_that_does_not_exist_is_an_error_and_creates_nothing(tmp
     assert not store.parent.exists()
 
 
-def test_runs_lists_newest_first_up_to_the_limit_with_states_and_re_rankers(tmp_path, capsys):
+def test_runs_lists_newest_first_up_to_the_limit_with_states_and_re_rankers(tmp_path, capsys, monkeypatch):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", uri
+    )  # mlflow.set_tracking_uri exports it: removed after the test
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exp = client.create_experiment("listed")

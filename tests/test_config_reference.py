@@ -95,7 +95,7 @@ def test_shown_text_that_yaml_1_2_reads_as_a_number_stays_text(capsys, tmp_path)
                 "-c",
                 config,
                 "name='0o17'",
-                "tracking.experiment='0x1F'",
+                "tracking.experiment='0o7'",
                 "model={name: lightgcn,\n dim: 8}",
             ]
         )
@@ -103,7 +103,7 @@ def test_shown_text_that_yaml_1_2_reads_as_a_number_stays_text(capsys, tmp_path)
     )
     out = capsys.readouterr().out
     shown = load_config(_write(tmp_path, out))
-    assert (shown.name, shown.tracking.experiment, shown.model["dim"]) == ("0o17", "0x1F", 8)
+    assert (shown.name, shown.tracking.experiment, shown.model["dim"]) == ("0o17", "0o7", 8)
     assert out.splitlines()[0].startswith("# ") and out.splitlines()[1].startswith("# run folder")
 
 

@@ -100,6 +100,9 @@ def test_a_sweep_chooses_on_validation_and_tests_only_the_chosen_run(config, cap
         f"model.dim={d} train.lr={lr}" for d in (2, 16) for lr in (0.001, 0.05)
     ]
     assert [t.get("sweep.chosen") for t in tags] == ["true" if i == out["chosen"] else None for i in range(4)]
+    for r in runs:  # the score the sweep chose by is in the store
+        logged = mlflow.get_run(r["run_id"]).data.metrics["sweep_valid/ndcg_at_10"]
+        assert logged == pytest.approx(r["valid"][metric], abs=1e-12)
     assert {json.dumps(r["values"], sort_keys=True) for r in runs} == {
         json.dumps({"model.dim": d, "train.lr": lr}, sort_keys=True) for d in (2, 16) for lr in (0.001, 0.05)
     }
@@ -155,16 +158,19 @@ def test_a_sweep_refuses_a_data_parallel_launch(config, monkeypatch):
 
 
 def test_an_interrupted_sweep_says_how_to_continue_it():
-    import argparse
+    import shlex
 
-    from recsys.cli import _resume_hint
+    from recsys.cli import _resume_hint, build_parser
 
-    args = argparse.Namespace(
-        command="sweep", config="c.yaml", grid=["model.dim=[4, 8]"], metric=None, overrides=["train.lr=0.1"]
-    )
-    assert _resume_hint(args) == (
-        "; recsys sweep --config c.yaml --grid 'model.dim=[4, 8]' train.lr=0.1 --resume continues the sweep"
-    )
+    for extra in ([], ["--json", "--metric", "hit@5"]):
+        argv = ["sweep", "--config", "c.yaml", "--grid", "model.dim=[4, 8]", *extra, "train.lr=0.1"]
+        args = build_parser().parse_args(argv)
+        hint = _resume_hint(args)
+        assert hint.endswith(" continues the sweep")
+        command = shlex.split(hint.removeprefix("; ").removesuffix(" continues the sweep"))
+        assert command[0] == "recsys"
+        again = build_parser().parse_args(command[1:])  # the printed command parses back to the same sweep
+        assert vars(again) == {**vars(args), "resume": True}
 
 
 def test_a_grid_value_is_read_back_as_given_and_not_replaced_by_a_fixed_override_of_its_section(config):
@@ -252,3 +258,13 @@ def test_the_table_reports_the_chosen_runs_values_and_test_metrics(config, monke
     assert (
         "run0" in out.split("test metrics of the chosen run only")[1]
     )  # the table's row is the chosen run's
+
+
+def test_an_empty_grid_or_no_score_to_choose_by_is_an_error(config, monkeypatch):
+    from recsys.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="at least one grid point"):
+        run_sweep([], echo=lambda *a: None)
+    _fake_training(monkeypatch, {4: {"ndcg@10": float("nan")}, 8: {"ndcg@10": float("nan")}})
+    with pytest.raises(ValueError, match="no run has a validation ndcg@10 to choose by"):
+        run_sweep(grid_configs(config, parse_grid(["model.dim=[4, 8]"])), echo=lambda *a: None)
