@@ -53,6 +53,15 @@ def compare_runs(
         parsed = parse_metric(name)
         if parsed is None or parsed[0] not in METRICS:  # coverage has no value per user
             raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
+    from recsys.tracking import run_tag
+
+    # the data each run was trained on, from its tags: refused before any run is loaded and ranked
+    tags = {r: run_tag(r, "dataset_manifest_hash", uri) for r in run_ids}
+    base_tag = tags[run_ids[0]]
+    for r in run_ids[1:]:
+        tag = tags[r]
+        if base_tag is not None and tag is not None and tag != base_tag:
+            raise _other_data(r, run_ids[0], tag, base_tag)
     # (run id, evaluated users, per-user values): each run's model is freed after its ranking
     evaluated: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
     cutoffs: list[int] = []
@@ -71,12 +80,8 @@ def compare_runs(
                     f"metric {outside[0]} needs its cut-off among the cut-offs {shown} ({source}; the command "
                     "line's --k sets them)"
                 )
-        elif run.dataset.manifest_hash != data:
-            raise ValueError(
-                f"run {run_id} was trained on other data than run {run_ids[0]} (prepared datasets "
-                f"{run.dataset.manifest_hash[:12]} and {data[:12]}): a paired comparison needs the same users "
-                "and held-out items"
-            )
+        elif run.dataset.manifest_hash != data:  # runs without tags (tracked elsewhere): found on loading
+            raise _other_data(run_id, run_ids[0], run.dataset.manifest_hash, data)
         top, users, truth = model_topk(
             run.model, run.dataset, split, max(cutoffs), run.config.eval.block_size
         )
@@ -88,3 +93,10 @@ def compare_runs(
         assert np.array_equal(users, base_users)  # the same data and split: the same evaluated users
         out.append(RunComparison(run_id, [paired_difference(base[n], values[n], n) for n in names]))
     return out
+
+
+def _other_data(run_id: str, base_id: str, data: str, base_data: str) -> ValueError:
+    return ValueError(
+        f"run {run_id} was trained on other data than run {base_id} (prepared datasets {data[:12]} and "
+        f"{base_data[:12]}): a paired comparison needs the same users and held-out items"
+    )

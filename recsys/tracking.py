@@ -360,6 +360,24 @@ def tag_run(
         client.log_metric(run_id, _metric_key(key), float(value))
 
 
+def run_tag(run_id: str, key: str, uri: str | None = None) -> str | None:
+    """A tag of a run, or None when the run, the tag or the store is missing (a cheap look before loading
+    the run; loading says what is wrong with it)."""
+    store = uri or default_tracking_uri()
+    db = _sqlite_file(store)
+    if db is not None and not db.exists():
+        return None
+    _quiet_mlflow()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    _use_store(store)
+    try:
+        return mlflow.MlflowClient().get_run(run_id).data.tags.get(key)
+    except MlflowException:
+        return None
+
+
 def list_runs(uri: str | None = None, experiment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The newest ``limit`` runs of the store (of one experiment, or all), newest first, each a dict: ``run_id``,
     ``name``, ``experiment``, ``status``, ``start`` (ms since the epoch), ``model`` (``model.name``),

@@ -118,7 +118,7 @@ def test_compare_two_runs_pairs_their_users(two_runs, capsys):
         assert [r[side] for r in rows] == pytest.approx([metrics["recall@5"], metrics["ndcg@5"]], abs=1e-12)
 
 
-def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
+def test_compare_refuses_what_cannot_be_paired(two_runs, capsys, monkeypatch):
     from recsys.cli import main
     from tests.test_trainer import make_cfg
 
@@ -141,3 +141,12 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys):
     other = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     assert main(["compare", "--run", pop, "--run", other]) == 2
     assert "trained on other data" in capsys.readouterr().err
+    # read from the runs' tags before either run is loaded and ranked (seconds to minutes on large data)
+    import recsys.pipeline
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a run was loaded")
+
+    monkeypatch.setattr(recsys.pipeline, "load_run", no_loading)
+    assert main(["compare", "--run", pop, "--run", other]) == 2
+    assert f"run {other} was trained on other data than run {pop}" in capsys.readouterr().err
