@@ -200,16 +200,16 @@ def cmd_runs(args) -> int:
     metric, k = args.metric, parsed[1]
     heads = f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}"
     print(f"{heads}  test {metric} (a re-ranker's: re-ranked)")
-    for r in runs:
+    values = [r["test"].get(metric, r["test"].get(f"reranked/{metric}")) for r in runs]
+    for r, value in zip(runs, values, strict=True):
         started = datetime.fromtimestamp(r["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         model = r["model"] or ("re-ranker" if r["parent"] else "-")
-        value = r["test"].get(metric, r["test"].get(f"reranked/{metric}"))
         shown = f"{value:.4f}" if value is not None else "-"
         print(
             f"{r['run_id']:<32}  {started:<16}  {r['status']:<8}  {str(r['experiment'])[:12]:<12}  "
             f"{str(r['name'])[:24]:<24}  {model[:10]:<10}  {shown}"
         )
-    if all(metric not in r["test"] and f"reranked/{metric}" not in r["test"] for r in runs):
+    if all(value is None for value in values):
         print(f"(no run listed logged test {metric}: its eval.ks may not hold {k})")
     return 0
 
@@ -240,7 +240,7 @@ def cmd_sweep(args) -> int:
     chosen = result.runs[result.chosen]
     others = "the others' are in MLflow" if tracked else "the others' are not reported: tracking is off"
     print(f"\ntest metrics of the chosen run only ({describe(chosen.values)}; {others}):")
-    ks = sorted({int(k.partition("@")[2]) for k in result.test if "@" in k})
+    ks = points[result.chosen][1].eval.ks
     print(format_metrics_table({chosen.run_id or "chosen": result.test}, ks))
     return 0
 

@@ -46,6 +46,7 @@ def compare_runs(
     from eval.ranking import model_topk
     from eval.significance import paired_difference
     from recsys.pipeline import load_run
+    from recsys.tracking import run_tag
 
     if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
         raise ValueError("give two or more different runs (each is compared with the first)")
@@ -53,8 +54,6 @@ def compare_runs(
         parsed = parse_metric(name)
         if parsed is None or parsed[0] not in METRICS:  # coverage has no value per user
             raise ValueError(f"metric {name!r}: expected NAME@K with NAME one of {', '.join(METRICS)}")
-    from recsys.tracking import run_tag
-
     # the data each run was trained on, from its tags: refused before any run is loaded and ranked
     tags = {r: run_tag(r, "dataset_manifest_hash", uri) for r in run_ids}
     base_tag = tags[run_ids[0]]

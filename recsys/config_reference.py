@@ -58,7 +58,8 @@ def _bounds(metadata: list[Any]) -> str:
     parts: list[str] = []
     for m in metadata:
         if isinstance(getattr(m, "metadata", None), list):  # a Field(...) inside Annotated: its own bounds
-            parts.extend(filter(None, [_bounds(m.metadata)]))
+            if inner := _bounds(m.metadata):
+                parts.append(inner)
             continue
         for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             value = getattr(m, attr, None)

@@ -344,6 +344,15 @@ class RunTracker:
             mlflow.log_figure(fig, name)
 
 
+def _missing_store(uri: str | None) -> tuple[str, Path | None]:
+    """The store ``uri`` names (default: the configured one), and its database file when it is a
+    ``sqlite:///`` store that does not exist: reading must not create one (a mistyped path used to leave an
+    empty database behind)."""
+    store = uri or default_tracking_uri()
+    db = _sqlite_file(store)
+    return store, db if db is not None and not db.exists() else None
+
+
 def tag_run(
     run_id: str, tags: dict[str, str], uri: str | None = None, *, metrics: dict[str, float] | None = None
 ) -> None:
@@ -363,9 +372,8 @@ def tag_run(
 def run_tag(run_id: str, key: str, uri: str | None = None) -> str | None:
     """A tag of a run, or None when the run, the tag or the store is missing (a cheap look before loading
     the run; loading says what is wrong with it)."""
-    store = uri or default_tracking_uri()
-    db = _sqlite_file(store)
-    if db is not None and not db.exists():
+    store, missing = _missing_store(uri)
+    if missing is not None:
         return None
     _quiet_mlflow()
     import mlflow
@@ -388,11 +396,10 @@ def list_runs(uri: str | None = None, experiment: str | None = None, limit: int 
         LookupError: a ``sqlite:///`` store that does not exist (listing creates none), or ``experiment`` names
             no experiment of the store (the message lists those it has).
     """
-    store = uri or default_tracking_uri()
-    db = _sqlite_file(store)
-    if db is not None and not db.exists():
+    store, missing = _missing_store(uri)
+    if missing is not None:
         raise LookupError(
-            f"there is no MLflow store at {db} (recsys train creates it; point --tracking-uri, "
+            f"there is no MLflow store at {missing} (recsys train creates it; point --tracking-uri, "
             "MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has your runs)"
         )
     _quiet_mlflow()
@@ -411,8 +418,8 @@ def list_runs(uri: str | None = None, experiment: str | None = None, limit: int 
         )
     runs = client.search_runs(ids, max_results=limit, order_by=["attributes.start_time DESC"]) if ids else []
     out = []
+    prefix = "test_final/"
     for run in runs:
-        prefix = "test_final/"
         test = {
             k[len(prefix) :].replace("_at_", "@"): v
             for k, v in run.data.metrics.items()
@@ -439,14 +446,12 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = uri or default_tracking_uri()
     where = (
         "point --tracking-uri, load_run(uri=...), MLFLOW_TRACKING_URI or RECSYS_HOME at the store that has it"
     )
-    db = _sqlite_file(store)
-    if db is not None and not db.exists():
-        # Reading a run must not create a store: a mistyped path used to leave an empty database behind.
-        raise RunNotFoundError(f"no MLflow run {run_id!r}: there is no MLflow store at {db} ({where})")
+    store, missing = _missing_store(uri)
+    if missing is not None:
+        raise RunNotFoundError(f"no MLflow run {run_id!r}: there is no MLflow store at {missing} ({where})")
     _use_store(store)
     try:
         run = mlflow.get_run(run_id)
