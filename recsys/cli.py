@@ -981,6 +981,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--metric",
         nargs="+",
+        action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="NAME@K",
         help="metrics to compare, e.g. ndcg@20 hit@10 (default: recall and ndcg at every cut-off)",
     )
@@ -1057,6 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument(
         "--sequence",
         nargs="+",
+        action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="ITEM",
         help="item ids, oldest first: next items for this sequence (sequence models)",
     )
@@ -1127,6 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument(
         "--sequence",
         nargs="+",
+        action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="ITEM",
         help="sequence models (ICSRec): explain these original item ids, oldest first",
     )
@@ -1148,6 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument(
         "--model",
         nargs="+",
+        action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="NAME",
         help="the model section's keys for these models only, built-in or offered by a package "
         "(default: every built-in and registered model)",

@@ -215,6 +215,26 @@ def test_evaluate_options_that_do_not_go_together(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_a_list_option_given_twice_keeps_both_lists():
+    """`compare --metric ndcg@20 --metric recall@20` compared recall@20 alone: argparse's nargs="+" keeps the
+    last list of a repeated option, without a word."""
+    from recsys.cli import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(
+        ["compare", "--run", "a", "--run", "b", "--metric", "ndcg@20", "--metric", "recall@20", "hit@5"]
+    )
+    assert args.metric == ["ndcg@20", "recall@20", "hit@5"]
+    assert parse(["recommend", "--run", "r", "--sequence", "1", "2", "--sequence", "3"]).sequence == [
+        "1",
+        "2",
+        "3",
+    ]
+    assert parse(["explain", "--run", "r", "--sequence", "1", "--sequence", "2"]).sequence == ["1", "2"]
+    assert parse(["config", "keys", "--model", "ease", "--model", "sasrec"]).model == ["ease", "sasrec"]
+    assert parse(["compare", "--run", "a", "--run", "b"]).metric is None  # no option: the command's default
+
+
 def test_options_are_taken_only_as_spelled_in_full(capsys):
     # argparse's default reads a prefix as the option it starts: `--resum` trained with --resume, and a script
     # relying on `--trac` would change meaning once another option starting so is added
