@@ -13,6 +13,7 @@ from typing import Any
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
 from recsys.models.dccf import DCCF, DCCFConfig
 from recsys.models.dnis import DNIS, DNISConfig
+from recsys.models.ease import EASE, EASEConfig
 from recsys.models.icsrec import ICSRec, ICSRecConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
@@ -26,6 +27,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "mf_bpr": MFBPR,
     "lightgcn": LightGCN,
     "rp3beta": RP3beta,
+    "ease": EASE,
     "sasrec": SASRec,
     "dccf": DCCF,
     "icsrec": ICSRec,
@@ -202,6 +204,8 @@ __all__ = [
     "DCCFConfig",
     "DNIS",
     "DNISConfig",
+    "EASE",
+    "EASEConfig",
     "ICSRec",
     "ICSRecConfig",
     "LightGCN",

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from recsys.models.base import ModelConfig, Recommender, ScoreFn
+from recsys.models.base import ItemSetQueries, ModelConfig, Recommender, ScoreFn, binary_matrix
 
 
 class RP3betaConfig(ModelConfig):
@@ -58,7 +58,7 @@ class RP3betaConfig(ModelConfig):
     """Item rows of W computed per block (memory: the block's non-zero walk probabilities, ~ 24 bytes each)."""
 
 
-class RP3beta(Recommender):
+class RP3beta(ItemSetQueries, Recommender):
     """RP3beta item-based graph recommender (Paudel et al., TiiS 2016).
 
     Args:
@@ -66,8 +66,10 @@ class RP3beta(Recommender):
         n_items: number of items I.
         config: :class:`RP3betaConfig`.
 
-    Fitted in :meth:`prepare`; :attr:`similarity` is the sparse ``I x I`` W (scipy CSR, float32).  Scores
-    are not an inner product of low-dimensional vectors, so :meth:`scorer` is overridden and
+    Fitted in :meth:`prepare` on the training split; :attr:`similarity` is the sparse ``I x I`` W (scipy CSR,
+    float32).  A user's query is her item set before the evaluated target
+    (:class:`~recsys.models.base.ItemSetQueries`; until 2026-12-04 it was her training items in every context,
+    so a leave-one-out test left out her most recent item, the validation one).  Scores are not an inner product of low-dimensional vectors, so :meth:`scorer` is overridden and
     ``query_embeddings``/``item_embeddings`` are unavailable (a FAISS index cannot serve this model).
     """
 
@@ -79,12 +81,14 @@ class RP3beta(Recommender):
         super().__init__(n_users, n_items, config)
         self.train_matrix: sp.csr_matrix | None = None
         self.similarity: sp.csr_matrix | None = None
+        self._use_training_histories(None)
         # Empty, non-persistent: only records the device the module was moved to (scores go there).
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     def reset_parameters(self) -> None:
         self.train_matrix = None
         self.similarity = None
+        self._use_training_histories(None)
 
     # ---- fit ----------------------------------------------------------------------------------------------
     def prepare(self, train: sp.csr_matrix) -> None:
@@ -94,20 +98,19 @@ class RP3beta(Recommender):
             raise ValueError(
                 f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
             )
-        r = sp.csr_matrix(train, dtype=np.float32, copy=True)
-        r.sum_duplicates()
-        r.eliminate_zeros()
-        r.data[:] = 1.0
+        r = binary_matrix(train)
         self.train_matrix = r
+        self._use_training_histories(r)
         self.similarity = rp3beta_similarity(r, **self.config.model_dump(exclude={"name"}))
 
     # ---- inference --------------------------------------------------------------------------------------
     @torch.no_grad()
     def scorer(self) -> ScoreFn:
-        """``LongTensor[B]`` of users -> dense ``[B, I]`` scores ``R[users] @ W`` (on the module's device)."""
+        """``LongTensor[B]`` of users -> dense ``[B, I]`` scores ``R[users] @ W`` (on the module's device), R
+        the item sets of the query context current when ``scorer()`` is called."""
         if self.similarity is None or self.train_matrix is None:
             raise RuntimeError("RP3beta.prepare(train) must be called before scoring")
-        r, w = self.train_matrix, self.similarity
+        r, w = self._query_rows(), self.similarity
         device = self._anchor.device
 
         def score(users: torch.Tensor) -> torch.Tensor:
