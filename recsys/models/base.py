@@ -207,7 +207,9 @@ class ItemSetQueries(HistoryQueries):
     """Mixin for item-item models (RP3beta, EASE) whose query is the user's set of items: ``scores = X_u W``.
     Like a sequence model's, that set is the history before the evaluated target: the training items when
     validating, the training and validation items when testing (on a leave-one-out split the validation item is
-    the user's most recent one), every known item when serving. ``W`` itself is fitted on the training split.
+    the user's most recent one), the items of all three splits when serving (pairs rated below
+    ``data.rating_threshold`` are left out of the recommendations but are no query input, as in fitting).
+    ``W`` itself is fitted on the training split.
 
     The model calls :meth:`_use_training_histories` in ``prepare``, so that every context reads the training
     items until :meth:`prepare_dataset` (``recsys.pipeline.prepare_model`` calls it) gives each context its

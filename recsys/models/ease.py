@@ -15,8 +15,9 @@ The Lagrangian of the constraint gives the solution in closed form (the paper's 
     P = (X^\top X + \lambda I)^{-1}, \qquad
     B_{ij} = \begin{cases} 0 & i = j \\ -P_{ij} / P_{jj} & i \ne j \end{cases}
 
-and a user's scores are :math:`\hat y_u = X_u B`: every item j scored by the weights of the user's training
-items on it.  The one hyper-parameter is :math:`\lambda` (``l2``), chosen per data set on validation data.
+and a user's scores are :math:`\hat y_u = X_u B`: every item j scored by the weights on it of the items in the
+user's history (the training items, and the validation items when testing; see
+:class:`~recsys.models.base.ItemSetQueries`).  The one hyper-parameter is :math:`\lambda` (``l2``), chosen per data set on validation data.
 
 Cost.  ``X^T X + lambda I`` is dense ``I x I`` and symmetric positive definite; it is inverted in place by
 LAPACK (Cholesky, then the inverse from the factor: about ``I^3`` floating-point operations), in float32, so
@@ -65,6 +66,7 @@ class EASE(ItemSetQueries, Recommender):
     zero diagonal).  A user's query is her item set before the evaluated target
     (:class:`~recsys.models.base.ItemSetQueries`).  The query is ``I`` numbers, so :meth:`scorer` is overridden and ``query_embeddings``/``item_embeddings`` are unavailable, as
     for RP3beta: a FAISS index of ``I``-dimensional vectors would hold B once more and a dense row per user.
+    B is no parameter (the state dict is empty): a loaded run fits it again, to the same values.
     """
 
     config_cls = EASEConfig
