@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import ConfigDict
@@ -192,52 +191,3 @@ class HistoryQueries:
             yield
         finally:
             self._context = previous
-
-
-def binary_matrix(matrix: sp.spmatrix) -> sp.csr_matrix:
-    """A float32 CSR copy of ``matrix`` with one 1 for every pair whose summed value is non-zero."""
-    x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    x.sum_duplicates()
-    x.eliminate_zeros()
-    x.data[:] = 1.0
-    return x
-
-
-class ItemSetQueries(HistoryQueries):
-    """Mixin for item-item models (RP3beta, EASE) whose query is the user's set of items: ``scores = X_u W``.
-    Like a sequence model's, that set is the history before the evaluated target: the training items when
-    validating, the training and validation items when testing (on a leave-one-out split the validation item is
-    the user's most recent one), the items of all three splits when serving (pairs rated below
-    ``data.rating_threshold`` are left out of the recommendations but are no query input, as in fitting).
-    ``W`` itself is fitted on the training split.
-
-    The model calls :meth:`_use_training_histories` in ``prepare``, so that every context reads the training
-    items until :meth:`prepare_dataset` (``recsys.pipeline.prepare_model`` calls it) gives each context its
-    splits; scoring reads :meth:`_query_rows` when ``scorer()`` is called (inside the evaluation's context)."""
-
-    n_users: int
-    n_items: int
-    #: query context ("valid", "test", "all") -> binary ``U x I`` CSR of the items its queries are made of
-    histories: dict[str, sp.csr_matrix]
-
-    def _use_training_histories(self, train: sp.csr_matrix | None) -> None:
-        self.histories = {} if train is None else dict.fromkeys(CONTEXT_SPLITS, train)
-
-    def prepare_dataset(self, dataset: Any) -> None:
-        """Query histories per context from a prepared dataset's splits (:data:`CONTEXT_SPLITS`)."""
-        if (dataset.n_users, dataset.n_items) != (self.n_users, self.n_items):
-            raise ValueError(
-                f"{dataset.root}: dataset has {dataset.n_users} users x {dataset.n_items} items, model expects "
-                f"{self.n_users} x {self.n_items}"
-            )
-        shape = (self.n_users, self.n_items)
-        self.histories = {
-            ctx: binary_matrix(
-                sum((dataset.matrix(s) for s in splits), sp.csr_matrix(shape, dtype=np.float32))
-            )
-            for ctx, splits in CONTEXT_SPLITS.items()
-        }
-
-    def _query_rows(self) -> sp.csr_matrix:
-        """The binary ``U x I`` item sets of the current query context."""
-        return self.histories[self._context]

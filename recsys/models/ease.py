@@ -17,7 +17,8 @@ The Lagrangian of the constraint gives the solution in closed form (the paper's 
 
 and a user's scores are :math:`\hat y_u = X_u B`: every item j scored by the weights on it of the items in the
 user's history (the training items, and the validation items when testing; see
-:class:`~recsys.models.base.ItemSetQueries`).  The one hyper-parameter is :math:`\lambda` (``l2``), chosen per data set on validation data.
+:class:`~recsys.models.item_item.ItemSetQueries`).  The one hyper-parameter is :math:`\lambda` (``l2``),
+chosen per data set on validation data.
 
 Cost.  ``X^T X + lambda I`` is dense ``I x I`` and symmetric positive definite; it is inverted in place by
 LAPACK (Cholesky, then the inverse from the factor: about ``I^3`` floating-point operations), in float32, so
@@ -33,12 +34,12 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from pydantic import Field
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from recsys.models.base import ItemSetQueries, ModelConfig, Recommender, ScoreFn, binary_matrix
+from recsys.models.base import ModelConfig
+from recsys.models.item_item import ItemItemRecommender
 
 # Rows of X^T X formed per sparse product: bounds the sparse intermediate (a block's co-occurrence counts).
 _GRAM_BLOCK = 2048
@@ -51,10 +52,10 @@ class EASEConfig(ModelConfig):
     """Registry key."""
     l2: float = Field(500.0, gt=0)
     """lambda, the L2 penalty on B (added to the diagonal of X^T X). No value suits every data set: choose it
-    on a validation split (`recsys sweep --grid 'model.l2=[...]'`); docs/benchmarks.md has the choices made."""
+    on a validation split (`recsys sweep --grid 'model.l2=[...]'`); docs/benchmarks.md has the choices."""
 
 
-class EASE(ItemSetQueries, Recommender):
+class EASE(ItemItemRecommender):
     """EASE^R item-item recommender (Steck, WWW 2019).
 
     Args:
@@ -62,69 +63,24 @@ class EASE(ItemSetQueries, Recommender):
         n_items: number of items I.
         config: :class:`EASEConfig`.
 
-    Fitted in :meth:`prepare` on the training split; :attr:`weights` is the dense ``I x I`` B (numpy float32,
-    zero diagonal).  A user's query is her item set before the evaluated target
-    (:class:`~recsys.models.base.ItemSetQueries`).  The query is ``I`` numbers, so :meth:`scorer` is overridden and ``query_embeddings``/``item_embeddings`` are unavailable, as
-    for RP3beta: a FAISS index of ``I``-dimensional vectors would hold B once more and a dense row per user.
-    B is no parameter (the state dict is empty): a loaded run fits it again, to the same values.
+    Fitted in :meth:`prepare` on the training split (:class:`~recsys.models.item_item.ItemItemRecommender`);
+    :attr:`weights` is the dense ``I x I`` B (numpy float32, zero diagonal).  A user's query is her item set
+    before the evaluated target (:class:`~recsys.models.item_item.ItemSetQueries`): ``I`` numbers, so no FAISS
+    index serves this model (it would hold B once more and a dense row per user).  B is no parameter (the
+    state dict is empty): a loaded run fits it again, to the same values.
     """
 
     config_cls = EASEConfig
     config: EASEConfig
-    trainable = False
+    score_formula = "X_u @ B (dense item-item)"
 
-    def __init__(self, n_users: int, n_items: int, config: EASEConfig) -> None:
-        super().__init__(n_users, n_items, config)
-        self.train_matrix: sp.csr_matrix | None = None
-        self.weights: np.ndarray | None = None
-        self._use_training_histories(None)
-        # Empty, non-persistent: only records the device the module was moved to (scores go there).
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+    def fit_item_item(self, train: sp.csr_matrix) -> np.ndarray:
+        return ease_weights(train, l2=self.config.l2)
 
-    def reset_parameters(self) -> None:
-        self.train_matrix = None
-        self.weights = None
-        self._use_training_histories(None)
-
-    # ---- fit ----------------------------------------------------------------------------------------------
-    def prepare(self, train: sp.csr_matrix) -> None:
-        """Fit B on the ``U x I`` training matrix (a pair with a non-zero summed value counts once; values
-        ignored)."""
-        if train.shape != (self.n_users, self.n_items):
-            raise ValueError(
-                f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
-            )
-        x = binary_matrix(train)
-        self.weights = None  # a refit must not hold two I x I matrices at once
-        self.train_matrix = x
-        self._use_training_histories(x)
-        self.weights = ease_weights(x, l2=self.config.l2)
-
-    # ---- inference --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def scorer(self) -> ScoreFn:
-        """``LongTensor[B]`` of users -> dense ``[B, I]`` scores ``X[users] @ B`` (on the module's device), X
-        the histories of the query context current when ``scorer()`` is called."""
-        if self.weights is None or self.train_matrix is None:
-            raise RuntimeError("EASE.prepare(train) must be called before scoring")
-        x, b = self._query_rows(), self.weights
-        device = self._anchor.device
-
-        def score(users: torch.Tensor) -> torch.Tensor:
-            rows = x[users.cpu().numpy()]
-            return torch.from_numpy(np.ascontiguousarray(rows @ b)).to(device)
-
-        return score
-
-    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "EASE scores are X_u @ B (dense item-item), not an inner product; use scorer()"
-        )
-
-    def item_embeddings(self) -> torch.Tensor:
-        raise NotImplementedError(
-            "EASE scores are X_u @ B (dense item-item), not an inner product; use scorer()"
-        )
+    @property
+    def weights(self) -> np.ndarray | None:
+        """B, the dense ``I x I`` float32 item-item matrix (``None`` before :meth:`prepare`)."""
+        return self.item_item
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, l2={self.config.l2:g}"
@@ -140,7 +96,8 @@ def ease_weights(train: sp.csr_matrix, *, l2: float) -> np.ndarray:
         ``I x I`` C-ordered float32 ndarray B with a zero diagonal; ``scores = X_u @ B``.
     Raises:
         MemoryError: naming the size of the dense ``I x I`` matrix when it cannot be allocated.
-        ValueError: when LAPACK reports a failure (not expected for ``l2 > 0``: the matrix is positive definite).
+        ValueError: when LAPACK reports a failure (not expected for ``l2 > 0``: the matrix is positive
+            definite).
     """
     n_items = train.shape[1]
     try:

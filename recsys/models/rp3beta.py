@@ -36,7 +36,8 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from recsys.models.base import ItemSetQueries, ModelConfig, Recommender, ScoreFn, binary_matrix
+from recsys.models.base import ModelConfig
+from recsys.models.item_item import ItemItemRecommender
 
 
 class RP3betaConfig(ModelConfig):
@@ -58,7 +59,7 @@ class RP3betaConfig(ModelConfig):
     """Item rows of W computed per block (memory: the block's non-zero walk probabilities, ~ 24 bytes each)."""
 
 
-class RP3beta(ItemSetQueries, Recommender):
+class RP3beta(ItemItemRecommender):
     """RP3beta item-based graph recommender (Paudel et al., TiiS 2016).
 
     Args:
@@ -66,68 +67,24 @@ class RP3beta(ItemSetQueries, Recommender):
         n_items: number of items I.
         config: :class:`RP3betaConfig`.
 
-    Fitted in :meth:`prepare` on the training split; :attr:`similarity` is the sparse ``I x I`` W (scipy CSR,
-    float32).  A user's query is her item set before the evaluated target
-    (:class:`~recsys.models.base.ItemSetQueries`; until 2026-12-04 it was her training items in every context,
-    so a leave-one-out test left out her most recent item, the validation one).  Scores are not an inner product of low-dimensional vectors, so :meth:`scorer` is overridden and
-    ``query_embeddings``/``item_embeddings`` are unavailable (a FAISS index cannot serve this model).
+    Fitted in :meth:`prepare` on the training split (:class:`~recsys.models.item_item.ItemItemRecommender`);
+    :attr:`similarity` is the sparse ``I x I`` W (scipy CSR, float32).  A user's query is her item set before
+    the evaluated target (:class:`~recsys.models.item_item.ItemSetQueries`; until 2026-12-04 it was her
+    training items in every context, so a leave-one-out test left out her most recent item, the validation
+    one).  Scores are not an inner product: a FAISS index cannot serve this model.
     """
 
     config_cls = RP3betaConfig
     config: RP3betaConfig
-    trainable = False
+    score_formula = "R_u @ W (sparse item-item)"
 
-    def __init__(self, n_users: int, n_items: int, config: RP3betaConfig) -> None:
-        super().__init__(n_users, n_items, config)
-        self.train_matrix: sp.csr_matrix | None = None
-        self.similarity: sp.csr_matrix | None = None
-        self._use_training_histories(None)
-        # Empty, non-persistent: only records the device the module was moved to (scores go there).
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+    def fit_item_item(self, train: sp.csr_matrix) -> sp.csr_matrix:
+        return rp3beta_similarity(train, **self.config.model_dump(exclude={"name"}))
 
-    def reset_parameters(self) -> None:
-        self.train_matrix = None
-        self.similarity = None
-        self._use_training_histories(None)
-
-    # ---- fit ----------------------------------------------------------------------------------------------
-    def prepare(self, train: sp.csr_matrix) -> None:
-        """Compute W from the ``U x I`` training matrix (a pair with a non-zero summed value counts; values
-        ignored)."""
-        if train.shape != (self.n_users, self.n_items):
-            raise ValueError(
-                f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
-            )
-        r = binary_matrix(train)
-        self.train_matrix = r
-        self._use_training_histories(r)
-        self.similarity = rp3beta_similarity(r, **self.config.model_dump(exclude={"name"}))
-
-    # ---- inference --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def scorer(self) -> ScoreFn:
-        """``LongTensor[B]`` of users -> dense ``[B, I]`` scores ``R[users] @ W`` (on the module's device), R
-        the item sets of the query context current when ``scorer()`` is called."""
-        if self.similarity is None or self.train_matrix is None:
-            raise RuntimeError("RP3beta.prepare(train) must be called before scoring")
-        r, w = self._query_rows(), self.similarity
-        device = self._anchor.device
-
-        def score(users: torch.Tensor) -> torch.Tensor:
-            rows = r[users.cpu().numpy()]
-            return torch.from_numpy((rows @ w).toarray()).to(device)
-
-        return score
-
-    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "RP3beta scores are R_u @ W (sparse item-item), not an inner product; use scorer()"
-        )
-
-    def item_embeddings(self) -> torch.Tensor:
-        raise NotImplementedError(
-            "RP3beta scores are R_u @ W (sparse item-item), not an inner product; use scorer()"
-        )
+    @property
+    def similarity(self) -> sp.csr_matrix | None:
+        """W, the sparse ``I x I`` float32 CSR (``None`` before :meth:`prepare`)."""
+        return self.item_item
 
     def extra_repr(self) -> str:
         c = self.config
