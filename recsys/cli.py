@@ -285,7 +285,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from recsys.pipeline import build_run_index, load_run
+    from recsys.pipeline import build_run_index, load_run, require_indexable
 
     if args.out is not None and not args.out.strip():
         print("error: --out needs a folder (omit it for $RECSYS_HOME/indexes/RUN_ID)", file=sys.stderr)
@@ -293,7 +293,7 @@ def cmd_index(args) -> int:
     if args.nprobe is not None and args.nlist is None:
         print("error: --nprobe is for an inverted-file index: give --nlist too", file=sys.stderr)
         return 2
-    run = load_run(args.run, uri=args.tracking_uri)
+    run = load_run(args.run, uri=args.tracking_uri, require=require_indexable)
     path = build_run_index(run, Path(args.out) if args.out else None, nlist=args.nlist, nprobe=args.nprobe)
     kind = f" (inverted file: {args.nlist} lists)" if args.nlist else ""
     print(f"index written to {path}{kind}")
@@ -642,7 +642,13 @@ def cmd_serve(args) -> int:
     index_dir = Path(args.index) if args.index is not None else None
     encoder = None
     if args.run is not None:
-        from recsys.pipeline import build_run_index, default_index_dir, load_run, sequence_query_encoder
+        from recsys.pipeline import (
+            build_run_index,
+            default_index_dir,
+            load_run,
+            require_indexable,
+            sequence_query_encoder,
+        )
 
         index_dir = index_dir or default_index_dir(args.run)
         # checked before anything is loaded, and again on the loaded index below
@@ -650,7 +656,7 @@ def cmd_serve(args) -> int:
             return 2
         run = None
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
-            run = load_run(args.run, uri=args.tracking_uri)
+            run = load_run(args.run, uri=args.tracking_uri, require=require_indexable)
             build_run_index(run, index_dir)
         if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # SASRec, ICSRec
             run = run or load_run(args.run, uri=args.tracking_uri)

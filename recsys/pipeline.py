@@ -551,6 +551,21 @@ class NotIndexableError(ValueError):
     """A model whose scores are not inner products of user and item vectors (e.g. RP3beta): no FAISS index."""
 
 
+_NO_INDEX_HINT = "(`recsys recommend --user` and `recsys evaluate --run` score such a run with its scorer, without an index)"
+
+
+def require_indexable(model: torch.nn.Module) -> None:
+    """A :class:`NotIndexableError` for a model whose class says it has no index (``indexable = False``):
+    the ``require`` of :func:`load_run` for the commands that build an index, so that they refuse before
+    the model is fitted on the training data (EASE on Gowalla: 7 minutes and 6.7 GB)."""
+    if not getattr(type(model), "indexable", True):
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise NotIndexableError(
+            f"model {name!r} cannot be indexed: its scores are not inner products of user and item vectors "
+            f"{_NO_INDEX_HINT}"
+        )
+
+
 def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float]]:
     """The top ``k`` ``(item index, score)`` of one user from the model's own scorer, every known item of the
     user (:meth:`~features.PreparedDataset.known_matrix`, as a served index excludes them) left out: serving without an index, for
@@ -653,8 +668,7 @@ def build_run_index(
             users, items = model.embeddings()
     except NotImplementedError as exc:  # e.g. RP3beta: scores are not inner products of dense vectors
         raise NotIndexableError(
-            f"model {run.config.model['name']!r} cannot be indexed: {exc} (`recsys recommend --user` and "
-            "`recsys evaluate --run` score such a run with its scorer, without an index)"
+            f"model {run.config.model['name']!r} cannot be indexed: {exc} {_NO_INDEX_HINT}"
         ) from None
     seen = ds.known_matrix()  # the splits, and items rated below data.rating_threshold
     vocab_items = ds.item_vocab.sort("item_idx")

@@ -53,6 +53,9 @@ class Recommender(nn.Module):
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
     #: False for models fitted in closed form in ``prepare`` (no optimiser, no training loop).
     trainable: ClassVar[bool] = True
+    #: False for models whose scores are no inner product of user and item vectors (the item-item models): no
+    #: FAISS index holds them, and the commands that build one refuse them before fitting them on load.
+    indexable: ClassVar[bool] = True
 
     def __init__(self, n_users: int, n_items: int, config: ModelConfig) -> None:
         super().__init__()

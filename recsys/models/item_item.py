@@ -83,6 +83,7 @@ class ItemItemRecommender(ItemSetQueries, Recommender):
     """
 
     trainable = False
+    indexable = False
     #: how the subclass's scores are formed, for the errors of the embedding methods
     score_formula: ClassVar[str] = "X_u @ M (item-item)"
 
