@@ -551,13 +551,16 @@ class NotIndexableError(ValueError):
     """A model whose scores are not inner products of user and item vectors (e.g. RP3beta): no FAISS index."""
 
 
-_NO_INDEX_HINT = "(`recsys recommend --user` and `recsys evaluate --run` score such a run with its scorer, without an index)"
+_NO_INDEX_HINT = (
+    "(`recsys recommend --user` and `recsys evaluate --run` score such a run with its scorer, "
+    "without an index)"
+)
 
 
 def require_indexable(model: torch.nn.Module) -> None:
     """A :class:`NotIndexableError` for a model whose class says it has no index (``indexable = False``):
     the ``require`` of :func:`load_run` for the commands that build an index, so that they refuse before
-    the model is fitted on the training data (EASE on Gowalla: 7 minutes and 6.7 GB)."""
+    the model is fitted on the training data (EASE on Gowalla: about 7 minutes and 6.7 GB)."""
     if not getattr(type(model), "indexable", True):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise NotIndexableError(

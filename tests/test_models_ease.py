@@ -40,8 +40,9 @@ def test_weights_match_the_closed_form_in_float64(shape, density, l2):
 
 
 def test_weights_satisfy_the_optimality_conditions():
-    """The constrained least squares min ||X - XB||^2 + l2 ||B||^2 s.t. diag(B) = 0: B's diagonal is zero, and
-    the gradient (X^T X + l2 I) B - X^T X is zero off the diagonal (the multipliers act on the diagonal only)."""
+    """The constrained least squares min ||X - XB||^2 + l2 ||B||^2 s.t. diag(B) = 0: B's diagonal is zero,
+    and the gradient (X^T X + l2 I) B - X^T X is zero off the diagonal (the multipliers act on the diagonal
+    only)."""
     x = random_binary(200, 30, 0.15, seed=3)
     b = ease_weights(x, l2=5.0).astype(np.float64)
     g = (x.T @ x).toarray().astype(np.float64)
@@ -145,8 +146,8 @@ def test_refusals():
 
 
 def test_a_run_trains_and_evaluate_run_gives_its_test_metrics(tmp_path, capsys):
-    """Through ``recsys train`` and ``recsys evaluate --run``: the run is logged, rebuilt from MLflow (B fitted
-    again on the prepared training split) and scores exactly the test metrics it logged."""
+    """Through ``recsys train`` and ``recsys evaluate --run``: the run is logged, rebuilt from MLflow (B
+    fitted again on the prepared training split) and scores exactly the test metrics it logged."""
     import json
 
     import yaml
