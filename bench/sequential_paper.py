@@ -15,6 +15,7 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 * ``sasrec``: ``configs/<dataset>_sasrec.yaml``, cross-entropy over all items on the dynamic-sliding samples —
   also the paper's "neither loss" ablation (ICSRec with both losses off is bit-identical to it);
 * ``icsrec``: ``configs/<dataset>_icsrec.yaml`` (our choices where the reference code is wrong);
+* ``gru4rec``: ``configs/<dataset>_gru4rec.yaml``, the recurrent baseline trained as our SASRec is;
 * ``icsrec_ref``: ICSRec with the reference code's choices that change numbers (``coarse_positive: last``);
 * ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off;
 * ``icsrec_readme``: ICSRec with the training command of the reference's first README (commit a42258f,
@@ -53,6 +54,7 @@ DATASETS = {"beauty": "beauty", "sports": "sports"}
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sasrec": ("sasrec", []),
     "icsrec": ("icsrec", []),
+    "gru4rec": ("gru4rec", []),
     "icsrec_ref": ("icsrec", ["model.coarse_positive=last"]),
     "coarse_only": ("icsrec", ["model.fine_loss=false"]),
     "fine_only": ("icsrec", ["model.coarse_loss=false"]),
@@ -90,7 +92,7 @@ def build_config(dataset: str, variant: str, seed: int, extra: list[str]):
     cfg = load_config(REPO / "configs" / f"{DATASETS[dataset]}_{model}.yaml", [*overrides, *extra])
     default_seed = cfg.seed
     cfg = cfg.model_copy(update={"seed": seed})
-    suffix = ("" if variant in ("sasrec", "icsrec") else f"-{variant}") + (
+    suffix = ("" if variant in ("sasrec", "icsrec", "gru4rec") else f"-{variant}") + (
         "" if seed == default_seed else f"-s{seed}"
     )
     return cfg.model_copy(update={"name": cfg.name + suffix})

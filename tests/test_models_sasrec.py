@@ -1,4 +1,8 @@
-"""SASRec: the encoder's masks, shapes, the padding symbol, query histories, the sampler, and learning."""
+"""SASRec: the encoder's masks, shapes, the padding symbol, query histories, the sampler, and learning.
+
+The tests of what every next-item model shares (``recsys.models.sequential``: histories, samples, training,
+reloading, inference) run for SASRec and for GRU4Rec (``SEQUENCE_MODELS``); GRU4Rec's own encoder is tested in
+test_models_gru4rec.py."""
 
 from __future__ import annotations
 
@@ -18,14 +22,24 @@ from recsys.config import validate_config
 from recsys.embedding import IdEmbedding
 from recsys.models import REGISTRY, build_model
 from recsys.models.sasrec import SASRec, SASRecEncoder, attention_mask
+from recsys.models.sequential import NextItemRecommender
 from recsys.sequence_sampling import SequenceSampler
 
+SEQUENCE_MODELS = ("sasrec", "gru4rec")
+# a small encoder of each next-item model
+TINY = {"sasrec": {"dim": 8, "ffn_dim": 16}, "gru4rec": {"dim": 8, "hidden": 12}}
 
-def tiny(n_users: int = 3, n_items: int = 20, **cfg) -> SASRec:
+
+def tiny(n_users: int = 3, n_items: int = 20, name: str = "sasrec", **cfg) -> NextItemRecommender:
     torch.manual_seed(0)
-    model = build_model({"name": "sasrec", "dim": 8, "max_len": 6, "ffn_dim": 16, **cfg}, n_users, n_items)
+    model = build_model({"name": name, **TINY[name], "max_len": 6, **cfg}, n_users, n_items)
     model.eval()
     return model
+
+
+def dropouts(name: str, p: float) -> dict:
+    """Every dropout rate of the model's config set to ``p``."""
+    return {"dropout": p, "attn_dropout": p} if name == "sasrec" else {"dropout": p}
 
 
 # ---- masks ------------------------------------------------------------------------------------------------
@@ -184,9 +198,10 @@ def test_config_errors_name_the_key():
     assert REGISTRY["sasrec"] is SASRec
 
 
-def test_scoring_before_prepare_is_a_clear_error():
-    model = tiny()
-    with pytest.raises(RuntimeError, match="prepare_dataset"):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_scoring_before_prepare_is_a_clear_error(name):
+    model = tiny(name=name)
+    with pytest.raises(RuntimeError, match=rf"{type(model).__name__}\.prepare_dataset"):
         model.query_embeddings(torch.tensor([0]))
     with pytest.raises(RuntimeError, match="prepare_dataset"):
         model.make_sampler(None, torch.Generator())
@@ -225,11 +240,12 @@ def write_cyclic_sequences(folder: Path, n_users: int = 150, n_items: int = 40, 
     return folder
 
 
-def test_queries_encode_the_history_before_the_target(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_queries_encode_the_history_before_the_target(tmp_path, name):
     ds = prepare(
         DataConfig(source="amazon_seq", path=str(write_cyclic_sequences(tmp_path / "d", 20)), name="Cyc")
     )
-    model = build_model({"name": "sasrec", "dim": 8, "ffn_dim": 16, "max_len": 5}, ds.n_users, ds.n_items)
+    model = build_model({"name": name, **TINY[name], "max_len": 5}, ds.n_users, ds.n_items)
     model.eval()
     model.prepare(ds.matrix("train"))
     model.prepare_dataset(ds)
@@ -264,14 +280,15 @@ def test_queries_encode_the_history_before_the_target(tmp_path):
     assert seen == ["valid", "test"] and model._context == "all"
 
 
-def test_training_samples_never_target_a_held_out_item(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_training_samples_never_target_a_held_out_item(tmp_path, name):
     """The samples come from the training split alone: n - 3 per user of n items (ICSRec's count), none of
     them predicting a validation or test item. With the validation item a target, choosing the weights on
     validation would flatter them."""
     ds = prepare(
         DataConfig(source="amazon_seq", path=str(write_cyclic_sequences(tmp_path / "d", 30)), name="Cyc")
     )
-    model = build_model({"name": "sasrec", "dim": 8, "ffn_dim": 16, "max_len": 5}, ds.n_users, ds.n_items)
+    model = build_model({"name": name, **TINY[name], "max_len": 5}, ds.n_users, ds.n_items)
     model.prepare(ds.matrix("train"))
     model.prepare_dataset(ds)
     samples = model.train_samples
@@ -283,33 +300,34 @@ def test_training_samples_never_target_a_held_out_item(tmp_path):
     np.testing.assert_array_equal(samples.inputs(), expected.inputs())
 
 
-def sasrec_cfg(data_path: Path, **train) -> dict:
+# a small model of each kind for the training tests
+SMALL = {
+    "sasrec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
+    "gru4rec": {"dim": 32, "hidden": 32, "max_len": 10, "dropout": 0.1},
+}
+
+
+def sasrec_cfg(data_path: Path, name: str = "sasrec", **train) -> dict:
+    """An experiment config of a small next-item model (``name``: SASRec or GRU4Rec) on ``data_path``."""
     return {
-        "name": "cyc-sasrec",
+        "name": f"cyc-{name}",
         "seed": 3,
         "device": "cpu",
         "data": {"source": "amazon_seq", "path": str(data_path), "name": "Cyc"},
-        "model": {
-            "name": "sasrec",
-            "dim": 32,
-            "max_len": 10,
-            "layers": 1,
-            "ffn_dim": 64,
-            "dropout": 0.1,
-            "attn_dropout": 0.1,
-        },
+        "model": {"name": name, **SMALL[name]},
         "train": {"epochs": 25, "batch_size": 64, "lr": 0.01, "progress": False, **train},
         "eval": {"ks": [1, 5], "block_size": 64},
         "tracking": {"enabled": False},
     }
 
 
-def test_training_learns_a_sequential_pattern(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_training_learns_a_sequential_pattern(tmp_path, name):
     """On sequences where the next item is always the previous + 1, the trained model ranks the test item
     first for most users (chance HR@5 is about 5/35), and the loss falls."""
     from recsys.pipeline import train_experiment
 
-    cfg = validate_config(sasrec_cfg(write_cyclic_sequences(tmp_path / "d")))
+    cfg = validate_config(sasrec_cfg(write_cyclic_sequences(tmp_path / "d"), name))
     result = train_experiment(cfg, echo=lambda *_: None)
     losses = [h["train/ce"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -317,14 +335,15 @@ def test_training_learns_a_sequential_pattern(tmp_path):
     assert result.test_metrics["hit@1"] > 0.5, result.test_metrics
 
 
-def test_a_trained_model_encodes_without_dropout(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_a_trained_model_encodes_without_dropout(tmp_path, name):
     """Dropout 0.5: a model left in training mode after fit would give a different query embedding at every
     call, and so would an index exported from it."""
     from recsys.pipeline import LoadedRun, build_run_index, train_experiment
     from serving import load_index
 
-    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), epochs=2)
-    raw["model"].update(dropout=0.5, attn_dropout=0.5)
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), name, epochs=2)
+    raw["model"].update(dropouts(name, 0.5))
     cfg = validate_config(raw)
     result = train_experiment(cfg, echo=lambda *_: None)
     model = result.model
@@ -339,11 +358,12 @@ def test_a_trained_model_encodes_without_dropout(tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_a_tracked_run_reloads_with_its_histories(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_a_tracked_run_reloads_with_its_histories(tmp_path, name):
     """MLflow round trip: load_run rebuilds the model, prepares its histories, and scores the same."""
     from recsys.pipeline import load_run, train_experiment
 
-    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), epochs=2)
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=40), name, epochs=2)
     raw["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = train_experiment(validate_config(raw), echo=lambda *_: None)
     run = load_run(result.run_id, uri=raw["tracking"]["uri"])
@@ -351,12 +371,13 @@ def test_a_tracked_run_reloads_with_its_histories(tmp_path):
     assert again == pytest.approx(result.test_metrics)
 
 
-def test_resume_after_crash_is_exact(tmp_path):
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_resume_after_crash_is_exact(tmp_path, name):
     """The sequence sampler keeps the trainer's exact resume: crash mid-epoch, resume, same weights."""
     from tests.test_trainer import crash_and_resume
 
     data = write_cyclic_sequences(tmp_path / "d", n_users=40)
-    straight, resumed = crash_and_resume(sasrec_cfg(data, epochs=3), tmp_path)
+    straight, resumed = crash_and_resume(sasrec_cfg(data, name, epochs=3), tmp_path)
     assert resumed.state.step == straight.state.step
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, straight.model.state_dict()[k]), k
@@ -376,8 +397,9 @@ def test_encoder_dropout_flag_overrides_the_mode_without_touching_it():
     assert not model.training
 
 
-def test_encode_sequences_refuses_indices_outside_the_catalogue():
-    model = tiny(n_items=20)
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_encode_sequences_refuses_indices_outside_the_catalogue(name):
+    model = tiny(n_items=20, name=name)
     for bad in (-7, 20):  # -7 was read as item 0; 20 failed inside torch's embedding lookup
         with pytest.raises(
             ValueError, match=rf"item indices must be in 0\.\.19 \(or -1 for padding\), got {bad}"
@@ -394,12 +416,13 @@ def test_encode_sequences_refuses_indices_outside_the_catalogue():
     assert model.encode_sequences(np.array([[1, 2]], dtype=np.int32)).shape == (1, model.config.dim)
 
 
-def test_threads_encoding_a_model_in_training_mode():
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_threads_encoding_a_model_in_training_mode(name):
     """A model in training mode served from threads: encoding must neither run with dropout nor change the
     mode, which the other threads would see."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model = tiny(dropout=0.5, attn_dropout=0.5)
+    model = tiny(name=name, **dropouts(name, 0.5))
     seqs = torch.randint(1, 20, (64, 6))
     model.eval()
     expected = model.encode_sequences(seqs, batch_size=8)

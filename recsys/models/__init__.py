@@ -14,6 +14,7 @@ from recsys.models.base import ModelConfig, Recommender, ScoreFn
 from recsys.models.dccf import DCCF, DCCFConfig
 from recsys.models.dnis import DNIS, DNISConfig
 from recsys.models.ease import EASE, EASEConfig
+from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.icsrec import ICSRec, ICSRecConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "rp3beta": RP3beta,
     "ease": EASE,
     "sasrec": SASRec,
+    "gru4rec": GRU4Rec,
     "dccf": DCCF,
     "icsrec": ICSRec,
     "dnis": DNIS,
@@ -206,6 +208,8 @@ __all__ = [
     "DNISConfig",
     "EASE",
     "EASEConfig",
+    "GRU4Rec",
+    "GRU4RecConfig",
     "ICSRec",
     "ICSRecConfig",
     "LightGCN",

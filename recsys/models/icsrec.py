@@ -294,9 +294,7 @@ class ICSRec(SASRec):
         if not self.uses_views:
             return super().make_sampler(train_cfg, generator)
         if self.train_samples is None or self.cross is None:
-            raise RuntimeError(
-                "ICSRec.prepare_dataset(dataset) (or set_sequences) must be called before training"
-            )
+            raise self._not_prepared("training")
         return CrossSubsequenceSampler(
             self.train_samples, self.cross, self.config.coarse_positive,
             batch_size=train_cfg.batch_size, generator=generator,
@@ -311,7 +309,7 @@ class ICSRec(SASRec):
         to its longest input by the encoder: most Amazon subsequences are far shorter than L."""
         samples = self.train_samples if samples is None else samples
         if samples is None:
-            raise RuntimeError("ICSRec.prepare_dataset(dataset) must be called before encoding samples")
+            raise self._not_prepared("encoding samples")
         device = self._device()
         order = np.argsort(samples.ends - samples.starts, kind="stable")
         out = torch.empty(len(samples), self.config.dim, device=device)

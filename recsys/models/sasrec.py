@@ -24,7 +24,8 @@ samples (``features.sequences.dynamic_sliding_samples``): :math:`L = -\log \math
 
 Evaluation.  The query of user u is the encoding of u's items before the evaluated target: the training
 items when validating, the training and validation items when testing, all known items when serving.
-The trainer and ``eval.evaluate_model`` pick the history through :meth:`SASRec.query_context`.
+The trainer and ``eval.evaluate_model`` pick the history through :meth:`SASRec.query_context`
+(histories, samples and queries: :mod:`recsys.models.sequential`, shared with GRU4Rec).
 
 Computation.  Padded positions are masked keys and nothing reads their outputs, so the encoder computes
 only the real positions (packed, :class:`PackedLayout`) plus each row's last one, and the last block only at
@@ -44,18 +45,17 @@ representation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_sliding_samples, user_sequences
+from features.sequences import PAD
 from recsys.embedding import IdEmbedding
-from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, Recommender
+from recsys.models.base import ModelConfig
+from recsys.models.sequential import NextItemRecommender
 
 
 class SASRecConfig(ModelConfig):
@@ -377,7 +377,7 @@ class SASRecEncoder(nn.Module):
 
 
 # ---- the model --------------------------------------------------------------------------------------------
-class SASRec(HistoryQueries, Recommender):
+class SASRec(NextItemRecommender):
     """SASRec (Kang & McAuley, ICDM 2018) trained with cross-entropy over all items.
 
     Args:
@@ -385,130 +385,15 @@ class SASRec(HistoryQueries, Recommender):
         n_items: number of items I.
         config: :class:`SASRecConfig`.
 
-    Sequence-model contract (beyond :class:`Recommender`), used through duck typing by the pipeline, the
-    trainer and the evaluation:
-
-    * :meth:`prepare_dataset` receives the prepared dataset after ``prepare`` and builds the ordered
-      histories and the training samples (``recsys.pipeline.prepare_model`` calls it);
-    * :meth:`make_sampler` gives the trainer the epoch's sampler (a :class:`SequenceSampler`);
-    * :meth:`query_context` selects the history queries are built from (``eval.evaluate_model`` enters
-      it with the evaluated split).
+    Histories, samples, loss and inference are :class:`recsys.models.sequential.NextItemRecommender`'s; this
+    class gives it the transformer encoder (:class:`SASRecEncoder`, ``self.encoder``).
     """
 
     config_cls = SASRecConfig
     config: SASRecConfig
 
-    def __init__(self, n_users: int, n_items: int, config: SASRecConfig) -> None:
-        super().__init__(n_users, n_items, config)
-        self.encoder = SASRecEncoder(n_items, config)
-        self.histories: dict[str, UserSequences] = {}
-        self.train_samples: SubsequenceSamples | None = None
-
-    def reset_parameters(self) -> None:
-        self.encoder.reset_parameters()
-
-    # ---- set-up ---------------------------------------------------------------------------------------------
-    def prepare(self, train: sp.csr_matrix) -> None:
-        """Check the training matrix's shape (the order of the items comes from :meth:`prepare_dataset`)."""
-        if train.shape != (self.n_users, self.n_items):
-            raise ValueError(
-                f"train matrix has shape {train.shape}, model expects {(self.n_users, self.n_items)}"
-            )
-
-    def prepare_dataset(self, dataset: Any) -> None:
-        """Build every user's ordered histories and the dynamic-sliding training samples from a prepared
-        dataset with a time-ordered split (leave-one-out or temporal)."""
-        if (dataset.n_users, dataset.n_items) != (self.n_users, self.n_items):
-            raise ValueError(
-                f"{dataset.root}: dataset has {dataset.n_users} users x {dataset.n_items} items, model expects "
-                f"{self.n_users} x {self.n_items}"
-            )
-        present = [s for s in ("valid", "test") if dataset.manifest["counts"].get(s, 0) > 0]
-        histories = {
-            ctx: user_sequences(dataset, [s for s in splits if s == "train" or s in present])
-            for ctx, splits in CONTEXT_SPLITS.items()
-        }
-        self.set_sequences(histories["valid"], histories)
-
-    def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
-        """Use ``train`` (per-user training sequences) for the samples and ``histories`` (context name ->
-        sequences; missing contexts default to ``train``) for queries."""
-        for name, seqs in {"train": train, **(histories or {})}.items():
-            if seqs.n_users != self.n_users:
-                raise ValueError(
-                    f"sequences {name!r} cover {seqs.n_users} users, model expects {self.n_users}"
-                )
-            if seqs.items.size and (seqs.items.min() < 0 or seqs.items.max() >= self.n_items):
-                raise ValueError(f"sequences {name!r} hold item indices outside [0, {self.n_items})")
-        self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in CONTEXT_SPLITS}
-        self.train_samples = dynamic_sliding_samples(train, max_len=self.config.max_len)
-
-    def make_sampler(self, train_cfg: Any, generator: torch.Generator):
-        """The trainer's sampler for one epoch: all training samples, shuffled, ``train_cfg.batch_size`` each."""
-        from recsys.sequence_sampling import SequenceSampler
-
-        if self.train_samples is None:
-            raise RuntimeError(
-                "SASRec.prepare_dataset(dataset) (or set_sequences) must be called before training"
-            )
-        return SequenceSampler(self.train_samples, batch_size=train_cfg.batch_size, generator=generator)
-
-    # ---- training -------------------------------------------------------------------------------------------
-    def logits(self, seqs: torch.Tensor) -> torch.Tensor:
-        """``LongTensor[B, T]`` inputs -> scores over all real items ``[B, I]``."""
-        return self.encoder.encode(seqs) @ self.encoder.item_embeddings().T
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy over all items; ``batch``: ``inputs`` LongTensor[B, L], ``targets`` LongTensor[B].
-        Parts: ``ce``."""
-        ce = F.cross_entropy(self.logits(batch["inputs"]), batch["targets"])
-        return ce, {"ce": ce}
-
-    # ---- inference ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
-        """Representations of item-id sequences ``[B, T]`` (left-padded with PAD) -> ``[B, d]``, in blocks.
-
-        Inference: without dropout and without gradients, whatever mode the model is in. The mode is not
-        touched, so threads may share the model, even one in training mode. Rows are encoded in order of
-        length, so that each block is trimmed to its longest row (most histories are short), and returned in
-        the input order. Item indices must be in ``0..I-1`` (or PAD): a ValueError names any other."""
-        seqs = torch.as_tensor(seqs)
-        if seqs.dtype.is_floating_point or seqs.dtype.is_complex or seqs.dtype == torch.bool:
-            raise ValueError(f"item indices must be integers, got a {seqs.dtype} array")  # 1.7 read as 1
-        if seqs.dim() != 2:  # before indexing: a 1-D input failed with a raw IndexError
-            raise ValueError(f"expected item-id sequences of shape [B, T], got {tuple(seqs.shape)}")
-        seqs = seqs.long()
-        bad = seqs[(seqs != PAD) & ((seqs < 0) | (seqs >= self.n_items))]
-        if bad.numel():
-            # -7 used to be read as item 0 (the embedding lookup clamps), I or more failed deep in torch
-            raise ValueError(
-                f"item indices must be in 0..{self.n_items - 1} (or {PAD} for padding), got {bad[0].item()}"
-            )
-        device = self._device()
-        order = torch.argsort((seqs != PAD).sum(1), stable=True)
-        out = torch.empty(seqs.shape[0], self.config.dim, device=device)
-        for i in range(0, seqs.shape[0], batch_size):
-            rows = order[i : i + batch_size]
-            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device), dropout=False)
-        return out
-
-    @torch.no_grad()
-    def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
-        """``LongTensor[B]`` users -> ``[B, d]``: encodings of their histories in the current query context."""
-        if not self.histories:
-            raise RuntimeError(
-                "SASRec.prepare_dataset(dataset) (or set_sequences) must be called before scoring"
-            )
-        history = self.histories[self._context]
-        padded = history.padded(users.detach().cpu().numpy(), max_len=self.config.max_len)
-        return self.encode_sequences(padded)
-
-    @torch.no_grad()
-    def item_embeddings(self) -> torch.Tensor:
-        """``[I, d]``: real items only, so padding is never ranked; a copy without gradient (the encoder's
-        :meth:`SASRecEncoder.item_embeddings` is the trained table itself)."""
-        return self.encoder.item_embeddings().clone()
+    def build_encoder(self) -> SASRecEncoder:
+        return SASRecEncoder(self.n_items, self.config)
 
     def extra_repr(self) -> str:
         c = self.config
