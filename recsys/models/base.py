@@ -162,12 +162,13 @@ CONTEXT_SPLITS: dict[str, tuple[str, ...]] = {
 
 
 class HistoryQueries:
-    """Mixin for models whose user query is built from the user's history (SASRec, ICSRec, the two-tower):
-    ``query_context(split)`` is the context manager the evaluation enters, so that inside it queries read the
-    history before ``split``'s target (:data:`CONTEXT_SPLITS`); outside any block they read all known items.
-    The model reads the current context from ``self._context``, which is per thread: an evaluation in one
-    thread used to switch the histories that every other thread's queries (an index being built) read. So a
-    thread started inside a ``query_context`` block reads all known items: enter the block in that thread."""
+    """Mixin for models whose user query is built from the user's history (the sequence models, the
+    two-tower): ``query_context(split)`` is the context manager the evaluation enters, so that inside it
+    queries read the history before ``split``'s target (:data:`CONTEXT_SPLITS`); outside any block they read
+    all known items. The model reads the current context from ``self._context``, which is per thread: an
+    evaluation in one thread used to switch the histories that every other thread's queries (an index being
+    built) read. So a thread started inside a ``query_context`` block reads all known items: enter the block
+    in that thread."""
 
     @property
     def _context(self) -> QueryContext:
