@@ -198,17 +198,19 @@ def cmd_runs(args) -> int:
         print(f"no runs{where} (recsys train makes one)")
         return 0
     metric, k = args.metric, parsed[1]
-    heads = f"{'run id':<32}  {'started (UTC)':<16}  {'status':<8}  {'experiment':<12}  {'name':<24}  {'model':<10}"
-    print(f"{heads}  test {metric} (a re-ranker's: re-ranked)")
     values = [r["test"].get(metric, r["test"].get(f"reranked/{metric}")) for r in runs]
+    table = [("run id", "started (UTC)", "status", "experiment", "name", "model", f"test {metric}")]
     for r, value in zip(runs, values, strict=True):
         started = datetime.fromtimestamp(r["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         model = r["model"] or ("re-ranker" if r["parent"] else "-")
         shown = f"{value:.4f}" if value is not None else "-"
-        print(
-            f"{r['run_id']:<32}  {started:<16}  {r['status']:<8}  {str(r['experiment'])[:12]:<12}  "
-            f"{str(r['name'])[:24]:<24}  {model[:10]:<10}  {shown}"
-        )
+        table.append((r["run_id"], started, r["status"], str(r["experiment"]), str(r["name"]), model, shown))
+    # columns as wide as their longest cell: names used to be cut (to 12 and 24 characters), so two runs
+    # of experiments named alike showed the same text
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
+    for n, row in enumerate(table):
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        print(line + (" (a re-ranker's: re-ranked)" if n == 0 else ""))
     if all(value is None for value in values):
         print(f"(no run listed logged test {metric}: its eval.ks may not hold {k})")
     return 0

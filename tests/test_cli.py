@@ -695,6 +695,22 @@ def test_runs_are_the_newest_of_the_experiment_asked_for_at_most_limit(capsys):
     assert lines[1].split()[-1] == "0.0000"  # a test metric of 0 is a value, not a missing one ("-")
 
 
+def test_runs_shows_long_names_whole_in_aligned_columns(capsys):
+    """Experiment and run names were cut to 12 and 24 characters: two experiments named alike showed as one."""
+    from recsys.tracking import RunTracker
+
+    names = [("beauty-sequential-baselines", "beauty-gru4rec-seed-1-dropout-0.3"), ("b", "short")]
+    for experiment, name in names:
+        with RunTracker.start(experiment=experiment, run_name=name) as run:
+            run.log_params({"model": {"name": "gru4rec"}})
+            run.log_metrics({"ndcg@20": 0.125}, prefix="test_final/")
+    assert main(["runs"]) == 0
+    head, *rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[4:6] for row in rows] == [["b", "short"], list(names[0])]  # newest first, whole
+    assert {row.rindex("gru4rec") for row in rows} == {head.index("model")}  # one column, under its head
+    assert {row.index("0.1250") for row in rows} == {head.index("test ndcg@20")}
+
+
 def test_runs_of_a_store_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path, capsys):
     store = tmp_path / "nowhere" / "mlflow.db"
     assert main(["runs", "--tracking-uri", f"sqlite:///{store}"]) == 2
