@@ -66,6 +66,9 @@ PAPER = {
     ("beauty", "icsrec"): (0.0698, 0.0494, 0.1298, 0.0663),
     ("sports", "sasrec"): (0.0214, 0.0144, 0.0500, 0.0224),
     ("sports", "icsrec"): (0.0403, 0.0283, 0.0794, 0.0393),
+    # GRU4Rec: the paper's baseline row (QinHsiu/ICSRec performances.md), carried over from earlier papers
+    ("beauty", "gru4rec"): (0.0180, 0.0116, 0.0427, 0.0186),
+    ("sports", "gru4rec"): (0.0162, 0.0103, 0.0421, 0.0186),
 }
 KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
 SPEED_KEYS = ("train.num_threads=", "train.progress=")  # how fast a run goes, not what it computes

@@ -5,7 +5,8 @@ Recurrent Neural Networks." ICLR 2016. https://arxiv.org/abs/1511.06939 — trai
 as a baseline on the Amazon leave-one-out benchmarks (and as Hidasi & Karatzoglou, "Recurrent Neural Networks
 with Top-k Gains for Session-based Recommendations", CIKM 2018, found best), with the cross-entropy over all
 items.  The layout follows the common re-implementation of that setting (RecBole's GRU4Rec): item embeddings
-with dropout, a GRU, and a linear map from its last hidden state back to the embedding space.
+with dropout, a GRU, and a linear map from its last hidden state back to the embedding space.  One difference:
+the GRU here has its biases (torch's default and the original GRU4Rec's), RecBole's has none.
 
 Encoder.  For a user's last L = ``max_len`` items :math:`s_1 \dots s_n` (n <= L) with item embeddings
 :math:`M_i \in \mathbb{R}^d`:
@@ -43,7 +44,7 @@ from recsys.models.sequential import NextItemRecommender
 
 
 class GRU4RecConfig(ModelConfig):
-    """GRU4Rec hyper-parameters (defaults: RecBole's GRU4Rec)."""
+    """GRU4Rec hyper-parameters (defaults: RecBole's GRU4Rec, whose GRU has no biases; this one has)."""
 
     name: Literal["gru4rec"] = "gru4rec"
     """Registry key."""
