@@ -60,6 +60,18 @@ def test_a_batch_encodes_each_history_as_the_plain_gru_does(layers):
     torch.testing.assert_close(model.encode_sequences(left_padded(ROWS, 8), batch_size=2), got)
 
 
+def test_long_rows_keep_their_item_order():
+    """Moving the real items to the front must keep their order: an unstable sort of the padding flags
+    (torch's default) reorders ties once rows are long, which the short rows above never show."""
+    torch.manual_seed(1)
+    model = tiny(max_len=50)
+    enc: GRUEncoder = model.encoder
+    rows = [torch.randint(0, 20, (int(n),)).tolist() for n in torch.randint(1, 51, (64,))]
+    got = enc.encode(left_padded(rows, 50))
+    for r, items in enumerate(rows):
+        torch.testing.assert_close(got[r], one_history(enc, items), atol=1e-5, rtol=1e-4)
+
+
 def test_padding_anywhere_in_a_row_is_skipped():
     """Extra leading columns, and PAD between items (a sequence given by hand), change nothing: padding never
     enters the recurrence (an embedded zero would move the GRU's state)."""
@@ -98,8 +110,10 @@ def test_gradients_through_the_packed_batch_equal_those_of_each_history_alone():
     assert all(batched[k].abs().sum() > 0 for k in params)  # every parameter learns
 
 
-def test_the_dropout_flag_overrides_the_mode_without_touching_it():
-    model = tiny(dropout=0.5)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_dropout_flag_overrides_the_mode_without_touching_it(layers):
+    """Also with stacked layers: dropout between GRU layers would follow the module's mode, not the flag."""
+    model = tiny(dropout=0.5, layers=layers)
     seqs = torch.randint(0, 20, (6, 7))
     plain = model.encoder.encode(seqs)
     model.train()
