@@ -1,12 +1,14 @@
 r"""GRU4Rec: a recurrent next-item model, the classic baseline of sequential recommendation.
 
 Balázs Hidasi, Alexandros Karatzoglou, Linas Baltrunas, Domonkos Tikk. "Session-based Recommendations with
-Recurrent Neural Networks." ICLR 2016. https://arxiv.org/abs/1511.06939 — trained, as in the papers that use it
-as a baseline on the Amazon leave-one-out benchmarks (and as Hidasi & Karatzoglou, "Recurrent Neural Networks
-with Top-k Gains for Session-based Recommendations", CIKM 2018, found best), with the cross-entropy over all
-items.  The layout follows the common re-implementation of that setting (RecBole's GRU4Rec): item embeddings
-with dropout, a GRU, and a linear map from its last hidden state back to the embedding space.  One difference:
-the GRU here has its biases (torch's default and the original GRU4Rec's), RecBole's has none.
+Recurrent Neural Networks." ICLR 2016. https://arxiv.org/abs/1511.06939 — trained with the cross-entropy over
+all items, as the re-implementations used as baselines on the Amazon leave-one-out benchmarks do (Hidasi &
+Karatzoglou, "Recurrent Neural Networks with Top-k Gains for Session-based Recommendations", CIKM 2018, made
+that loss stable and found it a viable alternative to their ranking losses).  The layout follows the common
+re-implementation of that setting (RecBole's GRU4Rec): item embeddings with dropout, a GRU, and a linear map
+from its last hidden state back to the embedding space.  Two differences: the GRU here has its biases (torch's
+default and the original GRU4Rec's; RecBole's has none), and every layer's weights get RecBole's Glorot
+initialisation (RecBole's: the first layer's only).
 
 Encoder.  For a user's last L = ``max_len`` items :math:`s_1 \dots s_n` (n <= L) with item embeddings
 :math:`M_i \in \mathbb{R}^d`:
@@ -82,7 +84,7 @@ class GRUEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Glorot-normal item table and Glorot-uniform GRU weight matrices (RecBole's initialisation); the
+        """Glorot-normal item table and Glorot-uniform GRU weight matrices of every layer; the
         GRU's biases and the linear map keep torch's defaults."""
         self.item_emb.reset_parameters()
         self.gru.reset_parameters()
