@@ -24,6 +24,7 @@ from recsys.models import REGISTRY, build_model
 from recsys.models.sasrec import SASRec, SASRecEncoder, attention_mask
 from recsys.models.sequential import NextItemRecommender
 from recsys.sequence_sampling import SequenceSampler
+from tests.test_models_registry import registry  # noqa: F401 (a fixture)
 
 SEQUENCE_MODELS = ("sasrec", "gru4rec")
 # a small encoder of each next-item model
@@ -460,3 +461,56 @@ def test_the_query_context_is_per_thread():
     assert seen == ["test"] and model._context == "all"
     with model.query_context("test"):  # per-thread state is neither copied nor pickled
         assert copy.deepcopy(model)._context == "all" and pickle.loads(pickle.dumps(model))._context == "all"
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_next_item_model_of_ones_own_needs_only_its_encoder(tmp_path):
+    """The base is usable outside the library (docs/python_api.md): a model that only builds an encoder (here
+    the last item's embedding through a linear map) trains on the samples, learns the +1 pattern, and is
+    queried with the history before each target."""
+    from typing import Literal
+
+    from torch import nn
+
+    from recsys.models import ModelConfig, register_model
+    from recsys.pipeline import train_experiment
+
+    class LastItemConfig(ModelConfig):
+        name: Literal["last_item"] = "last_item"
+        dim: int = 16
+        max_len: int = 10
+
+    class LastItemEncoder(nn.Module):
+        def __init__(self, n_items: int, dim: int) -> None:
+            super().__init__()
+            self.items = IdEmbedding(n_items, dim, init="normal", init_std=0.1, ids="items")
+            self.map = nn.Linear(dim, dim)
+
+        def reset_parameters(self) -> None:
+            self.items.reset_parameters()
+            self.map.reset_parameters()
+
+        def encode(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
+            return self.map(self.items(seqs[:, -1].clamp(min=0)))  # inputs are left-padded: last = newest
+
+        def item_embeddings(self) -> torch.Tensor:
+            return self.items.all()
+
+    @register_model
+    class LastItem(NextItemRecommender):
+        config_cls = LastItemConfig
+
+        def build_encoder(self) -> nn.Module:
+            return LastItemEncoder(self.n_items, self.config.dim)
+
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d"), epochs=15)
+    raw["model"] = {"name": "last_item"}
+    result = train_experiment(validate_config(raw), echo=lambda *_: None)
+    assert result.test_metrics["hit@1"] > 0.8, result.test_metrics
+    model = result.model
+    with model.query_context("test"):  # the query is the newest item before the test target
+        newest = model.histories["test"].padded(np.arange(3), max_len=10)[:, -1]
+        torch.testing.assert_close(
+            model.query_embeddings(torch.arange(3)),
+            model.encoder.map(model.encoder.items(torch.from_numpy(newest))).detach(),
+        )
