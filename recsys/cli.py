@@ -207,9 +207,9 @@ def cmd_runs(args) -> int:
         table.append((r["run_id"], started, r["status"], str(r["experiment"]), str(r["name"]), model, shown))
     # columns as wide as their longest cell: names used to be cut (to 12 and 24 characters), so two runs
     # of experiments named alike showed the same text
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]  # the metric: unpadded
     for n, row in enumerate(table):
-        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         print(line + (" (a re-ranker's: re-ranked)" if n == 0 else ""))
     if all(value is None for value in values):
         print(f"(no run listed logged test {metric}: its eval.ks may not hold {k})")
