@@ -1,8 +1,8 @@
 """SASRec: the encoder's masks, shapes, the padding symbol, query histories, the sampler, and learning.
 
 The tests of what every next-item model shares (``recsys.models.sequential``: histories, samples, training,
-reloading, inference) run for SASRec and for GRU4Rec (``SEQUENCE_MODELS``); GRU4Rec's own encoder is tested in
-test_models_gru4rec.py."""
+reloading, inference) run for SASRec, GRU4Rec and DuoRec (``SEQUENCE_MODELS``); GRU4Rec's own encoder is tested
+in test_models_gru4rec.py, DuoRec's loss in test_models_duorec.py."""
 
 from __future__ import annotations
 
@@ -26,9 +26,13 @@ from recsys.models.sequential import NextItemRecommender
 from recsys.sequence_sampling import SequenceSampler
 from tests.test_models_registry import registry  # noqa: F401 (a fixture)
 
-SEQUENCE_MODELS = ("sasrec", "gru4rec")
+SEQUENCE_MODELS = ("sasrec", "gru4rec", "duorec")
 # a small encoder of each next-item model
-TINY = {"sasrec": {"dim": 8, "ffn_dim": 16}, "gru4rec": {"dim": 8, "hidden": 12}}
+TINY = {
+    "sasrec": {"dim": 8, "ffn_dim": 16},
+    "gru4rec": {"dim": 8, "hidden": 12},
+    "duorec": {"dim": 8, "ffn_dim": 16},
+}
 
 
 def tiny(n_users: int = 3, n_items: int = 20, name: str = "sasrec", **cfg) -> NextItemRecommender:
@@ -40,7 +44,7 @@ def tiny(n_users: int = 3, n_items: int = 20, name: str = "sasrec", **cfg) -> Ne
 
 def dropouts(name: str, p: float) -> dict:
     """Every dropout rate of the model's config set to ``p``."""
-    return {"dropout": p, "attn_dropout": p} if name == "sasrec" else {"dropout": p}
+    return {"dropout": p, "attn_dropout": p} if name in ("sasrec", "duorec") else {"dropout": p}
 
 
 # ---- masks ------------------------------------------------------------------------------------------------
@@ -305,11 +309,12 @@ def test_training_samples_never_target_a_held_out_item(tmp_path, name):
 SMALL = {
     "sasrec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
     "gru4rec": {"dim": 32, "hidden": 32, "max_len": 10, "dropout": 0.1},
+    "duorec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
 }
 
 
 def sasrec_cfg(data_path: Path, name: str = "sasrec", **train) -> dict:
-    """An experiment config of a small next-item model (``name``: SASRec or GRU4Rec) on ``data_path``."""
+    """An experiment config of a small next-item model (``name``: one of ``SEQUENCE_MODELS``) on ``data_path``."""
     return {
         "name": f"cyc-{name}",
         "seed": 3,

@@ -13,6 +13,7 @@ from typing import Any
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
 from recsys.models.dccf import DCCF, DCCFConfig
 from recsys.models.dnis import DNIS, DNISConfig
+from recsys.models.duorec import DuoRec, DuoRecConfig
 from recsys.models.ease import EASE, EASEConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recsys.models.icsrec import ICSRec, ICSRecConfig
@@ -33,6 +34,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "gru4rec": GRU4Rec,
     "dccf": DCCF,
     "icsrec": ICSRec,
+    "duorec": DuoRec,
     "dnis": DNIS,
     "two_tower": TwoTower,
 }
@@ -206,6 +208,8 @@ __all__ = [
     "DCCFConfig",
     "DNIS",
     "DNISConfig",
+    "DuoRec",
+    "DuoRecConfig",
     "EASE",
     "EASEConfig",
     "GRU4Rec",
