@@ -660,7 +660,7 @@ def cmd_serve(args) -> int:
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
             run = load_run(args.run, uri=args.tracking_uri, require=require_indexable)
             build_run_index(run, index_dir)
-        if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # SASRec, GRU4Rec, ICSRec
+        if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # the sequence models
             run = run or load_run(args.run, uri=args.tracking_uri)
             encoder = sequence_query_encoder(run.model)
             import torch
@@ -1090,7 +1090,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run",
         metavar="RUN_ID",
         help="serve this run's index, built on first use like `recommend` does; a sequence model's run "
-        "(SASRec, GRU4Rec, ICSRec) also answers /recommend_for_sequence with its encoder",
+        "(SASRec, GRU4Rec, DuoRec, ICSRec) also answers /recommend_for_sequence with its encoder",
     )
     _tracking_uri_option(sv)
     sv.add_argument(

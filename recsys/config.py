@@ -61,8 +61,8 @@ class TrainConfig(_Strict):
     ``ceil(training pairs / batch_size)``, the official LightGCN code's epoch."""
     batch_size: int = Field(2048, ge=1)
     """Examples per batch, per process (a data-parallel step takes one batch from each process): BPR triples
-    for the ``interactions`` / ``users`` samplers, (history, next item) samples for SASRec, GRU4Rec, ICSRec
-    and the two-tower; DNIS also sizes its validation batches with it."""
+    for the ``interactions`` / ``users`` samplers, (history, next item) samples for SASRec, GRU4Rec, DuoRec,
+    ICSRec and the two-tower; DNIS also sizes its validation batches with it."""
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)

@@ -72,8 +72,8 @@ class DuoRecConfig(SASRecConfig):
 
 
 class DuoRec(SASRec):
-    """DuoRec (Qiu et al., WSDM 2022) on the SASRec encoder; the method: this module's docstring and
-    docs/duorec.md.
+    """DuoRec (Qiu et al., WSDM 2022) on the SASRec encoder; the method: the docstring of
+    ``recsys/models/duorec.py`` and docs/duorec.md.
 
     Args:
         n_users: number of users U.
