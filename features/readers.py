@@ -153,8 +153,13 @@ def read_interactions(
         check_one_record_per_line(path, sep, df.height + lead + int(has_header))
     if where == "_row":
         df = df.rename({LINE: "_row"})
-    # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do.
-    df = (df.filter(~pl.col("_blank")) if not is_parquet else df).drop("_blank")
+    # A blank CSV line reads as a row of nulls: skip it, like the line-based readers do. So does a line of
+    # separators only (`,,`), which is a record with empty ids: keep it, so that it fails below.
+    if not is_parquet:
+        nulls = df.filter(pl.col("_blank"))[LINE].to_list()
+        empty = set(empty_lines(path, nulls)) if nulls else set()
+        df = df.filter(~(pl.col("_blank") & pl.col(LINE).is_in(list(empty))))
+    df = df.drop("_blank")
     if df.height == 0:
         raise DataValidationError(path, "at least one interaction", got="<no data rows>")
     out = [
@@ -193,6 +198,19 @@ def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: b
     return lf.select(
         pl.col(_ROW).alias(LINE), *[pl.col(src).alias(dst) for dst, src in wanted.items()], blank
     ).collect()
+
+
+def empty_lines(path: Path, lines: list[int]) -> list[int]:
+    """Those of the 1-based ``lines`` of a text file that hold nothing (not even a separator or a space)."""
+    wanted, out = set(lines), []
+    last = max(wanted, default=0)
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number in wanted and not raw.rstrip(b"\r\n"):
+                out.append(number)
+            if number >= last:
+                break
+    return out
 
 
 def leading_blank_lines(path: Path) -> int:

@@ -247,6 +247,21 @@ def test_a_row_with_empty_ids_is_not_a_blank_line(tmp_path):
         read_interactions(path, user="u", item="i", timestamp="ts")
 
 
+@pytest.mark.parametrize(("sep", "suffix"), [(",", "csv"), ("\t", "tsv")])
+def test_a_line_of_separators_only_is_a_row_with_empty_ids(tmp_path, sep, suffix):
+    # `,,` has every field empty, as a blank line reads, but it is a record: an error, not a skipped line
+    path = write(
+        tmp_path / f"r.{suffix}", f"u{sep}i{sep}ts\na{sep}x{sep}100\n\n{sep}{sep}\nb{sep}y{sep}101\n"
+    )
+    with pytest.raises(
+        DataValidationError, match=rf"r\.{suffix}, line 4, column 'u': expected a user id.*got <empty>"
+    ):
+        read_interactions(path, user="u", item="i", timestamp="ts")
+    # truly empty lines (also with Windows line ends) are still skipped, and line numbers kept
+    crlf = write(tmp_path / f"w.{suffix}", f"u{sep}i\r\na{sep}x\r\n\r\nb{sep}y\r\n")
+    assert read_interactions(crlf, user="u", item="i")["_line"].to_list() == [2, 4]
+
+
 def test_timestamp_beyond_64_bits(tmp_path):
     path = write(tmp_path / "r.csv", "u,i,ts\na,x,100\nb,y,99999999999999999999\n")
     with pytest.raises(
