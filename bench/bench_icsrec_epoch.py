@@ -5,10 +5,12 @@ fused, as the Trainer steps).  The ICSRec epoch includes its per-epoch work: enc
 subsequence (no gradient, length-sorted blocks) and the warm-started faiss k-means, each timed apart.  The
 issue's bound: ICSRec at most 3x SASRec.
 
-    .venv/bin/python bench/bench_icsrec_epoch.py [--batches N] [--threads 1]
+    .venv/bin/python bench/bench_icsrec_epoch.py [--batches N] [--threads 1] [--extra duorec gru4rec]
 
 ``--batches`` caps the batches of both epochs (the clustering always covers all subsequences; the ratio is
-then reported for the capped epoch and extrapolated to the full one).  Writes
+then reported for the capped epoch and extrapolated to the full one).  ``--extra`` times other next-item
+models after the two, in the same process and on the same samples, each against SASRec: DuoRec (three encoder
+passes, no clustering) and GRU4Rec, at their paper configurations (``configs/beauty_<model>.yaml``).  Writes
 ``bench/results/bench_icsrec_epoch.json``.
 """
 
@@ -27,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 WARMUP_BATCHES = 3
+# --extra models: their encoder settings beyond the shared SASRec ones (configs/beauty_<model>.yaml)
+EXTRA = {
+    "duorec": {},
+    "gru4rec": {"dim": 64, "hidden": 128, "layers": 1, "max_len": 50, "dropout": 0.3},
+}
 
 
 def train_batches(model, sampler, n_batches: int) -> tuple[float, float, int]:
@@ -62,6 +69,7 @@ def main() -> None:
     parser.add_argument("--name", default="Beauty")
     parser.add_argument("--batches", type=int, default=None, help="cap on batches per epoch (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--extra", nargs="*", default=[], choices=list(EXTRA), help="more models to time")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_icsrec_epoch.json"))
     args = parser.parse_args()
 
@@ -89,9 +97,10 @@ def main() -> None:
         batch_size = 256
 
     results = {}
-    for name in ("sasrec", "icsrec"):
+    for name in ("sasrec", "icsrec", *args.extra):
         torch.manual_seed(1)
-        model = build_model({"name": name, **shared}, ds.n_users, ds.n_items)
+        model_cfg = EXTRA[name] if name == "gru4rec" else {**shared, **EXTRA.get(name, {})}
+        model = build_model({"name": name, **model_cfg}, ds.n_users, ds.n_items)
         prepare_model(model, ds)
         sampler = model.make_sampler(TC, epoch_generator(1, 0))
         n_batches = min(args.batches or len(sampler), len(sampler))
@@ -140,6 +149,13 @@ def main() -> None:
         # CPU seconds of this process: less sensitive to other jobs on a shared machine than wall time
         "icsrec_over_sasrec_epoch_cpu": i["epoch_cpu_s_full"] / s["epoch_cpu_s_full"],
     }
+    for name in args.extra:
+        e = results[name]
+        out[name] = e
+        out[f"{name}_over_sasrec_epoch"] = e["epoch_s_full"] / s["epoch_s_full"]
+        out[f"{name}_over_sasrec_epoch_cpu"] = e["epoch_cpu_s_full"] / s["epoch_cpu_s_full"]
+        print(f"{name} epoch / SASRec epoch = {out[f'{name}_over_sasrec_epoch']:.2f} (wall), "
+              f"{out[f'{name}_over_sasrec_epoch_cpu']:.2f} (CPU)")  # fmt: skip
     write_json(Path(args.out), out, indent=2)
     print(
         f"ICSRec epoch / SASRec epoch = {ratio:.2f} (wall), {out['icsrec_over_sasrec_epoch_cpu']:.2f} (CPU)  -> {args.out}"

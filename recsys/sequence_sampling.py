@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from features.sequences import SubsequenceSamples
+from features.sequences import PAD, SubsequenceSamples, UserSequences
 
 
 def require_samples(samples: SubsequenceSamples) -> None:
@@ -239,3 +240,100 @@ class CrossSubsequenceSampler(SequenceSampler):
             batch["positive_ids"] = pos
             batch["positive_inputs"] = torch.from_numpy(self.samples.inputs(pos.numpy()))
             yield batch
+
+
+# ---- every position of a user's sequence ------------------------------------------------------------------
+class PositionSampler:
+    """Per-user batches with a target and a sampled negative at every position: the training data of the
+    original SASRec (Kang & McAuley, ICDM 2018) and of the ICLRec code base's SASRec.
+
+    A user with training sequence :math:`s_1 \\dots s_n` (n >= 2) is one example: the input
+    :math:`s_1 \\dots s_{n-1}`, the targets :math:`s_2 \\dots s_n` (the item after each position) and one
+    negative per target, drawn uniformly among the items the user has not trained on; input and targets are
+    cut to their last L = ``max_len`` positions and left-padded with ``PAD``.  An epoch visits every such
+    user once, in a seeded random order, ``batch_size`` users per batch.  The epoch's negatives are drawn
+    after the permutation, all at once, so an epoch is a pure function of the generator and ``iterate(start=b)``
+    replays it exactly.
+
+    Batch keys: ``users`` ``LongTensor[B]``, ``inputs``, ``targets``, ``negatives`` ``LongTensor[B, L]``
+    (``PAD`` where a position has no target).
+
+    Args:
+        train: the users' training sequences (all U users; those with fewer than 2 items are skipped).
+        n_items: I, the size of the catalogue negatives are drawn from.
+        max_len: L.
+        batch_size: users per batch B.
+        generator: the CPU ``torch.Generator`` of the epochs.
+    """
+
+    def __init__(
+        self,
+        train: UserSequences,
+        n_items: int,
+        *,
+        max_len: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        from recsys.sampling import BPRSampler
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        lengths = train.lengths
+        self.users = np.flatnonzero(lengths >= 2)
+        if self.users.size == 0:
+            raise ValueError("there are no training samples (every user's training sequence has < 2 items)")
+        # each sequence without its last item (the inputs) and without its first (the targets), aligned
+        keep_head = np.ones(train.items.size, dtype=bool)
+        keep_tail = np.ones(train.items.size, dtype=bool)
+        keep_head[train.offsets[1:][lengths > 0] - 1] = False
+        keep_tail[train.offsets[:-1][lengths > 0]] = False
+        offsets = np.r_[0, np.cumsum(np.maximum(lengths - 1, 0))]
+        heads = UserSequences(offsets, train.items[keep_head])
+        tails = UserSequences(offsets, train.items[keep_tail])
+        self.inputs = torch.from_numpy(heads.padded(self.users, max_len))  # [n, L]
+        self.targets = torch.from_numpy(tails.padded(self.users, max_len))  # [n, L]
+        self.positions = torch.nonzero(self.targets != PAD)  # [P, 2] (example, column) of every target
+        users = np.repeat(np.arange(train.n_users), lengths)
+        known = sp.csr_matrix(
+            (np.ones(train.items.size), (users, train.items)), shape=(train.n_users, n_items)
+        )
+        self.negative_items = BPRSampler(known, mode="interactions", batch_size=1, generator=generator)
+        self.batch_size = batch_size
+        self.generator = generator
+        self.max_len = max_len
+        self.n = int(self.users.size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iterate()
+
+    def iterate(
+        self, start: int = 0, generator: torch.Generator | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch's batches from batch index ``start`` on (the epoch is drawn whatever ``start``)."""
+        gen = self.generator if generator is None else generator
+        n_batches = len(self)
+        if not 0 <= start <= n_batches:
+            raise ValueError(f"start must be in [0, {n_batches}], got {start}")
+        perm = torch.randperm(self.n, generator=gen)
+        example, column = self.positions[:, 0], self.positions[:, 1]
+        users = torch.from_numpy(self.users)
+        negatives = torch.full_like(self.targets, PAD)
+        negatives[example, column] = self.negative_items.sample_negatives(users[example], gen)
+        for b in range(start, n_batches):
+            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {
+                "users": users[idx],
+                "inputs": self.inputs[idx],
+                "targets": self.targets[idx],
+                "negatives": negatives[idx],
+            }
+
+    def __repr__(self) -> str:
+        return (
+            f"PositionSampler(users={self.n}, targets={self.positions.shape[0]}, max_len={self.max_len}, "
+            f"batch_size={self.batch_size}, batches={len(self)})"
+        )

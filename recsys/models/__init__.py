@@ -22,6 +22,7 @@ from recsys.models.mf_bpr import MFBPR, MFBPRConfig
 from recsys.models.popularity import MostPopular, MostPopularConfig
 from recsys.models.rp3beta import RP3beta, RP3betaConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.sasrec_bce import SASRecBCE, SASRecBCEConfig
 from recsys.models.two_tower import TwoTower, TwoTowerConfig
 
 REGISTRY: dict[str, type[Recommender]] = {
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "rp3beta": RP3beta,
     "ease": EASE,
     "sasrec": SASRec,
+    "sasrec_bce": SASRecBCE,
     "gru4rec": GRU4Rec,
     "dccf": DCCF,
     "icsrec": ICSRec,
@@ -227,6 +229,8 @@ __all__ = [
     "RP3betaConfig",
     "SASRec",
     "SASRecConfig",
+    "SASRecBCE",
+    "SASRecBCEConfig",
     "TwoTower",
     "TwoTowerConfig",
     "Recommender",
