@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from features.sequences import UserSequences, dynamic_sliding_samples
-from recsys.config import validate_config
+from recsys.config import TrainConfig, validate_config
 from recsys.contrastive import paired_info_nce
 from recsys.models import REGISTRY, build_model
 from recsys.models.duorec import DuoRec
@@ -96,6 +96,52 @@ def test_sampler_same_target_mode_and_unknown_modes():
         CrossSubsequenceSampler(samples, cross, "any", batch_size=5, generator=torch.Generator())  # type: ignore[arg-type]
 
 
+def brute_force_same_target(targets: np.ndarray, order: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Sample j's positive written out: the others with its target, in the index's sorted order, the one at
+    rank floor(u_j * count); j itself when there are none."""
+    out = np.arange(len(targets))
+    for j in range(len(targets)):
+        others = [p for p in order.tolist() if targets[p] == targets[j] and p != j]
+        if others:
+            out[j] = others[min(int(u[j] * len(others)), len(others) - 1)]
+    return out
+
+
+def test_same_target_draws_match_a_brute_force_on_random_sample_sets():
+    """Random sequences (few items, so many shared targets and identical inputs; some sets are one user
+    repeated): every draw is the brute force's choice for the same uniforms, and replays from the seed."""
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n_users, n_items = int(rng.integers(1, 10)), int(rng.integers(1, 5))
+        seqs = [rng.integers(0, n_items, size=int(rng.integers(2, 7))).tolist() for _ in range(n_users)]
+        if trial % 5 == 0:
+            seqs = [seqs[0]] * n_users
+        samples = dynamic_sliding_samples(UserSequences.from_lists(seqs), max_len=int(rng.integers(1, 5)))
+        cross = CrossSubsequences(samples)
+        drawn = cross.draw_same_target(torch.Generator().manual_seed(trial))
+        u = torch.rand(len(samples), generator=torch.Generator().manual_seed(trial), dtype=torch.float64)
+        expected = brute_force_same_target(samples.targets, cross.order, u.numpy())
+        np.testing.assert_array_equal(drawn, expected, err_msg=str(seqs))
+        np.testing.assert_array_equal(cross.draw_same_target(torch.Generator().manual_seed(trial)), drawn)
+
+
+def test_a_target_with_one_sample_is_its_own_positive_wherever_it_sorts():
+    # targets 0 and 5 have one sample each, and sort before and between the shared ones (2 and 9): the
+    # anchor's own index, not the next group's first sample
+    samples = dynamic_sliding_samples(
+        UserSequences.from_lists([[7, 0], [7, 2], [1, 2], [3, 5], [4, 9], [6, 9]])
+    )
+    assert samples.targets.tolist() == [0, 2, 2, 5, 9, 9]
+    cross = CrossSubsequences(samples)
+    for seed in range(20):
+        assert cross.draw_same_target(torch.Generator().manual_seed(seed)).tolist() == [0, 2, 1, 3, 5, 4]
+    # one target for all samples: always another one
+    samples = dynamic_sliding_samples(UserSequences.from_lists([[1, 2], [3, 2], [2, 2]]))
+    drawn = [CrossSubsequences(samples).draw_same_target(torch.Generator().manual_seed(s)) for s in range(30)]
+    assert all(np.all(d != np.arange(3)) for d in drawn)
+    assert {tuple(d) for d in drawn} > {(1, 0, 0)}  # not one fixed choice
+
+
 # ---- the loss's wiring ------------------------------------------------------------------------------------
 def tiny(**cfg) -> DuoRec:
     torch.manual_seed(0)
@@ -169,6 +215,56 @@ def test_the_ablation_modes_contrast_the_anchors_own_encoding(contrast, inputs, 
     torch.testing.assert_close(total, sum(parts.values()))
 
 
+def test_duorec_mode_weights_its_term_with_the_supervised_weight_only():
+    model = tiny(supervised_weight=0.3, unsupervised_weight=0.05)
+    rec = Recorder(model)
+    _, parts = model.loss(BATCH)
+    torch.testing.assert_close(parts["supervised"], 0.3 * reference_nt_xent(rec.outputs[1], rec.outputs[2]))
+
+
+@pytest.mark.parametrize("contrast", ["duorec", "unsupervised", "supervised", "both"])
+def test_the_contrastive_terms_train_through_both_of_their_views(contrast):
+    """As in the reference, no view is detached: each term has a gradient on both encodings it pairs."""
+    model = tiny(contrast=contrast)
+    rec = Recorder(model)
+    _, parts = model.loss(BATCH)
+    pairs = {
+        "duorec": {"supervised": (1, 2)},
+        "unsupervised": {"unsupervised": (0, 1)},
+        "supervised": {"supervised": (0, 1)},
+        "both": {"unsupervised": (0, 1), "supervised": (0, 2)},
+    }[contrast]
+    for name, (i, j) in pairs.items():
+        grads = torch.autograd.grad(parts[name], [rec.outputs[i], rec.outputs[j]], retain_graph=True)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def reference_cosine_nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
+    """The reference's ``info_nce`` with ``sim='cos'``: pairwise cosine similarities over tau."""
+    n = z_i.shape[0]
+    z = torch.cat([z_i, z_j])
+    sim = F.cosine_similarity(z.unsqueeze(1), z.unsqueeze(0), dim=2) / tau
+    positives = torch.cat([torch.diag(sim, n), torch.diag(sim, -n)]).reshape(2 * n, 1)
+    mask = torch.ones(2 * n, 2 * n, dtype=torch.bool).fill_diagonal_(False)
+    for k in range(n):
+        mask[k, n + k] = mask[n + k, k] = False
+    logits = torch.cat([positives, sim[mask].reshape(2 * n, -1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(2 * n, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("similarity", "tau"), [("dot", 0.5), ("cosine", 0.2), ("cosine", 1.0)])
+def test_similarity_and_temperature_match_the_reference(similarity, tau):
+    model = tiny(contrast="both", similarity=similarity, temperature=tau, supervised_weight=1.0)
+    rec = Recorder(model)
+    _, parts = model.loss(BATCH)
+    ref = reference_nt_xent if similarity == "dot" else reference_cosine_nt_xent
+    h, _, h_pos = rec.outputs
+    torch.testing.assert_close(parts["supervised"], ref(h, h_pos, tau))
+    if similarity == "cosine":  # any scale, small norms included
+        small = model.contrastive_loss(1e-3 * h, 1e-2 * h_pos, BATCH["targets"])
+        torch.testing.assert_close(small, ref(h, h_pos, tau))
+
+
 def test_false_negative_mask_cosine_and_temperature():
     model = tiny(false_negative_mask=True, temperature=0.5, similarity="cosine")
     rec = Recorder(model)
@@ -201,6 +297,26 @@ def test_config_registry_and_repr():
     assert "contrast=duorec(sup=0.1), tau=1, sim=dot" in repr(tiny())
     assert "contrast=both(unsup=0.1, sup=0.1)" in repr(tiny(contrast="both"))
     assert "contrast=unsupervised(unsup=0.1)" in repr(tiny(contrast="unsupervised"))
+
+
+def test_make_sampler_uses_the_trainers_generator_and_batch_size():
+    model = build_model({"name": "duorec", "dim": 8, "max_len": 4, "ffn_dim": 16}, len(SEQS), 12)
+    assert isinstance(model, DuoRec)
+    model.set_sequences(UserSequences.from_lists(SEQS))
+    sampler = model.make_sampler(TrainConfig(batch_size=5), torch.Generator().manual_seed(8))
+    assert isinstance(sampler, CrossSubsequenceSampler) and sampler.mode == "same_target"
+    assert model.cross is not None and model.train_samples is not None
+    expected = CrossSubsequenceSampler(
+        model.train_samples,
+        model.cross,
+        "same_target",
+        batch_size=5,
+        generator=torch.Generator().manual_seed(8),
+    )
+    got, want = list(sampler), list(expected)
+    assert [len(b["targets"]) for b in got] == [5, 5, 2]
+    for a, b in zip(got, want, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 # ---- training ---------------------------------------------------------------------------------------------
