@@ -22,17 +22,23 @@ from tests.test_models_sasrec import write_cyclic_sequences
 SEQS = [[1, 2, 3, 4], [9, 2, 3], [5, 2, 3, 4], [2, 3, 7], [1, 2, 3]]
 
 
-def reference_nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """The reference's ``info_nce`` with dot similarity followed by its cross-entropy, written out: 2n rows,
-    the partner as the positive (logit column 0), every other row but the row itself as a negative."""
+def reference_nt_xent(
+    z_i: torch.Tensor, z_j: torch.Tensor, tau: float = 1.0, sim: str = "dot"
+) -> torch.Tensor:
+    """The reference's ``info_nce`` followed by its cross-entropy, written out: 2n rows, the partner as the
+    positive (logit column 0), every other row but the row itself as a negative; ``sim`` ``dot`` or ``cos``
+    (pairwise cosine similarities), over tau."""
     n = z_i.shape[0]
     z = torch.cat([z_i, z_j])
-    sim = z @ z.T / tau
-    positives = torch.cat([torch.diag(sim, n), torch.diag(sim, -n)]).reshape(2 * n, 1)
+    if sim == "cos":
+        scores = F.cosine_similarity(z.unsqueeze(1), z.unsqueeze(0), dim=2) / tau
+    else:
+        scores = z @ z.T / tau
+    positives = torch.cat([torch.diag(scores, n), torch.diag(scores, -n)]).reshape(2 * n, 1)
     mask = torch.ones(2 * n, 2 * n, dtype=torch.bool).fill_diagonal_(False)
     for k in range(n):
         mask[k, n + k] = mask[n + k, k] = False
-    logits = torch.cat([positives, sim[mask].reshape(2 * n, -1)], dim=1)
+    logits = torch.cat([positives, scores[mask].reshape(2 * n, -1)], dim=1)
     return F.cross_entropy(logits, torch.zeros(2 * n, dtype=torch.long))
 
 
@@ -239,30 +245,17 @@ def test_the_contrastive_terms_train_through_both_of_their_views(contrast):
         assert all(g is not None and g.abs().sum() > 0 for g in grads), name
 
 
-def reference_cosine_nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
-    """The reference's ``info_nce`` with ``sim='cos'``: pairwise cosine similarities over tau."""
-    n = z_i.shape[0]
-    z = torch.cat([z_i, z_j])
-    sim = F.cosine_similarity(z.unsqueeze(1), z.unsqueeze(0), dim=2) / tau
-    positives = torch.cat([torch.diag(sim, n), torch.diag(sim, -n)]).reshape(2 * n, 1)
-    mask = torch.ones(2 * n, 2 * n, dtype=torch.bool).fill_diagonal_(False)
-    for k in range(n):
-        mask[k, n + k] = mask[n + k, k] = False
-    logits = torch.cat([positives, sim[mask].reshape(2 * n, -1)], dim=1)
-    return F.cross_entropy(logits, torch.zeros(2 * n, dtype=torch.long))
-
-
 @pytest.mark.parametrize(("similarity", "tau"), [("dot", 0.5), ("cosine", 0.2), ("cosine", 1.0)])
 def test_similarity_and_temperature_match_the_reference(similarity, tau):
     model = tiny(contrast="both", similarity=similarity, temperature=tau, supervised_weight=1.0)
     rec = Recorder(model)
     _, parts = model.loss(BATCH)
-    ref = reference_nt_xent if similarity == "dot" else reference_cosine_nt_xent
+    sim = "dot" if similarity == "dot" else "cos"
     h, _, h_pos = rec.outputs
-    torch.testing.assert_close(parts["supervised"], ref(h, h_pos, tau))
+    torch.testing.assert_close(parts["supervised"], reference_nt_xent(h, h_pos, tau, sim))
     if similarity == "cosine":  # any scale, small norms included
         small = model.contrastive_loss(1e-3 * h, 1e-2 * h_pos, BATCH["targets"])
-        torch.testing.assert_close(small, ref(h, h_pos, tau))
+        torch.testing.assert_close(small, reference_nt_xent(h, h_pos, tau, sim))
 
 
 def test_false_negative_mask_cosine_and_temperature():
