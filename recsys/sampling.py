@@ -56,7 +56,7 @@ class NoNegativeItemError(ValueError):
         super().__init__(
             f"{len(users)} user(s) interacted with every item in training (user {shown}): BPR has no negative "
             "item for them; remove them from the data, or train a model without negative sampling (popularity, "
-            "rp3beta, ease, sasrec, gru4rec)"
+            "rp3beta, ease, sasrec, gru4rec, duorec, icsrec)"
         )
 
 
