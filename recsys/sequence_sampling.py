@@ -35,6 +35,13 @@ def require_samples(samples: SubsequenceSamples) -> None:
         raise ValueError("there are no training samples (every user's training sequence has < 2 items)")
 
 
+def check_start(start: int, n_batches: int) -> int:
+    """The batch an epoch resumes at must lie in ``[0, n_batches]``; returns ``n_batches``."""
+    if not 0 <= start <= n_batches:
+        raise ValueError(f"start must be in [0, {n_batches}], got {start}")
+    return n_batches
+
+
 class SequenceSampler:
     """Shuffled mini-batches of next-item samples.
 
@@ -75,9 +82,7 @@ class SequenceSampler:
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch's batches from batch index ``start`` on (the permutation is drawn whatever ``start``)."""
         gen = self.generator if generator is None else generator
-        n_batches = len(self)
-        if not 0 <= start <= n_batches:
-            raise ValueError(f"start must be in [0, {n_batches}], got {start}")
+        n_batches = check_start(start, len(self))
         perm = torch.randperm(self.n, generator=gen)
         for b in range(start, n_batches):
             idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
@@ -298,6 +303,7 @@ class PositionSampler:
         known = sp.csr_matrix(
             (np.ones(train.items.size), (users, train.items)), shape=(train.n_users, n_items)
         )
+        # BPRSampler's membership keys and vectorised rejection draw the negatives (its batches are unused)
         self.negative_items = BPRSampler(known, mode="interactions", batch_size=1, generator=generator)
         self.batch_size = batch_size
         self.generator = generator
@@ -315,9 +321,7 @@ class PositionSampler:
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch's batches from batch index ``start`` on (the epoch is drawn whatever ``start``)."""
         gen = self.generator if generator is None else generator
-        n_batches = len(self)
-        if not 0 <= start <= n_batches:
-            raise ValueError(f"start must be in [0, {n_batches}], got {start}")
+        n_batches = check_start(start, len(self))
         perm = torch.randperm(self.n, generator=gen)
         example, column = self.positions[:, 0], self.positions[:, 1]
         users = torch.from_numpy(self.users)
