@@ -18,6 +18,8 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 * ``gru4rec``: ``configs/<dataset>_gru4rec.yaml``, the recurrent baseline trained as our SASRec is;
 * ``duorec``: ``configs/<dataset>_duorec.yaml``, the contrastive baseline (DuoRec, WSDM 2022);
 * ``sasrec_bce``: ``configs/<dataset>_sasrec_bce.yaml``, SASRec with its paper's binary per-position loss;
+* ``iclrec``: ``configs/<dataset>_iclrec.yaml``, ICLRec (WWW 2022), the intent contrastive parent of ICSRec;
+* ``cl4srec``: ICLRec without its intent term (``model.intent_loss=false``): CL4SRec as ICLRec's code runs it;
 * ``icsrec_ref``: ICSRec with the reference code's choices that change numbers (``coarse_positive: last``);
 * ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off;
 * ``icsrec_readme``: ICSRec with the training command of the reference's first README (commit a42258f,
@@ -59,6 +61,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "gru4rec": ("gru4rec", []),
     "duorec": ("duorec", []),
     "sasrec_bce": ("sasrec_bce", []),
+    "iclrec": ("iclrec", []),
+    "cl4srec": ("iclrec", ["model.intent_loss=false"]),
     "icsrec_ref": ("icsrec", ["model.coarse_positive=last"]),
     "coarse_only": ("icsrec", ["model.fine_loss=false"]),
     "fine_only": ("icsrec", ["model.coarse_loss=false"]),
@@ -79,6 +83,11 @@ PAPER = {
     # SASRec with its paper's binary per-position loss, against the paper's SASRec row
     ("beauty", "sasrec_bce"): (0.0377, 0.0241, 0.0894, 0.0386),
     ("sports", "sasrec_bce"): (0.0214, 0.0144, 0.0500, 0.0224),
+    # ICLRec and CL4SRec (QinHsiu/ICSRec performances.md; the ICLRec rows are ICLRec's paper's Table 2)
+    ("beauty", "iclrec"): (0.0500, 0.0326, 0.1058, 0.0483),
+    ("sports", "iclrec"): (0.0290, 0.0191, 0.0646, 0.0291),
+    ("beauty", "cl4srec"): (0.0401, 0.0268, 0.0974, 0.0428),
+    ("sports", "cl4srec"): (0.0231, 0.0146, 0.0557, 0.0238),
 }
 KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
 SPEED_KEYS = ("train.num_threads=", "train.progress=")  # how fast a run goes, not what it computes
@@ -105,7 +114,7 @@ def build_config(dataset: str, variant: str, seed: int, extra: list[str]):
     cfg = load_config(REPO / "configs" / f"{DATASETS[dataset]}_{model}.yaml", [*overrides, *extra])
     default_seed = cfg.seed
     cfg = cfg.model_copy(update={"seed": seed})
-    suffix = ("" if variant in ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce") else f"-{variant}") + (
+    suffix = ("" if variant in ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce", "iclrec") else f"-{variant}") + (
         "" if seed == default_seed else f"-s{seed}"
     )
     return cfg.model_copy(update={"name": cfg.name + suffix})

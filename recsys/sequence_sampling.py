@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -248,6 +248,18 @@ class CrossSubsequenceSampler(SequenceSampler):
 
 
 # ---- every position of a user's sequence ------------------------------------------------------------------
+def inputs_and_targets(train: UserSequences) -> tuple[UserSequences, UserSequences]:
+    """Every sequence without its last item (the inputs) and without its first (the targets, the item after
+    each input position), aligned: two ``UserSequences`` of lengths ``max(n_u - 1, 0)``."""
+    lengths = train.lengths
+    keep_head = np.ones(train.items.size, dtype=bool)
+    keep_tail = np.ones(train.items.size, dtype=bool)
+    keep_head[train.offsets[1:][lengths > 0] - 1] = False
+    keep_tail[train.offsets[:-1][lengths > 0]] = False
+    offsets = np.r_[0, np.cumsum(np.maximum(lengths - 1, 0))]
+    return UserSequences(offsets, train.items[keep_head]), UserSequences(offsets, train.items[keep_tail])
+
+
 class PositionSampler:
     """Per-user batches with a target and a sampled negative at every position: the training data of the
     original SASRec (Kang & McAuley, ICDM 2018) and of the ICLRec code base's SASRec.
@@ -288,14 +300,8 @@ class PositionSampler:
         self.users = np.flatnonzero(lengths >= 2)
         if self.users.size == 0:
             raise ValueError("there are no training samples (every user's training sequence has < 2 items)")
-        # each sequence without its last item (the inputs) and without its first (the targets), aligned
-        keep_head = np.ones(train.items.size, dtype=bool)
-        keep_tail = np.ones(train.items.size, dtype=bool)
-        keep_head[train.offsets[1:][lengths > 0] - 1] = False
-        keep_tail[train.offsets[:-1][lengths > 0]] = False
-        offsets = np.r_[0, np.cumsum(np.maximum(lengths - 1, 0))]
-        heads = UserSequences(offsets, train.items[keep_head])
-        tails = UserSequences(offsets, train.items[keep_tail])
+        heads, tails = inputs_and_targets(train)
+        self.input_sequences = heads  # every user's whole input, before the cut to L (augmentations need it)
         self.inputs = torch.from_numpy(heads.padded(self.users, max_len))  # [n, L]
         self.targets = torch.from_numpy(tails.padded(self.users, max_len))  # [n, L]
         self.positions = torch.nonzero(self.targets != PAD)  # [P, 2] (example, column) of every target
@@ -341,3 +347,48 @@ class PositionSampler:
             f"PositionSampler(users={self.n}, targets={self.positions.shape[0]}, max_len={self.max_len}, "
             f"batch_size={self.batch_size}, batches={len(self)})"
         )
+
+
+class AugmentedPositionSampler(PositionSampler):
+    """:class:`PositionSampler`'s batches plus two random augmentations of every example's input: the
+    training data of ICLRec (Chen et al., WWW 2022) and CL4SRec (Xie et al., ICDE 2022).
+
+    Each epoch, after the permutation and the negatives, two views of every user's whole input sequence are
+    drawn (``augment``, e.g. :func:`recsys.sequence_augmentation.augment_sequences` with its ratios bound) and
+    cut to their last L items, as ICLRec's code cuts them, so ``iterate(start=b)`` still replays an epoch
+    exactly.  Extra batch keys: ``view1``, ``view2`` ``LongTensor[B, L]`` (left-padded; a masked item is PAD).
+
+    Args:
+        train, n_items, max_len, batch_size, generator: as :class:`PositionSampler`.
+        augment: ``(sequences, generator) -> sequences``, one random augmentation of every sequence.
+    """
+
+    def __init__(
+        self,
+        train: UserSequences,
+        n_items: int,
+        *,
+        max_len: int,
+        batch_size: int,
+        generator: torch.Generator,
+        augment: Callable[[UserSequences, torch.Generator], UserSequences],
+    ) -> None:
+        super().__init__(train, n_items, max_len=max_len, batch_size=batch_size, generator=generator)
+        self.augment = augment
+
+    def iterate(
+        self, start: int = 0, generator: torch.Generator | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        gen = self.generator if generator is None else generator
+        batches = super().iterate(start, gen)
+        first = next(batches, None)  # the permutation and the negatives are drawn here
+        if first is None:
+            return
+        views = [
+            torch.from_numpy(self.augment(self.input_sequences, gen).padded(self.users, self.max_len))
+            for _ in range(2)
+        ]  # [n, L] each, rows in self.users' order
+        for batch in itertools.chain([first], batches):
+            rows = torch.from_numpy(np.searchsorted(self.users, batch["users"].numpy()))
+            batch["view1"], batch["view2"] = views[0][rows], views[1][rows]
+            yield batch

@@ -26,13 +26,14 @@ from recsys.models.sequential import NextItemRecommender
 from recsys.sequence_sampling import SequenceSampler
 from tests.test_models_registry import registry  # noqa: F401 (a fixture)
 
-SEQUENCE_MODELS = ("sasrec", "gru4rec", "duorec", "sasrec_bce")
+SEQUENCE_MODELS = ("sasrec", "gru4rec", "duorec", "sasrec_bce", "iclrec")
 # a small encoder of each next-item model
 TINY = {
     "sasrec": {"dim": 8, "ffn_dim": 16},
     "gru4rec": {"dim": 8, "hidden": 12},
     "duorec": {"dim": 8, "ffn_dim": 16},
     "sasrec_bce": {"dim": 8, "ffn_dim": 16},
+    "iclrec": {"dim": 8, "ffn_dim": 16, "intents": 4},
 }
 
 
@@ -312,6 +313,9 @@ SMALL = {
     "gru4rec": {"dim": 32, "hidden": 32, "max_len": 10, "dropout": 0.1},
     "duorec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
     "sasrec_bce": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
+    "iclrec": {
+        "dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1, "intents": 8,
+    },  # fmt: skip
 }
 
 
@@ -385,8 +389,8 @@ def test_resume_after_crash_is_exact(tmp_path, name):
     from tests.test_trainer import crash_and_resume
 
     data = write_cyclic_sequences(tmp_path / "d", n_users=40)
-    # sasrec_bce's batches hold users (40 here): smaller ones, so that the crash really is mid-epoch
-    batch_size = 16 if name == "sasrec_bce" else 64
+    # sasrec_bce's and iclrec's batches hold users (40 here): smaller ones, so that the crash is mid-epoch
+    batch_size = 16 if name in ("sasrec_bce", "iclrec") else 64
     straight, resumed = crash_and_resume(sasrec_cfg(data, name, epochs=3, batch_size=batch_size), tmp_path)
     assert resumed.state.step == straight.state.step
     assert straight.state.step > 3 * 2  # more batches per epoch than the two the crash steps through

@@ -16,6 +16,7 @@ from recsys.models.dnis import DNIS, DNISConfig
 from recsys.models.duorec import DuoRec, DuoRecConfig
 from recsys.models.ease import EASE, EASEConfig
 from recsys.models.gru4rec import GRU4Rec, GRU4RecConfig
+from recsys.models.iclrec import ICLRec, ICLRecConfig
 from recsys.models.icsrec import ICSRec, ICSRecConfig
 from recsys.models.lightgcn import LightGCN, LightGCNConfig
 from recsys.models.mf_bpr import MFBPR, MFBPRConfig
@@ -36,6 +37,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "gru4rec": GRU4Rec,
     "dccf": DCCF,
     "icsrec": ICSRec,
+    "iclrec": ICLRec,
     "duorec": DuoRec,
     "dnis": DNIS,
     "two_tower": TwoTower,
@@ -218,6 +220,8 @@ __all__ = [
     "GRU4RecConfig",
     "ICSRec",
     "ICSRecConfig",
+    "ICLRec",
+    "ICLRecConfig",
     "LightGCN",
     "LightGCNConfig",
     "MFBPR",

@@ -72,12 +72,16 @@ class SASRecBCE(SASRec):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Binary cross-entropy of every target against its negative; ``batch``: ``inputs``, ``targets``,
         ``negatives`` ``LongTensor[B, L]`` (PAD where there is no target).  Parts: ``bce``."""
-        hidden = self.encoder(batch["inputs"])  # [B, L, d]
+        bce = self.binary_loss(self.encoder(batch["inputs"]), batch)
+        return bce, {"bce": bce}
+
+    def binary_loss(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean binary loss over the positions with a target, from the hidden states ``[B, L, d]`` of
+        ``batch["inputs"]``."""
         has_target = batch["targets"] != PAD
         h = hidden[has_target]  # [P, d]
         table = self.encoder.item_embeddings()
         pos = (h * table[batch["targets"][has_target]]).sum(-1)
         neg = (h * table[batch["negatives"][has_target]]).sum(-1)
         # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x): exact and stable
-        bce = (F.softplus(-pos) + F.softplus(neg)).mean()
-        return bce, {"bce": bce}
+        return (F.softplus(-pos) + F.softplus(neg)).mean()

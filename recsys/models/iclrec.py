@@ -1,0 +1,279 @@
+r"""ICLRec: intent contrastive learning for sequential recommendation, on the shared SASRec encoder.
+
+Yongjun Chen, Zhiwei Liu, Jia Li, Julian McAuley, Caiming Xiong. "Intent Contrastive Learning for Sequential
+Recommendation." WWW 2022. https://arxiv.org/abs/2202.02519 (official code: salesforce/ICLRec, the parent of
+ICSRec's).  Design choices and the differences from the code: ``docs/iclrec.md``.
+
+Data (:class:`recsys.sequence_sampling.AugmentedPositionSampler`).  SASRec's binary per-position training
+(:mod:`recsys.models.sasrec_bce`): one example per user, input :math:`x_u` = the training sequence without its
+last item, the next item as the target at every position against one sampled negative.  Each epoch, two random
+augmentations :math:`\tilde x^1_u, \tilde x^2_u` of every input (crop, mask or reorder, one drawn uniformly per
+view: :mod:`recsys.sequence_augmentation`).
+
+Representations, from the encoder's hidden states :math:`H = F(x) \in \mathbb{R}^{L \times d}`:
+the intent representation :math:`\bar h(x)`, the mean of H over the real (non-padding) positions; the instance
+representation :math:`h(x)`, H's L rows concatenated (``instance_representation: concatenate``, the
+reference's default; padding rows are zeros) or :math:`\bar h(x)` (``mean``).
+
+Losses on a batch of n users (:func:`recsys.contrastive.paired_info_nce`: symmetric InfoNCE over the 2n rows
+of both views, temperature :math:`\tau = 1`, dot similarity, in-batch negatives):
+
+.. math::
+    L_{rec} = \text{SASRec's binary loss at every position of } x_u,
+
+    L_{ins} = \mathrm{InfoNCE}\big(h(\tilde x^1), h(\tilde x^2)\big) \quad \text{(CL4SRec's sequence term)},
+
+    L_{icl} = \tfrac12 \sum_{v=1,2} \mathrm{InfoNCE}\big(\bar h(\tilde x^v), \bar c_{k(u)}\big),
+
+    L = L_{rec} + \lambda L_{ins} + \beta L_{icl}.
+
+Intents.  At the start of every epoch the intent representations of all n training inputs are computed (no
+dropout, no gradient) and clustered by k-means into K intents (faiss on the CPU, as ICSRec's:
+:func:`recsys.models.icsrec.kmeans`, warm-started from the previous epoch's centroids as the reference's
+persistent ``faiss.Clustering`` is).  User u's intent :math:`k(u)` is the centroid nearest (L2) to
+:math:`\bar h(x_u)` of the recommendation pass (with dropout, no gradient); both views are contrasted with that
+centroid L2-normalised, :math:`\bar c_k = c_k / \lVert c_k \rVert`, a constant for the gradient.
+
+Defaults are the reference's Beauty / Sports scripts: :math:`\lambda = \beta = 0.1`, K = 256, ``random``
+augmentation (:math:`\eta = 0.2, \gamma = 0.7, \beta_{reorder} = 0.2`), no false-negative mask; 1 block on Beauty
+and 2 on Sports (the configs).  ``intent_loss: false`` is CL4SRec in ICLRec's code (its ``InstanceCL``
+contrast type); with both terms off the model is ``sasrec_bce``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch.nn import functional as F
+
+from features.sequences import PAD
+from recsys.contrastive import paired_info_nce
+from recsys.models.icsrec import kmeans, nearest_intents
+from recsys.models.sasrec_bce import SASRecBCE, SASRecBCEConfig
+from recsys.sequence_augmentation import OPERATORS, augment_sequences
+from recsys.sequence_sampling import AugmentedPositionSampler, PositionSampler, inputs_and_targets
+
+Operator = Literal["crop", "mask", "reorder"]
+
+
+class ICLRecConfig(SASRecBCEConfig):
+    """ICLRec hyper-parameters: SASRec's encoder settings, the augmentations and the two contrastive terms."""
+
+    name: Literal["iclrec"] = "iclrec"  # type: ignore[assignment]
+    """Registry key."""
+    instance_loss: bool = True
+    """Use the instance (sequence-level, CL4SRec) contrastive term between the two views."""
+    intent_loss: bool = True
+    """Use the intent contrastive term and the per-epoch clustering."""
+    instance_weight: float = Field(0.1, ge=0.0)
+    """lambda, the weight of the instance term (the reference's ``cf_weight``)."""
+    intent_weight: float = Field(0.1, ge=0.0)
+    """beta, the weight of the intent term (the reference's ``intent_cf_weight``)."""
+    intents: int = Field(256, ge=2)
+    """K, the number of k-means intents."""
+    temperature: float = Field(1.0, gt=0.0)
+    """InfoNCE temperature of both terms (similarity: dot product)."""
+    instance_representation: Literal["concatenate", "mean"] = "concatenate"
+    """The instance term's view representation: all L hidden states concatenated (``[L * d]``, the reference's
+    ``seq_representation_instancecl_type`` default), or their mean over the real positions."""
+    augmentations: list[Operator] = Field(default_factory=lambda: list(OPERATORS), min_length=1)
+    """The operators a view is drawn from, uniformly (all three: the reference's ``random``)."""
+    crop_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    """eta: a crop keeps max(1, floor(eta * n)) items."""
+    mask_ratio: float = Field(0.7, ge=0.0, le=1.0)
+    """gamma: a mask hides floor(gamma * n) items."""
+    reorder_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    """beta of the reorder operator: it shuffles floor(beta * n) contiguous items."""
+    false_negative_mask: bool = False
+    """The reference's ``--de_noise`` (off in its scripts): in-batch rows with the same last target (instance
+    term) or the same intent (intent term) are not negatives."""
+    view_passes: Literal["separate", "shared"] = "separate"
+    """``separate``: the intent term encodes the views in passes of its own, as the reference does (five
+    encodings of each example per step); ``shared``: it reuses the instance term's (three; changes the
+    numbers)."""
+    kmeans_iters: int = Field(20, ge=1)
+    """Lloyd iterations per round."""
+    kmeans_redo: int = Field(5, ge=1)
+    """Faiss ``nredo`` (the reference's 5); warm-started rounds continue from the previous round."""
+    encode_batch_size: int = Field(4096, ge=1)
+    """Inputs encoded per block for the clustering."""
+
+
+def mean_over_items(hidden: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+    """The mean hidden state over each row's real positions: ``[B, L, d]`` and ``LongTensor[B, L]`` (the
+    encoder's input, fitted to L) -> ``[B, d]``."""
+    real = (seqs != PAD).to(hidden.dtype)  # [B, L]
+    return (hidden * real[:, :, None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1.0)
+
+
+class ICLRec(SASRecBCE):
+    """ICLRec (Chen et al., WWW 2022) on the SASRec encoder; the method: this module's docstring and
+    docs/iclrec.md.
+
+    Args:
+        n_users: number of users U.
+        n_items: number of items I.
+        config: :class:`ICLRecConfig`.
+
+    Buffers (saved with the weights, so that a resumed run continues from the same clustering):
+        intent_prototypes: ``[K, d]`` the latest k-means centroids (raw, not normalised).
+        prototype_epoch: how many clusterings have run, minus one (-1: none yet).
+    """
+
+    config_cls = ICLRecConfig
+    config: ICLRecConfig
+
+    def __init__(self, n_users: int, n_items: int, config: ICLRecConfig) -> None:
+        super().__init__(n_users, n_items, config)
+        # not named intent_centroids: `recsys explain` reads those as ICSRec's last-position intents
+        self.register_buffer("intent_prototypes", torch.zeros(config.intents, config.dim))
+        self.register_buffer("prototype_epoch", torch.tensor(-1, dtype=torch.long))
+
+    @property
+    def uses_views(self) -> bool:
+        """Whether the loss needs the two augmented views (either contrastive term is on)."""
+        return self.config.instance_loss or self.config.intent_loss
+
+    @property
+    def has_prototypes(self) -> bool:
+        return int(self.prototype_epoch) >= 0
+
+    def make_sampler(self, train_cfg: Any, generator: torch.Generator) -> PositionSampler:
+        """``sasrec_bce``'s sampler, plus two augmented views of every input when a contrastive term is on."""
+        if not self.uses_views:
+            return super().make_sampler(train_cfg, generator)
+        if self.train_sequences is None:
+            raise self._not_prepared("training")
+        c = self.config
+        augment = partial(
+            augment_sequences, operators=c.augmentations, crop_ratio=c.crop_ratio, mask_ratio=c.mask_ratio,
+            reorder_ratio=c.reorder_ratio,
+        )  # fmt: skip
+        return AugmentedPositionSampler(
+            self.train_sequences, self.n_items, max_len=c.max_len, batch_size=train_cfg.batch_size,
+            generator=generator, augment=augment,
+        )  # fmt: skip
+
+    # ---- representations and intents ------------------------------------------------------------------------
+    def intent_representation(self, hidden: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """:math:`\\bar h`: the encoder's output ``[B, L, d]`` for ``seqs`` ``LongTensor[B, T]`` -> ``[B, d]``,
+        the mean hidden state over the real positions."""
+        return mean_over_items(hidden, self.encoder.fit_length(seqs))
+
+    def instance_representation(self, hidden: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """:math:`h`: the encoder's output ``[B, L, d]`` for ``seqs`` -> ``[B, L * d]`` (concatenate) or
+        ``[B, d]`` (mean)."""
+        if self.config.instance_representation == "mean":
+            return self.intent_representation(hidden, seqs)
+        return hidden.flatten(1)
+
+    @torch.no_grad()
+    def encode_inputs(self) -> torch.Tensor:
+        """Intent representations of every training input (users with >= 2 training items, in user order),
+        without dropout: ``[n, d]``.  Encoded in blocks of similar length, each trimmed by the encoder."""
+        if self.train_sequences is None:
+            raise self._not_prepared("encoding the training inputs")
+        heads, _ = inputs_and_targets(self.train_sequences)
+        users = np.flatnonzero(heads.lengths >= 1)
+        order = users[np.argsort(heads.lengths[users], kind="stable")]
+        device = self._device()
+        out = torch.empty(users.size, self.config.dim, device=device)
+        step = self.config.encode_batch_size
+        for i in range(0, order.size, step):
+            block = order[i : i + step]
+            seqs = torch.from_numpy(heads.padded(block, self.config.max_len)).to(device)
+            rows = torch.from_numpy(np.searchsorted(users, block)).to(device)
+            out[rows] = self.intent_representation(self.encoder(seqs, dropout=False), seqs)
+        return out
+
+    @torch.no_grad()
+    def fit_intents(self, seed: int = 0) -> torch.Tensor:
+        """Re-cluster the training inputs' intent representations into K intents (warm-started from the
+        current prototypes once there are any) and store the centroids.  Returns them, ``[K, d]``."""
+        reps = self.encode_inputs().cpu().numpy()
+        if reps.shape[0] <= self.config.intents:
+            raise ValueError(
+                f"model.intents={self.config.intents} must be smaller than the number of users with at least "
+                f"2 training items ({reps.shape[0]}) to cluster them"
+            )
+        init = self.intent_prototypes.cpu().numpy() if self.has_prototypes else None
+        centroids = kmeans(
+            reps, self.config.intents, iters=self.config.kmeans_iters, seed=seed, init=init,
+            redo=self.config.kmeans_redo,
+        )  # fmt: skip
+        self.intent_prototypes.copy_(torch.from_numpy(centroids))
+        self.prototype_epoch += 1
+        return self.intent_prototypes
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Trainer hook: the epoch's intents, from the model as it stands at the start of the epoch (a pure
+        function of the checkpointed state, so exact resume holds)."""
+        if self.config.intent_loss:
+            seed = int(getattr(getattr(trainer, "cfg", None), "seed", 0))
+            self.fit_intents(seed=(seed * 1_000_003 + epoch) % (2**31 - 1))
+
+    # ---- losses ---------------------------------------------------------------------------------------------
+    def instance_contrastive_loss(
+        self, hidden: tuple[torch.Tensor, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """CL4SRec's term: InfoNCE between the instance representations of the two views, from their hidden
+        states ``[B, L, d]`` each."""
+        labels = batch["targets"][:, -1] if self.config.false_negative_mask else None
+        a = self.instance_representation(hidden[0], batch["view1"])
+        b = self.instance_representation(hidden[1], batch["view2"])
+        return paired_info_nce(a, b, labels, self.config.temperature)
+
+    def intent_contrastive_loss(
+        self, views: tuple[torch.Tensor, torch.Tensor], anchor: torch.Tensor
+    ) -> torch.Tensor:
+        """The mean over the two views ``[B, d]`` of InfoNCE against the normalised prototype nearest to the
+        user's own (un-augmented) intent representation ``anchor`` ``[B, d]``."""
+        if not self.has_prototypes:
+            raise RuntimeError(
+                "ICLRec has no intents yet: call fit_intents() first (the trainer does it at every epoch start)"
+            )
+        intent = nearest_intents(anchor.detach(), self.intent_prototypes)
+        positive = F.normalize(self.intent_prototypes, dim=1)[intent]
+        labels = intent if self.config.false_negative_mask else None
+        t = self.config.temperature
+        return 0.5 * (
+            paired_info_nce(views[0], positive, labels, t) + paired_info_nce(views[1], positive, labels, t)
+        )
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``rec + lambda * instance + beta * intent`` on a batch of :class:`AugmentedPositionSampler`.
+
+        Parts (they sum to the total): ``bce``, ``instance`` (= lambda * L_ins), ``intent`` (= beta * L_icl)."""
+        c = self.config
+        hidden = self.encoder(batch["inputs"])  # [B, L, d]
+        bce = self.binary_loss(hidden, batch)
+        parts = {"bce": bce}
+        total = bce
+        views: tuple[torch.Tensor, torch.Tensor] | None = None  # the views' hidden states
+        if c.instance_loss:
+            views = (self.encoder(batch["view1"]), self.encoder(batch["view2"]))
+            parts["instance"] = c.instance_weight * self.instance_contrastive_loss(views, batch)
+            total = total + parts["instance"]
+        if c.intent_loss:
+            if views is None or c.view_passes == "separate":
+                views = (self.encoder(batch["view1"]), self.encoder(batch["view2"]))
+            reps = (
+                self.intent_representation(views[0], batch["view1"]),
+                self.intent_representation(views[1], batch["view2"]),
+            )
+            anchor = self.intent_representation(hidden.detach(), batch["inputs"])
+            parts["intent"] = c.intent_weight * self.intent_contrastive_loss(reps, anchor)
+            total = total + parts["intent"]
+        return total, parts
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"{super().extra_repr()}, intents={c.intents}, "
+            f"instance={c.instance_loss}(lambda={c.instance_weight:g}, {c.instance_representation}), "
+            f"intent={c.intent_loss}(beta={c.intent_weight:g}), augmentations={'/'.join(c.augmentations)}"
+        )
