@@ -1,4 +1,4 @@
-"""Test the ICSRec authors' released Beauty weights with our SASRec encoder and our evaluation.
+"""Test the ICSRec (or ICLRec) authors' released weights with our SASRec encoder and our evaluation.
 
 The official repository (QinHsiu/ICSRec) ships the best-on-validation weights of one of its own runs,
 ``src/output/ICSRec-SAS-Beauty-0.pt``.  Loaded into our encoder (same function: ``tests/test_models_sasrec.py``
@@ -12,6 +12,9 @@ last one an unused mask symbol), of which the rows of the real items are taken, 
     RECSYS_HOME=... .venv/bin/python bench/reference_weights.py \\
         --weights /path/to/ICSRec/src/output/ICSRec-SAS-Beauty-0.pt --config configs/beauty_sasrec.yaml \\
         --out bench/results/reference_weights_beauty.json
+
+ICLRec's repository (salesforce/ICLRec) ships ``src/output/ICLRec-Beauty-1.pt`` (1 block, as
+``configs/beauty_iclrec.yaml``); its Sports file is not in the stored snapshot.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ def convert(reference: dict, item_ids: list[str], layers: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, required=True, help="the reference's saved state dict")
-    ap.add_argument("--config", type=Path, required=True, help="a SASRec config of the same dataset")
+    ap.add_argument(
+        "--config", type=Path, required=True, help="a config of a SASRec-encoder model of the same dataset and depth"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the metrics here (JSON)")
     args = ap.parse_args(argv)
@@ -87,7 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, dataset, model = fresh_model(args.config, args.threads)
     item_ids = dataset.item_vocab.sort("item_idx")["item_id"].to_list()
     reference = torch.load(args.weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(convert(reference, item_ids, len(model.encoder.blocks)))
+    weights = convert(reference, item_ids, len(model.encoder.blocks))
+    # the model's own state beyond the encoder (ICLRec's k-means prototypes) is not the reference's to give
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    model.load_state_dict({**own, **weights})
     model.eval()
     result = {
         "weights": args.weights.name,
