@@ -1090,7 +1090,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run",
         metavar="RUN_ID",
         help="serve this run's index, built on first use like `recommend` does; a sequence model's run "
-        "(SASRec, GRU4Rec, DuoRec, ICSRec) also answers /recommend_for_sequence with its encoder",
+        "(SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec) also answers /recommend_for_sequence with its encoder",
     )
     _tracking_uri_option(sv)
     sv.add_argument(

@@ -62,7 +62,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(2048, ge=1)
     """Examples per batch, per process (a data-parallel step takes one batch from each process): BPR triples
     for the ``interactions`` / ``users`` samplers, (history, next item) samples for SASRec, GRU4Rec, DuoRec,
-    ICSRec and the two-tower; DNIS also sizes its validation batches with it."""
+    ICSRec and the two-tower, users for ``sasrec_bce`` and ICLRec; DNIS also sizes its validation batches with
+    it."""
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
