@@ -65,7 +65,7 @@ def test_views_are_augmentations_of_the_users_whole_input_cut_to_l():
                     assert view or len(whole) > 4
                     assert set(view) <= set(whole)
                     assert len(view) <= min(len(whole), 4)
-                    seen_crop |= len(whole) > 4 and len(view) == 1
+                    seen_crop |= len(whole) > 4 and len(view) == 1 and view[0] not in whole[-4:]
     assert seen_crop  # a crop of a long input keeps one item of it, not of its last 4
     # replay: the batches from batch 2 on, views included, are those of the whole epoch
     full = list(sampler.iterate(generator=torch.Generator().manual_seed(7)))
@@ -95,7 +95,10 @@ def test_both_terms_off_is_sasrec_bce():
 @pytest.mark.parametrize("representation", ["concatenate", "mean"])
 @pytest.mark.parametrize("mask", [False, True])
 def test_instance_term_by_hand(representation, mask):
-    m = model(intent_loss=False, instance_representation=representation, false_negative_mask=mask)
+    m = model(
+        intent_loss=False, instance_representation=representation, false_negative_mask=mask,
+        instance_weight=0.3, intent_weight=0.7, temperature=4.0,
+    )  # fmt: skip
     batch = first_batch(m, batch_size=16)  # every user: users 0 and 1 in one batch
     total, parts = m.loss(batch)
     h1, h2 = m.encoder(batch["view1"]), m.encoder(batch["view2"])
@@ -105,17 +108,19 @@ def test_instance_term_by_hand(representation, mask):
         real1, real2 = (batch[k] != PAD for k in ("view1", "view2"))
         a = torch.stack([h1[i][real1[i]].mean(0) for i in range(len(h1))])
         b = torch.stack([h2[i][real2[i]].mean(0) for i in range(len(h2))])
-    labels = batch["targets"][:, -1] if mask else None  # the example's last target (the reference's label)
-    expected = 0.1 * paired_info_nce(a, b, labels, 1.0)
+    # the example's last target; the reference labels it by the validation item (items[-2]), a held-out item
+    labels = batch["targets"][:, -1] if mask else None
+    expected = 0.3 * paired_info_nce(a, b, labels, 4.0)
     assert torch.allclose(parts["instance"], expected, atol=1e-6)
     assert torch.allclose(total, parts["bce"] + parts["instance"])
+    assert not torch.allclose(expected, 0.3 * paired_info_nce(a, b, labels, 1.0))  # the temperature matters
     if mask:
-        assert not torch.allclose(expected, 0.1 * paired_info_nce(a, b, None, 1.0))  # the mask matters here
+        assert not torch.allclose(expected, 0.3 * paired_info_nce(a, b, None, 4.0))  # the mask matters here
 
 
 @pytest.mark.parametrize("mask", [False, True])
 def test_intent_term_by_hand(mask):
-    m = model(instance_loss=False, false_negative_mask=mask, intent_weight=0.5)
+    m = model(instance_loss=False, false_negative_mask=mask, intent_weight=0.5, temperature=0.5)
     batch = first_batch(m)
     with pytest.raises(RuntimeError, match="no intents yet"):
         m.loss(batch)
@@ -132,7 +137,7 @@ def test_intent_term_by_hand(mask):
     positive = F.normalize(prototypes, dim=1)[intent]
     labels = intent if mask else None
     expected = (
-        0.5 * 0.5 * sum(paired_info_nce(rep(batch[k]), positive, labels, 1.0) for k in ("view1", "view2"))
+        0.5 * 0.5 * sum(paired_info_nce(rep(batch[k]), positive, labels, 0.5) for k in ("view1", "view2"))
     )
     assert torch.allclose(parts["intent"], expected, atol=1e-5)
     assert torch.allclose(total, parts["bce"] + parts["intent"])
@@ -187,3 +192,70 @@ def test_bad_config_names_the_key():
         build_model({"name": "iclrec", "mask_ratio": 1.5}, 3, 5)
     with pytest.raises(ValueError, match="augmentations"):
         build_model({"name": "iclrec", "augmentations": []}, 3, 5)
+
+
+def test_views_are_drawn_after_sasrec_bces_epoch_and_differ():
+    """The permutation and the negatives come first, so the batches are ``sasrec_bce``'s for the same generator
+    (with both weights 0 the model trains exactly as sasrec_bce); the two views are independent draws."""
+    m = model(max_len=6)
+    tc = type("TC", (), {"batch_size": 4})
+    augmented = list(m.make_sampler(tc, torch.Generator().manual_seed(5)))
+    bce = model(max_len=6, instance_loss=False, intent_loss=False)
+    plain = list(bce.make_sampler(tc, torch.Generator().manual_seed(5)))
+    for a, b in zip(augmented, plain, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    view1 = torch.cat([b["view1"] for b in augmented])
+    view2 = torch.cat([b["view2"] for b in augmented])
+    assert (view1 != view2).any(1).float().mean() > 0.5
+
+
+def test_clustering_encodes_without_dropout_in_any_mode():
+    m = model(dropout=0.5, attn_dropout=0.5)
+    m.train()
+    a, b = m.encode_inputs(), m.encode_inputs()
+    assert torch.equal(a, b)
+    m.eval()
+    assert torch.allclose(a, m.encode_inputs())
+
+
+def test_kmeans_warm_starts_from_the_stored_prototypes_and_runs_iters_times_redo_lloyd_steps():
+    reps = model().encode_inputs()
+    init = reps[[0, 4, 8]].clone()  # three distinct inputs as the previous epoch's centroids
+
+    def refit(**cfg):
+        m = model(**cfg)
+        m.intent_prototypes.copy_(init)
+        m.prototype_epoch.fill_(0)
+        return m.fit_intents(seed=3).clone()
+
+    def lloyd(c, steps):
+        for _ in range(steps):
+            assign = torch.cdist(reps, c).argmin(1)
+            c = torch.stack([reps[assign == k].mean(0) for k in range(len(c))])
+        return c
+
+    one = refit(kmeans_iters=1, kmeans_redo=1)
+    assert torch.allclose(one, lloyd(init, 1), atol=1e-5)  # warm-started: one step from the stored centroids
+    three = lloyd(init, 3)
+    assert not torch.allclose(three, lloyd(init, 1), atol=1e-4)  # (the data need more than one step)
+    # the rounds continue from each other: 1 iteration x 3 rounds = 3 iterations x 1 round
+    assert torch.allclose(refit(kmeans_iters=1, kmeans_redo=3), three, atol=1e-5)
+    assert torch.allclose(refit(kmeans_iters=3, kmeans_redo=1), three, atol=1e-5)
+
+
+def test_every_epoch_start_reclusters_from_the_current_model():
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(cfg=SimpleNamespace(seed=3))
+    m = model()
+    m.on_epoch_start(trainer, 0)
+    first = m.intent_prototypes.clone()
+    assert int(m.prototype_epoch) == 0
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    m.on_epoch_start(trainer, 1)
+    assert int(m.prototype_epoch) == 1 and not torch.allclose(first, m.intent_prototypes)
+    off = model(intent_loss=False)
+    off.on_epoch_start(trainer, 0)
+    assert not off.has_prototypes  # CL4SRec: no clustering

@@ -117,3 +117,17 @@ def test_bad_operators_and_ratios_are_refused():
         augment_sequences(SEQS, gen, operators=[])
     with pytest.raises(ValueError, match="mask_ratio must lie in"):
         augment_sequences(SEQS, gen, mask_ratio=1.5)
+
+
+def test_each_operator_uses_its_own_ratio():
+    seqs = UserSequences.from_lists([list(range(20))])
+    ratios = {"crop_ratio": 0.5, "mask_ratio": 0.25, "reorder_ratio": 0.1}
+    assert all(out[0].size == 10 for out in draws("crop", 20, seqs, **ratios))
+    assert all(int((out[0] == PAD).sum()) == 5 for out in draws("mask", 20, seqs, **ratios))
+    spans = set()
+    ratios = {"crop_ratio": 0.1, "mask_ratio": 0.1, "reorder_ratio": 0.5}
+    for out in draws("reorder", 200, seqs, **ratios):
+        moved = [i for i in range(20) if out[0][i] != i]
+        if moved:
+            spans.add(moved[-1] - moved[0])
+    assert max(spans) == 9  # windows of 10 items
