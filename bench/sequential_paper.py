@@ -114,9 +114,9 @@ def build_config(dataset: str, variant: str, seed: int, extra: list[str]):
     cfg = load_config(REPO / "configs" / f"{DATASETS[dataset]}_{model}.yaml", [*overrides, *extra])
     default_seed = cfg.seed
     cfg = cfg.model_copy(update={"seed": seed})
-    suffix = ("" if variant in ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce", "iclrec") else f"-{variant}") + (
-        "" if seed == default_seed else f"-s{seed}"
-    )
+    suffix = (
+        "" if variant in ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce", "iclrec") else f"-{variant}"
+    ) + ("" if seed == default_seed else f"-s{seed}")
     return cfg.model_copy(update={"name": cfg.name + suffix})
 
 

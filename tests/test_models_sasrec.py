@@ -314,7 +314,13 @@ SMALL = {
     "duorec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
     "sasrec_bce": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
     "iclrec": {
-        "dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1, "intents": 8,
+        "dim": 32,
+        "max_len": 10,
+        "layers": 1,
+        "ffn_dim": 64,
+        "dropout": 0.1,
+        "attn_dropout": 0.1,
+        "intents": 8,
     },  # fmt: skip
 }
 
