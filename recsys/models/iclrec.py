@@ -89,8 +89,9 @@ class ICLRecConfig(SASRecBCEConfig):
     reorder_ratio: float = Field(0.2, ge=0.0, le=1.0)
     """beta of the reorder operator: it shuffles floor(beta * n) contiguous items."""
     false_negative_mask: bool = False
-    """The reference's ``--de_noise`` (off in its scripts): in-batch rows with the same last target (instance
-    term) or the same intent (intent term) are not negatives."""
+    """The reference's ``--de_noise`` (off in its scripts): in-batch rows with the same last training target
+    (instance term; the reference labels them by the validation item) or the same intent (intent term) are not
+    negatives."""
     view_passes: Literal["separate", "shared"] = "separate"
     """``separate``: the intent term encodes the views in passes of its own, as the reference does (five
     encodings of each example per step); ``shared``: it reuses the instance term's (three; changes the
