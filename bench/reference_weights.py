@@ -76,11 +76,22 @@ def convert(reference: dict, item_ids: list[str], layers: int) -> dict:
     return out
 
 
+def load_reference(model, reference: dict, item_ids: list[str]) -> None:
+    """Load the reference's state dict into ``model``'s encoder (:func:`convert`); the model's own state beyond
+    the encoder (ICLRec's k-means prototypes) is not the reference's to give and stays as it is."""
+    weights = convert(reference, item_ids, len(model.encoder.blocks))
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    model.load_state_dict({**own, **weights})
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, required=True, help="the reference's saved state dict")
     ap.add_argument(
-        "--config", type=Path, required=True, help="a config of a SASRec-encoder model of the same dataset and depth"
+        "--config",
+        type=Path,
+        required=True,
+        help="a config of a SASRec-encoder model of the same dataset and depth",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the metrics here (JSON)")
@@ -92,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, dataset, model = fresh_model(args.config, args.threads)
     item_ids = dataset.item_vocab.sort("item_idx")["item_id"].to_list()
     reference = torch.load(args.weights, map_location="cpu", weights_only=True)
-    weights = convert(reference, item_ids, len(model.encoder.blocks))
-    # the model's own state beyond the encoder (ICLRec's k-means prototypes) is not the reference's to give
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    model.load_state_dict({**own, **weights})
+    load_reference(model, reference, item_ids)
     model.eval()
     result = {
         "weights": args.weights.name,

@@ -56,3 +56,19 @@ def test_weights_of_another_dataset_are_refused():
     ref = as_reference(model, ["1", "2", "3", "4", "5"])
     with pytest.raises(SystemExit, match="another dataset"):
         reference_weights.convert(ref, ["1", "2", "3", "4", "9"], layers=2)
+
+
+def test_a_model_with_state_beyond_the_encoder_keeps_it():
+    """ICLRec's k-means prototypes are not in the reference's SASRec state dict: loading takes the encoder
+    from the reference and leaves the prototypes as they are."""
+    source = tiny(n_items=5, name="iclrec", intents=3)
+    item_ids = ["7", "2", "9", "3", "4"]
+    ref = as_reference(source, item_ids)
+    target = tiny(n_items=5, name="iclrec", intents=3)
+    torch.nn.init.normal_(target.encoder.item_emb.weight)
+    target.intent_prototypes.normal_()
+    prototypes = target.intent_prototypes.clone()
+    reference_weights.load_reference(target, ref, item_ids)
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(target.encoder.state_dict()[key], value, rtol=0, atol=0)
+    assert torch.equal(target.intent_prototypes, prototypes)
