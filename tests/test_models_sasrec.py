@@ -313,16 +313,8 @@ SMALL = {
     "gru4rec": {"dim": 32, "hidden": 32, "max_len": 10, "dropout": 0.1},
     "duorec": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
     "sasrec_bce": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
-    "iclrec": {
-        "dim": 32,
-        "max_len": 10,
-        "layers": 1,
-        "ffn_dim": 64,
-        "dropout": 0.1,
-        "attn_dropout": 0.1,
-        "intents": 8,
-    },  # fmt: skip
 }
+SMALL["iclrec"] = {**SMALL["sasrec_bce"], "intents": 8}
 
 
 def sasrec_cfg(data_path: Path, name: str = "sasrec", **train) -> dict:

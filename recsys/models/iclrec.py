@@ -52,7 +52,7 @@ from torch.nn import functional as F
 
 from features.sequences import PAD
 from recsys.contrastive import paired_info_nce
-from recsys.models.icsrec import kmeans, nearest_intents
+from recsys.models.icsrec import epoch_seed, nearest_intents, refit_centroids
 from recsys.models.sasrec_bce import SASRecBCE, SASRecBCEConfig
 from recsys.sequence_augmentation import OPERATORS, augment_sequences
 from recsys.sequence_sampling import AugmentedPositionSampler, PositionSampler, inputs_and_targets
@@ -201,21 +201,13 @@ class ICLRec(SASRecBCE):
                 f"model.intents={self.config.intents} must be smaller than the number of users with at least "
                 f"2 training items ({reps.shape[0]}) to cluster them"
             )
-        init = self.intent_prototypes.cpu().numpy() if self.has_prototypes else None
-        centroids = kmeans(
-            reps, self.config.intents, iters=self.config.kmeans_iters, seed=seed, init=init,
-            redo=self.config.kmeans_redo,
-        )  # fmt: skip
-        self.intent_prototypes.copy_(torch.from_numpy(centroids))
-        self.prototype_epoch += 1
-        return self.intent_prototypes
+        return refit_centroids(self.intent_prototypes, self.prototype_epoch, reps, self.config, seed)
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         """Trainer hook: the epoch's intents, from the model as it stands at the start of the epoch (a pure
         function of the checkpointed state, so exact resume holds)."""
         if self.config.intent_loss:
-            seed = int(getattr(getattr(trainer, "cfg", None), "seed", 0))
-            self.fit_intents(seed=(seed * 1_000_003 + epoch) % (2**31 - 1))
+            self.fit_intents(seed=epoch_seed(trainer, epoch))
 
     # ---- losses ---------------------------------------------------------------------------------------------
     def instance_contrastive_loss(

@@ -129,6 +129,27 @@ def kmeans(
     return km.centroids.astype(np.float32, copy=True)
 
 
+def refit_centroids(
+    centroids: torch.Tensor, count: torch.Tensor, reps: np.ndarray, config: Any, seed: int
+) -> torch.Tensor:
+    """One epoch's clustering, shared by ICSRec and ICLRec: k-means of ``reps`` ``[N, d]`` into the buffer
+    ``centroids`` ``[K, d]``, warm-started from it once ``count`` (the clusterings so far, minus one) is >= 0;
+    then ``count`` += 1.  ``config``: ``intents``, ``kmeans_iters``, ``kmeans_redo``.  Returns ``centroids``."""
+    init = centroids.cpu().numpy() if int(count) >= 0 else None
+    fitted = kmeans(
+        reps, config.intents, iters=config.kmeans_iters, seed=seed, init=init, redo=config.kmeans_redo
+    )
+    centroids.copy_(torch.from_numpy(fitted))
+    count += 1
+    return centroids
+
+
+def epoch_seed(trainer: Any, epoch: int) -> int:
+    """The seed of an epoch's clustering: a pure function of the run's seed and the epoch (exact resume)."""
+    seed = int(getattr(getattr(trainer, "cfg", None), "seed", 0))
+    return (seed * 1_000_003 + epoch) % (2**31 - 1)
+
+
 # ---- the model --------------------------------------------------------------------------------------------
 class ICSRec(SASRec):
     """ICSRec (Qin et al., WSDM 2024) on the SASRec encoder; the method: this module's docstring and
@@ -203,21 +224,13 @@ class ICSRec(SASRec):
         """Re-cluster all training subsequences into K intents (warm-started from the current centroids once
         there are any) and store the centroids.  Returns them, ``[K, d]``."""
         reps = self.encode_samples().cpu().numpy()
-        init = self.intent_centroids.cpu().numpy() if self.has_intents else None
-        centroids = kmeans(
-            reps, self.config.intents, iters=self.config.kmeans_iters, seed=seed, init=init,
-            redo=self.config.kmeans_redo,
-        )  # fmt: skip
-        self.intent_centroids.copy_(torch.from_numpy(centroids))
-        self.intent_epoch += 1
-        return self.intent_centroids
+        return refit_centroids(self.intent_centroids, self.intent_epoch, reps, self.config, seed)
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         """Trainer hook: the epoch's intents, from the model as it stands at the start of the epoch (a pure
         function of the checkpointed state, so exact resume holds)."""
         if self.config.fine_loss:
-            seed = int(getattr(getattr(trainer, "cfg", None), "seed", 0))
-            self.fit_intents(seed=(seed * 1_000_003 + epoch) % (2**31 - 1))
+            self.fit_intents(seed=epoch_seed(trainer, epoch))
 
     # ---- losses ---------------------------------------------------------------------------------------------
     def coarse_grain_loss(
