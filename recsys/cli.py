@@ -705,7 +705,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_explain_sequence(args, run) -> int:
-    """``recsys explain`` for sequence models with k-means intents (ICSRec): a user's full history or the
+    """``recsys explain`` for sequence models with k-means intents (ICSRec, ICLRec): a user's full history or the
     item ids given with ``--sequence``."""
     from recsys.explain_sequence import explain_sequence, format_sequence_explanation
 
@@ -769,7 +769,7 @@ def cmd_explain(args) -> int:
             require_sequence_intents(model, fitted=False)
         elif args.sequence:
             raise ValueError(
-                f"--sequence needs a sequence model with intents (ICSRec), run {args.run} is "
+                f"--sequence needs a sequence model with intents (ICSRec, ICLRec), run {args.run} is "
                 f"{getattr(getattr(model, 'config', None), 'name', type(model).__name__)!r}"
             )
         else:
@@ -1130,7 +1130,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
-    xp = sub.add_parser("explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec)")
+    xp = sub.add_parser(
+        "explain", help="latent intents of a user (DCCF) or of an item sequence (ICSRec, ICLRec)"
+    )
     xp.add_argument("--run", required=True)
     _tracking_uri_option(xp)
     xp.add_argument("--user", help="original user id")
@@ -1139,7 +1141,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="ITEM",
-        help="sequence models (ICSRec): explain these original item ids, oldest first",
+        help="sequence models (ICSRec, ICLRec): explain these original item ids, oldest first",
     )
     xp.add_argument("--intents", type=_positive_int, default=3, help="top intents to show")
     xp.add_argument("--items", type=_positive_int, default=5, help="most aligned items per intent")

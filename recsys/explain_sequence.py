@@ -1,11 +1,16 @@
-"""The intent view of a sequence model with k-means intents (ICSRec).
+"""The intent view of a sequence model with k-means intents (ICSRec, ICLRec).
 
 ICSRec (Qin et al., WSDM 2024; :mod:`recsys.models.icsrec`) clusters the representations of all training
-subsequences into K intents every epoch and keeps the centroids with its weights.  For an item sequence this
-module gives
+subsequences into K intents every epoch and keeps the centroids with its weights; ICLRec (Chen et al., WWW
+2022; :mod:`recsys.models.iclrec`) clusters the mean representations of the users' training inputs (one
+"subsequence" per user, whose target is the user's last training item).  A model shows its intents through
+``intent_centroids`` ``[K, d]``, ``has_intents``, ``intent_samples`` (the clustered points, a
+:class:`~features.sequences.SubsequenceSamples`), ``encode_samples()`` (their representations) and
+``encode_intent_queries(seqs)`` (the representation a sequence is assigned by: ICSRec's last position, ICLRec's
+mean).  For an item sequence this module gives
 
-* its **nearest intents**: the centroids closest in L2 distance to the sequence's representation (the
-  assignment the model's fine-grain loss uses), with the distance and the dot product with the normalised
+* its **nearest intents**: the centroids closest in L2 distance to the sequence's intent representation (the
+  assignment the model's intent loss uses), with the distance and the dot product with the normalised
   centroid (the similarity that loss contrasts);
 * for each of them, what **typifies the intent**: the training subsequences assigned to it that lie
   closest to its centroid (input items and target), the items its normalised centroid scores highest when
@@ -76,14 +81,17 @@ def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> Non
     ``fitted=False`` checks what a model shows as soon as it is built (``recsys explain`` refuses before
     loading the rest)."""
     centroids = getattr(model, "intent_centroids", None)
-    if centroids is None or not callable(getattr(model, "encode_sequences", None)):
+    if centroids is None or not callable(getattr(model, "encode_intent_queries", None)):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
-            f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true has)"
+            f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true and ICLRec with "
+            "intent_loss=true have)"
         )
     if fitted and not getattr(model, "has_intents", False):  # fit_intents() fits them whatever the losses
-        if getattr(getattr(model, "config", None), "fine_loss", True) is False:
-            raise ValueError("the model was trained with model.fine_loss=false, which fits no intents")
+        config = getattr(model, "config", None)
+        for key in ("fine_loss", "intent_loss"):  # ICSRec's, ICLRec's
+            if getattr(config, key, True) is False:
+                raise ValueError(f"the model was trained with model.{key}=false, which fits no intents")
         raise ValueError("the model's intents were never fitted (train it, or call fit_intents())")
 
 
@@ -129,10 +137,10 @@ def explain_sequence(
     items_per_intent: int = 5,
     k: int = 10,
 ) -> SequenceExplanation:
-    """Explain a sequence of item indices (oldest first) with the intents of a trained ICSRec.
+    """Explain a sequence of item indices (oldest first) with the intents of a trained ICSRec or ICLRec.
 
     Args:
-        model: an ICSRec with fitted intents, prepared on its dataset (for the training subsequences).
+        model: an ICSRec or ICLRec with fitted intents, prepared on its dataset (for the training subsequences).
         items: dense item indices of the sequence.
         item_ids / titles / user_ids: raw ids and titles by dense index, for display (default: the indices).
         membership: the training subsequences' intents (computed here when not given).
@@ -146,7 +154,7 @@ def explain_sequence(
     seq = check_indices(items, n_items, "items", "item")
     excluded = seq if exclude is None else check_indices(exclude, n_items, "exclude", "item")
     membership = membership or IntentMembership.of(model)
-    samples = model.train_samples
+    samples = model.intent_samples
 
     def item(i: int, s: float = 0.0) -> ItemScore:
         return ItemScore(
@@ -156,7 +164,8 @@ def explain_sequence(
             titles[i] if titles is not None else None,
         )
 
-    rep = model.encode_sequences(pad_sequences([seq], max_len=model.config.max_len))[0]  # [d], no dropout
+    padded = pad_sequences([seq], max_len=model.config.max_len)
+    rep = model.encode_intent_queries(padded)[0]  # [d], no dropout: what intents are assigned by
     centroids = model.intent_centroids  # [K, d]
     unit = torch.nn.functional.normalize(centroids, dim=1)
     table = model.item_embeddings()  # [I, d]
@@ -188,7 +197,7 @@ def explain_sequence(
             )
         )  # fmt: skip
 
-    scores = table @ rep  # [I]
+    scores = table @ model.encode_sequences(padded)[0]  # [I]: the query (ICLRec's differs from ``rep``)
     scores[torch.as_tensor(excluded, dtype=torch.long)] = -torch.inf
     k = min(k, int(torch.isfinite(scores).sum()))
     rec_s, rec_i = topk(scores, k)  # equal scores in item order, as the served index

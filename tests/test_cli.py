@@ -404,7 +404,7 @@ def test_explain_refuses_a_model_without_intents_before_preparing_it(trained_run
     assert main(["explain", "--run", run_id, "--user", "u3"]) == 2
     assert "model 'mf_bpr' has no latent intents to explain" in capsys.readouterr().err
     assert main(["explain", "--run", run_id, "--sequence", "1", "2"]) == 2
-    assert f"--sequence needs a sequence model with intents (ICSRec), run {run_id} is 'mf_bpr'" in (
+    assert f"--sequence needs a sequence model with intents (ICSRec, ICLRec), run {run_id} is 'mf_bpr'" in (
         capsys.readouterr().err
     )
     assert prepared == []  # RP3beta's item graph took 19 s on Gowalla before this refusal

@@ -166,7 +166,7 @@ def test_shared_view_passes_reuse_the_instance_encodings():
 
 def test_fit_intents_clusters_every_training_input_and_warm_starts():
     m = model()
-    reps = m.encode_inputs()
+    reps = m.encode_samples()
     users = [u for u, s in enumerate(SEQS) if len(s) >= 2]
     assert reps.shape == (len(users), 8)
     for row, u in enumerate(users):
@@ -212,14 +212,14 @@ def test_views_are_drawn_after_sasrec_bces_epoch_and_differ():
 def test_clustering_encodes_without_dropout_in_any_mode():
     m = model(dropout=0.5, attn_dropout=0.5)
     m.train()
-    a, b = m.encode_inputs(), m.encode_inputs()
+    a, b = m.encode_samples(), m.encode_samples()
     assert torch.equal(a, b)
     m.eval()
-    assert torch.allclose(a, m.encode_inputs())
+    assert torch.allclose(a, m.encode_samples())
 
 
 def test_kmeans_warm_starts_from_the_stored_prototypes_and_runs_iters_times_redo_lloyd_steps():
-    reps = model().encode_inputs()
+    reps = model().encode_samples()
     init = reps[[0, 4, 8]].clone()  # three distinct inputs as the previous epoch's centroids
 
     def refit(**cfg):
@@ -259,3 +259,38 @@ def test_every_epoch_start_reclusters_from_the_current_model():
     off = model(intent_loss=False)
     off.on_epoch_start(trainer, 0)
     assert not off.has_prototypes  # CL4SRec: no clustering
+
+
+def test_intent_view_places_a_sequence_by_its_mean_and_recommends_by_its_last_position():
+    from recsys.explain_sequence import IntentMembership, explain_sequence, require_sequence_intents
+
+    m = model()
+    m.eval()
+    with pytest.raises(ValueError, match="never fitted"):
+        explain_sequence(m, [3, 4])
+    m.fit_intents(seed=1)
+    samples = m.intent_samples  # one per user with >= 2 training items: the input, and the last item
+    users = [u for u, s in enumerate(SEQS) if len(s) >= 2]
+    assert samples.users.tolist() == users
+    assert samples.input_lists() == [SEQS[u][:-1][-5:] for u in users]
+    assert samples.targets.tolist() == [SEQS[u][-1] for u in users]
+    members = IntentMembership.of(m)
+    seq = [3, 4, 5]
+    exp = explain_sequence(m, seq, membership=members, top_intents=2, examples=2, k=4)
+    with torch.no_grad():
+        hidden = m.encoder(torch.tensor([seq]))[0][-3:]  # the real positions
+    rep = hidden.mean(0)
+    distances = torch.linalg.vector_norm(m.intent_prototypes - rep, dim=1)
+    assert exp.intents[0].intent == int(distances.argmin())
+    assert exp.intents[0].distance == pytest.approx(float(distances.min()), rel=1e-5)
+    for v in exp.intents:
+        for t in v.typical_subsequences:
+            u = users[t.sample]
+            assert [x.item_idx for x in t.items] == SEQS[u][:-1][-5:] and t.target.item_idx == SEQS[u][-1]
+    scores = m.item_embeddings() @ hidden[-1]  # recommendations: the query is the last position
+    scores[seq] = -torch.inf
+    assert [r.item_idx for r in exp.recommendations] == torch.topk(scores, 4).indices.tolist()
+    off = model(intent_loss=False)
+    with pytest.raises(ValueError, match="trained with model.intent_loss=false, which fits no intents"):
+        explain_sequence(off, [3, 4])
+    require_sequence_intents(off, fitted=False)  # fit_intents() may have fitted them

@@ -50,12 +50,12 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from features.sequences import PAD
+from features.sequences import PAD, SubsequenceSamples, UserSequences
 from recsys.contrastive import paired_info_nce
-from recsys.models.icsrec import epoch_seed, nearest_intents, refit_centroids
+from recsys.models.icsrec import encode_by_length, epoch_seed, nearest_intents, refit_centroids
 from recsys.models.sasrec_bce import SASRecBCE, SASRecBCEConfig
 from recsys.sequence_augmentation import OPERATORS, augment_sequences
-from recsys.sequence_sampling import AugmentedPositionSampler, PositionSampler, inputs_and_targets
+from recsys.sequence_sampling import AugmentedPositionSampler, PositionSampler
 
 Operator = Literal["crop", "mask", "reorder"]
 
@@ -102,6 +102,16 @@ class ICLRecConfig(SASRecBCEConfig):
     """Faiss ``nredo`` (the reference's 5); warm-started rounds continue from the previous round."""
     encode_batch_size: int = Field(4096, ge=1)
     """Inputs encoded per block for the clustering."""
+
+
+def user_inputs(train: UserSequences, max_len: int) -> SubsequenceSamples:
+    """One sample per user with >= 2 training items: the training sequence without its last item (its last
+    ``max_len`` items) as the input, the last item as the target."""
+    lengths = train.lengths
+    users = np.flatnonzero(lengths >= 2)
+    ends = train.offsets[users + 1] - 1  # the last item's flat position
+    starts = np.maximum(train.offsets[users], ends - max_len)
+    return SubsequenceSamples(train, users, starts, ends, train.items[ends], max_len)
 
 
 def mean_over_items(hidden: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
@@ -172,30 +182,53 @@ class ICLRec(SASRecBCE):
             return self.intent_representation(hidden, seqs)
         return hidden.flatten(1)
 
+    # ---- the training points the intents cluster (also the intent view: recsys.explain_sequence) ------------
+    def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
+        super().set_sequences(train, histories)
+        self._intent_samples = user_inputs(train, self.config.max_len)
+
+    @property
+    def intent_samples(self) -> SubsequenceSamples | None:
+        """Every training input (one per user with >= 2 training items, in user order) as a sample whose
+        target is the user's last training item: the points the intents cluster."""
+        return getattr(self, "_intent_samples", None)
+
+    @property
+    def intent_centroids(self) -> torch.Tensor:
+        """The intents' centroids ``[K, d]`` (``intent_prototypes``), under the name the intent view reads."""
+        return self.intent_prototypes
+
+    @property
+    def has_intents(self) -> bool:
+        return self.has_prototypes
+
     @torch.no_grad()
-    def encode_inputs(self) -> torch.Tensor:
-        """Intent representations of every training input (users with >= 2 training items, in user order),
-        without dropout: ``[n, d]``.  Encoded in blocks of similar length, each trimmed by the encoder."""
-        if self.train_sequences is None:
+    def encode_samples(self) -> torch.Tensor:
+        """Intent representations of every training input (:attr:`intent_samples`), without dropout:
+        ``[n, d]``."""
+        samples = self.intent_samples
+        if samples is None:
             raise self._not_prepared("encoding the training inputs")
-        heads, _ = inputs_and_targets(self.train_sequences)
-        users = np.flatnonzero(heads.lengths >= 1)
-        order = users[np.argsort(heads.lengths[users], kind="stable")]
-        device = self._device()
-        out = torch.empty(users.size, self.config.dim, device=device)
-        step = self.config.encode_batch_size
-        for i in range(0, order.size, step):
-            block = order[i : i + step]
-            seqs = torch.from_numpy(heads.padded(block, self.config.max_len)).to(device)
-            rows = torch.from_numpy(np.searchsorted(users, block)).to(device)
-            out[rows] = self.intent_representation(self.encoder(seqs, dropout=False), seqs)
-        return out
+
+        def encode(seqs: torch.Tensor) -> torch.Tensor:
+            return self.intent_representation(self.encoder(seqs, dropout=False), seqs)
+
+        return encode_by_length(
+            samples, encode, self.config.dim, self._device(), self.config.encode_batch_size
+        )
+
+    @torch.no_grad()
+    def encode_intent_queries(self, seqs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The representation intents are assigned by (the mean over real positions), without dropout:
+        ``[B, T]`` -> ``[B, d]``."""
+        seqs = self.check_sequences(seqs).to(self._device())
+        return self.intent_representation(self.encoder(seqs, dropout=False), seqs)
 
     @torch.no_grad()
     def fit_intents(self, seed: int = 0) -> torch.Tensor:
         """Re-cluster the training inputs' intent representations into K intents (warm-started from the
         current prototypes once there are any) and store the centroids.  Returns them, ``[K, d]``."""
-        reps = self.encode_inputs().cpu().numpy()
+        reps = self.encode_samples().cpu().numpy()
         if reps.shape[0] <= self.config.intents:
             raise ValueError(
                 f"model.intents={self.config.intents} must be smaller than the number of users with at least "

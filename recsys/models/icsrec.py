@@ -40,6 +40,7 @@ SASRec trained on the same samples, with the same batches and the same loss.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -129,6 +130,21 @@ def kmeans(
     return km.centroids.astype(np.float32, copy=True)
 
 
+def encode_by_length(
+    samples: SubsequenceSamples, encode: Any, dim: int, device: torch.device, block: int
+) -> torch.Tensor:
+    """``encode(inputs LongTensor[b, L]) -> [b, d]`` over every sample's input, ``[N, d]`` in sample order.
+
+    Samples are encoded in blocks of similar length (sorted by input length), so each block is trimmed to its
+    longest input by the encoder: most Amazon inputs are far shorter than L."""
+    order = np.argsort(samples.ends - samples.starts, kind="stable")
+    out = torch.empty(len(samples), dim, device=device)
+    for i in range(0, order.size, block):
+        idx = order[i : i + block]
+        out[torch.from_numpy(idx).to(device)] = encode(torch.from_numpy(samples.inputs(idx)).to(device))
+    return out
+
+
 def refit_centroids(
     centroids: torch.Tensor, count: torch.Tensor, reps: np.ndarray, config: Any, seed: int
 ) -> torch.Tensor:
@@ -202,22 +218,26 @@ class ICSRec(SASRec):
     # ---- intents --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_samples(self, samples: SubsequenceSamples | None = None) -> torch.Tensor:
-        """Representations of all training subsequences ``[N, d]`` (sample order), without dropout.
-
-        Samples are encoded in blocks of similar length (sorted by input length), so each block is trimmed
-        to its longest input by the encoder: most Amazon subsequences are far shorter than L."""
+        """Representations of all training subsequences ``[N, d]`` (sample order), without dropout, in blocks
+        of similar length (:func:`encode_by_length`)."""
         samples = self.train_samples if samples is None else samples
         if samples is None:
             raise self._not_prepared("encoding samples")
-        device = self._device()
-        order = np.argsort(samples.ends - samples.starts, kind="stable")
-        out = torch.empty(len(samples), self.config.dim, device=device)
-        step = self.config.encode_batch_size
-        for i in range(0, order.size, step):
-            idx = order[i : i + step]
-            inputs = torch.from_numpy(samples.inputs(idx)).to(device)
-            out[torch.from_numpy(idx).to(device)] = self.encoder.encode(inputs, dropout=False)
-        return out
+        encode = partial(self.encoder.encode, dropout=False)
+        return encode_by_length(
+            samples, encode, self.config.dim, self._device(), self.config.encode_batch_size
+        )
+
+    # the intent view (recsys.explain_sequence): the clustered points are the training subsequences, and a
+    # sequence is placed among them by its query representation
+    @property
+    def intent_samples(self) -> SubsequenceSamples | None:
+        """The training points the intents cluster, in the order of :meth:`encode_samples`."""
+        return self.train_samples
+
+    def encode_intent_queries(self, seqs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The representation intents are assigned by, without dropout: ``[B, T]`` -> ``[B, d]``."""
+        return self.encode_sequences(seqs)
 
     @torch.no_grad()
     def fit_intents(self, seed: int = 0) -> torch.Tensor:

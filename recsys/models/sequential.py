@@ -133,6 +133,18 @@ class NextItemRecommender(HistoryQueries, Recommender):
         touched, so threads may share the model, even one in training mode. Rows are encoded in order of
         length, so that each block is trimmed to its longest row (most histories are short), and returned in
         the input order. Item indices must be in ``0..I-1`` (or PAD): a ValueError names any other."""
+        seqs = self.check_sequences(seqs)
+        device = self._device()
+        order = torch.argsort((seqs != PAD).sum(1), stable=True)
+        out = torch.empty(seqs.shape[0], self.config.dim, device=device)
+        for i in range(0, seqs.shape[0], batch_size):
+            rows = order[i : i + batch_size]
+            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device), dropout=False)
+        return out
+
+    def check_sequences(self, seqs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Item-id sequences ``[B, T]`` as a ``LongTensor``; a ValueError for anything but integer item indices
+        in ``0..I-1`` or PAD in two dimensions."""
         seqs = torch.as_tensor(seqs)
         if seqs.dtype.is_floating_point or seqs.dtype.is_complex or seqs.dtype == torch.bool:
             raise ValueError(f"item indices must be integers, got a {seqs.dtype} array")  # 1.7 read as 1
@@ -145,13 +157,7 @@ class NextItemRecommender(HistoryQueries, Recommender):
             raise ValueError(
                 f"item indices must be in 0..{self.n_items - 1} (or {PAD} for padding), got {bad[0].item()}"
             )
-        device = self._device()
-        order = torch.argsort((seqs != PAD).sum(1), stable=True)
-        out = torch.empty(seqs.shape[0], self.config.dim, device=device)
-        for i in range(0, seqs.shape[0], batch_size):
-            rows = order[i : i + batch_size]
-            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device), dropout=False)
-        return out
+        return seqs
 
     @torch.no_grad()
     def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
