@@ -140,7 +140,7 @@ class ICLRec(SASRecBCE):
 
     def __init__(self, n_users: int, n_items: int, config: ICLRecConfig) -> None:
         super().__init__(n_users, n_items, config)
-        # not named intent_centroids: `recsys explain` reads those as ICSRec's last-position intents
+        # the intent view reads these through the intent_centroids / has_intents properties
         self.register_buffer("intent_prototypes", torch.zeros(config.intents, config.dim))
         self.register_buffer("prototype_epoch", torch.tensor(-1, dtype=torch.long))
 
