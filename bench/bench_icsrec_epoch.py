@@ -5,13 +5,15 @@ fused, as the Trainer steps).  The ICSRec epoch includes its per-epoch work: enc
 subsequence (no gradient, length-sorted blocks) and the warm-started faiss k-means, each timed apart.  The
 issue's bound: ICSRec at most 3x SASRec.
 
-    .venv/bin/python bench/bench_icsrec_epoch.py [--batches N] [--threads 1] [--extra duorec gru4rec]
+    .venv/bin/python bench/bench_icsrec_epoch.py [--batches N] [--threads 1] [--extra duorec gru4rec ...]
 
 ``--batches`` caps the batches of both epochs (the clustering always covers all subsequences; the ratio is
 then reported for the capped epoch and extrapolated to the full one).  ``--extra`` times other next-item
-models after the two, in the same process and on the same samples, each against SASRec: DuoRec (three encoder
-passes, no clustering) and GRU4Rec, at their paper configurations (``configs/beauty_<model>.yaml``).  Writes
-``bench/results/bench_icsrec_epoch.json``.
+models after the two, in the same process, each against SASRec: DuoRec (three encoder passes, no clustering)
+and GRU4Rec, at their paper configurations (``configs/beauty_<model>.yaml``), on the same samples; ``sasrec_bce``
+and ICLRec (five encoder passes and a warm-started clustering of the users' inputs per epoch) on their own
+per-user batches, with the shared 2-block encoder (ICLRec's Beauty config has 1), so that ICLRec's cost is
+read against ``sasrec_bce``'s.  Writes ``bench/results/bench_icsrec_epoch.json``.
 """
 
 from __future__ import annotations
