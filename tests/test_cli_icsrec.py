@@ -1,5 +1,6 @@
-"""ICSRec through the command line: a run trained and tracked in MLflow, evaluated by ``recsys evaluate --run``,
-indexed and served for a known user and for an item-id sequence, and its intents shown by ``recsys explain``."""
+"""ICSRec (and ICLRec) through the command line: a run trained and tracked in MLflow, evaluated by ``recsys
+evaluate --run``, indexed and served for a known user and for an item-id sequence, and its intents shown by
+``recsys explain``."""
 
 from __future__ import annotations
 
@@ -133,3 +134,39 @@ def test_reference_protocol_flags_are_checked_before_loading(flags, capsys):
         main(["evaluate", "--run", "no-such-run", *flags])
     assert err.value.code == 2
     assert "expected a" in capsys.readouterr().err
+
+
+def test_iclrec_run_is_evaluated_served_and_explained(tmp_path, capsys):
+    """ICLRec through the same commands: its intents are shown by `recsys explain`, whose recommendations for
+    a user are the served ones (the last-position query, not the mean representation intents are assigned
+    by)."""
+    from tests.test_models_sasrec import sasrec_cfg
+
+    raw = sasrec_cfg(write_cyclic_sequences(tmp_path / "d", n_users=60), "iclrec", epochs=2, batch_size=16)
+    raw["tracking"] = {"experiment": "cli-iclrec"}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    import mlflow
+
+    run = mlflow.get_run(run_id)
+    assert {"train/bce", "train/instance", "train/intent"} <= set(run.data.metrics)
+    assert main(["evaluate", "--run", run_id, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["hit@5"] == pytest.approx(run.data.metrics["test_final/hit_at_5"], abs=1e-12)
+
+    out_dir = tmp_path / "idx"
+    assert main(["index", "--run", run_id, "--out", str(out_dir)]) == 0
+    capsys.readouterr()
+    assert (
+        main(["recommend", "--run", run_id, "--user", "3", "--k", "5", "--index", str(out_dir), "--json"])
+        == 0
+    )
+    served = [r["item_id"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["explain", "--run", run_id, "--user", "3", "--k", "5", "--json"]) == 0
+    exp = json.loads(capsys.readouterr().out)
+    assert [r["item_id"] for r in exp["recommendations"]] == served
+    assert exp["intents"] and exp["intents"][0]["typical_subsequences"]
+    assert main(["explain", "--run", run_id, "--sequence", *exp["items"][0]["item_id"].split()]) == 0
+    assert "intent" in capsys.readouterr().out
