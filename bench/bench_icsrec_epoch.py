@@ -37,6 +37,7 @@ EXTRA = {
     "gru4rec": {"dim": 64, "hidden": 128, "layers": 1, "max_len": 50, "dropout": 0.3},
     "sasrec_bce": {},
     "iclrec": {},
+    "bert4rec": {"dropout": 0.1, "attn_dropout": 0.1},  # mask_ratio 0.6, last_item_ratio 0.5: the defaults
 }
 
 

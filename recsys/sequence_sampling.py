@@ -28,6 +28,9 @@ import torch
 
 from features.sequences import PAD, SubsequenceSamples, UserSequences
 
+MASK = -2
+"""The cloze mask symbol of masked-item inputs (BERT4Rec): never an item (>= 0), never padding (``PAD``)."""
+
 
 def require_samples(samples: SubsequenceSamples) -> None:
     """A ValueError when there is nothing to train on, before anything indexes into the samples."""
@@ -392,3 +395,98 @@ class AugmentedPositionSampler(PositionSampler):
             rows = torch.from_numpy(np.searchsorted(self.users, batch["users"].numpy()))
             batch["view1"], batch["view2"] = views[0][rows], views[1][rows]
             yield batch
+
+
+# ---- masked items (the cloze task) ------------------------------------------------------------------------
+class ClozeSampler:
+    """Per-user batches of masked training sequences: the cloze task of BERT4Rec (Sun et al., CIKM 2019,
+    https://arxiv.org/abs/1904.06690, section 3.6).
+
+    A user with training sequence :math:`s_1 \\dots s_n` (n >= 1) is one example: its last L = ``max_len``
+    items, left-padded with ``PAD``, in which each item is replaced by :data:`MASK` with probability
+    ``mask_ratio``; the masked items are the targets.  With probability ``last_item_ratio`` the example masks
+    its last item only instead (the paper's extra samples that match the next-item query, a MASK after the
+    history).  An example with no item drawn gets one, chosen uniformly among its items, so that every
+    example has a target.  An epoch visits every such user once, in a seeded random order, ``batch_size``
+    users per batch; all of the epoch's masks are drawn after the permutation, at once, so an epoch is a
+    pure function of the generator and ``iterate(start=b)`` replays it exactly.
+
+    Batch keys: ``users`` ``LongTensor[B]``, ``inputs`` ``LongTensor[B, L]`` (the masked sequences),
+    ``targets`` ``LongTensor[B, L]`` (the item under each MASK, ``PAD`` elsewhere).
+
+    Args:
+        train: the users' training sequences (all U users; those without items are skipped).
+        max_len: L.
+        mask_ratio: the probability that an item is masked.
+        last_item_ratio: the probability that an example masks its last item only.
+        batch_size: users per batch B.
+        generator: the CPU ``torch.Generator`` of the epochs.
+    """
+
+    def __init__(
+        self,
+        train: UserSequences,
+        *,
+        max_len: int,
+        mask_ratio: float,
+        last_item_ratio: float,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not (0.0 <= mask_ratio <= 1.0 and 0.0 <= last_item_ratio <= 1.0):
+            raise ValueError(f"ratios must be in [0, 1], got {mask_ratio}, {last_item_ratio}")
+        self.users = np.flatnonzero(train.lengths >= 1)
+        if self.users.size == 0:
+            raise ValueError("there are no training samples (every user's training sequence is empty)")
+        self.items = torch.from_numpy(train.padded(self.users, max_len))  # [n, L]
+        self.real = self.items != PAD  # [n, L]
+        self.mask_ratio = mask_ratio
+        self.last_item_ratio = last_item_ratio
+        self.batch_size = batch_size
+        self.generator = generator
+        self.max_len = max_len
+        self.n = int(self.users.size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iterate()
+
+    def draw_masks(self, gen: torch.Generator) -> torch.Tensor:
+        """``BoolTensor[n, L]``: the epoch's masked cells of every example (rows in ``self.users`` order).
+
+        Consumes ``torch.rand(n, L)`` and twice ``torch.rand(n)`` of ``gen``, whatever the data."""
+        masked = (torch.rand(self.items.shape, generator=gen) < self.mask_ratio) & self.real
+        last_only = torch.rand(self.n, generator=gen) < self.last_item_ratio
+        masked[last_only] = False
+        masked[last_only, -1] = True  # the last cell always holds the newest item (n >= 1)
+        # an example without a masked item: one of its items, uniformly (its k-th real cell from the right)
+        count = self.real.sum(1)  # [n], >= 1
+        k = torch.minimum((torch.rand(self.n, generator=gen, dtype=torch.float64) * count).long(), count - 1)
+        empty = ~masked.any(1)
+        masked[empty, self.max_len - 1 - k[empty]] = True  # real cells are the last `count` ones
+        return masked
+
+    def iterate(
+        self, start: int = 0, generator: torch.Generator | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch's batches from batch index ``start`` on (the epoch is drawn whatever ``start``)."""
+        gen = self.generator if generator is None else generator
+        n_batches = check_start(start, len(self))
+        perm = torch.randperm(self.n, generator=gen)
+        masked = self.draw_masks(gen)
+        inputs = self.items.masked_fill(masked, MASK)
+        targets = self.items.masked_fill(~masked, PAD)
+        users = torch.from_numpy(self.users)
+        for b in range(start, n_batches):
+            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {"users": users[idx], "inputs": inputs[idx], "targets": targets[idx]}
+
+    def __repr__(self) -> str:
+        return (
+            f"ClozeSampler(users={self.n}, max_len={self.max_len}, mask_ratio={self.mask_ratio:g}, "
+            f"last_item_ratio={self.last_item_ratio:g}, batch_size={self.batch_size}, batches={len(self)})"
+        )

@@ -1,8 +1,8 @@
 """SASRec: the encoder's masks, shapes, the padding symbol, query histories, the sampler, and learning.
 
 The tests of what every next-item model shares (``recsys.models.sequential``: histories, samples, training,
-reloading, inference) run for SASRec, GRU4Rec and DuoRec (``SEQUENCE_MODELS``); GRU4Rec's own encoder is tested
-in test_models_gru4rec.py, DuoRec's loss in test_models_duorec.py."""
+reloading, inference) run for every model of ``SEQUENCE_MODELS``; GRU4Rec's own encoder is tested in
+test_models_gru4rec.py, DuoRec's loss in test_models_duorec.py, BERT4Rec's in test_models_bert4rec.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from recsys.models.sequential import NextItemRecommender
 from recsys.sequence_sampling import SequenceSampler
 from tests.test_models_registry import registry  # noqa: F401 (a fixture)
 
-SEQUENCE_MODELS = ("sasrec", "gru4rec", "duorec", "sasrec_bce", "iclrec")
+SEQUENCE_MODELS = ("sasrec", "gru4rec", "duorec", "sasrec_bce", "iclrec", "bert4rec")
 # a small encoder of each next-item model
 TINY = {
     "sasrec": {"dim": 8, "ffn_dim": 16},
@@ -34,6 +34,7 @@ TINY = {
     "duorec": {"dim": 8, "ffn_dim": 16},
     "sasrec_bce": {"dim": 8, "ffn_dim": 16},
     "iclrec": {"dim": 8, "ffn_dim": 16, "intents": 4},
+    "bert4rec": {"dim": 8, "ffn_dim": 16},
 }
 
 
@@ -315,6 +316,10 @@ SMALL = {
     "sasrec_bce": {"dim": 32, "max_len": 10, "layers": 1, "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.1},
 }
 SMALL["iclrec"] = {**SMALL["sasrec_bce"], "intents": 8}
+# the cloze task on these short sequences: fewer masks than the paper's Beauty 0.6, so that more context is
+# left (about 1.5 targets per user and epoch, three batches an epoch: it needs more epochs, LEARNING_EPOCHS)
+SMALL["bert4rec"] = {**SMALL["sasrec_bce"], "mask_ratio": 0.2, "last_item_ratio": 0.2}
+LEARNING_EPOCHS = {"bert4rec": 50}
 
 
 def sasrec_cfg(data_path: Path, name: str = "sasrec", **train) -> dict:
@@ -337,7 +342,8 @@ def test_training_learns_a_sequential_pattern(tmp_path, name):
     first for most users (chance HR@5 is about 5/35), and the loss falls."""
     from recsys.pipeline import train_experiment
 
-    cfg = validate_config(sasrec_cfg(write_cyclic_sequences(tmp_path / "d"), name))
+    epochs = LEARNING_EPOCHS.get(name, 25)
+    cfg = validate_config(sasrec_cfg(write_cyclic_sequences(tmp_path / "d"), name, epochs=epochs))
     result = train_experiment(cfg, echo=lambda *_: None)
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
@@ -387,8 +393,9 @@ def test_resume_after_crash_is_exact(tmp_path, name):
     from tests.test_trainer import crash_and_resume
 
     data = write_cyclic_sequences(tmp_path / "d", n_users=40)
-    # sasrec_bce's and iclrec's batches hold users (40 here): smaller ones, so that the crash is mid-epoch
-    batch_size = 16 if name in ("sasrec_bce", "iclrec") else 64
+    # sasrec_bce's, iclrec's and bert4rec's batches hold users (40 here): smaller ones, so that the crash is
+    # mid-epoch
+    batch_size = 16 if name in ("sasrec_bce", "iclrec", "bert4rec") else 64
     straight, resumed = crash_and_resume(sasrec_cfg(data, name, epochs=3, batch_size=batch_size), tmp_path)
     assert resumed.state.step == straight.state.step
     assert straight.state.step > 3 * 2  # more batches per epoch than the two the crash steps through
@@ -418,7 +425,8 @@ def test_encode_sequences_refuses_indices_outside_the_catalogue(name):
             ValueError, match=rf"item indices must be in 0\.\.19 \(or -1 for padding\), got {bad}"
         ):
             model.encode_sequences(torch.tensor([[PAD, bad, 3]]))
-    assert model.encode_sequences(torch.tensor([[PAD, 19, 3]])).shape == (1, model.config.dim)
+    width = model.item_embeddings().shape[1]  # d (BERT4Rec: d + 1, its item bias)
+    assert model.encode_sequences(torch.tensor([[PAD, 19, 3]])).shape == (1, width)
     # a fraction is no item (1.7 was read as 1); one sequence is a [1, T] batch (a raw IndexError, and a
     # [2, 2, 2] batch was reported as shape (2, 2, 2, 2))
     with pytest.raises(ValueError, match="item indices must be integers, got a torch.float32 array"):
@@ -426,7 +434,7 @@ def test_encode_sequences_refuses_indices_outside_the_catalogue(name):
     for shape in ((3,), (2, 2, 2)):
         with pytest.raises(ValueError, match=rf"of shape \[B, T\], got {re.escape(str(shape))}"):
             model.encode_sequences(torch.ones(shape, dtype=torch.long))
-    assert model.encode_sequences(np.array([[1, 2]], dtype=np.int32)).shape == (1, model.config.dim)
+    assert model.encode_sequences(np.array([[1, 2]], dtype=np.int32)).shape == (1, width)
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from recsys.models.base import ModelConfig, Recommender, ScoreFn
+from recsys.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys.models.dccf import DCCF, DCCFConfig
 from recsys.models.dnis import DNIS, DNISConfig
 from recsys.models.duorec import DuoRec, DuoRecConfig
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[Recommender]] = {
     "icsrec": ICSRec,
     "iclrec": ICLRec,
     "duorec": DuoRec,
+    "bert4rec": BERT4Rec,
     "dnis": DNIS,
     "two_tower": TwoTower,
 }
@@ -208,6 +210,8 @@ def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_item
 
 __all__ = [
     "REGISTRY",
+    "BERT4Rec",
+    "BERT4RecConfig",
     "DCCF",
     "DCCFConfig",
     "DNIS",

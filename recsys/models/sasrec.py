@@ -90,15 +90,19 @@ class SASRecConfig(ModelConfig):
 
 
 # ---- the encoder ------------------------------------------------------------------------------------------
-def attention_mask(seqs: torch.Tensor) -> torch.Tensor:
+def attention_mask(seqs: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """``BoolTensor[B, 1, T, T]``: True where query t may attend to key t' (t' <= t and t' not padding).
 
-    Every query may also attend to itself, so that a padded query (all earlier keys are padding too) has a
-    non-empty row; real queries are unaffected, and padded outputs never reach real ones (padded keys are
-    masked in every layer)."""
+    ``causal=False`` (BERT4Rec's bidirectional encoder) drops the t' <= t condition: every query sees every
+    non-padding key, later ones included.  Every query may also attend to itself, so that a padded query
+    (all earlier keys are padding too) has a non-empty row; real queries are unaffected, and padded outputs
+    never reach real ones (padded keys are masked in every layer)."""
     length = seqs.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).tril()
-    mask = causal & (seqs != PAD)[:, None, :]  # [B, T, T]
+    keys = (seqs != PAD)[:, None, :]  # [B, 1, T]
+    if causal:
+        mask = torch.ones(length, length, dtype=torch.bool, device=seqs.device).tril() & keys  # [B, T, T]
+    else:
+        mask = keys.expand(-1, length, -1).clone()  # [B, T, T]; a copy, as the eye is or-ed in below
     mask |= torch.eye(length, dtype=torch.bool, device=seqs.device)
     return mask[:, None]
 
@@ -128,12 +132,13 @@ class AttentionBucket:
 
 
 def attention_buckets(
-    seqs: torch.Tensor, computed: torch.Tensor, flat: torch.Tensor
+    seqs: torch.Tensor, computed: torch.Tensor, flat: torch.Tensor, causal: bool = True
 ) -> tuple[list, torch.Tensor]:
     """Group the rows of a left-padded ``[B, T]`` batch by how many trailing columns they need, in classes of
     powers of two, so that attention costs about the sum of the rows' own squared lengths rather than
     ``B * T^2``.  The function computed is unchanged: a row's dropped leading columns are padding, masked
-    keys whose attention probability is exactly 0 (and whose outputs nobody reads).
+    keys whose attention probability is exactly 0 (and whose outputs nobody reads).  ``causal``: as
+    :func:`attention_mask` (the dropped columns are padding whichever mask is used).
 
     With random batches of Amazon subsequences (median input 4 items, a few near 50) nearly every batch needs
     T = 50, and the dense ``[B, heads, T, T]`` attention with its dropout was about half the encoder's time.
@@ -157,7 +162,7 @@ def attention_buckets(
         tokens = in_bucket[rows_of_token].nonzero().squeeze(1)
         cells = local[rows_of_token[tokens]] * width + cols_of_token[tokens] - (t - width)
         buckets.append(
-            AttentionBucket(tokens, cells, len(rows), width, attention_mask(seqs[rows, t - width :]))
+            AttentionBucket(tokens, cells, len(rows), width, attention_mask(seqs[rows, t - width :], causal))
         )
         order.append(tokens)
     inverse = torch.empty_like(flat)
@@ -301,6 +306,8 @@ class SASRecEncoder(nn.Module):
         self.emb_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.layers))
+        # SASRec's configs have no such field (their fingerprints must not change): causal unless told
+        self.causal: bool = getattr(config, "causal", True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -325,6 +332,13 @@ class SASRecEncoder(nn.Module):
             return seqs[:, -length:]
         return F.pad(seqs, (length - seqs.shape[1], 0), value=PAD)
 
+    def embed_items(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input item embeddings of computed cells: ``LongTensor[N]`` -> ``[N, d]``.
+
+        Padding (only ever an empty row's last cell here) is embedded as zeros: no padding row in the table.
+        Subclasses with special input symbols (BERT4Rec's mask) override this."""
+        return self.item_emb(tokens.clamp(min=0)) * (tokens != PAD)[:, None]
+
     def _embed(self, seqs: torch.Tensor, dropout: bool | None) -> tuple[torch.Tensor, PackedLayout, int]:
         """Packed input states ``[N, d]``, their layout, and the first column kept of the padded window.
 
@@ -342,12 +356,11 @@ class SASRecEncoder(nn.Module):
         flat = computed.flatten().nonzero().squeeze(1)  # [N], row-major
         last = computed.sum(1).cumsum(0) - 1  # [B]
         cols = flat % t
-        # Padding (only ever an empty row's last cell here) is embedded as zeros: no padding row in the table.
         tokens = seqs.flatten()[flat]
-        items = self.item_emb(tokens.clamp(min=0)) * (tokens != PAD)[:, None]
+        items = self.embed_items(tokens)
         active = self.training if dropout is None else dropout
         h = F.dropout(self.emb_norm(items + self.pos_emb(cols + start)), self.emb_dropout.p, active)
-        buckets, unbucket = attention_buckets(seqs, computed, flat)
+        buckets, unbucket = attention_buckets(seqs, computed, flat, self.causal)
         return h, PackedLayout(b, t, flat, last, computed[:, None, None, :], buckets, unbucket), start
 
     def forward(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
