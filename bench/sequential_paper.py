@@ -19,6 +19,7 @@ Variants (``DATASET:VARIANT``, DATASET ``beauty`` or ``sports``):
 * ``duorec``: ``configs/<dataset>_duorec.yaml``, the contrastive baseline (DuoRec, WSDM 2022);
 * ``sasrec_bce``: ``configs/<dataset>_sasrec_bce.yaml``, SASRec with its paper's binary per-position loss;
 * ``iclrec``: ``configs/<dataset>_iclrec.yaml``, ICLRec (WWW 2022), the intent contrastive parent of ICSRec;
+* ``bert4rec``: ``configs/<dataset>_bert4rec.yaml``, BERT4Rec (CIKM 2019), bidirectional on the cloze task;
 * ``cl4srec``: ICLRec without its intent term (``model.intent_loss=false``): CL4SRec as ICLRec's code runs it;
 * ``icsrec_ref``: ICSRec with the reference code's choices that change numbers (``coarse_positive: last``);
 * ``coarse_only`` / ``fine_only``: ICSRec with the fine / coarse loss switched off;
@@ -62,6 +63,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "duorec": ("duorec", []),
     "sasrec_bce": ("sasrec_bce", []),
     "iclrec": ("iclrec", []),
+    "bert4rec": ("bert4rec", []),
     "cl4srec": ("iclrec", ["model.intent_loss=false"]),
     "icsrec_ref": ("icsrec", ["model.coarse_positive=last"]),
     "coarse_only": ("icsrec", ["model.fine_loss=false"]),
@@ -88,6 +90,9 @@ PAPER = {
     ("sports", "iclrec"): (0.0290, 0.0191, 0.0646, 0.0291),
     ("beauty", "cl4srec"): (0.0401, 0.0268, 0.0974, 0.0428),
     ("sports", "cl4srec"): (0.0231, 0.0146, 0.0557, 0.0238),
+    # BERT4Rec: the baseline row of the same table (QinHsiu/ICSRec performances.md)
+    ("beauty", "bert4rec"): (0.0360, 0.0216, 0.0984, 0.0391),
+    ("sports", "bert4rec"): (0.0217, 0.0143, 0.0604, 0.0251),
 }
 KEYS = ("hit@5", "ndcg@5", "hit@20", "ndcg@20")
 SPEED_KEYS = ("train.num_threads=", "train.progress=")  # how fast a run goes, not what it computes
@@ -114,9 +119,8 @@ def build_config(dataset: str, variant: str, seed: int, extra: list[str]):
     cfg = load_config(REPO / "configs" / f"{DATASETS[dataset]}_{model}.yaml", [*overrides, *extra])
     default_seed = cfg.seed
     cfg = cfg.model_copy(update={"seed": seed})
-    suffix = (
-        "" if variant in ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce", "iclrec") else f"-{variant}"
-    ) + ("" if seed == default_seed else f"-s{seed}")
+    plain = ("sasrec", "icsrec", "gru4rec", "duorec", "sasrec_bce", "iclrec", "bert4rec")
+    suffix = ("" if variant in plain else f"-{variant}") + ("" if seed == default_seed else f"-s{seed}")
     return cfg.model_copy(update={"name": cfg.name + suffix})
 
 

@@ -99,7 +99,7 @@ def test_bad_run_names_are_refused():
     with pytest.raises(SystemExit, match="DATASET:VARIANT"):
         sequential_paper.parse_run("beauty-sasrec")
     with pytest.raises(SystemExit, match="VARIANT"):
-        sequential_paper.parse_run("beauty:bert4rec")
+        sequential_paper.parse_run("beauty:caser")
 
 
 def test_the_first_readme_variant_is_the_reference_command_up_to_the_loss_scale():
@@ -305,3 +305,9 @@ def test_a_run_folder_in_use_by_a_cli_training_is_skipped(tiny_repo, capsys, tmp
         sequential_paper.main(["--runs", "tiny:sasrec", "--seeds", "3", "--out", str(out)])
     assert "its run folder is in use by another training, skipped" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_the_bert4rec_variant_runs_its_config_under_its_own_name():
+    cfg = sequential_paper.build_config("beauty", "bert4rec", 1, [])
+    assert cfg.name == "beauty-bert4rec" and cfg.model_config_obj().mask_ratio == 0.6
+    assert sequential_paper.PAPER[("sports", "bert4rec")] == (0.0217, 0.0143, 0.0604, 0.0251)
