@@ -705,8 +705,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_explain_sequence(args, run) -> int:
-    """``recsys explain`` for sequence models with k-means intents (ICSRec, ICLRec): a user's full history or the
-    item ids given with ``--sequence``."""
+    """``recsys explain`` for sequence models with k-means intents (ICSRec, ICLRec): a user's full history or
+    the item ids given with ``--sequence``."""
     from recsys.explain_sequence import explain_sequence, format_sequence_explanation
 
     ds, model = run.dataset, run.model
@@ -1090,7 +1090,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--run",
         metavar="RUN_ID",
         help="serve this run's index, built on first use like `recommend` does; a sequence model's run "
-        "(SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec) also answers /recommend_for_sequence with its encoder",
+        "(SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec, BERT4Rec) also answers /recommend_for_sequence with its "
+        "encoder",
     )
     _tracking_uri_option(sv)
     sv.add_argument(

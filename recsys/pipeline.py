@@ -701,7 +701,7 @@ def build_run_index(
 
 
 def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
-    """The query side of a sequence model (SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec) as a
+    """The query side of a sequence model (SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec, BERT4Rec) as a
     ``serving.retriever.SequenceEncoder``: lists of item indices (oldest first) -> ``float32[B, d]`` query
     embeddings, the model's ``encode_sequences`` of the last ``max_len`` items (default: the model's input
     length), left-padded."""

@@ -1,4 +1,4 @@
-"""Batches of next-item training samples for sequence models (SASRec, GRU4Rec, ICSRec, DuoRec, ICLRec).
+"""Batches of training samples for sequence models (SASRec, GRU4Rec, ICSRec, DuoRec, ICLRec, BERT4Rec).
 
 The sampler walks a seeded random permutation of all dynamic-sliding samples
 (:func:`features.sequences.dynamic_sliding_samples`) once per epoch, like the reference trainers' shuffled

@@ -25,7 +25,7 @@ Endpoints (every list of recommendations is ``[{"item_id", "score", "title"}, ..
   after sequences of item ids, oldest first (anonymous sessions), ranked with a sequence model's encoder
   (:meth:`~serving.retriever.Retriever.recommend_for_sequences`); the items of a sequence are left out unless
   ``exclude_history`` is false. Only when the app holds an encoder (``sequence_encoder``; ``recsys serve
-  --run RUN`` of SASRec, GRU4Rec, DuoRec, ICSRec or ICLRec passes the run's); otherwise a 400.
+  --run RUN`` of SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec or BERT4Rec passes the run's); otherwise a 400.
 
 Errors: an unknown user or item id is a 404 whose ``detail`` is the library's sentence naming the ids; a
 bad ``k``, a malformed body, a vector of the wrong dimension or holding NaN/inf, or a sequence holding an item
@@ -329,7 +329,7 @@ def create_app(
         if sequence_encoder is None:
             raise HTTPException(
                 400, "this server has no sequence encoder: start it with `recsys serve --run RUN` of a sequence "
-                "model (SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec), or embed the sequence and POST /recommend_for_vector",
+                "model (SASRec, GRU4Rec, BERT4Rec, ...), or embed the sequence and POST /recommend_for_vector",
             )  # fmt: skip
         check_size(len(sequences), k)
         with _client_errors():
