@@ -319,7 +319,7 @@ SMALL["iclrec"] = {**SMALL["sasrec_bce"], "intents": 8}
 # the cloze task on these short sequences: fewer masks than the paper's Beauty 0.6, so that more context is
 # left (about 1.5 targets per user and epoch, three batches an epoch: it needs more epochs, LEARNING_EPOCHS)
 SMALL["bert4rec"] = {**SMALL["sasrec_bce"], "mask_ratio": 0.2, "last_item_ratio": 0.2}
-LEARNING_EPOCHS = {"bert4rec": 50}
+LEARNING_EPOCHS = {"bert4rec": 80}
 
 
 def sasrec_cfg(data_path: Path, name: str = "sasrec", **train) -> dict:
