@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -154,22 +153,17 @@ class BERT4Rec(SASRec):
         return ce, {"ce": ce}
 
     # ---- inference --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_sequences(self, seqs: torch.Tensor | np.ndarray, batch_size: int = 2048) -> torch.Tensor:
-        """Queries of item-id histories ``[B, T]`` (left-padded with PAD) -> ``[B, d + 1]``: the projection at
-        a MASK appended to each, and a 1 that meets the item bias in :meth:`item_embeddings`.
+    @property
+    def query_dim(self) -> int:
+        """d + 1: the projection, and a 1 that meets the item bias in :meth:`item_embeddings`."""
+        return self.config.dim + 1
 
-        As :meth:`NextItemRecommender.encode_sequences`: no dropout, no gradient, the mode untouched, rows
-        in blocks of similar length, item indices checked (MASK is refused: it is no item)."""
-        seqs = self.check_sequences(seqs)
-        device = self._device()
-        order = torch.argsort((seqs != PAD).sum(1), stable=True)
-        out = torch.ones(seqs.shape[0], self.config.dim + 1, device=device)
-        for i in range(0, seqs.shape[0], batch_size):
-            rows = order[i : i + batch_size]
-            queries = with_mask(seqs[rows].to(device), self.config.max_len)
-            out[rows.to(device), :-1] = self.encoder.encode(queries, dropout=False)
-        return out
+    def encode_query_block(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Histories ``[b, T]`` -> queries ``[b, d + 1]``: the projection at a MASK appended to each, and a 1.
+        :meth:`encode_sequences` (the base's) checks the items (MASK is refused: it is no item) and blocks
+        the rows by length."""
+        projected = self.encoder.encode(with_mask(seqs, self.config.max_len), dropout=False)
+        return torch.cat([projected, projected.new_ones(projected.shape[0], 1)], 1)
 
     @torch.no_grad()
     def item_embeddings(self) -> torch.Tensor:

@@ -136,11 +136,20 @@ class NextItemRecommender(HistoryQueries, Recommender):
         seqs = self.check_sequences(seqs)
         device = self._device()
         order = torch.argsort((seqs != PAD).sum(1), stable=True)
-        out = torch.empty(seqs.shape[0], self.config.dim, device=device)
+        out = torch.empty(seqs.shape[0], self.query_dim, device=device)
         for i in range(0, seqs.shape[0], batch_size):
             rows = order[i : i + batch_size]
-            out[rows.to(device)] = self.encoder.encode(seqs[rows].to(device), dropout=False)
+            out[rows.to(device)] = self.encode_query_block(seqs[rows].to(device))
         return out
+
+    @property
+    def query_dim(self) -> int:
+        """The width of a query (and of an item vector): d, unless the model scores with more columns."""
+        return self.config.dim
+
+    def encode_query_block(self, seqs: torch.Tensor) -> torch.Tensor:
+        """One block of checked histories on the model's device -> queries ``[b, query_dim]``, no dropout."""
+        return self.encoder.encode(seqs, dropout=False)
 
     def check_sequences(self, seqs: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Item-id sequences ``[B, T]`` as a ``LongTensor``; a ValueError for anything but integer item indices
