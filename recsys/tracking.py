@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,6 +50,42 @@ def _use_store(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+    if db is not None and uri not in _opened_sqlite_stores:
+        with _store_lock(uri):
+            # MLflow creates and migrates a new SQLite store on its first use in a process, with no guard
+            # against another process doing the same: two jobs started together on a fresh store both
+            # failed ("duplicate column name: step"). One at a time here; the store object is cached
+            # per process, so later calls find it ready.
+            mlflow.search_experiments(max_results=1)
+        _opened_sqlite_stores.add(uri)
+
+
+_opened_sqlite_stores: set[str] = set()
+STORE_LOCK_TIMEOUT_S = 600.0
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` of a ``sqlite:///`` store while creating what must exist once (the
+    store's tables, an experiment); other stores serialise on their own, so nothing is held for them."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RuntimeError(
+            f"the tracking store {uri} stayed locked by another process for {STORE_LOCK_TIMEOUT_S:.0f} s "
+            f"({lock.lock_file}); is a job stuck while creating it?"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 SERVER_CONNECT_TIMEOUT_S = 10.0
@@ -254,18 +292,8 @@ class RunTracker:
                     raise
                 raise ResumeRunError(resume_run_id, uri, exc) from None
             return cls(run.info.run_id, True, uri, mlflow.get_experiment(run.info.experiment_id).name)
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the
-            # job runs from; keep them beside the SQLite file instead, so that a store is one folder.
-            location = None
-            if uri == embedded_tracking_uri():
-                location = (recsys_home() / "mlartifacts").as_uri()
-            elif (db := _sqlite_file(uri)) is not None:
-                location = (db.parent / "mlartifacts").as_uri()
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        with _store_lock(uri):  # two jobs starting together must not both create the experiment
+            exp_id = _experiment_id(experiment, uri)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
         return cls(run.info.run_id, True, uri, experiment)
 
@@ -342,6 +370,34 @@ class RunTracker:
             import mlflow
 
             mlflow.log_figure(fig, name)
+
+
+def _experiment_id(experiment: str, uri: str) -> str:
+    """The id of ``experiment`` in the store ``uri`` (already in use), created when missing."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # Without a location MLflow puts a local store's artifacts in ./mlruns of whatever folder the job
+    # runs from; keep them beside the SQLite file instead, so that a store is one folder.
+    location = None
+    if uri == embedded_tracking_uri():
+        location = (recsys_home() / "mlartifacts").as_uri()
+    elif (db := _sqlite_file(uri)) is not None:
+        location = (db.parent / "mlartifacts").as_uri()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except MlflowException as exc:
+        # A server store: another job created it since the lookup (a SQLite one is locked meanwhile).
+        if (
+            exc.error_code != "RESOURCE_ALREADY_EXISTS"
+            or (exp := mlflow.get_experiment_by_name(experiment)) is None
+        ):
+            raise
+        return exp.experiment_id
 
 
 def _missing_store(uri: str | None) -> tuple[str, Path | None]:

@@ -169,3 +169,48 @@ def test_a_plain_path_to_a_sqlite_store_says_to_write_a_sqlite_uri(_isolated_hom
     assert (
         err.strip() == f"error: the tracking store {db} is a SQLite database file: give it as sqlite:///{db}"
     )
+
+
+_START_TOGETHER = """
+import sys, time
+from pathlib import Path
+from recsys.tracking import RunTracker
+
+folder, me, jobs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(folder / f"ready-{me}").touch()
+deadline = time.time() + 120
+while len(list(folder.glob("ready-*"))) < jobs and time.time() < deadline:  # all imported: start together
+    time.sleep(0.002)
+tracker = RunTracker.start(uri=f"sqlite:///{folder}/mlflow.db", experiment="together", run_name=me)
+tracker.end()
+"""
+
+
+def test_jobs_started_together_on_a_new_sqlite_store_all_get_their_runs(tmp_path):
+    """MLflow creates a new SQLite store's tables on first use with no guard: three jobs started at once on
+    a fresh store used to fail ("duplicate column name: step", "table ... already exists")."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    jobs = 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _START_TOGETHER, str(tmp_path), f"job{i}", str(jobs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(jobs)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-2000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiments = [e for e in client.search_experiments() if e.name == "together"]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2"]
