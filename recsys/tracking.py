@@ -82,6 +82,11 @@ def _store_lock(uri: str) -> Iterator[None]:
             f"the tracking store {uri} stayed locked by another process for {STORE_LOCK_TIMEOUT_S:.0f} s "
             f"({lock.lock_file}); is a job stuck while creating it?"
         ) from None
+    except OSError:
+        # No lock file can be made there (a read-only folder): nothing can be created in that store either,
+        # so there is nothing to take turns for; reading it must still work.
+        yield
+        return
     try:
         yield
     finally:

@@ -214,3 +214,21 @@ def test_jobs_started_together_on_a_new_sqlite_store_all_get_their_runs(tmp_path
     assert len(experiments) == 1
     runs = client.search_runs([experiments[0].experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2"]
+
+
+def test_a_store_in_a_folder_that_takes_no_lock_file_is_still_read(tmp_path, monkeypatch):
+    """Taking turns needs ``mlflow.db.lock`` beside the store; in a read-only folder none can be made, and
+    listing the store's runs must work as before (a first version of the lock refused it)."""
+    import filelock
+
+    from recsys import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    RunTracker.start(uri=uri, experiment="shared", run_name="earlier").end()
+    tracking._opened_sqlite_stores.discard(uri)  # as a new process finds it
+
+    def read_only_folder(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only_folder)
+    assert [r["name"] for r in tracking.list_runs(uri)] == ["earlier"]
