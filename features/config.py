@@ -99,27 +99,28 @@ class SplitConfig(_Strict):
     """
 
     protocol: Protocol = Field(
-        "random_ratio", json_schema_extra={"default_text": "by `data.source` (see `data.split` above)"}
+        default="random_ratio",
+        json_schema_extra={"default_text": "by `data.source` (see `data.split` above)"},
     )
     """The protocol (see the ``data.split`` section above)."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
-    test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in test."""
-    valid_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    valid_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in valid (0 = no validation split)."""
-    temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
+    temporal_cut: float | None = Field(default=None, gt=0.0, lt=1.0)
     """temporal: the cut as a quantile of all timestamps. Test holds the events at or after the quantile's
     timestamp, an actual one (the lower neighbour), so 0.8 puts at least the last 20% of time-ordered events in
     test: 3 of 10 events with distinct timestamps, 21 of 100, and every event that shares the cut's time (before
     test events of users or items unseen in training are dropped)."""
     cut_timestamp: int | None = None
     """temporal: the cut as an absolute timestamp (same unit as the data); alternative to ``temporal_cut``."""
-    valid_temporal_cut: float | None = Field(None, gt=0.0, lt=1.0)
+    valid_temporal_cut: float | None = Field(default=None, gt=0.0, lt=1.0)
     """temporal: optional start of the validation window as a quantile (must be before the test cut)."""
     valid_cut_timestamp: int | None = None
     """temporal: optional start of the validation window as an absolute timestamp."""
-    valid_from_train_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    valid_from_train_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     """presplit: share of each user's train interactions moved to valid (0 = no validation split). The test
     file stays whole: its items are checked against the whole train file, so an item whose only training
     interactions moved to valid is tested without any (a warning counts such test rows; Gowalla, 0.1, seed
@@ -200,11 +201,11 @@ class DataConfig(_Strict):
     serving never recommends back."""
     dedup: bool = True
     """Keep only the earliest interaction of each (user, item) pair."""
-    min_user_interactions: int = Field(0, ge=0)
+    min_user_interactions: int = Field(default=0, ge=0)
     """k-core: drop users with fewer interactions, iterated with the item rule until stable (0 = off). It runs on
     the whole log before the split, as benchmark preparations do: under ``temporal`` a user's later (test-period)
     interactions count towards keeping them."""
-    min_item_interactions: int = Field(0, ge=0)
+    min_item_interactions: int = Field(default=0, ge=0)
     """k-core: drop items with fewer interactions (0 = off)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """The split protocol; when omitted: presplit for user_lines, leave-one-out for amazon_seq, else

@@ -45,40 +45,40 @@ class EarlyStoppingConfig(_Strict):
 
     metric: str = "ndcg@20"
     """Metric on the validation split to monitor, e.g. ``recall@20`` (higher is better)."""
-    patience: int = Field(10, ge=1)
+    patience: int = Field(default=10, ge=1)
     """Evaluations without improvement before training stops."""
 
 
 class TrainConfig(_Strict):
     """How the one :class:`recsys.trainer.Trainer` trains a model."""
 
-    epochs: int = Field(100, ge=0)
+    epochs: int = Field(default=100, ge=0)
     """Maximum number of epochs."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
     """Optional step budget: training stops after this many optimiser steps, whatever ``epochs`` says."""
-    steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(default=None, ge=1)
     """For ``sampler: users``: optimiser steps per epoch (DCCF uses 40 steps of 10,240 triples); default
     ``ceil(training pairs / batch_size)``, the official LightGCN code's epoch."""
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int = Field(default=2048, ge=1)
     """Examples per batch, per process (a data-parallel step takes one batch from each process): BPR triples
     for the ``interactions`` / ``users`` samplers, (history, next item) samples for SASRec, GRU4Rec, DuoRec,
     ICSRec and the two-tower, users for ``sasrec_bce`` and ICLRec; DNIS also sizes its validation batches with
     it."""
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     """Adam's learning rate."""
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """Adam's L2 weight decay (added to the gradient, not AdamW's decoupled decay), on top of the models'
     own L2 terms, which are part of their losses."""
     sampler: Literal["interactions", "users"] = "interactions"
     """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly.  Models
     that bring their own sampler (``make_sampler``: sequence models such as ``sasrec``) do not use it."""
-    eval_every: int = Field(1, ge=1)
+    eval_every: int = Field(default=1, ge=1)
     """Evaluate every N epochs (on the validation split, or the test split when there is none)."""
     early_stopping: EarlyStoppingConfig | None = None
     """Early stopping on a validation metric; needs a non-empty validation split."""
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(default=1, ge=1)
     """Write the resumable checkpoint every N epochs (atomically)."""
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; default: torch's choice."""
     progress: bool = True
     """Show progress bars (only on a terminal)."""
@@ -98,7 +98,7 @@ class EvalConfig(_Strict):
 
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     """Cut-offs for every metric."""
-    block_size: int = Field(4096, ge=1)
+    block_size: int = Field(default=4096, ge=1)
     """Users scored per block."""
 
     @field_validator("ks")
@@ -155,10 +155,10 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     """The run's name: its MLflow run name, and its folder ``$RECSYS_HOME/runs/<name>-<config fingerprint>``
     (checkpoints)."""
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, lt=2**63)
     """Seeds torch, numpy and Python, and every epoch's sampler; a signed 64-bit integer's range, >= 0 like
     ``data.split.seed`` (a larger one failed after the data was prepared, without naming the key)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
     """``auto`` picks CUDA when present, else CPU; or ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     data: DataConfig
     model: dict[str, Any]

@@ -46,13 +46,13 @@ class BERT4RecConfig(SASRecConfig):
 
     name: Literal["bert4rec"] = "bert4rec"  # type: ignore[assignment]
     """Registry key."""
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Dropout on the embeddings and on the output of every sub-layer (the paper's 0.1)."""
-    attn_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Dropout on the attention probabilities (the paper's 0.1)."""
-    mask_ratio: float = Field(0.6, gt=0.0, le=1.0)
+    mask_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
     """rho, the probability that a training item is masked (the paper's 0.6 for Beauty; RecBole's 0.2)."""
-    last_item_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    last_item_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     """The probability that a training example masks its last item only (the paper adds such samples without
     giving their share; 0.5 is RecBole's ``ft_ratio``, which it draws per batch rather than per example)."""
     causal: bool = False

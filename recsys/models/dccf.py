@@ -73,19 +73,19 @@ class DCCFConfig(ModelConfig):
 
     name: Literal["dccf"] = "dccf"
     """Registry key."""
-    dim: int = Field(32, ge=1)
+    dim: int = Field(default=32, ge=1)
     """Embedding size d."""
-    layers: int = Field(2, ge=1)
+    layers: int = Field(default=2, ge=1)
     """Number of layers L."""
-    intents: int = Field(128, ge=1)
+    intents: int = Field(default=128, ge=1)
     """Number of latent intents K (columns of each prototype matrix)."""
-    emb_reg: float = Field(2.5e-5, ge=0)
+    emb_reg: float = Field(default=2.5e-5, ge=0)
     """Weight of the squared L2 norm of the batch's layer-0 embeddings (summed over the batch rows)."""
-    intent_reg: float = Field(5e-3, ge=0)
+    intent_reg: float = Field(default=5e-3, ge=0)
     """Weight of the squared Frobenius norms of both prototype matrices."""
-    ssl_reg: float = Field(0.1, ge=0)
+    ssl_reg: float = Field(default=0.1, ge=0)
     """Weight of the summed InfoNCE terms."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     """InfoNCE temperature."""
     disentangle: bool = True
     """Use intent prototypes (the intent message, its mask and its contrastive views). False: "w/o Disen"."""
@@ -97,7 +97,7 @@ class DCCFConfig(ModelConfig):
     """Add the InfoNCE terms. False: "w/o CL"."""
     init: Literal["xavier_normal", "normal"] = "xavier_normal"
     """Initialisation of the id embeddings (the official code: Xavier normal; prototypes always Xavier normal)."""
-    init_std: float = Field(0.1, gt=0)
+    init_std: float = Field(default=0.1, gt=0)
     """Standard deviation of the ``normal`` initialisation."""
 
 

@@ -73,19 +73,19 @@ class DNISConfig(ModelConfig):
     """The wrapped model's config (``name`` one of mf_bpr, lightgcn, dccf), validated as that model's."""
     feature_blocks: list[float] = Field(default_factory=lambda: [0.1] * 10)
     """Shares of the ids in each feature block, most frequent ids first; they must sum to 1."""
-    dim_blocks: int | None = Field(None, ge=1)
+    dim_blocks: int | None = Field(default=None, ge=1)
     """Number of dimension blocks; ``None``: one per dimension (the official code's 64 for d = 64)."""
-    warm_start_epochs: int = Field(20, ge=0)
+    warm_start_epochs: int = Field(default=20, ge=0)
     """Epochs with alpha = 1 before the search."""
-    search_epochs: int = Field(20, ge=1)
+    search_epochs: int = Field(default=20, ge=1)
     """Epochs in which alpha is learned on validation batches."""
-    lr_alpha: float = Field(0.01, gt=0)
+    lr_alpha: float = Field(default=0.01, gt=0)
     """SGD learning rate of alpha."""
-    l1: float = Field(1e-5, ge=0)
+    l1: float = Field(default=1e-5, ge=0)
     """Weight of ``sum |alpha|`` in alpha's objective."""
     normalize_alpha_grad: bool = True
     """Divide alpha's gradient, per feature block, by its mean absolute value."""
-    keep: float = Field(1.0, gt=0, le=1)
+    keep: float = Field(default=1.0, gt=0, le=1)
     """Share of the embedding entries kept when the search ends (1: prune nothing)."""
 
     @field_validator("base")

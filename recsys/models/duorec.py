@@ -58,11 +58,11 @@ class DuoRecConfig(SASRecConfig):
     ``duorec``, a second dropout view of the anchor against a same-target sample; ``unsupervised``, the anchor's
     encoding against a second dropout view; ``supervised``, the anchor's encoding against a same-target sample;
     ``both``, the last two terms."""
-    supervised_weight: float = Field(0.1, ge=0.0)
+    supervised_weight: float = Field(default=0.1, ge=0.0)
     """lambda_sup (the reference's ``lmd_sem``), the weight of the term with the same-target sample."""
-    unsupervised_weight: float = Field(0.1, ge=0.0)
+    unsupervised_weight: float = Field(default=0.1, ge=0.0)
     """lambda_unsup (the reference's ``lmd``), the weight of the dropout-only term."""
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)
     """tau, the InfoNCE temperature."""
     similarity: Literal["dot", "cosine"] = "dot"
     """Similarity of two views: dot product, or cosine (both views L2-normalised first)."""

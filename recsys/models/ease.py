@@ -50,7 +50,7 @@ class EASEConfig(ModelConfig):
 
     name: Literal["ease"] = "ease"
     """Registry key."""
-    l2: float = Field(500.0, gt=0)
+    l2: float = Field(default=500.0, gt=0)
     """lambda, the L2 penalty on B (added to the diagonal of X^T X). No value suits every data set: choose it
     on a validation split (`recsys sweep --grid 'model.l2=[...]'`); docs/benchmarks.md has the choices."""
 

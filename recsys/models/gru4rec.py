@@ -50,15 +50,15 @@ class GRU4RecConfig(ModelConfig):
 
     name: Literal["gru4rec"] = "gru4rec"
     """Registry key."""
-    dim: int = Field(64, ge=1)
+    dim: int = Field(default=64, ge=1)
     """Item embedding size d, which is also the size of the sequence representation."""
-    hidden: int = Field(128, ge=1)
+    hidden: int = Field(default=128, ge=1)
     """Width of the GRU's hidden state."""
-    layers: int = Field(1, ge=1)
+    layers: int = Field(default=1, ge=1)
     """Number of stacked GRU layers."""
-    max_len: int = Field(50, ge=1)
+    max_len: int = Field(default=50, ge=1)
     """Input length L: a history is truncated to its last L items."""
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     """Dropout on the input item embeddings."""
 
 

@@ -69,24 +69,24 @@ class ICLRecConfig(SASRecBCEConfig):
     """Use the instance (sequence-level, CL4SRec) contrastive term between the two views."""
     intent_loss: bool = True
     """Use the intent contrastive term and the per-epoch clustering."""
-    instance_weight: float = Field(0.1, ge=0.0)
+    instance_weight: float = Field(default=0.1, ge=0.0)
     """lambda, the weight of the instance term (the reference's ``cf_weight``)."""
-    intent_weight: float = Field(0.1, ge=0.0)
+    intent_weight: float = Field(default=0.1, ge=0.0)
     """beta, the weight of the intent term (the reference's ``intent_cf_weight``)."""
-    intents: int = Field(256, ge=2)
+    intents: int = Field(default=256, ge=2)
     """K, the number of k-means intents."""
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)
     """InfoNCE temperature of both terms (similarity: dot product)."""
     instance_representation: Literal["concatenate", "mean"] = "concatenate"
     """The instance term's view representation: all L hidden states concatenated (``[L * d]``, the reference's
     ``seq_representation_instancecl_type`` default), or their mean over the real positions."""
     augmentations: list[Operator] = Field(default_factory=lambda: list(OPERATORS), min_length=1)
     """The operators a view is drawn from, uniformly (all three: the reference's ``random``)."""
-    crop_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    crop_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
     """eta: a crop keeps max(1, floor(eta * n)) items."""
-    mask_ratio: float = Field(0.7, ge=0.0, le=1.0)
+    mask_ratio: float = Field(default=0.7, ge=0.0, le=1.0)
     """gamma: a mask hides floor(gamma * n) items."""
-    reorder_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    reorder_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
     """beta of the reorder operator: it shuffles floor(beta * n) contiguous items."""
     false_negative_mask: bool = False
     """The reference's ``--de_noise`` (off in its scripts): in-batch rows with the same last training target
@@ -96,11 +96,11 @@ class ICLRecConfig(SASRecBCEConfig):
     """``separate``: the intent term encodes the views in passes of its own, as the reference does (five
     encodings of each example per step); ``shared``: it reuses the instance term's (three; changes the
     numbers)."""
-    kmeans_iters: int = Field(20, ge=1)
+    kmeans_iters: int = Field(default=20, ge=1)
     """Lloyd iterations per round."""
-    kmeans_redo: int = Field(5, ge=1)
+    kmeans_redo: int = Field(default=5, ge=1)
     """Faiss ``nredo`` (the reference's 5); warm-started rounds continue from the previous round."""
-    encode_batch_size: int = Field(4096, ge=1)
+    encode_batch_size: int = Field(default=4096, ge=1)
     """Inputs encoded per block for the clustering."""
 
 

@@ -63,13 +63,13 @@ class ICSRecConfig(SASRecConfig):
     """Use the coarse-grain intent contrastive term (ablation switch)."""
     fine_loss: bool = True
     """Use the fine-grain intent contrastive term and the per-epoch clustering (ablation switch)."""
-    coarse_weight: float = Field(0.3, ge=0.0)
+    coarse_weight: float = Field(default=0.3, ge=0.0)
     """lambda, the weight of the coarse-grain term."""
-    fine_weight: float = Field(0.1, ge=0.0)
+    fine_weight: float = Field(default=0.1, ge=0.0)
     """beta, the weight of the fine-grain term."""
-    intents: int = Field(256, ge=2)
+    intents: int = Field(default=256, ge=2)
     """K, the number of k-means intents."""
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)
     """InfoNCE temperature (similarity: dot product)."""
     false_negative_mask: bool = True
     """Mask in-batch rows with the anchor's target (coarse) or intent (fine) out of the negatives.  The
@@ -81,14 +81,14 @@ class ICSRecConfig(SASRecConfig):
     """``separate``: the next-item loss encodes the anchor in its own pass (the reference's three encoder
     passes per batch, three dropout masks); ``shared``: the first contrastive view reuses that encoding
     (two passes; changes the numbers)."""
-    kmeans_iters: int = Field(20, ge=1)
+    kmeans_iters: int = Field(default=20, ge=1)
     """Lloyd iterations per round (``kmeans_redo`` rounds per epoch)."""
-    kmeans_redo: int = Field(5, ge=1)
+    kmeans_redo: int = Field(default=5, ge=1)
     """Faiss ``nredo``, as in the reference (5).  The first, cold clustering keeps the best of that many random
     restarts; a warm-started one continues each "restart" from the previous one's centroids (faiss re-draws
     only centroids beyond the given ones), so it runs ``kmeans_iters x kmeans_redo`` Lloyd iterations (100 with
     the defaults), exactly as the reference's persistent ``faiss.Clustering`` does."""
-    encode_batch_size: int = Field(4096, ge=1)
+    encode_batch_size: int = Field(default=4096, ge=1)
     """Subsequences encoded per block for the clustering."""
 
 

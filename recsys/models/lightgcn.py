@@ -54,15 +54,15 @@ class LightGCNConfig(ModelConfig):
 
     name: Literal["lightgcn"] = "lightgcn"
     """Registry key."""
-    dim: int = Field(64, ge=1)
+    dim: int = Field(default=64, ge=1)
     """Embedding size d of users and items."""
-    layers: int = Field(3, ge=0)
+    layers: int = Field(default=3, ge=0)
     """Number of propagation layers K (0 gives matrix factorisation with the same loss)."""
-    reg: float = Field(1e-4, ge=0)
+    reg: float = Field(default=1e-4, ge=0)
     """L2 weight λ on the batch's layer-0 embeddings (``reg * 0.5 * sum of squared norms / B``)."""
     init: Literal["normal", "xavier_uniform"] = "normal"
     """Initialisation of the embeddings: the official code's N(0, init_std²), or Xavier uniform (paper)."""
-    init_std: float = Field(0.1, gt=0)
+    init_std: float = Field(default=0.1, gt=0)
     """Standard deviation of the ``normal`` initialisation."""
 
 

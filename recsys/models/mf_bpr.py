@@ -30,11 +30,11 @@ class MFBPRConfig(ModelConfig):
 
     name: Literal["mf_bpr"] = "mf_bpr"
     """Registry key."""
-    dim: int = Field(64, ge=1)
+    dim: int = Field(default=64, ge=1)
     """Embedding size d."""
-    reg: float = Field(1e-4, ge=0)
+    reg: float = Field(default=1e-4, ge=0)
     """L2 weight λ on the batch's embeddings (``reg * 0.5 * sum of squared norms / B``)."""
-    init_std: float = Field(0.1, gt=0)
+    init_std: float = Field(default=0.1, gt=0)
     """Standard deviation of the N(0, std²) initialisation: LightGCN's 0.1 (MF-BPR is LightGCN without
     layers). The official LightGCN PyTorch code's own MF baseline (``PureMF``) keeps torch's N(0, 1)."""
 

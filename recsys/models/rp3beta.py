@@ -47,15 +47,15 @@ class RP3betaConfig(ModelConfig):
 
     name: Literal["rp3beta"] = "rp3beta"
     """Registry key."""
-    alpha: float = Field(1.0, ge=0)
+    alpha: float = Field(default=1.0, ge=0)
     """Exponent applied element-wise to the transition probabilities (1 = plain P3)."""
-    beta: float = Field(0.15, ge=0)
+    beta: float = Field(default=0.15, ge=0)
     """Popularity penalty: column j of W is divided by ``pop(j) ** beta`` (0 = P3alpha)."""
-    topk: int = Field(400, ge=1)
+    topk: int = Field(default=400, ge=1)
     """Neighbours kept per item row of W (200 halves W's size for -0.001 Recall@20 on Gowalla)."""
     normalize: bool = True
     """Divide each row of the pruned W by its sum (l1)."""
-    block_size: int = Field(2048, ge=1)
+    block_size: int = Field(default=2048, ge=1)
     """Item rows of W computed per block (memory: the block's non-zero walk probabilities, ~ 24 bytes each)."""
 
 

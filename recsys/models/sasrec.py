@@ -63,23 +63,23 @@ class SASRecConfig(ModelConfig):
 
     name: Literal["sasrec"] = "sasrec"
     """Registry key."""
-    dim: int = Field(64, ge=1)
+    dim: int = Field(default=64, ge=1)
     """Hidden size d (item and position embeddings, every block)."""
-    max_len: int = Field(50, ge=1)
+    max_len: int = Field(default=50, ge=1)
     """Input length L: sequences are truncated to their last L items and left-padded to L."""
-    layers: int = Field(2, ge=1)
+    layers: int = Field(default=2, ge=1)
     """Number of transformer blocks."""
-    heads: int = Field(2, ge=1)
+    heads: int = Field(default=2, ge=1)
     """Attention heads (must divide ``dim``)."""
-    ffn_dim: int = Field(256, ge=1)
+    ffn_dim: int = Field(default=256, ge=1)
     """Width of the feed-forward layer of each block (4 d in the reference code)."""
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     """Dropout on the embeddings and on the output of every attention and feed-forward sub-layer."""
-    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     """Dropout on the attention probabilities."""
-    init_std: float = Field(0.02, gt=0)
+    init_std: float = Field(default=0.02, gt=0)
     """Std of the N(0, std²) initialisation of embeddings and linear weights (biases start at 0)."""
-    layer_norm_eps: float = Field(1e-12, gt=0)
+    layer_norm_eps: float = Field(default=1e-12, gt=0)
     """LayerNorm epsilon (the reference code's TF-style 1e-12)."""
 
     @model_validator(mode="after")

@@ -93,43 +93,43 @@ class TwoTowerConfig(ModelConfig):
     """Hyper-parameters of the SSL two-tower model (defaults: our ML-100K settings, see docs/two_tower.md)."""
 
     name: Literal["two_tower"] = "two_tower"
-    emb_dim: int = Field(32, ge=1)
+    emb_dim: int = Field(default=32, ge=1)
     """Embedding size of every input feature."""
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128])
     """Hidden layer widths of both towers' MLPs (ReLU)."""
-    dim: int = Field(64, ge=1)
+    dim: int = Field(default=64, ge=1)
     """Output size d of both towers (unit vectors)."""
-    history_len: int = Field(20, ge=1)
+    history_len: int = Field(default=20, ge=1)
     """The user's most recent items in the query tower."""
-    temperature: float = Field(0.07, gt=0)
+    temperature: float = Field(default=0.07, gt=0)
     """Softmax temperature of the main task (the paper: 0.06-0.07)."""
     logq: Literal["frequency", "streaming", "none"] = "frequency"
     """Sampling-bias correction: subtract log p_j estimated from training frequencies, by the streaming
     estimator, or not at all."""
-    streaming_alpha: float = Field(0.01, gt=0, le=1)
+    streaming_alpha: float = Field(default=0.01, gt=0, le=1)
     """Learning rate of the streaming frequency estimator."""
-    ssl_weight: float = Field(0.0, ge=0)
+    ssl_weight: float = Field(default=0.0, ge=0)
     """alpha: weight of the SSL loss; 0 turns the SSL task off."""
-    ssl_temperature: float = Field(0.1, gt=0)
+    ssl_temperature: float = Field(default=0.1, gt=0)
     """Temperature of the SSL InfoNCE."""
-    ssl_batch_size: int = Field(512, ge=2)
+    ssl_batch_size: int = Field(default=512, ge=2)
     """Items per SSL batch, drawn uniformly from the warm catalogue."""
     masking: Literal["correlated", "random", "random_independent", "none"] = "correlated"
     """SSL feature masking: CFM, RFM, RFM without complementary views, or none (value dropout only)."""
-    value_dropout: float = Field(0.3, ge=0, lt=1)
+    value_dropout: float = Field(default=0.3, ge=0, lt=1)
     """SSL: drop rate of the values of multi-valued item features, applied after masking."""
-    feature_dropout: float = Field(0.0, ge=0, lt=1)
+    feature_dropout: float = Field(default=0.0, ge=0, lt=1)
     """Baseline: mask each item feature with this probability in the main task (0 = off)."""
-    spread_out: float = Field(0.0, ge=0)
+    spread_out: float = Field(default=0.0, ge=0)
     """Baseline: weight of the spread-out regulariser on in-batch item embeddings (0 = off)."""
-    cold_item_fraction: float = Field(0.0, ge=0, lt=1)
+    cold_item_fraction: float = Field(default=0.0, ge=0, lt=1)
     """Share of the catalogue held out of training altogether (cold-item evaluation)."""
     cold_item_seed: int = 0
     """Seed of the choice of cold items."""
-    train_fraction: float = Field(1.0, gt=0, le=1)
+    train_fraction: float = Field(default=1.0, gt=0, le=1)
     """Share of the training samples kept (seeded by ``cold_item_seed``): the paper's gains grew with less
     training data; users' histories (query inputs) are unchanged."""
-    mi_bins: int = Field(16, ge=2)
+    mi_bins: int = Field(default=16, ge=2)
     """Quantile bins of numeric item features in the mutual information of CFM."""
 
 
