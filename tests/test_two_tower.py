@@ -384,6 +384,15 @@ def test_ssl_without_anything_to_tell_the_views_apart_is_refused(tmp_path):
     assert not torch.equal(z1, z2)
 
 
+def test_correlated_views_without_the_mutual_information_name_the_cause(tmp_path):
+    """With the SSL term off, prepare_dataset computes no mutual information; correlated views asked for then
+    (augmented_views is public) used to fail with a bare IndexError inside the masking."""
+    _, model = prepared_model(write_category_data(tmp_path / "d"), masking="correlated", ssl_weight=0.0)
+    assert model.mutual_information is None
+    with pytest.raises(RuntimeError, match=r"mutual information.*model.ssl_weight > 0"):
+        model.augmented_views(torch.arange(1, 9))
+
+
 def test_new_item_features_are_encoded_with_the_dataset_codes():
     spec = {
         "genres": {"kind": "multi_code", "cardinality": 4, "labels": ["Action", "Comedy", "Drama"]},

@@ -523,6 +523,12 @@ class TwoTower(HistoryQueries, Recommender):
         elif c.masking == "random_independent":
             m1, m2 = independent_random_masks(n, nf, device=dev)
         elif c.masking == "correlated":
+            if self.mutual_information is None:
+                # an IndexError deep in the masking used to say nothing of the cause
+                raise RuntimeError(
+                    "correlated masking reads the items' mutual information, which prepare_dataset computes "
+                    "only when model.ssl_weight > 0"
+                )
             m1, m2, _ = correlated_masks(self.mutual_information, n, device=dev)
         else:
             m1 = m2 = None
