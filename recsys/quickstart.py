@@ -54,6 +54,8 @@ def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> in
     pop = train_experiment(quickstart_config(str(data_dir), {"name": "popularity"}), echo=lambda *_: None)
     cfg = quickstart_config(str(data_dir), {"name": "lightgcn", "dim": 64, "layers": 3, "reg": 1e-4}, epochs)
     res = train_experiment(cfg, echo=lambda m: echo("   " + m))
+    if pop is None or res is None:  # a data-parallel process other than 0 (torchrun): process 0 reports
+        return 0
     ds = res.dataset
     echo(f"   LightGCN: {len(res.history)} epochs, {res.train_seconds:.1f} s")
 

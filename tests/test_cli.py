@@ -480,6 +480,22 @@ def test_quickstart_without_data_or_network_is_one_error_line(capsys, monkeypatc
     assert capsys.readouterr().err.startswith("error: MovieLens-100K is not available locally")
 
 
+def test_quickstart_on_a_data_parallel_process_other_than_0_leaves_the_report_to_process_0(
+    monkeypatch, tmp_path, capsys
+):
+    """Started by torchrun, train_experiment returns None on the processes other than 0, which train along
+    while process 0 tests and reports: the quickstart then failed on them with an AttributeError on None."""
+    import features
+    import recsys.pipeline as pipeline
+
+    trained = []
+    monkeypatch.setattr(features, "obtain_movielens_100k", lambda folder: tmp_path)
+    monkeypatch.setattr(pipeline, "train_experiment", lambda cfg, **kw: trained.append(cfg.model["name"]))
+    assert main(["quickstart", "--epochs", "1"]) == 0
+    assert trained == ["popularity", "lightgcn"]  # both trainings, which every process takes part in
+    assert "test metrics" not in capsys.readouterr().out
+
+
 def test_an_empty_recsys_home_is_the_default(monkeypatch):
     from pathlib import Path
 
