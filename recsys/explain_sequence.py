@@ -155,6 +155,10 @@ def explain_sequence(
     excluded = seq if exclude is None else check_indices(exclude, n_items, "exclude", "item")
     membership = membership or IntentMembership.of(model)
     samples = model.intent_samples
+    if samples is None:  # a model loaded without its dataset, given another's membership
+        raise RuntimeError(
+            f"{type(model).__name__}.prepare_dataset(dataset) must be called before explaining a sequence"
+        )
 
     def item(i: int, s: float = 0.0) -> ItemScore:
         return ItemScore(

@@ -506,6 +506,20 @@ def test_intent_view_of_a_sequence(trained):
         explain_sequence(model, [3, 4], membership=members, examples=-1)
 
 
+def test_a_model_without_its_training_subsequences_asks_for_them(trained):
+    """Loaded from the weights alone, a model has its fitted intents (buffers) but not the training
+    subsequences; given the membership computed on the prepared model, explain_sequence failed on None
+    (an AttributeError) instead of saying what is missing."""
+    from recsys.explain_sequence import IntentMembership, explain_sequence
+
+    members = IntentMembership.of(trained.model)
+    bare = build_model(trained.config.model, trained.model.n_users, trained.model.n_items)
+    bare.load_state_dict(trained.model.state_dict())
+    bare.eval()
+    with pytest.raises(RuntimeError, match=r"prepare_dataset\(dataset\) must be called before explaining"):
+        explain_sequence(bare, [3, 4, 5], membership=members)
+
+
 def test_explained_recommendations_break_ties_like_the_served_index(trained):
     import copy
 
