@@ -67,9 +67,9 @@ class _InfoNCE(torch.autograd.Function):
             lse = row_sum.log().squeeze(1) + row_max.squeeze(1)
             total += (lse - positive).sum(dtype=torch.float64)
             # softmax P = exp / row_sum; the division is applied to the [c, d] operands, not to the [c, n] block
-            if need_a:
+            if grad_a is not None:  # need_a
                 grad_a[start:stop] = ((logits @ b) / row_sum - b[start:stop]) * (scale / n)
-            if need_b:
+            if grad_b is not None:  # need_b
                 grad_b.addmm_(logits.T, a_blk / row_sum, alpha=1.0 / n)
                 grad_b[start:stop] -= a_blk * (1.0 / n)
         ctx.save_for_backward(*(g for g in (grad_a, grad_b) if g is not None))

@@ -27,13 +27,15 @@ item), so a training epoch that draws its views at the start replays exactly fro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
 from features.sequences import PAD, UserSequences
 
-OPERATORS = ("crop", "mask", "reorder")
+Operator = Literal["crop", "mask", "reorder"]
+OPERATORS: tuple[Operator, ...] = ("crop", "mask", "reorder")
 
 
 def augment_sequences(

@@ -197,6 +197,7 @@ def build_model(config: str | dict[str, Any] | ModelConfig, n_users: int, n_item
     """Make a model from a registry name (default config), a config dict with a ``name`` key, or a
     validated config object.  An unknown name is a ``KeyError`` listing the known ones; an invalid config
     a pydantic ``ValidationError`` naming the key."""
+    payload: dict[str, Any] | ModelConfig
     if isinstance(config, str):
         name, payload = config, {"name": config}
     elif isinstance(config, ModelConfig):

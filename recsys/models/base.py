@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import scipy.sparse as sp
 import torch
@@ -106,10 +106,10 @@ class Recommender(nn.Module):
         return score
 
     def _device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
+        for parameter in self.parameters():
+            return parameter.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     def extra_repr(self) -> str:
@@ -190,7 +190,8 @@ class HistoryQueries:
     def query_context(self, split: str) -> Iterator[None]:
         if split not in CONTEXT_SPLITS:
             raise ValueError(f"query context must be one of {sorted(CONTEXT_SPLITS)}, got {split!r}")
-        previous, self._context = self._context, split
+        # the check above made split one of QueryContext's values
+        previous, self._context = self._context, cast(QueryContext, split)
         try:
             yield
         finally:

@@ -131,12 +131,15 @@ class DCCF(PropagatedEmbeddings, Recommender):
 
     config_cls = DCCFConfig
     config: DCCFConfig
+    # registered as None parameters when disentangle is off
+    user_intent: nn.Parameter | None
+    item_intent: nn.Parameter | None
 
     def __init__(self, n_users: int, n_items: int, config: DCCFConfig) -> None:
         super().__init__(n_users, n_items, config)
-        emb = {"init": config.init, "init_std": config.init_std}
-        self.user_emb = IdEmbedding(n_users, config.dim, ids="users", **emb)
-        self.item_emb = IdEmbedding(n_items, config.dim, ids="items", **emb)
+        init, std = config.init, config.init_std
+        self.user_emb = IdEmbedding(n_users, config.dim, init=init, init_std=std, ids="users")
+        self.item_emb = IdEmbedding(n_items, config.dim, init=init, init_std=std, ids="items")
         if config.disentangle:
             self.user_intent = nn.Parameter(torch.empty(config.dim, config.intents))
             self.item_intent = nn.Parameter(torch.empty(config.dim, config.intents))
@@ -151,7 +154,7 @@ class DCCF(PropagatedEmbeddings, Recommender):
     def reset_parameters(self) -> None:
         self.user_emb.reset_parameters()
         self.item_emb.reset_parameters()
-        if self.user_intent is not None:
+        if self.user_intent is not None and self.item_intent is not None:
             nn.init.xavier_normal_(self.user_intent)
             nn.init.xavier_normal_(self.item_intent)
 
@@ -169,7 +172,7 @@ class DCCF(PropagatedEmbeddings, Recommender):
         self._pair_users = self._pattern.rows()
 
     def _structures(self) -> tuple[NormalizedBipartite, CSRPattern]:
-        if self._graph is None or self._pattern is None:
+        if self._graph is None or self._pattern is None or self._pair_users is None:
             raise RuntimeError("DCCF.prepare(train) must be called before training or scoring")
         check_graph_dtype(self._graph, self.user_emb.weight, "DCCF")
         device = self.user_emb.weight.device
@@ -185,9 +188,14 @@ class DCCF(PropagatedEmbeddings, Recommender):
 
     def intent_weights(self, e: torch.Tensor, side: Literal["user", "item"]) -> torch.Tensor:
         """``softmax(e C)``: the weight each node of ``e`` ``[N, d]`` puts on each intent, ``[N, K]``."""
-        if self.user_intent is None:
+        user_intent, item_intent = self.intent_prototypes()
+        return torch.softmax(e @ (user_intent if side == "user" else item_intent), dim=1)
+
+    def intent_prototypes(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The intent prototypes ``C`` of users and of items, ``[d, K]`` each."""
+        if self.user_intent is None or self.item_intent is None:
             raise RuntimeError("this DCCF has no intents (disentangle=False)")
-        return torch.softmax(e @ (self.user_intent if side == "user" else self.item_intent), dim=1)
+        return self.user_intent, self.item_intent
 
     def masked_message(
         self, view_u: torch.Tensor, view_i: torch.Tensor, e_u: torch.Tensor, e_i: torch.Tensor
@@ -221,8 +229,9 @@ class DCCF(PropagatedEmbeddings, Recommender):
             views.graph.append(torch.cat([z_u, z_i]))
             r = None
             if use_intent:
-                r_u = self.intent_message(e_u, self.user_intent)
-                r_i = self.intent_message(e_i, self.item_intent)
+                user_intent, item_intent = self.intent_prototypes()
+                r_u = self.intent_message(e_u, user_intent)
+                r_i = self.intent_message(e_i, item_intent)
                 nxt_u, nxt_i = nxt_u + r_u, nxt_i + r_i
                 r = torch.cat([r_u, r_i])
             views.intent.append(r)
@@ -260,7 +269,8 @@ class DCCF(PropagatedEmbeddings, Recommender):
         parts = {"bpr": bpr, "emb_reg": emb_reg}
         total = bpr + emb_reg
         if c.disentangle:
-            intent_reg = c.intent_reg * (self.user_intent.pow(2).sum() + self.item_intent.pow(2).sum())
+            user_intent, item_intent = self.intent_prototypes()
+            intent_reg = c.intent_reg * (user_intent.pow(2).sum() + item_intent.pow(2).sum())
             parts["intent_reg"] = intent_reg
             total = total + intent_reg
         if c.contrastive and c.ssl_reg > 0:

@@ -45,18 +45,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from recsys.embedding import IdEmbedding
+from recsys.embedding import IdEmbedding, IdKind
 from recsys.models.base import ModelConfig, Recommender
 
 if TYPE_CHECKING:
     from recsys.distributed import DataParallel
+    from recsys.models.dccf import DCCF
+    from recsys.models.lightgcn import LightGCN
+    from recsys.models.mf_bpr import MFBPR
 
 # Models whose loss reports a ``bpr`` part on BPR triples and that use the trainer's BPR sampler.
 SEARCHABLE = ("mf_bpr", "lightgcn", "dccf")
@@ -172,12 +175,16 @@ class DNIS(Recommender):
 
     config_cls = DNISConfig
     config: DNISConfig
+    dim_block: torch.Tensor
+    alpha: torch.Tensor
+    pruned: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: DNISConfig) -> None:
         super().__init__(n_users, n_items, config)
         from recsys.models import build_model
 
-        self.base = build_model(config.base, n_users, n_items)
+        # the config's validator let through only the SEARCHABLE models
+        self.base = cast("MFBPR | LightGCN | DCCF", build_model(config.base, n_users, n_items))
         self.tables: list[IdEmbedding] = [
             m for m in self.base.modules() if isinstance(m, IdEmbedding) and m.ids is not None
         ]
@@ -258,7 +265,9 @@ class DNIS(Recommender):
             "users": np.diff(train.indptr),
             "items": np.bincount(train.indices, minlength=train.shape[1]),
         }
-        counts = np.concatenate([occurrences[t.ids][: t.num] for t in self.tables]).astype(np.int64)
+        # self.tables holds only tables of user or item ids (ids not None: see __init__)
+        counts = np.concatenate([occurrences[cast(IdKind, t.ids)][: t.num] for t in self.tables])
+        counts = counts.astype(np.int64)
         blocks = rank_blocks(counts, self.config.feature_blocks)
         start = 0
         for k, table in enumerate(self.tables):

@@ -97,6 +97,7 @@ class DuoRec(SASRec):
 
     def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
         super().set_sequences(train, histories)
+        assert self.train_samples is not None  # the base's set_sequences has just built them
         self.cross = CrossSubsequences(self.train_samples) if self.uses_positives else None
 
     def make_sampler(self, train_cfg: Any, generator: torch.Generator):

@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from features.sequences import PAD
 from recsys.embedding import IdEmbedding
 from recsys.models.base import ModelConfig
-from recsys.models.sequential import NextItemRecommender
+from recsys.models.sequential import NextItemRecommender, SequenceEncoder
 
 
 class GRU4RecConfig(ModelConfig):
@@ -62,7 +62,7 @@ class GRU4RecConfig(ModelConfig):
     """Dropout on the input item embeddings."""
 
 
-class GRUEncoder(nn.Module):
+class GRUEncoder(SequenceEncoder):
     """Item-id sequences -> the linear map of the GRU's last state (see the module docstring).
 
     Args:
@@ -136,6 +136,7 @@ class GRU4Rec(NextItemRecommender):
 
     config_cls = GRU4RecConfig
     config: GRU4RecConfig
+    encoder: GRUEncoder
 
     def build_encoder(self) -> GRUEncoder:
         return GRUEncoder(self.n_items, self.config)

@@ -54,10 +54,8 @@ from features.sequences import PAD, SubsequenceSamples, UserSequences
 from recsys.contrastive import paired_info_nce
 from recsys.models.icsrec import encode_by_length, epoch_seed, nearest_intents, refit_centroids
 from recsys.models.sasrec_bce import SASRecBCE, SASRecBCEConfig
-from recsys.sequence_augmentation import OPERATORS, augment_sequences
+from recsys.sequence_augmentation import OPERATORS, Operator, augment_sequences
 from recsys.sequence_sampling import AugmentedPositionSampler, PositionSampler
-
-Operator = Literal["crop", "mask", "reorder"]
 
 
 class ICLRecConfig(SASRecBCEConfig):
@@ -137,6 +135,8 @@ class ICLRec(SASRecBCE):
 
     config_cls = ICLRecConfig
     config: ICLRecConfig
+    intent_prototypes: torch.Tensor
+    prototype_epoch: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: ICLRecConfig) -> None:
         super().__init__(n_users, n_items, config)

@@ -127,6 +127,7 @@ def kmeans(
         max_points_per_centroid=4096, min_points_per_centroid=1,
     )  # fmt: skip
     km.train(np.ascontiguousarray(x, dtype=np.float32), init_centroids=init)
+    assert km.centroids is not None  # None only until train() has run
     return km.centroids.astype(np.float32, copy=True)
 
 
@@ -183,6 +184,8 @@ class ICSRec(SASRec):
 
     config_cls = ICSRecConfig
     config: ICSRecConfig
+    intent_centroids: torch.Tensor
+    intent_epoch: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: ICSRecConfig) -> None:
         super().__init__(n_users, n_items, config)
@@ -202,6 +205,7 @@ class ICSRec(SASRec):
     # ---- set-up ---------------------------------------------------------------------------------------------
     def set_sequences(self, train: UserSequences, histories: dict[str, UserSequences] | None = None) -> None:
         super().set_sequences(train, histories)
+        assert self.train_samples is not None  # the base's set_sequences has just built them
         self.cross = CrossSubsequences(self.train_samples) if self.uses_views else None
 
     def make_sampler(self, train_cfg: Any, generator: torch.Generator):

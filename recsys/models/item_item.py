@@ -86,6 +86,7 @@ class ItemItemRecommender(ItemSetQueries, Recommender):
     indexable = False
     #: how the subclass's scores are formed, for the errors of the embedding methods
     score_formula: ClassVar[str] = "X_u @ M (item-item)"
+    _anchor: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: ModelConfig) -> None:
         super().__init__(n_users, n_items, config)

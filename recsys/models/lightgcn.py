@@ -83,9 +83,9 @@ class LightGCN(PropagatedEmbeddings, Recommender):
 
     def __init__(self, n_users: int, n_items: int, config: LightGCNConfig) -> None:
         super().__init__(n_users, n_items, config)
-        emb = {"init": config.init, "init_std": config.init_std}
-        self.user_emb = IdEmbedding(n_users, config.dim, ids="users", **emb)
-        self.item_emb = IdEmbedding(n_items, config.dim, ids="items", **emb)
+        init, std = config.init, config.init_std
+        self.user_emb = IdEmbedding(n_users, config.dim, init=init, init_std=std, ids="users")
+        self.item_emb = IdEmbedding(n_items, config.dim, init=init, init_std=std, ids="items")
         self._graph: NormalizedBipartite | None = None
 
     def reset_parameters(self) -> None:

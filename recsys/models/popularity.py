@@ -37,6 +37,7 @@ class MostPopular(Recommender):
 
     config_cls = MostPopularConfig
     trainable = False
+    counts: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: MostPopularConfig) -> None:
         super().__init__(n_users, n_items, config)

@@ -45,7 +45,7 @@ representation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -55,7 +55,7 @@ from torch.nn import functional as F
 from features.sequences import PAD
 from recsys.embedding import IdEmbedding
 from recsys.models.base import ModelConfig
-from recsys.models.sequential import NextItemRecommender
+from recsys.models.sequential import NextItemRecommender, SequenceEncoder
 
 
 class SASRecConfig(ModelConfig):
@@ -285,7 +285,7 @@ class TransformerBlock(nn.Module):
         return self.feed_forward(self.attention(h, layout, last_only, dropout), dropout)
 
 
-class SASRecEncoder(nn.Module):
+class SASRecEncoder(SequenceEncoder):
     """Item-id sequences -> hidden states; the reusable half of SASRec (ICSRec encodes its views with it).
 
     Args:
@@ -402,8 +402,11 @@ class SASRec(NextItemRecommender):
     class gives it the transformer encoder (:class:`SASRecEncoder`, ``self.encoder``).
     """
 
-    config_cls = SASRecConfig
+    # declared again: inferred, it would be type[SASRecConfig], which the subclasses' config classes do not
+    # match (each narrows the Literal of ``name``)
+    config_cls: ClassVar[type[ModelConfig]] = SASRecConfig
     config: SASRecConfig
+    encoder: SASRecEncoder
 
     def build_encoder(self) -> SASRecEncoder:
         return SASRecEncoder(self.n_items, self.config)

@@ -22,12 +22,13 @@ Loss, with :math:`F_t` the encoder's hidden state at position t (causal attentio
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
 
 from features.sequences import PAD, UserSequences
+from recsys.models.base import ModelConfig
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.sequence_sampling import PositionSampler
 
@@ -49,7 +50,7 @@ class SASRecBCE(SASRec):
         config: :class:`SASRecBCEConfig`.
     """
 
-    config_cls = SASRecBCEConfig
+    config_cls: ClassVar[type[ModelConfig]] = SASRecBCEConfig  # declared again: see SASRec.config_cls
     config: SASRecBCEConfig
 
     def __init__(self, n_users: int, n_items: int, config: SASRecBCEConfig) -> None:

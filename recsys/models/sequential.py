@@ -19,7 +19,7 @@ Subclasses build it in :meth:`NextItemRecommender.build_encoder`; their config h
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +29,28 @@ from torch.nn import functional as F
 
 from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_sliding_samples, user_sequences
 from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, Recommender
+
+
+class SequenceEncoder(nn.Module):
+    """The interface of a sequence encoder (see the module docstring); the encoders subclass it so that the
+    models' calls through ``self.encoder`` are type-checked."""
+
+    def encode(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class SequenceConfig(Protocol):
+    """The fields this base reads from a sequence model's config (each subclass's config class has them;
+    they are in no common config base, since a config's fields and their order make its fingerprint)."""
+
+    dim: int
+    max_len: int
 
 
 class NextItemRecommender(HistoryQueries, Recommender):
@@ -50,15 +72,23 @@ class NextItemRecommender(HistoryQueries, Recommender):
     * :meth:`encode_sequences` encodes item-id sequences (``recommend --sequence``, serving).
     """
 
+    encoder: SequenceEncoder
+
     def __init__(self, n_users: int, n_items: int, config: ModelConfig) -> None:
         super().__init__(n_users, n_items, config)
         self.encoder = self.build_encoder()
         self.histories: dict[str, UserSequences] = {}
         self.train_samples: SubsequenceSamples | None = None
 
-    def build_encoder(self) -> nn.Module:  # pragma: no cover - overridden
+    def build_encoder(self) -> SequenceEncoder:  # pragma: no cover - overridden
         """The sequence encoder (see the module docstring for its interface)."""
         raise NotImplementedError
+
+    @property
+    def sequence_config(self) -> SequenceConfig:
+        """The model's config, typed as what this base reads of it."""
+        # every subclass's config has dim and max_len; ModelConfig, the declared type, does not
+        return cast(SequenceConfig, self.config)
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
@@ -103,7 +133,7 @@ class NextItemRecommender(HistoryQueries, Recommender):
             if seqs.items.size and (seqs.items.min() < 0 or seqs.items.max() >= self.n_items):
                 raise ValueError(f"sequences {name!r} hold item indices outside [0, {self.n_items})")
         self.histories = {ctx: (histories or {}).get(ctx, train) for ctx in CONTEXT_SPLITS}
-        self.train_samples = dynamic_sliding_samples(train, max_len=self.config.max_len)
+        self.train_samples = dynamic_sliding_samples(train, max_len=self.sequence_config.max_len)
 
     def make_sampler(self, train_cfg: Any, generator: torch.Generator):
         """The trainer's sampler for one epoch: all training samples, shuffled, ``train_cfg.batch_size`` each."""
@@ -145,7 +175,7 @@ class NextItemRecommender(HistoryQueries, Recommender):
     @property
     def query_dim(self) -> int:
         """The width of a query (and of an item vector): d, unless the model scores with more columns."""
-        return self.config.dim
+        return self.sequence_config.dim
 
     def encode_query_block(self, seqs: torch.Tensor) -> torch.Tensor:
         """One block of checked histories on the model's device -> queries ``[b, query_dim]``, no dropout."""
@@ -174,7 +204,7 @@ class NextItemRecommender(HistoryQueries, Recommender):
         if not self.histories:
             raise self._not_prepared("scoring")
         history = self.histories[self._context]
-        padded = history.padded(users.detach().cpu().numpy(), max_len=self.config.max_len)
+        padded = history.padded(users.detach().cpu().numpy(), max_len=self.sequence_config.max_len)
         return self.encode_sequences(padded)
 
     @torch.no_grad()

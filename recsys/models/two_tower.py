@@ -59,7 +59,7 @@ interaction after a user's first, with the user's preceding ``history_len`` item
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import numpy as np
 import polars as pl
@@ -205,6 +205,10 @@ class StreamingFrequency(nn.Module):
     ``A_j``: the step item j was last sampled; ``delta_j``: the smoothed gap between its samplings;
     :math:`p_j = 1 / \\delta_j`.  State is kept in buffers, so it is checkpointed with the model."""
 
+    last: torch.Tensor
+    gap: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self, n_items: int, alpha: float) -> None:
         super().__init__()
         self.alpha = alpha
@@ -299,6 +303,9 @@ class TwoTower(HistoryQueries, Recommender):
     config: TwoTowerConfig
     #: scores are cosines of unit vectors: ``recsys index`` marks the FAISS index normalised
     cosine_scores: ClassVar[bool] = True
+    # buffers registered by prepare_dataset
+    log_freq: torch.Tensor
+    untrained: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: TwoTowerConfig) -> None:
         super().__init__(n_users, n_items, config)
@@ -354,6 +361,7 @@ class TwoTower(HistoryQueries, Recommender):
 
         histories = self._histories(dataset)
         self.set_sequences(histories["valid"], histories)
+        assert self.train_samples is not None  # set_sequences has just built them
         counts = np.bincount(self.train_samples.targets, minlength=self.n_items).astype(np.float64)
         self.register_buffer(
             "log_freq",
@@ -441,9 +449,9 @@ class TwoTower(HistoryQueries, Recommender):
             raise ValueError("no training samples: every user has fewer than 2 training interactions")
 
     def make_sampler(self, train_cfg: Any, generator: torch.Generator) -> TwoTowerSampler:
-        self._require_prepared()
+        _, _, train_samples = self._require_prepared()
         return TwoTowerSampler(
-            self.train_samples,
+            train_samples,
             batch_size=train_cfg.batch_size,
             ssl_batch_size=self.config.ssl_batch_size,
             catalogue=self.ssl_catalogue,
@@ -451,9 +459,12 @@ class TwoTower(HistoryQueries, Recommender):
             ssl=self.config.ssl_weight > 0,
         )
 
-    def _require_prepared(self) -> None:
-        if self.item_tower is None or self.train_samples is None:
+    def _require_prepared(self) -> tuple[FeatureTower, FeatureTower, SubsequenceSamples]:
+        """The query tower, the item tower and the training samples, which prepare_dataset builds."""
+        # the query tower is built with the item tower
+        if self.query_tower is None or self.item_tower is None or self.train_samples is None:
             raise RuntimeError("TwoTower.prepare_dataset(dataset) must be called before training or scoring")
+        return self.query_tower, self.item_tower, self.train_samples
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def item_values(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -476,7 +487,8 @@ class TwoTower(HistoryQueries, Recommender):
 
     def _id_mask(self, items: torch.Tensor) -> torch.Tensor:
         """``BoolTensor[B, F]``: the id feature (field 0) masked for items without training interactions."""
-        mask = torch.zeros(items.shape[0], self.item_tower.n_features, dtype=torch.bool, device=items.device)
+        _, item_tower, _ = self._require_prepared()
+        mask = torch.zeros(items.shape[0], item_tower.n_features, dtype=torch.bool, device=items.device)
         mask[:, 0] = self.untrained.to(items.device)[items]
         return mask
 
@@ -488,21 +500,22 @@ class TwoTower(HistoryQueries, Recommender):
         if self.config.logq == "frequency":
             logits = logits - self.log_freq[targets].unsqueeze(0)
         elif self.config.logq == "streaming":
+            assert self.streaming is not None  # __init__ builds the estimator when logq is "streaming"
             logits = logits - self.streaming.log_probability(targets).unsqueeze(0)
         return logits.masked_fill(_other_rows_with_the_same_item(targets), float("-inf"))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Parts: ``main``, and ``ssl`` (alpha-weighted) / ``spread_out`` (weighted) when switched on."""
-        self._require_prepared()
+        query_tower, item_tower, _ = self._require_prepared()
         c = self.config
         targets = batch["targets"]
-        q = self.query_tower(self.query_values(batch["users"], batch["inputs"]))
+        q = query_tower(self.query_values(batch["users"], batch["inputs"]))
         mask = None
         if c.feature_dropout > 0 and self.training:
             mask = feature_dropout_masks(
-                len(targets), self.item_tower.n_features, c.feature_dropout, device=q.device
+                len(targets), item_tower.n_features, c.feature_dropout, device=q.device
             )
-        v = self.item_tower(self.item_values(targets), mask)
+        v = item_tower(self.item_values(targets), mask)
         if self.streaming is not None and self.training:
             self.streaming.update(targets)
         main = F.cross_entropy(self.main_logits(q, v, targets), torch.arange(len(targets), device=q.device))
@@ -511,13 +524,17 @@ class TwoTower(HistoryQueries, Recommender):
             parts["ssl"] = c.ssl_weight * self.ssl_loss(batch["ssl_items"])
         if c.spread_out > 0:
             parts["spread_out"] = c.spread_out * spread_out_loss(v, targets)
-        return sum(parts.values()), parts
+        # parts holds main, so the sum is a tensor (typed as one, its start value 0 is int)
+        return cast(torch.Tensor, sum(parts.values())), parts
 
     def augmented_views(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views ``[N, d]`` of items ``LongTensor[N]``: feature masking, then value dropout."""
+        _, item_tower, _ = self._require_prepared()
         c = self.config
-        n, nf = items.shape[0], self.item_tower.n_features
+        n, nf = items.shape[0], item_tower.n_features
         dev = self._device()
+        m1: torch.Tensor | None
+        m2: torch.Tensor | None
         if c.masking == "random":
             m1, m2 = random_complementary_masks(n, nf, device=dev)
         elif c.masking == "random_independent":
@@ -537,10 +554,10 @@ class TwoTower(HistoryQueries, Recommender):
         for m in (m1, m2):
             vals = dict(values)
             if c.value_dropout > 0:
-                for f in self.item_tower.fields:
+                for f in item_tower.fields:
                     if f.kind == "multi_code":
                         vals[f.name] = value_dropout(vals[f.name], c.value_dropout)
-            views.append(self.item_tower(vals, m))
+            views.append(item_tower(vals, m))
         return views[0], views[1]
 
     def ssl_loss(self, items: torch.Tensor) -> torch.Tensor:
@@ -555,21 +572,21 @@ class TwoTower(HistoryQueries, Recommender):
     @torch.no_grad()
     def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
         """``LongTensor[B]`` -> ``[B, d]`` unit vectors from the users' features and recent items."""
-        self._require_prepared()
+        query_tower, _, _ = self._require_prepared()
         history = self.histories[self._context]
         out = []
         for start in range(0, users.shape[0], 4096):
             block = users[start : start + 4096]
             padded = torch.from_numpy(history.padded(block.cpu().numpy(), max_len=self.config.history_len))
-            out.append(self.query_tower(self.query_values(block, padded)))
+            out.append(query_tower(self.query_values(block, padded)))
         return torch.cat(out) if out else torch.zeros(0, self.config.dim, device=self._device())
 
     @torch.no_grad()
     def item_embeddings(self) -> torch.Tensor:
         """``[I, d]`` unit vectors; items without training interactions (cold) from their features alone."""
-        self._require_prepared()
+        _, item_tower, _ = self._require_prepared()
         items = torch.arange(self.n_items, device=self._device())
-        out = [self.item_tower(self.item_values(block), self._id_mask(block)) for block in items.split(8192)]
+        out = [item_tower(self.item_values(block), self._id_mask(block)) for block in items.split(8192)]
         return torch.cat(out)
 
     @torch.no_grad()
@@ -577,8 +594,8 @@ class TwoTower(HistoryQueries, Recommender):
         """Embed items never trained on from their side features: ``table`` has one row per new item with the
         dataset's item feature columns (codes, as :func:`features.new_items.encode_new_items` makes them; an
         unknown code is 0).  The id feature is masked.  Returns ``[n, d]`` unit vectors."""
-        self._require_prepared()
-        if len(self.item_tower.fields) == 1:
+        _, item_tower, _ = self._require_prepared()
+        if len(item_tower.fields) == 1:
             # Only the id, masked: every new item would get the same vector, and a frame without feature
             # columns has no rows to count them by.
             raise ValueError(
@@ -586,14 +603,14 @@ class TwoTower(HistoryQueries, Recommender):
                 "their features; train on data with item features"
             )
         n = table.height
-        missing = [f.name for f in self.item_tower.fields[1:] if f.name not in table.columns]
+        missing = [f.name for f in item_tower.fields[1:] if f.name not in table.columns]
         if missing:
             raise KeyError(
                 f"new items lack the item feature columns {missing}; the model's item features are {self.item_arrays.names[1:]}"
             )
         textual = [
             f.name
-            for f in self.item_tower.fields[1:]
+            for f in item_tower.fields[1:]
             if table.schema[f.name]
             in (pl.String, pl.Categorical, pl.List(pl.String), pl.List(pl.Categorical))
         ]
@@ -602,17 +619,17 @@ class TwoTower(HistoryQueries, Recommender):
                 f"new items' columns {textual} hold text; embed_new_items takes the dataset's codes: turn "
                 "readable features into codes with features.new_items.encode_new_items first"
             )
-        frame = table.select([f.name for f in self.item_tower.fields[1:]]).with_columns(
+        frame = table.select([f.name for f in item_tower.fields[1:]]).with_columns(
             pl.int_range(n, dtype=pl.Int64).alias("item_idx")
         )
-        fields = [FeatureField("item_idx", "code", n), *self.item_tower.fields[1:]]
+        fields = [FeatureField("item_idx", "code", n), *item_tower.fields[1:]]
         arrays = feature_arrays(frame, fields, "item_idx", n)
         dev = self._device()
         values = {k: torch.from_numpy(v).to(dev) for k, v in arrays.values.items()}
         values["item_idx"] = torch.zeros(n, dtype=torch.long, device=dev)  # masked below
-        mask = torch.zeros(n, self.item_tower.n_features, dtype=torch.bool, device=dev)
+        mask = torch.zeros(n, item_tower.n_features, dtype=torch.bool, device=dev)
         mask[:, 0] = True
-        return self.item_tower(values, mask)
+        return item_tower(values, mask)
 
     def extra_repr(self) -> str:
         c = self.config
