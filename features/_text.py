@@ -7,6 +7,7 @@ look up *where* (the first offending row), so the happy path stays vectorised an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
@@ -136,7 +137,9 @@ def split_fields(
     )
 
 
-def require_one_line_each(df: pl.DataFrame, col: str, path: Path, what: str, *, column_label: str) -> None:
+def require_one_line_each(
+    df: pl.DataFrame, col: str, path: str | Path, what: str, *, column_label: str
+) -> None:
     """Check that no two lines (``_line``) of ``df`` give the same ``col``.
 
     A file with one line per user or item must list each id once: a repeated id would multiply rows in every
@@ -146,7 +149,7 @@ def require_one_line_each(df: pl.DataFrame, col: str, path: Path, what: str, *, 
     dup = df.filter(pl.col(LINE) != pl.col(LINE).min().over(col)).sort(LINE).head(1)
     if dup.height:
         r = dup.row(0, named=True)
-        first = df.filter(pl.col(col) == r[col])[LINE].min()
+        first = cast(int, df.filter(pl.col(col) == r[col])[LINE].min())  # line numbers: an integer column
         raise DataValidationError(
             path,
             f"each {what} on one line only",
@@ -159,7 +162,7 @@ def require_one_line_each(df: pl.DataFrame, col: str, path: Path, what: str, *, 
 def parse_int(
     df: pl.DataFrame,
     col: str,
-    path: Path,
+    path: str | Path,
     what: str,
     *,
     nonneg: bool = True,
@@ -280,13 +283,13 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
         raise DataValidationError(path, "a timestamp", column=col, got="<empty>", **_loc(where, r))
     if dtype == pl.String and checked["_f"].null_count() == checked.height:
         checked = df.select(where, text.alias("_raw"), _iso_datetime(text).alias("_dt"))  # parsed once
-        if (r := _first(checked, pl.col("_dt").is_null())) is not None:
+        if (unparsed := _first(checked, pl.col("_dt").is_null())) is not None:
             raise DataValidationError(
                 path,
                 "a timestamp (an integer or an ISO-8601 date-time)",
                 column=col,
-                got=r["_raw"],
-                **_loc(where, r),
+                got=unparsed["_raw"],
+                **_loc(where, unparsed),
             )
         _require_whole_seconds(checked, path, col, where)
         return checked["_dt"].dt.epoch("s").cast(pl.Int64).alias(col)

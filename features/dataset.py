@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -312,7 +312,8 @@ def _check_index(path: Path, df: pl.DataFrame, col: str, n: int) -> None:
         raise DataValidationError(
             path, f"a {col} in every row", column=col, got=f"<{df[col].null_count()} missing>"
         )
-    if df.height and (df[col].min() < 0 or df[col].max() >= n):  # type: ignore[operator]
-        raise DataValidationError(
-            path, f"{col} in [0, {n})", column=col, got=f"<range [{df[col].min()}, {df[col].max()}]>"
-        )
+    if df.height:
+        # an Int64 column without nulls (both checked above): its extremes are ints
+        low, high = cast(int, df[col].min()), cast(int, df[col].max())
+        if low < 0 or high >= n:
+            raise DataValidationError(path, f"{col} in [0, {n})", column=col, got=f"<range [{low}, {high}]>")

@@ -115,7 +115,7 @@ def _with_derived(rows: list[Mapping[str, Any]], spec: Mapping[str, Any]) -> lis
         if not todo:
             continue
         values = [_integer(rows[i][source], f"new item {i}, feature {source!r}") for i in todo]
-        derived = pl.select(derive(pl.Series(values, dtype=pl.Int64))).to_series().to_list()
+        derived = pl.select(derive(pl.lit(pl.Series(values, dtype=pl.Int64)))).to_series().to_list()
         rows = list(rows)
         for i, value in zip(todo, derived, strict=True):
             rows[i] = {**rows[i], name: value}

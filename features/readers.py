@@ -104,13 +104,14 @@ def read_interactions(
         lf = pl.scan_parquet(path).with_row_index(_ROW, offset=1)
         where = "_row"
     else:
-        sep = separator or _SEPARATORS.get(path.suffix.lower())
-        if sep is None:
+        found = separator or _SEPARATORS.get(path.suffix.lower())
+        if found is None:
             raise DataValidationError(
                 path,
                 "a .csv, .tsv or .parquet suffix, or data.separator set",
                 got=path.suffix or "<no suffix>",
             )
+        sep = found  # a str also after the if/else, where only text files read it
         # All columns as text: types are checked below, column by column, so that an error can name the line.
         # The row index is offset so that it equals the file's line number (one record per line assumed).
         # Headerless columns are named column_1, column_2, ... (1-based, whatever the Polars version says).
@@ -368,7 +369,7 @@ def explain_scan_error(
         for _, end, record in _records(path, sep, strict=True):
             if record and width is None:
                 width = len(record)
-            elif record and len(record) > width:
+            elif record and width is not None and len(record) > width:
                 return DataValidationError(
                     path,
                     f"at most {width} fields per line, like the first line",

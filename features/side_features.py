@@ -12,7 +12,12 @@ where ``labels[c - 1]`` is the label of code ``c`` and ``cardinality`` counts co
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import polars as pl
+
+if TYPE_CHECKING:
+    from polars.expr.whenthen import ChainedThen, Then
 
 __all__ = [
     "DERIVED_ITEM_FEATURES",
@@ -66,7 +71,7 @@ def _code_spec(labels: list[str]) -> dict:
 
 
 def _age_bucket(age: pl.Expr) -> pl.Expr:
-    out = pl.when(age.is_null()).then(pl.lit(None, dtype=pl.String))
+    out: Then | ChainedThen = pl.when(age.is_null()).then(pl.lit(None, dtype=pl.String))
     for upper, label in AGE_BUCKETS:
         out = out.when(age < upper).then(pl.lit(label))
     return out.otherwise(pl.lit(None, dtype=pl.String))
@@ -158,7 +163,7 @@ def attribute_item_features(attrs: pl.DataFrame, item_vocab: pl.DataFrame) -> tu
         if attrs.height
         else pl.Series([], dtype=pl.Int64)
     )
-    top = ids.max() if ids.len() else None
+    top = cast(int, ids.max()) if ids.len() else None  # attribute ids: an Int64 series
     if top is None or int(top) < 2 * ids.len() + 1024:
         cardinality = int(top) + 1 if top is not None else 1
         return table, {"attributes": {"kind": "multi_code", "cardinality": cardinality, "labels": None}}
