@@ -51,11 +51,14 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 __all__ = ["full_ranking_topk", "full_ranking_topk_embeddings", "evaluate_model", "model_topk"]
 
@@ -473,6 +476,7 @@ def full_ranking_topk(
     layout = _Layout(n_items, k, dtype, first.device, None)
     exclusion = _Exclusion(exclude, users_np, n_items, _exclusion_value(excluded_score))
     scores: torch.Tensor | None = first
+    del first  # scores holds the block from here on, and lets it go once it is ranked
     with _Selection(n, layout, exclusion, workers) as selection:
         for start in range(0, n, block_size):
             block = users_t[start : start + block_size]
@@ -487,7 +491,7 @@ def full_ranking_topk(
                 tile[:, :n_items].copy_(scores[row - start : row - start + tile.shape[0]])
 
             selection.select(start, start + block.shape[0], fill)
-            scores = first = None  # free the block before the next is scored
+            scores = None  # free the block before the next is scored
     return selection.out
 
 
@@ -579,7 +583,7 @@ def _with_zero_columns(score_fn: ScoreFn, z: int) -> ScoreFn:
     return padded
 
 
-def _uses_default_scorer(model: Any) -> bool:
+def _uses_default_scorer(model: Any) -> TypeGuard[Recommender]:
     """Whether ``model.scorer()`` is the base class's inner product of ``model.embeddings()``."""
     try:
         from recsys.models.base import Recommender
@@ -588,8 +592,19 @@ def _uses_default_scorer(model: Any) -> bool:
     return isinstance(model, Recommender) and type(model).scorer is Recommender.scorer
 
 
+class EvaluatedModel(Protocol):
+    """What :func:`evaluate_model` and :func:`model_topk` need of a model; a ``recsys.models.Recommender``
+    has it."""
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def scorer(self) -> Callable[[torch.Tensor], torch.Tensor]: ...
+
+
 def evaluate_model(
-    model: torch.nn.Module,
+    model: EvaluatedModel,
     dataset: Any,
     split: str = "test",
     ks: Sequence[int] = (20,),
@@ -648,7 +663,7 @@ def evaluate_model(
 
 
 def model_topk(
-    model: torch.nn.Module,
+    model: EvaluatedModel,
     dataset: Any,
     split: str,
     k: int,

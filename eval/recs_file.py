@@ -121,7 +121,7 @@ def _line_numbers(path: Path, rows: int, lead: int) -> list[int] | range:
     return starts
 
 
-def _where(path: Path, bad: pl.DataFrame) -> str:
+def _where(path: str | Path, bad: pl.DataFrame) -> str:
     """``line N`` (CSV) or ``row N`` (Parquet) of the first row of ``bad``."""
     return f"{'row' if Path(path).suffix.lower() in _PARQUET else 'line'} {bad[_AT][0]}"
 

@@ -10,13 +10,16 @@ not a ranking restricted to tail items.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from eval.metrics import check_ks
+
+if TYPE_CHECKING:
+    from eval.ranking import EvaluatedModel
 
 __all__ = ["slice_metrics", "evaluate_item_slices"]
 
@@ -56,7 +59,7 @@ def slice_metrics(
 
 
 def evaluate_item_slices(
-    model: torch.nn.Module,
+    model: EvaluatedModel,
     dataset: Any,
     slices: Mapping[str, np.ndarray],
     split: str = "test",
