@@ -249,6 +249,7 @@ def create_app(
         check_size(len(users), k)
         with _client_errors():
             if rerank:
+                assert reranking is not None  # refused above otherwise
                 recs = reranking.recommend(users, k=k)
             else:
                 recs = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
@@ -347,7 +348,7 @@ def create_app(
     def recommend_for_sequence(
         items: Annotated[
             list[str], Query(max_length=MAX_SEQUENCE, description="the sequence's item ids, oldest first")
-        ] = (),
+        ] = [],  # noqa: B006 - never shared: FastAPI gives each request a deep copy of a default
         k: KQuery = 10,
         exclude_history: bool = True,
     ) -> Response:

@@ -243,6 +243,7 @@ def _publish_index(
         )
         written.append(ITEM_IDS)
         if users is not None:
+            assert uids is not None  # the callers pass the user embeddings with their ids, or neither
             _write_parquet(
                 tmp / USERS,
                 pa.table(
@@ -569,6 +570,7 @@ class ItemIndex:
                 f"{type(index).__name__} with metric type {index.metric_type}",
             )  # fmt: skip
         if kind == IVF_TYPE:
+            assert isinstance(index, faiss.IndexIVFFlat)  # its class is named kind (checked above)
             if index.nlist != m["nlist"]:
                 raise IndexIntegrityError(
                     folder, ITEMS_INDEX, f"{m['nlist']} lists (manifest.json 'nlist')", f"{index.nlist}",
@@ -837,7 +839,10 @@ class ItemIndex:
             rows = q if whole else q[pending]
             complete = fetch >= n_items
             if ivf:  # the lists to probe go with each call: no shared state to change (thread-safe)
-                params = faiss.SearchParametersIVF(nprobe=nlist if complete else probe)
+                lists = nlist if complete else probe
+                # faiss's Python wrapper sets fields from keywords (class_wrappers.handle_SearchParameters);
+                # its stub declares __init__ without them
+                params = faiss.SearchParametersIVF(nprobe=lists)  # type: ignore[call-arg]
                 dist, pos = self._faiss.search(rows, fetch, params=params)
             else:
                 dist, pos = self._faiss.search(rows, fetch)

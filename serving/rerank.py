@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -201,7 +201,8 @@ class Reranker:
             "num_threads": int(num_threads),
         }
         data = lgb.Dataset(train[0], train[1], group=train[2], feature_name=list(FEATURES))
-        sets, callbacks = [], []
+        sets: list[lgb.Dataset] = []
+        callbacks: list[Callable[..., Any]] = []
         if valid is not None:
             held = _as_lists(*valid, "valid features")
             sets = [lgb.Dataset(held[0], held[1], group=held[2], reference=data)]
@@ -357,7 +358,7 @@ def _as_lists(features: np.ndarray, labels: np.ndarray, name: str):
         raise ValueError(
             f"{name} must be [G, N, {len(FEATURES)}] with labels [G, N], got {x.shape}, {y.shape}"
         )
-    keep = ~np.isnan(x).all(axis=2)
+    keep = cast(np.ndarray, ~np.isnan(x).all(axis=2))  # x is 3-D (checked above): an array, not a scalar
     if not keep.any():
         raise ValueError(f"{name}: no candidate to learn from")
     return x[keep], y[keep].astype(np.float32), keep.sum(axis=1)[keep.any(axis=1)]

@@ -138,7 +138,8 @@ class Retriever:
         ids = _as_id_list(user_ids, "user_ids")
         k = check_k(k)
         index = self._index
-        if not index.has_users:
+        user_emb = index.user_emb
+        if user_emb is None:
             raise ValueError(
                 f"index {str(index.path)!r} was built without user embeddings; use recommend_for_vector"
             )
@@ -148,12 +149,12 @@ class Retriever:
                 "rebuild it with seen=... or call recommend(..., exclude_seen=False)"
             )
         positions = index.user_positions(ids)
-        queries = index.user_emb[positions]
+        queries = user_emb[positions]
         exclude = index.seen_items(positions) if exclude_seen else None
         return index.search(queries, k, exclude=exclude)
 
     def recommend_for_vector(
-        self, query: np.ndarray, k: int = 10, exclude_items: Sequence[Sequence[str]] | None = None
+        self, query: np.ndarray, k: int = 10, exclude_items: Sequence[Sequence[str | int]] | None = None
     ) -> list[list[Recommendation]]:
         """Top-``k`` items for query embeddings computed outside the index (new or anonymous users).
 
@@ -252,7 +253,7 @@ class Retriever:
         return self._to_recommendations(*index.search(index.item_vectors(positions), k, exclude=itself))
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str]], n_rows: int) -> ExcludedItems:
+    def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str | int]], n_rows: int) -> ExcludedItems:
         if isinstance(exclude_items, str) or len(exclude_items) != n_rows:
             raise ValueError(f"exclude_items must hold one list of item ids per query row ({n_rows} rows)")
         lists = []
