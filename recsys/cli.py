@@ -457,6 +457,7 @@ def _recommend_to_file(args) -> int:
     output_format(args.out)  # a wrong extension is refused before any model is loaded
     users = read_user_ids(args.users) if args.users is not None else None
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
+    recommender: Retriever | ScorerRecommender | RerankingRetriever
     if (index_dir / "manifest.json").exists():
         recommender = Retriever.load(index_dir)
         if _another_runs_index(index_dir, recommender.index.run_id, args.run):
@@ -669,6 +670,7 @@ def cmd_serve(args) -> int:
             # side in the app's thread pool instead. Torch's idle threads spin after each pass, and on the
             # 2-core machine that doubled an unrelated /recommend (3.2 -> 5.9 ms, bench/bench_http.py).
             torch.set_num_threads(args.threads or 1)
+    assert index_dir is not None  # --index, or --run's default (neither is refused above)
     app = create_app(
         index_dir,
         reranker_dir=args.reranker,

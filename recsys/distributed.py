@@ -20,9 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 
 class DataParallelError(ValueError):
@@ -139,7 +142,7 @@ class LossModule(torch.nn.Module):
     """``model.loss(batch)`` as ``forward``: DistributedDataParallel synchronises gradients for what its
     ``forward`` computed, and our models' training entry point is ``loss``, not ``forward``."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Recommender) -> None:
         super().__init__()
         self.model = model
 

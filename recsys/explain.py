@@ -19,13 +19,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from eval.ranking import topk
+
+if TYPE_CHECKING:
+    from recsys.models.dccf import DCCF, DCCFViews
 
 
 @dataclass
@@ -60,27 +63,31 @@ class UserExplanation:
         return asdict(self)
 
 
-def require_intents(model: torch.nn.Module) -> None:
+def require_intents(model: torch.nn.Module) -> DCCF:
     """A ValueError naming the model unless it has latent intents to explain (checkable as soon as the model
-    is built: ``recsys explain`` refuses before loading the rest of the run)."""
-    if getattr(model, "user_intent", None) is None or not hasattr(model, "forward_views"):
+    is built: ``recsys explain`` refuses before loading the rest of the run). Returns the model, the DCCF it
+    then is."""
+    from recsys.models.dccf import DCCF
+
+    if not isinstance(model, DCCF) or model.user_intent is None:
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no latent intents to explain (DCCF with disentangle=true has; ICSRec's k-means "
             "intents are explained for a sequence: `recsys explain --run RUN --sequence ITEM ...`, or "
             "recsys.explain_sequence in Python)"
         )
+    return model
 
 
 @torch.no_grad()
 def intent_distributions(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-averaged intent weights of all users ``[U, K]`` and all items ``[I, K]`` (rows sum to 1)."""
-    require_intents(model)
+    model = require_intents(model)
     views = model.forward_views()
     return _layer_mean_intents(model, views, "user"), _layer_mean_intents(model, views, "item")
 
 
-def _layer_mean_intents(model: torch.nn.Module, views: Any, side: str) -> torch.Tensor:
+def _layer_mean_intents(model: DCCF, views: DCCFViews, side: Literal["user", "item"]) -> torch.Tensor:
     """``p(k | node)`` of one side, averaged over the layers the intent messages read (``E^(0)..E^(L-1)``)."""
     n_u = model.n_users
     rows = slice(None, n_u) if side == "user" else slice(n_u, None)
@@ -126,7 +133,7 @@ def explain_user(
 ) -> UserExplanation:
     """Explain the recommendations of one user (dense index ``user_idx``) of a model with intents: one
     :func:`explain_users` explanation (``options``: its keyword arguments, ``item_ids``, ``k``, ...)."""
-    require_intents(model)
+    model = require_intents(model)
     check_indices([user_idx], model.n_users, "user_idx", "user")  # the argument named as the caller wrote it
     return explain_users(model, [user_idx], train, **options)[0]
 
@@ -158,7 +165,7 @@ def explain_users(
 
     The model's propagation (one full graph pass), the intent weights and the items aligned with each intent
     are computed once for all of them; only the top-k and its attribution are per user."""
-    require_intents(model)
+    model = require_intents(model)
     check_counts(top_intents=top_intents, items_per_intent=items_per_intent, k=k)
     user_idxs = check_indices(user_idxs, model.n_users, "user_idxs", "user")
     train = sp.csr_matrix(train)  # the rows are sliced below; CSC or COO indices mean something else
@@ -169,7 +176,7 @@ def explain_users(
     final = views.final  # [U + I, d], computed on each access
     users_final, items_final = final[: model.n_users], final[model.n_users :]
     dist_u = _layer_mean_intents(model, views, "user")  # [U, K]
-    prototypes = model.user_intent  # [d, K]: user intents live in the user embedding space
+    prototypes, _ = model.intent_prototypes()  # [d, K]: user intents live in the user embedding space
     affinity = items_final @ prototypes  # [I, K]: c_k . e_i
 
     def item(i: int, s: float) -> ItemScore:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ import torch
 from eval.ranking import topk
 from features.sequences import pad_sequences
 from recsys.explain import ItemScore, check_counts, check_indices
+
+if TYPE_CHECKING:
+    from recsys.models.iclrec import ICLRec
+    from recsys.models.icsrec import ICSRec
 
 
 @dataclass
@@ -75,13 +79,15 @@ class SequenceExplanation:
         return asdict(self)
 
 
-def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> None:
+def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> ICSRec | ICLRec:
     """A ValueError unless the model has sequence intents to explain: a sequence model with k-means intents
     and (``fitted``) its centroids fitted, by training with the fine-grain loss or by ``fit_intents()``.
     ``fitted=False`` checks what a model shows as soon as it is built (``recsys explain`` refuses before
-    loading the rest)."""
-    centroids = getattr(model, "intent_centroids", None)
-    if centroids is None or not callable(getattr(model, "encode_intent_queries", None)):
+    loading the rest). Returns the model, the ICSRec or ICLRec it then is."""
+    from recsys.models.iclrec import ICLRec
+    from recsys.models.icsrec import ICSRec
+
+    if not isinstance(model, ICSRec | ICLRec):
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no sequence intents to explain (ICSRec with fine_loss=true and ICLRec with "
@@ -93,6 +99,7 @@ def require_sequence_intents(model: torch.nn.Module, fitted: bool = True) -> Non
             if getattr(config, key, True) is False:
                 raise ValueError(f"the model was trained with model.{key}=false, which fits no intents")
         raise ValueError("the model's intents were never fitted (train it, or call fit_intents())")
+    return model
 
 
 @dataclass
@@ -111,7 +118,7 @@ class IntentMembership:
     @torch.no_grad()
     def of(cls, model: torch.nn.Module) -> IntentMembership:
         """One encoding pass over ``model.train_samples`` (without dropout)."""
-        require_sequence_intents(model)
+        model = require_sequence_intents(model)
         reps = model.encode_samples()  # [N, d]
         centroids = model.intent_centroids
         intent = torch.empty(reps.shape[0], dtype=torch.long, device=reps.device)
@@ -148,7 +155,7 @@ def explain_sequence(
         top_intents: nearest intents to detail; examples: typical subsequences per intent;
         items_per_intent: top and frequent items per intent; k: recommendations.
     """
-    require_sequence_intents(model)
+    model = require_sequence_intents(model)
     check_counts(top_intents=top_intents, examples=examples, items_per_intent=items_per_intent, k=k)
     n_items = model.n_items
     seq = check_indices(items, n_items, "items", "item")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,11 @@ from features._hashing import sha256_bytes
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
 from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit, machine_tags
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from recsys.models.base import Recommender
 
 MODEL_ARTIFACT = "model"
 
@@ -28,7 +33,7 @@ class RunResult:
     run_id: str | None
     config: ExperimentConfig
     dataset: Any
-    model: torch.nn.Module
+    model: Recommender
     test_metrics: dict[str, float]
     history: list[dict[str, float]]
     run_dir: Path
@@ -144,7 +149,7 @@ MODEL_FILES = ("model.pt", "config.yaml", "dataset.json")
 CHECKSUMS = "checksums.json"
 
 
-def save_model_folder(folder: Path, cfg: ExperimentConfig, model: torch.nn.Module, dataset: Any) -> Path:
+def save_model_folder(folder: Path, cfg: ExperimentConfig, model: Recommender, dataset: Any) -> Path:
     """The model artifact: weights, resolved config and the dataset's manifest (to find and check the data),
     and ``checksums.json``, the sha256 of each, which :func:`load_run` verifies (torch checks no CRC: a
     flipped byte in a weight would load without a word)."""
@@ -188,7 +193,7 @@ def _verify_model_folder(run_id: str, folder: Path, damaged: str) -> None:
             raise ValueError(f"run {run_id}: {name} differs from its sha256 in {CHECKSUMS}; {damaged}")
 
 
-def prepare_model(model: torch.nn.Module, dataset: Any) -> None:
+def prepare_model(model: Recommender, dataset: Any) -> None:
     """Give a new model its training data: ``prepare(train matrix)`` for every model, then
     ``prepare_dataset(dataset)`` for models that define it (sequence models, which need each user's items in
     time order, not just the matrix).  Both must be deterministic: a loaded run calls them again."""
@@ -213,10 +218,11 @@ def train_experiment(cfg: ExperimentConfig, *, resume: bool = False, echo=print)
         with run_folder_lock(run_dir_for(cfg)):
             return _train_experiment(cfg, resume=resume, echo=echo)
     with distributed.process_group(resolve_device(cfg.device)) as (dp, device):
+        result: RunResult | None = None
         if dp.is_main:
             result = _train_experiment(cfg, resume=resume, echo=echo, dp=dp, device=device)
         else:
-            result = _train_with_process_0(cfg, resume=resume, dp=dp, device=device)
+            _train_with_process_0(cfg, resume=resume, dp=dp, device=device)
         dp.barrier()  # the others leave the group only after process 0 has tested and logged
         return result
 
@@ -431,11 +437,11 @@ class LoadedRun:
     run_id: str
     config: ExperimentConfig
     dataset: Any
-    model: torch.nn.Module
+    model: Recommender
 
 
 def load_run(
-    run_id: str, uri: str | None = None, *, require: Callable[[torch.nn.Module], None] | None = None
+    run_id: str, uri: str | None = None, *, require: Callable[[torch.nn.Module], object] | None = None
 ) -> LoadedRun:
     """Rebuild a trained run from MLflow: its config, its prepared dataset (checked against the manifest hash
     the run logged) and its model with the trained weights, ready for evaluation and export.
@@ -700,26 +706,39 @@ def build_run_index(
     )
 
 
-def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
+def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None) -> SequenceQueryEncoder:
     """The query side of a sequence model (SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec, BERT4Rec) as a
     ``serving.retriever.SequenceEncoder``: lists of item indices (oldest first) -> ``float32[B, d]`` query
     embeddings, the model's ``encode_sequences`` of the last ``max_len`` items (default: the model's input
     length), left-padded."""
-    import numpy as np
+    from recsys.models.sequential import NextItemRecommender
 
-    from features.sequences import pad_sequences
-
-    encode = getattr(model, "encode_sequences", None)
-    if not callable(encode):
+    if not isinstance(model, NextItemRecommender):  # the models with encode_sequences
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise ValueError(
             f"model {name!r} has no sequence encoder: only sequence models answer item sequences"
         )
-    length = max_len or model.config.max_len
+    return SequenceQueryEncoder(
+        model.encode_sequences, max_len or model.sequence_config.max_len, model.n_items
+    )
 
-    n_items = model.n_items
 
-    def encoder(sequences: list) -> np.ndarray:
+class SequenceQueryEncoder:
+    """A sequence model's query side for serving (made by :func:`sequence_query_encoder`): lists of item
+    indices -> ``float32[B, d]``; ``n_items``: the item indices it can encode, which the Retriever checks
+    by name."""
+
+    def __init__(self, encode: Callable[[Any], torch.Tensor], length: int, n_items: int) -> None:
+        self.encode = encode
+        self.length = length
+        self.n_items = n_items
+
+    def __call__(self, sequences: list) -> np.ndarray:
+        import numpy as np
+
+        from features.sequences import pad_sequences
+
+        n_items = self.n_items
         for given in sequences:  # [True, 2] became items 1 and 2 (a boolean array is refused below by dtype)
             if not isinstance(given, np.ndarray) and any(isinstance(x, bool | np.bool_) for x in given):
                 raise ValueError("item positions must be integers, got a boolean")
@@ -729,12 +748,9 @@ def sequence_query_encoder(model: torch.nn.Module, max_len: int | None = None):
                 raise ValueError(f"item positions must be 1-D integers, got {row.dtype} of shape {row.shape}")
             if row.size and row.min() < 0:  # -1 is the padding: [-1, 2] was encoded as [2]
                 raise ValueError(f"item positions must be >= 0, got {sorted(set(row[row < 0].tolist()))[:5]}")
-        padded = pad_sequences([row.astype(np.int64).tolist() for row in rows], max_len=length)
+        padded = pad_sequences([row.astype(np.int64).tolist() for row in rows], max_len=self.length)
         if (padded >= n_items).any():
             raise ValueError(f"item positions {sorted(set(padded[padded >= n_items].tolist()))[:10]} are beyond "
                              f"the model's {n_items} items")  # fmt: skip
         with torch.no_grad():
-            return encode(padded).detach().cpu().numpy().astype(np.float32)
-
-    encoder.n_items = n_items  # the Retriever refuses ids beyond, by name
-    return encoder
+            return self.encode(padded).detach().cpu().numpy().astype(np.float32)

@@ -27,13 +27,16 @@ import contextlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 
 from serving._topk import ExcludedItems
 from serving.rerank import ItemStatistics, Reranker, candidate_features
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 # The tree shapes fit_reranker tries (LightGBM's num_leaves, min_data_in_leaf), from stumps-like trees that
 # need much evidence per leaf to LightGBM's default size.
@@ -72,7 +75,7 @@ def default_reranker_dir(run_id: str) -> Path:
     return recsys_home() / "rerankers" / run_id
 
 
-def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candidates: int) -> SplitCandidates:
+def split_candidates(model: Recommender, dataset: Any, split: str, n_candidates: int) -> SplitCandidates:
     """Retrieve ``n_candidates`` per user with truth in ``split`` (``"valid"`` or ``"test"``) and compute
     their features from the interactions known before that split (:func:`known_before`)."""
     import scipy.sparse as sp
@@ -85,8 +88,8 @@ def split_candidates(model: torch.nn.Module, dataset: Any, split: str, n_candida
         raise ValueError(
             f"n_candidates must be at most the catalogue's {dataset.n_items:,} items, got {n_candidates:,}"
         )
-    positions, users, truth = model_topk(model, dataset, split, n_candidates)
-    positions = positions.cpu().numpy().astype(np.int64)
+    ranked, users, truth = model_topk(model, dataset, split, n_candidates)
+    positions = ranked.cpu().numpy().astype(np.int64)
     history = known_before(dataset, split)
     # model_topk ranks but returns no scores: the embeddings are computed once more for them (one query
     # pass per split, small next to the full ranking; changing model_topk's result is not worth it)
@@ -131,9 +134,9 @@ def known_before(dataset: Any, split: str):
     return known
 
 
-def require_embeddings(model: torch.nn.Module) -> None:
+def require_embeddings(model: torch.nn.Module) -> Recommender:
     """A ValueError unless ``model`` scores by inner products of query and item embeddings (what an index
-    serves and what the features are computed from)."""
+    serves and what the features are computed from). Returns the model, the Recommender it then is."""
     from recsys.models.base import Recommender
 
     if not isinstance(model, Recommender) or type(model).scorer is not Recommender.scorer:
@@ -141,24 +144,26 @@ def require_embeddings(model: torch.nn.Module) -> None:
             f"{type(model).__name__} does not score by inner products of embeddings, so it has no index to "
             "re-rank (the re-ranker's features need the item vectors)"
         )
+    return model
 
 
 def _embeddings(model: torch.nn.Module, split: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 query [U, d] and item [I, d] embeddings as the evaluation of ``split`` and the served index see
     them (the model's query context for the split; unit vectors for models scored by cosine)."""
-    require_embeddings(model)
+    model = require_embeddings(model)
     tensors = itertools.chain(model.parameters(), model.buffers())
     device = next((t.device for t in tensors), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    context = model.query_context(split) if hasattr(model, "query_context") else contextlib.nullcontext()
+    query_context = getattr(model, "query_context", None)  # the models with histories (HistoryQueries)
+    context = query_context(split) if query_context is not None else contextlib.nullcontext()
     try:
         with torch.no_grad(), context:
-            query, items = model.embeddings(torch.from_numpy(users).to(device))
+            query_t, items_t = model.embeddings(torch.from_numpy(users).to(device))
     finally:
         model.train(was_training)
-    query = query.float().cpu().numpy()
-    items = items.float().cpu().numpy()
+    query = query_t.float().cpu().numpy()
+    items = items_t.float().cpu().numpy()
     if getattr(model, "cosine_scores", False):  # the index stores unit vectors for these models
         query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
         items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
@@ -253,7 +258,7 @@ def fit_reranker(
     }
     k = max(ks)
     n_items = int(ds.n_items)
-    choose = dict(k=k, n_items=n_items, params=params, seed=seed, num_threads=num_threads)
+    choose = _RankerChoice(k=k, n_items=n_items, params=params, seed=seed, num_threads=num_threads)
     reranker, held_out, trials = _choose_ranker(valid, fit_rows, held_rows, info=info, **choose)
     reranker.info["holdout"] = {f"{name}_ndcg@{k}": value for name, value in held_out.items()}
     reranker.info["trials"] = trials
@@ -271,6 +276,16 @@ def fit_reranker(
     return RerankResult(
         reranker, metrics, held_out, candidate_recall, int(fit_rows.size), int(held_rows.size), cross
     )
+
+
+class _RankerChoice(TypedDict):
+    """The settings :func:`_choose_ranker` and :func:`_cross_check` share."""
+
+    k: int
+    n_items: int
+    params: dict[str, Any] | None
+    seed: int
+    num_threads: int
 
 
 def _choose_ranker(
@@ -300,7 +315,7 @@ def _choose_ranker(
 
     # Tree sizes are chosen on held-out validation users, never on test: a few hundred users' lists overfit
     # large trees, while a large dataset can use them.
-    trials = []
+    trials: list[tuple[float, int, Reranker]] = []
     for shape in [{}] if params is not None else TREE_SHAPES:
         trial = Reranker.fit(
             valid.features[fit_rows],

@@ -426,8 +426,8 @@ def tag_run(
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    for key, value in (metrics or {}).items():
-        client.log_metric(run_id, _metric_key(key), float(value))
+    for name, number in (metrics or {}).items():
+        client.log_metric(run_id, _metric_key(name), float(number))
 
 
 def run_tag(run_id: str, key: str, uri: str | None = None) -> str | None:

@@ -29,7 +29,7 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from recsys import distributed
 from recsys.atomic import atomic_write
 from recsys.config import ExperimentConfig
 from recsys.tracking import RunTracker
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best_model.pt"
@@ -196,7 +199,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Recommender,
         dataset: Any,
         cfg: ExperimentConfig,
         run_dir: Path,
@@ -389,6 +392,8 @@ class Trainer:
             seed_everything(self.cfg.seed)
             self.optimizer = self._make_optimizer()
             self.state = TrainState()
+        optimizer = self.optimizer
+        assert optimizer is not None  # made by load_checkpoint or in the branch above
         self._clock = time.perf_counter()  # this process's share of state.train_seconds starts here
         step = self._data_parallel_step() if self.dp is not None else self.model.loss
         step_hooks = [h for h in self.hooks if callable(getattr(h, "on_step_end", None))]
@@ -420,9 +425,9 @@ class Trainer:
             for batch in bar:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 total, parts = step(batch)
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                self.optimizer.step()
+                optimizer.step()
                 self.state.step += 1
                 for hook in step_hooks:
                     hook.on_step_end(self)
