@@ -50,17 +50,15 @@ def _use_store(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
-    if db is not None and uri not in _opened_sqlite_stores:
+    if db is not None:
         with _store_lock(uri):
             # MLflow creates and migrates a new SQLite store on its first use in a process, with no guard
             # against another process doing the same: two jobs started together on a fresh store both
-            # failed ("duplicate column name: step"). One at a time here; the store object is cached
-            # per process, so later calls find it ready.
+            # failed ("duplicate column name: step"). One at a time here; MLflow caches the store object
+            # per process, so on later calls this query is all it costs.
             mlflow.search_experiments(max_results=1)
-        _opened_sqlite_stores.add(uri)
 
 
-_opened_sqlite_stores: set[str] = set()
 STORE_LOCK_TIMEOUT_S = 600.0
 
 
