@@ -348,7 +348,7 @@ def test_mlflow_tracking_uri_overrides_the_embedded_store(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
-    tmp_path, capsys, monkeypatch, signum
+    tmp_path, capsys, monkeypatch, request, signum
 ):
     """SIGTERM (timeout, docker stop) left the MLflow run RUNNING with no end time; Ctrl-C printed a
     traceback. Both now stop like Ctrl-C: one line, the run KILLED, the checkpoint kept for --resume."""
@@ -371,6 +371,10 @@ def test_a_signal_during_training_ends_the_run_as_killed_and_keeps_it_resumable(
             os.kill(os.getpid(), getattr(signal, signum))  # delivered to this (the main) thread
 
     monkeypatch.setattr(recsys.trainer.Trainer, "save_checkpoint", save_then_signal)
+    if signum == "SIGINT" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a shell starts a background job (``pytest &``) with SIGINT ignored, and Python then leaves it so
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     before = signal.getsignal(signal.SIGTERM)
     code = main(["train", "-c", str(cfg), "model.dim=4"])  # an override: part of the config to resume
     err = capsys.readouterr().err

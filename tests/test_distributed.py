@@ -3,6 +3,7 @@ gradients, and process 0 alone validates, checkpoints and reports."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -285,3 +286,44 @@ def test_a_group_of_one_process_is_no_data_parallel_training(tmp_path):
         assert current() is None
     finally:
         dist.destroy_process_group()
+
+
+def test_barrier_holds_each_process_until_all_arrive_and_can_be_passed_again(monkeypatch):
+    """The store barrier (gloo's own left a worker thread freeing Python tensors while a leaving process
+    finalized Python): process 1 waits for process 0, every time, and a second barrier is a new one."""
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    class CountPerThread(threading.local):  # each "process" counts its own barriers, as real ones do
+        def __init__(self) -> None:
+            self.count = itertools.count()
+
+        def __next__(self) -> int:
+            return next(self.count)
+
+    store = dist.HashStore()  # what the processes share through torchrun
+    monkeypatch.setattr(distributed, "_default_store", lambda: store)
+    monkeypatch.setattr(distributed, "_BARRIERS", CountPerThread())
+    events: list[str] = []
+
+    def process(rank: int) -> None:
+        dp = DataParallel(rank, 2)
+        for round_ in range(2):
+            if rank == 0:
+                time.sleep(0.3)  # process 0 is late: testing and logging
+                events.append(f"0 arrives {round_}")
+            dp.barrier()
+            events.append(f"{rank} leaves {round_}")
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    for round_ in range(2):
+        arrives = events.index(f"0 arrives {round_}")
+        assert events.index(f"1 leaves {round_}") > arrives and events.index(f"0 leaves {round_}") > arrives
+    assert events.index("1 leaves 0") < events.index("0 arrives 1")  # round 0 let process 1 go at once
