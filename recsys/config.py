@@ -23,7 +23,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,10 +65,20 @@ class TrainConfig(_Strict):
     ICSRec and the two-tower, users for ``sasrec_bce`` and ICLRec; DNIS also sizes its validation batches with
     it."""
     lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
-    """Adam's learning rate."""
+    """The optimiser's learning rate (its peak, with ``lr_schedule: linear``)."""
     weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    """Adam's L2 weight decay (added to the gradient, not AdamW's decoupled decay), on top of the models'
-    own L2 terms, which are part of their losses."""
+    """Weight decay, on top of the models' own L2 terms (which are part of their losses): with ``optimizer:
+    adam``, an L2 term added to the gradient; with ``adamw``, the decoupled decay of the weights themselves."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """``adam`` (Kingma & Ba 2015) or ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter 2019:
+    BERT's, and BERT4Rec's; unlike BERT's, it decays every parameter, LayerNorm weights and biases too)."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """``constant``: ``lr`` throughout; ``linear``: after the warm-up, ``lr`` falls linearly, to reach 0 just
+    after the last step of the budget (``train.max_steps``, else ``epochs`` times the epoch's steps; early
+    stopping may end the run before), as BERT4Rec's (``recsys.trainer.lr_factor``)."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Steps over which the learning rate rises linearly from 0 to ``lr`` (step ``s`` takes ``lr * s /
+    warmup_steps``, from ``s = 1``), before the schedule."""
     sampler: Literal["interactions", "users"] = "interactions"
     """``interactions``: an epoch visits every training pair once; ``users``: users drawn uniformly.  Models
     that bring their own sampler (``make_sampler``: sequence models such as ``sasrec``) do not use it."""
@@ -82,6 +92,10 @@ class TrainConfig(_Strict):
     """torch intra-op threads; default: torch's choice."""
     progress: bool = True
     """Show progress bars (only on a terminal)."""
+
+    #: Fields added after runs had been fingerprinted: while at their default they stay out of
+    #: :meth:`ExperimentConfig.fingerprint`, so that the runs trained before keep their folders and resume.
+    FINGERPRINT_SKIPS_DEFAULT: ClassVar[tuple[str, ...]] = ("optimizer", "lr_schedule", "warmup_steps")
 
     @model_validator(mode="after")
     def _steps_need_the_users_sampler(self) -> TrainConfig:
@@ -232,8 +246,12 @@ class ExperimentConfig(_Strict):
         bit for bit.)"""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(payload.get("train"), dict):
+            fields = TrainConfig.model_fields
             payload["train"] = {
-                k: v for k, v in payload["train"].items() if k not in ("num_threads", "progress")
+                k: v
+                for k, v in payload["train"].items()
+                if k not in ("num_threads", "progress")
+                and not (k in TrainConfig.FINGERPRINT_SKIPS_DEFAULT and v == fields[k].default)
             }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

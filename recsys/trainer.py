@@ -71,6 +71,20 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+def lr_factor(step: int, budget: int, warmup_steps: int, schedule: str) -> float:
+    """The learning rate of optimiser step ``step`` (1 to ``budget``) as a fraction of ``train.lr``: ``step /
+    warmup_steps`` during the warm-up, then 1 (``constant``) or falling linearly (``linear``) from 1 at the
+    first step after the warm-up to ``1 / (budget - warmup_steps)`` at the last, reaching 0 one step after it.
+    BERT4Rec (Sun et al. 2019) trains with BERT's schedule, a linear warm-up and a linear decay to 0; BERT's
+    code counts the decay from step 0, so that it resumes after the warm-up at ``1 - warmup_steps / budget``
+    rather than 1 (the same for a warm-up short against the budget: 100 of 400,000 steps there)."""
+    if step <= warmup_steps:
+        return step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    return max(budget - step + 1, 0) / max(budget - warmup_steps, 1)
+
+
 def restore_rng(rng: dict[str, Any]) -> None:
     """Put back the random states a checkpoint saved. The checkpoint is loaded onto the training device, but
     torch's generators (CPU and CUDA alike) take their state as a CPU byte tensor only."""
@@ -241,7 +255,16 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel is several times faster than the per-tensor loop on CPU and GPU alike (on
         # Gowalla's 4.5M embedding parameters: ~8 ms vs ~60 ms per step), with the same update rule.
-        return torch.optim.Adam(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay, fused=True)
+        optimizer = torch.optim.AdamW if self.tc.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay, fused=True)
+
+    def _scheduled(self) -> bool:
+        return self.tc.lr_schedule != "constant" or self.tc.warmup_steps > 0
+
+    def _budget(self, steps_per_epoch: int) -> int:
+        """The run's optimiser steps: ``train.max_steps``, else ``epochs`` epochs of ``steps_per_epoch``."""
+        steps = self.tc.epochs * steps_per_epoch
+        return steps if self.tc.max_steps is None else min(steps, self.tc.max_steps)
 
     def _sampler(self, epoch: int):
         from recsys.sampling import NoNegativeItemError
@@ -397,6 +420,7 @@ class Trainer:
         self._clock = time.perf_counter()  # this process's share of state.train_seconds starts here
         step = self._data_parallel_step() if self.dp is not None else self.model.loss
         step_hooks = [h for h in self.hooks if callable(getattr(h, "on_step_end", None))]
+        scheduled = self._scheduled()
 
         from tqdm.auto import tqdm
 
@@ -422,11 +446,20 @@ class Trainer:
                 leave=False,
                 disable=None if self.tc.progress and self.is_main else True,
             )
+            budget = self._budget(n_own)
             for batch in bar:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 total, parts = step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                if scheduled:
+                    # A function of the step alone, which the checkpoint keeps: a resumed run continues the
+                    # schedule with no scheduler state of its own.
+                    lr = self.tc.lr * lr_factor(
+                        self.state.step + 1, budget, self.tc.warmup_steps, self.tc.lr_schedule
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 optimizer.step()
                 self.state.step += 1
                 for hook in step_hooks:
@@ -454,6 +487,8 @@ class Trainer:
                 if self.dp is not None:  # every process stops when process 0's validation says so
                     self.state.stopped_early = self.dp.broadcast(self.state.stopped_early)
             record["step"] = float(self.state.step)
+            if scheduled:
+                record["lr"] = float(optimizer.param_groups[0]["lr"])  # the epoch's last step's
             self.state.history.append({"epoch": float(self.state.epoch), **record})
             if self.state.epoch > logged_until:
                 self.tracker.log_metrics(record, step=self.state.epoch)

@@ -125,6 +125,59 @@ def test_resume_after_crash_is_exact(tmp_path):
     ]
 
 
+def test_lr_factor_warms_up_then_decays_linearly():
+    from recsys.trainer import lr_factor
+
+    assert [lr_factor(s, 10, 0, "constant") for s in (1, 10)] == [1.0, 1.0]
+    assert [lr_factor(s, 10, 4, "constant") for s in (1, 2, 4, 5, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, 0, "linear") for s in (1, 2, 10)] == [1.0, 0.9, pytest.approx(0.1)]
+    assert [lr_factor(s, 10, 4, "linear") for s in (2, 4, 5, 6, 10)] == pytest.approx(
+        [0.5, 1.0, 1.0, 5 / 6, 1 / 6]
+    )
+    assert (
+        lr_factor(12, 10, 0, "linear") == 0.0
+    )  # past the budget (a longer epoch than the first): no step back
+
+
+def test_a_scheduled_run_follows_its_schedule_and_resumes_exactly(tmp_path):
+    """AdamW with a warm-up and linear decay: each epoch's logged rate is the schedule's at its last step (the
+    budget is epochs x steps per epoch), and a run cut mid-epoch and resumed ends with the same weights."""
+    from recsys.trainer import lr_factor
+
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, optimizer="adamw", weight_decay=0.1, lr_schedule="linear", warmup_steps=5)
+    straight, resumed = crash_and_resume(raw, tmp_path)
+    per_epoch = int(straight.state.step / straight.state.epoch)
+    budget = 6 * per_epoch
+    assert [h["lr"] for h in straight.state.history] == pytest.approx(
+        [0.01 * lr_factor(e * per_epoch, budget, 5, "linear") for e in range(1, 7)]
+    )
+    assert straight.state.history[-1]["lr"] == pytest.approx(0.01 / (budget - 5))
+    assert isinstance(straight.optimizer, torch.optim.AdamW)
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, straight.model.state_dict()[k]), k
+    assert [h["lr"] for h in resumed.state.history] == [h["lr"] for h in straight.state.history]
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient(tmp_path):
+    """The same weight decay, coupled (Adam: part of the gradient, then rescaled by Adam's second moment) and
+    decoupled (AdamW: the weights shrink by lr * decay each step), trains different weights; without decay
+    the two are one optimiser."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    weights = {}
+    for name, train in {
+        "adam": {"weight_decay": 0.1},
+        "adamw": {"weight_decay": 0.1, "optimizer": "adamw"},
+        "adamw0": {"optimizer": "adamw"},
+        "adam0": {},
+    }.items():
+        trainer = build(make_cfg(csv, epochs=2, **train), tmp_path / name)
+        trainer.fit()
+        weights[name] = trainer.model.state_dict()["user_emb.weight"]
+    assert not torch.allclose(weights["adam"], weights["adamw"], atol=1e-3)
+    torch.testing.assert_close(weights["adamw0"], weights["adam0"])
+
+
 RESUME_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
