@@ -19,6 +19,7 @@ Subclasses build it in :meth:`NextItemRecommender.build_encoder`; their config h
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -31,18 +32,19 @@ from features.sequences import PAD, SubsequenceSamples, UserSequences, dynamic_s
 from recsys.models.base import CONTEXT_SPLITS, HistoryQueries, ModelConfig, Recommender
 
 
-class SequenceEncoder(nn.Module):
+class SequenceEncoder(nn.Module, abc.ABC):
     """The interface of a sequence encoder (see the module docstring); the encoders subclass it so that the
-    models' calls through ``self.encoder`` are type-checked."""
+    models' calls through ``self.encoder`` are type-checked, and an encoder missing a method fails when it is
+    built, not at its first use."""
 
-    def encode(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, seqs: torch.Tensor, dropout: bool | None = None) -> torch.Tensor: ...
 
-    def item_embeddings(self) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def item_embeddings(self) -> torch.Tensor: ...
 
-    def reset_parameters(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def reset_parameters(self) -> None: ...
 
 
 class SequenceConfig(Protocol):
