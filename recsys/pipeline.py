@@ -694,6 +694,7 @@ def build_run_index(
         # models whose score is a cosine (the SSL two-tower) export unit vectors and mark the index normalised,
         # so query vectors given later (recommend_for_vector) are normalised too
         normalize=bool(getattr(model, "cosine_scores", False)),
+        bias_columns=int(getattr(model, "bias_columns", 0)),
         nlist=nlist,
         nprobe=nprobe,
         metadata={

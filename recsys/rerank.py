@@ -102,7 +102,9 @@ def split_candidates(model: Recommender, dataset: Any, split: str, n_candidates:
         scores[block] = np.einsum("bd,bnd->bn", query[block], items[safe[block]])
     scores[positions < 0] = -np.inf
     known = ExcludedItems(history.indptr, history.indices, checked=True)
-    stats = ItemStatistics.from_arrays(items, known)
+    # item-to-item features compare directions: a model's per-item bias columns (BERT4Rec) are left out
+    bias = int(getattr(model, "bias_columns", 0))
+    stats = ItemStatistics.from_arrays(items[:, : items.shape[1] - bias], known)
     features = candidate_features(scores, positions, known.take(users), stats)
     truth = sp.csr_matrix(truth)
     labels = np.zeros(positions.shape, dtype=np.float32)
@@ -252,6 +254,7 @@ def fit_reranker(
         "n_items": int(ds.n_items),
         "dim": int(valid.item_dim),
         "normalized": bool(getattr(run.model, "cosine_scores", False)),
+        "bias_columns": int(getattr(run.model, "bias_columns", 0)),
         "fit_users": int(fit_rows.size),
         "holdout_users": int(held_rows.size),
         "seed": int(seed),

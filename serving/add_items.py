@@ -135,6 +135,7 @@ def _add_items(
         index.run_id,
         meta,
         normalized=index.normalized,
+        bias_columns=index.bias_columns,
         ivf=ivf,
         faiss_index=grown,
     )

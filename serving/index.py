@@ -11,7 +11,8 @@ Folder layout (``schema_version`` 1)::
     <out_dir>/
       manifest.json      format, schema_version, dim, counts, metric "inner_product", index_type
                          ("IndexFlatIP", or "IndexIVFFlat" with "nlist" and the default "nprobe"),
-                         normalized, run_id, created_at, faiss_version, metadata, and for every other file
+                         normalized, bias_columns (absent in folders written before 2026-12-05: 0),
+                         run_id, created_at, faiss_version, metadata, and for every other file
                          {"sha256": hex, "bytes": size}; written last
       items.faiss        faiss.write_index of the index holding item_emb; FAISS id i = row i = position i
       item_ids.parquet   position: int64 (0..I-1), item_id: string, title: string (nullable)
@@ -22,6 +23,12 @@ Folder layout (``schema_version`` 1)::
 
 Scores are plain inner products of the model's query and item embeddings (the models' own score), unless the
 index was built with ``normalize=True`` (cosine similarity; queries given later are normalised too).
+
+``bias_columns`` trailing columns of the item vectors may hold a per-item bias rather than a direction: the
+model scores ``q . v_i + b_i`` and its query carries a constant 1 there (BERT4Rec's output bias, the
+most-popular baseline's counts). They count in every user or sequence score, but not when items are compared
+with each other (:meth:`ItemIndex.item_vectors` with ``bias=False``: :meth:`Retriever.similar_items`, the
+re-ranker's ``history_cosine``), and cosine normalisation, which would mix them into the direction, is refused.
 
 The folder is built under a hidden temporary name next to ``out_dir`` and moved into place only when complete
 (see :func:`serving._files.publish_folder`); loading re-reads every file once, checks its size and SHA256
@@ -93,6 +100,7 @@ def build_index(
     run_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     normalize: bool = False,
+    bias_columns: int = 0,
     nlist: int | None = None,
     nprobe: int | None = None,
 ) -> Path:
@@ -114,6 +122,9 @@ def build_index(
         metadata: extra JSON-serialisable facts for the manifest (model name, dataset hash, ...).
         normalize: L2-normalise item and user embeddings so that scores are cosine similarities. Off by
             default: the models score by plain inner product and serving must rank as they do.
+        bias_columns: how many trailing columns of ``item_emb`` are per-item biases met by a constant in the
+            query (0..d; see the module docstring): left out when items are compared with each other. Not
+            with ``normalize``.
         nlist: None (default): an exact index. An int: an approximate inverted-file index of ``nlist``
             lists, trained by k-means on the item embeddings (FAISS's seeded clustering; at least
             ``nlist`` items, and FAISS wants about 39 per list). Worth it when an exact search of the
@@ -150,6 +161,15 @@ def build_index(
         raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
     meta = _as_metadata(metadata)
     ivf = _as_ivf(nlist, nprobe, n_items)
+    if isinstance(bias_columns, bool) or not isinstance(bias_columns, int | np.integer):
+        raise TypeError(f"bias_columns must be an int, got {type(bias_columns).__name__}")
+    if not 0 <= bias_columns <= dim:
+        raise ValueError(f"bias_columns must be from 0 to the {dim} columns of item_emb, got {bias_columns}")
+    if normalize and bias_columns:
+        raise ValueError(
+            f"normalize=True with bias_columns={bias_columns}: a cosine would fold the per-item bias into the "
+            "item's direction and no longer rank as the model scores; build the index without normalising"
+        )
     if normalize:
         items = l2_normalize(items, "item_emb")
         if users is not None:
@@ -158,7 +178,7 @@ def build_index(
         _check_replaceable(out_dir)
         _publish_index(
             out_dir.absolute(), items, ids, titles, users, uids, seen_csr, run_id, meta, normalized=normalize,
-            ivf=ivf,
+            bias_columns=int(bias_columns), ivf=ivf,
         )  # fmt: skip
     return out_dir
 
@@ -206,6 +226,7 @@ def _publish_index(
     meta: dict[str, Any],
     *,
     normalized: bool,
+    bias_columns: int = 0,
     ivf: tuple[int, int] | None = None,
     faiss_index: Any = None,
 ) -> None:
@@ -277,6 +298,7 @@ def _publish_index(
             "index_type": INDEX_TYPE if ivf is None else IVF_TYPE,
             **({} if ivf is None else {"nlist": ivf[0], "nprobe": ivf[1]}),
             "normalized": bool(normalized),
+            "bias_columns": int(bias_columns),
             "dim": int(dim),
             "n_items": int(n_items),
             "n_users": len(uids) if uids is not None else 0,
@@ -452,8 +474,8 @@ class ItemIndex:
     the index is in use. Instances are immutable after loading and safe to share between threads.
 
     Attributes (read-only): ``path``, ``manifest``, ``dim`` (d), ``n_items`` (I), ``n_users`` (U),
-    ``normalized``, ``run_id``, ``item_ids`` (tuple of I str), ``item_titles`` (tuple of I str | None),
-    ``user_ids`` (tuple of U str), ``user_emb`` (float32 [U, d] or None), ``seen`` (CSR [U, I] or None),
+    ``normalized``, ``bias_columns``, ``run_id``, ``item_ids`` (tuple of I str), ``item_titles`` (tuple of I
+    str | None), ``user_ids`` (tuple of U str), ``user_emb`` (float32 [U, d] or None), ``seen`` (CSR [U, I] or None),
     ``faiss_index``.
     """
 
@@ -656,6 +678,11 @@ class ItemIndex:
         return bool(self._manifest["normalized"])
 
     @property
+    def bias_columns(self) -> int:
+        """Trailing columns of the item vectors that are per-item biases (0 for most models)."""
+        return int(self._manifest.get("bias_columns", 0))
+
+    @property
     def run_id(self) -> str | None:
         return self._manifest.get("run_id")
 
@@ -737,12 +764,15 @@ class ItemIndex:
             raise ValueError(f"index {str(self._path)!r} was built without seen items")
         return self._seen_rows.take(positions)
 
-    def item_vectors(self, positions: np.ndarray) -> np.ndarray:
-        """float32 [n, d] stored item vectors at int positions [n] (normalised if the index is)."""
+    def item_vectors(self, positions: np.ndarray, *, bias: bool = True) -> np.ndarray:
+        """float32 [n, d] stored item vectors at int positions [n] (normalised if the index is); with
+        ``bias=False`` the item's direction alone, [n, d - bias_columns], what item-to-item comparisons use."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
+        width = self.dim if bias else self.dim - self.bias_columns
         if positions.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self._faiss.reconstruct_batch(positions)
+            return np.zeros((0, width), dtype=np.float32)
+        vectors = self._faiss.reconstruct_batch(positions)
+        return vectors if bias else np.ascontiguousarray(vectors[:, :width])
 
     # -- search --------------------------------------------------------------------------------------------
     def as_queries(self, queries: Any) -> np.ndarray:
@@ -937,6 +967,9 @@ def _parse_manifest(folder: Path, raw: bytes) -> dict[str, Any]:
     field("has_user_embeddings", bool)
     field("has_seen", bool)
     field("normalized", bool)
+    if "bias_columns" in m:  # written since 2026-12-05; an older folder has none
+        field("bias_columns", int, lambda v: 0 <= v <= m["dim"] and not (v and m["normalized"]),
+              "an int from 0 to 'dim', 0 when 'normalized'")  # fmt: skip
     field("metric", str, lambda v: v == METRIC, repr(METRIC))
     field("index_type", str, lambda v: v in (INDEX_TYPE, IVF_TYPE), f"{INDEX_TYPE!r} or {IVF_TYPE!r}")
     if m["index_type"] == IVF_TYPE:

@@ -11,7 +11,8 @@ Features of one (user, candidate) pair, the columns of :func:`candidate_features
 * ``score``: the retrieval score (inner product, a cosine in a normalised index);
 * ``rank``: the candidate's place in the retrieved list, 0 first;
 * ``gap_to_top``: the top candidate's score minus this one's;
-* ``item_norm``: the L2 norm of the item vector (inner-product models put popularity there);
+* ``item_norm``: the L2 norm of the item vector (inner-product models put popularity there); for this and
+  ``history_cosine`` an index's per-item bias columns (``ItemIndex.bias_columns``) are left out;
 * ``item_log_popularity``: ``log((count + 1) / (mean count + 1))``, the item's known interactions relative
   to the catalogue's mean, so that the feature does not drift as more interactions become known (the ranker
   is fitted on the interactions known before the validation split and serves on all of them);
@@ -402,11 +403,17 @@ class RerankingRetriever:
                 f"the re-ranker was fitted on {'cosine' if reranker.info['normalized'] else 'inner-product'} "
                 f"scores, the index {str(index.path)!r} serves the other kind"
             )
+        if int(info.get("bias_columns", 0)) != index.bias_columns:  # absent before 2026-12-05: none left out
+            raise ValueError(
+                f"the re-ranker's item features left out {int(info.get('bias_columns', 0))} bias column(s) of "
+                f"the item vectors, {where} has {index.bias_columns}: refit it on this index's run"
+            )
         self._retriever = retriever
         self._reranker = reranker
         seen = index.seen
         known = ExcludedItems(seen.indptr, seen.indices, checked=True)
-        self._items = ItemStatistics.from_arrays(index.item_vectors(np.arange(index.n_items)), known)
+        vectors = index.item_vectors(np.arange(index.n_items), bias=False)
+        self._items = ItemStatistics.from_arrays(vectors, known)
 
     @property
     def retriever(self) -> Any:

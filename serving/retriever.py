@@ -232,6 +232,9 @@ class Retriever:
     def similar_items(self, item_ids: Sequence[str] | str, k: int = 10) -> list[list[Recommendation]]:
         """The ``k`` items with the largest inner product with each given item, the item itself excluded.
 
+        The product is over the items' directions: an index's per-item bias columns (``bias_columns``, e.g.
+        BERT4Rec's output bias) are left out, so a popular item is not everyone's neighbour.
+
         Args:
             item_ids: B item ids, or one id (the result is then a list holding one list).
             k: neighbours per item.
@@ -241,16 +244,28 @@ class Retriever:
 
         Raises:
             UnknownItemError (a KeyError): ids that are not in the index, all named.
+            ValueError: an index whose every column is a bias (the most-popular baseline): its items have no
+                directions to compare.
         """
         ids = _as_id_list(item_ids, "item_ids")
         k = check_k(k)
+        index = self._index
+        if index.bias_columns == index.dim:
+            model = index.manifest.get("metadata", {}).get("model")
+            raise ValueError(
+                f"the items of the index {str(index.path)!r}{f' (model {model!r})' if model else ''} have no "
+                "vectors to compare: each holds only a per-item score (bias_columns = dim)"
+            )
         if not ids:
             return []
-        index = self._index
         positions = index.item_positions(ids)
         one_each = np.arange(len(ids) + 1, dtype=np.int64)
         itself = ExcludedItems(one_each, positions, checked=True)  # row b excludes its own item
-        return self._to_recommendations(*index.search(index.item_vectors(positions), k, exclude=itself))
+        queries = index.item_vectors(positions)
+        # A zero where the bias columns are: the searched product is then over the directions alone, and the
+        # same FAISS search (exact or inverted-file) serves it.
+        queries[:, index.dim - index.bias_columns :] = 0.0
+        return self._to_recommendations(*index.search(queries, k, exclude=itself))
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _exclusion_matrix(self, exclude_items: Sequence[Sequence[str | int]], n_rows: int) -> ExcludedItems:

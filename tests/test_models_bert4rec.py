@@ -228,3 +228,29 @@ def test_user_queries_and_scores_use_the_masked_query(tmp_path):
     metrics = evaluate_model(model, ds, split="test", ks=(5,))
     assert math.isfinite(metrics["ndcg@5"])
     assert np.isclose(model.item_embeddings()[:, -1].abs().sum().item(), 0.0)  # the bias starts at zero
+
+
+def test_the_run_index_marks_the_item_bias_and_similar_items_leave_it_out(tmp_path):
+    """The index of a BERT4Rec run: item vectors ``[M_i, b_i]`` marked ``bias_columns = 1``; users are served
+    by the full score, ``similar_items`` compares the ``M_i`` alone (a large bias no longer makes an item
+    everyone's neighbour)."""
+    from recsys.config import validate_config
+    from recsys.pipeline import LoadedRun, build_run_index
+    from serving import Retriever
+    from tests.test_models_sasrec import sasrec_cfg
+
+    cfg = validate_config(sasrec_cfg(write_cyclic_sequences(tmp_path / "d", 20), "bert4rec"))
+    ds = prepare(cfg.data)
+    model = build_model(cfg.model, ds.n_users, ds.n_items)
+    model.prepare(ds.matrix("train"))
+    model.prepare_dataset(ds)
+    model.eval()
+    with torch.no_grad():
+        model.encoder.item_bias.copy_(torch.linspace(0.0, 40.0, ds.n_items))
+    retriever = Retriever.load(build_run_index(LoadedRun("r" * 32, cfg, ds, model), tmp_path / "idx"))
+    assert retriever.index.bias_columns == 1 and retriever.index.dim == model.query_dim
+    table = model.encoder.item_embeddings().detach().numpy()
+    got = retriever.similar_items([retriever.index.item_ids[0]], k=3)[0]
+    sims = table[1:] @ table[0]  # the reference: M_0 . M_j over the other items
+    assert [r.item_id for r in got] == [retriever.index.item_ids[1 + j] for j in np.argsort(-sims)[:3]]
+    np.testing.assert_allclose([r.score for r in got], np.sort(sims)[::-1][:3], rtol=1e-5)

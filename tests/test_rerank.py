@@ -195,6 +195,50 @@ def test_a_reranker_of_another_run_is_refused(served):
     cosine = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "normalized": True})
     with pytest.raises(ValueError, match="fitted on cosine scores"):
         RerankingRetriever(retriever, cosine)
+    biased = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "bias_columns": 1})
+    with pytest.raises(ValueError, match=r"left out 1 bias column\(s\) of the item vectors, .* has 0: refit"):
+        RerankingRetriever(retriever, biased)
+
+
+def test_item_features_leave_out_an_index_s_bias_columns(tmp_path, served):
+    """Served: ``item_norm`` and ``history_cosine`` are over the items' directions, the bias column left out
+    (the stored vectors with a large bias column would make every cosine near 1 and every norm the bias)."""
+    retriever, reranker, seen = served
+    directions = retriever.index.item_vectors(np.arange(60))
+    stacked = np.hstack([directions, np.full((60, 1), 100.0, np.float32)])
+    folder = build_index(
+        stacked, list(retriever.index.item_ids), tmp_path / "biased",
+        user_emb=np.hstack([retriever.index.user_emb, np.ones((30, 1), np.float32)]),
+        user_ids=list(retriever.index.user_ids), seen=seen, run_id="run-a", bias_columns=1,
+    )  # fmt: skip
+    fitted = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "bias_columns": 1})
+    reranking = RerankingRetriever(Retriever.load(folder), fitted)
+    np.testing.assert_allclose(reranking._items.norm, np.linalg.norm(directions, axis=1), rtol=1e-6)
+    assert reranking._items.unit.shape == (60, 8)
+
+
+def test_fitting_features_leave_out_a_model_s_bias_columns():
+    """Fitted: the most-popular model's one column is a bias (``bias_columns = 1``), so it has no direction:
+    ``item_norm`` and ``history_cosine`` are 0 rather than the count and a cosine of 1 between any two items."""
+    from recsys.models import build_model
+    from recsys.rerank import split_candidates
+
+    class Dataset:
+        n_items = 5
+        pairs = {"train": [(0, 0), (1, 0), (1, 1), (2, 2)], "valid": [(0, 3), (1, 4), (2, 3)], "test": []}
+
+        def matrix(self, split):
+            if not self.pairs[split]:
+                return sp.csr_matrix((3, 5))
+            r, c = zip(*self.pairs[split], strict=True)
+            return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(3, 5))
+
+    model = build_model({"name": "popularity"}, 3, 5)
+    model.prepare(Dataset().matrix("train"))
+    got = split_candidates(model, Dataset(), "valid", 3)
+    assert got.item_dim == 1
+    for name in ("item_norm", "history_cosine"):
+        np.testing.assert_array_equal(got.features[..., FEATURES.index(name)][got.positions >= 0], 0.0)
 
 
 def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_path, capsys):

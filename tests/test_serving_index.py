@@ -69,6 +69,7 @@ def test_folder_layout_and_manifest(built, data):
     assert m["metric"] == "inner_product" and m["index_type"] == "IndexFlatIP" and m["normalized"] is False
     assert (m["dim"], m["n_items"], m["n_users"], m["n_seen"]) == (DIM, N_ITEMS, N_USERS, data["seen"].nnz)
     assert m["run_id"] == "run-123" and m["metadata"] == {"model": "mf", "dataset_manifest_hash": "abc"}
+    assert m["bias_columns"] == 0 and load_index(built).bias_columns == 0
     assert m["created_at"]
     for name, rec in m["files"].items():
         blob = (built / name).read_bytes()
@@ -481,6 +482,27 @@ def test_a_killed_writers_temporary_folders_are_removed(built, data):
     replaced.mkdir()
     build_index(data["item_emb"], data["item_ids"], built)
     assert _beside(built.parent) == ["idx"]
+
+
+def test_bias_columns_in_the_manifest(built, tmp_path, data):
+    """Written, read back, kept by add_items; a folder from before the key (none) reads as 0; a value that
+    does not fit the index is refused by name."""
+    from serving import add_items
+
+    folder = build_index(data["item_emb"], data["item_ids"], tmp_path / "b", bias_columns=2)
+    assert json.loads((folder / "manifest.json").read_text())["bias_columns"] == 2
+    add_items(folder, data["item_emb"][:1], ["new"])
+    assert load_index(folder).bias_columns == 2 and load_index(folder).n_items == N_ITEMS + 1
+    m = json.loads((built / "manifest.json").read_text())
+    del m["bias_columns"]
+    (built / "manifest.json").write_text(json.dumps(m))
+    assert load_index(built).bias_columns == 0
+    for bad in (DIM + 1, -1, True, "1"):
+        _edit_manifest(built, bias_columns=bad)
+        err = _expect_integrity_error(built, "manifest.json")
+        assert "'bias_columns': an int from 0 to 'dim'" in str(err)
+    _edit_manifest(built, bias_columns=1, normalized=True)  # a cosine index cannot hold a bias
+    _expect_integrity_error(built, "manifest.json")
 
 
 def test_add_items_leaves_a_normalised_index_s_vectors_as_they_are(tmp_path, data):

@@ -352,6 +352,51 @@ def test_similar_items_equals_brute_force_without_the_item_itself(retriever, wor
         retriever.similar_items(["i1", "nope"])
 
 
+@pytest.mark.parametrize("nlist", [None, 4])
+def test_similar_items_leave_out_the_bias_columns(world, tmp_path, nlist):
+    """An index whose last column is a per-item bias (BERT4Rec's): users are ranked by q . v + b, items
+    compared by their directions alone; with the bias counted, a popular item (large b) would be every item's
+    nearest neighbour. Exact and inverted-file (nprobe = nlist, so exact too) alike."""
+    items, users, seen = world
+    bias = np.random.default_rng(1).integers(1, 4, size=(N_ITEMS, 1)).astype(np.float32)
+    bias[7] = 50.0  # an item with a huge bias: it tops every user's list...
+    stacked = np.hstack([items, bias])
+    queries = np.hstack([users, np.ones((N_USERS, 1), np.float32)])
+    build_index(
+        stacked, ITEM_IDS, tmp_path / "idx", user_emb=queries, user_ids=USER_IDS, bias_columns=1, nlist=nlist,
+        nprobe=nlist,
+    )  # fmt: skip
+    r = Retriever.load(tmp_path / "idx")
+    assert r.index.bias_columns == 1
+    assert as_pairs(r.recommend(["u5"], k=5, exclude_seen=False)) == brute_force(
+        queries[[5]], stacked, 5, [set()]
+    )
+    assert r.recommend(["u5"], k=1, exclude_seen=False)[0][0].item_id == "i7"
+    query = ["i0", "i17", "i7"]
+    pos = [int(x[1:]) for x in query]
+    # ...but is no item's neighbour for its bias: the reference compares the directions alone
+    assert as_pairs(r.similar_items(query, k=8)) == brute_force(items[pos], items, 8, [{p} for p in pos])
+    np.testing.assert_array_equal(r.index.item_vectors(np.array(pos), bias=False), items[pos])
+    np.testing.assert_array_equal(r.index.item_vectors(np.array(pos)), stacked[pos])
+
+
+def test_an_index_of_biases_alone_has_no_similar_items_and_bias_is_checked(world, tmp_path):
+    items, _, _ = world
+    counts = np.arange(N_ITEMS, dtype=np.float32)[:, None]  # the most-popular model's one column
+    build_index(counts, ITEM_IDS, tmp_path / "pop", bias_columns=1, metadata={"model": "popularity"})
+    r = Retriever.load(tmp_path / "pop")
+    assert r.recommend_for_vector(np.ones((1, 1), np.float32), k=2)[0][0].item_id == f"i{N_ITEMS - 1}"
+    with pytest.raises(ValueError, match=r"model 'popularity'\) have no vectors to compare"):
+        r.similar_items(["i3"])
+    with pytest.raises(ValueError, match="fold the per-item bias"):
+        build_index(items, ITEM_IDS, tmp_path / "cos", bias_columns=1, normalize=True)
+    with pytest.raises(ValueError, match="from 0 to the 8 columns"):
+        build_index(items, ITEM_IDS, tmp_path / "wide", bias_columns=DIM + 1)
+    with pytest.raises(TypeError, match="bias_columns must be an int"):
+        build_index(items, ITEM_IDS, tmp_path / "bool", bias_columns=True)
+    assert not (tmp_path / "cos").exists() and not (tmp_path / "wide").exists()
+
+
 # ---- concurrency -------------------------------------------------------------------------------------------------
 def test_concurrent_readers_get_single_threaded_results(retriever):
     rnd = random.Random(0)

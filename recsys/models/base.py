@@ -56,6 +56,10 @@ class Recommender(nn.Module):
     #: False for models whose scores are no inner product of user and item vectors (the item-item models): no
     #: FAISS index holds them, and the commands that build one refuse them before fitting them on load.
     indexable: ClassVar[bool] = True
+    #: How many trailing columns of :meth:`item_embeddings` are per-item biases met by a constant 1 in every
+    #: query (score ``q . v_i + b_i``): part of every score, but no part of the item's direction, so serving
+    #: leaves them out when it compares items with each other and refuses to cosine-normalise them.
+    bias_columns: ClassVar[int] = 0
 
     def __init__(self, n_users: int, n_items: int, config: ModelConfig) -> None:
         super().__init__()

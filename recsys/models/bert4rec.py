@@ -24,12 +24,13 @@ all items at the masked positions :math:`\mathcal M`, averaged over the batch's 
 Queries.  A history is queried with a MASK appended (the last L cells: the last L-1 items and the MASK), and
 its representation is the projection at that last cell.  So that evaluation, indexes and serving keep
 scoring by an inner product, the bias is one more column: the query is :math:`[g(h), 1]` and item i's vector
-:math:`[M_i, b^O_i]`, both of width d + 1.
+:math:`[M_i, b^O_i]`, both of width d + 1 (``bias_columns = 1``: item-to-item similarity in serving
+compares the :math:`M_i` alone).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -111,6 +112,7 @@ class BERT4Rec(SASRec):
     """
 
     config_cls = BERT4RecConfig
+    bias_columns: ClassVar[int] = 1  # the output bias b^O, the last column of item_embeddings
     config: BERT4RecConfig
     encoder: BERT4RecEncoder
 

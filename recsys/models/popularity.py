@@ -37,6 +37,7 @@ class MostPopular(Recommender):
 
     config_cls = MostPopularConfig
     trainable = False
+    bias_columns = 1  # the count is a per-item score, no direction: serving has no item similarity for it
     counts: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, config: MostPopularConfig) -> None:
