@@ -71,7 +71,15 @@ class TrainConfig(_Strict):
     adam``, an L2 term added to the gradient; with ``adamw``, the decoupled decay of the weights themselves."""
     optimizer: Literal["adam", "adamw"] = "adam"
     """``adam`` (Kingma & Ba 2015) or ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter 2019:
-    BERT's, and BERT4Rec's; unlike BERT's, it decays every parameter, LayerNorm weights and biases too)."""
+    BERT's, and BERT4Rec's; BERT's spares LayerNorm weights and biases: ``decay_scope: matrices``)."""
+    decay_scope: Literal["all", "matrices"] = "all"
+    """Which parameters ``weight_decay`` acts on: ``all``; or ``matrices``, the parameters of two or more
+    dimensions (weight matrices, embedding tables), sparing the vectors (biases, LayerNorm scales and
+    shifts, per-item output biases), as BERT's optimiser does by name (Devlin et al. 2019)."""
+    max_grad_norm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Clip the gradients before each step so that their global L2 norm (over all parameters, after the
+    data-parallel average) is at most this (``torch.nn.utils.clip_grad_norm_``; BERT clips at 1,
+    BERT4Rec at 5); the epoch's mean norm before clipping is logged as ``grad_norm``. Default: no clipping."""
     lr_schedule: Literal["constant", "linear"] = "constant"
     """``constant``: ``lr`` throughout; ``linear``: after the warm-up, ``lr`` falls linearly, to reach 0 just
     after the last step of the budget (``train.max_steps``, else ``epochs`` times the epoch's steps; early
@@ -95,7 +103,13 @@ class TrainConfig(_Strict):
 
     #: Fields added after runs had been fingerprinted: while at their default they stay out of
     #: :meth:`ExperimentConfig.fingerprint`, so that the runs trained before keep their folders and resume.
-    FINGERPRINT_SKIPS_DEFAULT: ClassVar[tuple[str, ...]] = ("optimizer", "lr_schedule", "warmup_steps")
+    FINGERPRINT_SKIPS_DEFAULT: ClassVar[tuple[str, ...]] = (
+        "optimizer",
+        "lr_schedule",
+        "warmup_steps",
+        "decay_scope",
+        "max_grad_norm",
+    )
 
     @model_validator(mode="after")
     def _steps_need_the_users_sampler(self) -> TrainConfig:

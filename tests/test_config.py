@@ -349,16 +349,27 @@ def test_fingerprint_ignores_thread_count_and_progress(cfg_file):
 
 def test_fields_added_later_keep_the_fingerprints_of_runs_trained_before(cfg_file):
     """A run's folder and resume are found by its fingerprint: a new training field at its default must not
-    change it (8822132ec11f is this config's before train.optimizer, lr_schedule and warmup_steps existed)."""
+    change it (8822132ec11f is this config's before train.optimizer, lr_schedule, warmup_steps, decay_scope and
+    max_grad_norm existed)."""
     base = load_config(cfg_file).fingerprint()
     assert base == "8822132ec11f"
-    defaults = ["train.optimizer=adam", "train.lr_schedule=constant", "train.warmup_steps=0"]
+    defaults = [
+        "train.optimizer=adam",
+        "train.lr_schedule=constant",
+        "train.warmup_steps=0",
+        "train.decay_scope=all",
+        "train.max_grad_norm=",
+    ]
     assert load_config(cfg_file, defaults).fingerprint() == base
-    changed = {
-        load_config(cfg_file, [c]).fingerprint()
-        for c in ("train.optimizer=adamw", "train.lr_schedule=linear", "train.warmup_steps=5")
-    }
-    assert len(changed) == 3 and base not in changed
+    changes = (
+        "train.optimizer=adamw",
+        "train.lr_schedule=linear",
+        "train.warmup_steps=5",
+        "train.decay_scope=matrices",
+        "train.max_grad_norm=5",
+    )
+    changed = {load_config(cfg_file, [c]).fingerprint() for c in changes}
+    assert len(changed) == len(changes) and base not in changed
 
 
 def test_an_empty_override_value_is_null(cfg_file):

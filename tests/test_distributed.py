@@ -77,11 +77,14 @@ def _train_in_two_processes(tmp_path: Path, raw: dict) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def test_two_processes_train_as_one_with_averaged_gradients(tmp_path):
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_two_processes_train_as_one_with_averaged_gradients(tmp_path, clip):
     """``torchrun --nproc-per-node 2 recsys train``: the final weights equal a single process that steps on
     the mean loss of batches (0, 1), (2, 3), ... of every epoch (what averaging two processes' gradients
-    is); the test metrics are printed once."""
-    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=3)
+    is); the test metrics are printed once. With ``train.max_grad_norm`` the averaged gradient is clipped
+    (clipping each process's own gradient before the average would step elsewhere)."""
+    extra = {} if clip is None else {"max_grad_norm": clip}
+    raw = make_cfg(write_synthetic_interactions(tmp_path / "x.csv"), epochs=3, **extra)
     out = _train_in_two_processes(tmp_path, raw)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert out.stdout.count("test metrics (synthetic, mf_bpr") == 1
@@ -102,6 +105,8 @@ def test_two_processes_train_as_one_with_averaged_gradients(tmp_path):
             loss = (trainer.model.loss(first)[0] + trainer.model.loss(second)[0]) / 2
             optimizer.zero_grad()
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), clip)
             optimizer.step()
             steps += 1
     assert trained["state"]["step"] == steps

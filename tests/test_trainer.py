@@ -178,6 +178,61 @@ def test_adamw_decays_the_weights_apart_from_the_gradient(tmp_path):
     torch.testing.assert_close(weights["adamw0"], weights["adam0"])
 
 
+def test_decay_scope_matrices_spares_the_vectors(tmp_path):
+    """``decay_scope: matrices``: AdamW decays the embedding tables, not the vectors (a bias-like vector is
+    added to MF-BPR here): after steps whose gradients are zero, a decayed matrix has shrunk by
+    (1 - lr * decay) per step while a spared vector kept its values."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    trainer = build(
+        make_cfg(csv, optimizer="adamw", weight_decay=0.5, decay_scope="matrices"), tmp_path / "a"
+    )
+    trainer.model.register_parameter("spare", torch.nn.Parameter(torch.ones(3)))
+    optimizer = trainer._make_optimizer()
+    groups = optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
+    table = trainer.model.user_emb.weight
+    before = table.detach().clone()
+    for p in trainer.model.parameters():
+        p.grad = torch.zeros_like(p)
+    for _ in range(3):
+        optimizer.step()
+    torch.testing.assert_close(table.detach(), before * (1 - 0.01 * 0.5) ** 3)
+    assert torch.equal(trainer.model.spare.detach(), torch.ones(3))
+    everything = build(make_cfg(csv, optimizer="adamw", weight_decay=0.5), tmp_path / "b")._make_optimizer()
+    assert len(everything.param_groups) == 1
+
+
+def test_gradient_clipping_bounds_the_step_and_logs_the_norm(tmp_path, monkeypatch):
+    """``max_grad_norm``: every step's gradients reach the optimiser with a global norm of at most the bound
+    (the losses here give larger ones), the epoch's mean norm before clipping is logged as ``grad_norm``, and a
+    run cut mid-epoch and resumed ends with the same weights."""
+    csv = write_synthetic_interactions(tmp_path / "x.csv")
+    raw = make_cfg(csv, epochs=3, max_grad_norm=1e-3)
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        )
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    trainer = build(raw, tmp_path / "clipped")
+    trainer.fit()
+    assert seen and max(seen) <= 1e-3 * (1 + 1e-5)
+    norms = [h["grad_norm"] for h in trainer.state.history]
+    assert len(norms) == 3 and min(norms) > 1e-3  # the bound did bind: the norms before clipping exceed it
+    assert "train/grad_norm" not in trainer.state.history[0]  # not a loss part
+    monkeypatch.undo()
+    straight, resumed = crash_and_resume(raw, tmp_path / "resume")
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, straight.model.state_dict()[k]), k
+    assert "grad_norm" not in build(make_cfg(csv, epochs=1), tmp_path / "plain").fit().history[0]
+
+
 RESUME_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
