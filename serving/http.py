@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -104,6 +104,9 @@ def _check_query(request: Request) -> None:
 
 _QUERY_CHECKED = [Depends(_check_query)]
 
+#: How /similar compares items (serving.retriever.SIMILARITY_METRICS; the first is the default).
+Metric = Literal["cosine", "inner_product"]
+
 
 class RecommendRequest(BaseModel):
     """Top-k lists for users the index knows."""
@@ -123,6 +126,7 @@ class SimilarRequest(BaseModel):
 
     items: list[Id] = Field(max_length=MAX_BATCH)
     k: K = 10
+    metric: Metric = "cosine"
 
 
 class VectorRequest(BaseModel):
@@ -255,10 +259,10 @@ def create_app(
                 recs = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
         return _as_json(recs)
 
-    def similar(items: list[Any], k: int) -> list[list[dict]]:
+    def similar(items: list[Any], k: int, metric: str) -> list[list[dict]]:
         check_size(len(items), k)
         with _client_errors():
-            return _as_json(retriever.similar_items(items, k=k))
+            return _as_json(retriever.similar_items(items, k=k, metric=metric))
 
     @app.get("/health", response_model=Health)
     async def health() -> dict:  # on the event loop: answers while every worker thread is busy searching
@@ -296,15 +300,20 @@ def create_app(
 
     @app.get("/similar", response_model=list[Item], dependencies=_QUERY_CHECKED)
     def similar_item(
-        item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
+        item: Annotated[str, Query(description="an item id of the catalogue")],
+        k: KQuery = 10,
+        metric: Annotated[
+            Metric, Query(description="cosine of the item vectors, or inner product")
+        ] = "cosine",
     ) -> Response:
-        """The k items nearest to one item (by inner product), itself left out."""
-        return _json(similar([item], k)[0])
+        """The k items most similar to one item (by the cosine of their vectors, or their inner product),
+        itself left out."""
+        return _json(similar([item], k, metric)[0])
 
     @app.post("/similar", response_model=list[list[Item]])
     def similar_items(body: SimilarRequest) -> Response:
-        """The k items nearest to each item, in the order given."""
-        return _json(similar(body.items, body.k))
+        """The k items most similar to each item, in the order given."""
+        return _json(similar(body.items, body.k, body.metric))
 
     @app.post("/recommend_for_vector", response_model=list[list[Item]])
     def recommend_for_vector(body: VectorRequest) -> Response:

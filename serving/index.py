@@ -43,6 +43,7 @@ import io
 import json
 import os
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -513,6 +514,8 @@ class ItemIndex:
         self._seen = seen
         # the same arrays, for the per-call path: slicing a scipy matrix costs more than a small FAISS search
         self._seen_rows = ExcludedItems(seen.indptr, seen.indices, checked=True) if seen is not None else None
+        self._directions: ItemIndex | None = None  # built on first use (directions())
+        self._directions_lock = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -732,6 +735,49 @@ class ItemIndex:
     def nprobe(self) -> int | None:
         """Lists an inverted-file index searches per query (None: exact)."""
         return int(self._faiss.nprobe) if self.index_type == IVF_TYPE else None
+
+    def directions(self) -> ItemIndex:
+        """The items' unit directions as an exact in-memory index: what cosine item-to-item search uses.
+
+        Each item's vector without its bias columns, scaled to unit length (a zero vector stays zero: its
+        cosine with every item is 0); an exact ``IndexFlatIP`` whatever this index is, so a search costs
+        I x (d - bias_columns) multiply-adds per query. A normalised index without bias columns is its own
+        directions. Built on the first call (float32 [I, d - bias_columns], beside this index's vectors),
+        then kept; thread-safe.
+
+        Raises:
+            ValueError: every column is a bias (``bias_columns == dim``): the items have no directions.
+        """
+        if self.normalized and not self.bias_columns:
+            return self
+        with self._directions_lock:
+            if self._directions is None:
+                self._directions = self._build_directions()
+            return self._directions
+
+    def _build_directions(self) -> ItemIndex:
+        import faiss
+
+        width = self.dim - self.bias_columns
+        if width == 0:
+            model = self._manifest.get("metadata", {}).get("model")
+            raise ValueError(
+                f"the items of the index {str(self._path)!r}{f' (model {model!r})' if model else ''} have no "
+                "vectors to compare: each holds only a per-item score (bias_columns = dim)"
+            )
+        vectors = self.item_vectors(np.arange(self.n_items, dtype=np.int64), bias=False)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        flat = faiss.IndexFlatIP(width)
+        flat.add(unit)
+        manifest = {
+            key: value for key, value in self._manifest.items() if key not in ("nlist", "nprobe", "files")
+        }
+        manifest.update(
+            dim=width, normalized=True, bias_columns=0, index_type=INDEX_TYPE, n_users=0, n_seen=0,
+            has_user_embeddings=False, has_seen=False,
+        )  # fmt: skip
+        return ItemIndex(self._path, manifest, flat, self._item_ids, self._item_titles, None, None, None)
 
     def __len__(self) -> int:
         return self.n_items

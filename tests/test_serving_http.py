@@ -101,6 +101,24 @@ def test_similar_items(world):
     assert ok(client.post("/similar", json={"items": ["i4", "i59"], "k": 6})) == expected
     assert ok(client.get("/similar", params={"item": "i4", "k": 6})) == expected[0]
     assert "i4" not in {r["item_id"] for r in expected[0]} and len(expected[0]) == 6
+    by_product = as_json(retriever.similar_items(["i4", "i59"], k=6, metric="inner_product"))
+    assert by_product != expected  # the two metrics differ here, so the parameter is seen to reach the search
+    body = {"items": ["i4", "i59"], "k": 6, "metric": "inner_product"}
+    assert ok(client.post("/similar", json=body)) == by_product
+    assert (
+        ok(client.get("/similar", params={"item": "i4", "k": 6, "metric": "inner_product"})) == by_product[0]
+    )
+    assert client.get("/similar", params={"item": "i4", "metric": "dot"}).status_code == 422
+    assert client.post("/similar", json={"items": ["i4"], "metric": "dot"}).status_code == 422
+
+
+def test_the_http_metrics_are_the_retrievers():
+    from typing import get_args
+
+    from serving.http import Metric
+    from serving.retriever import SIMILARITY_METRICS
+
+    assert get_args(Metric) == SIMILARITY_METRICS
 
 
 def test_recommend_for_vector(world):

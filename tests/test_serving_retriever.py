@@ -344,12 +344,72 @@ def test_similar_items_equals_brute_force_without_the_item_itself(retriever, wor
     items, _, _ = world
     query = ["i0", "i17", "i119", "i17"]
     pos = [int(x[1:]) for x in query]
-    got = retriever.similar_items(query, k=8)
+    got = retriever.similar_items(query, k=8, metric="inner_product")
     assert as_pairs(got) == brute_force(items[pos], items, 8, [{p} for p in pos])
-    assert retriever.similar_items("i4", k=N_ITEMS)[0][-1].item_id != "i4"
-    assert len(retriever.similar_items("i4", k=N_ITEMS)[0]) == N_ITEMS - 1
+    for metric in ("cosine", "inner_product"):
+        assert retriever.similar_items("i4", k=N_ITEMS, metric=metric)[0][-1].item_id != "i4"
+        assert len(retriever.similar_items("i4", k=N_ITEMS, metric=metric)[0]) == N_ITEMS - 1
     with pytest.raises(UnknownItemError, match="'nope'"):
         retriever.similar_items(["i1", "nope"])
+    with pytest.raises(ValueError, match="metric must be one of 'cosine', 'inner_product', got 'dot'"):
+        retriever.similar_items(["i1"], metric="dot")
+
+
+def brute_force_cosine(items: np.ndarray, pos: list[int], k: int) -> list[list]:
+    """Independent reference: cosines in float64, the item itself dropped, sorted by (-cosine, position)."""
+    unit = items.astype(np.float64) / np.linalg.norm(items.astype(np.float64), axis=1, keepdims=True)
+    cos = unit[pos] @ unit.T
+    return [
+        [
+            (ITEM_IDS[j], cos[b, j])
+            for j in sorted((j for j in range(len(items)) if j != p), key=lambda j: (-cos[b, j], j))[:k]
+        ]
+        for b, p in enumerate(pos)
+    ]
+
+
+@pytest.mark.parametrize("nlist", [None, 4])
+def test_similar_items_by_cosine_is_the_default_and_exact(tmp_path, nlist):
+    """The default metric is the cosine of the item vectors, searched exactly even when the index itself is an
+    inverted file probing one list of four; an item with a long vector no longer tops every list."""
+    items, users, _ = make_world(integer=False)
+    items[9] *= 30.0  # a long vector: the inner product's neighbour of most items, not the cosine's
+    build_index(items, ITEM_IDS, tmp_path / "idx", nlist=nlist, nprobe=1 if nlist else None)
+    r = Retriever.load(tmp_path / "idx")
+    query = ["i0", "i17", "i9", "i119"]
+    pos = [int(x[1:]) for x in query]
+    got = r.similar_items(query, k=6)
+    expected = brute_force_cosine(items, pos, 6)
+    assert [[i for i, _ in row] for row in as_pairs(got)] == [[i for i, _ in row] for row in expected]
+    np.testing.assert_allclose(
+        [s for row in as_pairs(got) for _, s in row], [s for row in expected for _, s in row], rtol=1e-5
+    )
+    others = [i for i in ITEM_IDS if i != "i9"]
+    tops = {
+        m: [row[0].item_id for row in r.similar_items(others, k=1, metric=m)]
+        for m in ("cosine", "inner_product")
+    }
+    # (the inverted file probing one list finds i9 for fewer items than the exact search does)
+    assert tops["inner_product"].count("i9") > 0.15 * len(others)
+    assert tops["cosine"].count("i9") <= 2
+    assert r.index.directions() is r.index.directions()  # built once, then kept
+    assert r.similar_items([], k=3) == []
+
+
+def test_cosine_neighbours_of_a_normalised_index_and_of_a_zero_vector(tmp_path):
+    items, _, _ = make_world(integer=False)
+    build_index(items, ITEM_IDS, tmp_path / "unit", normalize=True)
+    unit = Retriever.load(tmp_path / "unit")
+    assert unit.index.directions() is unit.index  # unit vectors already: the index is its own directions
+    assert as_pairs(unit.similar_items(["i3"], k=5)) == as_pairs(
+        unit.similar_items(["i3"], k=5, metric="inner_product")
+    )
+    items[3] = 0.0  # e.g. an item whose embedding was never trained away from zero
+    build_index(items, ITEM_IDS, tmp_path / "zero")
+    zero = Retriever.load(tmp_path / "zero")
+    row = zero.similar_items(["i3"], k=4)[0]
+    assert [(r.item_id, r.score) for r in row] == [("i0", 0.0), ("i1", 0.0), ("i2", 0.0), ("i4", 0.0)]
+    assert {r.item_id: r.score for r in zero.similar_items(["i5"], k=N_ITEMS)[0]}["i3"] == 0.0
 
 
 @pytest.mark.parametrize("nlist", [None, 4])
@@ -375,7 +435,13 @@ def test_similar_items_leave_out_the_bias_columns(world, tmp_path, nlist):
     query = ["i0", "i17", "i7"]
     pos = [int(x[1:]) for x in query]
     # ...but is no item's neighbour for its bias: the reference compares the directions alone
-    assert as_pairs(r.similar_items(query, k=8)) == brute_force(items[pos], items, 8, [{p} for p in pos])
+    got = r.similar_items(query, k=8, metric="inner_product")
+    assert as_pairs(got) == brute_force(items[pos], items, 8, [{p} for p in pos])
+    cosines = r.similar_items(query, k=8)
+    expected = brute_force_cosine(items, pos, 8)
+    np.testing.assert_allclose(
+        [s for row in as_pairs(cosines) for _, s in row], [s for row in expected for _, s in row], rtol=1e-5
+    )
     np.testing.assert_array_equal(r.index.item_vectors(np.array(pos), bias=False), items[pos])
     np.testing.assert_array_equal(r.index.item_vectors(np.array(pos)), stacked[pos])
 
@@ -386,8 +452,11 @@ def test_an_index_of_biases_alone_has_no_similar_items_and_bias_is_checked(world
     build_index(counts, ITEM_IDS, tmp_path / "pop", bias_columns=1, metadata={"model": "popularity"})
     r = Retriever.load(tmp_path / "pop")
     assert r.recommend_for_vector(np.ones((1, 1), np.float32), k=2)[0][0].item_id == f"i{N_ITEMS - 1}"
-    with pytest.raises(ValueError, match=r"model 'popularity'\) have no vectors to compare"):
-        r.similar_items(["i3"])
+    for metric in ("cosine", "inner_product"):
+        with pytest.raises(ValueError, match=r"model 'popularity'\) have no vectors to compare"):
+            r.similar_items(["i3"], metric=metric)
+        with pytest.raises(ValueError, match="have no vectors to compare"):
+            r.similar_items([], metric=metric)
     with pytest.raises(ValueError, match="fold the per-item bias"):
         build_index(items, ITEM_IDS, tmp_path / "cos", bias_columns=1, normalize=True)
     with pytest.raises(ValueError, match="from 0 to the 8 columns"):
