@@ -12,6 +12,9 @@ import signal
 import sys
 from pathlib import Path
 
+# serving.retriever.SIMILARITY_METRICS, written out: importing serving here would slow every command's start
+SIMILARITY_METRICS = ("cosine", "inner_product")
+
 
 def _parse_ks(text: str) -> list[int]:
     try:
@@ -514,12 +517,22 @@ def cmd_recommend(args) -> int:
     from serving.errors import UnknownUserError
 
     batch = args.all_users or args.users is not None
-    chosen = [args.user is not None, args.sequence is not None, args.all_users, args.users is not None]
+    chosen = [
+        args.user is not None,
+        args.sequence is not None,
+        args.similar is not None,
+        args.all_users,
+        args.users is not None,
+    ]
     if sum(chosen) != 1:
         print(
-            "error: give exactly one of --user USER, --sequence ITEM [ITEM ...], --all-users or --users FILE",
+            "error: give exactly one of --user USER, --sequence ITEM [ITEM ...], --similar ITEM, --all-users or "
+            "--users FILE",
             file=sys.stderr,
         )
+        return 2
+    if args.metric is not None and args.similar is None:
+        print("error: --metric goes with --similar ITEM", file=sys.stderr)
         return 2
     if batch != (args.out is not None):
         print(
@@ -538,8 +551,9 @@ def cmd_recommend(args) -> int:
     if args.users is not None and _same_file(args.users, args.out):
         print(f"error: --out {args.out} is the --users file; writing there would replace it", file=sys.stderr)
         return 2
-    if args.reranker is not None and args.sequence is not None:
-        print("error: --reranker re-ranks a known user's list, not a sequence's", file=sys.stderr)
+    if args.reranker is not None and (args.sequence is not None or args.similar is not None):
+        what = "a sequence's" if args.sequence is not None else "similar items"
+        print(f"error: --reranker re-ranks a known user's list, not {what}", file=sys.stderr)
         return 2
     if batch:
         return _recommend_to_file(args)
@@ -554,7 +568,7 @@ def cmd_recommend(args) -> int:
         try:
             build_run_index(run, index_dir)
         except NotIndexableError:
-            if args.sequence is not None or args.reranker is not None:
+            if args.sequence is not None or args.similar is not None or args.reranker is not None:
                 raise
             return _recommend_with_scorer(run, args.user, args.k, args.json)
     retriever = Retriever.load(index_dir)
@@ -569,6 +583,12 @@ def cmd_recommend(args) -> int:
             show_recommendations(
                 f"top-{len(recs)} next items after {len(args.sequence)} items:", recs, args.json
             )
+        elif args.similar is not None:
+            metric = args.metric or SIMILARITY_METRICS[0]
+            recs = retriever.similar_items([args.similar], k=args.k, metric=metric)[0]
+            title = retriever.index.item_titles[retriever.index.item_positions([args.similar])[0]]
+            about = f"{title} (item {args.similar})" if title else f"item {args.similar}"
+            show_recommendations(f"top-{len(recs)} most similar to {about}, by {metric}:", recs, args.json)
         elif args.reranker is not None:
             from serving.rerank import Reranker, RerankingRetriever
 
@@ -589,6 +609,11 @@ def cmd_recommend(args) -> int:
         return 2
     except KeyError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # --similar on an index of biases alone (the most-popular baseline)
+        if args.similar is None:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -1071,6 +1096,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",  # given twice, the lists add up (argparse keeps only the last)
         metavar="ITEM",
         help="item ids, oldest first: next items for this sequence (sequence models)",
+    )
+    rc.add_argument(
+        "--similar",
+        metavar="ITEM",
+        help="an item id: the items most similar to it (by --metric), instead of a user's recommendations",
+    )
+    rc.add_argument(
+        "--metric",
+        choices=SIMILARITY_METRICS,
+        default=None,
+        help="with --similar: cosine of the item vectors (default) or their inner product",
     )
     rc.add_argument("--k", type=_positive_int, default=10)
     rc.add_argument("--index", help="index folder (default: built on first use)")

@@ -814,6 +814,55 @@ def test_recommend_without_a_user_sequence_or_batch_is_one_error_line(tmp_path, 
     assert "give exactly one of --user USER" in capsys.readouterr().err
 
 
+def test_recommend_similar_items_by_either_metric(tmp_path, capsys):
+    """`recommend --similar ITEM [--metric ...]`: the retriever's neighbours, printed or as JSON; misuse and an
+    unknown item are one error line each."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from serving import Retriever, build_index
+
+    # item "d" is long: the inner product's nearest to "a", where the cosine prefers "b"
+    items = np.array([[1, 0], [0.9, 0.1], [0, 1], [5, 5]], np.float32)
+    seen = sp.csr_matrix((1, 4), dtype=np.float32)
+    index = build_index(items, ["a", "b", "c", "d"], tmp_path / "idx", user_emb=items[:1], user_ids=["u1"],
+                        seen=seen, run_id="run-a", item_titles=["Alpha", None, None, None])  # fmt: skip
+    base = ["recommend", "--run", "run-a", "--index", str(index), "--similar", "a", "--k", "2"]
+    expected = {
+        m: Retriever.load(index).similar_items(["a"], k=2, metric=m)[0] for m in ("cosine", "inner_product")
+    }
+    assert [r.item_id for r in expected["cosine"]] == ["b", "d"]
+    assert [r.item_id for r in expected["inner_product"]] == ["d", "b"]
+    assert main([*base, "--json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == ["b", "d"]
+    assert main([*base, "--metric", "inner_product"]) == 0
+    text = capsys.readouterr().out
+    assert "top-2 most similar to Alpha (item a), by inner_product:" in text
+    assert text.index("(item d,") < text.index("(item b,")
+    assert main([*base[:5], "--similar", "zz"]) == 2
+    assert "unknown item id: 'zz'" in capsys.readouterr().err
+    assert (
+        main(["recommend", "--run", "run-a", "--index", str(index), "--user", "u1", "--metric", "cosine"])
+        == 2
+    )
+    assert "--metric goes with --similar ITEM" in capsys.readouterr().err
+    assert main([*base, "--user", "u1"]) == 2
+    assert "give exactly one of" in capsys.readouterr().err
+    assert main([*base, "--reranker", str(tmp_path)]) == 2
+    assert "not similar items" in capsys.readouterr().err
+    counts = build_index(np.arange(1, 5, dtype=np.float32)[:, None], ["a", "b", "c", "d"], tmp_path / "pop",
+                         run_id="run-p", bias_columns=1)  # fmt: skip
+    assert main(["recommend", "--run", "run-p", "--index", str(counts), "--similar", "a"]) == 2
+    assert "have no vectors to compare" in capsys.readouterr().err
+
+
+def test_the_cli_s_similarity_metrics_are_the_retrievers():
+    from recsys.cli import SIMILARITY_METRICS as cli_metrics
+    from serving.retriever import SIMILARITY_METRICS
+
+    assert cli_metrics == SIMILARITY_METRICS
+
+
 def test_evaluate_without_k_reports_at_10_and_20(tmp_path, capsys):
     """The documented default cut-offs of `evaluate --recs` are 10 and 20 (as the configs' eval.ks)."""
     recs = tmp_path / "recs.csv"
