@@ -2,8 +2,8 @@
 
 Gets the data (the local benchmark copy when present, else the copy that ships on PyPI inside the
 ``recbole==1.2.1`` wheel, checksum-verified and cached), prepares it, trains LightGCN next to the most-popular
-baseline, prints the test metrics, builds the FAISS index, shows one user's history and top-10 by title, and
-says where the MLflow run is.
+baseline, prints the test metrics, builds the FAISS index, shows one user's history and top-10 by title and
+the five films most like the first of that history, and says where the MLflow run is.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def quickstart_config(data_path: str, model: dict, epochs: int | None = None) ->
 
 def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> int:
     from features import obtain_movielens_100k
-    from recsys.cli import format_metrics_table, print_recommendations
+    from recsys.cli import format_metrics_table, print_recommendations, show_recommendations
     from recsys.pipeline import LoadedRun, build_run_index, train_experiment
     from serving import Retriever
 
@@ -84,11 +84,19 @@ def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> in
     titles = hist["title"].to_list() if "title" in hist.columns else hist["item_id"].to_list()
     n_seen = ds.known_matrix()[int(uidx[0])].nnz
     print_recommendations(retriever, user, 10, history_titles=titles, n_seen=n_seen)
+    liked = str(hist["item_id"][0]) if hist.height else None
+    if liked is not None:  # the items nearest the user's first-listed film, by the cosine of their vectors
+        similar = retriever.similar_items([liked], k=5)[0]
+        show_recommendations(
+            f"top-{len(similar)} most similar to {titles[0]} (item {liked}), by cosine:", similar
+        )
 
     echo("\n== 6. tracking")
     echo(f"   MLflow run {res.run_id} in {default_tracking_uri()}")
     echo(f"   browse it with: mlflow ui --backend-store-uri {default_tracking_uri()}")
     echo(f"   recommend again: recsys recommend --run {res.run_id} --user {user} --k 10")
+    if liked is not None:
+        echo(f"   similar items:   recsys recommend --run {res.run_id} --similar {liked}")
     if pop.run_id and res.run_id:  # is LightGCN's gain over the baseline more than the users' spread?
         echo(f"   compare the two: recsys compare --run {pop.run_id} --run {res.run_id}")
     echo(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s")

@@ -672,6 +672,13 @@ def test_quickstart_counts_everything_the_list_excludes(shared_data, capsys):
     assert hint.startswith("recsys compare ")
     assert main(hint.split()[1:]) == 0
     assert "A = " in capsys.readouterr().out
+    # the similar-items block and its hint: the command prints the same five films (as JSON here)
+    block = out.split("most similar to ")[1].split("\n== 6.")[0]
+    shown = [line.split("(item ")[1].split(",")[0] for line in block.splitlines() if "(item " in line][1:]
+    assert len(shown) == 5
+    similar = next(line for line in out.splitlines() if "similar items: " in line).split("similar items:")[1]
+    assert main([*similar.split()[1:], "--k", "5", "--json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == shown
 
 
 def test_runs_lists_the_newest_runs_with_a_test_metric(trained_run, capsys, _isolated_home):
