@@ -416,6 +416,41 @@ def print_recommendations(
     show_recommendations(f"top-{len(recs)} for user {user}:", recs, as_json)
 
 
+def _similar_from_model(run, item: str, k: int, metric: str | None, as_json: bool) -> int:
+    """``recsys recommend --similar`` for an item-item model (EASE, RP3beta): the row of its fitted item-item
+    matrix (``ItemItemRecommender.similar_items``), printed as the served index's answers are."""
+    from serving import Recommendation
+
+    if metric is not None:
+        print(
+            f"error: --metric compares item vectors; run {run.run_id} is an item-item model, whose "
+            "neighbours are its fitted item-item weights (drop --metric)",
+            file=sys.stderr,
+        )
+        return 2
+    items = run.dataset.item_vocab.sort("item_idx")
+    item_ids = [str(i) for i in items["item_id"].to_list()]
+    titles = items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+    if item not in item_ids:
+        print(
+            f"error: unknown item id: {item!r} (run {run.run_id} knows {len(item_ids)} items)",
+            file=sys.stderr,
+        )
+        return 2
+    position = item_ids.index(item)
+    scores, found = run.model.similar_items([position], k)
+    recs = [
+        Recommendation(item_ids[j], float(s), titles[j]) for s, j in zip(scores[0], found[0], strict=True)
+    ]
+    about = f"{titles[position]} (item {item})" if titles[position] else f"item {item}"
+    show_recommendations(
+        f"top-{len(recs)} most similar to {about}, by the model's item-item weights (it has no index):",
+        recs,
+        as_json,
+    )
+    return 0
+
+
 def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int:
     """``recsys recommend --user`` for a model without an index (RP3beta): its scorer, every known item of the
     user left out, printed as the served index's answers are."""
@@ -568,6 +603,8 @@ def cmd_recommend(args) -> int:
         try:
             build_run_index(run, index_dir)
         except NotIndexableError:
+            if args.similar is not None and callable(getattr(run.model, "similar_items", None)):
+                return _similar_from_model(run, args.similar, args.k, args.metric, args.json)
             if args.sequence is not None or args.similar is not None or args.reranker is not None:
                 raise
             return _recommend_with_scorer(run, args.user, args.k, args.json)

@@ -77,6 +77,25 @@ def test_scores_are_the_users_rows_times_b():
     assert torch.all(scores[2] == 0)  # a user without training items scores nothing
 
 
+@pytest.mark.parametrize("name", ["ease", "rp3beta"])
+def test_similar_items_are_the_rows_of_the_item_item_matrix(name):
+    """An item's neighbours are its row of M, largest first, equal weights by index, never itself."""
+    r = random_binary(40, 12, 0.3, seed=5)
+    model = build_model({"name": name}, 40, 12)
+    model.prepare(r)
+    m = model.item_item.toarray() if sp.issparse(model.item_item) else model.item_item
+    scores, found = model.similar_items(np.array([3, 0, 3]), k=5)
+    assert scores.shape == found.shape == (3, 5)
+    for row, item in enumerate((3, 0, 3)):
+        weights = m[item].astype(np.float64)
+        order = [j for j in np.lexsort((np.arange(12), -weights)) if j != item][:5]
+        assert found[row].tolist() == order
+        np.testing.assert_allclose(scores[row], weights[order], rtol=1e-6)
+    assert model.similar_items(np.array([1]), k=50)[1].shape == (1, 11)  # every other item, not more
+    with pytest.raises(ValueError, match=r"item indices in \[0, 12\)"):
+        model.similar_items(np.array([12]), k=3)
+
+
 class _Splits:
     """The part of a prepared dataset EASE reads: its shape and each split's binary matrix."""
 

@@ -349,6 +349,16 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
     assert got == [ids[i] for i in order]
     assert main(["recommend", "--run", rp3_run, "--sequence", "i1", "i2"]) == 2  # checked before any index
     assert "has no sequence encoder" in capsys.readouterr().err
+    # --similar: the row of its walk matrix, as ItemItemRecommender.similar_items gives it
+    assert main(["recommend", "--run", rp3_run, "--similar", "i5", "--k", "4", "--json"]) == 0
+    weights, found = run.model.similar_items([ids.index("i5")], 4)
+    assert [(r["item_id"], r["score"]) for r in json.loads(capsys.readouterr().out)] == [
+        (ids[j], float(w)) for w, j in zip(weights[0], found[0], strict=True)
+    ]
+    assert main(["recommend", "--run", rp3_run, "--similar", "nope"]) == 2
+    assert "unknown item id: 'nope'" in capsys.readouterr().err
+    assert main(["recommend", "--run", rp3_run, "--similar", "i5", "--metric", "cosine"]) == 2
+    assert "item-item model" in capsys.readouterr().err
 
     assert main(["train", "-c", str(cfg)]) == 0
     run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]

@@ -136,6 +136,33 @@ class ItemItemRecommender(ItemSetQueries, Recommender):
 
         return score
 
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items each given item weighs most in M: row ``M[i]``, how much having item i adds to
+        every item's score (EASE: its regression weights; RP3beta: its three-step walk), the item itself left
+        out. What an embedding model's ``similar_items`` answers, from the fitted matrix.
+
+        Args:
+            items: int [B] item indices.
+            k: neighbours per item (at most I - 1 are returned).
+
+        Returns:
+            ``(scores, positions)``: float64 [B, K] weights and int64 [B, K] item indices, ``K = min(k, I -
+            1)``, largest first, equal weights by lower index (an RP3beta row is mostly zeros: its tail is
+            items the walk never reaches, in index order).
+        """
+        if self.item_item is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(train) must be called before similar_items")
+        items = np.asarray(items, dtype=np.int64)
+        if items.ndim != 1 or ((items < 0) | (items >= self.n_items)).any():
+            raise ValueError(f"items must be a 1-d array of item indices in [0, {self.n_items})")
+        rows = self.item_item[items]
+        weights = rows.toarray() if sp.issparse(rows) else np.array(rows)
+        weights = weights.astype(np.float64)
+        weights[np.arange(items.size), items] = -np.inf  # never the item itself
+        count = min(k, self.n_items - 1)
+        order = np.argsort(-weights, axis=1, kind="stable")[:, :count]  # stable: ties by lower index
+        return np.take_along_axis(weights, order, axis=1), order
+
     def query_embeddings(self, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(
             f"{type(self).__name__} scores are {self.score_formula}, not an inner product; use scorer()"
