@@ -75,7 +75,8 @@ class TrainConfig(_Strict):
     decay_scope: Literal["all", "matrices"] = "all"
     """Which parameters ``weight_decay`` acts on: ``all``; or ``matrices``, the parameters of two or more
     dimensions (weight matrices, embedding tables), sparing the vectors (biases, LayerNorm scales and
-    shifts, per-item output biases), as BERT's optimiser does by name (Devlin et al. 2019)."""
+    shifts, per-item output biases), as BERT's optimiser does by name (Devlin et al. 2019); unlike BERT's, it
+    also spares BERT4Rec's mask vector (one vector here, a row of BERT's decayed embedding table)."""
     max_grad_norm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Clip the gradients before each step so that their global L2 norm (over all parameters, after the
     data-parallel average) is at most this (``torch.nn.utils.clip_grad_norm_``; BERT clips at 1,

@@ -741,14 +741,14 @@ class ItemIndex:
 
         Each item's vector without its bias columns, scaled to unit length (a zero vector stays zero: its
         cosine with every item is 0); an exact ``IndexFlatIP`` whatever this index is, so a search costs
-        I x (d - bias_columns) multiply-adds per query. A normalised index without bias columns is its own
-        directions. Built on the first call (float32 [I, d - bias_columns], beside this index's vectors),
+        I x (d - bias_columns) multiply-adds per query. An exact normalised index without bias columns is its
+        own directions (an inverted-file one gets the exact copy too). Built on the first call (float32 [I, d - bias_columns], beside this index's vectors),
         then kept; thread-safe.
 
         Raises:
             ValueError: every column is a bias (``bias_columns == dim``): the items have no directions.
         """
-        if self.normalized and not self.bias_columns:
+        if self.normalized and not self.bias_columns and self.index_type == INDEX_TYPE:
             return self
         with self._directions_lock:
             if self._directions is None:

@@ -403,10 +403,17 @@ class RerankingRetriever:
                 f"the re-ranker was fitted on {'cosine' if reranker.info['normalized'] else 'inner-product'} "
                 f"scores, the index {str(index.path)!r} serves the other kind"
             )
-        if int(info.get("bias_columns", 0)) != index.bias_columns:  # absent before 2026-12-05: none left out
+        fitted_bias = int(info.get("bias_columns", 0))  # absent before 2026-12-05: none left out
+        if fitted_bias != index.bias_columns:
+            # the side that records fewer bias columns than the model has was written before they were recorded
+            fix = (
+                "rebuild the index (`recsys index --run RUN`): it was written before bias columns were recorded"
+                if fitted_bias > index.bias_columns
+                else "fit the re-ranker again on this index's run (`recsys rerank --run RUN`)"
+            )
             raise ValueError(
-                f"the re-ranker's item features left out {int(info.get('bias_columns', 0))} bias column(s) of "
-                f"the item vectors, {where} has {index.bias_columns}: refit it on this index's run"
+                f"the re-ranker's item features left out {fitted_bias} bias column(s) of the item vectors, "
+                f"{where} has {index.bias_columns}: {fix}"
             )
         self._retriever = retriever
         self._reranker = reranker

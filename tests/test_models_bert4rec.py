@@ -250,7 +250,7 @@ def test_the_run_index_marks_the_item_bias_and_similar_items_leave_it_out(tmp_pa
     retriever = Retriever.load(build_run_index(LoadedRun("r" * 32, cfg, ds, model), tmp_path / "idx"))
     assert retriever.index.bias_columns == 1 and retriever.index.dim == model.query_dim
     table = model.encoder.item_embeddings().detach().numpy()
-    got = retriever.similar_items([retriever.index.item_ids[0]], k=3)[0]
+    got = retriever.similar_items([retriever.index.item_ids[0]], k=3, metric="inner_product")[0]
     sims = table[1:] @ table[0]  # the reference: M_0 . M_j over the other items
     assert [r.item_id for r in got] == [retriever.index.item_ids[1 + j] for j in np.argsort(-sims)[:3]]
     np.testing.assert_allclose([r.score for r in got], np.sort(sims)[::-1][:3], rtol=1e-5)

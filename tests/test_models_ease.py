@@ -94,6 +94,9 @@ def test_similar_items_are_the_rows_of_the_item_item_matrix(name):
     assert model.similar_items(np.array([1]), k=50)[1].shape == (1, 11)  # every other item, not more
     with pytest.raises(ValueError, match=r"item indices in \[0, 12\)"):
         model.similar_items(np.array([12]), k=3)
+    for bad in (0, -2):  # a negative k sliced from the end: 9 neighbours for k = -2
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            model.similar_items(np.array([1]), k=bad)
 
 
 class _Splits:

@@ -196,8 +196,10 @@ def test_a_reranker_of_another_run_is_refused(served):
     with pytest.raises(ValueError, match="fitted on cosine scores"):
         RerankingRetriever(retriever, cosine)
     biased = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "bias_columns": 1})
-    with pytest.raises(ValueError, match=r"left out 1 bias column\(s\) of the item vectors, .* has 0: refit"):
-        RerankingRetriever(retriever, biased)
+    with pytest.raises(
+        ValueError, match=r"left out 1 bias column\(s\) of the item vectors, .* has 0: rebuild"
+    ):
+        RerankingRetriever(retriever, biased)  # an index from before bias columns were recorded
 
 
 def test_item_features_leave_out_an_index_s_bias_columns(tmp_path, served):
@@ -213,6 +215,9 @@ def test_item_features_leave_out_an_index_s_bias_columns(tmp_path, served):
     )  # fmt: skip
     fitted = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a", "bias_columns": 1})
     reranking = RerankingRetriever(Retriever.load(folder), fitted)
+    older = Reranker(reranker.booster, reranker.n_candidates, {"run_id": "run-a"})  # fitted before the record
+    with pytest.raises(ValueError, match=r"left out 0 bias column\(s\) .* has 1: fit the re-ranker again"):
+        RerankingRetriever(Retriever.load(folder), older)
     np.testing.assert_allclose(reranking._items.norm, np.linalg.norm(directions, axis=1), rtol=1e-6)
     assert reranking._items.unit.shape == (60, 8)
 

@@ -396,6 +396,23 @@ def test_similar_items_by_cosine_is_the_default_and_exact(tmp_path, nlist):
     assert r.similar_items([], k=3) == []
 
 
+def test_cosine_neighbours_of_a_normalised_inverted_file_are_exact(tmp_path):
+    """A normalised inverted-file index probing one list is approximate; its cosine neighbours are not (they
+    come from the exact copy of the directions, as for any index)."""
+    items = np.random.default_rng(4).standard_normal((400, 8)).astype(np.float32)
+    ids = [f"i{j}" for j in range(400)]
+    build_index(items, ids, tmp_path / "ivf", normalize=True, nlist=16, nprobe=1)
+    r = Retriever.load(tmp_path / "ivf")
+    assert r.index.directions() is not r.index
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    cos = unit[:50] @ unit.T
+    cos[np.arange(50), np.arange(50)] = -np.inf
+    expected = [[ids[j] for j in np.argsort(-row, kind="stable")[:10]] for row in cos]
+    assert [[x.item_id for x in row] for row in r.similar_items(ids[:50], k=10)] == expected
+    approximate = r.similar_items(ids[:50], k=10, metric="inner_product")
+    assert [[x.item_id for x in row] for row in approximate] != expected  # one probed list misses some
+
+
 def test_cosine_neighbours_of_a_normalised_index_and_of_a_zero_vector(tmp_path):
     items, _, _ = make_world(integer=False)
     build_index(items, ITEM_IDS, tmp_path / "unit", normalize=True)

@@ -149,9 +149,15 @@ class ItemItemRecommender(ItemSetQueries, Recommender):
             ``(scores, positions)``: float64 [B, K] weights and int64 [B, K] item indices, ``K = min(k, I -
             1)``, largest first, equal weights by lower index (an RP3beta row is mostly zeros: its tail is
             items the walk never reaches, in index order).
+
+        Raises:
+            ValueError: k not a positive integer, or an index outside ``[0, I)``.
         """
         if self.item_item is None:
             raise RuntimeError(f"{type(self).__name__}.prepare(train) must be called before similar_items")
+        from serving._topk import check_k
+
+        k = check_k(k)
         items = np.asarray(items, dtype=np.int64)
         if items.ndim != 1 or ((items < 0) | (items >= self.n_items)).any():
             raise ValueError(f"items must be a 1-d array of item indices in [0, {self.n_items})")
