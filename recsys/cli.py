@@ -416,6 +416,13 @@ def print_recommendations(
     show_recommendations(f"top-{len(recs)} for user {user}:", recs, as_json)
 
 
+def _item_ids_and_titles(ds) -> tuple[list[str], list[str | None]]:
+    """A prepared dataset's item ids (as text) and titles (None where it has none), in item index order."""
+    items = ds.item_vocab.sort("item_idx")
+    item_ids = [str(i) for i in items["item_id"].to_list()]
+    return item_ids, items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+
+
 def _similar_from_model(run, item: str, k: int, metric: str | None, as_json: bool) -> int:
     """``recsys recommend --similar`` for an item-item model (EASE, RP3beta): the row of its fitted item-item
     matrix (``ItemItemRecommender.similar_items``), printed as the served index's answers are."""
@@ -428,9 +435,7 @@ def _similar_from_model(run, item: str, k: int, metric: str | None, as_json: boo
             file=sys.stderr,
         )
         return 2
-    items = run.dataset.item_vocab.sort("item_idx")
-    item_ids = [str(i) for i in items["item_id"].to_list()]
-    titles = items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+    item_ids, titles = _item_ids_and_titles(run.dataset)
     if item not in item_ids:
         print(
             f"error: unknown item id: {item!r} (run {run.run_id} knows {len(item_ids)} items)",
@@ -465,9 +470,7 @@ def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int
             file=sys.stderr,
         )
         return 2
-    items = ds.item_vocab.sort("item_idx")
-    item_ids = [str(i) for i in items["item_id"].to_list()]
-    titles = items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+    item_ids, titles = _item_ids_and_titles(ds)
     from serving import Recommendation
 
     recs = [

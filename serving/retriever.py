@@ -32,7 +32,8 @@ SIMILARITY_METRICS = ("cosine", "inner_product")
 
 
 class Recommendation(NamedTuple):
-    """One recommended item. ``score`` is the float32 inner product (cosine if the index is normalised)."""
+    """One recommended item. ``score`` is the float32 inner product (cosine if the index is normalised; from
+    :meth:`Retriever.similar_items`, the metric it was asked for)."""
 
     item_id: str
     score: float
