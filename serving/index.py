@@ -28,7 +28,8 @@ index was built with ``normalize=True`` (cosine similarity; queries given later 
 model scores ``q . v_i + b_i`` and its query carries a constant 1 there (BERT4Rec's output bias, the
 most-popular baseline's counts). They count in every user or sequence score, but not when items are compared
 with each other (:meth:`ItemIndex.item_vectors` with ``bias=False``: :meth:`Retriever.similar_items`, the
-re-ranker's ``history_cosine``), and cosine normalisation, which would mix them into the direction, is refused.
+re-ranker's ``history_cosine``), and cosine normalisation, which would mix them into the direction, is
+refused.
 
 The folder is built under a hidden temporary name next to ``out_dir`` and moved into place only when complete
 (see :func:`serving._files.publish_folder`); loading re-reads every file once, checks its size and SHA256
@@ -418,6 +419,14 @@ def _as_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         raise TypeError(f"metadata must be JSON-serialisable (str keys, no NaN): {exc}") from None
 
 
+def unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of float ``x`` [n, d] scaled to unit L2 norm, a zero row kept zero (unlike :func:`l2_normalize`,
+    for comparisons where such an item simply matches nothing), and the norms: float32 [n, d] and [n]."""
+    norms = np.linalg.norm(x, axis=1).astype(np.float32)
+    unit = np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32)
+    return unit, norms
+
+
 def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
     """Rows of float32 ``x`` [n, d] scaled to unit L2 norm; a zero row is an error (it has no direction)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -476,7 +485,8 @@ class ItemIndex:
 
     Attributes (read-only): ``path``, ``manifest``, ``dim`` (d), ``n_items`` (I), ``n_users`` (U),
     ``normalized``, ``bias_columns``, ``run_id``, ``item_ids`` (tuple of I str), ``item_titles`` (tuple of I
-    str | None), ``user_ids`` (tuple of U str), ``user_emb`` (float32 [U, d] or None), ``seen`` (CSR [U, I] or None),
+    str | None), ``user_ids`` (tuple of U str), ``user_emb`` (float32 [U, d] or None), ``seen`` (CSR [U, I]
+    or None),
     ``faiss_index``.
     """
 
@@ -742,8 +752,8 @@ class ItemIndex:
         Each item's vector without its bias columns, scaled to unit length (a zero vector stays zero: its
         cosine with every item is 0); an exact ``IndexFlatIP`` whatever this index is, so a search costs
         I x (d - bias_columns) multiply-adds per query. An exact normalised index without bias columns is its
-        own directions (an inverted-file one gets the exact copy too). Built on the first call (float32 [I, d - bias_columns], beside this index's vectors),
-        then kept; thread-safe.
+        own directions (an inverted-file one gets the exact copy too). Built on the first call (float32
+        [I, d - bias_columns] and an id map, beside this index's), then kept; thread-safe.
 
         Raises:
             ValueError: every column is a bias (``bias_columns == dim``): the items have no directions.
@@ -766,8 +776,7 @@ class ItemIndex:
                 "vectors to compare: each holds only a per-item score (bias_columns = dim)"
             )
         vectors = self.item_vectors(np.arange(self.n_items, dtype=np.int64), bias=False)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        unit = np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        unit, _ = unit_rows(vectors)
         flat = faiss.IndexFlatIP(width)
         flat.add(unit)
         manifest = {
@@ -812,7 +821,8 @@ class ItemIndex:
 
     def item_vectors(self, positions: np.ndarray, *, bias: bool = True) -> np.ndarray:
         """float32 [n, d] stored item vectors at int positions [n] (normalised if the index is); with
-        ``bias=False`` the item's direction alone, [n, d - bias_columns], what item-to-item comparisons use."""
+        ``bias=False`` the item's direction alone, [n, d - bias_columns], what item-to-item comparisons
+        use."""
         positions = np.ascontiguousarray(positions, dtype=np.int64)
         width = self.dim if bias else self.dim - self.bias_columns
         if positions.size == 0:

@@ -41,6 +41,7 @@ from typing import Any, cast
 import numpy as np
 
 from serving._topk import ExcludedItems, check_k
+from serving.index import unit_rows
 
 FEATURES = (
     "score",
@@ -97,12 +98,11 @@ class ItemStatistics:
         if vectors.ndim != 2:
             raise ValueError(f"item_vectors must be [I, d], got shape {vectors.shape}")
         n_items = vectors.shape[0]
-        norm = np.linalg.norm(vectors, axis=1).astype(np.float32)
-        unit = vectors / np.where(norm > 0, norm, 1.0)[:, None]
+        unit, norm = unit_rows(vectors)
         counts = np.bincount(np.asarray(known.indices, dtype=np.int64), minlength=n_items)[:n_items]
         log_pop = np.log((counts + 1.0) / (counts.mean() + 1.0)).astype(np.float32)
         mean_history = float(known.counts().mean()) if known.n_rows else 0.0
-        return cls(np.ascontiguousarray(unit, dtype=np.float32), norm, log_pop, mean_history)
+        return cls(unit, norm, log_pop, mean_history)
 
 
 def candidate_features(
