@@ -416,69 +416,49 @@ def print_recommendations(
     show_recommendations(f"top-{len(recs)} for user {user}:", recs, as_json)
 
 
-def _item_ids_and_titles(ds) -> tuple[list[str], list[str | None]]:
-    """A prepared dataset's item ids (as text) and titles (None where it has none), in item index order."""
-    items = ds.item_vocab.sort("item_idx")
-    item_ids = [str(i) for i in items["item_id"].to_list()]
-    return item_ids, items["title"].to_list() if "title" in items.columns else [None] * len(item_ids)
+def _recommend_from_model(run, args) -> int:
+    """``recsys recommend --user | --sequence | --similar`` for a run without an index (EASE, RP3beta): the
+    model scores the catalogue (:class:`recsys.scorer_recommender.ScorerRecommender`), with the served
+    index's rules, printed as its answers are."""
+    from recsys.scorer_recommender import ScorerRecommender
+    from serving.errors import UnknownItemError, UnknownUserError
 
-
-def _similar_from_model(run, item: str, k: int, metric: str | None, as_json: bool) -> int:
-    """``recsys recommend --similar`` for an item-item model (EASE, RP3beta): the row of its fitted item-item
-    matrix (``ItemItemRecommender.similar_items``), printed as the served index's answers are."""
-    from serving import Recommendation
-
-    if metric is not None:
+    if args.metric is not None:
         print(
             f"error: --metric compares item vectors; run {run.run_id} is an item-item model, whose "
             "neighbours are its fitted item-item weights (drop --metric)",
             file=sys.stderr,
         )
         return 2
-    item_ids, titles = _item_ids_and_titles(run.dataset)
-    if item not in item_ids:
-        print(
-            f"error: unknown item id: {item!r} (run {run.run_id} knows {len(item_ids)} items)",
-            file=sys.stderr,
-        )
+    recommender = ScorerRecommender(run)
+    scored = "scored by the model: it has no index"
+    try:
+        if args.similar is not None:
+            recs = recommender.similar_items([args.similar], k=args.k)[0]
+            title = recommender.item_titles[recommender.item_ids.index(args.similar)]
+            about = f"{title} (item {args.similar})" if title else f"item {args.similar}"
+            header = f"top-{len(recs)} most similar to {about}, by the model's item-item weights ({scored}):"
+        elif args.sequence is not None:
+            recs = recommender.recommend_for_sequences([args.sequence], k=args.k)[0]
+            header = (
+                f"top-{len(recs)} after {len(args.sequence)} items ({scored}; their order does not matter):"
+            )
+        else:
+            recs = recommender.recommend([args.user], k=args.k)[0]
+            header = f"top-{len(recs)} for user {args.user} ({scored}):"
+    except UnknownUserError as exc:
+        hint = "this model recommends only for the users it was trained on"
+        if recommender.scores_item_sets:
+            hint += "; for another user, give their items with --sequence ITEM [ITEM ...]"
+        print(f"error: {UnknownUserError(exc.ids, exc.n_known, hint)}", file=sys.stderr)
         return 2
-    position = item_ids.index(item)
-    scores, found = run.model.similar_items([position], k)
-    recs = [
-        Recommendation(item_ids[j], float(s), titles[j]) for s, j in zip(scores[0], found[0], strict=True)
-    ]
-    about = f"{titles[position]} (item {item})" if titles[position] else f"item {item}"
-    show_recommendations(
-        f"top-{len(recs)} most similar to {about}, by the model's item-item weights (it has no index):",
-        recs,
-        as_json,
-    )
-    return 0
-
-
-def _recommend_with_scorer(run, user: str, k: int, as_json: bool = False) -> int:
-    """``recsys recommend --user`` for a model without an index (RP3beta): its scorer, every known item of the
-    user left out, printed as the served index's answers are."""
-    from recsys.pipeline import scorer_top_k
-
-    ds = run.dataset
-    users = ds.user_vocab.filter(ds.user_vocab["user_id"].cast(str) == str(user))
-    if users.height == 0:
-        print(
-            f"error: user {user!r} is not a user of run {run.run_id} ({ds.n_users} users); this model "
-            "recommends only for the users it was trained on",
-            file=sys.stderr,
-        )
+    except UnknownItemError as exc:
+        print(f"error: {exc} (run {run.run_id})", file=sys.stderr)
         return 2
-    item_ids, titles = _item_ids_and_titles(ds)
-    from serving import Recommendation
-
-    recs = [
-        Recommendation(item_ids[i], s, titles[i]) for i, s in scorer_top_k(run, int(users["user_idx"][0]), k)
-    ]
-    show_recommendations(
-        f"top-{len(recs)} for user {user} (scored by the model: it has no index):", recs, as_json
-    )
+    except TypeError as exc:  # a model that neither scores item sets nor has item-item weights
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    show_recommendations(header, recs, args.json)
     return 0
 
 
@@ -599,18 +579,16 @@ def cmd_recommend(args) -> int:
     run = None
     if not (index_dir / "manifest.json").exists():
         run = load_run(args.run, uri=args.tracking_uri)
-        if args.sequence is not None:
+        if args.sequence is not None and getattr(type(run.model), "indexable", True):
             from recsys.pipeline import sequence_query_encoder
 
             sequence_query_encoder(run.model)  # a model that cannot answer sequences: say so before indexing
         try:
             build_run_index(run, index_dir)
         except NotIndexableError:
-            if args.similar is not None and callable(getattr(run.model, "similar_items", None)):
-                return _similar_from_model(run, args.similar, args.k, args.metric, args.json)
-            if args.sequence is not None or args.similar is not None or args.reranker is not None:
+            if args.reranker is not None:
                 raise
-            return _recommend_with_scorer(run, args.user, args.k, args.json)
+            return _recommend_from_model(run, args)
     retriever = Retriever.load(index_dir)
     if _another_runs_index(index_dir, retriever.index.run_id, args.run):
         return 2
@@ -714,7 +692,6 @@ def cmd_serve(args) -> int:
             build_run_index,
             default_index_dir,
             load_run,
-            require_indexable,
             sequence_query_encoder,
         )
 
@@ -724,7 +701,9 @@ def cmd_serve(args) -> int:
             return 2
         run = None
         if not (index_dir / "manifest.json").exists():  # as `recommend` does: built on first use
-            run = load_run(args.run, uri=args.tracking_uri, require=require_indexable)
+            run = load_run(args.run, uri=args.tracking_uri)
+            if not getattr(type(run.model), "indexable", True):  # EASE, RP3beta: the model scores requests
+                return _serve_model(args, run, uvicorn)
             build_run_index(run, index_dir)
         if _index_manifest(index_dir).get("metadata", {}).get("sequence_queries"):  # the sequence models
             run = run or load_run(args.run, uri=args.tracking_uri)
@@ -746,10 +725,43 @@ def cmd_serve(args) -> int:
     if args.run is not None and _another_runs_index(index_dir, app.state.retriever.index.run_id, args.run):
         return 2  # swapped in meanwhile
     sequences = " and item sequences (the run's encoder)" if encoder is not None else ""
-    where = (
-        f"http://{args.host}:{args.port}" if args.port else f"a free port of {args.host} (uvicorn logs it)"
+    print(f"serving index {index_dir}{sequences} on {_where(args)} (API docs at /docs)", file=sys.stderr)
+    return _run_uvicorn(uvicorn, app, args)
+
+
+def _where(args) -> str:
+    return f"http://{args.host}:{args.port}" if args.port else f"a free port of {args.host} (uvicorn logs it)"
+
+
+def _serve_model(args, run, uvicorn) -> int:
+    """``recsys serve --run RUN`` of a run without an index (EASE, RP3beta): the app of
+    :func:`serving.http.create_model_app`, its model scoring every request's rows against the catalogue."""
+    from recsys.scorer_recommender import ScorerRecommender
+    from serving.http import create_model_app
+
+    for option, given in (("--reranker", args.reranker), ("--nprobe", args.nprobe), ("--index", args.index)):
+        if given is not None:
+            print(
+                f"error: {option} is for an index; run {args.run} ({run.config.model['name']}) has none: its "
+                "model scores each request",
+                file=sys.stderr,
+            )
+            return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    app = create_model_app(ScorerRecommender(run))
+    print(
+        f"serving run {args.run} ({run.config.model['name']}, scored by the model: it has no index) on "
+        f"{_where(args)} (API docs at /docs)",
+        file=sys.stderr,
     )
-    print(f"serving index {index_dir}{sequences} on {where} (API docs at /docs)", file=sys.stderr)
+    return _run_uvicorn(uvicorn, app, args)
+
+
+def _run_uvicorn(uvicorn, app, args) -> int:
+    """Serve ``app`` until stopped; uvicorn's failure to start is exit code 2."""
     try:
         uvicorn.run(
             app,
@@ -1169,7 +1181,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="serve this run's index, built on first use like `recommend` does; a sequence model's run "
         "(SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec, BERT4Rec) also answers /recommend_for_sequence with its "
-        "encoder",
+        "encoder; an item-item run (EASE, RP3beta) has no index: its model, fitted again at start, scores "
+        "each request",
     )
     _tracking_uri_option(sv)
     sv.add_argument(
@@ -1201,7 +1214,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="FAISS threads per search, and torch threads per sequence encoding with --run of a sequence "
-        "model (default: FAISS's own; torch 1)",
+        "model (default: FAISS's own; torch 1), or torch's threads for an item-item run's scores",
     )
     sv.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",

@@ -18,6 +18,7 @@ import torch
 from features._hashing import sha256_bytes
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
+from recsys.scorer_recommender import ScorerRecommender as ScorerRecommender  # its older home
 from recsys.tracking import ResumeRunError, RunTracker, download_run_artifacts, git_commit, machine_tags
 
 if TYPE_CHECKING:
@@ -583,81 +584,30 @@ def scorer_top_k(run: LoadedRun, user_idx: int, k: int) -> list[tuple[int, float
     return [(int(i), float(s)) for s, i in zip(scores[0], items[0], strict=True) if i >= 0]
 
 
-def scorer_top_k_many(run: LoadedRun, user_idx, k: int):
+def scorer_top_k_many(run: LoadedRun, user_idx, k: int, *, exclude_known: bool = True):
     """:func:`scorer_top_k` for B users at once: ``(scores, items)``, float64 [B, K] and int64 [B, K] item
     indices, ``K = min(k, n_items)``, best first, equal scores by item index (the served index's rule); a
-    row with fewer than K unknown items is padded with ``(-inf, -1)``. Memory: B x n_items scores."""
+    row with fewer than K unknown items is padded with ``(-inf, -1)``. ``exclude_known=False`` ranks the
+    user's known items too. Memory: B x n_items scores."""
     import numpy as np
 
     from recsys.explain import check_indices
-    from serving._topk import check_k
+    from serving._topk import ExcludedItems, check_k, dense_top_k
 
     k = check_k(k)  # k=-1 sliced off the last item
     ds, model = run.dataset, run.model
     rows = check_indices(
         list(user_idx), ds.n_users, "user_idx", "user"
     )  # -1 scored the last user, unfiltered
-    width = min(k, ds.n_items)
     if not rows:
+        width = min(k, ds.n_items)
         return np.zeros((0, width)), np.zeros((0, width), dtype=np.int64)
     with torch.no_grad():
         scores = model.scorer()(torch.tensor(rows, dtype=torch.long)).detach().cpu().double().numpy()
-    known = ds.known_matrix()[rows]
-    scores[np.repeat(np.arange(len(rows)), np.diff(known.indptr)), known.indices] = -np.inf
-    scores[np.isnan(scores)] = -np.inf  # NaN is no score (dropped below, as before)
-    if width < ds.n_items:
-        # Only the items at or above each row's width-th largest score can be listed: partition, then sort
-        # those (ties at the cut included). A full sort of the catalogue per user cost 4x the time.
-        kth = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
-        items = np.empty((len(rows), width), dtype=np.int64)
-        for b in range(len(rows)):
-            cand = np.flatnonzero(scores[b] >= kth[b])
-            items[b] = cand[np.lexsort((cand, -scores[b, cand]))][:width]  # score desc., then item index
-    else:
-        items = np.argsort(-scores, axis=1, kind="stable")  # equal scores stay in item-index order
-    top = np.take_along_axis(scores, items, axis=1)
-    missing = ~np.isfinite(top)
-    top[missing], items[missing] = -np.inf, -1
-    return top, items
-
-
-class ScorerRecommender:
-    """A run without an index (:class:`NotIndexableError`, e.g. RP3beta) as a
-    :class:`serving.export.BatchRecommender`: its known users, scored by the model, known items left out."""
-
-    def __init__(self, run: LoadedRun) -> None:
-        self._run = run
-        ds = run.dataset
-        self._user_ids = tuple(str(u) for u in ds.user_vocab.sort("user_idx")["user_id"].to_list())
-        self._item_ids = tuple(str(i) for i in ds.item_vocab.sort("item_idx")["item_id"].to_list())
-        self._position = {u: i for i, u in enumerate(self._user_ids)}
-
-    @property
-    def user_ids(self) -> tuple[str, ...]:
-        return self._user_ids
-
-    @property
-    def item_ids(self) -> tuple[str, ...]:
-        return self._item_ids
-
-    def recommend_positions(self, user_ids, k: int):
-        """float32 scores and int64 item positions [B, K] (see :func:`scorer_top_k_many`); unknown ids are
-        an :class:`serving.UnknownUserError` naming them."""
-        import numpy as np
-
-        from serving.errors import UnknownUserError
-
-        missing = [u for u in user_ids if u not in self._position]
-        if missing:
-            raise UnknownUserError(missing, len(self._user_ids), "this model recommends only for its users")
-        rows = [self._position[u] for u in user_ids]
-        # each call scores its rows against the whole catalogue (float64): about 2^24 entries at a time
-        step = max(1, (1 << 24) // max(1, len(self._item_ids)))
-        parts = [scorer_top_k_many(self._run, rows[at : at + step], k) for at in range(0, len(rows), step)]
-        if not parts:
-            scores, items = scorer_top_k_many(self._run, [], k)
-            return scores.astype(np.float32), items
-        return np.concatenate([p[0] for p in parts]).astype(np.float32), np.concatenate([p[1] for p in parts])
+    known = (
+        ExcludedItems.from_sparse(ds.known_matrix()[rows], len(rows), ds.n_items) if exclude_known else None
+    )
+    return dense_top_k(scores, k, known)
 
 
 def build_run_index(

@@ -36,7 +36,7 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 class BatchRecommender(Protocol):
     """What :func:`export_recommendations` needs: :class:`~serving.Retriever`,
-    :class:`~serving.RerankingRetriever` and :class:`recsys.pipeline.ScorerRecommender` provide it."""
+    :class:`~serving.RerankingRetriever` and :class:`recsys.scorer_recommender.ScorerRecommender` provide it."""
 
     @property
     def user_ids(self) -> Sequence[str]:

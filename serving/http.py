@@ -27,6 +27,9 @@ Endpoints (every list of recommendations is ``[{"item_id", "score", "title"}, ..
   ``exclude_history`` is false. Only when the app holds an encoder (``sequence_encoder``; ``recsys serve
   --run RUN`` of SASRec, GRU4Rec, DuoRec, ICSRec, ICLRec or BERT4Rec passes the run's); otherwise a 400.
 
+A run without an index (EASE, RP3beta: item-item scores) is served by :func:`create_model_app` instead, its model
+scoring each request: the same endpoints and bodies, but no ``metric``, re-ranker or query vectors.
+
 Errors: an unknown user or item id is a 404 whose ``detail`` is the library's sentence naming the ids; a
 bad ``k``, a malformed body, a vector of the wrong dimension or holding NaN/inf, or a sequence holding an item
 added to the index after training (which the encoder cannot encode) is a 422 (FastAPI's own validation
@@ -46,7 +49,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal, Protocol, get_origin
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -215,11 +218,7 @@ def create_app(
             )
 
     def check_size(rows: int, k: int) -> None:
-        if rows * min(k, index.n_items) > MAX_RESULTS:
-            raise HTTPException(
-                422, f"{rows} lists of {k} items would be more than {MAX_RESULTS} results in one answer; ask "
-                "for fewer lists or a smaller k (whole catalogues of users: serving.export_recommendations)",
-            )  # fmt: skip
+        _check_size(rows, k, index.n_items)
 
     app = FastAPI(
         title="recsys",
@@ -372,14 +371,189 @@ def create_app(
     return app
 
 
+class ScoringRecommender(Protocol):
+    """What :func:`create_model_app` serves: a run without an index whose model scores the catalogue
+    (:class:`recsys.scorer_recommender.ScorerRecommender`)."""
+
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def user_ids(self) -> Sequence[str]: ...
+    @property
+    def item_ids(self) -> Sequence[str]: ...
+    @property
+    def scores_item_sets(self) -> bool: ...
+    @property
+    def has_similar_items(self) -> bool: ...
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int, exclude_seen: bool
+    ) -> list[list[Recommendation]]: ...
+
+    def recommend_for_sequences(
+        self, sequences: Sequence[Sequence[str]], k: int, exclude_history: bool
+    ) -> list[list[Recommendation]]: ...
+
+    def similar_items(self, item_ids: Sequence[str], k: int) -> list[list[Recommendation]]: ...
+
+
+class ModelSimilarRequest(BaseModel):
+    """Nearest items of items in the catalogue, by the model's item-item weights (no metric to choose)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Id] = Field(max_length=MAX_BATCH)
+    k: K = 10
+
+
+class ModelHealth(BaseModel):
+    status: str
+    run_id: str | None
+    model: str
+    n_items: int
+    n_users: int
+    sequences: bool
+    similar: bool
+
+
+def create_model_app(recommender: ScoringRecommender) -> FastAPI:
+    """The HTTP app of a run without an index (EASE, RP3beta): its model scores the whole catalogue per
+    request (:class:`recsys.scorer_recommender.ScorerRecommender`; ``recsys serve --run RUN`` of such a run).
+
+    The endpoints are :func:`create_app`'s, with the same bodies, limits and errors, except:
+
+    * ``/health`` names the model instead of an index (``sequences``: whether it answers item-id sessions;
+      ``similar``: whether it ranks neighbours by its item-item weights);
+    * ``/similar`` takes no ``metric`` (the neighbours are the model's weights: a ``metric`` is a 422);
+    * ``/recommend_for_sequence`` reads a session as the *set* of its items, as the model reads a user's
+      history (order and repeats do not matter), and needs no encoder;
+    * ``rerank=true`` and ``POST /recommend_for_vector`` are a 400: there are no vectors to re-rank or search.
+
+    Concurrency: requests run in FastAPI's thread pool, each scoring its rows against the whole catalogue
+    (rows x items floats); the recommender is read-only.
+    """
+    n_items = len(recommender.item_ids)
+    run = f"run {recommender.run_id} ({recommender.model_name})"
+    app = FastAPI(
+        title="recsys",
+        summary=f"Top-k recommendations scored by the model of {run}",
+        description=(create_model_app.__doc__ or "").split("\n\n")[0],
+    )
+    app.state.recommender = recommender
+
+    def recommend(users: list[Any], k: int, exclude_seen: bool, rerank: bool) -> list[list[dict]]:
+        if rerank:
+            raise HTTPException(400, f"{run} has no index, so no re-ranker: ask without rerank=true")
+        _check_size(len(users), k, n_items)
+        with _client_errors(user_hint=_model_user_hint(recommender)):
+            return _as_json(recommender.recommend(users, k=k, exclude_seen=exclude_seen))
+
+    def similar(items: list[Any], k: int) -> list[list[dict]]:
+        if not recommender.has_similar_items:
+            raise HTTPException(400, f"{run} has no item-item weights to rank neighbours by")
+        _check_size(len(items), k, n_items)
+        with _client_errors():
+            return _as_json(recommender.similar_items(items, k=k))
+
+    def next_items(sequences: list[list[Any]], k: int, exclude_history: bool) -> list[list[dict]]:
+        if not recommender.scores_item_sets:
+            raise HTTPException(400, f"{run} does not score item sets; ask /recommend for its users")
+        _check_size(len(sequences), k, n_items)
+        with _client_errors():
+            return _as_json(
+                recommender.recommend_for_sequences(sequences, k=k, exclude_history=exclude_history)
+            )
+
+    @app.get("/health", response_model=ModelHealth)
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "run_id": recommender.run_id,
+            "model": recommender.model_name,
+            "n_items": n_items,
+            "n_users": len(recommender.user_ids),
+            "sequences": recommender.scores_item_sets,
+            "similar": recommender.has_similar_items,
+        }
+
+    @app.get("/recommend", response_model=list[Item], dependencies=_QUERY_CHECKED)
+    def recommend_user(
+        user: Annotated[str, Query(description="a user id the run knows")],
+        k: KQuery = 10,
+        exclude_seen: bool = True,
+        rerank: bool = False,
+    ) -> Response:
+        """Top-k items for one user."""
+        return _json(recommend([user], k, exclude_seen, rerank)[0])
+
+    @app.post("/recommend", response_model=list[list[Item]])
+    def recommend_users(body: RecommendRequest) -> Response:
+        """Top-k items for each user, in the order given."""
+        return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
+
+    @app.get("/similar", response_model=list[Item], dependencies=_QUERY_CHECKED)
+    def similar_item(
+        item: Annotated[str, Query(description="an item id of the catalogue")], k: KQuery = 10
+    ) -> Response:
+        """The k items the model's item-item weights tie most to one item, itself left out."""
+        return _json(similar([item], k)[0])
+
+    @app.post("/similar", response_model=list[list[Item]])
+    def similar_items(body: ModelSimilarRequest) -> Response:
+        """The k most similar items of each item, in the order given."""
+        return _json(similar(body.items, body.k))
+
+    @app.post("/recommend_for_vector", response_model=list[list[Item]])
+    def recommend_for_vector(body: VectorRequest) -> Response:
+        """Not for this model: it has no vectors (a 400 saying what to ask instead)."""
+        raise HTTPException(
+            400, f"{run} scores item sets, not vectors: POST /recommend_for_sequence with the user's items"
+        )
+
+    @app.get("/recommend_for_sequence", response_model=list[Item], dependencies=_QUERY_CHECKED)
+    def recommend_for_sequence(
+        items: Annotated[
+            list[str],
+            Query(max_length=MAX_SEQUENCE, description="the session's item ids (a set: order ignored)"),
+        ] = [],  # noqa: B006 - never shared: FastAPI gives each request a deep copy of a default
+        k: KQuery = 10,
+        exclude_history: bool = True,
+    ) -> Response:
+        """The k items after one session of item ids (``?items=A&items=B``)."""
+        return _json(next_items([list(items)], k, exclude_history)[0])
+
+    @app.post("/recommend_for_sequence", response_model=list[list[Item]])
+    def recommend_for_sequences(body: SequenceRequest) -> Response:
+        """The k items after each session, in the order given."""
+        return _json(next_items(body.sequences, body.k, body.exclude_history))
+
+    return app
+
+
+def _model_user_hint(recommender: ScoringRecommender) -> str:
+    if recommender.scores_item_sets:
+        return "for a new or anonymous user, POST their items to /recommend_for_sequence"
+    return "this model recommends only for the users it was trained on"
+
+
+def _check_size(rows: int, k: int, n_items: int) -> None:
+    if rows * min(k, n_items) > MAX_RESULTS:
+        raise HTTPException(
+            422, f"{rows} lists of {k} items would be more than {MAX_RESULTS} results in one answer; ask "
+            "for fewer lists or a smaller k (whole catalogues of users: serving.export_recommendations)",
+        )  # fmt: skip
+
+
 @contextmanager
-def _client_errors() -> Iterator[None]:
+def _client_errors(user_hint: str = _USER_HINT) -> Iterator[None]:
     """The library's errors about the request, as HTTP errors carrying its sentence. Only around library
     calls whose arguments came from the request, so that a server fault still surfaces as a 500."""
     try:
         yield
     except UnknownUserError as exc:  # the library's hint names a Python method; name the endpoint instead
-        raise HTTPException(404, str(UnknownUserError(exc.ids, exc.n_known, _USER_HINT))) from None
+        raise HTTPException(404, str(UnknownUserError(exc.ids, exc.n_known, user_hint))) from None
     except UnknownIdError as exc:
         raise HTTPException(404, str(exc)) from None
     except UnencodableItemError as exc:  # in the catalogue, but added after training: the request's fault

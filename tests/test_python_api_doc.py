@@ -18,7 +18,8 @@ from tests.conftest import REPO
 def test_the_python_guide_runs_as_written(shared_data, tmp_path):
     text = (REPO / "docs" / "python_api.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```$", text, re.S | re.M)
-    assert len(blocks) == 5  # train, data, evaluate, serve, own model: a block lost to a typo is noticed
+    # train, data, evaluate, serve (an index, an item-item model), own model: a block lost to a typo is noticed
+    assert len(blocks) == 6
     script = tmp_path / "guide.py"
     script.write_text("\n".join(blocks), encoding="utf-8")
     env = {**os.environ, "RECSYS_SHARED_DATA": str(shared_data)}  # RECSYS_HOME: this test's own folder
@@ -30,6 +31,8 @@ def test_the_python_guide_runs_as_written(shared_data, tmp_path):
     # the guide's own asserts compared evaluate_model with the logged test metrics; here, what it printed
     runs = [line for line in lines if re.fullmatch(r"[0-9a-f]{32} .*", line)]
     assert len(runs) == 2  # the LightGCN run and the user's model's run, each with its id
+    (ease,) = [line for line in lines if line.startswith("EASE: ")]  # three titles, then the neighbour's
+    assert ease.count("', '") + ease.count('", "') == 2 and ease.split("| most like Star Wars: ")[1]
     assert "942 1447" in lines  # MovieLens-100K's users and items with ratings >= 4
     recs = [line for line in lines if re.fullmatch(r"\d+ .+ -?\d+\.\d+", line)]
     assert len(recs) == 3  # user 1's three recommendations: id, title, score

@@ -347,8 +347,15 @@ def test_library_refusals_of_a_run_are_exceptions_not_exits(tmp_path, capsys):
     order = np.lexsort((np.arange(scores.size), -scores))[:5]
     ids = ds.item_vocab.sort("item_idx")["item_id"].to_list()
     assert got == [ids[i] for i in order]
-    assert main(["recommend", "--run", rp3_run, "--sequence", "i1", "i2"]) == 2  # checked before any index
-    assert "has no sequence encoder" in capsys.readouterr().err
+    # --sequence: the model reads a session as an item set, as it reads a user's history, so u3's items (in
+    # any order) give u3's list; it was refused ("no sequence encoder") before item-item models answered it
+    history = [ids[i] for i in known[u].indices[::-1]]
+    assert main(["recommend", "--run", rp3_run, "--sequence", *history, "--k", "5", "--json"]) == 0
+    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)] == got
+    assert main(["recommend", "--run", rp3_run, "--sequence", "i1", "nope"]) == 2
+    assert "unknown item id: 'nope'" in capsys.readouterr().err
+    assert main(["recommend", "--run", rp3_run, "--user", "nobody"]) == 2
+    assert "give their items with --sequence" in capsys.readouterr().err
     # --similar: the row of its walk matrix, as ItemItemRecommender.similar_items gives it
     assert main(["recommend", "--run", rp3_run, "--similar", "i5", "--k", "4", "--json"]) == 0
     weights, found = run.model.similar_items([ids.index("i5")], 4)

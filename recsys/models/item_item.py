@@ -126,15 +126,29 @@ class ItemItemRecommender(ItemSetQueries, Recommender):
         the item sets of the query context current when ``scorer()`` is called."""
         if self.item_item is None or self.train_matrix is None:
             raise RuntimeError(f"{type(self).__name__}.prepare(train) must be called before scoring")
-        x, m = self._query_rows(), self.item_item
+        x = self._query_rows()
         device = self._anchor.device
 
         def score(users: torch.Tensor) -> torch.Tensor:
-            scores = x[users.cpu().numpy()] @ m  # sparse @ sparse is sparse, sparse @ dense is dense
-            dense = scores.toarray() if sp.issparse(scores) else np.ascontiguousarray(scores)
-            return torch.from_numpy(dense).to(device)
+            return torch.from_numpy(self.score_item_sets(x[users.cpu().numpy()])).to(device)
 
         return score
+
+    def score_item_sets(self, item_sets: sp.spmatrix) -> np.ndarray:
+        """Scores ``X @ M`` of B item sets (a user's history, or an anonymous session's items), [B, I] in M's
+        float dtype.
+
+        Args:
+            item_sets: a scipy sparse ``[B, I]`` matrix; an item counts once per row, whatever its value
+                (the binarised training matrix's rule), and an empty row scores every item 0.
+        """
+        if self.item_item is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(train) must be called before scoring")
+        if item_sets.shape[1:] != (self.n_items,):
+            raise ValueError(f"item sets have shape {item_sets.shape}, expected [B, {self.n_items}]")
+        scores = binary_matrix(item_sets) @ self.item_item  # sparse @ sparse is sparse, sparse @ dense dense
+        dense = scores.toarray() if sp.issparse(scores) else np.asarray(scores)
+        return np.ascontiguousarray(dense)
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items each given item weighs most in M: row ``M[i]``, how much having item i adds to
