@@ -11,6 +11,11 @@ alternating between the two and timing each call alone:
   encoder) also ``Retriever.recommend_for_sequences([session], encoder, k)`` and
   ``GET /recommend_for_sequence?items=...&k=K``, for a session of ``--session-length`` random catalogue items.
 
+A run without an index (EASE, RP3beta) is served from its model (``recsys serve --run``, which fits it again
+before it answers): the embedded side is ``ScorerRecommender`` (``recommend([user], k)`` and
+``recommend_for_sequences([session], k)``, the session read as an item set), so the same command measures what
+scoring the whole catalogue per request costs, against an index run's numbers on the same data.
+
 Every HTTP answer is checked to hold the embedded answer's items in the same order before it is timed.
 Prints medians (µs) and the ratio http / embedded, and writes them with ``--out``:
 
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,24 +77,39 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from recsys.pipeline import build_run_index, default_index_dir, load_run, sequence_query_encoder
+    from recsys.scorer_recommender import ScorerRecommender
     from serving import Reranker, RerankingRetriever, Retriever
 
     index_dir = default_index_dir(args.run)
     run = load_run(args.run)
-    if not (index_dir / "manifest.json").exists():
-        build_run_index(run, index_dir)
-    embedded = {"plain": Retriever.load(index_dir, num_threads=1)}
-    if args.reranker:
-        embedded["reranked"] = RerankingRetriever(embedded["plain"], Reranker.load(args.reranker))
-    encoder = None
-    if callable(getattr(run.model, "encode_sequences", None)):
-        encoder = sequence_query_encoder(run.model)
-        embedded["sequence"] = embedded["plain"]
     port = free_port()
-    command = [sys.executable, "-m", "recsys.cli", "serve", "--index", str(index_dir), "--port", str(port)]
-    command += ["--threads", "1", "--log-level", "warning"]
-    if encoder is not None:
-        command += ["--run", args.run]  # the server loads the model's encoder
+    command = [sys.executable, "-m", "recsys.cli", "serve", "--port", str(port), "--threads", "1"]
+    command += ["--log-level", "warning"]
+    encoder = None
+    embedded: dict[str, Any]
+    if not getattr(type(run.model), "indexable", True):  # EASE, RP3beta: the model scores each request
+        if args.reranker:
+            parser.error("a run without an index has no re-ranker")
+        import torch
+
+        torch.set_num_threads(1)  # as the server's --threads 1
+        scorer = ScorerRecommender(run)
+        embedded = {"plain": scorer, "sequence": scorer}
+        users_known, catalogue = scorer.user_ids, scorer.item_ids
+        command += ["--run", args.run]
+    else:
+        if not (index_dir / "manifest.json").exists():
+            build_run_index(run, index_dir)
+        embedded = {"plain": Retriever.load(index_dir, num_threads=1)}
+        if args.reranker:
+            embedded["reranked"] = RerankingRetriever(embedded["plain"], Reranker.load(args.reranker))
+        if callable(getattr(run.model, "encode_sequences", None)):
+            encoder = sequence_query_encoder(run.model)
+            embedded["sequence"] = embedded["plain"]
+        users_known, catalogue = embedded["plain"].index.user_ids, embedded["plain"].index.item_ids
+        command += ["--index", str(index_dir)]
+        if encoder is not None:
+            command += ["--run", args.run]  # the server loads the model's encoder
     if args.reranker:
         command += ["--reranker", args.reranker]
     server = subprocess.Popen(command)
@@ -96,18 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {}
     try:
         with httpx.Client(timeout=30) as client:
-            wait_until_up(client, url, server)
-            if encoder is not None and not client.get(url + "/health").json()["sequences"]:
-                raise RuntimeError("the server did not load the run's sequence encoder")
+            wait_until_up(client, url, server, seconds=900.0)  # a run without an index is fitted first
+            if "sequence" in embedded and not client.get(url + "/health").json()["sequences"]:
+                raise RuntimeError("the server does not answer item sequences")
             rng = np.random.default_rng(0)
-            users = rng.choice(embedded["plain"].index.user_ids, size=args.calls + 20)
-            catalogue = embedded["plain"].index.item_ids
+            users = rng.choice(users_known, size=args.calls + 20)
             for i, user in enumerate(users):
                 session = [str(x) for x in rng.choice(catalogue, size=args.session_length, replace=False)]
                 for case, retriever in embedded.items():
                     if case == "sequence":
                         start = time.perf_counter()
-                        local = retriever.recommend_for_sequences([session], encoder, k=args.k)[0]
+                        if encoder is None:  # a model scoring item sets
+                            local = retriever.recommend_for_sequences([session], k=args.k)[0]
+                        else:
+                            local = retriever.recommend_for_sequences([session], encoder, k=args.k)[0]
                         t_local = time.perf_counter() - start
                         path, params = "/recommend_for_sequence", {"items": session, "k": args.k}
                     else:
@@ -145,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 "run_id": args.run,
                 "k": args.k,
                 "calls": args.calls,
-                "session_length": args.session_length if encoder is not None else None,
+                "model": run.config.model["name"],
+                "session_length": args.session_length if "sequence" in embedded else None,
                 "median_us": medians,
             },
         )
