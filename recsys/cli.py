@@ -602,6 +602,7 @@ def cmd_recommend(args) -> int:
                 f"top-{len(recs)} next items after {len(args.sequence)} items:", recs, args.json
             )
         elif args.similar is not None:
+            _warn_if_bias_unrecorded(retriever.index.manifest)
             metric = args.metric or SIMILARITY_METRICS[0]
             recs = retriever.similar_items([args.similar], k=args.k, metric=metric)[0]
             title = retriever.index.item_titles[retriever.index.item_positions([args.similar])[0]]
@@ -634,6 +635,28 @@ def cmd_recommend(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_if_bias_unrecorded(manifest: dict) -> None:
+    """A warning line for an index folder written before indexes recorded their bias columns (2026-12-05)
+    from a model whose item vectors end in a per-item bias (BERT4Rec): read as 0, so its similar items and
+    re-ranker features count that bias as a direction."""
+    name = manifest.get("metadata", {}).get("model")
+    if "bias_columns" in manifest or not isinstance(name, str):
+        return
+    from recsys.models import model_class
+
+    try:
+        columns = model_class(name).bias_columns
+    except (KeyError, ImportError):  # a model this installation does not know
+        return
+    if columns:
+        print(
+            f"warning: this index of a {name} run was built before indexes recorded the model's per-item bias "
+            f"column, so item-to-item comparisons count it; rebuild it with `recsys index --run "
+            f"{manifest.get('run_id', 'RUN')}`",
+            file=sys.stderr,
+        )
 
 
 def _another_runs_index(index_dir: Path, built_by: str | None, run_id: str) -> bool:
@@ -724,6 +747,7 @@ def cmd_serve(args) -> int:
     )
     if args.run is not None and _another_runs_index(index_dir, app.state.retriever.index.run_id, args.run):
         return 2  # swapped in meanwhile
+    _warn_if_bias_unrecorded(app.state.retriever.index.manifest)
     sequences = " and item sequences (the run's encoder)" if encoder is not None else ""
     print(f"serving index {index_dir}{sequences} on {_where(args)} (API docs at /docs)", file=sys.stderr)
     return _run_uvicorn(uvicorn, app, args)

@@ -880,3 +880,22 @@ def test_evaluate_without_k_reports_at_10_and_20(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)
     assert {"recall@10", "ndcg@10", "recall@20", "ndcg@20"} <= set(m)
     assert not any(key.endswith(("@1", "@2", "@5")) for key in m)
+
+
+def test_an_index_without_its_bias_record_is_named(capsys):
+    """Index folders of BERT4Rec runs written before indexes recorded bias columns read as 0, so their similar
+    items count the bias as a direction: `recommend --similar` and `serve` say so, and how to rebuild."""
+    from recsys.cli import _warn_if_bias_unrecorded
+
+    old = {"run_id": "abc", "metadata": {"model": "bert4rec"}}
+    _warn_if_bias_unrecorded(old)
+    err = capsys.readouterr().err
+    assert "warning: this index of a bert4rec run was built before" in err and "recsys index --run abc" in err
+    for manifest in (
+        {**old, "bias_columns": 1},  # recorded
+        {**old, "metadata": {"model": "lightgcn"}},  # no bias column to miss
+        {**old, "metadata": {"model": "no-such-model"}},  # a model this installation does not know
+        {"run_id": "abc"},  # an index built outside a run
+    ):
+        _warn_if_bias_unrecorded(manifest)
+        assert capsys.readouterr().err == "", manifest
