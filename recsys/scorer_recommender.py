@@ -176,11 +176,14 @@ class ScorerRecommender:
         if self._score_item_sets is None:
             raise TypeError(f"model {self.model_name!r} does not score item sets; recommend for its users")
         k = check_k(k)
-        lists = []
+        texts = []
         for seq in [sequences] if isinstance(sequences, str) else sequences:
             if isinstance(seq, str | bytes):
                 raise TypeError(f"each sequence must be a list of item ids, not the string {seq!r}")
-            lists.append(self._item_positions([_id_text(x, "item") for x in seq]))
+            texts.append([_id_text(x, "item") for x in seq])
+        flat = self._item_positions([x for seq in texts for x in seq])  # every unknown id named at once
+        bounds = np.cumsum([0] + [len(seq) for seq in texts])
+        lists = [flat[bounds[b] : bounds[b + 1]] for b in range(len(texts))]
         n_items = len(self._item_ids)
         out: list[list[Recommendation]] = []
         step = max(1, _SCORES_PER_BLOCK // max(1, n_items))

@@ -242,3 +242,16 @@ def test_options_an_item_item_run_cannot_use_are_refused_before_it_is_fitted(tmp
         assert text in capsys.readouterr().err
     assert prepared == []
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_batch_of_sessions_is_checked_whole_as_the_retrievers_is(ease_run):
+    """Retriever.recommend_for_sequences names every unknown id of the batch at once, and refuses a string
+    sequence wherever it is; the model's answer stopped at the first sequence holding an unknown id."""
+    from recsys.scorer_recommender import ScorerRecommender
+    from serving.errors import UnknownItemError
+
+    rec = ScorerRecommender(ease_run)
+    with pytest.raises(UnknownItemError, match=r"unknown item ids: 'nope1', 'nope2' \(the index knows 80"):
+        rec.recommend_for_sequences([["nope1"], ["i1"], ["nope2", "nope1"]], k=3)
+    with pytest.raises(TypeError, match="a list of item ids, not the string 'i1'"):
+        rec.recommend_for_sequences([["nope1"], "i1"], k=3)
