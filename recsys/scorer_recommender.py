@@ -105,7 +105,7 @@ class ScorerRecommender:
 
     # ---- queries ---------------------------------------------------------------------------------------
     def recommend_positions(
-        self, user_ids: Sequence[str], k: int, *, exclude_seen: bool = True
+        self, user_ids: Sequence[str] | str, k: int = 10, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """float32 scores and int64 item positions [B, K] of known users (``K = min(k, I)``, rows padded with
         ``(-inf, -1)`` when the catalogue runs out), every known item of a user left out unless

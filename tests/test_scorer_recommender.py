@@ -256,3 +256,17 @@ def test_a_batch_of_sessions_is_checked_whole_as_the_retrievers_is(ease_run):
         rec.recommend_for_sequences([["nope1"], ["i1"], ["nope2", "nope1"]], k=3)
     with pytest.raises(TypeError, match="a list of item ids, not the string 'i1'"):
         rec.recommend_for_sequences([["nope1"], "i1"], k=3)
+
+
+def test_recommend_positions_is_called_as_the_retrievers(ease_run):
+    """Retriever.recommend_positions(user_ids, k=10, exclude_seen=True): k has a default and exclude_seen is
+    positional; a caller swapping in the model's recommender got a TypeError for either."""
+    from recsys.scorer_recommender import ScorerRecommender
+
+    rec = ScorerRecommender(ease_run)
+    scores, positions = rec.recommend_positions(["u3"])
+    assert positions.shape == (1, 10) and scores.dtype == np.float32
+    _, everything = rec.recommend_positions(["u3"], 5, False)
+    assert [rec.item_ids[p] for p in everything[0]] == [
+        r.item_id for r in rec.recommend("u3", k=5, exclude_seen=False)[0]
+    ]
