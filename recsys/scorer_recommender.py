@@ -157,7 +157,9 @@ class ScorerRecommender:
     ) -> list[list[Recommendation]]:
         """Top-``k`` items after sessions of item ids (anonymous users, or a known user's latest items), for
         models that score item sets: the model reads a session as the set of its items (order and repeats do
-        not matter), as it reads a user's history, so a known user's items give that user's list.
+        not matter), as it reads a user's history, so a known user's history gives that user's scores. Only
+        the session's own items are left out: the items a user rated below ``data.rating_threshold``, which
+        :meth:`recommend` leaves out too, can be listed here.
 
         Args:
             sequences: B lists of item ids (a list may be empty: every item then scores 0).
