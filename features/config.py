@@ -73,7 +73,10 @@ class ColumnsConfig(_Strict):
 
 
 # The split keys each protocol reads; written for another protocol, a key would be ignored without a word.
-PROTOCOL_OF_KEY = {
+# A key read by several protocols maps to all of them (the seed draws random_ratio's split and presplit's
+# validation carve-out; leave_one_out and temporal draw nothing).
+PROTOCOL_OF_KEY: dict[str, str | tuple[str, ...]] = {
+    "seed": ("random_ratio", "presplit"),
     "test_ratio": "random_ratio",
     "valid_ratio": "random_ratio",
     "temporal_cut": "temporal",

@@ -522,10 +522,11 @@ def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: st
     defaults = type(data.split).model_fields
     for key, value in written.items() if isinstance(written, dict) else ():
         owner = PROTOCOL_OF_KEY.get(key, protocol)
-        if owner != protocol and value is not None and value != defaults[key].default:
+        owners = (owner,) if isinstance(owner, str) else owner
+        if protocol not in owners and value is not None and value != defaults[key].default:
             warnings.warn(
-                f"{source}: data.split.{key}={value!r} applies to split.protocol {owner!r} only; "
-                f"ignored under {protocol!r}",
+                f"{source}: data.split.{key}={value!r} applies to split.protocol "
+                f"{' or '.join(map(repr, owners))} only; ignored under {protocol!r}",
                 stacklevel=3,
             )
             setattr(data.split, key, defaults[key].default)

@@ -386,3 +386,18 @@ def test_preparing_data_refuses_a_key_that_only_starts_with_data(cfg_file):
     cfg = cfg_file
     with pytest.raises(ConfigError, match="only data.* keys apply"):
         load_data_config(cfg, ["dataset.path=elsewhere.csv"])
+
+
+def test_the_split_seed_is_reset_under_protocols_without_randomness(cfg_file):
+    # split.seed draws only random_ratio's split and presplit's validation carve-out; under leave_one_out or
+    # temporal it changes nothing, yet it went into the cache key and the run fingerprint (the shipped
+    # ml100k configs set seed: 42, and switching them to leave_one_out prepared the same data again)
+    with pytest.warns(
+        UserWarning, match=r"data\.split\.seed=42 applies to split\.protocol 'random_ratio' or"
+    ):
+        cfg = load_config(cfg_file, ["data.split.protocol=leave_one_out", "data.split.seed=42"])
+    plain = load_config(cfg_file, ["data.split.protocol=leave_one_out"])
+    assert cfg.data.split == plain.data.split and cfg.fingerprint() == plain.fingerprint()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config(cfg_file, ["data.split.seed=42"]).data.split.seed == 42  # random_ratio reads it
