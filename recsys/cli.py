@@ -431,13 +431,7 @@ def _recommend_from_model(run, args) -> int:
     from recsys.scorer_recommender import ScorerRecommender
     from serving.errors import UnknownItemError, UnknownUserError
 
-    if args.metric is not None:
-        print(
-            f"error: --metric compares item vectors; run {run.run_id} is an item-item model, whose "
-            "neighbours are its fitted item-item weights (drop --metric)",
-            file=sys.stderr,
-        )
-        return 2
+    # --metric and --reranker were refused before the model was fitted (load_run's require)
     recommender = ScorerRecommender(run)
     scored = "scored by the model: it has no index"
     try:
@@ -797,14 +791,7 @@ def _serve_model(args, run, uvicorn) -> int:
     from recsys.scorer_recommender import ScorerRecommender
     from serving.http import create_model_app
 
-    for option, given in (("--reranker", args.reranker), ("--nprobe", args.nprobe), ("--index", args.index)):
-        if given is not None:
-            print(
-                f"error: {option} is for an index; run {args.run} ({run.config.model['name']}) has none: its "
-                "model scores each request",
-                file=sys.stderr,
-            )
-            return 2
+    # --reranker, --nprobe and --index were refused before the model was fitted (load_run's require)
     if args.threads is not None:
         import torch
 
@@ -1272,7 +1259,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="FAISS threads per search, and torch threads per sequence encoding with --run of a sequence "
-        "model (default: FAISS's own; torch 1), or torch's threads for an item-item run's scores",
+        "model (default: FAISS's own; torch 1); an item-item run's scores are scipy's, on one thread",
     )
     sv.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
