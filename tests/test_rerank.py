@@ -360,11 +360,12 @@ def test_rerank_refuses_runs_it_cannot_fit_with_one_line(tmp_path, capsys):
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "rr").exists()
     # RP3beta has no index: --reranker must not fall back to its unre-ranked scorer without a word
+    # (refused before the model is fitted, naming the option)
     assert main(["recommend", "--run", run_ids[1], "--user", "u3", "--reranker", str(tmp_path / "rr")]) == 2
-    assert "cannot be indexed" in capsys.readouterr().err
+    assert "error: --reranker is for an index; run" in capsys.readouterr().err
     batch = ["--all-users", "--out", str(tmp_path / "all.csv"), "--reranker", str(tmp_path / "rr")]
     assert main(["recommend", "--run", run_ids[1], *batch]) == 2  # the batch job neither
-    assert "cannot be indexed" in capsys.readouterr().err
+    assert "error: --reranker is for an index; run" in capsys.readouterr().err
     assert main(["rerank", "--run", run_ids[0], "--candidates", "5"]) == 2  # fewer than the run's max k (10)
     assert "n_candidates must be an integer >= max(ks) = 10, got 5" in capsys.readouterr().err
     # more candidates than items: refused before retrieval (the gathers of 100,000 padded slots per user ran
