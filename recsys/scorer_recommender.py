@@ -190,15 +190,13 @@ class ScorerRecommender:
         out: list[list[Recommendation]] = []
         step = max(1, _SCORES_PER_BLOCK // max(1, n_items))
         for at in range(0, len(lists), step):
-            block = [np.unique(p) for p in lists[at : at + step]]  # sorted, distinct: a set per row
-            indptr = np.cumsum([0] + [p.size for p in block])
-            indices = np.concatenate(block) if block else np.zeros(0, dtype=np.int64)
+            sets = ExcludedItems.from_lists(lists[at : at + step])  # a set per row: sorted, distinct
             item_sets = sp.csr_matrix(
-                (np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(len(block), n_items)
+                (np.ones(sets.indices.size, dtype=np.float32), sets.indices, sets.indptr),
+                shape=(sets.n_rows, n_items),
             )
             scores = np.asarray(self._score_item_sets(item_sets), dtype=np.float64)
-            exclude = ExcludedItems(indptr, indices, checked=True) if exclude_history else None
-            out += self._to_recommendations(*dense_top_k(scores, k, exclude))
+            out += self._to_recommendations(*dense_top_k(scores, k, sets if exclude_history else None))
         return out
 
     def similar_items(self, item_ids: Sequence[str] | str, k: int = 10) -> list[list[Recommendation]]:
