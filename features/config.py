@@ -7,6 +7,7 @@ read, so that a bad config fails in milliseconds rather than after parsing a lar
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -107,7 +108,8 @@ class SplitConfig(_Strict):
     )
     """The protocol (see the ``data.split`` section above)."""
     seed: int = Field(default=0, ge=0)
-    """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``)."""
+    """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``); under another protocol, or
+    ``presplit`` without a carve-out, a seed other than 0 warns and is set back to 0 (it would draw nothing)."""
     test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in test."""
     valid_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -166,6 +168,24 @@ class SplitConfig(_Strict):
                 )
         return self
 
+    def unread_keys(self) -> dict[str, str]:
+        """The keys given a value of their own (not their default) that this protocol does not read, each with
+        the reason: ``{"seed": "applies to split.protocol 'random_ratio' or 'presplit' only"}`` under
+        ``leave_one_out``.  Such a key would change nothing in the split, yet the prepared data's cache key and
+        the run fingerprint hash it."""
+        defaults = type(self).model_fields
+        unread = {}
+        for key in sorted(self.model_fields_set - {"protocol"}):
+            if getattr(self, key) == defaults[key].default:
+                continue  # a dumped config lists every key at its default: quiet
+            owner = PROTOCOL_OF_KEY.get(key, self.protocol)
+            owners = (owner,) if isinstance(owner, str) else owner
+            if self.protocol not in owners:
+                unread[key] = f"applies to split.protocol {' or '.join(map(repr, owners))} only"
+            elif key == "seed" and self.protocol == "presplit" and self.valid_from_train_ratio == 0:
+                unread[key] = "draws only the validation carve-out (split.valid_from_train_ratio > 0)"
+        return unread
+
 
 class DataConfig(_Strict):
     """Where the raw data is, how to read it, how to filter it and how to split it.
@@ -212,7 +232,8 @@ class DataConfig(_Strict):
     """k-core: drop items with fewer interactions (0 = off)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """The split protocol; when omitted: presplit for user_lines, leave-one-out for amazon_seq, else
-    random_ratio."""
+    random_ratio. A key that the protocol does not read (``test_ratio`` under leave_one_out) warns and is set
+    back to its default, so that it changes neither the prepared data's cache key nor the run fingerprint."""
     side_features: bool = True
     """Write users.parquet / items.parquet with encoded side features when the source has them."""
 
@@ -273,6 +294,22 @@ class DataConfig(_Strict):
                     "k-core filtering (data.min_user_interactions / data.min_item_interactions) is not "
                     "applied to a presplit benchmark; set them to 0 or use another split.protocol"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _reset_unread_split_keys(self, info: ValidationInfo) -> DataConfig:
+        # A warning, not an error, so that a file can switch protocols with an override; the key goes back to
+        # its default so that the same data is not prepared and cached again under another key (nor a run's
+        # checkpoints kept apart).  Here rather than in the YAML loader so that a DataConfig built in Python
+        # hashes the same; the loader names its file through the validation context ("source").
+        source = (info.context or {}).get("source")
+        for key, why in self.split.unread_keys().items():
+            warnings.warn(
+                f"{f'{source}: ' if source else ''}data.split.{key}={getattr(self.split, key)!r} {why}; "
+                f"ignored under {self.split.protocol!r}",
+                stacklevel=2,
+            )
+            setattr(self.split, key, type(self.split).model_fields[key].default)
         return self
 
     def display_name(self) -> str:

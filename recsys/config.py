@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.config import PROTOCOL_OF_KEY, DataConfig, NoBooleanNumbers
+from features.config import DataConfig, NoBooleanNumbers
 
 
 class ConfigError(ValueError):
@@ -408,7 +407,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> Experiment
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config ({source}): expected a mapping at the top level")
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw, context={"source": source})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, "", ExperimentConfig)) from None
     from recsys.models import known_model_names, model_class
@@ -442,7 +441,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         cfg = validate_config(raw, source=str(path))
     except ConfigError as exc:
         raise ConfigError(_name_overrides(str(exc), overrides)) from None
-    _warn_other_protocols_keys(raw, cfg.data, str(path))
     return cfg
 
 
@@ -487,12 +485,11 @@ def load_data_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     if "data" not in raw:
         raise ConfigError(f"invalid config ({path}):\n  data: Field required")
     try:
-        data = DataConfig.model_validate(raw["data"])
+        data = DataConfig.model_validate(raw["data"], context={"source": str(path)})
     except ValidationError as exc:
         raise ConfigError(
             _name_overrides(_format_errors(exc, str(path), "data", DataConfig), overrides)
         ) from None
-    _warn_other_protocols_keys(raw, data, str(path))
     return data
 
 
@@ -509,27 +506,6 @@ def _read_raw(path: Path, overrides: list[str] | tuple[str, ...]) -> Any:
             f"invalid config ({path}): expected a mapping at the top level, got a {type(raw).__name__}"
         )
     return apply_overrides(raw, overrides)
-
-
-def _warn_other_protocols_keys(raw: dict[str, Any], data: DataConfig, source: str) -> None:
-    """Warn about a split key of another protocol set to a value of its own (``test_ratio: 0.1`` under
-    ``leave_one_out``): it is ignored, and set back to its default, so that the same data is not prepared
-    and cached again under another key (nor a run's checkpoints kept apart).  A warning, not an error, so that
-    a file can switch protocols with an override; keys at their defaults (a dumped config lists them all)
-    pass quietly."""
-    written = (raw.get("data") or {}).get("split") or {}
-    protocol = data.split.protocol
-    defaults = type(data.split).model_fields
-    for key, value in written.items() if isinstance(written, dict) else ():
-        owner = PROTOCOL_OF_KEY.get(key, protocol)
-        owners = (owner,) if isinstance(owner, str) else owner
-        if protocol not in owners and value is not None and value != defaults[key].default:
-            warnings.warn(
-                f"{source}: data.split.{key}={value!r} applies to split.protocol "
-                f"{' or '.join(map(repr, owners))} only; ignored under {protocol!r}",
-                stacklevel=3,
-            )
-            setattr(data.split, key, defaults[key].default)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -401,3 +401,38 @@ def test_the_split_seed_is_reset_under_protocols_without_randomness(cfg_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_config(cfg_file, ["data.split.seed=42"]).data.split.seed == 42  # random_ratio reads it
+
+
+def test_a_data_config_built_in_python_resets_unread_split_keys_as_a_file_does():
+    # the reset lived in the YAML loader only: DataConfig(...) in Python hashed a key its protocol never reads
+    from features.config import DataConfig
+
+    base = {"source": "movielens_100k", "path": "x", "split": {"protocol": "leave_one_out"}}
+    with pytest.warns(UserWarning) as record:
+        cfg = DataConfig(**{**base, "split": {"protocol": "leave_one_out", "test_ratio": 0.1, "seed": 7}})
+    assert sorted(str(w.message) for w in record) == [
+        "data.split.seed=7 applies to split.protocol 'random_ratio' or 'presplit' only; ignored under "
+        "'leave_one_out'",
+        "data.split.test_ratio=0.1 applies to split.protocol 'random_ratio' only; ignored under 'leave_one_out'",
+    ]
+    assert cfg.split == DataConfig(**base).split
+
+
+def test_the_split_seed_of_a_presplit_without_a_validation_carve_out_is_reset(cfg_file, tmp_path):
+    # presplit draws only valid_from_train_ratio's carve-out: with the ratio 0 the seed changes nothing
+    from features.config import DataConfig
+
+    base = {"source": "user_lines", "path": "x", "split": {"protocol": "presplit"}}
+    with pytest.warns(UserWarning, match=r"data\.split\.seed=2020 draws only the validation carve-out"):
+        cfg = DataConfig(**{**base, "split": {"protocol": "presplit", "seed": 2020}})
+    assert cfg.split.seed == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        carved = DataConfig(
+            **{**base, "split": {"protocol": "presplit", "seed": 2020, "valid_from_train_ratio": 0.1}}
+        )
+    assert carved.split.seed == 2020
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: popularity}\ndata: {source: user_lines, path: x, split: {seed: 5}}\n")
+    with pytest.warns(UserWarning, match=rf"^{path}: data\.split\.seed=5 draws only"):
+        assert load_config(path).data.split.seed == 0

@@ -303,7 +303,8 @@ def test_config_errors_name_the_key():
         )
     assert DataConfig(source="amazon_seq", path="x", name="B").split.protocol == "leave_one_out"
     assert DataConfig(source="user_lines", path="x").split.protocol == "presplit"
-    assert DataConfig(source="user_lines", path="x", split={"seed": 3}).split.protocol == "presplit"
+    with pytest.warns(UserWarning, match="seed=3 draws only the validation carve-out"):  # presplit, ratio 0
+        assert DataConfig(source="user_lines", path="x", split={"seed": 3}).split.protocol == "presplit"
     assert DataConfig(source="interactions", path="x.csv").split.protocol == "random_ratio"
     with pytest.raises(ValueError, match="Input should be 'interactions', 'movielens_100k'"):
         DataConfig(source="csv", path="x.csv")
