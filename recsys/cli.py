@@ -505,7 +505,9 @@ def _recommend_to_file(args) -> int:
         run = load_run(
             args.run,
             uri=args.tracking_uri,
-            require=_refuse_for_a_model_without_index(args, {"--reranker": _NEEDS_INDEX}),
+            require=_refuse_for_a_model_without_index(
+                args, {"--reranker": _NEEDS_INDEX, "--index": _NEEDS_INDEX}
+            ),
         )
         try:
             build_run_index(run, index_dir)
@@ -600,7 +602,8 @@ def cmd_recommend(args) -> int:
     index_dir = Path(args.index) if args.index else default_index_dir(args.run)
     run = None
     if not (index_dir / "manifest.json").exists():
-        refused = {"--reranker": _NEEDS_INDEX, "--metric": _METRIC_NEEDS_VECTORS}
+        # --index names where the index is (or goes): a run without one would ignore it
+        refused = {"--reranker": _NEEDS_INDEX, "--metric": _METRIC_NEEDS_VECTORS, "--index": _NEEDS_INDEX}
         run = load_run(
             args.run, uri=args.tracking_uri, require=_refuse_for_a_model_without_index(args, refused)
         )
@@ -1206,7 +1209,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --similar: cosine of the item vectors (default) or their inner product",
     )
     rc.add_argument("--k", type=_positive_int, default=10)
-    rc.add_argument("--index", help="index folder (default: built on first use)")
+    rc.add_argument(
+        "--index", help="index folder (default: built on first use; runs without an index refuse it)"
+    )
     rc.add_argument("--json", action="store_true", help="a JSON list of {item_id, score, title}")
     rc.add_argument(
         "--reranker",

@@ -238,6 +238,12 @@ def test_options_an_item_item_run_cannot_use_are_refused_before_it_is_fitted(tmp
         (["--user", "u3", "--reranker", str(tmp_path)], "error: --reranker is for an index"),
         (["--similar", "i5", "--metric", "cosine"], "error: --metric compares item vectors"),
         (["--all-users", "--out", str(tmp_path / "r.csv"), "--reranker", str(tmp_path)], "is for an index"),
+        # --index DIR was ignored: the lists came from the model, and nothing went to DIR
+        (["--user", "u3", "--index", str(tmp_path / "idx")], f"error: --index is for an index; run {run_id}"),
+        (
+            ["--all-users", "--out", str(tmp_path / "r.csv"), "--index", str(tmp_path / "idx")],
+            "--index is for",
+        ),
     ]:
         assert main(["recommend", "--run", run_id, *argv]) == 2, argv
         assert text in capsys.readouterr().err
