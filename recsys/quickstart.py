@@ -41,7 +41,8 @@ def quickstart_config(data_path: str, model: dict, epochs: int | None = None) ->
 
 def run_quickstart(epochs: int | None = None, user: str = "1", echo=print) -> int:
     from features import obtain_movielens_100k
-    from recsys.cli import format_metrics_table, print_recommendations, show_recommendations
+    from recsys.cli import format_metrics_table
+    from recsys.cli_serve import print_recommendations, show_recommendations
     from recsys.pipeline import LoadedRun, build_run_index, train_experiment
     from serving import Retriever
 

@@ -864,7 +864,7 @@ def test_recommend_similar_items_by_either_metric(tmp_path, capsys):
 
 
 def test_the_cli_s_similarity_metrics_are_the_retrievers():
-    from recsys.cli import SIMILARITY_METRICS as cli_metrics
+    from recsys.cli_serve import SIMILARITY_METRICS as cli_metrics
     from serving.retriever import SIMILARITY_METRICS
 
     assert cli_metrics == SIMILARITY_METRICS
@@ -885,7 +885,7 @@ def test_evaluate_without_k_reports_at_10_and_20(tmp_path, capsys):
 def test_an_index_without_its_bias_record_is_named(capsys):
     """Index folders of BERT4Rec runs written before indexes recorded bias columns read as 0, so their similar
     items count the bias as a direction: `recommend --similar` and `serve` say so, and how to rebuild."""
-    from recsys.cli import _warn_if_bias_unrecorded
+    from recsys.cli_serve import _warn_if_bias_unrecorded
 
     old = {"run_id": "abc", "metadata": {"model": "bert4rec"}}
     _warn_if_bias_unrecorded(old)
