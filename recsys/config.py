@@ -257,7 +257,9 @@ class ExperimentConfig(_Strict):
         Settings that change how fast a run goes, not what it computes (``train.num_threads``,
         ``train.progress``), are left out, so that a run can be resumed with another thread count. (Another
         thread count may sum floats in another order: the resumed run is then the same up to rounding, not
-        bit for bit.)"""
+        bit for bit.) ``train.checkpoint_every`` and ``eval.block_size`` are such settings too (resuming is
+        exact from any checkpoint; blocks only group the users scored at once); they are hashed at their
+        defaults, which keeps the fingerprints of runs from before they were."""
         payload = {k: v for k, v in self.to_dict().items() if k not in exclude}
         if isinstance(payload.get("train"), dict):
             fields = TrainConfig.model_fields
@@ -267,6 +269,10 @@ class ExperimentConfig(_Strict):
                 if k not in ("num_threads", "progress")
                 and not (k in TrainConfig.FINGERPRINT_SKIPS_DEFAULT and v == fields[k].default)
             }
+            if "checkpoint_every" in payload["train"]:
+                payload["train"]["checkpoint_every"] = fields["checkpoint_every"].default
+        if isinstance(payload.get("eval"), dict) and "block_size" in payload["eval"]:
+            payload["eval"] = {**payload["eval"], "block_size": EvalConfig.model_fields["block_size"].default}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -344,6 +344,9 @@ def test_fingerprint_ignores_thread_count_and_progress(cfg_file):
     base = load_config(cfg).fingerprint()
     assert load_config(cfg, ["train.num_threads=3"]).fingerprint() == base
     assert load_config(cfg, ["train.progress=true"]).fingerprint() == base
+    # how often the checkpoint is written and how many users are scored at once change no number either: a
+    # run resumed with another value kept training in a new folder, from the start
+    assert load_config(cfg, ["train.checkpoint_every=3", "eval.block_size=7"]).fingerprint() == base
     assert load_config(cfg, ["train.lr=0.02"]).fingerprint() != base
 
 
