@@ -534,7 +534,8 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
         if top and top not in present and "reranker" in present and parent:
             raise FileNotFoundError(
                 f"run {run_id} is a re-ranker's run (`recsys rerank`), a child of run {parent}, and has no "
-                f"{artifact_path!r}: give --run {parent} (with --reranker for the re-ranker's order)"
+                f"{artifact_path!r}: give --run {parent} (`recommend` and `serve` apply the re-ranker with "
+                f"--reranker DIR; its test numbers are this run's test_final/reranked/* metrics)"
             ) from None
         if top and top not in present:
             why = {

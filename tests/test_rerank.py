@@ -294,11 +294,13 @@ def test_rerank_command_measures_both_stages_with_the_evaluations_ranking(tmp_pa
     for command in (
         ["evaluate", "--run", child.info.run_id],
         ["recommend", "--run", child.info.run_id, "--user", "u3"],
+        ["compare", "--run", run_id, "--run", child.info.run_id],
     ):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"is a re-ranker's run (`recsys rerank`), a child of run {run_id}" in err
-        assert f"give --run {run_id} (with --reranker" in err
+        # evaluate and compare have no --reranker: the hint names the commands that have
+        assert f"give --run {run_id} (`recommend` and `serve` apply the re-ranker with --reranker DIR" in err
 
     assert (
         main(["recommend", "--run", run_id, "--user", "u3", "--k", "5", "--reranker", str(out), "--json"])
