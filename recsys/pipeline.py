@@ -64,6 +64,10 @@ def _unfinished_epoch(run_dir: Path) -> int | None:
     return None if state.get("finished") else int(state.get("epoch", 0))
 
 
+DISCARDED_SUFFIX = ".discarded"
+"""The suffix of a run folder that training again without ``--resume`` set aside (an unfinished run's)."""
+
+
 def run_dir_for(cfg: ExperimentConfig) -> Path:
     """Checkpoints of a config live in one folder named by the config's fingerprint, so that ``--resume``
     finds them again."""
@@ -306,12 +310,17 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
     if not resume and run_dir.exists():
         # after a crash or a kill no --resume hint was printed: say what is lost, and how not to lose it
         unfinished = _unfinished_epoch(run_dir)
-        if unfinished is not None:
+        if unfinished is None:
+            shutil.rmtree(run_dir)  # a finished run's folder: its model is in the tracking store
+        else:  # set aside, not deleted: a forgotten --resume must not cost hours of training
+            aside = run_dir.with_name(f"{run_dir.name}{DISCARDED_SUFFIX}")
+            shutil.rmtree(aside, ignore_errors=True)  # one such copy per config: the latest
+            run_dir.rename(aside)
             echo(
-                f"warning: discarding the unfinished run in {run_dir} (checkpoint after epoch {unfinished}); "
-                "`recsys train --resume` with the same config continues it instead"
+                f"warning: the unfinished run in {run_dir} (checkpoint after epoch {unfinished}) is set aside "
+                f"as {aside}; to continue it instead, stop this training, rename that folder back and run "
+                "`recsys train --resume` with the same config"
             )
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, dataset, cfg, run_dir, device=device)
     # Read and check the checkpoint before the MLflow run is reopened: a refusal must not mark that run failed.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,8 +170,18 @@ def test_training_again_without_resume_says_it_discards_an_unfinished_checkpoint
     torch.save(ckpt, path)
     assert main(["train", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "warning: discarding the unfinished run in" in out
-    assert "(checkpoint after epoch 1); `recsys train --resume` with the same config continues it" in out
+    aside = path.parent.with_name(path.parent.name + ".discarded")
+    assert (
+        f"warning: the unfinished run in {path.parent} (checkpoint after epoch 1) is set aside as {aside}"
+        in out
+    )
+    assert "rename that folder back and run `recsys train --resume` with the same config" in out
+    # it was deleted: a forgotten --resume lost the training so far; now it can be taken back
+    assert torch.load(aside / CHECKPOINT, weights_only=False)["state"]["epoch"] == 1
+    shutil.rmtree(path.parent)
+    aside.rename(path.parent)
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    assert f"resuming {path.parent} after epoch 1" in capsys.readouterr().out
 
 
 def test_evaluate_recs_files_json(tmp_path, capsys):
