@@ -340,6 +340,26 @@ def parse_yaml(text: str, source: str) -> Any:
 _YAML_COMMENT = re.compile(r"(?:^|\s)#")  # where YAML starts a comment: at the start or after a blank
 
 
+def _json_collection(text: str) -> tuple[Any] | None:
+    """``(value,)`` when ``text`` is a JSON list or object (strict: no NaN, no repeated key), else None. JSON
+    is YAML, read the same, except that a " #" inside one of its strings is no comment."""
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in pairs}) < len(pairs):
+            raise ValueError("a repeated key")  # left to YAML, whose error names it
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(name)
+
+    if not text.lstrip().startswith(("[", "{")):
+        return None
+    try:
+        return (json.loads(text, object_pairs_hook=no_repeats, parse_constant=no_constant),)
+    except ValueError:
+        return None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Set ``a.b.c=value`` overrides (value parsed as YAML) into a nested dict, returning a new dict."""
     import copy
@@ -352,8 +372,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r}: expected a key like train.lr (no empty part)")
-        if _YAML_COMMENT.search(text) and not text.lstrip().startswith(("'", '"')):
-            value: Any = text  # YAML would drop the rest as a comment: data.separator=# is the text "#"
+        value: Any
+        if (as_json := _json_collection(text)) is not None:
+            value = as_json[0]  # a list or mapping in JSON (a sweep's points): a "#" in it is data
+        elif _YAML_COMMENT.search(text) and not text.lstrip().startswith(("'", '"')):
+            value = text  # YAML would drop the rest as a comment: data.separator=# is the text "#"
         else:
             value = parse_yaml(text, f"override {key}") if text.strip() else None
         node = out

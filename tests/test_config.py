@@ -119,6 +119,12 @@ def test_hash_in_an_override_is_text(cfg_file):
     assert cfg.data.separator == "#" and cfg.name == "my run #1"
     cfg = load_config(cfg_file, ['data.separator="#"', 'name="run #3"', "tracking.experiment=a#b"])
     assert cfg.data.separator == "#" and cfg.name == "run #3" and cfg.tracking.experiment == "a#b"
+    # a JSON list or mapping is read as JSON, a " #" in its strings included (a sweep passes its points so);
+    # not JSON (a repeated key, NaN, YAML's flow style), it is read as before
+    assert apply_overrides({}, ['a=["x #1", {"b": "y #2"}]']) == {"a": ["x #1", {"b": "y #2"}]}
+    assert apply_overrides({}, ["a=[x, 2] #c", "b={c: 1}"]) == {"a": "[x, 2] #c", "b": {"c": 1}}
+    with pytest.raises(ConfigError, match="key .b. repeated"):
+        apply_overrides({}, ['a={"b": 1, "b": 2}'])
 
 
 @pytest.mark.parametrize(
