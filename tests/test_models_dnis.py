@@ -108,6 +108,18 @@ def test_pruning_keeps_the_exact_share_when_magnitudes_tie():
     assert model.kept_fraction() == 0.5
 
 
+def test_reset_parameters_undoes_a_pruning():
+    model = small_dnis(keep=0.5)
+    model.prune()
+    assert model.kept_fraction() == 0.5
+    model.reset_parameters()
+    assert not bool(model.pruned)
+    assert model.kept_fraction() == 1.0  # the masks went with the pruning they came from
+    assert (model.item_embeddings() != 0).all()
+    model.prune()  # a new pruning ranks the re-drawn weights, none pre-zeroed by the old masks
+    assert model.kept_fraction() == 0.5
+
+
 def test_a_copy_scales_by_its_own_alpha_and_the_model_pickles(tmp_path):
     import copy
     import pickle

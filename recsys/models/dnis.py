@@ -279,6 +279,8 @@ class DNIS(Recommender):
         self.base.reset_parameters()
         self.alpha.fill_(1.0)
         self.pruned.fill_(False)
+        for k in range(len(self.tables)):  # an earlier pruning's masks would keep zeroing entries
+            getattr(self, f"keep_mask_{k}").fill_(True)
 
     # ---- training hooks ----------------------------------------------------------------------------------
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
