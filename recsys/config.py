@@ -269,10 +269,12 @@ class ExperimentConfig(_Strict):
                 if k not in ("num_threads", "progress")
                 and not (k in TrainConfig.FINGERPRINT_SKIPS_DEFAULT and v == fields[k].default)
             }
-            if "checkpoint_every" in payload["train"]:
-                payload["train"]["checkpoint_every"] = fields["checkpoint_every"].default
-        if isinstance(payload.get("eval"), dict) and "block_size" in payload["eval"]:
-            payload["eval"] = {**payload["eval"], "block_size": EvalConfig.model_fields["block_size"].default}
+        for section, model, key in (
+            ("train", TrainConfig, "checkpoint_every"),
+            ("eval", EvalConfig, "block_size"),
+        ):
+            if isinstance(payload.get(section), dict) and key in payload[section]:
+                payload[section] = {**payload[section], key: model.model_fields[key].default}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
