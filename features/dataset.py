@@ -8,7 +8,9 @@ Layout::
     <root>/item_vocab.parquet                           item_idx: Int64, item_id: Utf8, [title: Utf8]
     <root>/users.parquet, items.parquet (optional)      side features keyed by user_idx / item_idx
     <root>/below_threshold.parquet (optional)           user_idx, item_idx: pairs rated below
-                                                        data.rating_threshold (seen, not positives)
+                                                        data.rating_threshold (seen, not positives);
+                                                        split: Utf8, the period the user first rated it
+                                                        in (since 2026-12-05; "train" under random splits)
     <root>/manifest.json                                written last: a folder without it is incomplete
 
 Models see only dense indices; ``user_vocab`` / ``item_vocab`` map them back to the original ids.

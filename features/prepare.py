@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - Windows: no leftover cleanup of tempor
 __all__ = ["prepare", "default_cache_dir", "content_hash"]
 
 U, IT = "user_idx", "item_idx"  # dedup, k-core and splits run on the provisional dense indices
+ORDER = "__order"  # the row's place in the file, where the rating threshold sets pairs aside
 
 
 def default_cache_dir() -> Path:
@@ -78,8 +79,9 @@ def content_hash(cfg: DataConfig, file_hashes: dict[str, str], files: dict[str, 
     }
     if cfg.source == "interactions" and cfg.separator is None and files:
         payload["suffixes"] = {role: path.suffix.lower() for role, path in files.items()}
-    if cfg.rating_threshold is not None:  # since 2026-12-02 such folders also keep the pairs below it
-        payload["below_threshold"] = BELOW_THRESHOLD
+    if cfg.rating_threshold is not None:  # since 2026-12-02 such folders also keep the pairs below it,
+        payload["below_threshold"] = BELOW_THRESHOLD  # and since 2026-12-05 the period of each
+        payload["below_threshold_periods"] = True
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
@@ -158,11 +160,12 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
     test = raw.test
     below = None
     if cfg.rating_threshold is not None:
+        inter = inter.with_row_index(ORDER)  # file order: places a pair below the threshold among the periods
         kept = binarize(inter, cfg.rating_threshold)
         # not positives, but the user has seen these items: kept aside, so that serving never recommends them
         below = (
             inter.filter(~(pl.col("rating") >= cfg.rating_threshold))
-            .select("user_id", "item_id")
+            .select("user_id", "item_id", *(["timestamp"] if "timestamp" in inter.columns else []), ORDER)
             .join(kept.select("user_id", "item_id"), on=["user_id", "item_id"], how="anti")  # rated high too
         )
         inter = step("below_rating_threshold", inter, kept)
@@ -199,6 +202,8 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
 
     split, split_info = _split(cfg, inter, test, files)
     _require_train_and_test(split, split_info, files)
+    if below is not None:
+        below = _below_threshold_periods(_map(below, user_vocab, item_vocab), split, split_info)
     dropped.update(split.dropped)
     parts = {"train": split.train, "valid": split.valid, "test": split.test}
     user_vocab, item_vocab, parts = _compact(
@@ -233,8 +238,7 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
         tables[BELOW_THRESHOLD] = (
             below.join(user_vocab.select("user_id", "user_idx"), on="user_id", how="inner")
             .join(item_vocab.select("item_id", "item_idx"), on="item_id", how="inner")
-            .select("user_idx", "item_idx")
-            .unique()
+            .select("user_idx", "item_idx", "split")
             .sort("user_idx", "item_idx")
         )
 
@@ -257,6 +261,45 @@ def build_tables(cfg: DataConfig, files: dict[str, Path]) -> tuple[dict[str, pl.
     if below is not None:
         manifest["below_threshold_rows"] = tables[BELOW_THRESHOLD].height
     return tables, manifest
+
+
+def _below_threshold_periods(below: pl.DataFrame, split: Split, info: dict[str, Any]) -> pl.DataFrame:
+    """One row per (``user_id``, ``item_id``) of ``below`` (the pairs rated below the threshold, with
+    provisional ``user_idx`` / ``item_idx`` and ``ORDER``), with ``split``: the period of the split in which
+    the user first rated the item, by the rule that split the positives. A temporal split: the pair's time
+    against the cuts; leave-one-out: its place in the user's order (time, then file order) against the
+    user's validation and test items. The random protocols (``random_ratio``, ``presplit``'s carve-out) have
+    no time order, so every such pair is ``"train"``: known whichever split is ranked, as before 2026-12-05.
+    The re-ranker's fit counts a pair as known only when ranking a later period
+    (:func:`recsys.rerank.known_before`); serving counts them all."""
+    part: pl.Expr = pl.lit(0)
+    if info["protocol"] == "temporal":
+        ts = pl.col("timestamp")
+        valid_cut = info["valid_cut_timestamp"]
+        start = info["cut_timestamp"] if valid_cut is None else valid_cut
+        part = pl.when(ts >= info["cut_timestamp"]).then(2).when(ts >= start).then(1).otherwise(0)
+    elif info["protocol"] == "leave_one_out":
+        keys = [k for k in ("timestamp", ORDER) if k in below.columns]
+        for name, frame in (("valid", split.valid), ("test", split.test)):
+            target = frame.select(U, *[pl.col(k).alias(f"{name}_{k}") for k in keys])
+            below = below.join(target, on=U, how="left", maintain_order="left")
+
+        def after(name: str) -> pl.Expr:  # (time, file order) later than the user's `name` item's
+            later = pl.col(keys[-1]) > pl.col(f"{name}_{keys[-1]}")
+            for k in reversed(keys[:-1]):
+                later = (pl.col(k) > pl.col(f"{name}_{k}")) | ((pl.col(k) == pl.col(f"{name}_{k}")) & later)
+            return later.fill_null(False)  # users without a validation / test item
+
+        part = pl.when(after("test")).then(2).when(after("valid")).then(1).otherwise(0)
+    return (
+        below.with_columns(part.alias("__part"))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("__part").min())  # rated low more than once: seen since the first time
+        .with_columns(
+            pl.col("__part").replace_strict(dict(enumerate(SPLITS)), return_dtype=pl.String).alias("split")
+        )
+        .drop("__part")
+    )
 
 
 def _require_train_and_test(split: Split, info: dict[str, Any], files: dict[str, Path]) -> None:

@@ -533,17 +533,14 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
 
 
 def _same_data_with_pairs_set_aside(trained: Any, dataset: Any) -> bool:
-    """A run trained before 2026-12-02 on a ``rating_threshold`` config, whose prepared folder was rebuilt
-    since: the same data (splits, vocabularies, features), the new folder only keeping the pairs below the
-    threshold aside as well (``below_threshold``). Anything else that differs is another dataset."""
+    """A run trained on a ``rating_threshold`` config whose prepared folder was rebuilt since by code that
+    keeps the pairs below the threshold otherwise: the same data (splits, vocabularies, features), the new
+    folder keeping those pairs aside (``below_threshold``; since 2026-12-02) with the period of each (since
+    2026-12-05). Anything else that differs is another dataset."""
     from features.dataset import BELOW_THRESHOLD
 
     now = dataset.manifest
-    if (
-        not isinstance(trained, dict)
-        or "below_threshold_rows" in trained
-        or "below_threshold_rows" not in now
-    ):
+    if not isinstance(trained, dict) or "below_threshold_rows" not in now:
         return False
 
     def core(manifest: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -117,15 +118,30 @@ def split_candidates(model: Recommender, dataset: Any, split: str, n_candidates:
 def known_before(dataset: Any, split: str):
     """Binary csr [n_users, n_items] of the interactions a feature may use when ranking for ``split``: the
     training pairs (and the validation pairs for ``"test"``) plus the pairs rated below the dataset's
-    ``rating_threshold``. The latter are no positives, but a serving index counts them as seen
-    (``PreparedDataset.known_matrix``), so the history and popularity the ranker is fitted on are of the
-    same kind as the ones it serves with."""
+    ``rating_threshold`` in the same periods (their ``split`` column; a folder from before 2026-12-05 has
+    none, and all its pairs count as training ones). The latter are no positives, but a serving index counts
+    them as seen (``PreparedDataset.known_matrix``), so the history and popularity the ranker is fitted on
+    are of the same kind as the ones it serves with, and none comes from the period being ranked or later."""
+    import polars as pl
     import scipy.sparse as sp
 
+    from features.dataset import SPLITS
+
+    if split not in ("valid", "test"):
+        raise ValueError(f"known_before: split must be 'valid' or 'test', got {split!r}")
     known = sp.csr_matrix(dataset.matrix("train"), dtype=np.float32)
     if split == "test":
         known = known + sp.csr_matrix(dataset.matrix("valid"), dtype=np.float32)
     below = getattr(dataset, "below_threshold", None)
+    if below is not None and "split" in below.columns:
+        below = below.filter(pl.col("split").is_in(SPLITS[: SPLITS.index(split)]))
+    elif below is not None and below.height and _ordered_split(dataset):
+        warnings.warn(
+            f"{getattr(dataset, 'root', 'the prepared data')} predates recording when each pair rated below "
+            "data.rating_threshold was rated: the fit counts them all as known, later periods' too; remove "
+            "that folder to have it prepared again with them",
+            stacklevel=3,
+        )
     if below is not None and below.height:
         rows, cols = below["user_idx"].to_numpy(), below["item_idx"].to_numpy()
         known = known + sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=known.shape)
@@ -134,6 +150,12 @@ def known_before(dataset: Any, split: str):
     known.sort_indices()
     known.data[:] = 1.0
     return known
+
+
+def _ordered_split(dataset: Any) -> bool:
+    """Whether the dataset's split puts its parts in time order (leave-one-out, temporal)."""
+    manifest = getattr(dataset, "manifest", None)
+    return isinstance(manifest, dict) and manifest.get("split_protocol") in ("leave_one_out", "temporal")
 
 
 def require_embeddings(model: torch.nn.Module) -> Recommender:

@@ -356,12 +356,17 @@ def test_movielens_100k_real(shared_data, tmp_path):
     low = raw.filter(pl.col("rating") < 4).select(
         pl.col("user").cast(pl.String).alias("user_id"),
         pl.col("item").cast(pl.String).alias("item_id"),
+        "time",
     )
     low = low.join(pos.user_vocab, on="user_id").join(
         pos.item_vocab.select("item_id", "item_idx"), on="item_id"
     )
-    assert sorted(pos.below_threshold.rows()) == sorted(low.select("user_idx", "item_idx").rows())
+    # each with its period: rated on or after the cut, it is not known when the test period is ranked
+    cut = pos.manifest["split"]["cut_timestamp"]
+    period = pl.when(pl.col("time") >= cut).then(pl.lit("test")).otherwise(pl.lit("train"))
+    assert sorted(pos.below_threshold.rows()) == sorted(low.select("user_idx", "item_idx", period).rows())
     assert pos.manifest["below_threshold_rows"] == low.height == 36_589  # of 44,625: users or items dropped
+    assert pos.below_threshold["split"].value_counts().height == 2
 
 
 def test_beauty_leave_one_out_real(shared_data, tmp_path):
@@ -561,3 +566,74 @@ def test_a_pair_also_rated_high_is_not_set_aside_as_below_the_threshold(tmp_path
     )  # fmt: skip
     ds = prepare(cfg, cache_dir=tmp_path / "c")
     assert ds.manifest["below_threshold_rows"] == 0
+
+
+def _periods(ds: PreparedDataset) -> dict[tuple[str, str], str]:
+    """{(user id, item id): split} of the pairs set aside below the threshold."""
+    below = ds.below_threshold.join(ds.user_vocab, on="user_idx").join(
+        ds.item_vocab.select("item_idx", "item_id"), on="item_idx"
+    )
+    return {(r["user_id"], r["item_id"]): r["split"] for r in below.iter_rows(named=True)}
+
+
+def test_pairs_below_the_threshold_record_their_period_under_leave_one_out(tmp_path):
+    """User 0's positives: items 0-3 at t = 10, 20, 30, 40 (valid item 2, test item 3). The low ratings
+    fall before the valid item (train), between it and the test item (valid), after it (test), and at the
+    test item's own time but later in the file (test: ties go by file order, as the split's). Item 9 is
+    rated low twice, in the training period first. User 1 has two positives only: no valid or test item.
+    (Users and items are their indices here: ids 0, 1, 2 in numeric order.)"""
+    rows = [(0, i, 5.0, 10 * (i + 1)) for i in range(4)] + [
+        (0, 5, 1.0, 15), (0, 6, 1.0, 35), (0, 7, 1.0, 45), (0, 8, 1.0, 40), (0, 9, 2.0, 50), (0, 9, 2.0, 5),
+        (1, 0, 5.0, 1), (1, 1, 5.0, 2), (1, 5, 1.0, 99),
+    ] + [(2, i, 5.0, i) for i in range(10)]  # items 5-9 need a positive to stay in the catalogue  # fmt: skip
+    cfg = DataConfig(
+        source="interactions", path=str(_rated_log(tmp_path, rows)), rating_threshold=4,
+        columns={"user": "u", "item": "i", "rating": "r", "timestamp": "t"}, split={"protocol": "leave_one_out"},
+    )  # fmt: skip
+    ds = prepare(cfg, cache_dir=tmp_path / "c")
+    assert ds.valid.filter(pl.col("user_idx") == 0)["item_idx"].to_list() == [2]
+    assert ds.test.filter(pl.col("user_idx") == 0)["item_idx"].to_list() == [3]
+    assert _periods(ds) == {
+        ("0", "5"): "train", ("0", "6"): "valid", ("0", "7"): "test", ("0", "8"): "test", ("0", "9"): "train",
+        ("1", "5"): "train",
+    }  # fmt: skip
+    # without timestamps the file order is the time: the same rows, in time order
+    path = tmp_path / "ordered.csv"
+    pl.read_csv(_rated_log(tmp_path, rows)).sort("t", maintain_order=True).drop("t").write_csv(path)
+    untimed = prepare(
+        DataConfig(source="interactions", path=str(path), rating_threshold=4,
+                   columns={"user": "u", "item": "i", "rating": "r"}, split={"protocol": "leave_one_out"}),
+        cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    assert _periods(untimed) == _periods(ds)
+
+
+def test_pairs_below_the_threshold_record_their_period_under_temporal_and_random_splits(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [(int(u), int(i), float(r), t) for t, (u, i, r) in enumerate(zip(
+        rng.integers(0, 20, 400), rng.integers(0, 30, 400), rng.integers(1, 6, 400), strict=True))]  # fmt: skip
+    path = _rated_log(tmp_path, rows)
+    columns = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    split = {"protocol": "temporal", "temporal_cut": 0.8, "valid_temporal_cut": 0.6}
+    ds = prepare(
+        DataConfig(source="interactions", path=str(path), rating_threshold=4, columns=columns, split=split),
+        cache_dir=tmp_path / "c",
+    )
+    valid_cut, cut = ds.manifest["split"]["valid_cut_timestamp"], ds.manifest["split"]["cut_timestamp"]
+    first = (
+        pl.read_csv(path).filter(pl.col("r") < 4).group_by("u", "i").agg(pl.col("t").min())
+        .with_columns(pl.col("u").cast(pl.String), pl.col("i").cast(pl.String))
+    )  # fmt: skip
+    expected = {
+        (u, i): "test" if t >= cut else "valid" if t >= valid_cut else "train"
+        for u, i, t in first.iter_rows()
+    }
+    got = _periods(ds)
+    assert got == {pair: expected[pair] for pair in got}
+    assert set(got.values()) == {"train", "valid", "test"}
+    shuffled = prepare(
+        DataConfig(source="interactions", path=str(path), rating_threshold=4, columns=columns,
+                   split={"protocol": "random_ratio", "test_ratio": 0.2, "valid_ratio": 0.1}),
+        cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    assert set(_periods(shuffled).values()) == {"train"}  # no time order: known whichever split is ranked

@@ -434,6 +434,21 @@ def test_the_fit_counts_pairs_rated_below_the_threshold_as_known_like_the_index(
     assert known_before(Dataset(), "valid").toarray().tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
     assert known_before(Dataset(), "test").toarray().tolist() == [[1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
 
+    class Periods(Dataset):  # a time-ordered split: user 0 rated item 1 low in the validation period, item 2
+        below_threshold = __import__("polars").DataFrame(  # in the test period; user 1 item 3 in training
+            {"user_idx": [0, 0, 1], "item_idx": [1, 2, 3], "split": ["valid", "test", "train"]}
+        )
+
+    assert known_before(Periods(), "valid").toarray().tolist() == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
+    assert known_before(Periods(), "test").toarray().tolist() == [[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
+
+    class Unrecorded(Dataset):  # a folder prepared before the periods were recorded, of a time-ordered split
+        manifest = {"split_protocol": "temporal"}
+        root = "old-folder"
+
+    with pytest.warns(UserWarning, match="old-folder predates recording when each pair"):
+        assert known_before(Unrecorded(), "valid").toarray()[1, 3] == 1  # counted, as before
+
 
 def test_bad_folders_and_arguments_are_named(tmp_path, served):
     retriever, reranker, _ = served

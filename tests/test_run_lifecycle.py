@@ -505,6 +505,43 @@ def test_a_threshold_run_trained_before_the_pairs_were_kept_aside_still_loads(tm
     assert all(rebuilt.dataset.split(s).equals(old.dataset.split(s)) for s in ("train", "valid", "test"))
 
 
+def test_a_threshold_run_trained_before_the_periods_were_recorded_still_loads(tmp_path, capsys, monkeypatch):
+    """Since 2026-12-05 each pair rated below the threshold records its period (``split``); the cache key
+    changed with it, so a run trained on a folder without them loads from the rebuilt one once its own is
+    gone: the same data, the new column besides."""
+    import importlib
+    import shutil
+
+    from recsys.paths import recsys_home
+    from recsys.pipeline import load_run
+
+    csv = tmp_path / "r.csv"
+    rows = [f"u{u},i{i},{(u * 7 + i * 3) % 5 + 1}" for u in range(30) for i in range(12) if (u + i) % 3]
+    csv.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    cfg = threshold_config(tmp_path, csv, 3)
+    module = importlib.import_module("features.prepare")
+    real = module.build_tables
+
+    def as_before(cfg, files):  # the folder as the code of 2026-12-02 to 12-04 wrote it
+        tables, manifest = real(cfg, files)
+        tables["below_threshold"] = tables["below_threshold"].drop("split")
+        manifest["columns"]["below_threshold"].remove("split")
+        return tables, manifest
+
+    monkeypatch.setattr(module, "build_tables", as_before)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    monkeypatch.setattr(module, "build_tables", real)
+    old = load_run(run_id)
+    assert "split" not in old.dataset.below_threshold.columns
+    for folder in (recsys_home() / "prepared").iterdir():
+        shutil.rmtree(folder)
+    rebuilt = load_run(run_id)
+    assert rebuilt.dataset.manifest_hash != old.dataset.manifest_hash
+    assert rebuilt.dataset.below_threshold.drop("split").equals(old.dataset.below_threshold)
+    assert all(rebuilt.dataset.split(s).equals(old.dataset.split(s)) for s in ("train", "valid", "test"))
+
+
 def test_training_again_without_resume_empties_the_run_folder(tmp_path, capsys):
     cfg = _config(tmp_path)
     assert main(["train", "-c", str(cfg)]) == 0
