@@ -148,6 +148,21 @@ def grid_configs(
     return points
 
 
+def logged_validation(run: Any) -> dict[str, float] | None:
+    """The validation metrics the trainer computed for the weights a run tested (its best epoch's when
+    validation chose them, else its last epoch's), from the run's history; None when it has none for that
+    epoch (closed-form models train no epochs). The same evaluation of the same weights as scoring the
+    validation split again, without the extra pass."""
+    history = getattr(run, "history", None) or []
+    if not history:
+        return None
+    best_epoch = getattr(run, "best_epoch", -1)
+    epoch = best_epoch if best_epoch >= 0 else history[-1]["epoch"]
+    entry = next((h for h in history if h["epoch"] == epoch), {})
+    metrics = {k.removeprefix("valid/"): v for k, v in entry.items() if k.startswith("valid/")}
+    return metrics or None
+
+
 def run_sweep(
     points: list[tuple[dict[str, Any], ExperimentConfig]],
     *,
@@ -199,9 +214,11 @@ def run_sweep(
         echo(f"sweep: run {n} of {len(points)}: {describe(values)}")
         run = train_experiment(cfg, resume=resume, echo=echo)
         assert run is not None  # one process (refused above otherwise): process 0 returns the result
-        valid = evaluate_model(
-            run.model, run.dataset, "valid", ks=cfg.eval.ks, block_size=cfg.eval.block_size
-        )
+        valid = logged_validation(run)
+        if valid is None:  # no validation while training (closed-form models): score it now
+            valid = evaluate_model(
+                run.model, run.dataset, "valid", ks=cfg.eval.ks, block_size=cfg.eval.block_size
+            )
         result.runs.append(SweepRun(values, run.run_id, str(run.run_dir), valid))
         if run.run_id:  # the evidence for the choice, in the store beside the run's own metrics
             tags = {"sweep": sweep_id, "sweep.point": describe(values)}

@@ -108,6 +108,38 @@ def test_a_sweep_chooses_on_validation_and_tests_only_the_chosen_run(config, cap
     }
 
 
+def test_the_sweep_reuses_the_validation_the_trainer_computed_for_the_tested_weights(config, monkeypatch):
+    """Each run's validation score is the trainer's, for the weights it tested: equal to scoring them again,
+    which the sweep no longer does (it was one more pass over the validation users per run)."""
+    import eval as evaluation
+    from recsys.pipeline import load_run
+    from recsys.sweep import run_sweep
+
+    real, splits = evaluation.evaluate_model, []
+
+    def counted(model, dataset, split, **kw):
+        splits.append(split)
+        return real(model, dataset, split, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", counted)
+    stopping = ["train.epochs=3", "train.early_stopping={metric: ndcg@10, patience: 1}"]
+    points = grid_configs(config, parse_grid(["train.lr=[0.001, 0.5]"]), stopping)
+    result = run_sweep(points, echo=lambda *a: None)
+    epochs = [mlflow_metric(r.run_id, "epochs_run") for r in result.runs]
+    assert splits.count("valid") == sum(epochs)  # the trainer's, once per epoch; none more
+    monkeypatch.setattr(evaluation, "evaluate_model", real)
+    for r, (_, cfg) in zip(result.runs, points, strict=True):
+        run = load_run(r.run_id)
+        again = real(run.model, run.dataset, "valid", ks=cfg.eval.ks, block_size=cfg.eval.block_size)
+        assert r.valid == again
+
+
+def mlflow_metric(run_id: str, key: str) -> float:
+    import mlflow
+
+    return mlflow.get_run(run_id).data.metrics[key]
+
+
 def test_a_closed_form_model_is_swept_too_and_the_table_marks_the_choice(config, capsys):
     # RP3beta has no epochs, so no run-time validation: the sweep scores the validation split itself
     args = ["sweep", "-c", str(config), "model={name: rp3beta}", "--grid", "model.beta=[0.0, 0.5]"]
