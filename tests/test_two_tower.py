@@ -675,3 +675,58 @@ def test_streaming_logq_is_learned_from_the_training_batches_and_subtracted(tmp_
     model.config = model.config.model_copy(update={"logq": "none"})
     shift = with_logq - model.main_logits(q, v, targets)
     torch.testing.assert_close(shift, gap[targets].log().float().expand(3, 3), rtol=0, atol=1e-5)
+
+
+# ---- blind spots of a second mutation run: independent masks, untrained items, cold items' MI, numbers ----
+def test_masks_without_complementary_views_are_two_independent_draws():
+    """RFM without complementary views draws each view's half on its own: the two masks of a row differ
+    for some rows (two copies of one draw passed the size and overlap checks above), and over many rows a
+    feature masked in view 1 is masked in view 2 about as often as a half would be, ceil(F/2)/F."""
+    gen = torch.Generator().manual_seed(0)
+    m1, m2 = independent_random_masks(4000, 4, generator=gen)
+    assert bool((m1 != m2).any(1).any())
+    both = (m1 & m2).sum().item() / m1.sum().item()
+    assert abs(both - 0.5) < 0.03
+
+
+def test_only_items_never_a_training_target_are_embedded_without_their_id(tmp_path):
+    """``untrained`` (the id masked at scoring) is exactly the items without a training sample: an item that
+    is a target once has a trained id row and keeps it."""
+    ds, model = prepared_model(write_category_data(tmp_path / "d"), train_fraction=0.1)
+    counts = np.bincount(model.train_samples.targets, minlength=ds.n_items)
+    assert (counts == 0).any() and (counts == 1).any()
+    np.testing.assert_array_equal(model.untrained.numpy(), counts == 0)
+    model.eval()
+    emb = model.item_embeddings()
+    once = torch.from_numpy(np.flatnonzero(counts == 1))
+    torch.testing.assert_close(emb[once], model.item_tower(model.item_values(once)))
+
+
+def test_the_mutual_information_of_cfm_is_measured_over_the_warm_items_only(tmp_path):
+    """Cold items are held out of everything the model learns from, the MI included (docs/two_tower.md)."""
+    from features.mutual_info import mutual_information_matrix
+
+    ds, model = prepared_model(
+        write_category_data(tmp_path / "d"), masking="correlated", cold_item_fraction=0.3, cold_item_seed=1
+    )
+    names = [f.name for f in model.item_tower.fields]
+    warm = ds.items.filter(~pl.col("item_idx").is_in(pl.Series(model.cold_items).implode()))
+    np.testing.assert_allclose(model.mutual_information, mutual_information_matrix(warm, names))
+    assert not np.allclose(model.mutual_information, mutual_information_matrix(ds.items, names))
+
+
+def test_numeric_features_are_standardised_by_the_training_table():
+    """An ``int`` feature is a dense field standardised with the mean and standard deviation of the table it
+    was fitted on (missing -> 0, the mean); rows encoded later (new items) reuse those, not their own."""
+    from features.feature_arrays import feature_arrays, fields_from_spec
+
+    table = pl.DataFrame({"item_idx": [0, 1, 2, 3], "release_year": [1990, 1994, None, 1998]})
+    fields = fields_from_spec(table, {"release_year": {"kind": "int"}}, "item_idx", 5)
+    year = fields[1]
+    assert (year.kind, year.mean, year.std) == ("dense", 1994.0, pytest.approx(np.std([1990, 1994, 1998])))
+    out = feature_arrays(table, fields, "item_idx", 5).values["release_year"]
+    assert out.dtype == np.float32
+    s = np.std([1990, 1994, 1998])
+    np.testing.assert_allclose(out, [-4 / s, 0.0, 0.0, 4 / s, 0.0], rtol=1e-6)  # item 4 has no row
+    new = pl.DataFrame({"item_idx": [0, 1], "release_year": [2002, 2002]})
+    np.testing.assert_allclose(feature_arrays(new, fields, "item_idx", 2).values["release_year"], [8 / s] * 2)
