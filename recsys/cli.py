@@ -865,7 +865,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_config_keys)
 
     qs = sub.add_parser("quickstart", help="MovieLens-100K end to end: data, training, metrics, index, recs")
-    qs.add_argument("--epochs", type=int, default=None, help="training epochs (default: the quickstart's)")
+    qs.add_argument(
+        "--epochs",
+        type=_non_negative_int,  # refused here, not after the baseline was trained and tracked
+        default=None,
+        help="training epochs (default: the quickstart's)",
+    )
     qs.add_argument("--user", default="1", help="user id to show recommendations for")
     qs.set_defaults(func=cmd_quickstart)
     return p

@@ -910,3 +910,20 @@ def test_an_index_without_its_bias_record_is_named(capsys):
     ):
         _warn_if_bias_unrecorded(manifest)
         assert capsys.readouterr().err == "", manifest
+
+
+def test_quickstart_refuses_a_negative_epochs_before_training_anything(monkeypatch, capsys):
+    """`quickstart --epochs -3` trained and tracked the popularity baseline, then failed naming the config key
+    train.epochs, which the user never wrote."""
+    import features
+    import recsys.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be obtained or trained for a bad --epochs")
+
+    monkeypatch.setattr(features, "obtain_movielens_100k", never)
+    monkeypatch.setattr(pipeline, "train_experiment", never)
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--epochs", "-3"])
+    assert exc.value.code == 2
+    assert "argument --epochs: expected a non-negative integer, got '-3'" in capsys.readouterr().err
