@@ -766,7 +766,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument(
         "--index", help="index folder (default: built on first use; runs without an index refuse it)"
     )
-    rc.add_argument("--json", action="store_true", help="a JSON list of {item_id, score, title}")
+    rc.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list of {item_id, score, title} (not with --all-users / --users: they write --out)",
+    )
     rc.add_argument(
         "--reranker",
         help="re-rank --user's list with this folder of `recsys rerank` (scores: the re-ranker's)",

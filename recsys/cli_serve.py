@@ -221,6 +221,13 @@ def cmd_recommend(args) -> int:
     if args.batch_size is not None and not batch:
         print("error: --batch-size goes with --all-users or --users FILE", file=sys.stderr)
         return 2
+    if args.json and batch:  # the lists go to --out; the summary line is for people
+        print(
+            "error: --json prints the list of --user, --sequence or --similar; --all-users and --users FILE "
+            "write theirs to --out (drop --json)",
+            file=sys.stderr,
+        )
+        return 2
     if args.users is not None and _same_file(args.users, args.out):
         print(f"error: --out {args.out} is the --users file; writing there would replace it", file=sys.stderr)
         return 2

@@ -927,3 +927,13 @@ def test_quickstart_refuses_a_negative_epochs_before_training_anything(monkeypat
         main(["quickstart", "--epochs", "-3"])
     assert exc.value.code == 2
     assert "argument --epochs: expected a non-negative integer, got '-3'" in capsys.readouterr().err
+
+
+def test_recommend_json_is_refused_for_a_batch_written_to_a_file(tmp_path, capsys):
+    """`recommend --all-users --out F --json` printed the human summary line: --json was silently ignored."""
+    index = _index_of_run_a(tmp_path / "idx")
+    out = tmp_path / "recs.csv"
+    argv = ["recommend", "--run", "run-a", "--index", str(index), "--all-users", "--out", str(out)]
+    assert main([*argv, "--json"]) == 2
+    assert "--json prints the list of --user, --sequence or --similar" in capsys.readouterr().err
+    assert not out.exists()
