@@ -363,6 +363,9 @@ def cmd_serve(args) -> int:
     if args.index is None and args.run is None:
         print("error: give --index DIR or --run RUN_ID (or both)", file=sys.stderr)
         return 2
+    if args.tracking_uri is not None and args.run is None:  # an index folder is served without its run
+        print("error: --tracking-uri goes with --run (the store that holds the run)", file=sys.stderr)
+        return 2
     try:  # here, not at the top: `recsys --help` imports no web framework
         import uvicorn
 

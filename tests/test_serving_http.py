@@ -633,3 +633,21 @@ def test_serve_refuses_another_runs_index_before_loading_it_and_after(world, mon
     assert main(["serve", "--run", "run-c", "--index", str(folder), "--port", "0"]) == 2
     assert "was built from run run-a, not from run run-c" in capsys.readouterr().err
     assert calls == [] and len(apps) == 1
+
+
+def test_serve_refuses_tracking_uri_without_a_run(tmp_path, capsys, monkeypatch):
+    """`serve --index DIR --tracking-uri URI` served the index and never read URI: the option was ignored."""
+    import numpy as np
+    import uvicorn
+
+    from recsys.cli import main
+    from serving import build_index
+
+    folder = build_index(np.eye(3, dtype=np.float32), ["a", "b", "c"], tmp_path / "idx")
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    assert main(["serve", "--index", str(folder), "--tracking-uri", "sqlite:///x.db", "--port", "0"]) == 2
+    assert "--tracking-uri goes with --run" in capsys.readouterr().err
+    assert calls == []
+    assert main(["serve", "--index", str(folder), "--port", "0"]) == 0
+    assert len(calls) == 1
