@@ -338,10 +338,14 @@ def cmd_rerank(args) -> int:
     if args.out is not None and not args.out.strip():
         print("error: --out needs a folder (omit it for $RECSYS_HOME/rerankers/RUN_ID)", file=sys.stderr)
         return 2
+    from serving.rerank import check_save_folder
+
+    # a folder the save would refuse is refused now, not after the run is loaded and the re-ranker fitted
+    out = check_save_folder(Path(args.out) if args.out else default_reranker_dir(args.run))
     run = load_run(args.run, uri=args.tracking_uri, require=require_embeddings)
     ks = args.k or run.config.eval.ks
     result = fit_reranker(run, n_candidates=args.candidates, ks=tuple(ks), seed=args.seed, folds=args.folds)
-    path = result.reranker.save(Path(args.out) if args.out else default_reranker_dir(args.run))
+    path = result.reranker.save(out)
     tracked = track_reranker(result, args.run, path, uri=args.tracking_uri)
     k = max(ks)
     held, cross = result.holdout, result.cross_check

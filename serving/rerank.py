@@ -338,6 +338,15 @@ def _is_reranker_format(value: object) -> bool:
     return isinstance(value, str) and value.startswith(FORMAT.rsplit("/", 1)[0] + "/")
 
 
+def check_save_folder(path: str | Path) -> Path:
+    """The absolute folder :meth:`Reranker.save` would write at ``path``, or the error it would raise for a
+    folder it may not replace (a file, a symlink, a non-empty folder that is not a re-ranker): for a caller to
+    refuse it before the fit, not after. ``save`` checks again (the folder may change meanwhile)."""
+    final = Path(path).absolute()
+    _check_replaceable(final)
+    return final
+
+
 def _check_replaceable(folder: Path) -> None:
     """Refuse to replace anything but a re-ranker folder, of any format (or nothing, or an empty folder)."""
     from serving._files import check_replaceable

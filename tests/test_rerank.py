@@ -726,3 +726,27 @@ def test_the_rerank_command_fits_with_its_options_and_warns_of_few_useful_users(
         err = capsys.readouterr().err
         assert fits.pop() == (40, (20,), 3, 0)  # --k, not the run's eval.ks
         assert ("only 999 validation users have a relevant item" in err) is warned
+
+
+def test_rerank_refuses_an_out_it_may_not_replace_before_fitting(tmp_path, monkeypatch, capsys):
+    """`rerank --out FOLDER` with a folder that is not a re-ranker (or a file) was refused by the save, after
+    the run was loaded and the whole fit and cross-check had run (minutes on Gowalla), all for nothing."""
+    import recsys.pipeline
+    import recsys.rerank
+    from recsys.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run is neither loaded nor fitted for an --out that cannot be written")
+
+    monkeypatch.setattr(recsys.pipeline, "load_run", never)
+    monkeypatch.setattr(recsys.rerank, "fit_reranker", never)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "a.csv"
+    a_file.write_text("keep me too")
+    for out, why in ((theirs, "is a non-empty folder without a reranker.json"), (a_file, "is not a folder")):
+        assert main(["rerank", "--run", "r", "--out", str(out)]) == 2
+        assert why in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "keep me"
+    assert a_file.read_text() == "keep me too"
