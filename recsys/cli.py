@@ -301,6 +301,10 @@ def cmd_index(args) -> int:
     if args.nprobe is not None and args.nlist is None:
         print("error: --nprobe is for an inverted-file index: give --nlist too", file=sys.stderr)
         return 2
+    if args.out:  # a folder the build would refuse is refused before the run is loaded
+        from serving.index import check_out_folder
+
+        check_out_folder(Path(args.out))
     run = load_run(args.run, uri=args.tracking_uri, require=require_indexable)
     path = build_run_index(run, Path(args.out) if args.out else None, nlist=args.nlist, nprobe=args.nprobe)
     kind = f" (inverted file: {args.nlist} lists)" if args.nlist else ""

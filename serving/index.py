@@ -438,6 +438,13 @@ def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
+def check_out_folder(out_dir: str | Path) -> None:
+    """Raise the error :func:`build_index` would raise for an ``out_dir`` it may not replace (a file, a symlink,
+    a non-empty folder that is not a serving index), for a caller to refuse it before the work that precedes
+    the build; the build checks again."""
+    _check_replaceable(Path(out_dir))
+
+
 def _check_replaceable(out_dir: Path) -> None:
     # Many folders hold a manifest.json (prepared datasets, web apps): only our format marks an index.
     check_replaceable(

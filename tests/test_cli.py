@@ -937,3 +937,19 @@ def test_recommend_json_is_refused_for_a_batch_written_to_a_file(tmp_path, capsy
     assert main([*argv, "--json"]) == 2
     assert "--json prints the list of --user, --sequence or --similar" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_index_refuses_an_out_it_may_not_replace_before_loading_the_run(tmp_path, monkeypatch, capsys):
+    """`index --out FILE` (or a folder of other files) was refused only after the run's data and model were
+    loaded and its embeddings computed."""
+    import recsys.pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run is not loaded for an --out that cannot be written")
+
+    monkeypatch.setattr(recsys.pipeline, "load_run", never)
+    a_file = tmp_path / "a.csv"
+    a_file.write_text("keep me")
+    assert main(["index", "--run", "r", "--out", str(a_file)]) == 2
+    assert "exists and is not a folder; refusing to replace it" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
