@@ -158,7 +158,7 @@ def logged_validation(run: Any) -> dict[str, float] | None:
         return None
     best_epoch = getattr(run, "best_epoch", -1)
     epoch = best_epoch if best_epoch >= 0 else history[-1]["epoch"]
-    entry = next((h for h in history if h["epoch"] == epoch), {})
+    entry: dict[str, float] = next((h for h in history if h["epoch"] == epoch), {})
     metrics = {k.removeprefix("valid/"): v for k, v in entry.items() if k.startswith("valid/")}
     return metrics or None
 
