@@ -46,6 +46,7 @@ from features.splits import (
     presplit,
     random_ratio_split,
     temporal_cut_value,
+    temporal_part,
     temporal_split,
 )
 from features.transforms import binarize, deduplicate, id_vocab, k_core
@@ -274,10 +275,7 @@ def _below_threshold_periods(below: pl.DataFrame, split: Split, info: dict[str, 
     (:func:`recsys.rerank.known_before`); serving counts them all."""
     part: pl.Expr = pl.lit(0)
     if info["protocol"] == "temporal":
-        ts = pl.col("timestamp")
-        valid_cut = info["valid_cut_timestamp"]
-        start = info["cut_timestamp"] if valid_cut is None else valid_cut
-        part = pl.when(ts >= info["cut_timestamp"]).then(2).when(ts >= start).then(1).otherwise(0)
+        part = temporal_part(info["cut_timestamp"], info["valid_cut_timestamp"])
     elif info["protocol"] == "leave_one_out":
         keys = [k for k in ("timestamp", ORDER) if k in below.columns]
         for name, frame in (("valid", split.valid), ("test", split.test)):

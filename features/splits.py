@@ -30,6 +30,7 @@ __all__ = [
     "leave_one_out_split",
     "temporal_split",
     "temporal_cut_value",
+    "temporal_part",
     "presplit",
 ]
 
@@ -113,6 +114,13 @@ def temporal_cut_value(df: pl.DataFrame, quantile: float) -> int:
     return int(value)
 
 
+def temporal_part(cut: int, valid_cut: int | None = None) -> pl.Expr:
+    """The part of a row by its ``timestamp`` under :func:`temporal_split`'s cuts: 0 train, 1 valid, 2 test."""
+    ts = pl.col("timestamp")
+    start = cut if valid_cut is None else valid_cut
+    return pl.when(ts >= cut).then(pl.lit(2)).when(ts >= start).then(pl.lit(1)).otherwise(pl.lit(0))
+
+
 def temporal_split(
     df: pl.DataFrame, cut: int, valid_cut: int | None = None, *, user: str = "user_id", item: str = "item_id"
 ) -> Split:
@@ -123,16 +131,7 @@ def temporal_split(
     """
     if valid_cut is not None and valid_cut >= cut:
         raise ValueError(f"valid_cut ({valid_cut}) must be before cut ({cut})")
-    start = cut if valid_cut is None else valid_cut
-    ts = pl.col("timestamp")
-    tmp = df.with_columns(
-        pl.when(ts >= cut)
-        .then(pl.lit(2))
-        .when(ts >= start)
-        .then(pl.lit(1))
-        .otherwise(pl.lit(0))
-        .alias("__part")
-    )
+    tmp = df.with_columns(temporal_part(cut, valid_cut).alias("__part"))
     train = tmp.filter(pl.col("__part") == 0)
     seen = pl.col(user).is_in(train[user].unique().implode()) & pl.col(item).is_in(
         train[item].unique().implode()
