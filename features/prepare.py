@@ -41,6 +41,7 @@ from features.readers import read_source, source_files
 from features.side_features import attribute_item_features, movielens_item_features, movielens_user_features
 from features.sources import default_download_dir, obtain_movielens_100k
 from features.splits import (
+    TIME_ORDERED_PROTOCOLS,
     Split,
     leave_one_out_split,
     presplit,
@@ -289,6 +290,8 @@ def _below_threshold_periods(below: pl.DataFrame, split: Split, info: dict[str, 
             return later.fill_null(False)  # users without a validation / test item
 
         part = pl.when(after("test")).then(2).when(after("valid")).then(1).otherwise(0)
+    elif info["protocol"] in TIME_ORDERED_PROTOCOLS:  # a new time-ordered protocol needs its rule here
+        raise NotImplementedError(f"no below-threshold period rule for split protocol {info['protocol']!r}")
     return (
         below.with_columns(part.alias("__part"))
         .group_by("user_id", "item_id")

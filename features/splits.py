@@ -32,7 +32,12 @@ __all__ = [
     "temporal_cut_value",
     "temporal_part",
     "presplit",
+    "TIME_ORDERED_PROTOCOLS",
 ]
+
+#: The protocols that put train, valid and test in time order (a user's later interactions in later parts);
+#: ``random_ratio`` and ``presplit`` have no such order.
+TIME_ORDERED_PROTOCOLS = ("leave_one_out", "temporal")
 
 
 @dataclass

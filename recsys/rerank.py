@@ -154,8 +154,10 @@ def known_before(dataset: Any, split: str):
 
 def _ordered_split(dataset: Any) -> bool:
     """Whether the dataset's split puts its parts in time order (leave-one-out, temporal)."""
+    from features.splits import TIME_ORDERED_PROTOCOLS
+
     manifest = getattr(dataset, "manifest", None)
-    return isinstance(manifest, dict) and manifest.get("split_protocol") in ("leave_one_out", "temporal")
+    return isinstance(manifest, dict) and manifest.get("split_protocol") in TIME_ORDERED_PROTOCOLS
 
 
 def require_embeddings(model: torch.nn.Module) -> Recommender:

@@ -637,3 +637,22 @@ def test_pairs_below_the_threshold_record_their_period_under_temporal_and_random
         cache_dir=tmp_path / "c",
     )  # fmt: skip
     assert set(_periods(shuffled).values()) == {"train"}  # no time order: known whichever split is ranked
+
+
+def test_every_time_ordered_protocol_has_a_below_threshold_period_rule(monkeypatch):
+    """The re-ranker trusts the recorded periods under exactly these protocols
+    (``recsys.rerank._ordered_split``); each must be a config protocol with a rule in preparation."""
+    import importlib
+    from typing import get_args
+
+    from features.config import Protocol
+    from features.splits import TIME_ORDERED_PROTOCOLS
+
+    prep = importlib.import_module("features.prepare")  # the module (the package exports the function)
+    assert set(TIME_ORDERED_PROTOCOLS) < set(get_args(Protocol))
+    monkeypatch.setattr(prep, "TIME_ORDERED_PROTOCOLS", (*TIME_ORDERED_PROTOCOLS, "sliding"))
+    below = pl.DataFrame(
+        {"user_id": ["u"], "item_id": ["i"], "user_idx": [0], "item_idx": [0], "timestamp": [5]}
+    )
+    with pytest.raises(NotImplementedError, match="'sliding'"):
+        prep._below_threshold_periods(below, None, {"protocol": "sliding"})  # type: ignore[arg-type]
