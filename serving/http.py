@@ -46,7 +46,7 @@ without gradients, changes no state). FAISS's own threads per search are set wit
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, get_origin
@@ -278,24 +278,7 @@ def create_app(
             "sequences": sequence_encoder is not None,
         }
 
-    @app.get(
-        "/recommend",
-        response_model=list[Item],
-        dependencies=_QUERY_CHECKED,
-    )
-    def recommend_user(
-        user: Annotated[str, Query(description="a user id the index knows")],
-        k: KQuery = 10,
-        exclude_seen: bool = True,
-        rerank: bool = False,
-    ) -> Response:
-        """Top-k items for one user."""
-        return _json(recommend([user], k, exclude_seen, rerank)[0])
-
-    @app.post("/recommend", response_model=list[list[Item]])
-    def recommend_users(body: RecommendRequest) -> Response:
-        """Top-k items for each user, in the order given."""
-        return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
+    _add_recommend_routes(app, recommend, user_description="a user id the index knows")
 
     @app.get("/similar", response_model=list[Item], dependencies=_QUERY_CHECKED)
     def similar_item(
@@ -348,25 +331,13 @@ def create_app(
                 )
             )
 
-    @app.get(
-        "/recommend_for_sequence",
-        response_model=list[Item],
-        dependencies=_QUERY_CHECKED,
+    _add_sequence_routes(
+        app,
+        next_items,
+        items_description="the sequence's item ids, oldest first",
+        one="The k next items after one sequence of item ids (``?items=A&items=B``).",
+        each="The k next items after each sequence, in the order given.",
     )
-    def recommend_for_sequence(
-        items: Annotated[
-            list[str], Query(max_length=MAX_SEQUENCE, description="the sequence's item ids, oldest first")
-        ] = [],  # noqa: B006 - never shared: FastAPI gives each request a deep copy of a default
-        k: KQuery = 10,
-        exclude_history: bool = True,
-    ) -> Response:
-        """The k next items after one sequence of item ids (``?items=A&items=B``)."""
-        return _json(next_items([list(items)], k, exclude_history)[0])
-
-    @app.post("/recommend_for_sequence", response_model=list[list[Item]])
-    def recommend_for_sequences(body: SequenceRequest) -> Response:
-        """The k next items after each sequence, in the order given."""
-        return _json(next_items(body.sequences, body.k, body.exclude_history))
 
     return app
 
@@ -478,20 +449,7 @@ def create_model_app(recommender: ScoringRecommender) -> FastAPI:
             "similar": recommender.has_similar_items,
         }
 
-    @app.get("/recommend", response_model=list[Item], dependencies=_QUERY_CHECKED)
-    def recommend_user(
-        user: Annotated[str, Query(description="a user id the run knows")],
-        k: KQuery = 10,
-        exclude_seen: bool = True,
-        rerank: bool = False,
-    ) -> Response:
-        """Top-k items for one user."""
-        return _json(recommend([user], k, exclude_seen, rerank)[0])
-
-    @app.post("/recommend", response_model=list[list[Item]])
-    def recommend_users(body: RecommendRequest) -> Response:
-        """Top-k items for each user, in the order given."""
-        return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
+    _add_recommend_routes(app, recommend, user_description="a user id the run knows")
 
     @app.get("/similar", response_model=list[Item], dependencies=_QUERY_CHECKED)
     def similar_item(
@@ -512,24 +470,72 @@ def create_model_app(recommender: ScoringRecommender) -> FastAPI:
             400, f"{run} scores item sets, not vectors: POST /recommend_for_sequence with the user's items"
         )
 
-    @app.get("/recommend_for_sequence", response_model=list[Item], dependencies=_QUERY_CHECKED)
+    _add_sequence_routes(
+        app,
+        next_items,
+        items_description="the session's item ids (a set: order ignored)",
+        one="The k items after one session of item ids (``?items=A&items=B``).",
+        each="The k items after each session, in the order given.",
+    )
+
+    return app
+
+
+def _add_recommend_routes(
+    app: FastAPI,
+    recommend: Callable[[list[Any], int, bool, bool], list[list[dict]]],
+    *,
+    user_description: str,
+) -> None:
+    """``GET`` and ``POST /recommend`` of either app, answered by ``recommend(users, k, exclude_seen,
+    rerank)``; ``user_description`` describes the query parameter in the API's schema."""
+
+    @app.get("/recommend", response_model=list[Item], dependencies=_QUERY_CHECKED)
+    def recommend_user(
+        user: Annotated[str, Query(description=user_description)],
+        k: KQuery = 10,
+        exclude_seen: bool = True,
+        rerank: bool = False,
+    ) -> Response:
+        """Top-k items for one user."""
+        return _json(recommend([user], k, exclude_seen, rerank)[0])
+
+    @app.post("/recommend", response_model=list[list[Item]])
+    def recommend_users(body: RecommendRequest) -> Response:
+        """Top-k items for each user, in the order given."""
+        return _json(recommend(body.users, body.k, body.exclude_seen, body.rerank))
+
+
+def _add_sequence_routes(
+    app: FastAPI,
+    next_items: Callable[[list[list[Any]], int, bool], list[list[dict]]],
+    *,
+    items_description: str,
+    one: str,
+    each: str,
+) -> None:
+    """``GET`` and ``POST /recommend_for_sequence`` of either app, answered by ``next_items(sequences, k,
+    exclude_history)``; ``items_description`` describes the query parameter, ``one`` / ``each`` are the two
+    endpoints' descriptions in the API's schema (the apps read a sequence differently)."""
+
+    ItemsQuery = Annotated[list[str], Query(max_length=MAX_SEQUENCE, description=items_description)]
+
     def recommend_for_sequence(
-        items: Annotated[
-            list[str],
-            Query(max_length=MAX_SEQUENCE, description="the session's item ids (a set: order ignored)"),
-        ] = [],  # noqa: B006 - never shared: FastAPI gives each request a deep copy of a default
+        items: ItemsQuery = [],  # noqa: B006 - not shared: FastAPI gives each request a copy of a default
         k: KQuery = 10,
         exclude_history: bool = True,
     ) -> Response:
-        """The k items after one session of item ids (``?items=A&items=B``)."""
         return _json(next_items([list(items)], k, exclude_history)[0])
 
-    @app.post("/recommend_for_sequence", response_model=list[list[Item]])
     def recommend_for_sequences(body: SequenceRequest) -> Response:
-        """The k items after each session, in the order given."""
         return _json(next_items(body.sequences, body.k, body.exclude_history))
 
-    return app
+    # FastAPI reads an endpoint's description from its docstring when the route is added
+    recommend_for_sequence.__doc__, recommend_for_sequences.__doc__ = one, each
+    app.get("/recommend_for_sequence", response_model=list[Item], dependencies=_QUERY_CHECKED)(
+        recommend_for_sequence
+    )
+    app.post("/recommend_for_sequence", response_model=list[list[Item]])(recommend_for_sequences)
 
 
 def _model_user_hint(recommender: ScoringRecommender) -> str:
