@@ -7,9 +7,12 @@ read, so that a bad config fails in milliseconds rather than after parsing a lar
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Source = Literal["interactions", "movielens_100k", "user_lines", "amazon_seq"]
@@ -307,7 +310,7 @@ class DataConfig(_Strict):
             warnings.warn(
                 f"{f'{source}: ' if source else ''}data.split.{key}={getattr(self.split, key)!r} {why}; "
                 f"ignored under {self.split.protocol!r}",
-                stacklevel=2,
+                stacklevel=_caller_stacklevel(),
             )
             setattr(self.split, key, type(self.split).model_fields[key].default)
         return self
@@ -320,3 +323,24 @@ class DataConfig(_Strict):
             return "ml-100k"
         stem = self.path.rstrip("/").rsplit("/", 1)[-1]
         return stem.rsplit(".", 1)[0] or self.source
+
+
+# Frames a config warning is not about: this module, pydantic's validation, and the YAML loader (which names
+# its file in the message). What Python 3.12's ``warnings.warn(skip_file_prefixes=...)`` does; 3.11 has none.
+_VALIDATION_FILES = (
+    str(Path(__file__).resolve()),
+    str(Path(pydantic.__file__).resolve().parent),
+    str(Path(__file__).resolve().parents[1] / "recsys" / "config.py"),
+)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the caller point at the first frame outside
+    :data:`_VALIDATION_FILES`: the user's line that built the config, not pydantic's internals."""
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(
+        _VALIDATION_FILES
+    ):
+        frame, level = frame.f_back, level + 1
+    return level

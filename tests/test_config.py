@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -425,6 +426,14 @@ def test_a_data_config_built_in_python_resets_unread_split_keys_as_a_file_does()
         "data.split.test_ratio=0.1 applies to split.protocol 'random_ratio' only; ignored under 'leave_one_out'",
     ]
     assert cfg.split == DataConfig(**base).split
+    # the warnings point at the line that built the config, not into pydantic's validation
+    assert {w.filename for w in record} == {__file__}
+
+
+def test_the_unread_split_key_warning_of_a_loaded_file_points_at_the_loading_line(cfg_file):
+    with pytest.warns(UserWarning, match=r"data\.split\.seed=42") as record:
+        load_config(cfg_file, ["data.split.protocol=leave_one_out", "data.split.seed=42"])
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, inspect.currentframe().f_lineno - 1)]
 
 
 def test_the_split_seed_of_a_presplit_without_a_validation_carve_out_is_reset(cfg_file, tmp_path):
