@@ -16,6 +16,7 @@ truth in the slice are not counted) while ranking over the whole catalogue; see 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import polars as pl
@@ -70,7 +71,9 @@ def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1
     is_cold = np.zeros(n, dtype=bool)
     is_cold[cold] = True
     warm = np.flatnonzero(~is_cold)
-    n_head = max(1, math.ceil(head_fraction * warm.size)) if warm.size else 0
+    # the share as written (0.07, not the binary float 0.07000000000000000666): 0.07 * 100 is 7.000000000000001
+    # in floating point, whose ceiling made 8 items head
+    n_head = max(1, math.ceil(Fraction(str(head_fraction)) * int(warm.size))) if warm.size else 0
     order = warm[np.lexsort((warm, -counts[warm]))]  # by count descending, then index
     head = np.zeros(n, dtype=bool)
     head[order[:n_head]] = True

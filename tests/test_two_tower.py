@@ -510,6 +510,10 @@ def test_streaming_frequency_first_update_by_hand():
 def test_the_head_slice_rounds_its_share_up():
     s = item_slices(np.arange(10, 0, -1), cold=np.array([], dtype=np.int64), head_fraction=0.25)
     assert s["head"].nonzero()[0].tolist() == [0, 1, 2]  # ceil(0.25 * 10) = 3 most popular items
+    # the share as written: 0.07 * 100 is 7.000000000000001 in floating point, whose ceiling is 8
+    for share in (0.07, np.float32(0.07)):
+        assert item_slices(np.arange(100, 0, -1), np.array([], dtype=np.int64), share)["head"].sum() == 7
+    assert item_slices(np.arange(200, 0, -1), np.array([], dtype=np.int64), 0.035)["head"].sum() == 7
 
 
 def test_age_buckets_at_their_boundaries():
