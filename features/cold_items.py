@@ -62,8 +62,15 @@ def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1
     Args:
         counts: ``int[I]`` training frequency of every item (cold items should have 0).
         cold: indices of the held-out items.
-        head_fraction: share of the warm items that are head (``ceil``, at least one).
+        head_fraction: share of the warm items that are head (``ceil``, at least one), in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``head_fraction`` outside ``[0, 1]``, or a cold index outside the catalogue.
     """
+    if isinstance(head_fraction, bool) or not (
+        isinstance(head_fraction, int | float | np.integer | np.floating) and 0.0 <= head_fraction <= 1.0
+    ):  # 1.5 made every warm item head (no tail), -0.5 one item, NaN failed inside the rounding
+        raise ValueError(f"head_fraction must be a share of the warm items in [0, 1], got {head_fraction!r}")
     n = counts.shape[0]
     cold = np.asarray(cold, dtype=np.int64)
     if cold.size and (cold.min() < 0 or cold.max() >= n):  # a negative index would wrap around silently
