@@ -510,6 +510,18 @@ def test_streaming_frequency_first_update_by_hand():
     torch.testing.assert_close(est.gap, torch.tensor([3.7, 4, 4, 4], dtype=torch.float64))
 
 
+def test_the_head_slice_is_the_most_frequent_warm_items_ties_by_lower_index():
+    counts = np.array([3, 7, 5, 7, 5, 5, 0, 1])
+    none = np.array([], dtype=np.int64)
+    for dtype in (np.int64, np.uint32, np.uint64, np.float64):  # unsigned counts were negated around
+        head = item_slices(counts.astype(dtype), cold=none, head_fraction=0.5)["head"]
+        assert head.nonzero()[0].tolist() == [1, 2, 3, 4], dtype  # 7, 7, then the first two of the three 5s
+    s = item_slices(counts, cold=np.array([1]), head_fraction=0.25)  # 7 warm items: ceil(1.75) = 2
+    assert s["head"].nonzero()[0].tolist() == [2, 3] and s["tail"].nonzero()[0].tolist() == [0, 4, 5, 6, 7]
+    tiny = item_slices(counts, cold=none, head_fraction=0.01)  # ceil(0.08) = 1: at least one head item
+    assert tiny["head"].nonzero()[0].tolist() == [1]
+
+
 def test_the_head_slice_rounds_its_share_up():
     s = item_slices(np.arange(10, 0, -1), cold=np.array([], dtype=np.int64), head_fraction=0.25)
     assert s["head"].nonzero()[0].tolist() == [0, 1, 2]  # ceil(0.25 * 10) = 3 most popular items
