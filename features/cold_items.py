@@ -72,6 +72,8 @@ def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1
     ):  # 1.5 made every warm item head (no tail), -0.5 one item, NaN failed inside the rounding
         raise ValueError(f"head_fraction must be a share of the warm items in [0, 1], got {head_fraction!r}")
     n = counts.shape[0]
+    if np.asarray(cold).dtype == np.bool_:  # a mask read as indices 0 and 1: items 0 and 1 were the cold ones
+        raise ValueError("cold must hold item indices, got a boolean mask (np.flatnonzero(mask) gives them)")
     cold = np.asarray(cold, dtype=np.int64)
     if cold.size and (cold.min() < 0 or cold.max() >= n):  # a negative index would wrap around silently
         raise ValueError(f"cold item indices must be in [0, {n}), got values in [{cold.min()}, {cold.max()}]")

@@ -268,6 +268,8 @@ def test_cold_items_and_feature_arrays_refuse_inputs_they_would_silently_misread
         choose_cold_items(3, 0.9, 0)
     with pytest.raises(ValueError, match="cold item indices must be in"):
         item_slices(np.array([5, 3, 1, 0]), cold=np.array([-1]))
+    with pytest.raises(ValueError, match="cold must hold item indices, got a boolean mask"):
+        item_slices(np.array([5, 3, 1, 0]), cold=np.array([False, False, True, True]))
     for share in (1.5, -0.1, float("nan"), True, "0.1"):  # 1.5 made every warm item head: no tail
         with pytest.raises(ValueError, match="head_fraction must be a share of the warm items in"):
             item_slices(np.array([5, 3, 1, 0]), cold=np.array([], dtype=np.int64), head_fraction=share)
