@@ -37,8 +37,9 @@ def compare_runs(
         uri: the tracking store holding the runs (as :func:`recsys.pipeline.load_run`).
 
     Raises:
-        ValueError: fewer than two distinct runs, a metric that is no per-user metric or whose cut-off is not in
-            ``ks``, or runs trained on different prepared data (other users or held-out items).
+        ValueError: fewer than two distinct runs, a split other than valid or test, a metric that is no
+            per-user metric or whose cut-off is not in ``ks``, or runs trained on different prepared data
+            (other users or held-out items).
     """
     import numpy as np
 
@@ -50,6 +51,8 @@ def compare_runs(
 
     if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
         raise ValueError("give two or more different runs (each is compared with the first)")
+    if split not in ("valid", "test"):  # "train" ranked with its own items excluded: every user tied at 0
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     for name in metrics or ():
         parsed = parse_metric(name)
         if parsed is None or parsed[0] not in METRICS:  # coverage has no value per user

@@ -150,3 +150,12 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys, monkeypatch):
     monkeypatch.setattr(recsys.pipeline, "load_run", no_loading)
     assert main(["compare", "--run", pop, "--run", other]) == 2
     assert f"run {other} was trained on other data than run {pop}" in capsys.readouterr().err
+
+
+def test_compare_runs_refuses_a_split_it_cannot_evaluate():
+    from recsys.compare import compare_runs
+
+    # "train" was ranked with the training items excluded: every metric 0 for both runs, every user tied
+    for split in ("train", "tes"):
+        with pytest.raises(ValueError, match=f"split must be 'valid' or 'test', got '{split}'"):
+            compare_runs(["a", "b"], split=split)  # refused before any run is looked up
