@@ -59,6 +59,24 @@ def test_no_spread_and_bad_input():
         paired_difference(np.array([0.5, np.nan, 0.2]), np.array([0.5, 0.3, np.nan]))
 
 
+def test_the_interval_and_p_value_are_scipys_paired_t_test():
+    rng = np.random.default_rng(1)
+    for n, scale in ((2, 1.0), (3, 1e-6), (7, 1e-3), (40, 0.1), (500, 0.01)):  # small spreads are spreads too
+        a = rng.random(n)
+        b = a + scale * rng.normal(0.3, 1.0, n)
+        for confidence in (0.9, 0.95):
+            d = paired_difference(a, b, confidence=confidence)
+            ref = stats.ttest_rel(b, a)
+            ci = ref.confidence_interval(confidence)
+            assert d.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+            assert (d.ci_low, d.ci_high) == (
+                pytest.approx(ci.low, rel=1e-9),
+                pytest.approx(ci.high, rel=1e-9),
+            )
+    with pytest.raises(ValueError, match="aligned"):  # a column of users is no [U] array
+        paired_difference(np.zeros((3, 1)), np.ones((3, 1)))
+
+
 @pytest.fixture
 def two_runs(tmp_path, capsys):
     from recsys.cli import main
@@ -133,6 +151,8 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys, monkeypatch):
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "ndcg@010"]) == 2  # K is an integer
     assert main(["compare", "--run", pop, "--run", mf, "--metric", "auc@5"]) == 2
     assert "expected NAME@K" in capsys.readouterr().err
+    assert main(["compare", "--run", pop, "--run", mf, "--metric", "coverage@5"]) == 2  # no value per user
+    assert "metric 'coverage@5': expected NAME@K with NAME one of recall," in capsys.readouterr().err
     raw = make_cfg(csv, epochs=1)  # another split seed: other held-out items
     raw["data"]["split"]["seed"] = 2
     raw["model"], raw["tracking"] = {"name": "popularity"}, {"experiment": "compare"}
@@ -141,6 +161,13 @@ def test_compare_refuses_what_cannot_be_paired(two_runs, capsys, monkeypatch):
     other = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     assert main(["compare", "--run", pop, "--run", other]) == 2
     assert "trained on other data" in capsys.readouterr().err
+    # runs without the tag (tracked elsewhere, or before it was logged): the data is compared on loading
+    import recsys.tracking
+
+    with monkeypatch.context() as m:
+        m.setattr(recsys.tracking, "run_tag", lambda *args, **kwargs: None)
+        assert main(["compare", "--run", pop, "--run", other]) == 2
+    assert f"run {other} was trained on other data than run {pop}" in capsys.readouterr().err
     # read from the runs' tags before either run is loaded and ranked (seconds to minutes on large data)
     import recsys.pipeline
 

@@ -264,6 +264,7 @@ def test_cold_items_and_feature_arrays_refuse_inputs_they_would_silently_misread
     from features.errors import DataValidationError
     from features.feature_arrays import FeatureField, feature_arrays
 
+    assert [choose_cold_items(10, f, 0).size for f in (0.0, 0.34, 0.36)] == [0, 3, 4]  # round(fraction * n)
     with pytest.raises(ValueError, match="makes all 3 items cold"):
         choose_cold_items(3, 0.9, 0)
     with pytest.raises(ValueError, match="cold item indices must be in"):
@@ -301,6 +302,11 @@ def test_item_slices_partition_the_catalogue_and_restrict_truth():
     assert out["head/users"] == 1 and out["head/recall@1"] == 1.0
     assert out["cold/users"] == 2 and out["cold/recall@3"] == 0.5  # user 0 finds item 1 at rank 3, user 1 not
     assert out["tail/users"] == 1 and out["tail/recall@3"] == 0.0
+    # a slice without any user's truth: its user count, and no metric (not NaN)
+    empty = slice_metrics(topk, truth, {"none": np.zeros(10, dtype=bool)}, ks=(1,), metrics=("recall", "hit"))
+    assert empty == {"none/users": 0.0}
+    with pytest.raises(ValueError, match=r"slice 'short' has shape \(9,\), expected \(10,\) items"):
+        slice_metrics(topk, truth, {"short": np.ones(9, dtype=bool)}, ks=(1,))
 
 
 # ---- learning, pipeline, serving --------------------------------------------------------------------------
@@ -520,7 +526,7 @@ def test_the_head_slice_is_the_most_frequent_warm_items_ties_by_lower_index():
         assert head.nonzero()[0].tolist() == [1, 2, 3, 4], dtype  # 7, 7, then the first two of the three 5s
     s = item_slices(counts, cold=np.array([1]), head_fraction=0.25)  # 7 warm items: ceil(1.75) = 2
     assert s["head"].nonzero()[0].tolist() == [2, 3] and s["tail"].nonzero()[0].tolist() == [0, 4, 5, 6, 7]
-    tiny = item_slices(counts, cold=none, head_fraction=0.01)  # ceil(0.08) = 1: at least one head item
+    tiny = item_slices(counts, cold=none, head_fraction=0.0)  # ceil(0) = 0, but at least one head item
     assert tiny["head"].nonzero()[0].tolist() == [1]
 
 
