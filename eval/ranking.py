@@ -679,6 +679,8 @@ def model_topk(
     and ``zero_score_items`` as in :func:`evaluate_model`; an extra zero-score entry is a ``-1`` slot, possibly
     in the middle of a row)."""
     _check_positive("block_size", block_size)
+    if split not in ("valid", "test"):  # "train" ranked with its own items excluded: every metric 0
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     if (
         not isinstance(zero_score_items, int | np.integer)
         or isinstance(zero_score_items, bool)

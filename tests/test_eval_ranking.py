@@ -292,6 +292,10 @@ def test_evaluate_model_excludes_train_and_valid_and_restores_mode():
         with pytest.raises(ValueError, match="cut-off|ks must"):
             evaluate_model(model, data, split="test", ks=bad)
     assert set(evaluate_model(model, data, split="test", ks=[1.0, np.int64(2), 2])) >= {"hit@1", "hit@2"}
+    # the training split ranks with its own items excluded: every metric was 0, with no word
+    for bad_split in ("train", "Test", None):
+        with pytest.raises(ValueError, match="split must be 'valid' or 'test'"):
+            evaluate_model(model, data, split=bad_split, ks=(1,))  # type: ignore[arg-type]
 
 
 def test_evaluate_model_paths_agree_with_reference():
