@@ -276,16 +276,18 @@ def cmd_compare(args) -> int:
     print(
         "each run B against A, paired over users: B - A, its 95% confidence interval, the paired t-test's p"
     )
+    width = max(12, *(len(d.metric) for d in report[0].differences))  # precision@100 is 13 characters
     for r in report:
         print(f"\nB = {r.run_id}")
         header = (
-            f"{'metric':<12} {'A':>8} {'B':>8} {'B - A':>8}  {'95% CI':<20} {'p':>8}  B better / worse / tied"
+            f"{'metric':<{width}} {'A':>8} {'B':>8} {'B - A':>8}  {'95% CI':<20} {'p':>8}  "
+            "B better / worse / tied"
         )
         print("  " + header)
         for d in r.differences:
             ci = f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}]"
             print(
-                f"  {d.metric:<12} {d.mean_a:>8.4f} {d.mean_b:>8.4f} {d.difference:>+8.4f}  {ci:<20} "
+                f"  {d.metric:<{width}} {d.mean_a:>8.4f} {d.mean_b:>8.4f} {d.difference:>+8.4f}  {ci:<20} "
                 f"{d.p_value:>8.2g}  {d.better} / {d.worse} / {d.tied}"
             )
     print("\np is per metric and run, unadjusted: with many of them, some pass any threshold by chance.")

@@ -43,7 +43,7 @@ def compare_runs(
     """
     import numpy as np
 
-    from eval.metrics import METRICS, parse_metric, per_user_metrics
+    from eval.metrics import METRICS, check_ks, parse_metric, per_user_metrics
     from eval.ranking import model_topk
     from eval.significance import paired_difference
     from recsys.pipeline import load_run
@@ -53,6 +53,12 @@ def compare_runs(
         raise ValueError("give two or more different runs (each is compared with the first)")
     if split not in ("valid", "test"):  # "train" ranked with its own items excluded: every user tied at 0
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    if metrics is not None:
+        if not metrics:
+            raise ValueError("metrics: give at least one NAME@K (None compares the default ones)")
+        metrics = list(dict.fromkeys(metrics))  # a metric named twice is compared once
+    if ks is not None:
+        ks = list(check_ks(ks))  # [] used to fall back to the first run's eval.ks without a word
     for name in metrics or ():
         parsed = parse_metric(name)
         if parsed is None or parsed[0] not in METRICS:  # coverage has no value per user
@@ -71,7 +77,7 @@ def compare_runs(
     for run_id in run_ids:
         run = load_run(run_id, uri=uri)
         if not evaluated:
-            cutoffs = list(ks or run.config.eval.ks)
+            cutoffs = list(ks if ks is not None else run.config.eval.ks)
             data = run.dataset.manifest_hash
             names = list(metrics or [f"{m}@{k}" for k in cutoffs for m in COMPARED_BY_DEFAULT])
             outside = [n for n in names if int(n.rpartition("@")[2]) not in cutoffs]  # names checked above

@@ -186,3 +186,26 @@ def test_compare_runs_refuses_a_split_it_cannot_evaluate():
     for split in ("train", "tes"):
         with pytest.raises(ValueError, match=f"split must be 'valid' or 'test', got '{split}'"):
             compare_runs(["a", "b"], split=split)  # refused before any run is looked up
+    # an empty list of cut-offs or metrics is refused (ks=[] fell back to the first run's eval.ks)
+    with pytest.raises(ValueError, match="ks must name at least one cut-off"):
+        compare_runs(["a", "b"], ks=[])
+    with pytest.raises(ValueError, match="metrics: give at least one"):
+        compare_runs(["a", "b"], metrics=[])
+
+
+def test_compare_counts_a_repeated_metric_once_and_widens_the_table(two_runs, capsys):
+    from recsys.cli import main
+    from recsys.compare import compare_runs
+
+    (pop, mf), _, _ = two_runs
+    report = compare_runs([pop, mf], split="valid", ks=[5], metrics=["ndcg@5", "precision@5", "ndcg@5"])
+    assert [d.metric for d in report[0].differences] == ["ndcg@5", "precision@5"]
+    metrics = ["--metric", "precision@100", "--metric", "ndcg@5"]
+    assert main(["compare", "--run", pop, "--run", mf, "--k", "5,100", *metrics]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = next(line for line in table if line.lstrip().startswith("metric "))
+    end_a = header.index(" A ") + 2  # the A column's values end under its header (right-aligned)
+    rows = [line for line in table if line.lstrip().startswith(("precision@100 ", "ndcg@5 "))]
+    assert len(rows) == 2
+    for line in rows:  # a 12-character metric column pushed precision@100's row one character right
+        assert line[end_a] == " " and float(line[:end_a].split()[-1]) >= 0
