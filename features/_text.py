@@ -17,7 +17,7 @@ LINE = "_line"  # 1-based line number in the source file, carried until the data
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
-    """Check that ``path`` is an existing, non-empty regular file; returns it as a ``Path``."""
+    """Check that ``path`` is an existing, non-empty, uncompressed regular file; returns it as a ``Path``."""
     path = Path(path)
     if not path.exists():
         parent = path.parent
@@ -31,7 +31,31 @@ def require_file(path: str | Path, what: str = "file") -> Path:
         raise DataValidationError(path, f"a {what} (a regular file)", got="<a folder>")
     if path.stat().st_size == 0:
         raise DataValidationError(path, f"a non-empty {what}", got="<empty file>")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    for magic, kind in _COMPRESSED:
+        if head.startswith(magic):
+            raise DataValidationError(
+                path,
+                f"an uncompressed {what}",
+                got=f"<a {kind}-compressed file>",
+                hint="decompress it and read the uncompressed file: the checks and the line numbers of "
+                "their errors are about the file's own bytes",
+            )
     return path
+
+
+# What Polars' scanners decompress on their own (gzip, zlib, zstd): a CSV then failed with a bare
+# UnicodeDecodeError, a cut-off download with a bare OSError, and errors named lines of the compressed bytes.
+# Each prefix holds a byte that is not UTF-8 or a control character: no text file, Parquet file or JSON
+# starts with one.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x78\x01", "zlib"),
+    (b"\x78\x9c", "zlib"),
+    (b"\x78\xda", "zlib"),
+)
 
 
 def locate_decode_error(path: Path, encoding: str = "utf-8") -> DataValidationError | None:

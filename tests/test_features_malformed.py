@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import shutil
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -654,6 +657,31 @@ def test_byte_order_mark_in_line_files_and_json(tmp_path):
     assert seq["user_id"].unique().sort().to_list() == ["1", "2"]
     attrs = read_item_attributes(write(tmp_path / "Beauty_item2attributes.json", '\ufeff{"1": [1, 2]}'))
     assert attrs.height == 1
+
+
+def test_compressed_files_are_refused_by_name(tmp_path):
+    # Polars decompresses gzip / zlib / zstd on its own, but the checks read the file's bytes: a gzipped CSV
+    # failed with a bare UnicodeDecodeError, a cut-off download with a bare OSError, and a gzipped line file
+    # was read, its errors naming lines and bytes of the compressed data.
+    lines = b"".join(b"%d %d %d\n" % (u, u + 1, u + 2) for u in range(3000))
+    cases = [
+        ("inter.csv", gzip.compress(b"user_id,item_id\n1,2\n"), read_interactions, "gzip"),
+        ("train.txt", gzip.compress(lines), read_user_lines, "gzip"),
+        ("cut.txt", gzip.compress(lines)[:500], read_user_lines, "gzip"),
+        ("Beauty.txt", zlib.compress(b"1 1 2\n"), read_amazon_seq, "zlib"),
+        ("a.json", gzip.compress(b'{"1": [1]}'), read_item_attributes, "gzip"),
+    ]
+    for name, content, reader, kind in cases:
+        with pytest.raises(
+            DataValidationError,
+            match=rf"{re.escape(name)}: expected an uncompressed .*got <a {kind}-compressed",
+        ):
+            reader(write(tmp_path / name, content))
+    # prepare refuses it before anything is hashed or cached
+    write(tmp_path / "g" / "train.txt", gzip.compress(lines))
+    with pytest.raises(DataValidationError, match=r"g/train\.txt: expected an uncompressed train file"):
+        prep_lines(tmp_path / "g", tmp_path, split={"protocol": "leave_one_out"})
+    assert not (tmp_path / "cache").exists()
 
 
 def test_deeply_nested_json(tmp_path):
