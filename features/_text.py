@@ -232,69 +232,77 @@ def _as_text_if_text_like(df: pl.DataFrame, col: str) -> tuple[pl.DataFrame, pl.
     return df, df.schema[col]
 
 
-def parse_float(df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE) -> pl.Series:
-    """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64)."""
+def parse_float(
+    df: pl.DataFrame, col: str, path: Path, what: str, *, where: str = LINE, label: str | None = None
+) -> pl.Series:
+    """Validate that column ``col`` (Utf8 or numeric) holds finite numbers; return them (Float64). Errors name
+    the column ``label`` (default ``col``): the file's name for it, where the frame holds it under another."""
+    label = label or col
     df, dtype = _as_text_if_text_like(df, col)
     # a list or struct column: Polars' own error otherwise; a Boolean one reads as 1.0 / 0.0 (a "liked" flag)
     if not (dtype == pl.String or dtype == pl.Boolean or dtype.is_numeric()):
-        raise DataValidationError(path, f"{what} (numbers or text)", column=col, got=f"<dtype {dtype}>")
+        raise DataValidationError(path, f"{what} (numbers or text)", column=label, got=f"<dtype {dtype}>")
     raw = pl.col(col)
     cast = (raw.str.strip_chars() if dtype == pl.String else raw).cast(pl.Float64, strict=False)
     checked = df.select(where, raw.cast(pl.String).alias("_raw"), cast.alias("_val"))
     bad = checked.filter(pl.col("_raw").is_null() | (pl.col("_raw").str.strip_chars() == "")).head(1)
     if bad.height:
         r = bad.row(0, named=True)
-        raise DataValidationError(path, f"{what} (a number)", column=col, got="<empty>", **_loc(where, r))
+        raise DataValidationError(path, f"{what} (a number)", column=label, got="<empty>", **_loc(where, r))
     bad = checked.filter(pl.col("_val").is_null()).head(1)
     if bad.height:
         r = bad.row(0, named=True)
-        raise DataValidationError(path, f"{what} (a number)", column=col, got=r["_raw"], **_loc(where, r))
+        raise DataValidationError(path, f"{what} (a number)", column=label, got=r["_raw"], **_loc(where, r))
     bad = checked.filter(~pl.col("_val").is_finite()).head(1)
     if bad.height:
         r = bad.row(0, named=True)
         raise DataValidationError(
-            path, f"{what} (a finite number)", column=col, got=r["_raw"], **_loc(where, r)
+            path, f"{what} (a finite number)", column=label, got=r["_raw"], **_loc(where, r)
         )
     return checked["_val"].alias(col)
 
 
-def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE) -> pl.Series:
-    """Validate a timestamp column and return its values as Int64.
+def parse_timestamp(
+    df: pl.DataFrame, col: str, path: Path, *, where: str = LINE, label: str | None = None
+) -> pl.Series:
+    """Validate a timestamp column and return its values as Int64 (errors name the column ``label``, default
+    ``col``).
 
     Accepted: integers (any unit; unix seconds in the benchmark files), integral floats (RecBole writes
     ``timestamp:float``), Polars Datetime/Date columns (-> unix seconds), and, when *no* value of a text
     column is numeric, ISO-8601 date-times (-> unix seconds). Date-times with a fraction of a second are
     refused (cutting it could reorder events).
     """
+    label = label or col
     df, dtype = _as_text_if_text_like(df, col)
     raw = pl.col(col)
     if dtype in (pl.Duration, pl.Time) or not (
         dtype == pl.String or dtype.is_numeric() or dtype.is_temporal()
     ):
         raise DataValidationError(
-            path, "a timestamp (integers, dates or date-times)", column=col, got=f"<dtype {dtype}>"
+            path, "a timestamp (integers, dates or date-times)", column=label, got=f"<dtype {dtype}>"
         )
     if dtype.is_temporal():
         bad = df.filter(raw.is_null()).head(1)
         if bad.height:
             raise DataValidationError(
-                path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
+                path, "a timestamp", column=label, got="<empty>", **_loc(where, bad.row(0, named=True))
             )
         if isinstance(dtype, pl.Datetime):
             seen = df.select(where, raw.cast(pl.String).alias("_raw"), raw.alias("_dt"))
-            _require_whole_seconds(seen, path, col, where)
+            _require_whole_seconds(seen, path, label, where)
         return df.select(raw.dt.epoch("s").cast(pl.Int64)).to_series()
     if dtype.is_integer():
         bad = df.filter(raw.is_null()).head(1)
         if bad.height:
             raise DataValidationError(
-                path, "a timestamp", column=col, got="<empty>", **_loc(where, bad.row(0, named=True))
+                path, "a timestamp", column=label, got="<empty>", **_loc(where, bad.row(0, named=True))
             )
         bad = df.filter(raw.cast(pl.Int64, strict=False).is_null()).head(1)  # a UInt64 beyond 2**63 - 1
         if bad.height:
             r = bad.row(0, named=True)
             raise DataValidationError(
-                path, "a timestamp that fits in 64 bits", column=col, got=r[col], **_loc(where, r)
+                path, "a timestamp that fits in 64 bits", column=label, got=r[col], **_loc(where, r)
             )
         return df.select(raw.cast(pl.Int64)).to_series()
     text = raw.cast(pl.String).str.strip_chars()
@@ -304,18 +312,18 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
     bad = checked.filter(pl.col("_raw").is_null() | (pl.col("_raw") == "")).head(1)
     if bad.height:
         r = bad.row(0, named=True)
-        raise DataValidationError(path, "a timestamp", column=col, got="<empty>", **_loc(where, r))
+        raise DataValidationError(path, "a timestamp", column=label, got="<empty>", **_loc(where, r))
     if dtype == pl.String and checked["_f"].null_count() == checked.height:
         checked = df.select(where, text.alias("_raw"), _iso_datetime(text).alias("_dt"))  # parsed once
         if (unparsed := _first(checked, pl.col("_dt").is_null())) is not None:
             raise DataValidationError(
                 path,
                 "a timestamp (an integer or an ISO-8601 date-time)",
-                column=col,
+                column=label,
                 got=unparsed["_raw"],
                 **_loc(where, unparsed),
             )
-        _require_whole_seconds(checked, path, col, where)
+        _require_whole_seconds(checked, path, label, where)
         return checked["_dt"].dt.epoch("s").cast(pl.Int64).alias(col)
     bad = checked.filter(
         pl.col("_f").is_null() | ~pl.col("_f").is_finite() | (pl.col("_f") != pl.col("_f").floor())
@@ -324,14 +332,14 @@ def parse_timestamp(df: pl.DataFrame, col: str, path: Path, *, where: str = LINE
     if bad.height:
         r = bad.row(0, named=True)
         raise DataValidationError(
-            path, "a timestamp (an integer)", column=col, got=r["_raw"], **_loc(where, r)
+            path, "a timestamp (an integer)", column=label, got=r["_raw"], **_loc(where, r)
         )
     # Out of range when the exact integer cast fails too (2**63 - 1 fits, though as a float it rounds to 2**63).
     bad = checked.filter(pl.col("_i").is_null() & (pl.col("_f").abs() >= 2.0**63)).head(1)
     if bad.height:
         r = bad.row(0, named=True)
         raise DataValidationError(
-            path, "a timestamp that fits in 64 bits", column=col, got=r["_raw"], **_loc(where, r)
+            path, "a timestamp that fits in 64 bits", column=label, got=r["_raw"], **_loc(where, r)
         )
     # The exact integer when there is one.
     return checked.select(pl.coalesce("_i", pl.col("_f").cast(pl.Int64, strict=False))).to_series().alias(col)

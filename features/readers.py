@@ -167,18 +167,13 @@ def read_interactions(
         _id_column(df, "user_id", user, path, where),
         _id_column(df, "item_id", item, path, where),
     ]
+    # Parsed under their canonical names, errors naming the file's: renaming the frame to the file's names
+    # clashed when one is another canonical name or the row index (a rating column named "user_id", "_line").
     if rating is not None:
-        out.append(
-            parse_float(df.rename({"rating": rating}), rating, path, "a rating", where=where).alias("rating")
-        )
+        out.append(parse_float(df, "rating", path, "a rating", where=where, label=rating).alias("rating"))
     if timestamp is not None:
-        out.append(
-            parse_timestamp(df.rename({"timestamp": timestamp}), timestamp, path, where=where).alias(
-                "timestamp"
-            )
-        )
-    renamed = df.rename({k: v for k, v in wanted.items() if k in ("rating", "timestamp")})
-    return renamed.select(*out, pl.col(where).cast(pl.Int64).alias(LINE))
+        out.append(parse_timestamp(df, "timestamp", path, where=where, label=timestamp).alias("timestamp"))
+    return df.select(*out, pl.col(where).cast(pl.Int64).alias(LINE))
 
 
 def _collect(lf: pl.LazyFrame, wanted: dict[str, str], path: Path, headerless: bool) -> pl.DataFrame:

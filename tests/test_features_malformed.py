@@ -833,6 +833,23 @@ def test_file_with_a_column_named_like_the_line_index(tmp_path):
     assert read_interactions(tmp_path / "l.parquet").rows() == [("1", "2", 1)]
 
 
+def test_rating_or_timestamp_columns_named_like_another_role_or_the_line_index(tmp_path):
+    # the frame was renamed to the file's names to parse them: a Polars DuplicateError, not a table
+    path = write(tmp_path / "c.csv", "uid,iid,user_id,timestamp,_line\n1,2,5,10,7\n1,3,4,11,8\n")
+    got = read_interactions(path, user="uid", item="iid", rating="user_id", timestamp="_line")
+    assert got.rows() == [("1", "2", 5.0, 7, 2), ("1", "3", 4.0, 8, 3)]
+    got = read_interactions(path, user="uid", item="iid", rating="timestamp", timestamp="user_id")
+    assert got.rows() == [("1", "2", 10.0, 5, 2), ("1", "3", 11.0, 4, 3)]
+    pl.DataFrame({"u": ["1"], "i": ["2"], "_row": [3.0]}).write_parquet(tmp_path / "r.parquet")
+    assert read_interactions(tmp_path / "r.parquet", user="u", item="i", rating="_row").rows() == [
+        ("1", "2", 3.0, 1)
+    ]
+    # errors still name the file's column
+    write(tmp_path / "bad.csv", "uid,iid,user_id\n1,2,5\n1,3,x\n")
+    with pytest.raises(DataValidationError, match=r"bad\.csv, line 3, column 'user_id': expected a rating"):
+        read_interactions(tmp_path / "bad.csv", user="uid", item="iid", rating="user_id")
+
+
 def test_user_lines_id_beyond_64_bits(tmp_path):
     path = write(tmp_path / "train.txt", "0 1 2\n99999999999999999999 3\n")
     with pytest.raises(
