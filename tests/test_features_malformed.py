@@ -170,6 +170,18 @@ def test_negative_item_id_in_user_lines(tmp_path):
         read_user_lines(path)
 
 
+def test_minus_one_is_no_id_and_a_fraction_is_no_timestamp(tmp_path):
+    with pytest.raises(
+        DataValidationError, match=r"line 2, column 'token 3': .*non-negative integer\), got '-1'"
+    ):
+        read_amazon_seq(write(tmp_path / "Beauty.txt", "1 1 2\n2 3 -1\n"))
+    path = write(tmp_path / "t.csv", "u,i,t\n1,2,10\n1,3,10.5\n")
+    with pytest.raises(
+        DataValidationError, match=r"t\.csv, line 3, column 't': expected a timestamp \(an integer\)"
+    ):
+        read_interactions(path, user="u", item="i", timestamp="t")
+
+
 def test_user_lines_first_token_not_an_integer(tmp_path):
     path = write(tmp_path / "train.txt", "0 1 2\nuser7 3 4\n")
     with pytest.raises(
@@ -601,6 +613,22 @@ def test_load_reports_a_missing_index_and_mistyped_manifest_values(tmp_path):
         (broken / "manifest.json").write_text(json.dumps({**manifest, key: value}))
         with pytest.raises(DataValidationError, match=rf"manifest\.json, column '{key}': expected"):
             PreparedDataset.load(broken)
+
+
+def test_load_refuses_an_index_equal_to_the_vocabulary_size(tmp_path):
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    unseal(broken)
+    test = pl.read_parquet(broken / "test.parquet")
+    test.with_columns(pl.lit(ds.n_items, dtype=pl.Int64).alias("item_idx")).write_parquet(
+        broken / "test.parquet"
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=rf"test\.parquet, column 'item_idx': expected item_idx in \[0, {ds.n_items}\)",
+    ):
+        PreparedDataset.load(broken)
 
 
 def test_load_reports_missing_file(tmp_path):

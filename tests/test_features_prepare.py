@@ -656,3 +656,116 @@ def test_every_time_ordered_protocol_has_a_below_threshold_period_rule(monkeypat
     )
     with pytest.raises(NotImplementedError, match="'sliding'"):
         prep._below_threshold_periods(below, None, {"protocol": "sliding"})  # type: ignore[arg-type]
+
+
+# ---- what the cache key holds ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("base", "change"),
+    [
+        ({"source": "interactions", "path": "a.csv"}, {"dedup": False}),
+        ({"source": "interactions", "path": "a.csv"}, {"columns": {"user": "uid"}}),
+        ({"source": "interactions", "path": "a.csv"}, {"has_header": False}),
+        ({"source": "interactions", "path": "a.csv"}, {"separator": ";"}),
+        ({"source": "interactions", "path": "a.csv"}, {"min_user_interactions": 2}),
+        ({"source": "interactions", "path": "a.csv"}, {"min_item_interactions": 2}),
+        ({"source": "interactions", "path": "a.csv"}, {"split": {"seed": 1}}),
+        ({"source": "movielens_100k", "path": "ml"}, {"side_features": False}),
+        ({"source": "movielens_100k", "path": "ml"}, {"rating_threshold": 4.0}),
+        ({"source": "amazon_seq", "path": "d", "name": "Beauty"}, {"name": "Sports"}),
+        ({"source": "user_lines", "path": "g"}, {"train_file": "other.txt"}),
+    ],
+)
+def test_every_config_key_that_shapes_the_data_is_in_the_cache_key(base, change):
+    from features.prepare import content_hash
+
+    hashes = {"interactions": "0" * 64}
+    assert content_hash(DataConfig(**base), hashes) != content_hash(DataConfig(**{**base, **change}), hashes)
+    assert content_hash(DataConfig(**base), hashes) == content_hash(
+        DataConfig(**{**base, "path": "x"}), hashes
+    )
+
+
+def test_the_schema_version_is_in_the_cache_key(monkeypatch):
+    prep = importlib.import_module("features.prepare")  # the module; `features.prepare` is the function
+    cfg = DataConfig(source="interactions", path="a.csv")
+    before = prep.content_hash(cfg, {"interactions": "0" * 64})
+    monkeypatch.setattr(prep, "SCHEMA_VERSION", prep.SCHEMA_VERSION + 1)
+    assert prep.content_hash(cfg, {"interactions": "0" * 64}) != before
+
+
+def test_k_core_on_a_user_lines_resplit_drops_users_without_enough_items(tmp_path):
+    # users listed without items are kept, unless a k-core asks for a minimum
+    folder = tmp_path / "g"
+    folder.mkdir()
+    (folder / "train.txt").write_text("0 0 1 2\n1\n2 1 2 3\n3 0\n")
+    ds = prepare(
+        DataConfig(
+            source="user_lines",
+            path=str(folder),
+            split={"protocol": "leave_one_out"},
+            min_user_interactions=3,
+        ),
+        cache_dir=tmp_path / "c",
+    )
+    assert ds.user_vocab["user_id"].to_list() == ["0", "2"]
+
+
+def test_a_validation_quantile_cut_that_falls_on_the_test_cut_is_refused(tmp_path):
+    # most events share one time: the 0.3 and the 0.6 quantiles are both that time
+    rows = [(u, i, 100) for u in range(4) for i in range(5)] + [(u, 9, 200 + u) for u in range(4)]
+    (tmp_path / "a.csv").write_text("u,i,t\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    cfg = DataConfig(
+        source="interactions",
+        path=str(tmp_path / "a.csv"),
+        columns={"user": "u", "item": "i", "timestamp": "t"},
+        split={"protocol": "temporal", "temporal_cut": 0.6, "valid_temporal_cut": 0.3},
+    )
+    with pytest.raises(
+        DataValidationError, match=r"a\.csv, column 'timestamp': expected a validation cut before"
+    ):
+        prepare(cfg, cache_dir=tmp_path / "c")
+
+
+def test_the_hash_memo_sees_a_rewrite_by_its_change_time_and_skips_files_still_being_written(
+    tmp_path, monkeypatch
+):
+    import features._hashing as hashing
+
+    path = tmp_path / "data.csv"
+    path.write_text("u,i\n1,a\n")
+    monkeypatch.setattr(hashing, "_RACY_NS", -(10**18))  # remember every file, however fresh
+    first = hashing.sha256_file(path)
+    st = path.stat()
+    path.write_text("u,i\n1,b\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, inode and mtime: only ctime tells
+    assert hashing.sha256_file(path) != first
+    # a file system that keeps whole seconds (here: 1000 s): a rewrite within one tick keeps the whole state,
+    # so a file changed within the racy window of now must not be remembered
+    real_state = hashing.file_state
+
+    def coarse(p: Path) -> tuple[int, int, int, int]:
+        size, mtime, ino, ctime = real_state(p)
+        tick = 10**12
+        return size, mtime // tick * tick, ino, ctime // tick * tick
+
+    monkeypatch.setattr(hashing, "file_state", coarse)
+    monkeypatch.setattr(hashing, "_RACY_NS", 10**13)
+    path.write_text("u,i\n1,c\n")
+    third = hashing.sha256_file(path)
+    path.write_text("u,i\n1,d\n")
+    assert hashing.sha256_file(path) != third
+
+
+def test_side_feature_codes_strip_values_and_sparse_attribute_ids_become_dense_codes():
+    from features.side_features import attribute_item_features, encode
+
+    codes = pl.DataFrame({"g": [" M", "F ", "X", None]}).select(encode(pl.col("g"), ["F", "M"]))
+    assert codes["g"].to_list() == [2, 1, 0, 0]
+    vocab = pl.DataFrame({"item_idx": [0, 1, 2], "item_id": ["1", "2", "3"]})
+    attrs = pl.DataFrame(
+        {"item_id": ["1", "2"], "attributes": [[5, 10**12], [10**12]]},
+        schema={"item_id": pl.String, "attributes": pl.List(pl.Int64)},
+    )
+    table, spec = attribute_item_features(attrs, vocab)
+    assert table["attributes"].to_list() == [[1, 2], [2], []]
+    assert spec["attributes"] == {"kind": "multi_code", "cardinality": 3, "labels": ["5", str(10**12)]}

@@ -239,3 +239,38 @@ def test_gowalla_presplit_reproduces_the_files(shared_data, tmp_path):
     tr, te = ds.matrix("train"), ds.matrix("test")
     assert tr.nnz == 810_128 and te.nnz == 217_242
     assert tr.multiply(te).nnz == 0  # no train/test overlap
+
+
+# ---- boundaries and rounding the protocols document ------------------------------------------------------
+def test_the_temporal_quantile_cut_is_the_lower_neighbour():
+    # 10 distinct times: the 0.75 quantile lies between the 7th (60) and the 8th (70); "lower" takes 60
+    df = pl.DataFrame(
+        {"user_id": ["u"] * 10, "item_id": [f"i{k}" for k in range(10)], "timestamp": range(0, 100, 10)}
+    )
+    assert temporal_cut_value(df, 0.75) == 60
+    assert temporal_cut_value(df, 0.8) == 70  # 3 of 10 events at or after it, as the config reference says
+
+
+def test_random_ratio_rounds_half_up_for_valid_too():
+    df = pl.DataFrame({"user_id": ["u"] * 10, "item_id": [f"i{k}" for k in range(10)]})
+    for seed in range(5):
+        s = random_ratio_split(df, 0.25, 0.25, seed)
+        assert (s.train.height, s.valid.height, s.test.height) == (4, 3, 3)  # 2.5 -> 3 each
+
+
+def test_random_ratio_never_puts_a_repeated_pair_in_train_and_valid():
+    # dedup: false keeps repeated pairs; the copy drawn into valid must go when another copy is in train
+    df = pl.DataFrame({"user_id": ["u"] * 8, "item_id": ["a", "a", "a", "a", "b", "c", "d", "e"]})
+    removed = 0
+    for seed in range(20):
+        s = random_ratio_split(df, 0.25, 0.25, seed)
+        assert not pairs(s.train) & pairs(s.valid) and not pairs(s.valid) & pairs(s.test)
+        assert not pairs(s.train) & pairs(s.test)
+        removed += s.dropped["valid_seen_in_train"]
+    assert removed  # the case ran
+
+
+def test_temporal_split_refuses_a_valid_cut_at_the_test_cut():
+    df = pl.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": [1, 2]})
+    with pytest.raises(ValueError, match=r"valid_cut \(2\) must be before cut \(2\)"):
+        temporal_split(df, 2, 2)
