@@ -769,3 +769,16 @@ def test_side_feature_codes_strip_values_and_sparse_attribute_ids_become_dense_c
     table, spec = attribute_item_features(attrs, vocab)
     assert table["attributes"].to_list() == [[1, 2], [2], []]
     assert spec["attributes"] == {"kind": "multi_code", "cardinality": 3, "labels": ["5", str(10**12)]}
+
+
+def test_a_folder_of_other_inputs_under_this_key_is_not_reused(tmp_path):
+    # the folder name carries only 16 hex digits of the key: the manifest's full key decides
+    import shutil
+
+    a = prepare(ml_mini(), cache_dir=tmp_path / "c")
+    other = ml_mini(split={"protocol": "leave_one_out"})
+    b = prepare(other, cache_dir=tmp_path / "c")
+    shutil.rmtree(b.root)
+    shutil.copytree(a.root, b.root)  # a complete, sealed folder, of other inputs
+    again = prepare(other, cache_dir=tmp_path / "c")
+    assert not again.cache_hit and again.manifest["split_protocol"] == "leave_one_out"
