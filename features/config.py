@@ -114,7 +114,8 @@ class SplitConfig(_Strict):
     """Seed of the random splits (``random_ratio``, ``valid_from_train_ratio``); under another protocol, or
     ``presplit`` without a carve-out, a seed other than 0 warns and is set back to 0 (it would draw nothing)."""
     test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)
-    """random_ratio: share of each user's interactions in test."""
+    """random_ratio: share of each user's interactions in test: ``n * test_ratio`` rounded half up, exactly
+    (0.35 of 90 interactions is 32)."""
     valid_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     """random_ratio: share of each user's interactions in valid (0 = no validation split)."""
     temporal_cut: float | None = Field(default=None, gt=0.0, lt=1.0)

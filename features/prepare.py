@@ -43,6 +43,7 @@ from features.sources import default_download_dir, obtain_movielens_100k
 from features.splits import (
     TIME_ORDERED_PROTOCOLS,
     Split,
+    float_rounding_differs,
     leave_one_out_split,
     presplit,
     random_ratio_split,
@@ -73,7 +74,9 @@ def default_cache_dir() -> Path:
 def content_hash(cfg: DataConfig, file_hashes: dict[str, str], files: dict[str, Path] | None = None) -> str:
     """The cache key: sha256 of the config (minus ``path``), the source files' sha256s and the schema; for an
     ``interactions`` file without ``data.separator``, also its suffix, which then decides how it is parsed
-    (the same bytes as ``.csv`` and as ``.tsv`` are other tables). Other keys are as they always were."""
+    (the same bytes as ``.csv`` and as ``.tsv`` are other tables). Markers set apart folders that older code
+    prepared otherwise: random splits whose ratios were rounded wrongly (``exact_ratio_rounding``), rating
+    thresholds (``below_threshold``, ``below_threshold_periods``). Other keys are as they always were."""
     payload = {
         "schema_version": SCHEMA_VERSION,
         "config": cfg.model_dump(mode="json", exclude={"path"}),
@@ -81,6 +84,11 @@ def content_hash(cfg: DataConfig, file_hashes: dict[str, str], files: dict[str, 
     }
     if cfg.source == "interactions" and cfg.separator is None and files:
         payload["suffixes"] = {role: path.suffix.lower() for role, path in files.items()}
+    split = cfg.split
+    if split.protocol in ("random_ratio", "presplit") and any(
+        float_rounding_differs(r) for r in (split.test_ratio, split.valid_ratio, split.valid_from_train_ratio)
+    ):  # since 2026-12-05 these ratios' shares are rounded exactly: other splits than before
+        payload["exact_ratio_rounding"] = True
     if cfg.rating_threshold is not None:  # since 2026-12-02 such folders also keep the pairs below it,
         payload["below_threshold"] = BELOW_THRESHOLD  # and since 2026-12-05 the period of each
         payload["below_threshold_periods"] = True

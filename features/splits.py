@@ -14,8 +14,10 @@ Guarantees shared by all protocols (the leakage tests check them):
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,8 @@ __all__ = [
     "temporal_part",
     "presplit",
     "TIME_ORDERED_PROTOCOLS",
+    "half_up_share",
+    "float_rounding_differs",
 ]
 
 #: The protocols that put train, valid and test in time order (a user's later interactions in later parts);
@@ -62,14 +66,19 @@ def random_ratio_split(
     """Per user, a seeded random ``test_ratio`` of the interactions to test and ``valid_ratio`` to valid.
 
     A user with ``n`` interactions gets ``round(n * test_ratio)`` test and ``round(n * valid_ratio)`` valid
-    interactions (half rounds up), capped so that a user with ``n >= 2`` keeps at least one in train; a user
+    interactions (half rounds up, exactly: :func:`half_up_share`), capped so that a user with ``n >= 2`` keeps at least one in train; a user
     with a single interaction stays in train.  The permutation comes from ``numpy.random.default_rng(seed)``
     over the rows, so the split depends only on the seed and the input rows (and their order).
     """
     tmp = df.with_columns(pl.Series("__key", np.random.default_rng(seed).random(df.height)))
-    n = pl.len().over(user)
-    n_test = pl.min_horizontal((n * test_ratio + 0.5).floor().cast(pl.Int64), n - 1)
-    n_valid = pl.min_horizontal((n * valid_ratio + 0.5).floor().cast(pl.Int64), n - 1 - n_test)
+    n = pl.len().over(user).cast(pl.Int64)
+    sizes = df.group_by(user).len()["len"].unique().to_list()  # a few distinct sizes: each rounded in Python
+
+    def share(ratio: float) -> pl.Expr:
+        return n.replace_strict({m: half_up_share(m, ratio) for m in sizes}, return_dtype=pl.Int64)
+
+    n_test = pl.min_horizontal(share(test_ratio), n - 1)
+    n_valid = pl.min_horizontal(share(valid_ratio), n - 1 - n_test)
     pos = (pl.col("__key").rank("ordinal").over(user) - 1).cast(pl.Int64)
     tmp = tmp.with_columns(
         pl.when(pos < n_test)
@@ -80,6 +89,34 @@ def random_ratio_split(
         .alias("__part")
     ).drop("__key")
     return _finish(tmp, user, item)
+
+
+def half_up_share(n: int, ratio: float) -> int:
+    """``round(n * ratio)``, half up, of the ratio as written (``0.35``), in exact integer arithmetic.
+
+    Floating point misses some halves: the float nearest 0.35 is just below it, so ``90 * 0.35`` is
+    31.499999999999996 and ``floor(90 * 0.35 + 0.5)`` gave 31, not 32 (:func:`float_rounding_differs`)."""
+    exact = Fraction(
+        repr(float(ratio))
+    )  # the shortest decimal that reads back as this float: what was written
+    return (2 * n * exact.numerator + exact.denominator) // (2 * exact.denominator)
+
+
+@functools.lru_cache(maxsize=64)
+def float_rounding_differs(ratio: float, up_to: int = 100_000) -> bool:
+    """Whether ``floor(n * ratio + 0.5)``, the random split's rounding before 2026-12-05, differs from
+    :func:`half_up_share` for some user with ``n <= up_to`` interactions: such a ratio's splits changed then
+    (0.35, 0.7, 0.94 do; 0.05, 0.1, 0.15, 0.2, 0.25, 0.3 do not). The prepared data's cache key marks them."""
+    if ratio == 0:
+        return False
+    n = np.arange(1, up_to + 1, dtype=np.int64)
+    exact = Fraction(repr(float(ratio)))
+    p, q = exact.numerator, exact.denominator
+    if 2 * up_to * p + q < 2**62:  # int64 holds the exact rule
+        want = (2 * n * p + q) // (2 * q)
+    else:  # a ratio with many digits: Python's integers
+        want = np.array([(2 * int(m) * p + q) // (2 * q) for m in n], dtype=np.int64)
+    return bool(np.any(np.floor(n * float(ratio) + 0.5).astype(np.int64) != want))
 
 
 def leave_one_out_split(df: pl.DataFrame, *, user: str = "user_id", item: str = "item_id") -> Split:

@@ -274,3 +274,41 @@ def test_temporal_split_refuses_a_valid_cut_at_the_test_cut():
     df = pl.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": [1, 2]})
     with pytest.raises(ValueError, match=r"valid_cut \(2\) must be before cut \(2\)"):
         temporal_split(df, 2, 2)
+
+
+def test_random_ratio_rounds_half_up_exactly():
+    """0.35 of 90 interactions is 31.5, which rounds up to 32; floating point made it 31.499999999999996,
+    floored to 31 (as for 0.29, 0.7, 0.94, ...). Common ratios were exact and are unchanged."""
+    from features.splits import float_rounding_differs, half_up_share
+
+    assert half_up_share(90, 0.35) == 32 and half_up_share(3, 0.5) == 2 and half_up_share(7, 0.1) == 1
+    df = pl.DataFrame({"user_id": ["a"] * 90 + ["b"] * 20, "item_id": [str(i) for i in range(110)]})
+    split = random_ratio_split(df, test_ratio=0.35, valid_ratio=0.25, seed=3)
+    counts = dict(split.test.group_by("user_id").len().iter_rows())
+    assert counts == {"a": 32, "b": 7}  # 31.5 -> 32, 7.0 -> 7
+    assert dict(split.valid.group_by("user_id").len().iter_rows()) == {"a": 23, "b": 5}  # 22.5 -> 23
+    assert [r for r in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.29, 0.35, 0.7, 0.94) if float_rounding_differs(r)] == [
+        0.29, 0.35, 0.7, 0.94
+    ]  # fmt: skip
+
+
+def test_the_cache_key_marks_only_the_ratios_whose_split_changed(monkeypatch):
+    import importlib
+
+    from features.config import DataConfig
+
+    prep = importlib.import_module("features.prepare")
+    files = {"interactions": "0" * 64}
+
+    def key(test_ratio: float, mark: bool = True) -> str:
+        if not mark:  # as the code before exact rounding computed it
+            monkeypatch.setattr(prep, "float_rounding_differs", lambda ratio: False)
+        cfg = DataConfig(
+            source="interactions", path="x.csv", split={"protocol": "random_ratio", "test_ratio": test_ratio}
+        )
+        out = prep.content_hash(cfg, files)
+        monkeypatch.undo()
+        return out
+
+    assert key(0.1) == key(0.1, mark=False)  # the same splits: the folders prepared before are reused
+    assert key(0.35) != key(0.35, mark=False)  # other splits: prepared again
