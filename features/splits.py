@@ -66,9 +66,10 @@ def random_ratio_split(
     """Per user, a seeded random ``test_ratio`` of the interactions to test and ``valid_ratio`` to valid.
 
     A user with ``n`` interactions gets ``round(n * test_ratio)`` test and ``round(n * valid_ratio)`` valid
-    interactions (half rounds up, exactly: :func:`half_up_share`), capped so that a user with ``n >= 2`` keeps at least one in train; a user
-    with a single interaction stays in train.  The permutation comes from ``numpy.random.default_rng(seed)``
-    over the rows, so the split depends only on the seed and the input rows (and their order).
+    interactions (half rounds up, exactly: :func:`half_up_share`), capped so that a user with ``n >= 2``
+    keeps at least one in train; a user with a single interaction stays in train.  The permutation comes from
+    ``numpy.random.default_rng(seed)`` over the rows, so the split depends only on the seed and the input rows
+    (and their order).
     """
     tmp = df.with_columns(pl.Series("__key", np.random.default_rng(seed).random(df.height)))
     n = pl.len().over(user).cast(pl.Int64)
