@@ -80,8 +80,8 @@ def item_slices(counts: np.ndarray, cold: np.ndarray, head_fraction: float = 0.1
     is_cold = np.zeros(n, dtype=bool)
     is_cold[cold] = True
     warm = np.flatnonzero(~is_cold)
-    # the share as written (0.07, not the binary float 0.07000000000000000666): 0.07 * 100 is 7.000000000000001
-    # in floating point, whose ceiling made 8 items head
+    # the share as written (0.07, not the binary float 0.07000000000000000666): 0.07 * 100 is
+    # 7.000000000000001 in floating point, whose ceiling made 8 items head
     n_head = max(1, math.ceil(Fraction(str(head_fraction)) * int(warm.size))) if warm.size else 0
     # by count descending, then index: ascending by (count, -index), reversed; negating the counts instead
     # wrapped unsigned ones around (the least frequent items became head)
