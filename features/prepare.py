@@ -39,7 +39,7 @@ from features.errors import DataValidationError
 from features.movielens import ML100K_GENRES
 from features.readers import read_source, source_files
 from features.side_features import attribute_item_features, movielens_item_features, movielens_user_features
-from features.sources import default_download_dir, obtain_movielens_100k
+from features.sources import default_download_dir, obtain_movielens_100k, verify_listed_checksum
 from features.splits import (
     TIME_ORDERED_PROTOCOLS,
     Split,
@@ -116,6 +116,8 @@ def prepare(
     files = source_files(cfg, root)
     before = {role: file_state(path) for role, path in files.items()}
     hashes = {role: sha256_file(path) for role, path in files.items()}
+    for role, path in files.items():  # a benchmark copy that its folder's SHA256SUMS says is damaged
+        verify_listed_checksum(path, hashes[role])
     key = content_hash(cfg, hashes, files)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache / f"{_slug(cfg.display_name())}-{key[:16]}"

@@ -16,6 +16,7 @@ Both layouts are read by :mod:`features.movielens` into the same frames.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,13 @@ from pathlib import Path
 from features._hashing import sha256_file
 from features.errors import DataSourceError, DataValidationError
 
-__all__ = ["obtain_movielens_100k", "ML100K_SHA256", "RECBOLE_WHEEL", "RECBOLE_WHEEL_SHA256"]
+__all__ = [
+    "obtain_movielens_100k",
+    "ML100K_SHA256",
+    "RECBOLE_WHEEL",
+    "RECBOLE_WHEEL_SHA256",
+    "verify_listed_checksum",
+]
 
 # From the benchmark data's SHA256SUMS (GroupLens' ml-100k files).
 ML100K_SHA256 = {  # the files that are read first, so a damaged ratings file is the first thing reported
@@ -91,6 +98,41 @@ def verify_checksums(folder: Path, expected: dict[str, str], required: tuple[str
                     got=actual,
                     hint="the file differs from the published dataset",
                 )
+
+
+CHECKSUMS = "SHA256SUMS"
+_LISTING = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")  # sha256sum's output: digest, space, mode, path
+
+
+def verify_listed_checksum(path: Path, digest: str, levels: int = 2) -> None:
+    """Check ``path``'s ``digest`` (its SHA256) against the nearest ``SHA256SUMS`` that lists it.
+
+    The benchmark folders ship a ``SHA256SUMS`` in ``sha256sum`` format (``<digest>  ./folder/file``) and ask
+    every loader to verify what it reads. The file's own folder and up to ``levels`` folders above it are
+    searched, nearest first, for a ``SHA256SUMS`` that lists the file: the first listing decides. A file that
+    no such ``SHA256SUMS`` lists is not checked; lines in another format are skipped.
+
+    Raises:
+        DataValidationError: the listed digest differs (a damaged or replaced copy), naming both.
+    """
+    target = path.resolve()
+    for folder in target.parents[: levels + 1]:  # its folder, then up to `levels` above
+        sums = folder / CHECKSUMS
+        if not sums.is_file():
+            continue
+        for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            match = _LISTING.match(line.strip())
+            if match is None or (folder / match.group(2)).resolve() != target:
+                continue
+            if match.group(1).lower() != digest:
+                raise DataValidationError(
+                    path,
+                    f"SHA256 {match.group(1).lower()} (as {sums} lists it on line {number})",
+                    column="sha256",
+                    got=digest,
+                    hint="the file differs from the published dataset: a damaged or replaced copy",
+                )
+            return
 
 
 def obtain_movielens_100k(

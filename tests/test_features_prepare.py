@@ -782,3 +782,37 @@ def test_a_folder_of_other_inputs_under_this_key_is_not_reused(tmp_path):
     shutil.copytree(a.root, b.root)  # a complete, sealed folder, of other inputs
     again = prepare(other, cache_dir=tmp_path / "c")
     assert not again.cache_hit and again.manifest["split_protocol"] == "leave_one_out"
+
+
+def test_a_file_listed_in_a_sha256sums_above_it_is_verified(tmp_path):
+    """The benchmark folders ship SHA256SUMS (sha256sum's format) and ask loaders to verify what they read."""
+    import hashlib
+
+    data = tmp_path / "data" / "logs"
+    data.mkdir(parents=True)
+    csv = data / "x.csv"
+    csv.write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(6) for i in range(5)))
+    digest = hashlib.sha256(csv.read_bytes()).hexdigest()
+    sums = tmp_path / "data" / "SHA256SUMS"
+    cfg = DataConfig(source="interactions", path=str(csv))
+    for listing in (
+        f"{digest}  ./logs/x.csv\n",  # as sha256sum writes it from the folder
+        f"not a checksum line\n{digest.upper()} *logs/x.csv\n",  # binary mode, upper case, a stray line
+        f"{'0' * 64}  ./logs/other.csv\n",  # does not list this file: not checked
+    ):
+        sums.write_text(listing)
+        assert prepare(cfg, cache_dir=tmp_path / "c", force=True).n_users == 6
+    sums.write_text(f"{'0' * 64}  ./logs/other.csv\n{'ab' * 32}  ./logs/x.csv\n")
+    with pytest.raises(DataValidationError) as err:
+        prepare(cfg, cache_dir=tmp_path / "fresh")
+    assert str(csv) in str(err.value) and f"SHA256 {'ab' * 32} (as {sums} lists it on line 2)" in str(
+        err.value
+    )
+    assert f"got '{digest}'" in str(err.value) and "damaged or replaced copy" in str(err.value)
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())  # nothing cached
+    # one in the file's own folder that does not list it: the search goes on up
+    (data / "SHA256SUMS").write_text(f"{'0' * 64}  ./y.csv\n")
+    with pytest.raises(DataValidationError, match="lists it on line 2"):
+        prepare(cfg, cache_dir=tmp_path / "fresh")
+    (data / "SHA256SUMS").write_text(f"{digest}  x.csv\n")  # the nearest listing decides
+    assert prepare(cfg, cache_dir=tmp_path / "fresh").n_users == 6
