@@ -191,6 +191,23 @@ class SplitConfig(_Strict):
         return unread
 
 
+# The reading keys only one source reads; given to another, each is reset as unread split keys are.
+_SOURCE_OF_KEY = {
+    "columns": "interactions",
+    "separator": "interactions",
+    "has_header": "interactions",
+    "train_file": "user_lines",
+    "test_file": "user_lines",
+}
+
+
+def _shown(value: Any) -> str:
+    """A key's value as the warning shows it: a section as its set keys (``{'user': 'uid'}``)."""
+    if isinstance(value, BaseModel):
+        return repr(value.model_dump(exclude_defaults=True))
+    return repr(value)
+
+
 class DataConfig(_Strict):
     """Where the raw data is, how to read it, how to filter it and how to split it.
 
@@ -204,6 +221,9 @@ class DataConfig(_Strict):
       ``train_file`` and (for ``presplit``) ``test_file``, or one file.
     * ``amazon_seq``: ``uid i1 i2 ...`` in time order per line (S3-Rec / ICSRec Amazon files); ``path`` is
       the folder and ``name`` the dataset (``Beauty`` -> ``Beauty.txt``, ``Beauty_item2attributes.json``).
+
+    A reading key of another source (``separator`` under ``movielens_100k``, ``test_file`` under
+    ``amazon_seq``) warns and is set back to its default, as an unread split key is.
     """
 
     source: Source
@@ -301,19 +321,29 @@ class DataConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _reset_unread_split_keys(self, info: ValidationInfo) -> DataConfig:
-        # A warning, not an error, so that a file can switch protocols with an override; the key goes back to
-        # its default so that the same data is not prepared and cached again under another key (nor a run's
-        # checkpoints kept apart).  Here rather than in the YAML loader so that a DataConfig built in Python
-        # hashes the same; the loader names its file through the validation context ("source").
+    def _reset_unread_keys(self, info: ValidationInfo) -> DataConfig:
+        # A warning, not an error, so that a file can switch protocols or sources with an override; the key
+        # goes back to its default so that the same data is not prepared and cached again under another key
+        # (nor a run's checkpoints kept apart).  Here rather than in the YAML loader so that a DataConfig built
+        # in Python hashes the same; the loader names its file through the validation context ("source").
         source = (info.context or {}).get("source")
+        prefix = f"{source}: " if source else ""
         for key, why in self.split.unread_keys().items():
             warnings.warn(
-                f"{f'{source}: ' if source else ''}data.split.{key}={getattr(self.split, key)!r} {why}; "
+                f"{prefix}data.split.{key}={getattr(self.split, key)!r} {why}; "
                 f"ignored under {self.split.protocol!r}",
                 stacklevel=_caller_stacklevel(),
             )
             setattr(self.split, key, type(self.split).model_fields[key].default)
+        for key, reader in _SOURCE_OF_KEY.items():
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            if self.source != reader and getattr(self, key) != default:
+                warnings.warn(
+                    f"{prefix}data.{key}={_shown(getattr(self, key))} applies to source {reader!r} only; ignored "
+                    f"under source {self.source!r}",
+                    stacklevel=_caller_stacklevel(),
+                )
+                setattr(self, key, default)
         return self
 
     def display_name(self) -> str:

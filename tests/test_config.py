@@ -436,6 +436,37 @@ def test_the_unread_split_key_warning_of_a_loaded_file_points_at_the_loading_lin
     assert [(w.filename, w.lineno) for w in record] == [(__file__, inspect.currentframe().f_lineno - 1)]
 
 
+def test_reading_keys_of_another_source_warn_and_are_reset(cfg_file):
+    # columns / separator / has_header belong to 'interactions', train_file / test_file to 'user_lines':
+    # switching the source by an override left them in the cache key and the fingerprint, changing nothing read
+    from features.config import DataConfig
+
+    switch = ["data.source=movielens_100k", "data.path=auto"]
+    with pytest.warns(UserWarning) as record:
+        cfg = load_config(cfg_file, [*switch, "data.separator=;", "data.has_header=false"])
+    assert sorted(str(w.message) for w in record) == [
+        f"{cfg_file}: data.columns={{'user': 'u', 'item': 'i'}} applies to source 'interactions' only; ignored "
+        "under source 'movielens_100k'",
+        f"{cfg_file}: data.has_header=False applies to source 'interactions' only; ignored under source "
+        "'movielens_100k'",
+        f"{cfg_file}: data.separator=';' applies to source 'interactions' only; ignored under source "
+        "'movielens_100k'",
+    ]
+    assert {w.filename for w in record} == {__file__}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same file without those keys: nothing to warn about
+        plain = load_config(cfg_file, [*switch, "data.columns={}"])
+    assert cfg.data == plain.data and cfg.fingerprint() == plain.fingerprint()
+    with pytest.warns(UserWarning, match=r"data\.test_file=None applies to source 'user_lines' only"):
+        seq = DataConfig(source="amazon_seq", path="x", name="Beauty", test_file=None)
+    assert seq == DataConfig(source="amazon_seq", path="x", name="Beauty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read by their own source: kept
+        lines = DataConfig(source="user_lines", path="x", train_file="a.txt", test_file="b.txt")
+        assert (lines.train_file, lines.test_file) == ("a.txt", "b.txt")
+        assert load_config(cfg_file, ["data.separator=;"]).data.separator == ";"
+
+
 def test_the_split_seed_of_a_presplit_without_a_validation_carve_out_is_reset(cfg_file, tmp_path):
     # presplit draws only valid_from_train_ratio's carve-out: with the ratio 0 the seed changes nothing
     from features.config import DataConfig
