@@ -223,7 +223,7 @@ class DataConfig(_Strict):
       the folder and ``name`` the dataset (``Beauty`` -> ``Beauty.txt``, ``Beauty_item2attributes.json``).
 
     A reading key of another source (``separator`` under ``movielens_100k``, ``test_file`` under
-    ``amazon_seq``) warns and is set back to its default, as an unread split key is.
+    ``amazon_seq``) warns and is set back to its default, as an unread split key does.
     """
 
     source: Source
@@ -324,8 +324,8 @@ class DataConfig(_Strict):
     def _reset_unread_keys(self, info: ValidationInfo) -> DataConfig:
         # A warning, not an error, so that a file can switch protocols or sources with an override; the key
         # goes back to its default so that the same data is not prepared and cached again under another key
-        # (nor a run's checkpoints kept apart).  Here rather than in the YAML loader so that a DataConfig built
-        # in Python hashes the same; the loader names its file through the validation context ("source").
+        # (nor a run's checkpoints kept apart).  Here rather than in the YAML loader so that a DataConfig
+        # built in Python hashes the same; the loader names its file through the validation context.
         source = (info.context or {}).get("source")
         prefix = f"{source}: " if source else ""
         for key, why in self.split.unread_keys().items():
@@ -339,8 +339,8 @@ class DataConfig(_Strict):
             default = type(self).model_fields[key].get_default(call_default_factory=True)
             if self.source != reader and getattr(self, key) != default:
                 warnings.warn(
-                    f"{prefix}data.{key}={_shown(getattr(self, key))} applies to source {reader!r} only; ignored "
-                    f"under source {self.source!r}",
+                    f"{prefix}data.{key}={_shown(getattr(self, key))} applies to source {reader!r} only; "
+                    f"ignored under source {self.source!r}",
                     stacklevel=_caller_stacklevel(),
                 )
                 setattr(self, key, default)

@@ -438,15 +438,15 @@ def test_the_unread_split_key_warning_of_a_loaded_file_points_at_the_loading_lin
 
 def test_reading_keys_of_another_source_warn_and_are_reset(cfg_file):
     # columns / separator / has_header belong to 'interactions', train_file / test_file to 'user_lines':
-    # switching the source by an override left them in the cache key and the fingerprint, changing nothing read
+    # switching the source by an override left them in the cache key and the fingerprint, though unread
     from features.config import DataConfig
 
     switch = ["data.source=movielens_100k", "data.path=auto"]
     with pytest.warns(UserWarning) as record:
         cfg = load_config(cfg_file, [*switch, "data.separator=;", "data.has_header=false"])
     assert sorted(str(w.message) for w in record) == [
-        f"{cfg_file}: data.columns={{'user': 'u', 'item': 'i'}} applies to source 'interactions' only; ignored "
-        "under source 'movielens_100k'",
+        f"{cfg_file}: data.columns={{'user': 'u', 'item': 'i'}} applies to source 'interactions' only; "
+        "ignored under source 'movielens_100k'",
         f"{cfg_file}: data.has_header=False applies to source 'interactions' only; ignored under source "
         "'movielens_100k'",
         f"{cfg_file}: data.separator=';' applies to source 'interactions' only; ignored under source "
