@@ -306,6 +306,36 @@ def _records(path: Path, sep: str, strict: bool = False) -> Iterator[tuple[int, 
             start = reader.line_num + 1
 
 
+def _stray_quote_line(path: Path, sep: str) -> int | None:
+    """The first line holding a ``"`` inside a field that does not start with one (``4,x"y``), or None.
+
+    Quoted fields (which may span lines and hold doubled quotes) are skipped as the csv format reads them."""
+    quoted = False  # inside a quoted field, which may continue on the next line
+    with path.open(newline="", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            at, end = 0, len(line.rstrip("\r\n"))
+            while at < end or (quoted and at < len(line)):
+                if quoted:  # up to the closing quote; a doubled one is a literal quote
+                    close = line.find('"', at)
+                    if close < 0:
+                        break  # the field goes on on the next line
+                    if line.startswith('""', close):
+                        at = close + 2
+                        continue
+                    quoted, at = False, close + 1
+                    at = line.find(sep, at)
+                    at = end if at < 0 else at + 1
+                elif line.startswith('"', at):
+                    quoted, at = True, at + 1
+                else:  # an unquoted field, up to the separator
+                    stop = line.find(sep, at, end)
+                    stop = end if stop < 0 else stop
+                    if '"' in line[at:stop]:
+                        return number
+                    at = stop + 1
+    return None
+
+
 def _quotes_are_text(path: Path, sep: str) -> bool:
     """Whether no field of a delimited text file starts with a ``"`` (then quoting plays no part in it)."""
     opens_quote = re.compile(rb"(?:^|" + re.escape(sep.encode()) + rb')"', re.MULTILINE)
@@ -379,6 +409,16 @@ def explain_scan_error(
             line=start,
             got=f"<{quote_error}>",
             hint='a field holding a literal " must be quoted whole, with that quote doubled: "12"" tv"',
+        )
+    stray = _stray_quote_line(path, sep)
+    if stray is not None:
+        return DataValidationError(
+            path,
+            'a field holding a " to be quoted whole (other fields of the file are quoted, so Polars reads it '
+            "as a quote)",
+            line=stray,
+            got=f"<{str(exc).splitlines()[0]}>",
+            hint='quote such a field whole, with its quotes doubled ("12"" tv")',
         )
     has_quote = any(b'"' in block for block in _blocks(path))
     return DataValidationError(
