@@ -66,10 +66,13 @@ def evaluate_item_slices(
     ks: Sequence[int] = (10, 50),
     block_size: int = 4096,
 ) -> dict[str, float]:
-    """Overall and per-slice metrics of ``model`` on ``split`` from one ranking (see :func:`slice_metrics`);
-    the overall values equal :func:`eval.evaluate_model`'s."""
+    """Overall (``all``) and per-slice metrics of ``model`` on ``split`` from one ranking (see
+    :func:`slice_metrics`); the overall values equal :func:`eval.evaluate_model`'s. A slice named ``all`` is
+    refused (ValueError)."""
     from eval.ranking import model_topk
 
+    if "all" in slices:  # it would replace the overall numbers, which the results then misreport
+        raise ValueError("a slice may not be named 'all': that name holds the metrics over every item")
     ks = tuple(sorted(check_ks(ks)))
     topk, _, truth = model_topk(model, dataset, split, max(ks), block_size=block_size)
     everything = {"all": np.ones(truth.shape[1], dtype=bool), **slices}

@@ -325,6 +325,8 @@ def test_training_learns_user_categories_and_retrieves_cold_items(tmp_path):
     assert out["all/recall@10"] == pytest.approx(result.test_metrics["recall@10"])
     assert out["cold/users"] >= 5  # users whose test item was held out of training
     assert out["cold/recall@10"] > 0.5, out  # found from the category attribute alone
+    with pytest.raises(ValueError, match="may not be named 'all'"):  # it replaced the overall numbers
+        evaluate_item_slices(model, ds, {"all": slices["head"]}, ks=(10,))
 
 
 def test_pipeline_trains_indexes_and_serves_a_new_item(tmp_path):
