@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from features._hashing import sha256_bytes
+from recsys.atomic import atomic_write
 from recsys.config import ExperimentConfig, dump_config, validate_config
 from recsys.paths import recsys_home
 from recsys.scorer_recommender import ScorerRecommender as ScorerRecommender  # its older home
@@ -48,9 +49,14 @@ class RunResult:
     """The monitored validation metric of those weights."""
 
 
-def _unfinished_epoch(run_dir: Path) -> int | None:
-    """The epoch of ``run_dir``'s checkpoint when it is of a run that did not finish, else None (none, a
-    finished run's, or one that cannot be read)."""
+RUN_COMPLETE = "run_complete"
+"""A run folder's marker, written once its run was tested and logged (its model in the tracking store)."""
+
+
+def _unfinished_epoch(run_dir: Path) -> tuple[int, bool] | None:
+    """``(epoch, trained)`` of ``run_dir``'s checkpoint when it is of a run that did not complete, else None
+    (none, a completed run's, or one that cannot be read). ``trained``: its training finished, but the run was
+    stopped before it was tested and logged (its model is in no tracking store, only in this checkpoint)."""
     from recsys.trainer import CHECKPOINT
 
     path = run_dir / CHECKPOINT
@@ -61,7 +67,9 @@ def _unfinished_epoch(run_dir: Path) -> int | None:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]
     except Exception:  # unreadable: nothing a resume could use either
         return None
-    return None if state.get("finished") else int(state.get("epoch", 0))
+    if state.get("finished") and (run_dir / RUN_COMPLETE).exists():
+        return None
+    return int(state.get("epoch", 0)), bool(state.get("finished"))
 
 
 DISCARDED_SUFFIX = ".discarded"
@@ -311,13 +319,19 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
         # after a crash or a kill no --resume hint was printed: say what is lost, and how not to lose it
         unfinished = _unfinished_epoch(run_dir)
         if unfinished is None:
-            shutil.rmtree(run_dir)  # a finished run's folder: its model is in the tracking store
+            shutil.rmtree(run_dir)  # a completed run's folder: its model is in the tracking store
         else:  # set aside, not deleted: a forgotten --resume must not cost hours of training
             aside = run_dir.with_name(f"{run_dir.name}{DISCARDED_SUFFIX}")
             shutil.rmtree(aside, ignore_errors=True)  # one such copy per config: the latest
             run_dir.rename(aside)
+            epoch, trained = unfinished
+            where = (
+                f"trained to its end (epoch {epoch}), stopped before it was tested and logged"
+                if trained
+                else f"checkpoint after epoch {epoch}"
+            )
             echo(
-                f"warning: the unfinished run in {run_dir} (checkpoint after epoch {unfinished}) is set aside "
+                f"warning: the unfinished run in {run_dir} ({where}) is set aside "
                 f"as {aside}; to continue it instead, stop this training, rename that folder back and run "
                 "`recsys train --resume` with the same config"
             )
@@ -372,6 +386,9 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
     from eval import evaluate_model
 
     model, dataset, run_dir, device = trainer.model, trainer.dataset, trainer.run_dir, trainer.device
+    # Not complete until tested and logged again: a finished checkpoint without the marker is kept aside by a
+    # training without --resume (a run stopped during its final test or save has its model nowhere else).
+    (run_dir / RUN_COMPLETE).unlink(missing_ok=True)
     with tracker:
         if dp is not None:  # the other processes' own setup (a failure stops every one before training)
             dp.raise_if_any_failed(None)
@@ -421,6 +438,11 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
                 tracker.log_artifacts(
                     save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset), MODEL_ARTIFACT
                 )
+
+    def mark(fh) -> None:
+        fh.write((tracker.run_id or "").encode())
+
+    atomic_write(run_dir / RUN_COMPLETE, mark)
     selection = None
     if state.best_epoch >= 0:
         selection = (

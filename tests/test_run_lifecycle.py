@@ -585,3 +585,35 @@ def test_build_run_index_exports_embeddings_in_eval_mode(tmp_path):
     model.train()  # as a model is left after training
     build_run_index(LoadedRun("r" * 32, validate_config(raw), trainer.dataset, model), tmp_path / "index")
     assert modes == [False]
+
+
+def test_a_run_stopped_during_its_final_save_is_set_aside_not_deleted(tmp_path, capsys, monkeypatch):
+    # its checkpoint says the training finished, but its model never reached MLflow: training again without
+    # --resume deleted the folder (the weights of every epoch), though the interruption said it was kept
+    import torch
+
+    from recsys.pipeline import DISCARDED_SUFFIX, RUN_COMPLETE
+    from recsys.tracking import RunTracker
+    from recsys.trainer import CHECKPOINT
+
+    cfg = _config(tmp_path)
+    run_dir = _run_dir(cfg)
+
+    def stopped(self, folder, artifact_path=None):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunTracker, "log_artifacts", stopped)
+        assert main(["train", "-c", str(cfg)]) == 130
+    assert "the checkpoint is kept" in capsys.readouterr().err
+    assert torch.load(run_dir / CHECKPOINT, weights_only=False)["state"]["finished"]
+    assert not (run_dir / RUN_COMPLETE).exists()
+    assert main(["train", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    aside = run_dir.with_name(run_dir.name + DISCARDED_SUFFIX)
+    assert f"the unfinished run in {run_dir} (trained to its end (epoch 2), stopped before it was" in out
+    assert (aside / CHECKPOINT).is_file() and (run_dir / RUN_COMPLETE).is_file()
+    # a completed run's folder is emptied as before
+    assert main(["train", "-c", str(cfg)]) == 0
+    assert "set aside" not in capsys.readouterr().out
+
