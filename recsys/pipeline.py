@@ -500,6 +500,12 @@ def _load_run_folder(run_id: str, folder: Path, require=None) -> LoadedRun:
     from recsys.trainer import load_torch_file
 
     damaged = f"the run's {MODEL_ARTIFACT!r} artifact is damaged; train the run again"
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:  # a run stopped while its model was logged has some of the files (was: a raw ENOENT)
+        raise ValueError(
+            f"run {run_id}: its {MODEL_ARTIFACT!r} artifact has no {', '.join(missing)} (a run stopped while "
+            f"its model was logged: `recsys train --resume` with its config finishes it); {damaged}"
+        )
     _verify_model_folder(run_id, folder, damaged)
     try:
         cfg = validate_config(

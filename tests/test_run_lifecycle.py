@@ -617,3 +617,19 @@ def test_a_run_stopped_during_its_final_save_is_set_aside_not_deleted(tmp_path, 
     assert main(["train", "-c", str(cfg)]) == 0
     assert "set aside" not in capsys.readouterr().out
 
+
+def test_a_model_artifact_missing_a_file_is_named(tmp_path, capsys):
+    # a run stopped while its model was uploaded has some of its files: evaluate said only
+    # "[Errno 2] No such file or directory: '/tmp/recsys-run-.../model/model.pt'", a folder already deleted
+    from recsys.paths import recsys_home
+
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    (weights,) = (p for p in (recsys_home() / "mlartifacts").rglob("model.pt") if run_id in p.parts)
+    for name in ("model.pt", "config.yaml"):
+        (weights.parent / name).unlink()
+    assert main(["evaluate", "--run", run_id]) == 2
+    err = capsys.readouterr().err
+    assert f"error: run {run_id}: its 'model' artifact has no model.pt, config.yaml" in err
+    assert "recsys train --resume" in err and "No such file" not in err
