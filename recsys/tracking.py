@@ -42,8 +42,16 @@ def _use_store(uri: str) -> None:
     _check_server_answers(uri)
     _check_not_a_bare_database(uri)
     if (db := _sqlite_file(uri)) is not None:
+        if db.is_dir():  # MLflow retries opening it for nearly two minutes, then fails naming no file
+            raise OSError(f"the MLflow tracking store {uri} cannot be used: {db} is a folder, not a database")
         # MLflow creates the folder from the URI's raw text, which is not the path for an encoded ``%3F``.
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder should be: "[Errno 17] File exists: ..." said no more
+            raise OSError(
+                f"the MLflow tracking store {uri} cannot be used: its folder {db.parent} cannot be made "
+                f"({exc.strerror or first_line(exc)})"
+            ) from None
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     if before is None:
@@ -51,12 +59,21 @@ def _use_store(uri: str) -> None:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
     if db is not None:
+        from sqlalchemy.exc import DatabaseError
+
         with _store_lock(uri):
             # MLflow creates and migrates a new SQLite store on its first use in a process, with no guard
             # against another process doing the same: two jobs started together on a fresh store both
             # failed ("duplicate column name: step"). One at a time here; MLflow caches the store object
             # per process, so on later calls this query is all it costs.
-            mlflow.search_experiments(max_results=1)
+            try:
+                mlflow.search_experiments(max_results=1)
+            except DatabaseError as exc:  # SQLAlchemy's, through MLflow unwrapped: a traceback naming no file
+                raise OSError(
+                    f"the MLflow tracking store {uri} cannot be used: {db}: {first_line(exc.orig or exc)} (a "
+                    "damaged database, or a file or folder that is none: move it away, and a new store is made "
+                    "there; or point MLFLOW_TRACKING_URI, tracking.uri or --tracking-uri at another store)"
+                ) from None
 
 
 STORE_LOCK_TIMEOUT_S = 600.0

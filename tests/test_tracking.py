@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from recsys.tracking import RunTracker
 
 
@@ -231,3 +233,32 @@ def test_a_store_in_a_folder_that_takes_no_lock_file_is_still_read(tmp_path, mon
 
     monkeypatch.setattr(filelock.FileLock, "acquire", read_only_folder)
     assert [r["name"] for r in tracking.list_runs(uri)] == ["earlier"]
+
+
+def test_a_damaged_sqlite_store_is_one_error_line_naming_its_file(tmp_path, capsys):
+    """A store file that SQLite cannot read (damaged, truncated, another file) raised SQLAlchemy's traceback
+    from every command; a folder in its place was retried for nearly two minutes first."""
+    import time
+
+    from recsys.cli import main
+
+    for name, make in [
+        ("garbage.db", lambda p: p.write_text("not a database\n" * 100)),
+        ("folder.db", lambda p: p.mkdir()),
+    ]:
+        db = tmp_path / name
+        make(db)
+        t0 = time.monotonic()
+        assert main(["runs", "--tracking-uri", f"sqlite:///{db}"]) == 2, name
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if not line.startswith("warning:")]
+        assert len(errors) == 1, err
+        assert errors[0].startswith(f"error: the MLflow tracking store sqlite:///{db} cannot be used: "), err
+        assert time.monotonic() - t0 < 30, name
+    with pytest.raises(OSError, match=r"garbage\.db: file is not a database"):
+        RunTracker.start(uri=f"sqlite:///{tmp_path}/garbage.db", experiment="x")
+    (tmp_path / "a-file").write_text("a file")  # was: "[Errno 17] File exists: '.../a-file'"
+    with pytest.raises(
+        OSError, match=r"x\.db cannot be used: its folder .*a-file cannot be made \(File exists"
+    ):
+        RunTracker.start(uri=f"sqlite:///{tmp_path}/a-file/x.db", experiment="x")
