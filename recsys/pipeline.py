@@ -382,6 +382,15 @@ def _set_up(cfg: ExperimentConfig, resume: bool, echo, dp, device):
     return trainer, checkpoint, tracker, resume_run_id, t_start
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    data = text.encode()
+
+    def write(fh) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
+
+
 def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume_run_id, t_start, resume, dp):
     from eval import evaluate_model
 
@@ -393,7 +402,8 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
         if dp is not None:  # the other processes' own setup (a failure stops every one before training)
             dp.raise_if_any_failed(None)
         if tracker.run_id:
-            (run_dir / "mlflow_run_id").write_text(tracker.run_id)
+            # whole or not at all: a resume reads it to continue this run (a full disk left it empty)
+            _write_atomic(run_dir / "mlflow_run_id", tracker.run_id)
         if resume_run_id is None:
             tracker.log_params(cfg.to_dict())
             tracker.log_dict(cfg.to_dict(), "config.json")
@@ -438,11 +448,7 @@ def _run(cfg: ExperimentConfig, trainer, checkpoint, tracker: RunTracker, resume
                 tracker.log_artifacts(
                     save_model_folder(Path(tmp) / MODEL_ARTIFACT, cfg, model, dataset), MODEL_ARTIFACT
                 )
-
-    def mark(fh) -> None:
-        fh.write((tracker.run_id or "").encode())
-
-    atomic_write(run_dir / RUN_COMPLETE, mark)
+    _write_atomic(run_dir / RUN_COMPLETE, tracker.run_id or "")
     selection = None
     if state.best_epoch >= 0:
         selection = (

@@ -633,3 +633,36 @@ def test_a_model_artifact_missing_a_file_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: run {run_id}: its 'model' artifact has no model.pt, config.yaml" in err
     assert "recsys train --resume" in err and "No such file" not in err
+
+
+def test_a_failed_write_of_the_run_id_file_keeps_the_run_to_continue(tmp_path, capsys, monkeypatch):
+    # the disk filled up while `--resume` rewrote mlflow_run_id: the file was left empty, and the next
+    # --resume logged the rest of the training as a new MLflow run
+    import builtins
+    import errno
+    import io
+
+    cfg = _config(tmp_path)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    real_open = builtins.open
+
+    class DiskFull(io.StringIO):
+        def write(self, *args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "mlflow_run_id" in str(file) and any(c in mode for c in "wxa"):
+            handle.close()  # opened (and so emptied, with "w") before the disk turned out full
+            return DiskFull()
+        return handle
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", full_open)
+        m.setattr(io, "open", full_open)
+        assert main(["train", "-c", str(cfg), "--resume"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (_run_dir(cfg) / "mlflow_run_id").read_text() == run_id
+    assert main(["train", "-c", str(cfg), "--resume"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"MLflow run: {run_id}"
