@@ -50,3 +50,27 @@ def test_two_threads_writing_one_file_each_write_whole(tmp_path):
     assert errors == []
     assert target.read_bytes() in payloads.values()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.bin"]
+
+
+def test_the_bytes_are_on_disk_before_the_rename(tmp_path, monkeypatch):
+    # a crash right after the rename (power loss) must not leave an empty file: the temp file's whole content
+    # is flushed out of Python's buffer and fsync-ed before os.replace puts it in place
+    import os
+
+    from recsys import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.getsize(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    atomic_write(tmp_path / "out.bin", lambda fh: fh.write(b"x" * 100))
+    assert events == [("fsync", 100), ("replace", 100)]

@@ -262,3 +262,68 @@ def test_a_damaged_sqlite_store_is_one_error_line_naming_its_file(tmp_path, caps
         OSError, match=r"x\.db cannot be used: its folder .*a-file cannot be made \(File exists"
     ):
         RunTracker.start(uri=f"sqlite:///{tmp_path}/a-file/x.db", experiment="x")
+
+
+def test_list_params_are_logged_as_json(_isolated_home):
+    import mlflow
+
+    with RunTracker.start(experiment="params") as run:
+        run.log_params({"data": {"features": ["age", "genre"], "ks": [10, 20], "none": None}})
+    params = mlflow.MlflowClient(run.uri).get_run(run.run_id).data.params
+    assert params == {"data.features": '["age", "genre"]', "data.ks": "[10, 20]", "data.none": "null"}
+
+
+def test_a_failed_download_leaves_no_temp_folder(_isolated_home, tmp_path, monkeypatch):
+    import tempfile
+
+    from recsys.tracking import download_run_artifacts
+
+    with RunTracker.start(experiment="dl") as run:
+        pass
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with pytest.raises(FileNotFoundError, match="has no artifact 'model'"):
+        download_run_artifacts(run.run_id, "model")
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_in_memory_sqlite_store_is_no_file(tmp_path, monkeypatch):
+    from recsys.tracking import list_runs
+
+    monkeypatch.chdir(tmp_path)
+    assert list_runs("sqlite:///:memory:") == []  # not "there is no MLflow store at .../:memory:"
+    assert list(tmp_path.iterdir()) == []  # no lock file, no folder
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_its_file(tmp_path, monkeypatch):
+    """Not only the embedded store: ``tracking.uri: sqlite:///...`` keeps a run's artifacts in ``mlartifacts``
+    beside the database, never in ``./mlruns`` of the folder the job runs from."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    note = tmp_path / "note.txt"
+    note.write_text("an artifact")
+    with RunTracker.start(uri=f"sqlite:///{tmp_path}/store/mlflow.db", experiment="beside") as run:
+        run.log_artifact(note)
+    assert list(work.iterdir()) == []
+    (stored,) = (tmp_path / "store" / "mlartifacts").rglob("note.txt")
+    assert stored.read_text() == "an artifact"
+
+
+def test_only_a_bad_run_id_reads_as_no_such_run():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    from recsys.tracking import _no_such_run
+
+    def error(text, code):
+        return MlflowException(text, error_code=getattr(databricks_pb2, code or "INTERNAL_ERROR"))
+
+    assert _no_such_run(error("Run 'x' not found", "RESOURCE_DOES_NOT_EXIST"))
+    assert _no_such_run(error("Invalid value 'x' for parameter 'run_id' supplied", "INVALID_PARAMETER_VALUE"))
+    assert _no_such_run(
+        error("The run x must be in the 'active' state. Current state is deleted state.", None)
+    )
+    assert not _no_such_run(error("a file store is refused", "INVALID_PARAMETER_VALUE"))
+    assert not _no_such_run(error("database is locked", "INTERNAL_ERROR"))
