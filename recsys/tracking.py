@@ -563,6 +563,12 @@ def download_run_artifacts(run_id: str, artifact_path: str = "", uri: str | None
                 "FAILED": "it FAILED before its end, where a run saves its model (its error is in the "
                 "training's output)",
             }.get(status, "a run trained with tracking.log_model: false saves no model")
+            if status == "FINISHED" and run.data.params.get("tracking.log_model") == "True":
+                # its model was logged (a FINISHED run logs it last): it was removed from the store since
+                why = (
+                    f"it was trained with tracking.log_model: true, so its {artifact_path!r} was removed from "
+                    "the store's artifacts since; train the run again"
+                )
             raise FileNotFoundError(
                 f"run {run_id} in the store {store} has no artifact {artifact_path!r}; {why}"
             ) from None

@@ -666,3 +666,25 @@ def test_a_failed_write_of_the_run_id_file_keeps_the_run_to_continue(tmp_path, c
     assert (_run_dir(cfg) / "mlflow_run_id").read_text() == run_id
     assert main(["train", "-c", str(cfg), "--resume"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"MLflow run: {run_id}"
+
+
+def test_a_finished_run_whose_model_was_removed_is_not_said_to_have_logged_none(tmp_path, capsys):
+    import shutil
+
+    from recsys.paths import recsys_home
+
+    cfg = _config(tmp_path, epochs=1)
+    assert main(["train", "-c", str(cfg)]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    (weights,) = (p for p in (recsys_home() / "mlartifacts").rglob("model.pt") if run_id in p.parts)
+    shutil.rmtree(weights.parent)
+    assert main(["evaluate", "--run", run_id]) == 2
+    err = capsys.readouterr().err
+    assert "has no artifact 'model'; it was trained with tracking.log_model: true" in err
+    assert "log_model: false saves no model" not in err
+    # one trained without its model is still told so
+    (tmp_path / "nomodel").mkdir()
+    assert main(["train", "-c", str(_config(tmp_path / "nomodel", epochs=1, log_model=False))]) == 0
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert main(["evaluate", "--run", run_id]) == 2
+    assert "a run trained with tracking.log_model: false saves no model" in capsys.readouterr().err
