@@ -571,6 +571,15 @@ def unseal(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def unsealed_copy(tmp_path: Path) -> tuple[PreparedDataset, Path]:
+    """A prepared mini MovieLens and an unsealed copy of its folder (``tmp_path / "broken"``) to damage."""
+    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(ds.root, broken)
+    unseal(broken)
+    return ds, broken
+
+
 def test_load_refuses_changed_bytes_and_an_edited_manifest(tmp_path):
     ds = prep_ml(DATA / "ml100k_mini", tmp_path)
     for damage in ("bit", "config", "files"):
@@ -596,10 +605,7 @@ def test_load_refuses_changed_bytes_and_an_edited_manifest(tmp_path):
 
 
 def test_load_reports_row_count_mismatch(tmp_path):
-    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
-    broken = tmp_path / "broken"
-    shutil.copytree(ds.root, broken)
-    unseal(broken)
+    _, broken = unsealed_copy(tmp_path)
     pl.read_parquet(broken / "test.parquet").head(1).write_parquet(broken / "test.parquet")
     with pytest.raises(
         DataValidationError,
@@ -610,10 +616,7 @@ def test_load_reports_row_count_mismatch(tmp_path):
 
 
 def test_load_reports_a_missing_index_and_mistyped_manifest_values(tmp_path):
-    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
-    broken = tmp_path / "broken"
-    shutil.copytree(ds.root, broken)
-    unseal(broken)
+    _, broken = unsealed_copy(tmp_path)
     train = pl.read_parquet(broken / "train.parquet")
     train.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("user_idx")).alias(
         "user_idx")).write_parquet(broken / "train.parquet")  # fmt: skip
@@ -628,10 +631,7 @@ def test_load_reports_a_missing_index_and_mistyped_manifest_values(tmp_path):
 
 
 def test_load_refuses_an_index_equal_to_the_vocabulary_size(tmp_path):
-    ds = prep_ml(DATA / "ml100k_mini", tmp_path)
-    broken = tmp_path / "broken"
-    shutil.copytree(ds.root, broken)
-    unseal(broken)
+    ds, broken = unsealed_copy(tmp_path)
     test = pl.read_parquet(broken / "test.parquet")
     test.with_columns(pl.lit(ds.n_items, dtype=pl.Int64).alias("item_idx")).write_parquet(
         broken / "test.parquet"
