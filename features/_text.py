@@ -47,8 +47,8 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 
 # What Polars' scanners decompress on their own (gzip, zlib, zstd): a CSV then failed with a bare
 # UnicodeDecodeError, a cut-off download with a bare OSError, and errors named lines of the compressed bytes.
-# Each prefix holds a byte that is not UTF-8 or a control character: no text file, Parquet file or JSON
-# starts with one.
+# No Parquet file, JSON or CSV starts so: gzip's and zstd's first bytes are not UTF-8, and zlib's "x" is
+# followed by a control character or by 0x9c / 0xda (a lone continuation byte, or an Arabic letter's lead).
 _COMPRESSED = (
     (b"\x1f\x8b", "gzip"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
