@@ -56,6 +56,7 @@ def test_the_bytes_are_on_disk_before_the_rename(tmp_path, monkeypatch):
     # a crash right after the rename (power loss) must not leave an empty file: the temp file's whole content
     # is flushed out of Python's buffer and fsync-ed before os.replace puts it in place
     import os
+    from stat import S_ISDIR
 
     from recsys import atomic
 
@@ -63,7 +64,8 @@ def test_the_bytes_are_on_disk_before_the_rename(tmp_path, monkeypatch):
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
-        events.append(("fsync", os.fstat(fd).st_size))
+        stat = os.fstat(fd)
+        events.append(("fsync folder" if S_ISDIR(stat.st_mode) else "fsync", stat.st_size))
         real_fsync(fd)
 
     def replace(src, dst):
@@ -73,4 +75,26 @@ def test_the_bytes_are_on_disk_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "fsync", fsync)
     monkeypatch.setattr(atomic.os, "replace", replace)
     atomic_write(tmp_path / "out.bin", lambda fh: fh.write(b"x" * 100))
-    assert events == [("fsync", 100), ("replace", 100)]
+    # then the folder, whose entry the rename changed: until it is flushed, a power loss may undo the rename
+    folder_size = os.stat(tmp_path).st_size
+    assert events == [("fsync", 100), ("replace", 100), ("fsync folder", folder_size)]
+
+
+def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path, monkeypatch):
+    # some file systems refuse fsync on a folder (EINVAL): the rename has happened and stands
+    import errno
+    import os
+    from stat import S_ISDIR
+
+    from recsys import atomic
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    atomic_write(tmp_path / "out.bin", lambda fh: fh.write(b"new"))
+    assert (tmp_path / "out.bin").read_bytes() == b"new" and os.listdir(tmp_path) == ["out.bin"]
