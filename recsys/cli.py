@@ -629,7 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=cmd_evaluate)
 
-    rn = sub.add_parser("runs", help="the newest tracked runs: id, start, status, name, model, a test metric")
+    rn = sub.add_parser(
+        "runs", help="the newest tracked runs: id, start, status, experiment, name, model, a test metric"
+    )
     _tracking_uri_option(rn)
     rn.add_argument("--experiment", metavar="NAME", help="this MLflow experiment's runs only (default: all)")
     rn.add_argument(

@@ -140,7 +140,8 @@ def grid_configs(
         if fingerprint in seen:
             raise ConfigError(
                 f"grid points {seen[fingerprint]} and {given} are the same experiment (one run folder); "
-                "the run fingerprint leaves out tracking, train.num_threads and train.progress"
+                "the run fingerprint leaves out tracking, train.num_threads, train.progress, "
+                "train.checkpoint_every and eval.block_size (they change how fast a run goes, not its result)"
             )
         seen[fingerprint] = given
         tree = cfg.to_dict()

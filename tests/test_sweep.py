@@ -72,6 +72,9 @@ def test_points_on_other_data_or_the_same_experiment_are_refused(config):
         ConfigError, match="grid points model.dim=12 and model.dim=12.0 are the same experiment"
     ):
         grid_configs(config, parse_grid(["model.dim=[12, 12.0]"]))
+    # points differing only in what the fingerprint leaves out: the message names that setting too
+    with pytest.raises(ConfigError, match=r"leaves out .*train\.checkpoint_every and eval\.block_size"):
+        grid_configs(config, parse_grid(["eval.block_size=[64, 128]"]))
 
 
 def test_a_sweep_chooses_on_validation_and_tests_only_the_chosen_run(config, capsys):
