@@ -124,7 +124,9 @@ class IntentMembership:
         intent = torch.empty(reps.shape[0], dtype=torch.long, device=reps.device)
         distance = torch.empty(reps.shape[0], device=reps.device)
         for i in range(0, reps.shape[0], 65536):  # [block, K] distances at a time
-            d = torch.cdist(reps[i : i + 65536], centroids)
+            # the exact distance, as the sequence's own: the matrix-product shortcut gave equal points
+            # distances differing in the last bits (equal subsequences listed in any order)
+            d = torch.cdist(reps[i : i + 65536], centroids, compute_mode="donot_use_mm_for_euclid_dist")
             distance[i : i + 65536], intent[i : i + 65536] = d.min(1)
         return cls(intent.cpu().numpy(), distance.cpu().numpy())
 

@@ -601,3 +601,31 @@ def test_sequence_views_frequent_targets_are_shares_in_item_order(trained):
         got = [(x.item_idx, x.score) for x in v.frequent_targets]
         assert [g[0] for g in got] == [w[0] for w in want]  # no zero-count items; ties in item order
         np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want])  # shares, not counts
+
+
+def test_identical_subsequences_are_equally_distant_and_listed_in_sample_order(trained):
+    """Training subsequences with the same input items have the same representation, hence the same distance
+    to their centroid (the exact L2 distance, as the sequence's own): the closest are listed in sample order
+    on ties.  The distances used to come from cdist's matrix-product shortcut, which gave the same point
+    distances differing in the last bits, so equal subsequences were listed in an arbitrary order."""
+    from recsys.explain_sequence import IntentMembership, explain_sequence
+
+    model = trained.model
+    members = IntentMembership.of(model)
+    samples = model.intent_samples
+    with torch.no_grad():
+        reps = model.encode_samples()
+    exact = torch.linalg.vector_norm(reps - model.intent_centroids[torch.as_tensor(members.intent)], dim=1)
+    np.testing.assert_allclose(members.distance, exact.numpy(), rtol=1e-6)
+    groups: dict[tuple, list[int]] = {}
+    for s, items in enumerate(samples.input_lists()):
+        groups.setdefault((*items, int(members.intent[s])), []).append(s)
+    repeated = [g for g in groups.values() if len(g) > 1 and torch.equal(reps[g[0]], reps[g[1]])]
+    assert repeated  # the cyclic sequences repeat subsequences
+    for g in repeated:
+        assert len(set(members.distance[g].tolist())) == 1, g
+    k = model.intent_centroids.shape[0]
+    exp = explain_sequence(model, [3, 4, 5], membership=members, top_intents=k, examples=len(samples), k=1)
+    for v in exp.intents:
+        m = np.flatnonzero(members.intent == v.intent)
+        assert [t.sample for t in v.typical_subsequences] == sorted(m, key=lambda s: (members.distance[s], s))
