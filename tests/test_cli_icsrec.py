@@ -96,10 +96,20 @@ def test_icsrec_run_is_tracked_evaluated_served_and_explained(tmp_path, capsys, 
     assert exp["intents"][0]["typical_subsequences"]
     assert main(["explain", "--run", run_id, "--user", "3"]) == 0
     assert "intent" in capsys.readouterr().out
+    # --intents and --items size a sequence's view too
+    assert (
+        main(["explain", "--run", run_id, "--sequence", *history, "--intents", "2", "--items", "3", "--json"])
+        == 0
+    )
+    exp = json.loads(capsys.readouterr().out)
+    assert len(exp["intents"]) == 2 and all(len(v["top_items"]) == 3 for v in exp["intents"])
+    assert [x["item_id"] for x in exp["items"]] == history
     # a user's explanation recommends what the served index recommends, leaving out every known item: an
     # item known only to the dataset's known pairs (rated below a threshold) is left out too
     assert main(["explain", "--run", run_id, "--user", "3", "--k", "5", "--json"]) == 0
-    assert [r["item_id"] for r in json.loads(capsys.readouterr().out)["recommendations"]] == user_recs
+    exp = json.loads(capsys.readouterr().out)
+    assert [r["item_id"] for r in exp["recommendations"]] == user_recs
+    assert [x["item_id"] for x in exp["items"]] == history  # the user's every known item, oldest first
     import scipy.sparse as sp
 
     from features import PreparedDataset

@@ -260,3 +260,19 @@ def test_intent_distribution_averages_the_layers_before_the_last():
     torch.testing.assert_close(users, expected)
     exp = explain_user(model, 4, train)
     np.testing.assert_allclose(exp.distribution, expected[4].numpy(), rtol=1e-5)
+
+
+def test_counts_beyond_what_there_is_give_all_there_is(small_model):
+    """More intents, aligned items or recommendations asked for than there are: all there are (every item
+    not known to the user, each attributed to one intent), each intent with its own weight."""
+    model, train = small_model
+    exp = explain_user(model, 7, train, top_intents=50, items_per_intent=100, k=1000)
+    unseen = sorted(set(range(30)) - set(train[7].indices.tolist()))
+    assert sorted(r.item_idx for r in exp.recommendations) == unseen
+    assert len(exp.top_intents) == 5
+    assert sorted(r.item_idx for d in exp.top_intents for r in d.drives) == unseen
+    for d in exp.top_intents:
+        assert d.weight == exp.distribution[d.intent]
+        assert sorted(x.item_idx for x in d.aligned_items) == list(range(30))
+    full = explain_user(model, 7, sp.csr_matrix(np.ones((40, 30), dtype=np.float32)), k=5)
+    assert full.recommendations == [] and all(d.drives == [] for d in full.top_intents)

@@ -603,6 +603,47 @@ def test_sequence_views_frequent_targets_are_shares_in_item_order(trained):
         np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want])  # shares, not counts
 
 
+def test_sequence_views_report_the_exact_quantities(trained):
+    """Every number of the view, recomputed by brute force: the L2 distance, the dot product with the
+    normalised centroid (not the raw one), the top items scored by the normalised centroid."""
+    model, _, exp = _seq_exp(trained, top_intents=8, examples=1, items_per_intent=trained.model.n_items, k=4)
+    with torch.no_grad():
+        rep = model.encode_intent_queries(torch.tensor([[3, 4, 5]]))[0].double()
+        centroids = model.intent_centroids.double()
+        table = model.item_embeddings().double()
+    for v in exp.intents:
+        unit = centroids[v.intent] / centroids[v.intent].norm()
+        assert v.distance == pytest.approx(float((centroids[v.intent] - rep).norm()), rel=1e-5)
+        assert v.similarity == pytest.approx(float(rep @ unit), rel=1e-5, abs=1e-6)
+        scores = (table @ unit).numpy()
+        assert [x.item_idx for x in v.top_items] == np.argsort(-scores, kind="stable").tolist()
+        np.testing.assert_allclose(
+            [x.score for x in v.top_items], np.sort(scores)[::-1], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_sequence_view_longer_than_max_len_reads_its_last_items(trained):
+    """A sequence longer than the model's max length is encoded by its last ``max_len`` items (as the served
+    index encodes it); all its items are still excluded; k beyond the items left gives every item left."""
+    from recsys.explain_sequence import IntentMembership, explain_sequence
+
+    model = trained.model
+    n, max_len = model.n_items, model.config.max_len
+    seq = [(7 * i) % n for i in range(max_len + 6)]  # the first items differ from the last max_len
+    assert len(set(seq)) == len(seq) and seq[:6] != seq[-6:]
+    exp = explain_sequence(model, seq, membership=IntentMembership.of(model), top_intents=2, k=n)
+    with torch.no_grad():
+        last = torch.tensor([seq[-max_len:]])
+        rep = model.encode_intent_queries(last)[0]
+        scores = model.item_embeddings() @ model.encode_sequences(last)[0]
+    distance = torch.linalg.vector_norm(model.intent_centroids - rep, dim=1)
+    assert [v.intent for v in exp.intents] == torch.argsort(distance, stable=True)[:2].tolist()
+    scores[seq] = -torch.inf
+    expected = [i for i in np.argsort(-scores.numpy(), kind="stable").tolist() if i not in seq]
+    assert [r.item_idx for r in exp.recommendations] == expected  # every item left, none of the sequence
+    assert len(expected) == n - len(seq)
+
+
 def test_identical_subsequences_are_equally_distant_and_listed_in_sample_order(trained):
     """Training subsequences with the same input items have the same representation, hence the same distance
     to their centroid (the exact L2 distance, as the sequence's own): the closest are listed in sample order
