@@ -224,7 +224,8 @@ def format_sequence_explanation(exp: SequenceExplanation) -> str:
     def label(x: ItemScore) -> str:
         return f"{x.title} (item {x.item_id})" if x.title else f"item {x.item_id}"
 
-    lines = [f"sequence of {len(exp.items)} items: " + ", ".join(label(x) for x in exp.items[-10:])]
+    shown = ("..., " if len(exp.items) > 10 else "") + ", ".join(label(x) for x in exp.items[-10:])
+    lines = [f"sequence of {len(exp.items)} items: {shown}"]  # the last 10, marked as such
     for v in exp.intents:
         lines.append(
             f"\nintent {v.intent}: distance {v.distance:.3f}, similarity {v.similarity:.3f}, "

@@ -670,3 +670,18 @@ def test_identical_subsequences_are_equally_distant_and_listed_in_sample_order(t
     for v in exp.intents:
         m = np.flatnonzero(members.intent == v.intent)
         assert [t.sample for t in v.typical_subsequences] == sorted(m, key=lambda s: (members.distance[s], s))
+
+
+def test_a_long_sequence_is_shown_by_its_last_items_marked_as_such(trained):
+    """The text view lists a sequence's last 10 items; a longer one is marked as cut, as the typical
+    subsequences are (it read as if those were the whole sequence, or its first items)."""
+    from recsys.explain import ItemScore
+    from recsys.explain_sequence import format_sequence_explanation
+
+    _, _, exp = _seq_exp(trained, k=2)
+    exp.items = [ItemScore(i, str(i), 0.0) for i in range(14)]
+    first = format_sequence_explanation(exp).splitlines()[0]
+    assert first == "sequence of 14 items: ..., " + ", ".join(f"item {i}" for i in range(4, 14))
+    exp.items = exp.items[:10]
+    first = format_sequence_explanation(exp).splitlines()[0]
+    assert first == "sequence of 10 items: " + ", ".join(f"item {i}" for i in range(10))
