@@ -856,7 +856,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sequence models (ICSRec, ICLRec): explain these original item ids, oldest first",
     )
     xp.add_argument("--intents", type=_positive_int, default=3, help="top intents to show")
-    xp.add_argument("--items", type=_positive_int, default=5, help="most aligned items per intent")
+    xp.add_argument(
+        "--items",
+        type=_positive_int,
+        default=5,
+        help="items per intent: its most aligned items (a sequence model: its top-scored and most frequent "
+        "next items)",
+    )
     xp.add_argument("--k", type=_positive_int, default=10, help="recommendations to attribute to intents")
     xp.add_argument("--json", action="store_true", help="machine-readable output")
     xp.set_defaults(func=cmd_explain)
