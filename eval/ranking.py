@@ -662,6 +662,13 @@ def evaluate_model(
     return ranking_metrics(topk, truth, ks, n_items=int(dataset.n_items))
 
 
+def check_split(split: str) -> None:
+    """A ValueError unless ``split`` is ``"valid"`` or ``"test"``: ``"train"`` would be ranked with its own
+    items excluded, every metric 0."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+
 def model_topk(
     model: EvaluatedModel,
     dataset: Any,
@@ -679,8 +686,7 @@ def model_topk(
     and ``zero_score_items`` as in :func:`evaluate_model`; an extra zero-score entry is a ``-1`` slot, possibly
     in the middle of a row)."""
     _check_positive("block_size", block_size)
-    if split not in ("valid", "test"):  # "train" ranked with its own items excluded: every metric 0
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    check_split(split)
     if (
         not isinstance(zero_score_items, int | np.integer)
         or isinstance(zero_score_items, bool)

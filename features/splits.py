@@ -97,10 +97,15 @@ def half_up_share(n: int, ratio: float) -> int:
 
     Floating point misses some halves: the float nearest 0.35 is just below it, so ``90 * 0.35`` is
     31.499999999999996 and ``floor(90 * 0.35 + 0.5)`` gave 31, not 32 (:func:`float_rounding_differs`)."""
-    exact = Fraction(
-        repr(float(ratio))
-    )  # the shortest decimal that reads back as this float: what was written
-    return (2 * n * exact.numerator + exact.denominator) // (2 * exact.denominator)
+    p, q = _as_written(ratio)
+    return (2 * n * p + q) // (2 * q)
+
+
+def _as_written(ratio: float) -> tuple[int, int]:
+    """``ratio`` as the fraction ``p / q`` of its shortest decimal that reads back as the same float (what
+    was written: 0.35 is 7 / 20, not the binary float just below it)."""
+    exact = Fraction(repr(float(ratio)))
+    return exact.numerator, exact.denominator
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,8 +116,7 @@ def float_rounding_differs(ratio: float, up_to: int = 100_000) -> bool:
     if ratio == 0:
         return False
     n = np.arange(1, up_to + 1, dtype=np.int64)
-    exact = Fraction(repr(float(ratio)))
-    p, q = exact.numerator, exact.denominator
+    p, q = _as_written(ratio)
     if 2 * up_to * p + q < 2**62:  # int64 holds the exact rule
         want = (2 * n * p + q) // (2 * q)
     else:  # a ratio with many digits: Python's integers

@@ -44,15 +44,14 @@ def compare_runs(
     import numpy as np
 
     from eval.metrics import METRICS, check_ks, parse_metric, per_user_metrics
-    from eval.ranking import model_topk
+    from eval.ranking import check_split, model_topk
     from eval.significance import paired_difference
     from recsys.pipeline import load_run
     from recsys.tracking import run_tag
 
     if len(run_ids) < 2 or len(set(run_ids)) < len(run_ids):
         raise ValueError("give two or more different runs (each is compared with the first)")
-    if split not in ("valid", "test"):  # "train" ranked with its own items excluded: every user tied at 0
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    check_split(split)  # before any run is looked up
     if metrics is not None:
         if not metrics:
             raise ValueError("metrics: give at least one NAME@K (None compares the default ones)")
